@@ -1,0 +1,197 @@
+"""Job creation: validation, batch refs, dependency checks and idempotency, in one transaction.
+
+Nothing is written unless every spec is valid (invariant 7). Dependencies may name existing
+jobs (by id) or other jobs of the same batch (by `ref`); cycles, unknown ids and dependencies
+that can no longer complete (DEAD or CANCELLED) are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import asyncpg
+
+from core.depgraph import check_acyclic
+from core.errors import IdempotencyConflict, InvalidInput, JobHarnessError, UnknownDependency
+from core.model import JobSpec, JobStatus, SpecLimits, ValidatedSpec, validate_spec
+from core.queries import q
+from core.settings import Settings
+
+MAX_BATCH = 10_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class CreateResult:
+    job_id: str
+    status: JobStatus
+    created: bool  # False when an idempotency key matched an existing job
+    ref: str | None = None
+
+
+class _RaceLost(Exception):
+    """A concurrent create took an idempotency key between lookup and insert: start over."""
+
+
+def _limits(settings: Settings) -> SpecLimits:
+    return SpecLimits(known_job_types=settings.job_types,
+                      max_payload_bytes=settings.max_payload_bytes)  # fmt: skip
+
+
+def _prefixed(exc: JobHarnessError, index: int) -> JobHarnessError:
+    if isinstance(exc, InvalidInput):
+        exc.field = f"jobs[{index}].{exc.field}"
+        exc.args = (f"jobs[{index}]: {exc.args[0]}",)
+    return exc
+
+
+def _spec_hash(v: ValidatedSpec) -> str:
+    s = v.spec
+    parts = [s.job_type, v.payload_json, str(s.priority), str(s.max_retries), str(s.timeout_s),
+             s.required_capability or "", ",".join(sorted(s.depends_on))]  # fmt: skip
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
+
+
+@dataclass
+class _Plan:
+    validated: list[ValidatedSpec]
+    ids: list[uuid.UUID]
+    internal: dict[int, list[int]]  # spec index -> indexes of batch specs it depends on
+    external: dict[int, list[uuid.UUID]]  # spec index -> existing job ids it depends on
+
+
+def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False) -> _Plan:
+    """Validate a batch without touching any store."""
+    if not isinstance(specs, list | tuple) or not specs:
+        raise InvalidInput("jobs", "must be a non-empty list")
+    if len(specs) > MAX_BATCH:
+        raise InvalidInput("jobs", f"at most {MAX_BATCH} jobs per batch, got {len(specs)}")
+    limits = _limits(settings)
+    validated: list[ValidatedSpec] = []
+    for i, spec in enumerate(specs):
+        try:
+            validated.append(validate_spec(spec, limits))
+        except JobHarnessError as exc:
+            raise (exc if single else _prefixed(exc, i)) from None
+    refs: dict[str, int] = {}
+    keys: set[str] = set()
+    for i, v in enumerate(validated):
+        if v.spec.ref is not None:
+            if v.spec.ref in refs:
+                raise _prefixed(InvalidInput("ref", f"duplicate ref {v.spec.ref!r}"), i)
+            refs[v.spec.ref] = i
+        key = v.spec.idempotency_key
+        if key is not None:
+            if key in keys:
+                raise _prefixed(InvalidInput("idempotency_key", f"{key!r} used twice"), i)
+            keys.add(key)
+    internal: dict[int, list[int]] = {}
+    external: dict[int, list[uuid.UUID]] = {}
+    for i, v in enumerate(validated):
+        for dep in v.spec.depends_on:
+            if dep in refs:
+                internal.setdefault(i, []).append(refs[dep])
+                continue
+            try:
+                external.setdefault(i, []).append(uuid.UUID(dep))
+            except ValueError:
+                err = InvalidInput("depends_on", f"{dep!r} is neither a job id nor a ref here")
+                raise (err if single else _prefixed(err, i)) from None
+    names = {i: v.spec.ref or f"jobs[{i}]" for i, v in enumerate(validated)}
+    check_acyclic({names[i]: [names[d] for d in deps] for i, deps in internal.items()})
+    return _Plan(validated=validated, ids=[uuid.uuid4() for _ in validated],
+                 internal=internal, external=external)  # fmt: skip
+
+
+async def create_jobs(
+    pool: asyncpg.Pool,
+    specs: Sequence[Any],
+    settings: Settings,
+    on_ready: Callable[[Iterable[Mapping[str, Any]]], None],
+    *,
+    single: bool = False,
+) -> list[CreateResult]:
+    """Insert a validated batch; `on_ready` receives the rows to index for dispatch."""
+    plan = plan_batch(specs, settings, single=single)
+    for _ in range(3):
+        try:
+            async with pool.acquire() as conn, conn.transaction():
+                results, ready = await _insert(conn, plan)
+        except _RaceLost:
+            continue
+        on_ready(ready)
+        return results
+    raise IdempotencyConflict("(concurrent)", "unknown")
+
+
+async def _insert(
+    conn: asyncpg.Connection, plan: _Plan
+) -> tuple[list[CreateResult], list[asyncpg.Record]]:
+    v = plan.validated
+    hashes = [_spec_hash(x) for x in v]
+    # Idempotency: specs whose key already names a job are not inserted again.
+    existing: dict[int, uuid.UUID] = {}
+    existing_status: dict[int, str] = {}
+    keys = {x.spec.idempotency_key: i for i, x in enumerate(v) if x.spec.idempotency_key}
+    if keys:
+        for row in await conn.fetch(q("find_idempotent"), list(keys)):
+            i = keys[row["idempotency_key"]]
+            if row["idempotency_hash"] != hashes[i]:
+                raise IdempotencyConflict(row["idempotency_key"], str(row["id"]))
+            existing[i] = row["id"]
+            existing_status[i] = row["status"]
+    ids = [existing.get(i, plan.ids[i]) for i in range(len(v))]
+    new = [i for i in range(len(v)) if i not in existing]
+
+    dep_ids = {d for i in new for d in plan.external.get(i, [])}
+    dep_ids |= {ids[d] for i in new for d in plan.internal.get(i, []) if d in existing}
+    dep_status: dict[uuid.UUID, str] = {}
+    if dep_ids:
+        rows = await conn.fetch(q("lock_dependencies"), list(dep_ids))
+        dep_status = {r["id"]: r["status"] for r in rows}
+        missing = sorted(str(d) for d in dep_ids - set(dep_status))
+        if missing:
+            raise UnknownDependency(missing)
+        doomed = sorted(str(d) for d, s in dep_status.items()
+                        if s in (JobStatus.DEAD, JobStatus.CANCELLED))  # fmt: skip
+        if doomed:
+            raise InvalidInput("depends_on", f"job(s) {', '.join(doomed)} can never complete")
+
+    def deps_of(i: int) -> list[uuid.UUID]:
+        return [*plan.external.get(i, []), *(ids[d] for d in plan.internal.get(i, []))]
+
+    def status_of(i: int) -> str:
+        for d in deps_of(i):
+            if dep_status.get(d, JobStatus.WAITING) != JobStatus.COMPLETED:
+                return JobStatus.WAITING.value
+        return JobStatus.PENDING.value
+
+    statuses = {i: status_of(i) for i in new} | existing_status
+    inserted: list[asyncpg.Record] = []
+    if new:
+        s = [v[i].spec for i in new]
+        inserted = await conn.fetch(
+            q("insert_jobs"),
+            [ids[i] for i in new], [x.job_type for x in s], [v[i].payload_json for i in new],
+            [x.priority for x in s], [statuses[i] for i in new],
+            [x.required_capability for x in s], [x.idempotency_key for x in s],
+            [hashes[i] for i in new], [x.max_retries for x in s], [float(x.timeout_s) for x in s],
+            [x.run_at for x in s], [float(x.delay_s) for x in s],
+        )  # fmt: skip
+        if len(inserted) != len(new):
+            raise _RaceLost()
+        edges = [(ids[i], d) for i in new for d in deps_of(i)]
+        if edges:
+            await conn.execute(q("insert_dependencies"), [a for a, _ in edges],
+                               [b for _, b in edges])  # fmt: skip
+    ready = [r for r in inserted if r["status"] == JobStatus.PENDING]
+    results = [
+        CreateResult(job_id=str(ids[i]),
+                     status=JobStatus(statuses[i]),
+                     created=i not in existing, ref=v[i].spec.ref)
+        for i in range(len(v))
+    ]  # fmt: skip
+    return results, ready

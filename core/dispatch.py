@@ -1,0 +1,229 @@
+"""RedisDispatch: the dispatch index in Redis sorted sets (the seed's keys).
+
+Redis may be lost, stale or unreachable at any time (invariant 1): every call either succeeds
+or raises DispatchUnavailable quickly, and after a failure the adapter stays "open" for
+`retry_after_s` so callers do not pay a timeout per operation while Redis is down.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from core.errors import DispatchUnavailable
+from core.keys import Keys
+
+WAKEUP_CAP = 10_000
+PROMOTE_LIMIT = 500
+
+
+def _script(name: str) -> str:
+    return importlib.resources.files("core").joinpath(f"lua/{name}.lua").read_text()
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnqueueItem:
+    job_id: str
+    priority: int
+    capability: str | None
+    delay_ms: int
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcquireResult:
+    job_id: str | None
+    next_due_in_ms: int | None  # until the earliest delayed job is due, if any
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatchSnapshot:
+    """What Redis holds, for the reconciler."""
+
+    now_ms: int
+    queued: set[str]
+    delayed: set[str]
+    processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
+    meta: set[str]
+
+
+class RedisDispatch:
+    """Dispatch index over one Redis connection pool (plus one blocking connection)."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: Keys,
+        *,
+        timeout_s: float = 1.0,
+        retry_after_s: float = 2.0,
+        max_connections: int = 2,
+    ) -> None:
+        self.keys = keys
+        self.retry_after_s = retry_after_s
+        self._client = aioredis.Redis.from_url(
+            url,
+            socket_timeout=timeout_s,
+            socket_connect_timeout=timeout_s,
+            max_connections=max_connections,
+            decode_responses=True,
+            retry=None,
+        )
+        self._blocking = aioredis.Redis.from_url(
+            url,
+            socket_connect_timeout=timeout_s,
+            max_connections=1,
+            decode_responses=True,
+        )
+        self._acquire = self._client.register_script(_script("acquire"))
+        self._enqueue = self._client.register_script(_script("enqueue"))
+        self._down_until = 0.0
+        self.failures = 0
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open after a recent failure."""
+        return time.monotonic() >= self._down_until
+
+    async def _call(self, coro: Any) -> Any:
+        if not self.available:
+            coro.close()
+            raise DispatchUnavailable("Redis marked unavailable after a recent failure")
+        try:
+            return await coro
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failures += 1
+            self._down_until = time.monotonic() + self.retry_after_s
+            raise DispatchUnavailable(f"Redis call failed: {exc}") from exc
+
+    def reset_breaker(self) -> None:
+        self._down_until = 0.0
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._client.ping()))
+        except DispatchUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose()
+        await self._blocking.aclose()
+
+    def _keys6(self, first: str, second: str, third: str) -> list[str]:
+        return [first, second, third, self.keys.high, self.keys.medium, self.keys.low]
+
+    async def enqueue(self, items: Sequence[EnqueueItem]) -> int:
+        """Index jobs for dispatch; returns how many were due at once."""
+        if not items:
+            return 0
+        total = 0
+        for start in range(0, len(items), 1000):
+            args: list[Any] = [WAKEUP_CAP]
+            for it in items[start : start + 1000]:
+                args += [it.job_id, it.priority, it.capability or "", max(0, it.delay_ms)]
+            keys = self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.wakeup)
+            total += int(await self._call(self._enqueue(keys=keys, args=args)))
+        return total
+
+    async def acquire(
+        self, capabilities: Iterable[str], lease_ms: int, *, scan_window: int, bands: str = "hml"
+    ) -> AcquireResult:
+        """Pop the best job the worker may run into the processing set."""
+        caps = "," + ",".join(sorted(set(capabilities))) + ","
+        keys = self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.processing)
+        job_id, next_due = await self._call(
+            self._acquire(keys=keys, args=[lease_ms, scan_window, PROMOTE_LIMIT, bands, caps])
+        )
+        due = int(next_due)
+        return AcquireResult(job_id=job_id or None, next_due_in_ms=due if due >= 0 else None)
+
+    async def extend(self, job_id: str, lease_ms: int) -> None:
+        now_ms = await self.now_ms()
+        await self._call(self._client.zadd(self.keys.processing, {job_id: now_ms + lease_ms},
+                                           xx=True))  # fmt: skip
+
+    async def forget(self, job_ids: Sequence[str], *, dead: bool = False) -> None:
+        """Remove jobs from every dispatch set (and record them dead if `dead`)."""
+        if not job_ids:
+            return
+        pipe = self._client.pipeline(transaction=True)
+        for key in (*self.keys.priority_queues, self.keys.delayed, self.keys.processing):
+            pipe.zrem(key, *job_ids)
+        pipe.hdel(self.keys.job_meta, *job_ids)
+        if dead:
+            now = time.time() * 1000
+            pipe.zadd(self.keys.dead_letter, {j: now for j in job_ids})
+        await self._call(pipe.execute())
+
+    async def forget_dead(self, job_ids: Sequence[str]) -> None:
+        """Drop jobs from the dead-letter set (requeued or purged)."""
+        if job_ids:
+            await self._call(self._client.zrem(self.keys.dead_letter, *job_ids))
+
+    async def release_processing(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            await self._call(self._client.zrem(self.keys.processing, *job_ids))
+
+    async def wait_for_work(self, timeout_s: float) -> bool:
+        """Block until a job is enqueued or `timeout_s` passes; True if woken by a job."""
+        if not self.available:
+            return False
+        try:
+            got = await self._blocking.blpop([self.keys.wakeup], timeout=max(timeout_s, 0.01))
+        except (RedisError, OSError, TimeoutError):
+            self._down_until = time.monotonic() + self.retry_after_s
+            return False
+        return got is not None
+
+    async def now_ms(self) -> int:
+        sec, usec = await self._call(self._client.time())
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def depths(self) -> dict[str, int]:
+        pipe = self._client.pipeline(transaction=False)
+        names = ["high", "medium", "low", "delayed", "processing", "dead_letter"]
+        for key in (*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
+                    self.keys.dead_letter):  # fmt: skip
+            pipe.zcard(key)
+        values = await self._call(pipe.execute())
+        return dict(zip(names, map(int, values), strict=True))
+
+    async def snapshot(self) -> DispatchSnapshot:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.time()
+        for key in self.keys.priority_queues:
+            pipe.zrange(key, 0, -1)
+        pipe.zrange(self.keys.delayed, 0, -1)
+        pipe.zrange(self.keys.processing, 0, -1, withscores=True)
+        pipe.hkeys(self.keys.job_meta)
+        (sec, usec), high, med, low, delayed, processing, meta = await self._call(pipe.execute())
+        return DispatchSnapshot(
+            now_ms=int(sec) * 1000 + int(usec) // 1000,
+            queued=set(high) | set(med) | set(low),
+            delayed=set(delayed),
+            processing={j: int(s) for j, s in processing},
+            meta=set(meta),
+        )
+
+    async def forget_meta(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            await self._call(self._client.hdel(self.keys.job_meta, *job_ids))
+
+    async def set_heartbeat(self, worker_id: str, ttl_s: float, value: str) -> None:
+        await self._call(self._client.set(self.keys.heartbeat(worker_id), value,
+                                          px=int(ttl_s * 1000)))  # fmt: skip
+
+    async def clear_heartbeat(self, worker_id: str) -> None:
+        await self._call(self._client.delete(self.keys.heartbeat(worker_id)))
+
+    async def flush_prefix(self) -> int:
+        """Delete every key under the prefix (tests, `db reset`)."""
+        n = 0
+        async for key in self._client.scan_iter(match=self.keys.all_pattern, count=1000):
+            n += int(await self._call(self._client.delete(key)))
+        return n

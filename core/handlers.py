@@ -1,0 +1,121 @@
+"""Job handlers: plain callables registered by job type, plus the built-in synthetic ones
+that the load scenarios use (noop, sleep, cpu, flaky, leak, hang)."""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import inspect
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from core.errors import ConfigError
+
+Handler = Callable[[dict[str, Any]], Awaitable[Any] | Any]
+
+
+class HandlerError(Exception):
+    """A handler failed on purpose (synthetic failure)."""
+
+
+async def noop(payload: dict[str, Any]) -> dict[str, Any]:
+    return {"ok": True}
+
+
+async def sleep(payload: dict[str, Any]) -> dict[str, Any]:
+    """Sleep `ms`, or a draw from {"dist": "uniform"|"exp"|"lognormal", ...} in ms."""
+    ms = _duration_ms(payload)
+    await asyncio.sleep(ms / 1000)
+    return {"slept_ms": ms}
+
+
+def _duration_ms(payload: dict[str, Any]) -> float:
+    dist = payload.get("dist")
+    rng = random.Random(payload.get("seed"))
+    if dist is None:
+        return float(payload.get("ms", 10))
+    if dist == "uniform":
+        return rng.uniform(float(payload.get("min_ms", 0)), float(payload.get("max_ms", 100)))
+    if dist == "exp":
+        return rng.expovariate(1.0 / float(payload.get("mean_ms", 50)))
+    if dist == "lognormal":
+        return rng.lognormvariate(float(payload.get("mu", 3.0)), float(payload.get("sigma", 0.5)))
+    raise HandlerError(f"unknown sleep distribution {dist!r}")
+
+
+def _burn(ms: float) -> int:
+    end = time.perf_counter() + ms / 1000
+    n = 0
+    while time.perf_counter() < end:
+        n += 1
+    return n
+
+
+async def cpu(payload: dict[str, Any]) -> dict[str, Any]:
+    """Burn `ms` of CPU in a thread (the event loop keeps heartbeating)."""
+    ms = float(payload.get("ms", 10))
+    loops = await asyncio.to_thread(_burn, ms)
+    return {"burned_ms": ms, "loops": loops}
+
+
+async def flaky(payload: dict[str, Any]) -> dict[str, Any]:
+    """Fail with probability `p` (seedable with `seed` + attempt for repeatable runs)."""
+    p = float(payload.get("p", 0.5))
+    seed = payload.get("seed")
+    rng = random.Random(f"{seed}:{payload.get('_attempt', 0)}") if seed is not None else random
+    if payload.get("ms"):
+        await asyncio.sleep(float(payload["ms"]) / 1000)
+    if rng.random() < p:
+        raise HandlerError(f"flaky failure (p={p})")
+    return {"ok": True}
+
+
+_LEAKED: list[bytes] = []
+
+
+async def leak(payload: dict[str, Any]) -> dict[str, Any]:
+    """Keep `kb` KiB per job alive for the life of the process (a memory leak)."""
+    kb = int(payload.get("kb", 256))
+    _LEAKED.append(bytes(kb * 1024))
+    return {"leaked_kb_total": sum(len(b) for b in _LEAKED) // 1024}
+
+
+async def hang(payload: dict[str, Any]) -> None:
+    """Never return (until cancelled or timed out)."""
+    await asyncio.Event().wait()
+
+
+BUILTIN_HANDLERS: dict[str, Handler] = {
+    "noop": noop, "sleep": sleep, "cpu": cpu, "flaky": flaky, "leak": leak, "hang": hang,
+}  # fmt: skip
+
+
+def load_handler(path: str) -> Handler:
+    """Load a user handler from 'package.module:function'."""
+    module_name, _, attr = path.partition(":")
+    if not module_name or not attr:
+        raise ConfigError(f"handler {path!r} must look like 'package.module:function'")
+    try:
+        obj = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise ConfigError(f"cannot load handler {path!r}: {exc}") from exc
+    if not callable(obj):
+        raise ConfigError(f"handler {path!r} is not callable")
+    return obj  # type: ignore[no-any-return]
+
+
+def build_registry(extra: Mapping[str, str] | None = None) -> dict[str, Handler]:
+    """Built-ins plus user handlers given as {job_type: 'module:function'}."""
+    registry = dict(BUILTIN_HANDLERS)
+    for job_type, path in (extra or {}).items():
+        registry[job_type] = load_handler(path)
+    return registry
+
+
+async def call_handler(handler: Handler, payload: dict[str, Any]) -> Any:
+    result = handler(payload)
+    if inspect.isawaitable(result):
+        return await result
+    return result

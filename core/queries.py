@@ -1,0 +1,26 @@
+"""Named SQL queries loaded once from `core/sql/queries.sql`."""
+
+from __future__ import annotations
+
+import functools
+import importlib.resources
+import re
+
+_NAME_RE = re.compile(r"^-- name: (\w+)\s*$", re.MULTILINE)
+
+
+@functools.cache
+def queries() -> dict[str, str]:
+    text = importlib.resources.files("core").joinpath("sql/queries.sql").read_text()
+    parts = _NAME_RE.split(text)
+    out: dict[str, str] = {}
+    for name, body in zip(parts[1::2], parts[2::2], strict=True):
+        if name in out:
+            raise ValueError(f"query {name!r} defined twice")
+        out[name] = body.strip().rstrip(";")
+    return out
+
+
+def q(name: str) -> str:
+    """The SQL of the named query."""
+    return queries()[name]

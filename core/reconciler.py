@@ -1,0 +1,106 @@
+"""The reconciler of invariant 2: it makes Redis agree with PostgreSQL again after any fault.
+
+One pass: expire leases past their deadline (PostgreSQL clock), release WAITING jobs whose
+dependencies are done, re-index PENDING jobs that Redis lost, drop Redis entries with no live
+job behind them, mark workers with stale PostgreSQL heartbeats, and purge old DLQ entries.
+Redis is read before PostgreSQL, so an entry enqueued after its job's commit is never mistaken
+for an orphan.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from dataclasses import asdict, dataclass
+
+from core.dispatch import DispatchSnapshot
+from core.errors import DispatchUnavailable, StoreUnavailable
+from core.model import JobStatus
+from core.queries import q
+from core.service import Effects, JobService
+
+EXPIRE_BATCH = 500
+
+
+@dataclass
+class ReconcileReport:
+    leases_expired: int = 0
+    released_waiting: int = 0
+    reindexed: int = 0
+    orphans_removed: int = 0
+    stale_workers: int = 0
+    dlq_purged: int = 0
+    redis_reachable: bool = True
+
+    def as_dict(self) -> dict[str, int | bool]:
+        return asdict(self)
+
+
+class Reconciler:
+    def __init__(self, service: JobService) -> None:
+        self.service = service
+        self.passes = 0
+
+    async def run_once(self) -> ReconcileReport:
+        report = ReconcileReport()
+        svc = self.service
+        for row in await svc.pool.fetch(q("expired_leases"), EXPIRE_BATCH):
+            reason = f"lease expired (worker {row['worker_id']})"
+            if await svc.expire_lease(row["id"], row["lease_token"], reason):
+                report.leases_expired += 1
+        fx = Effects()
+        async with svc._tx() as conn:
+            fx.add_ready(ready := await conn.fetch(q("release_ready"), None))
+        report.released_waiting = len(ready)
+        await svc._apply(fx)
+        try:
+            await self._sync_redis(report)
+        except DispatchUnavailable:
+            report.redis_reachable = False
+        stale = await svc.pool.fetch(q("mark_stale_workers"), svc.settings.heartbeat_ttl_s)
+        report.stale_workers = len(stale)
+        report.dlq_purged = await svc.dlq_purge()
+        self.passes += 1
+        return report
+
+    async def _sync_redis(self, report: ReconcileReport) -> None:
+        svc = self.service
+        svc.dispatch.reset_breaker()
+        snap: DispatchSnapshot = await svc.dispatch.snapshot()
+        live = {str(r["id"]): r for r in await svc.pool.fetch(q("live_jobs"))}
+        fx = Effects()
+        indexed = snap.queued | snap.delayed
+        for job_id, row in live.items():
+            if row["status"] != JobStatus.PENDING or job_id in indexed:
+                continue
+            deadline = snap.processing.get(job_id)
+            if deadline is not None and deadline > snap.now_ms:
+                continue  # being leased right now (popped, PostgreSQL update in flight)
+            fx.add_ready([row])
+        stale_processing = [
+            j for j, deadline in snap.processing.items()
+            if deadline <= snap.now_ms and live.get(j, {}).get("status") != JobStatus.PROCESSING
+        ]  # fmt: skip
+        orphans = [j for j in indexed if j not in live or live[j]["status"] != JobStatus.PENDING]
+        fx.forget = sorted(set(orphans) | {j for j in stale_processing if j not in live})
+        leftover_processing = [j for j in stale_processing if j in live]
+        if leftover_processing:
+            await svc.dispatch.release_processing(leftover_processing)
+        meta_orphans = [j for j in snap.meta - live.keys() if j not in indexed]
+        if meta_orphans:
+            await svc.dispatch.forget_meta(meta_orphans)
+        report.reindexed = len(fx.enqueue)
+        report.orphans_removed = len(fx.forget) + len(leftover_processing)
+        # Raise instead of deferring: this pass must know whether Redis took the repair.
+        if fx.forget:
+            await svc.dispatch.forget(fx.forget)
+        if fx.enqueue:
+            await svc.dispatch.enqueue(fx.enqueue)
+
+    async def run(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:
+        """Run passes every `interval_s` until `stop` is set; store outages are survived."""
+        while not stop.is_set():
+            with contextlib.suppress(StoreUnavailable, OSError):
+                await self.run_once()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval_s)

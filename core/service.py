@@ -1,0 +1,474 @@
+"""JobService: the job lifecycle over PostgreSQL (truth) and Redis (dispatch index).
+
+Every state change is one PostgreSQL transaction guarded by the job's status and, for leased
+jobs, its fencing token (invariant 3). Redis effects are applied after the commit and are
+best effort: when Redis fails, the reconciler repairs the index later (invariant 2) and
+acquisition falls back to `get_runnable_jobs ... FOR UPDATE SKIP LOCKED` (invariant 4).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+import uuid
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from core.creation import CreateResult, create_jobs
+from core.dispatch import EnqueueItem, RedisDispatch
+from core.errors import (
+    DispatchUnavailable,
+    InvalidInput,
+    InvalidTransition,
+    JobNotFound,
+    StaleLease,
+    StoreUnavailable,
+)
+from core.model import ExecutionStatus, Job, JobSpec, JobStatus, Lease, parse_job_id
+from core.queries import q
+from core.settings import Settings
+
+__all__ = ["CreateResult", "Effects", "FailOutcome", "JobService"]
+
+
+@dataclass
+class Effects:
+    """Redis changes to apply once the PostgreSQL transaction has committed."""
+
+    forget: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    undead: list[str] = field(default_factory=list)
+    enqueue: list[EnqueueItem] = field(default_factory=list)
+
+    def add_ready(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.enqueue += [
+            EnqueueItem(job_id=str(r["id"]), priority=r["priority"],
+                        capability=r["required_capability"], delay_ms=int(r["delay_ms"]))
+            for r in rows
+        ]  # fmt: skip
+
+
+@dataclass(frozen=True, kw_only=True)
+class FailOutcome:
+    status: JobStatus  # PENDING (retry scheduled), DEAD or CANCELLED
+    retry_in_s: float | None = None
+    cancelled_dependents: int = 0
+
+
+@contextlib.contextmanager
+def _store_errors() -> Any:
+    try:
+        yield
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        raise StoreUnavailable(f"PostgreSQL unreachable: {exc}") from exc
+
+
+class JobService:
+    """The job operations. One instance per process; safe for concurrent use."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dispatch: RedisDispatch,
+        settings: Settings,
+        *,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.pool = pool
+        self.dispatch = dispatch
+        self.settings = settings
+        self.rng = rng or random.Random()
+        self.stats: Counter[str] = Counter()
+        self._fallback_poll_s = 0.2
+
+    # -- transactions and Redis effects ----------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+        with _store_errors():
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+
+    async def _apply(self, fx: Effects) -> None:
+        try:
+            if fx.forget:
+                await self.dispatch.forget(fx.forget)
+            if fx.dead:
+                await self.dispatch.forget(fx.dead, dead=True)
+            if fx.undead:
+                await self.dispatch.forget_dead(fx.undead)
+            if fx.enqueue:
+                await self.dispatch.enqueue(fx.enqueue)
+        except DispatchUnavailable:
+            # PostgreSQL already holds the truth; the reconciler re-indexes later.
+            self.stats["dispatch_deferred"] += 1
+
+    # -- create -----------------------------------------------------------------------------
+    async def create(self, spec: JobSpec) -> CreateResult:
+        """Create one job (see `create_batch`)."""
+        return (await self.create_batch([spec], single=True))[0]
+
+    async def create_batch(
+        self, specs: Sequence[JobSpec], *, single: bool = False
+    ) -> list[CreateResult]:
+        """Create jobs atomically: all are committed or none; then index them in Redis."""
+        fx = Effects()
+        with _store_errors():
+            results = await create_jobs(self.pool, specs, self.settings, fx.add_ready,
+                                        single=single)  # fmt: skip
+        self.stats["created"] += sum(r.created for r in results)
+        await self._apply(fx)
+        return results
+
+    # -- acquire ----------------------------------------------------------------------------
+    async def acquire(
+        self, worker_id: str, capabilities: Iterable[str] = (), *, lease_s: float | None = None
+    ) -> Lease | None:
+        """Lease the best runnable job this worker may run, or return None."""
+        lease_s = lease_s or self.settings.lease_s
+        caps = sorted(set(capabilities))
+        if self.dispatch.available:
+            try:
+                return await self._acquire_redis(worker_id, caps, lease_s)
+            except DispatchUnavailable:
+                self.stats["redis_acquire_failed"] += 1
+        return await self._acquire_postgres(worker_id, caps, lease_s)
+
+    async def _acquire_redis(self, worker_id: str, caps: list[str], lease_s: float) -> Lease | None:
+        for _ in range(16):
+            res = await self.dispatch.acquire(
+                caps, int(lease_s * 1000), scan_window=self.settings.scan_window
+            )
+            self._next_due_in_ms = res.next_due_in_ms
+            if res.job_id is None:
+                return None
+            with _store_errors():
+                row = await self.pool.fetchrow(
+                    q("lease_job"), uuid.UUID(res.job_id), worker_id, lease_s, "redis"
+                )
+            if row is not None:
+                self.stats["acquired_redis"] += 1
+                return self._lease(row, worker_id, lease_s, "redis")
+            await self._drop_stale_entry(res.job_id)
+        return None
+
+    async def _drop_stale_entry(self, job_id: str) -> None:
+        """A popped id whose job is not PENDING: keep the index honest, then look further."""
+        self.stats["stale_dispatch_entries"] += 1
+        with _store_errors():
+            row = await self.pool.fetchrow(q("job_state"), uuid.UUID(job_id))
+        if row is not None and row["status"] == JobStatus.PROCESSING:
+            return  # the current holder's processing entry is the same member: leave it
+        await self._apply(Effects(forget=[job_id]))
+
+    async def _acquire_postgres(
+        self, worker_id: str, caps: list[str], lease_s: float
+    ) -> Lease | None:
+        with _store_errors():
+            row = await self.pool.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
+        if row is None:
+            return None
+        self.stats["acquired_postgres"] += 1
+        return self._lease(row, worker_id, lease_s, "postgres")
+
+    @staticmethod
+    def _lease(row: asyncpg.Record, worker_id: str, lease_s: float, via: str) -> Lease:
+        return Lease(
+            job_id=str(row["id"]),
+            token=row["lease_token"],
+            attempt=row["retry_count"] + 1,
+            job_type=row["job_type"],
+            payload=row["payload"],
+            priority=row["priority"],
+            timeout_s=row["timeout_s"],
+            lease_s=lease_s,
+            worker_id=worker_id,
+            via=via,
+        )
+
+    async def wait_for_work(self, max_wait_s: float) -> None:
+        """Block until work may be available: a wake-up from Redis, a delayed job falling due,
+        or, when Redis is unavailable, the PostgreSQL fallback poll interval."""
+        if not self.dispatch.available:
+            await asyncio.sleep(min(max_wait_s, self._fallback_poll_s))
+            return
+        due = getattr(self, "_next_due_in_ms", None)
+        timeout = max_wait_s if due is None else min(max_wait_s, due / 1000)
+        await self.dispatch.wait_for_work(timeout)
+
+    # -- results ----------------------------------------------------------------------------
+    async def _stale(self, conn: asyncpg.Connection, job_id: uuid.UUID, token: int) -> Exception:
+        row = await conn.fetchrow(q("job_state"), job_id)
+        if row is None:
+            return JobNotFound(str(job_id))
+        self.stats["stale_rejected"] += 1
+        return StaleLease(str(job_id), token, row["status"])
+
+    async def complete(self, job_id: str, token: int, result: Any = None) -> None:
+        """Record success; only the current lease's token is accepted."""
+        jid = parse_job_id(job_id)
+        fx = Effects(forget=[job_id])
+        async with self._tx() as conn:
+            row = await conn.fetchrow(q("complete_job"), jid, token, result)
+            if row is None:
+                raise await self._stale(conn, jid, token)
+            await self._release_dependents(conn, jid, fx)
+        self.stats["completed"] += 1
+        await self._apply(fx)
+
+    async def _release_dependents(
+        self, conn: asyncpg.Connection, job_id: uuid.UUID, fx: Effects
+    ) -> None:
+        waiting = [r["id"] for r in await conn.fetch(q("lock_dependents"), job_id)]
+        if waiting:
+            fx.add_ready(await conn.fetch(q("release_ready"), waiting))
+
+    async def _locked(
+        self, conn: asyncpg.Connection, job_id: uuid.UUID, token: int | None
+    ) -> asyncpg.Record:
+        row = await conn.fetchrow(q("lock_job"), job_id)
+        if row is None:
+            raise JobNotFound(str(job_id))
+        if token is not None and (
+            row["status"] != JobStatus.PROCESSING or row["lease_token"] != token
+        ):
+            self.stats["stale_rejected"] += 1
+            raise StaleLease(str(job_id), token, row["status"])
+        return row
+
+    async def fail(
+        self,
+        job_id: str,
+        token: int,
+        error: str,
+        *,
+        status: ExecutionStatus = ExecutionStatus.FAILED,
+    ) -> FailOutcome:
+        """Record a failed attempt: retry with backoff, or dead-letter when retries are spent."""
+        jid = parse_job_id(job_id)
+        fx = Effects()
+        async with self._tx() as conn:
+            row = await self._locked(conn, jid, token)
+            outcome = await self._fail_locked(conn, row, token, error, status, fx)
+        await self._apply(fx)
+        return outcome
+
+    async def _fail_locked(
+        self,
+        conn: asyncpg.Connection,
+        row: asyncpg.Record,
+        token: int,
+        error: str,
+        exec_status: ExecutionStatus,
+        fx: Effects,
+    ) -> FailOutcome:
+        jid, job_id = row["id"], str(row["id"])
+        await conn.execute(q("close_execution"), token, exec_status.value, error)
+        await conn.execute(q("count_failure"), row["worker_id"])
+        if row["cancel_requested_at"] is not None:
+            return await self._cancel_locked(conn, jid, row["cancel_reason"], fx)
+        if row["retry_count"] < row["max_retries"]:
+            delay_s = self.settings.backoff.delay_s(row["retry_count"], self.rng)
+            retry = await conn.fetchrow(q("schedule_retry"), jid, error, delay_s)
+            fx.forget.append(job_id)
+            fx.add_ready([{"id": jid, **dict(retry)}])
+            self.stats["retried"] += 1
+            return FailOutcome(status=JobStatus.PENDING, retry_in_s=delay_s)
+        await conn.execute(q("mark_dead"), jid, error)
+        cancelled = await conn.fetch(q("cancel_dependents"), jid, f"dependency {job_id} is DEAD")
+        fx.dead.append(job_id)
+        fx.forget += [str(r["id"]) for r in cancelled]
+        self.stats["dead"] += 1
+        return FailOutcome(status=JobStatus.DEAD, cancelled_dependents=len(cancelled))
+
+    async def _cancel_locked(
+        self, conn: asyncpg.Connection, jid: uuid.UUID, reason: str | None, fx: Effects
+    ) -> FailOutcome:
+        await conn.execute(q("mark_cancelled"), jid, reason or "cancelled")
+        cancelled = await conn.fetch(q("cancel_dependents"), jid, f"dependency {jid} cancelled")
+        fx.forget += [str(jid), *(str(r["id"]) for r in cancelled)]
+        self.stats["cancelled"] += 1
+        return FailOutcome(status=JobStatus.CANCELLED, cancelled_dependents=len(cancelled))
+
+    async def release(self, job_id: str, token: int, reason: str) -> None:
+        """Give a lease back without spending a retry (graceful drain)."""
+        jid = parse_job_id(job_id)
+        fx = Effects(forget=[job_id])
+        async with self._tx() as conn:
+            await self._locked(conn, jid, token)
+            await conn.execute(q("close_execution"), token, ExecutionStatus.RELEASED.value, reason)
+            released = await conn.fetchrow(q("release_job"), jid)
+            fx.add_ready([{**dict(released), "id": jid}])
+        await self._apply(fx)
+
+    async def extend(self, job_id: str, token: int, *, lease_s: float | None = None) -> bool:
+        """Extend a lease; returns True when the job's cancellation has been requested."""
+        jid = parse_job_id(job_id)
+        lease_s = lease_s or self.settings.lease_s
+        with _store_errors():
+            async with self.pool.acquire() as conn:
+                row = await conn.fetchrow(q("extend_lease"), jid, token, lease_s)
+                if row is None:
+                    raise await self._stale(conn, jid, token)
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.extend(job_id, int(lease_s * 1000))
+        return bool(row["cancel_requested"])
+
+    # -- cancellation -----------------------------------------------------------------------
+    async def cancel(self, job_id: str, reason: str = "cancelled by request") -> JobStatus:
+        """Cancel a job: queued ones at once (CANCELLED), running ones cooperatively (the
+        worker learns it at its next lease extension; PROCESSING is returned)."""
+        jid = parse_job_id(job_id)
+        fx = Effects()
+        async with self._tx() as conn:
+            row = await self._locked(conn, jid, None)
+            status = JobStatus(row["status"])
+            if status.terminal:
+                raise InvalidTransition(job_id, status, "cancel")
+            if status == JobStatus.PROCESSING:
+                await conn.execute(q("request_cancel"), jid, reason)
+                self.stats["cancel_requested"] += 1
+            else:
+                await self._cancel_locked(conn, jid, reason, fx)
+                status = JobStatus.CANCELLED
+        await self._apply(fx)
+        return status
+
+    async def ack_cancel(self, job_id: str, token: int) -> None:
+        """The worker stopped a job whose cancellation was requested."""
+        jid = parse_job_id(job_id)
+        fx = Effects()
+        async with self._tx() as conn:
+            row = await self._locked(conn, jid, token)
+            await conn.execute(q("close_execution"), token, ExecutionStatus.CANCELLED.value,
+                               "cancelled")  # fmt: skip
+            await self._cancel_locked(conn, jid, row["cancel_reason"], fx)
+        await self._apply(fx)
+
+    # -- lease expiry and worker loss (used by the reconciler and the supervisor) -----------
+    async def expire_lease(self, job_id: uuid.UUID, token: int, reason: str) -> bool:
+        """Fail an attempt whose lease ran out; False if it was renewed or finished meanwhile."""
+        fx = Effects()
+        async with self._tx() as conn:
+            row = await conn.fetchrow(q("lock_job"), job_id)
+            if row is None or row["lease_token"] != token or not row["lease_expired"]:
+                return False
+            await self._fail_locked(conn, row, token, reason, ExecutionStatus.LEASE_EXPIRED, fx)
+        self.stats["leases_expired"] += 1
+        await self._apply(fx)
+        return True
+
+    async def release_worker(self, worker_id: str, reason: str) -> int:
+        """Fail every lease a lost worker holds (counts as an attempt); returns how many."""
+        with _store_errors():
+            leases = await self.pool.fetch(q("worker_leases"), worker_id)
+        n = 0
+        for lease in leases:
+            fx = Effects()
+            async with self._tx() as conn:
+                row = await conn.fetchrow(q("lock_job"), lease["id"])
+                if row is None or row["lease_token"] != lease["lease_token"]:
+                    continue
+                await self._fail_locked(conn, row, lease["lease_token"], reason,
+                                        ExecutionStatus.LEASE_EXPIRED, fx)  # fmt: skip
+            await self._apply(fx)
+            n += 1
+        return n
+
+    # -- reads ------------------------------------------------------------------------------
+    async def get(self, job_id: str) -> Job:
+        jid = parse_job_id(job_id)
+        with _store_errors():
+            row = await self.pool.fetchrow(q("get_job"), jid)
+        if row is None:
+            raise JobNotFound(job_id)
+        names = Job.__dataclass_fields__
+        data = {k: row[k] for k in names if k in row}
+        data["id"] = str(row["id"])
+        data["status"] = JobStatus(row["status"])
+        return Job(**data)
+
+    async def counts(self) -> dict[str, int]:
+        with _store_errors():
+            rows = await self.pool.fetch(q("count_by_status"))
+        out = {s.value: 0 for s in JobStatus}
+        out.update({r["status"]: r["n"] for r in rows})
+        return out
+
+    # -- dead-letter queue ------------------------------------------------------------------
+    async def dlq_list(
+        self, *, job_type: str | None = None, limit: int = 100, offset: int = 0
+    ) -> list[dict[str, Any]]:
+        if not 1 <= limit <= 10_000 or offset < 0:
+            raise InvalidInput("limit", "limit must be 1..10000 and offset >= 0")
+        with _store_errors():
+            rows = await self.pool.fetch(q("dlq_list"), job_type, limit, offset)
+        return [dict(r) | {"job_id": str(r["job_id"])} for r in rows]
+
+    async def dlq_requeue(self, job_id: str) -> None:
+        """Move a dead job back to PENDING with fresh retries."""
+        jid = parse_job_id(job_id)
+        fx = Effects(undead=[job_id])
+        async with self._tx() as conn:
+            rows = await conn.fetch(q("dlq_requeue"), jid)
+            if not rows:
+                row = await conn.fetchrow(q("job_state"), jid)
+                if row is None:
+                    raise JobNotFound(job_id)
+                raise InvalidTransition(job_id, row["status"], "requeue (not in the DLQ)")
+            fx.add_ready(rows)
+        self.stats["dlq_requeued"] += 1
+        await self._apply(fx)
+
+    async def dlq_purge(self, *, older_than_s: float | None = None) -> int:
+        """Delete DLQ entries older than `older_than_s` (default: the retention period)."""
+        if older_than_s is None:
+            older_than_s = self.settings.dlq_retention_days * 86_400
+        if older_than_s < 0:
+            raise InvalidInput("older_than_s", "must be >= 0")
+        with _store_errors():
+            rows = await self.pool.fetch(q("dlq_purge"), older_than_s)
+        ids = [str(r["job_id"]) for r in rows]
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.forget_dead(ids)
+        return len(ids)
+
+    # -- workers ----------------------------------------------------------------------------
+    async def register_worker(
+        self,
+        worker_id: str,
+        capabilities: Sequence[str],
+        *,
+        concurrency: int = 1,
+        hostname: str = "",
+        pid: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not worker_id or len(worker_id) > 200:
+            raise InvalidInput("worker_id", "must be 1 to 200 characters")
+        if not 1 <= concurrency <= 1000:
+            raise InvalidInput("concurrency", "must be between 1 and 1000")
+        with _store_errors():
+            await self.pool.execute(q("register_worker"), worker_id, hostname, pid,
+                                    list(capabilities), concurrency, metadata or {})  # fmt: skip
+        await self.heartbeat(worker_id)
+
+    async def heartbeat(self, worker_id: str, value: str = "alive") -> str | None:
+        """Refresh liveness in both stores; returns the PostgreSQL status (None if unknown)."""
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.set_heartbeat(worker_id, self.settings.heartbeat_ttl_s, value)
+        with _store_errors():
+            status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
+        return str(status) if status is not None else None
+
+    async def deregister_worker(
+        self, worker_id: str, *, status: str = "STOPPED", reason: str | None = None
+    ) -> None:
+        with _store_errors():
+            await self.pool.execute(q("stop_worker"), worker_id, status, reason)
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.clear_heartbeat(worker_id)

@@ -1,0 +1,239 @@
+-- Named queries of the PostgreSQL job store. Each starts with "-- name: NAME".
+-- They run with search_path set to the configured schema; timestamps come from the
+-- PostgreSQL clock only (invariant 6).
+
+-- name: insert_jobs
+-- Batch insert from parallel arrays; an idempotency key already taken inserts nothing.
+INSERT INTO jobs (id, job_type, payload, priority, status, required_capability,
+                  idempotency_key, idempotency_hash, max_retries, timeout_s, run_at)
+SELECT u.id, u.job_type, u.payload::jsonb, u.priority, u.status, u.cap, u.ikey, u.ihash,
+       u.max_retries, u.timeout_s,
+       coalesce(u.run_at, clock_timestamp() + make_interval(secs => u.delay_s))
+FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::text[],
+            $7::text[], $8::text[], $9::integer[], $10::float8[], $11::timestamptz[],
+            $12::float8[])
+     AS u(id, job_type, payload, priority, status, cap, ikey, ihash, max_retries, timeout_s,
+          run_at, delay_s)
+ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+RETURNING id, status, priority, required_capability,
+          greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
+              AS delay_ms;
+
+-- name: find_idempotent
+SELECT id, idempotency_key, idempotency_hash, status FROM jobs
+WHERE idempotency_key = ANY($1::text[]);
+
+-- name: lock_dependencies
+-- FOR SHARE makes a concurrent completion of a dependency wait for this create to commit,
+-- so its release step sees the new edges (no job left WAITING forever).
+SELECT id, status FROM jobs WHERE id = ANY($1::uuid[]) FOR SHARE;
+
+-- name: insert_dependencies
+INSERT INTO job_dependencies (job_id, depends_on_job_id)
+SELECT * FROM unnest($1::uuid[], $2::uuid[]);
+
+-- name: lease_job
+-- Lease one PENDING job popped from Redis and open its execution row, in one statement.
+WITH leased AS (
+    UPDATE jobs
+    SET status = 'PROCESSING', worker_id = $2, lease_token = nextval('lease_token_seq'),
+        lease_expires_at = clock_timestamp() + make_interval(secs => $3),
+        started_at = coalesce(started_at, clock_timestamp())
+    WHERE id = $1 AND status = 'PENDING' AND cancel_requested_at IS NULL
+    RETURNING id, job_type, payload, priority, timeout_s, lease_token, retry_count
+), opened AS (
+    INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
+    SELECT id, $2, retry_count + 1, lease_token, $4 FROM leased
+)
+SELECT * FROM leased;
+
+-- name: lease_runnable
+-- PostgreSQL fallback acquisition (Redis unreachable): get_runnable_jobs with SKIP LOCKED.
+WITH candidate AS (
+    SELECT id FROM get_runnable_jobs($1::text[], 1)
+), leased AS (
+    UPDATE jobs j
+    SET status = 'PROCESSING', worker_id = $2, lease_token = nextval('lease_token_seq'),
+        lease_expires_at = clock_timestamp() + make_interval(secs => $3),
+        started_at = coalesce(j.started_at, clock_timestamp())
+    FROM candidate c
+    WHERE j.id = c.id
+    RETURNING j.id, j.job_type, j.payload, j.priority, j.timeout_s, j.lease_token, j.retry_count
+), opened AS (
+    INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
+    SELECT id, $2, retry_count + 1, lease_token, 'postgres' FROM leased
+)
+SELECT * FROM leased;
+
+-- name: complete_job
+WITH done AS (
+    UPDATE jobs
+    SET status = 'COMPLETED', completed_at = clock_timestamp(), result = $3::jsonb,
+        lease_token = NULL, lease_expires_at = NULL
+    WHERE id = $1 AND lease_token = $2 AND status = 'PROCESSING'
+    RETURNING id, worker_id
+), closed AS (
+    UPDATE job_executions e
+    SET status = 'COMPLETED', finished_at = clock_timestamp(),
+        duration_ms = extract(epoch FROM clock_timestamp() - e.started_at) * 1000
+    FROM done
+    WHERE e.lease_token = $2
+), counted AS (
+    UPDATE workers w SET jobs_completed = jobs_completed + 1
+    FROM done WHERE w.id = done.worker_id
+)
+SELECT id FROM done;
+
+-- name: job_state
+SELECT id, status, lease_token FROM jobs WHERE id = $1;
+
+-- name: lock_job
+SELECT id, job_type, status, priority, required_capability, retry_count, max_retries,
+       lease_token, worker_id, cancel_requested_at, cancel_reason,
+       coalesce(lease_expires_at < clock_timestamp(), false) AS lease_expired
+FROM jobs WHERE id = $1 FOR UPDATE;
+
+-- name: close_execution
+UPDATE job_executions
+SET status = $2, finished_at = clock_timestamp(),
+    duration_ms = extract(epoch FROM clock_timestamp() - started_at) * 1000, error = $3
+WHERE lease_token = $1 AND status = 'RUNNING';
+
+-- name: schedule_retry
+UPDATE jobs
+SET status = 'PENDING', retry_count = retry_count + 1, last_error = $2,
+    run_at = clock_timestamp() + make_interval(secs => $3),
+    lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1
+RETURNING priority, required_capability,
+          greatest(0, ceil($3 * 1000))::bigint AS delay_ms;
+
+-- name: release_job
+-- A drained or released lease: back to PENDING without spending a retry.
+UPDATE jobs
+SET status = 'PENDING', run_at = clock_timestamp(), lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1
+RETURNING priority, required_capability, 0::bigint AS delay_ms;
+
+-- name: mark_dead
+WITH dead AS (
+    UPDATE jobs
+    SET status = 'DEAD', completed_at = clock_timestamp(), last_error = $2,
+        lease_token = NULL, lease_expires_at = NULL
+    WHERE id = $1
+    RETURNING *
+)
+INSERT INTO dead_letter_queue (job_id, job_type, error, retry_count, job_snapshot)
+SELECT id, job_type, $2, retry_count, to_jsonb(dead) FROM dead;
+
+-- name: count_failure
+UPDATE workers SET jobs_failed = jobs_failed + 1 WHERE id = $1;
+
+-- name: mark_cancelled
+UPDATE jobs
+SET status = 'CANCELLED', completed_at = clock_timestamp(),
+    cancel_reason = coalesce(cancel_reason, $2), lease_token = NULL, lease_expires_at = NULL
+WHERE id = $1;
+
+-- name: request_cancel
+UPDATE jobs SET cancel_requested_at = clock_timestamp(), cancel_reason = $2
+WHERE id = $1 AND status = 'PROCESSING' AND cancel_requested_at IS NULL;
+
+-- name: cancel_dependents
+-- Every job that waits, directly or through a chain, on the given job is cancelled.
+WITH RECURSIVE dependents(id) AS (
+    SELECT job_id FROM job_dependencies WHERE depends_on_job_id = $1
+    UNION
+    SELECT d.job_id FROM job_dependencies d JOIN dependents ON d.depends_on_job_id = dependents.id
+)
+UPDATE jobs
+SET status = 'CANCELLED', completed_at = clock_timestamp(), cancel_reason = $2
+WHERE id IN (SELECT id FROM dependents) AND status = 'WAITING'
+RETURNING id;
+
+-- name: lock_dependents
+-- Serialises concurrent completions of a diamond's parents on the dependent's row.
+SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
+WHERE d.depends_on_job_id = $1 AND j.status = 'WAITING'
+ORDER BY j.id FOR UPDATE OF j;
+
+-- name: release_ready
+-- WAITING jobs (among $1, or all when $1 is NULL) whose dependencies are all COMPLETED.
+UPDATE jobs j
+SET status = 'PENDING', run_at = greatest(j.run_at, clock_timestamp())
+WHERE j.status = 'WAITING'
+  AND ($1::uuid[] IS NULL OR j.id = ANY($1::uuid[]))
+  AND NOT EXISTS (
+      SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on_job_id
+      WHERE d.job_id = j.id AND p.status <> 'COMPLETED')
+RETURNING j.id, j.priority, j.required_capability,
+          greatest(0, ceil(extract(epoch FROM j.run_at - clock_timestamp()) * 1000))::bigint
+              AS delay_ms;
+
+-- name: extend_lease
+UPDATE jobs SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
+WHERE id = $1 AND lease_token = $2 AND status = 'PROCESSING'
+RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
+
+-- name: expired_leases
+SELECT id, lease_token, worker_id FROM jobs
+WHERE status = 'PROCESSING' AND lease_expires_at < clock_timestamp()
+ORDER BY lease_expires_at LIMIT $1;
+
+-- name: worker_leases
+SELECT id, lease_token FROM jobs WHERE status = 'PROCESSING' AND worker_id = $1;
+
+-- name: live_jobs
+SELECT id, status, priority, required_capability,
+       greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
+           AS delay_ms
+FROM jobs WHERE status IN ('PENDING', 'PROCESSING');
+
+-- name: get_job
+SELECT * FROM jobs WHERE id = $1;
+
+-- name: count_by_status
+SELECT status, count(*) AS n FROM jobs GROUP BY status;
+
+-- name: dlq_list
+SELECT q.id, q.job_id, q.job_type, q.error, q.retry_count, q.failed_at
+FROM dead_letter_queue q
+WHERE q.requeued_at IS NULL AND ($1::text IS NULL OR q.job_type = $1)
+ORDER BY q.failed_at DESC, q.id DESC
+LIMIT $2 OFFSET $3;
+
+-- name: dlq_requeue
+WITH entry AS (
+    UPDATE dead_letter_queue SET requeued_at = clock_timestamp()
+    WHERE job_id = $1 AND requeued_at IS NULL
+    RETURNING job_id
+)
+UPDATE jobs j
+SET status = 'PENDING', retry_count = 0, run_at = clock_timestamp(), completed_at = NULL
+FROM entry WHERE j.id = entry.job_id AND j.status = 'DEAD'
+RETURNING j.id, j.priority, j.required_capability, 0::bigint AS delay_ms;
+
+-- name: dlq_purge
+DELETE FROM dead_letter_queue
+WHERE failed_at < clock_timestamp() - make_interval(secs => $1)
+RETURNING job_id;
+
+-- name: register_worker
+INSERT INTO workers (id, hostname, pid, capabilities, concurrency, status, metadata)
+VALUES ($1, $2, $3, $4::text[], $5, 'ACTIVE', $6::jsonb)
+ON CONFLICT (id) DO UPDATE
+SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, capabilities = EXCLUDED.capabilities,
+    concurrency = EXCLUDED.concurrency, status = 'ACTIVE', stopped_at = NULL,
+    failure_reason = NULL, last_heartbeat_at = clock_timestamp(), metadata = EXCLUDED.metadata;
+
+-- name: heartbeat_worker
+UPDATE workers SET last_heartbeat_at = clock_timestamp()
+WHERE id = $1 AND status IN ('ACTIVE', 'DRAINING')
+RETURNING status;
+
+-- name: stop_worker
+UPDATE workers SET status = $2, stopped_at = clock_timestamp(), failure_reason = $3
+WHERE id = $1;
+
+-- name: mark_stale_workers
+SELECT worker_id FROM mark_stale_workers($1);

@@ -1,0 +1,149 @@
+"""The worker loop: lease jobs it is capable of, run their handlers with the job's timeout,
+keep the lease alive, stop cooperatively on cancellation, and report the outcome with the
+lease's fencing token. A rejected (stale) report is counted, never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import traceback
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from core.errors import JobHarnessError, StaleLease, StoreUnavailable
+from core.handlers import Handler, call_handler
+from core.model import ExecutionStatus, Lease
+from core.service import JobService
+
+MAX_ERROR_CHARS = 4000
+
+
+class Worker:
+    """One worker identity running up to `concurrency` jobs at once in this event loop."""
+
+    def __init__(
+        self,
+        service: JobService,
+        worker_id: str,
+        handlers: Mapping[str, Handler],
+        *,
+        capabilities: Sequence[str] = (),
+        concurrency: int = 1,
+        lease_s: float | None = None,
+        idle_wait_s: float = 1.0,
+    ) -> None:
+        self.service = service
+        self.worker_id = worker_id
+        self.handlers = handlers
+        self.capabilities = tuple(capabilities)
+        self.concurrency = concurrency
+        self.lease_s = lease_s or service.settings.lease_s
+        self.idle_wait_s = idle_wait_s
+        self.stats: Counter[str] = Counter()
+        self._running: set[asyncio.Task[None]] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lease and run jobs until `stop` is set, then finish what is running."""
+        slots = asyncio.Semaphore(self.concurrency)
+        while not stop.is_set():
+            await slots.acquire()
+            if stop.is_set():
+                slots.release()
+                break
+            try:
+                lease = await self.service.acquire(self.worker_id, self.capabilities,
+                                                   lease_s=self.lease_s)  # fmt: skip
+            except StoreUnavailable:
+                lease = None
+                self.stats["store_unavailable"] += 1
+            if lease is None:
+                slots.release()
+                await self._idle(stop)
+                continue
+            task = asyncio.create_task(self._run_job(lease))
+            self._running.add(task)
+            task.add_done_callback(lambda t: (self._running.discard(t), slots.release()))
+        if self._running:
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waiter = asyncio.create_task(self.service.wait_for_work(self.idle_wait_s))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, stopper):
+            t.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _run_job(self, lease: Lease) -> None:
+        handler = self.handlers.get(lease.job_type)
+        if handler is None:
+            await self._report(self.service.fail, lease,
+                               f"no handler for job type {lease.job_type!r} on this worker")
+            return  # fmt: skip
+        payload = {**lease.payload, "_attempt": lease.attempt, "_job_id": lease.job_id}
+        job = asyncio.create_task(call_handler(handler, payload))
+        keeper = asyncio.create_task(self._keep_lease(lease, job))
+        try:
+            result = await asyncio.wait_for(asyncio.shield(job), timeout=lease.timeout_s)
+        except TimeoutError:
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+            await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
+                               status=ExecutionStatus.TIMED_OUT)  # fmt: skip
+        except asyncio.CancelledError:
+            if keeper.done() and keeper.result() == "cancel":
+                await self._report(self.service.ack_cancel, lease)
+            elif keeper.done() and keeper.result() == "lost":
+                self.stats["lease_lost"] += 1
+            else:
+                raise
+        except Exception as exc:  # the job boundary: any handler error fails the attempt
+            text = "".join(traceback.format_exception_only(exc)).strip()[:MAX_ERROR_CHARS]
+            await self._report(self.service.fail, lease, text)
+        else:
+            await self._report(self.service.complete, lease, _jsonable(result))
+        finally:
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _keep_lease(self, lease: Lease, job: asyncio.Task[Any]) -> str:
+        """Extend the lease every third of it; cancel the job if told to or if it is lost."""
+        while True:
+            await asyncio.sleep(lease.lease_s / 3)
+            try:
+                cancel = await self.service.extend(lease.job_id, lease.token, lease_s=lease.lease_s)
+            except StaleLease:
+                job.cancel()
+                return "lost"
+            except StoreUnavailable:
+                continue  # keep running; the lease may still be valid when the store returns
+            if cancel:
+                job.cancel()
+                return "cancel"
+
+    async def _report(self, op: Any, lease: Lease, *args: Any, **kwargs: Any) -> None:
+        try:
+            await op(lease.job_id, lease.token, *args, **kwargs)
+            self.stats[op.__name__] += 1
+        except StaleLease:
+            self.stats["rejected_stale"] += 1
+        except JobHarnessError:
+            self.stats["report_failed"] += 1
+
+
+def _jsonable(value: Any) -> Any:
+    import json
+
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return {"repr": repr(value)[:MAX_ERROR_CHARS]}
+    return value
+
+
+async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
+    """Run several workers until `stop` is set."""
+    with contextlib.suppress(asyncio.CancelledError):
+        await asyncio.gather(*(w.run(stop) for w in workers))
