@@ -212,20 +212,16 @@ class JobService:
         """Record success; only the current lease's token is accepted."""
         jid = parse_job_id(job_id)
         fx = Effects(forget=[job_id])
-        async with self._tx() as conn:
-            row = await conn.fetchrow(q("complete_job"), jid, token, result)
-            if row is None:
-                raise await self._stale(conn, jid, token)
-            await self._release_dependents(conn, jid, fx)
+        with _store_errors():
+            rows = await self.pool.fetch(q("complete_job"), jid, token, result)
+        if not rows[0]["ok"]:
+            if rows[0]["job_status"] is None:
+                raise JobNotFound(job_id)
+            self.stats["stale_rejected"] += 1
+            raise StaleLease(job_id, token, rows[0]["job_status"])
+        fx.add_ready({**dict(r), "id": r["released_id"]} for r in rows if r["released_id"])
         self.stats["completed"] += 1
         await self._apply(fx)
-
-    async def _release_dependents(
-        self, conn: asyncpg.Connection, job_id: uuid.UUID, fx: Effects
-    ) -> None:
-        waiting = [r["id"] for r in await conn.fetch(q("lock_dependents"), job_id)]
-        if waiting:
-            fx.add_ready(await conn.fetch(q("release_ready"), waiting))
 
     async def _locked(
         self, conn: asyncpg.Connection, job_id: uuid.UUID, token: int | None

@@ -28,22 +28,31 @@ for i = 1, #due, 2 do
 end
 
 local found = ''
+local page = 16
 for b = 1, #bands do
   local q = queues[string.sub(bands, b, b)]
-  local ids = redis.call('ZRANGE', q, 0, window - 1)
-  for _, id in ipairs(ids) do
-    local meta = redis.call('HGET', KEYS[2], id)
-    if not meta then
-      redis.call('ZREM', q, id)  -- no live job behind it
-    else
-      local cap = string.match(meta, '^%d+|(.*)$') or ''
-      if cap == '' or string.find(caps, ',' .. cap .. ',', 1, true) then
-        redis.call('ZREM', q, id)
-        redis.call('ZADD', KEYS[3], string.format('%.0f', now + lease_ms), id)
-        found = id
-        break
+  local start = 0
+  while found == '' and start < window do
+    -- removing an orphan shifts ranks, so re-read from where the scan stands
+    local ids = redis.call('ZRANGE', q, start, math.min(start + page, window) - 1)
+    if #ids == 0 then break end
+    local removed = 0
+    for _, id in ipairs(ids) do
+      local meta = redis.call('HGET', KEYS[2], id)
+      if not meta then
+        redis.call('ZREM', q, id)  -- no live job behind it
+        removed = removed + 1
+      else
+        local cap = string.match(meta, '^%d+|(.*)$') or ''
+        if cap == '' or string.find(caps, ',' .. cap .. ',', 1, true) then
+          redis.call('ZREM', q, id)
+          redis.call('ZADD', KEYS[3], string.format('%.0f', now + lease_ms), id)
+          found = id
+          break
+        end
       end
     end
+    start = start + #ids - removed
   end
   if found ~= '' then break end
 end

@@ -66,23 +66,8 @@ WITH candidate AS (
 SELECT * FROM leased;
 
 -- name: complete_job
-WITH done AS (
-    UPDATE jobs
-    SET status = 'COMPLETED', completed_at = clock_timestamp(), result = $3::jsonb,
-        lease_token = NULL, lease_expires_at = NULL
-    WHERE id = $1 AND lease_token = $2 AND status = 'PROCESSING'
-    RETURNING id, worker_id
-), closed AS (
-    UPDATE job_executions e
-    SET status = 'COMPLETED', finished_at = clock_timestamp(),
-        duration_ms = extract(epoch FROM clock_timestamp() - e.started_at) * 1000
-    FROM done
-    WHERE e.lease_token = $2
-), counted AS (
-    UPDATE workers w SET jobs_completed = jobs_completed + 1
-    FROM done WHERE w.id = done.worker_id
-)
-SELECT id FROM done;
+-- One round trip: see migration 006.
+SELECT * FROM complete_job($1, $2, $3::jsonb);
 
 -- name: job_state
 SELECT id, status, lease_token FROM jobs WHERE id = $1;
@@ -150,12 +135,6 @@ UPDATE jobs
 SET status = 'CANCELLED', completed_at = clock_timestamp(), cancel_reason = $2
 WHERE id IN (SELECT id FROM dependents) AND status = 'WAITING'
 RETURNING id;
-
--- name: lock_dependents
--- Serialises concurrent completions of a diamond's parents on the dependent's row.
-SELECT j.id FROM jobs j JOIN job_dependencies d ON d.job_id = j.id
-WHERE d.depends_on_job_id = $1 AND j.status = 'WAITING'
-ORDER BY j.id FOR UPDATE OF j;
 
 -- name: release_ready
 -- WAITING jobs (among $1, or all when $1 is NULL) whose dependencies are all COMPLETED.

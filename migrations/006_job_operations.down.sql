@@ -1,0 +1,1 @@
+DROP FUNCTION IF EXISTS complete_job(uuid, bigint, jsonb);

@@ -1,0 +1,100 @@
+"""Shared fixtures. Integration tests use the real servers: the configured ones
+(JOBHARNESS_PG_DSN / JOBHARNESS_REDIS_URL) or else the embedded ones, started once per session
+(and stopped again if this session started them). A migrated template database is copied for
+each test (CREATE DATABASE ... TEMPLATE) and each test gets its own Redis key prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import replace
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+
+from core import migrate
+from core.backoff import BackoffPolicy
+from core.connect import create_dispatch, create_pool, embedded_services, resolve_endpoints
+from core.service import JobService
+from core.settings import Settings, load_settings
+
+
+def with_database(dsn: str, database: str) -> str:
+    parts = urlsplit(dsn)
+    return urlunsplit(parts._replace(path="/" + database))
+
+
+@pytest.fixture(scope="session")
+def server_settings() -> Iterator[Settings]:
+    base = load_settings()
+    resolved, started = resolve_endpoints(base)
+    yield resolved
+    to_stop = {name for name, now in started.items() if now}
+    if to_stop:
+        embedded_services(base).down(to_stop)
+
+
+@pytest.fixture(scope="session")
+async def template_db(server_settings: Settings) -> AsyncIterator[str]:
+    assert server_settings.pg_dsn
+    name = f"jh_template_{uuid.uuid4().hex[:8]}"
+    admin = await asyncpg.connect(server_settings.pg_dsn)
+    await admin.execute(f"CREATE DATABASE {name}")
+    conn = await asyncpg.connect(with_database(server_settings.pg_dsn, name))
+    await migrate.migrate(conn, server_settings.schema)
+    await conn.close()
+    yield name
+    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+    await admin.close()
+
+
+@pytest.fixture
+async def test_db(server_settings: Settings, template_db: str) -> AsyncIterator[str]:
+    """DSN of a fresh database copied from the migrated template."""
+    assert server_settings.pg_dsn
+    name = f"jh_test_{uuid.uuid4().hex[:10]}"
+    admin = await asyncpg.connect(server_settings.pg_dsn)
+    await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    try:
+        yield with_database(server_settings.pg_dsn, name)
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+@pytest.fixture
+def settings(server_settings: Settings, test_db: str) -> Settings:
+    return replace(
+        server_settings,
+        pg_dsn=test_db,
+        prefix=f"t{uuid.uuid4().hex[:10]}",
+        backoff=BackoffPolicy(base_s=0.05, max_s=0.5, jitter_s=0.01),
+        lease_s=5.0,
+    )
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[JobService]:
+    pool = await create_pool(settings, max_size=12)
+    dispatch = create_dispatch(settings, max_connections=12)
+    svc = JobService(pool, dispatch, settings)
+    try:
+        yield svc
+    finally:
+        await dispatch.flush_prefix()
+        await dispatch.close()
+        await pool.close()
+
+
+async def wait_until(
+    check: Callable[[], Awaitable[bool]], *, timeout_s: float = 20.0, what: str = "condition"
+) -> None:
+    """Poll a store-side condition until it holds; fail the test after `timeout_s`."""
+    deadline = time.monotonic() + timeout_s
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.02)
