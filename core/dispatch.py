@@ -66,19 +66,29 @@ class RedisDispatch:
     ) -> None:
         self.keys = keys
         self.retry_after_s = retry_after_s
-        self._client = aioredis.Redis.from_url(
-            url,
-            socket_timeout=timeout_s,
-            socket_connect_timeout=timeout_s,
-            max_connections=max_connections,
-            decode_responses=True,
+        # Blocking pools: callers beyond the budget wait for a connection instead of failing
+        # (a "too many connections" error must not look like a Redis outage).
+        self._client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout_s * 5,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                decode_responses=True,
+            ),
             retry=None,
         )
-        self._blocking = aioredis.Redis.from_url(
-            url,
-            socket_connect_timeout=timeout_s,
-            max_connections=1,
-            decode_responses=True,
+        # Idle workers park on BLPOP here; one connection per concurrent waiter.
+        self._blocking = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=None,
+                socket_connect_timeout=timeout_s,
+                decode_responses=True,
+            ),
+            retry=None,
         )
         self._acquire = self._client.register_script(_script("acquire"))
         self._enqueue = self._client.register_script(_script("enqueue"))
@@ -111,8 +121,8 @@ class RedisDispatch:
             return False
 
     async def close(self) -> None:
-        await self._client.aclose()
-        await self._blocking.aclose()
+        await self._client.aclose(close_connection_pool=True)
+        await self._blocking.aclose(close_connection_pool=True)
 
     def _keys6(self, first: str, second: str, third: str) -> list[str]:
         return [first, second, third, self.keys.high, self.keys.medium, self.keys.low]
@@ -223,6 +233,7 @@ class RedisDispatch:
 
     async def flush_prefix(self) -> int:
         """Delete every key under the prefix (tests, `db reset`)."""
+        self.reset_breaker()
         n = 0
         async for key in self._client.scan_iter(match=self.keys.all_pattern, count=1000):
             n += int(await self._call(self._client.delete(key)))

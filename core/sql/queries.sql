@@ -37,7 +37,7 @@ SELECT * FROM unnest($1::uuid[], $2::uuid[]);
 WITH leased AS (
     UPDATE jobs
     SET status = 'PROCESSING', worker_id = $2, lease_token = nextval('lease_token_seq'),
-        lease_expires_at = clock_timestamp() + make_interval(secs => $3),
+        lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8),
         started_at = coalesce(started_at, clock_timestamp())
     WHERE id = $1 AND status = 'PENDING' AND cancel_requested_at IS NULL
     RETURNING id, job_type, payload, priority, timeout_s, lease_token, retry_count
@@ -54,7 +54,7 @@ WITH candidate AS (
 ), leased AS (
     UPDATE jobs j
     SET status = 'PROCESSING', worker_id = $2, lease_token = nextval('lease_token_seq'),
-        lease_expires_at = clock_timestamp() + make_interval(secs => $3),
+        lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8),
         started_at = coalesce(j.started_at, clock_timestamp())
     FROM candidate c
     WHERE j.id = c.id
@@ -87,11 +87,11 @@ WHERE lease_token = $1 AND status = 'RUNNING';
 -- name: schedule_retry
 UPDATE jobs
 SET status = 'PENDING', retry_count = retry_count + 1, last_error = $2,
-    run_at = clock_timestamp() + make_interval(secs => $3),
+    run_at = clock_timestamp() + make_interval(secs => $3::float8),
     lease_token = NULL, lease_expires_at = NULL
 WHERE id = $1
 RETURNING priority, required_capability,
-          greatest(0, ceil($3 * 1000))::bigint AS delay_ms;
+          greatest(0, ceil($3::float8 * 1000))::bigint AS delay_ms;
 
 -- name: release_job
 -- A drained or released lease: back to PENDING without spending a retry.
@@ -150,7 +150,7 @@ RETURNING j.id, j.priority, j.required_capability,
               AS delay_ms;
 
 -- name: extend_lease
-UPDATE jobs SET lease_expires_at = clock_timestamp() + make_interval(secs => $3)
+UPDATE jobs SET lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8)
 WHERE id = $1 AND lease_token = $2 AND status = 'PROCESSING'
 RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
 
@@ -194,7 +194,7 @@ RETURNING j.id, j.priority, j.required_capability, 0::bigint AS delay_ms;
 
 -- name: dlq_purge
 DELETE FROM dead_letter_queue
-WHERE failed_at < clock_timestamp() - make_interval(secs => $1)
+WHERE failed_at < clock_timestamp() - make_interval(secs => $1::float8)
 RETURNING job_id;
 
 -- name: register_worker

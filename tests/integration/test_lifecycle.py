@@ -1,0 +1,300 @@
+"""The seed's job-lifecycle suite against real PostgreSQL and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from typing import Any
+
+import pytest
+
+from core.errors import InvalidTransition, StaleLease
+from core.handlers import BUILTIN_HANDLERS
+from core.model import ExecutionStatus, JobSpec, JobStatus
+from core.service import JobService
+from core.worker import Worker
+from tests.conftest import wait_until
+
+pytestmark = pytest.mark.integration
+
+
+async def executions(svc: JobService, job_id: str) -> list[dict[str, Any]]:
+    rows = await svc.pool.fetch(
+        "SELECT * FROM job_executions WHERE job_id = $1 ORDER BY attempt", __import__("uuid").UUID(job_id)
+    )
+    return [dict(r) for r in rows]
+
+
+async def test_create_acquire_complete(service: JobService) -> None:
+    created = await service.create(JobSpec(job_type="noop", payload={"n": 1}, priority=4))
+    assert created.status == JobStatus.PENDING and created.created
+    assert await service.dispatch.depths() == {"high": 1, "medium": 0, "low": 0, "delayed": 0,
+                                               "processing": 0, "dead_letter": 0}  # fmt: skip
+    lease = await service.acquire("w1")
+    assert lease is not None and lease.job_id == created.job_id and lease.attempt == 1
+    assert (await service.dispatch.depths())["processing"] == 1
+    job = await service.get(created.job_id)
+    assert job.status == JobStatus.PROCESSING and job.worker_id == "w1"
+    assert job.lease_token == lease.token
+
+    await service.complete(lease.job_id, lease.token, {"answer": 42})
+    job = await service.get(created.job_id)
+    assert job.status == JobStatus.COMPLETED and job.result == {"answer": 42}
+    assert job.completed_at is not None and job.started_at is not None
+    assert job.created_at <= job.started_at <= job.completed_at
+    (ex,) = await executions(service, created.job_id)
+    assert ex["status"] == "COMPLETED" and ex["lease_token"] == lease.token
+    assert ex["duration_ms"] is not None and ex["finished_at"] is not None
+    assert (await service.dispatch.depths())["processing"] == 0
+    assert await service.acquire("w1") is None
+
+
+async def test_failure_retry_then_dead_letter(service: JobService) -> None:
+    created = await service.create(JobSpec(job_type="flaky", max_retries=2, priority=3))
+    outcomes = []
+    for _ in range(3):
+        lease = await service.acquire("w1")
+        while lease is None:  # a retry waits in the delayed set for its backoff
+            await service.wait_for_work(1.0)
+            lease = await service.acquire("w1")
+        outcomes.append(await service.fail(lease.job_id, lease.token, f"boom {lease.attempt}"))
+    assert [o.status for o in outcomes] == [JobStatus.PENDING, JobStatus.PENDING, JobStatus.DEAD]
+    assert all(o.retry_in_s is not None and o.retry_in_s <= 0.5 for o in outcomes[:2])
+    job = await service.get(created.job_id)
+    assert job.status == JobStatus.DEAD and job.retry_count == 2
+    assert job.last_error == "boom 3"
+    exs = await executions(service, created.job_id)
+    assert [e["attempt"] for e in exs] == [1, 2, 3]
+    assert {e["status"] for e in exs} == {"FAILED"}
+    (entry,) = await service.dlq_list()
+    assert entry["job_id"] == created.job_id and entry["error"] == "boom 3"
+    snap = await service.pool.fetchval("SELECT job_snapshot FROM dead_letter_queue")
+    assert snap["id"] == created.job_id and snap["status"] == "DEAD"
+    assert (await service.dispatch.depths())["dead_letter"] == 1
+
+
+async def test_backoff_spaces_retries(service: JobService) -> None:
+    await service.create(JobSpec(job_type="flaky", max_retries=1))
+    lease = await service.acquire("w1")
+    assert lease is not None
+    outcome = await service.fail(lease.job_id, lease.token, "first")
+    assert outcome.retry_in_s is not None
+    # Not runnable before its backoff elapses (PostgreSQL agrees with Redis).
+    assert await service.acquire("w1") is None
+    row = await service.pool.fetchrow(
+        "SELECT run_at > clock_timestamp() AS later FROM jobs WHERE id = $1",
+        __import__("uuid").UUID(lease.job_id),
+    )
+    assert row["later"]
+
+
+async def test_concurrent_workers_run_each_job_once(service: JobService) -> None:
+    jobs = await service.create_batch([JobSpec(job_type="sleep", payload={"ms": 5})
+                                       for _ in range(50)])  # fmt: skip
+    ran: list[str] = []
+
+    async def recording(payload: dict[str, Any]) -> None:
+        ran.append(payload["_job_id"])
+        await asyncio.sleep(0.005)
+
+    handlers = {**BUILTIN_HANDLERS, "sleep": recording}
+    workers = [Worker(service, f"w{i}", handlers, concurrency=2) for i in range(5)]
+    stop = asyncio.Event()
+    tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+
+    async def all_done() -> bool:
+        return (await service.counts())["COMPLETED"] == 50
+
+    await wait_until(all_done, what="50 completions")
+    stop.set()
+    await asyncio.gather(*tasks)
+    assert sorted(ran) == sorted(j.job_id for j in jobs)  # none lost, none twice
+    n = await service.pool.fetchval("SELECT count(*) FROM job_executions")
+    assert n == 50
+    per_worker = [w.stats["complete"] for w in workers]
+    assert sum(per_worker) == 50
+
+
+async def test_priority_order_and_fifo(service: JobService) -> None:
+    rng = random.Random(5)
+    prios = [rng.randint(1, 5) for _ in range(40)]
+    created = [await service.create(JobSpec(job_type="noop", priority=p)) for p in prios]
+    order = []
+    while (lease := await service.acquire("w1")) is not None:
+        order.append(lease)
+    assert [lease.priority for lease in order] == sorted(prios, reverse=True)
+    ids_by_prio: dict[int, list[str]] = {}
+    for c, p in zip(created, prios, strict=True):
+        ids_by_prio.setdefault(p, []).append(c.job_id)
+    for p, ids in ids_by_prio.items():
+        assert [lease.job_id for lease in order if lease.priority == p] == ids
+
+
+async def test_capability_matching(service: JobService) -> None:
+    gpu = await service.create(JobSpec(job_type="noop", required_capability="gpu", priority=5))
+    plain = await service.create(JobSpec(job_type="noop", priority=1))
+    lease = await service.acquire("cpu-worker", ["cpu"])
+    assert lease is not None and lease.job_id == plain.job_id
+    assert await service.acquire("cpu-worker", ["cpu"]) is None
+    lease = await service.acquire("gpu-worker", ["gpu"])
+    assert lease is not None and lease.job_id == gpu.job_id
+
+
+async def test_cancel_queued_job(service: JobService) -> None:
+    created = await service.create(JobSpec(job_type="noop"))
+    assert await service.cancel(created.job_id, "not needed") == JobStatus.CANCELLED
+    job = await service.get(created.job_id)
+    assert job.status == JobStatus.CANCELLED and job.cancel_reason == "not needed"
+    assert await service.acquire("w1") is None
+    assert sum((await service.dispatch.depths()).values()) == 0
+    with pytest.raises(InvalidTransition):
+        await service.cancel(created.job_id)
+
+
+async def test_cancel_running_job_cooperatively(service: JobService) -> None:
+    started = asyncio.Event()
+
+    async def slow(payload: dict[str, Any]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    created = await service.create(JobSpec(job_type="hang"))
+    worker = Worker(service, "w1", {"hang": slow}, lease_s=0.3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+    await asyncio.wait_for(started.wait(), 10)
+    assert await service.cancel(created.job_id, "operator said so") == JobStatus.PROCESSING
+
+    async def cancelled() -> bool:
+        return (await service.get(created.job_id)).status == JobStatus.CANCELLED
+
+    await wait_until(cancelled, what="cooperative cancellation")
+    stop.set()
+    await task
+    (ex,) = await executions(service, created.job_id)
+    assert ex["status"] == ExecutionStatus.CANCELLED
+    assert (await service.get(created.job_id)).cancel_reason == "operator said so"
+
+
+async def test_timeout_fails_the_attempt(service: JobService) -> None:
+    created = await service.create(JobSpec(job_type="hang", timeout_s=0.2, max_retries=1))
+    worker = Worker(service, "w1", BUILTIN_HANDLERS)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def dead() -> bool:
+        return (await service.get(created.job_id)).status == JobStatus.DEAD
+
+    await wait_until(dead, what="timed-out job to die")
+    stop.set()
+    await task
+    exs = await executions(service, created.job_id)
+    assert [e["status"] for e in exs] == ["TIMED_OUT", "TIMED_OUT"]
+    assert "timed out after 0.2 s" in (await service.get(created.job_id)).last_error
+
+
+async def test_lease_extension_keeps_long_job(service: JobService) -> None:
+    created = await service.create(JobSpec(job_type="sleep", payload={"ms": 700}))
+    worker = Worker(service, "w1", BUILTIN_HANDLERS, lease_s=0.3)
+    stop = asyncio.Event()
+    task = asyncio.create_task(worker.run(stop))
+
+    async def done() -> bool:
+        return (await service.get(created.job_id)).status == JobStatus.COMPLETED
+
+    await wait_until(done, what="long job to complete")
+    stop.set()
+    await task
+    (ex,) = await executions(service, created.job_id)
+    assert ex["status"] == "COMPLETED" and ex["duration_ms"] >= 700
+
+
+async def test_stale_token_is_rejected_and_changes_nothing(service: JobService) -> None:
+    created = await service.create(JobSpec(job_type="noop", max_retries=3))
+    old = await service.acquire("zombie", lease_s=0.1)
+    assert old is not None
+    from core.reconciler import Reconciler
+
+    async def expired() -> bool:
+        return bool(await service.pool.fetchval(
+            "SELECT lease_expires_at < clock_timestamp() FROM jobs"))  # fmt: skip
+
+    await wait_until(expired, what="lease expiry")
+    report = await Reconciler(service).run_once()
+    assert report.leases_expired == 1
+    before = dict(await service.pool.fetchrow("SELECT * FROM jobs"))
+    with pytest.raises(StaleLease) as info:
+        await service.complete(old.job_id, old.token, {"late": True})
+    assert info.value.token == old.token
+    with pytest.raises(StaleLease):
+        await service.fail(old.job_id, old.token, "late failure")
+    with pytest.raises(StaleLease):
+        await service.extend(old.job_id, old.token)
+    after = dict(await service.pool.fetchrow("SELECT * FROM jobs"))
+    assert before == after
+    assert after["status"] == "PENDING" and after["result"] is None
+    assert service.stats["stale_rejected"] == 3
+    new = await service.acquire("healthy")
+    while new is None:
+        await service.wait_for_work(1.0)
+        new = await service.acquire("healthy")
+    assert new.token > old.token and new.attempt == 2
+    await service.complete(new.job_id, new.token)
+    exs = await executions(service, created.job_id)
+    assert [e["status"] for e in exs] == ["LEASE_EXPIRED", "COMPLETED"]
+
+
+async def test_delayed_job_waits_until_due(service: JobService) -> None:
+    await service.create(JobSpec(job_type="noop", delay_s=0.3))
+    assert await service.acquire("w1") is None
+    assert (await service.dispatch.depths())["delayed"] == 1
+    lease = None
+    while lease is None:
+        await service.wait_for_work(1.0)
+        lease = await service.acquire("w1")
+    row = await service.pool.fetchrow(
+        "SELECT started_at >= run_at AS on_time FROM jobs WHERE id = $1",
+        __import__("uuid").UUID(lease.job_id),
+    )
+    assert row["on_time"]
+
+
+async def test_idempotency_key(service: JobService) -> None:
+    from core.errors import IdempotencyConflict
+
+    a = await service.create(JobSpec(job_type="noop", payload={"x": 1}, idempotency_key="k1"))
+    b = await service.create(JobSpec(job_type="noop", payload={"x": 1}, idempotency_key="k1"))
+    assert a.job_id == b.job_id and a.created and not b.created
+    with pytest.raises(IdempotencyConflict):
+        await service.create(JobSpec(job_type="noop", payload={"x": 2}, idempotency_key="k1"))
+    assert await service.pool.fetchval("SELECT count(*) FROM jobs") == 1
+
+
+async def test_concurrent_idempotent_creates_make_one_job(service: JobService) -> None:
+    spec = JobSpec(job_type="noop", idempotency_key="race")
+    results = await asyncio.gather(*(service.create(spec) for _ in range(8)))
+    assert len({r.job_id for r in results}) == 1
+    assert sum(r.created for r in results) == 1
+    assert await service.pool.fetchval("SELECT count(*) FROM jobs") == 1
+
+
+async def test_dead_letter_requeue_and_purge(service: JobService) -> None:
+    created = await service.create(JobSpec(job_type="flaky", max_retries=0))
+    lease = await service.acquire("w1")
+    assert lease is not None
+    await service.fail(lease.job_id, lease.token, "boom")
+    await service.dlq_requeue(created.job_id)
+    job = await service.get(created.job_id)
+    assert job.status == JobStatus.PENDING and job.retry_count == 0
+    assert await service.dlq_list() == []
+    assert (await service.dispatch.depths())["dead_letter"] == 0
+    lease = await service.acquire("w1")
+    assert lease is not None and lease.attempt == 1
+    await service.fail(lease.job_id, lease.token, "boom again")
+    assert await service.dlq_purge() == 0  # within the 30-day retention
+    # Purge removes the live entry and the requeued one kept as history.
+    assert await service.dlq_purge(older_than_s=0) == 2
+    assert await service.dlq_list() == []
+    assert await service.pool.fetchval("SELECT count(*) FROM dead_letter_queue") == 0
+    with pytest.raises(InvalidTransition):
+        await service.dlq_requeue(created.job_id)
