@@ -204,10 +204,12 @@ class EmbeddedServices:
     def _run_pg(self, args: list[str], user: str | None, timeout_s: float = 120.0) -> None:
         cmd = [str(pg_bin(args[0])), *args[1:]]
         log = self.root / "postgres-ctl.log"
+        # Drop root's group too: group bits (not "other") apply to a process in group root.
+        ids: dict[str, object] = {"user": user, "group": user, "extra_groups": []} if user else {}
         with open(log, "ab") as out:
             res = subprocess.run(
-                cmd, stdout=out, stderr=subprocess.STDOUT, user=user, timeout=timeout_s,
-                cwd="/", check=False,
+                cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, cwd="/",
+                check=False, **ids,  # type: ignore[arg-type]
             )  # fmt: skip
         if res.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:]

@@ -1,0 +1,123 @@
+"""Migrations (reversible, idempotent, verified) and the CLI commands around them."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from pathlib import Path
+
+import asyncpg
+import pytest
+
+from core import migrate
+from core.cli import main
+from core.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+async def objects_in(conn: asyncpg.Connection, schema: str) -> int:
+    return int(await conn.fetchval(
+        "SELECT (SELECT count(*) FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        "        WHERE n.nspname = $1)"
+        "     + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+        "        WHERE n.nspname = $1)"
+        "     + (SELECT count(*) FROM pg_namespace WHERE nspname = $1)", schema))  # fmt: skip
+
+
+async def test_migrate_rollback_migrate(test_db: str, settings: Settings) -> None:
+    conn = await asyncpg.connect(test_db)
+    schema = settings.schema
+    try:
+        report = await migrate.verify(conn, schema)
+        assert report.ok, report.missing
+        assert report.counts()["tables"] == 5 and report.counts()["indexes"] >= 21
+        assert report.counts()["functions"] == 3 and report.counts()["triggers"] == 1
+        assert await migrate.migrate(conn, schema) == []  # idempotent
+
+        assert await migrate.rollback(conn, schema, to=3) == [6, 5, 4]
+        tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
+        assert {r["tablename"] for r in tables} == {"jobs", "workers", "job_executions",
+                                                    "schema_migrations"}  # fmt: skip
+        assert not (await migrate.verify(conn, schema)).ok
+
+        reverted = await migrate.rollback(conn, schema)
+        assert reverted == [3, 2, 1]
+        assert await objects_in(conn, schema) == 0  # nothing left behind
+
+        assert await migrate.migrate(conn, schema) == [1, 2, 3, 4, 5, 6]
+        assert (await migrate.verify(conn, schema)).ok
+        states = await migrate.status(conn, schema)
+        assert all(s.applied_at is not None for s in states)
+    finally:
+        await conn.close()
+
+
+async def test_migrate_to_bounds(test_db: str, settings: Settings) -> None:
+    conn = await asyncpg.connect(test_db)
+    try:
+        with pytest.raises(migrate.MigrationError, match="--to"):
+            await migrate.migrate(conn, settings.schema, to=99)
+        with pytest.raises(migrate.MigrationError, match="--to"):
+            await migrate.rollback(conn, settings.schema, to=-1)
+    finally:
+        await conn.close()
+
+
+def cli(settings: Settings, *args: str) -> list[str]:
+    assert settings.pg_dsn and settings.redis_url
+    return [*args, "--pg-dsn", settings.pg_dsn, "--redis-url", settings.redis_url,
+            "--prefix", settings.prefix]  # fmt: skip
+
+
+def test_cli_db_verify_and_status(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(cli(settings, "db", "verify", "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["tables"], out["functions"], out["triggers"]) == (5, 3, 1)
+    assert out["indexes"] >= 21 and out["ok"] is True
+    assert main(cli(settings, "db", "verify")) == 0
+    assert "5 tables" in capsys.readouterr().out
+    assert main(cli(settings, "db", "status", "--json")) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 6
+
+
+def test_cli_verify_fails_when_an_object_is_missing(
+    settings: Settings, test_db: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    async def drop() -> None:
+        conn = await asyncpg.connect(test_db)
+        await conn.execute(f"DROP FUNCTION {settings.schema}.mark_stale_workers(double precision)")
+        await conn.close()
+
+    asyncio.run(drop())
+    assert main(cli(settings, "db", "verify")) == 1
+    assert "function mark_stale_workers" in capsys.readouterr().out
+
+
+def test_cli_errors_are_one_line(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(cli(settings, "db", "status", "--to", "2")) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "--to" in err and "Traceback" not in err
+    assert main(["db", "status", "--pg-dsn", "postgresql://nobody@127.0.0.1:1/x",
+                 "--redis-url", "redis://127.0.0.1:1/0"]) == 1  # fmt: skip
+    assert "cannot connect to PostgreSQL" in capsys.readouterr().err
+
+
+def test_services_up_reuse_status_down(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    data = str(tmp_path / "data")
+    assert main(["services", "up", "--data-dir", data, "--json"]) == 0
+    first = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+    assert all(r["running"] and r["started_now"] for r in first.values())
+    assert first["postgres"]["url"].startswith("postgresql://postgres@127.0.0.1:")
+    assert first["valkey"]["url"].startswith("redis://127.0.0.1:")
+    try:
+        assert main(["services", "up", "--data-dir", data, "--json"]) == 0
+        again = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
+        assert not any(r["started_now"] for r in again.values())  # reused
+        assert again["postgres"]["pid"] == first["postgres"]["pid"]
+        assert main(["services", "status", "--data-dir", data]) == 0
+    finally:
+        assert main(["services", "down", "--data-dir", data]) == 0
+    capsys.readouterr()
+    assert main(["services", "status", "--data-dir", data, "--json"]) == 1
+    assert not any(r["running"] for r in json.loads(capsys.readouterr().out))
