@@ -65,7 +65,7 @@ async def _phase(
 async def bench_core(
     settings: Settings, *, ops: int, concurrency: int, seed: int = 1,
     progress: Progress | None = None,
-) -> dict[str, Any]:  # fmt: skip
+) -> dict[str, Any]:
     """Run the three phases; returns the JSON-ready result."""
     tag = f"bench_{os.getpid()}"
     settings = replace(settings, schema=tag, prefix=tag)
@@ -75,7 +75,7 @@ async def bench_core(
     results: dict[str, Any] = {}
     try:
         async with open_runtime(settings, pool_size=concurrency + 2,
-                                redis_connections=concurrency + 2) as rt:  # fmt: skip
+                                redis_connections=concurrency + 2) as rt:
             await rt.dispatch.flush_prefix()
             svc = rt.service
 

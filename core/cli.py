@@ -93,16 +93,16 @@ async def _db(args: argparse.Namespace, settings: Settings) -> int:
         elif args.action == "status":
             states = await migrate.status(conn, settings.schema)
             out = [{"version": s.version, "name": s.name, "applied_at": s.applied_at}
-                   for s in states]  # fmt: skip
+                   for s in states]
             text = "\n".join(f"{s.version:03d} {s.name:<40} {s.applied_at or 'pending'}"
-                             for s in states)  # fmt: skip
+                             for s in states)
         else:
             report = await migrate.verify(conn, settings.schema)
             out = {"schema": settings.schema, **report.counts(), "missing": report.missing,
-                   "ok": report.ok}  # fmt: skip
+                   "ok": report.ok}
             c = report.counts()
             text = (f"schema {settings.schema}: {c['tables']} tables, {c['indexes']} indexes, "
-                    f"{c['functions']} functions, {c['triggers']} trigger(s)")  # fmt: skip
+                    f"{c['functions']} functions, {c['triggers']} trigger(s)")
             text += "" if report.ok else "\nmissing: " + "; ".join(report.missing)
             _print_json(out) if args.json else print(text)
             return EXIT_OK if report.ok else EXIT_FAIL
@@ -118,7 +118,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.to is not None and args.action not in ("migrate", "rollback"):
         raise JobHarnessError("--to applies to migrate and rollback only")
     with endpoints(_settings(args)) as settings:
-        return run_async(_db(args, settings))
+        return int(run_async(_db(args, settings)))
 
 
 # -- bench ----------------------------------------------------------------------------------
@@ -139,14 +139,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
             bar.update(tasks[name], completed=done)
 
         result = run_async(bench_core(settings, ops=args.ops, concurrency=args.concurrency,
-                                        seed=args.seed, progress=progress))  # fmt: skip
+                                        seed=args.seed, progress=progress))
     if args.json:
         _print_json(result)
     else:
         print(f"{'op':<10}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}")
         for name, r in result["operations"].items():
             print(f"{name:<10}{r['throughput_ops_s']:>10}{r['p50_ms']:>10.3f}"
-                  f"{r['p99_ms']:>10.3f}{r['p999_ms']:>10.3f}")  # fmt: skip
+                  f"{r['p99_ms']:>10.3f}{r['p999_ms']:>10.3f}")
     return EXIT_OK
 
 
@@ -166,15 +166,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     err = _console(True)
     with endpoints(settings) as resolved:
         result = run_async(run_demo(resolved, jobs=args.jobs, workers=args.workers,
-                                      seed=args.seed, console=err))  # fmt: skip
+                                      seed=args.seed, console=err))
     if args.json:
         _print_json(result)
         return EXIT_OK
     out = _console()
     out.print(f"[bold]{result['jobs']} jobs, {result['workers']} workers, "
-              f"{result['elapsed_s']} s, {result['executions']} executions[/bold]")  # fmt: skip
+              f"{result['elapsed_s']} s, {result['executions']} executions[/bold]")
     table = Table("final state", "jobs", "wait p50", "wait p95", "wait p99", "e2e p50",
-                  "e2e p95", "e2e p99", title="latency (ms, PostgreSQL clock)")  # fmt: skip
+                  "e2e p95", "e2e p99", title="latency (ms, PostgreSQL clock)")
     for status, n in result["counts"].items():
         lat = result["latency_ms"].get(status)
         if not n:
@@ -182,10 +182,10 @@ def cmd_demo(args: argparse.Namespace) -> int:
         w = lat["queue_wait"] if lat else {}
         e = lat["end_to_end"] if lat else {}
         table.add_row(status, str(n), *(str(w.get(k)) for k in ("p50", "p95", "p99")),
-                      *(str(e.get(k)) for k in ("p50", "p95", "p99")))  # fmt: skip
+                      *(str(e.get(k)) for k in ("p50", "p95", "p99")))
     out.print(table)
     out.print(f"dead-letter queue: {result['dead_letter_queue']}   "
-              f"stale results rejected: {result['stale_results_rejected']}")  # fmt: skip
+              f"stale results rejected: {result['stale_results_rejected']}")
     return EXIT_OK
 
 
@@ -204,7 +204,7 @@ async def _ops(args: argparse.Namespace, settings: Settings) -> Any:
                 await rt.service.dlq_requeue(job_id)
             return {"requeued": args.job_ids}
         older = 0.0 if args.all else args.older_than_days * 86_400 if args.older_than_days \
-            is not None else None  # fmt: skip
+            is not None else None
         return {"purged": await rt.service.dlq_purge(older_than_s=older)}
 
 
@@ -284,7 +284,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (JobHarnessError, OSError) as exc:
         if args.debug:
             raise
-        chain = []
+        chain: list[str] = []
         cur: BaseException | None = exc
         while cur is not None and len(chain) < 4:
             chain.append(f"{type(cur).__name__}: {cur}")

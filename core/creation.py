@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,8 +17,8 @@ import asyncpg
 
 from core.depgraph import check_acyclic
 from core.errors import IdempotencyConflict, InvalidInput, JobHarnessError, UnknownDependency
-from core.model import JobSpec, JobStatus, SpecLimits, ValidatedSpec, validate_spec
-from core.queries import q
+from core.model import JobStatus, SpecLimits, ValidatedSpec, validate_spec
+from core.queries import Conn, q
 from core.settings import Settings
 
 MAX_BATCH = 10_000
@@ -38,12 +38,12 @@ class _RaceLost(Exception):
 
 def _limits(settings: Settings) -> SpecLimits:
     return SpecLimits(known_job_types=settings.job_types,
-                      max_payload_bytes=settings.max_payload_bytes)  # fmt: skip
+                      max_payload_bytes=settings.max_payload_bytes)
 
 
 def _prefixed(exc: JobHarnessError, index: int) -> JobHarnessError:
     if isinstance(exc, InvalidInput):
-        exc.field = f"jobs[{index}].{exc.field}"
+        exc.field = f"jobs[{index}].{exc.fields['field']}"
         exc.args = (f"jobs[{index}]: {exc.args[0]}",)
     return exc
 
@@ -51,7 +51,7 @@ def _prefixed(exc: JobHarnessError, index: int) -> JobHarnessError:
 def _spec_hash(v: ValidatedSpec) -> str:
     s = v.spec
     parts = [s.job_type, v.payload_json, str(s.priority), str(s.max_retries), str(s.timeout_s),
-             s.required_capability or "", ",".join(sorted(s.depends_on))]  # fmt: skip
+             s.required_capability or "", ",".join(sorted(s.depends_on))]
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -61,6 +61,42 @@ class _Plan:
     ids: list[uuid.UUID]
     internal: dict[int, list[int]]  # spec index -> indexes of batch specs it depends on
     external: dict[int, list[uuid.UUID]]  # spec index -> existing job ids it depends on
+
+
+def _check_unique(validated: list[ValidatedSpec]) -> dict[str, int]:
+    """Refs and idempotency keys must be unique within a batch; returns ref -> index."""
+    refs: dict[str, int] = {}
+    keys: set[str] = set()
+    for i, v in enumerate(validated):
+        if v.spec.ref is not None:
+            if v.spec.ref in refs:
+                raise _prefixed(InvalidInput("ref", f"duplicate ref {v.spec.ref!r}"), i)
+            refs[v.spec.ref] = i
+        key = v.spec.idempotency_key
+        if key is not None:
+            if key in keys:
+                raise _prefixed(InvalidInput("idempotency_key", f"{key!r} used twice"), i)
+            keys.add(key)
+    return refs
+
+
+def _resolve_dependencies(
+    validated: list[ValidatedSpec], refs: dict[str, int], single: bool
+) -> tuple[dict[int, list[int]], dict[int, list[uuid.UUID]]]:
+    """Split each spec's dependencies into batch refs and existing job ids."""
+    internal: dict[int, list[int]] = {}
+    external: dict[int, list[uuid.UUID]] = {}
+    for i, v in enumerate(validated):
+        for dep in v.spec.depends_on:
+            if dep in refs:
+                internal.setdefault(i, []).append(refs[dep])
+                continue
+            try:
+                external.setdefault(i, []).append(uuid.UUID(dep))
+            except ValueError:
+                err = InvalidInput("depends_on", f"{dep!r} is neither a job id nor a ref here")
+                raise (err if single else _prefixed(err, i)) from None
+    return internal, external
 
 
 def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False) -> _Plan:
@@ -76,41 +112,19 @@ def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False
             validated.append(validate_spec(spec, limits))
         except JobHarnessError as exc:
             raise (exc if single else _prefixed(exc, i)) from None
-    refs: dict[str, int] = {}
-    keys: set[str] = set()
-    for i, v in enumerate(validated):
-        if v.spec.ref is not None:
-            if v.spec.ref in refs:
-                raise _prefixed(InvalidInput("ref", f"duplicate ref {v.spec.ref!r}"), i)
-            refs[v.spec.ref] = i
-        key = v.spec.idempotency_key
-        if key is not None:
-            if key in keys:
-                raise _prefixed(InvalidInput("idempotency_key", f"{key!r} used twice"), i)
-            keys.add(key)
-    internal: dict[int, list[int]] = {}
-    external: dict[int, list[uuid.UUID]] = {}
-    for i, v in enumerate(validated):
-        for dep in v.spec.depends_on:
-            if dep in refs:
-                internal.setdefault(i, []).append(refs[dep])
-                continue
-            try:
-                external.setdefault(i, []).append(uuid.UUID(dep))
-            except ValueError:
-                err = InvalidInput("depends_on", f"{dep!r} is neither a job id nor a ref here")
-                raise (err if single else _prefixed(err, i)) from None
+    refs = _check_unique(validated)
+    internal, external = _resolve_dependencies(validated, refs, single)
     names = {i: v.spec.ref or f"jobs[{i}]" for i, v in enumerate(validated)}
     check_acyclic({names[i]: [names[d] for d in deps] for i, deps in internal.items()})
     return _Plan(validated=validated, ids=[uuid.uuid4() for _ in validated],
-                 internal=internal, external=external)  # fmt: skip
+                 internal=internal, external=external)
 
 
 async def create_jobs(
     pool: asyncpg.Pool,
     specs: Sequence[Any],
     settings: Settings,
-    on_ready: Callable[[Iterable[Mapping[str, Any]]], None],
+    on_ready: Callable[[Iterable[Any]], None],
     *,
     single: bool = False,
 ) -> list[CreateResult]:
@@ -136,12 +150,10 @@ async def create_jobs(
     raise IdempotencyConflict("(concurrent)", "unknown")
 
 
-async def _insert(
-    conn: asyncpg.Connection, plan: _Plan
-) -> tuple[list[CreateResult], list[asyncpg.Record]]:
-    v = plan.validated
-    hashes = [_spec_hash(x) for x in v]
-    # Idempotency: specs whose key already names a job are not inserted again.
+async def _idempotent_hits(
+    conn: Conn, v: list[ValidatedSpec], hashes: list[str]
+) -> tuple[dict[int, uuid.UUID], dict[int, str]]:
+    """Specs whose idempotency key already names a job (same spec) are not inserted again."""
     existing: dict[int, uuid.UUID] = {}
     existing_status: dict[int, str] = {}
     keys = {x.spec.idempotency_key: i for i, x in enumerate(v) if x.spec.idempotency_key}
@@ -152,22 +164,39 @@ async def _insert(
                 raise IdempotencyConflict(row["idempotency_key"], str(row["id"]))
             existing[i] = row["id"]
             existing_status[i] = row["status"]
+    return existing, existing_status
+
+
+async def _lock_dependencies(
+    conn: Conn, dep_ids: set[uuid.UUID]
+) -> dict[uuid.UUID, str]:
+    """Lock existing dependencies (FOR SHARE) and return their statuses; refuse unknown ones
+    and ones that can never complete."""
+    if not dep_ids:
+        return {}
+    rows = await conn.fetch(q("lock_dependencies"), list(dep_ids))
+    dep_status = {r["id"]: r["status"] for r in rows}
+    missing = sorted(str(d) for d in dep_ids - set(dep_status))
+    if missing:
+        raise UnknownDependency(missing)
+    doomed = sorted(str(d) for d, s in dep_status.items()
+                    if s in (JobStatus.DEAD, JobStatus.CANCELLED))
+    if doomed:
+        raise InvalidInput("depends_on", f"job(s) {', '.join(doomed)} can never complete")
+    return dep_status
+
+
+async def _insert(
+    conn: Conn, plan: _Plan
+) -> tuple[list[CreateResult], list[asyncpg.Record]]:
+    v = plan.validated
+    hashes = [_spec_hash(x) for x in v]
+    existing, existing_status = await _idempotent_hits(conn, v, hashes)
     ids = [existing.get(i, plan.ids[i]) for i in range(len(v))]
     new = [i for i in range(len(v)) if i not in existing]
-
     dep_ids = {d for i in new for d in plan.external.get(i, [])}
     dep_ids |= {ids[d] for i in new for d in plan.internal.get(i, []) if d in existing}
-    dep_status: dict[uuid.UUID, str] = {}
-    if dep_ids:
-        rows = await conn.fetch(q("lock_dependencies"), list(dep_ids))
-        dep_status = {r["id"]: r["status"] for r in rows}
-        missing = sorted(str(d) for d in dep_ids - set(dep_status))
-        if missing:
-            raise UnknownDependency(missing)
-        doomed = sorted(str(d) for d, s in dep_status.items()
-                        if s in (JobStatus.DEAD, JobStatus.CANCELLED))  # fmt: skip
-        if doomed:
-            raise InvalidInput("depends_on", f"job(s) {', '.join(doomed)} can never complete")
+    dep_status = await _lock_dependencies(conn, dep_ids)
 
     def deps_of(i: int) -> list[uuid.UUID]:
         return [*plan.external.get(i, []), *(ids[d] for d in plan.internal.get(i, []))]
@@ -189,18 +218,18 @@ async def _insert(
             [x.required_capability for x in s], [x.idempotency_key for x in s],
             [hashes[i] for i in new], [x.max_retries for x in s], [float(x.timeout_s) for x in s],
             [x.run_at for x in s], [float(x.delay_s) for x in s],
-        )  # fmt: skip
+        )
         if len(inserted) != len(new):
             raise _RaceLost()
         edges = [(ids[i], d) for i in new for d in deps_of(i)]
         if edges:
             await conn.execute(q("insert_dependencies"), [a for a, _ in edges],
-                               [b for _, b in edges])  # fmt: skip
+                               [b for _, b in edges])
     ready = [r for r in inserted if r["status"] == JobStatus.PENDING]
     results = [
         CreateResult(job_id=str(ids[i]),
                      status=JobStatus(statuses[i]),
                      created=i not in existing, ref=v[i].spec.ref)
         for i in range(len(v))
-    ]  # fmt: skip
+    ]
     return results, ready

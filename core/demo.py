@@ -47,24 +47,24 @@ def demo_specs(n: int, rng: random.Random) -> list[JobSpec]:
         prio = rng.randint(1, 5)
         if kind < 0.55:
             specs.append(JobSpec(job_type="sleep", priority=prio,
-                                 payload={"dist": "exp", "mean_ms": 15, "seed": i}))  # fmt: skip
+                                 payload={"dist": "exp", "mean_ms": 15, "seed": i}))
         elif kind < 0.75:
             specs.append(JobSpec(job_type="flaky", priority=prio, max_retries=3,
-                                 payload={"p": 0.3, "seed": i}))  # fmt: skip
+                                 payload={"p": 0.3, "seed": i}))
         elif kind < 0.80:
             specs.append(JobSpec(job_type="flaky", priority=prio, max_retries=1,
-                                 payload={"p": 1.0}))  # fmt: skip
+                                 payload={"p": 1.0}))
         elif kind < 0.90:  # a chain of three
             a, b = f"c{i}a", f"c{i}b"
             specs += [JobSpec(job_type="noop", priority=prio, ref=a),
                       JobSpec(job_type="noop", priority=prio, ref=b, depends_on=(a,)),
-                      JobSpec(job_type="noop", priority=prio, depends_on=(b,))]  # fmt: skip
+                      JobSpec(job_type="noop", priority=prio, depends_on=(b,))]
         elif kind < 0.97:  # a diamond
             top, left, right = f"d{i}t", f"d{i}l", f"d{i}r"
             specs += [JobSpec(job_type="noop", priority=prio, ref=top),
                       JobSpec(job_type="sleep", payload={"ms": 5}, ref=left, depends_on=(top,)),
                       JobSpec(job_type="sleep", payload={"ms": 5}, ref=right, depends_on=(top,)),
-                      JobSpec(job_type="noop", priority=prio, depends_on=(left, right))]  # fmt: skip
+                      JobSpec(job_type="noop", priority=prio, depends_on=(left, right))]
         else:
             specs.append(JobSpec(job_type="noop", priority=prio, depends_on=(doomed,)))
     return specs  # may pass n by the last chain or diamond
@@ -76,7 +76,7 @@ async def run_demo(
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
     settings = replace(settings, backoff=BackoffPolicy(base_s=0.1, max_s=1.0, jitter_s=0.05),
-                       lease_s=5.0)  # fmt: skip
+                       lease_s=5.0)
     conn = await connect_admin(settings)
     try:  # a clean slate for the demo's schema
         await migrate.rollback(conn, settings.schema)
@@ -85,7 +85,7 @@ async def run_demo(
         await conn.close()
     rng = random.Random(seed)
     async with open_runtime(settings, pool_size=workers + 3,
-                            redis_connections=workers + 3) as rt:  # fmt: skip
+                            redis_connections=workers + 3) as rt:
         await rt.dispatch.flush_prefix()
         svc = rt.service
         specs = demo_specs(jobs, rng)
@@ -95,13 +95,13 @@ async def run_demo(
         await svc.cancel(queued.job_id, "cancelled by the demo")
         stop = asyncio.Event()
         pool = [Worker(svc, f"demo-worker-{k}", BUILTIN_HANDLERS, concurrency=4)
-                for k in range(workers)]  # fmt: skip
+                for k in range(workers)]
         for w in pool:
             await svc.register_worker(w.worker_id, [], concurrency=w.concurrency)
         tasks = [asyncio.create_task(w.run(stop)) for w in pool]
         reconciler = asyncio.create_task(Reconciler(svc).run(stop, interval_s=1.0))
-        columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-                   TimeElapsedColumn())  # fmt: skip
+        columns = (TextColumn("{task.description}"), BarColumn(),
+                   TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn())
         with Progress(*columns, console=console) as bar:
             task = bar.add_task("jobs finished", total=len(specs))
             deadline = time.monotonic() + 120
@@ -142,4 +142,4 @@ async def run_demo(
 def _pcts(values: list[float | None] | None) -> dict[str, float | None]:
     vals = list(values or [None, None, None])
     return {k: (round(v, 1) if v is not None else None)
-            for k, v in zip(("p50", "p95", "p99"), vals, strict=True)}  # fmt: skip
+            for k, v in zip(("p50", "p95", "p99"), vals, strict=True)}

@@ -77,7 +77,6 @@ class RedisDispatch:
                 socket_connect_timeout=timeout_s,
                 decode_responses=True,
             ),
-            retry=None,
         )
         # Idle workers park on BLPOP here; one connection per concurrent waiter.
         self._blocking = aioredis.Redis(
@@ -88,7 +87,6 @@ class RedisDispatch:
                 socket_connect_timeout=timeout_s,
                 decode_responses=True,
             ),
-            retry=None,
         )
         self._acquire = self._client.register_script(_script("acquire"))
         self._enqueue = self._client.register_script(_script("enqueue"))
@@ -155,7 +153,7 @@ class RedisDispatch:
     async def extend(self, job_id: str, lease_ms: int) -> None:
         now_ms = await self.now_ms()
         await self._call(self._client.zadd(self.keys.processing, {job_id: now_ms + lease_ms},
-                                           xx=True))  # fmt: skip
+                                           xx=True))
 
     async def forget(self, job_ids: Sequence[str], *, dead: bool = False) -> None:
         """Remove jobs from every dispatch set (and record them dead if `dead`)."""
@@ -198,7 +196,7 @@ class RedisDispatch:
         pipe = self._client.pipeline(transaction=False)
         names = ["high", "medium", "low", "delayed", "processing", "dead_letter"]
         for key in (*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
-                    self.keys.dead_letter):  # fmt: skip
+                    self.keys.dead_letter):
             pipe.zcard(key)
         values = await self._call(pipe.execute())
         return dict(zip(names, map(int, values), strict=True))
@@ -226,7 +224,7 @@ class RedisDispatch:
 
     async def set_heartbeat(self, worker_id: str, ttl_s: float, value: str) -> None:
         await self._call(self._client.set(self.keys.heartbeat(worker_id), value,
-                                          px=int(ttl_s * 1000)))  # fmt: skip
+                                          px=int(ttl_s * 1000)))
 
     async def clear_heartbeat(self, worker_id: str) -> None:
         await self._call(self._client.delete(self.keys.heartbeat(worker_id)))

@@ -22,6 +22,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 from core.errors import ServiceError
 
@@ -175,7 +176,7 @@ class EmbeddedServices:
                 ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin",
                  PG_SYSTEM_USER],
                 check=True, capture_output=True,
-            )  # fmt: skip
+            )
         return PG_SYSTEM_USER
 
     def _grant(self, user: str) -> None:
@@ -205,12 +206,12 @@ class EmbeddedServices:
         cmd = [str(pg_bin(args[0])), *args[1:]]
         log = self.root / "postgres-ctl.log"
         # Drop root's group too: group bits (not "other") apply to a process in group root.
-        ids: dict[str, object] = {"user": user, "group": user, "extra_groups": []} if user else {}
+        ids: dict[str, Any] = {"user": user, "group": user, "extra_groups": []} if user else {}
         with open(log, "ab") as out:
             res = subprocess.run(
                 cmd, stdout=out, stderr=subprocess.STDOUT, timeout=timeout_s, cwd="/",
-                check=False, **ids,  # type: ignore[arg-type]
-            )  # fmt: skip
+                check=False, **ids,
+            )
         if res.returncode != 0:
             tail = log.read_text(errors="replace")[-2000:]
             raise ServiceError(f"{args[0]} failed (exit {res.returncode}):\n{tail}")
@@ -229,7 +230,7 @@ class EmbeddedServices:
                 ["initdb", "-D", str(self.pg_data), "-U", "postgres", "--auth=trust",
                  "--encoding=UTF8", "--no-instructions"],
                 user,
-            )  # fmt: skip
+            )
         port = self._ports().get("postgres") or _free_port()
         if _port_open(port):
             port = _free_port()
@@ -242,21 +243,21 @@ class EmbeddedServices:
             ["pg_ctl", "-D", str(self.pg_data), "-l", str(self.pg_data / "server.log"),
              "-o", opts, "-w", "-t", str(int(START_TIMEOUT_S)), "start"],
             user,
-        )  # fmt: skip
+        )
         self._save_port("postgres", port)
         self._ensure_database(port)
         return True
 
     def _ensure_database(self, port: int) -> None:
         psql = [str(pg_bin("psql")), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
-                "-d", "postgres", "-tAc"]  # fmt: skip
+                "-d", "postgres", "-tAc"]
         out = subprocess.run(
             [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
             capture_output=True, text=True, check=True,
-        )  # fmt: skip
+        )
         if out.stdout.strip() != "1":
             subprocess.run([*psql, f"CREATE DATABASE {PG_DATABASE}"], check=True,
-                           capture_output=True)  # fmt: skip
+                           capture_output=True)
 
     def _redis_up(self) -> bool:
         if self._redis_pid() is not None:
@@ -272,7 +273,7 @@ class EmbeddedServices:
             "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(self.redis_dir),
             "--logfile", str(self.redis_dir / "valkey.log"), "--save", "", "--appendonly", "no",
             "--maxmemory-policy", "noeviction", "--maxclients", "10000",
-        ]  # fmt: skip
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, check=False)
         if res.returncode != 0:
             raise ServiceError(f"valkey-server failed to start: {res.stderr or res.stdout}")

@@ -22,6 +22,9 @@ class JobHarnessError(Exception):
 class InvalidInput(JobHarnessError):
     """Invalid input."""
 
+    field: str
+    reason: str
+
     def __init__(self, field: str, reason: str) -> None:
         super().__init__(f"invalid {field}: {reason}", field=field, reason=reason)
 

@@ -89,7 +89,7 @@ async def hang(payload: dict[str, Any]) -> None:
 
 BUILTIN_HANDLERS: dict[str, Handler] = {
     "noop": noop, "sleep": sleep, "cpu": cpu, "flaky": flaky, "leak": leak, "hang": hang,
-}  # fmt: skip
+}
 
 
 def load_handler(path: str) -> Handler:

@@ -63,7 +63,7 @@ def load_migrations() -> list[Migration]:
         out.append(
             Migration(version=version, name=names[version], up_sql=pair["up"],
                       down_sql=pair["down"])
-        )  # fmt: skip
+        )
     if [m.version for m in out] != list(range(1, len(out) + 1)):
         raise MigrationError("migration versions must be 1..N without gaps")
     return out
@@ -78,7 +78,7 @@ def _ident(schema: str) -> str:
 async def _prepare(conn: asyncpg.Connection, schema: str) -> None:
     """Lock migrations of this schema for the current transaction and point at the schema."""
     await conn.execute("SELECT pg_advisory_xact_lock(hashtext('jobharness.migrate.' || $1))",
-                       schema)  # fmt: skip
+                       schema)
     await conn.execute(f"CREATE SCHEMA IF NOT EXISTS {_ident(schema)}")
     await conn.execute(f"SET LOCAL search_path TO {_ident(schema)}")
     await conn.execute(
@@ -118,11 +118,12 @@ async def migrate(conn: asyncpg.Connection, schema: str, *, to: int | None = Non
             try:
                 await conn.execute(mig.up_sql)
             except asyncpg.PostgresError as exc:
-                raise MigrationError(f"migration {mig.version:03d}_{mig.name} failed: {exc}") from exc
+                name = f"{mig.version:03d}_{mig.name}"
+                raise MigrationError(f"migration {name} failed: {exc}") from exc
             await conn.execute(
                 "INSERT INTO schema_migrations (version, name, checksum) VALUES ($1, $2, $3)",
                 mig.version, mig.name, mig.checksum,
-            )  # fmt: skip
+            )
             applied.append(mig.version)
     return applied
 
@@ -200,7 +201,7 @@ async def verify(conn: asyncpg.Connection, schema: str) -> VerifyReport:
             "SELECT tablename FROM pg_tables WHERE schemaname = $1 AND tablename = ANY($2)"
             " ORDER BY tablename",
             schema, list(EXPECTED_TABLES),
-        )  # fmt: skip
+        )
     ]
     indexes = [
         r["indexname"]
@@ -208,7 +209,7 @@ async def verify(conn: asyncpg.Connection, schema: str) -> VerifyReport:
             "SELECT indexname FROM pg_indexes WHERE schemaname = $1 AND tablename = ANY($2)"
             " ORDER BY indexname",
             schema, list(EXPECTED_TABLES),
-        )  # fmt: skip
+        )
     ]
     functions = [
         r["proname"]
@@ -216,7 +217,7 @@ async def verify(conn: asyncpg.Connection, schema: str) -> VerifyReport:
             "SELECT DISTINCT p.proname FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
             " WHERE n.nspname = $1 AND p.proname = ANY($2) ORDER BY p.proname",
             schema, list(EXPECTED_FUNCTIONS),
-        )  # fmt: skip
+        )
     ]
     triggers = [
         r["tgname"]
@@ -225,7 +226,7 @@ async def verify(conn: asyncpg.Connection, schema: str) -> VerifyReport:
             " JOIN pg_namespace n ON n.oid = c.relnamespace"
             " WHERE n.nspname = $1 AND NOT t.tgisinternal AND t.tgname = ANY($2)",
             schema, list(EXPECTED_TRIGGERS),
-        )  # fmt: skip
+        )
     ]
     missing = [f"table {t}" for t in EXPECTED_TABLES if t not in tables]
     missing += [f"function {f}" for f in EXPECTED_FUNCTIONS if f not in functions]

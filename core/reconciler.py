@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from core.dispatch import DispatchSnapshot
 from core.errors import DispatchUnavailable, StoreUnavailable
@@ -67,7 +68,7 @@ class Reconciler:
         svc = self.service
         svc.dispatch.reset_breaker()
         snap: DispatchSnapshot = await svc.dispatch.snapshot()
-        live = {str(r["id"]): r for r in await svc.pool.fetch(q("live_jobs"))}
+        live: dict[str, Any] = {str(r["id"]): r for r in await svc.pool.fetch(q("live_jobs"))}
         fx = Effects()
         indexed = snap.queued | snap.delayed
         for job_id, row in live.items():
@@ -79,8 +80,9 @@ class Reconciler:
             fx.add_ready([row])
         stale_processing = [
             j for j, deadline in snap.processing.items()
-            if deadline <= snap.now_ms and live.get(j, {}).get("status") != JobStatus.PROCESSING
-        ]  # fmt: skip
+            if deadline <= snap.now_ms
+            and (j not in live or live[j]["status"] != JobStatus.PROCESSING)
+        ]
         orphans = [j for j in indexed if j not in live or live[j]["status"] != JobStatus.PENDING]
         fx.forget = sorted(set(orphans) | {j for j in stale_processing if j not in live})
         leftover_processing = [j for j in stale_processing if j in live]

@@ -44,7 +44,11 @@ def endpoints(settings: Settings, *, keep_running: bool = False) -> Iterator[Set
 
 @contextlib.asynccontextmanager
 async def open_runtime(
-    settings: Settings, *, pool_size: int = 2, redis_connections: int = 2, migrate_first: bool = True
+    settings: Settings,
+    *,
+    pool_size: int = 2,
+    redis_connections: int = 2,
+    migrate_first: bool = True,
 ) -> AsyncIterator[Runtime]:
     """Pool + dispatch + service over already-resolved settings."""
     if migrate_first:

@@ -30,7 +30,7 @@ from core.errors import (
     StoreUnavailable,
 )
 from core.model import ExecutionStatus, Job, JobSpec, JobStatus, Lease, parse_job_id
-from core.queries import q
+from core.queries import Conn, q
 from core.settings import Settings
 
 __all__ = ["CreateResult", "Effects", "FailOutcome", "JobService"]
@@ -45,12 +45,12 @@ class Effects:
     undead: list[str] = field(default_factory=list)
     enqueue: list[EnqueueItem] = field(default_factory=list)
 
-    def add_ready(self, rows: Iterable[Mapping[str, Any]]) -> None:
+    def add_ready(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
         self.enqueue += [
             EnqueueItem(job_id=str(r["id"]), priority=r["priority"],
                         capability=r["required_capability"], delay_ms=int(r["delay_ms"]))
             for r in rows
-        ]  # fmt: skip
+        ]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,7 +88,7 @@ class JobService:
 
     # -- transactions and Redis effects ----------------------------------------------------
     @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[asyncpg.Connection]:
+    async def _tx(self) -> AsyncIterator[Conn]:
         with _store_errors():
             async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
@@ -119,7 +119,7 @@ class JobService:
         fx = Effects()
         with _store_errors():
             results = await create_jobs(self.pool, specs, self.settings, fx.add_ready,
-                                        single=single)  # fmt: skip
+                                        single=single)
         self.stats["created"] += sum(r.created for r in results)
         await self._apply(fx)
         return results
@@ -201,7 +201,7 @@ class JobService:
         await self.dispatch.wait_for_work(timeout)
 
     # -- results ----------------------------------------------------------------------------
-    async def _stale(self, conn: asyncpg.Connection, job_id: uuid.UUID, token: int) -> Exception:
+    async def _stale(self, conn: Conn, job_id: uuid.UUID, token: int) -> Exception:
         row = await conn.fetchrow(q("job_state"), job_id)
         if row is None:
             return JobNotFound(str(job_id))
@@ -224,7 +224,7 @@ class JobService:
         await self._apply(fx)
 
     async def _locked(
-        self, conn: asyncpg.Connection, job_id: uuid.UUID, token: int | None
+        self, conn: Conn, job_id: uuid.UUID, token: int | None
     ) -> asyncpg.Record:
         row = await conn.fetchrow(q("lock_job"), job_id)
         if row is None:
@@ -255,7 +255,7 @@ class JobService:
 
     async def _fail_locked(
         self,
-        conn: asyncpg.Connection,
+        conn: Conn,
         row: asyncpg.Record,
         token: int,
         error: str,
@@ -270,6 +270,7 @@ class JobService:
         if row["retry_count"] < row["max_retries"]:
             delay_s = self.settings.backoff.delay_s(row["retry_count"], self.rng)
             retry = await conn.fetchrow(q("schedule_retry"), jid, error, delay_s)
+            assert retry is not None  # the row is locked
             fx.forget.append(job_id)
             fx.add_ready([{"id": jid, **dict(retry)}])
             self.stats["retried"] += 1
@@ -282,7 +283,7 @@ class JobService:
         return FailOutcome(status=JobStatus.DEAD, cancelled_dependents=len(cancelled))
 
     async def _cancel_locked(
-        self, conn: asyncpg.Connection, jid: uuid.UUID, reason: str | None, fx: Effects
+        self, conn: Conn, jid: uuid.UUID, reason: str | None, fx: Effects
     ) -> FailOutcome:
         await conn.execute(q("mark_cancelled"), jid, reason or "cancelled")
         cancelled = await conn.fetch(q("cancel_dependents"), jid, f"dependency {jid} cancelled")
@@ -298,6 +299,7 @@ class JobService:
             await self._locked(conn, jid, token)
             await conn.execute(q("close_execution"), token, ExecutionStatus.RELEASED.value, reason)
             released = await conn.fetchrow(q("release_job"), jid)
+            assert released is not None  # the row is locked and PROCESSING
             fx.add_ready([{**dict(released), "id": jid}])
         await self._apply(fx)
 
@@ -341,7 +343,7 @@ class JobService:
         async with self._tx() as conn:
             row = await self._locked(conn, jid, token)
             await conn.execute(q("close_execution"), token, ExecutionStatus.CANCELLED.value,
-                               "cancelled")  # fmt: skip
+                               "cancelled")
             await self._cancel_locked(conn, jid, row["cancel_reason"], fx)
         await self._apply(fx)
 
@@ -370,7 +372,7 @@ class JobService:
                 if row is None or row["lease_token"] != lease["lease_token"]:
                     continue
                 await self._fail_locked(conn, row, lease["lease_token"], reason,
-                                        ExecutionStatus.LEASE_EXPIRED, fx)  # fmt: skip
+                                        ExecutionStatus.LEASE_EXPIRED, fx)
             await self._apply(fx)
             n += 1
         return n
@@ -450,7 +452,7 @@ class JobService:
             raise InvalidInput("concurrency", "must be between 1 and 1000")
         with _store_errors():
             await self.pool.execute(q("register_worker"), worker_id, hostname, pid,
-                                    list(capabilities), concurrency, metadata or {})  # fmt: skip
+                                    list(capabilities), concurrency, metadata or {})
         await self.heartbeat(worker_id)
 
     async def heartbeat(self, worker_id: str, value: str = "alive") -> str | None:

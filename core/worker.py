@@ -54,7 +54,7 @@ class Worker:
                 break
             try:
                 lease = await self.service.acquire(self.worker_id, self.capabilities,
-                                                   lease_s=self.lease_s)  # fmt: skip
+                                                   lease_s=self.lease_s)
             except StoreUnavailable:
                 lease = None
                 self.stats["store_unavailable"] += 1
@@ -64,9 +64,16 @@ class Worker:
                 continue
             task = asyncio.create_task(self._run_job(lease))
             self._running.add(task)
-            task.add_done_callback(lambda t: (self._running.discard(t), slots.release()))
+            task.add_done_callback(self._finished(slots))
         if self._running:
             await asyncio.gather(*self._running, return_exceptions=True)
+
+    def _finished(self, slots: asyncio.Semaphore) -> Any:
+        def done(task: asyncio.Task[None]) -> None:
+            self._running.discard(task)
+            slots.release()
+
+        return done
 
     async def _idle(self, stop: asyncio.Event) -> None:
         waiter = asyncio.create_task(self.service.wait_for_work(self.idle_wait_s))
@@ -81,7 +88,7 @@ class Worker:
         if handler is None:
             await self._report(self.service.fail, lease,
                                f"no handler for job type {lease.job_type!r} on this worker")
-            return  # fmt: skip
+            return
         payload = {**lease.payload, "_attempt": lease.attempt, "_job_id": lease.job_id}
         job = asyncio.create_task(call_handler(handler, payload))
         keeper = asyncio.create_task(self._keep_lease(lease, job))
@@ -91,7 +98,7 @@ class Worker:
             job.cancel()
             await asyncio.gather(job, return_exceptions=True)
             await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
-                               status=ExecutionStatus.TIMED_OUT)  # fmt: skip
+                               status=ExecutionStatus.TIMED_OUT)
         except asyncio.CancelledError:
             if keeper.done() and keeper.result() == "cancel":
                 await self._report(self.service.ack_cancel, lease)

@@ -33,7 +33,7 @@ BAD_BATCHES: list[tuple[list[Any], type[Exception], str]] = [
     ([JobSpec(job_type="noop", ref="a"), JobSpec(job_type="noop", ref="a")], InvalidInput,
      "ref"),
     ([], InvalidInput, "jobs"),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize(("batch", "error", "field"), BAD_BATCHES)

@@ -32,7 +32,7 @@ def closed_port() -> int:
 async def redis_down(service: JobService, settings: Settings) -> AsyncIterator[JobService]:
     """The same database, with Redis pointing at a port where nothing listens."""
     dead = replace(settings, redis_url=f"redis://127.0.0.1:{closed_port()}/0",
-                   redis_timeout_s=0.2)  # fmt: skip
+                   redis_timeout_s=0.2)
     dispatch = create_dispatch(dead)
     svc = JobService(service.pool, dispatch, dead)
     try:
@@ -60,7 +60,8 @@ async def test_flushed_redis_is_rebuilt_by_the_reconciler(service: JobService) -
         seen.add(lease.job_id)
     assert seen == {c.job_id for c in created[:30]} - {leased.job_id}
     again = await Reconciler(service).run_once()
-    assert again.reindexed == 0 and again.orphans_removed == 0
+    assert again.reindexed == 0
+    assert again.orphans_removed == 0
 
 
 async def test_orphan_entries_are_removed(service: JobService) -> None:
@@ -68,7 +69,7 @@ async def test_orphan_entries_are_removed(service: JobService) -> None:
 
     ghost = "00000000-0000-4000-8000-000000000001"
     await service.dispatch.enqueue([EnqueueItem(job_id=ghost, priority=3, capability=None,
-                                                delay_ms=0)])  # fmt: skip
+                                                delay_ms=0)])
     report = await Reconciler(service).run_once()
     assert report.orphans_removed == 1
     assert sum((await service.dispatch.depths()).values()) == 0
@@ -128,4 +129,5 @@ async def test_popped_but_never_leased_job_is_recovered(service: JobService) -> 
     report = await Reconciler(service).run_once()
     assert report.reindexed == 1
     lease = await service.acquire("w1")
-    assert lease is not None and lease.job_id == created.job_id
+    assert lease is not None
+    assert lease.job_id == created.job_id

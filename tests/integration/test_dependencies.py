@@ -15,7 +15,8 @@ pytestmark = pytest.mark.integration
 async def run_one(service: JobService, job_id: str) -> Lease:
     """Acquire until the given job is leased (it must be the only runnable one)."""
     lease = await service.acquire("w1")
-    assert lease is not None and lease.job_id == job_id, "expected that job to be runnable"
+    assert lease is not None, "expected a runnable job"
+    assert lease.job_id == job_id, "expected that job to be the runnable one"
     return lease
 
 
@@ -28,9 +29,9 @@ async def test_chain_releases_in_order(service: JobService) -> None:
         JobSpec(job_type="noop", ref="a"),
         JobSpec(job_type="noop", ref="b", depends_on=("a",)),
         JobSpec(job_type="noop", ref="c", depends_on=("b",)),
-    ])  # fmt: skip
+    ])
     assert [a.status, b.status, c.status] == [JobStatus.PENDING, JobStatus.WAITING,
-                                              JobStatus.WAITING]  # fmt: skip
+                                              JobStatus.WAITING]
     for job, nxt in ((a, b), (b, c)):
         lease = await run_one(service, job.job_id)
         assert await service.acquire("w1") is None
@@ -47,7 +48,7 @@ async def test_diamond_waits_for_both_parents(service: JobService) -> None:
         JobSpec(job_type="noop", ref="l", depends_on=("top",)),
         JobSpec(job_type="noop", ref="r", depends_on=("top",)),
         JobSpec(job_type="noop", depends_on=("l", "r")),
-    ])  # fmt: skip
+    ])
     lease = await run_one(service, top.job_id)
     await service.complete(lease.job_id, lease.token)
     leases = [await service.acquire("w1"), await service.acquire("w1")]
@@ -75,10 +76,11 @@ async def test_death_cancels_all_dependents_transitively(service: JobService) ->
         JobSpec(job_type="noop", ref="mid", depends_on=("root",)),
         JobSpec(job_type="noop", depends_on=("mid",)),
         JobSpec(job_type="noop", priority=1),
-    ])  # fmt: skip
+    ])
     lease = await run_one(service, root.job_id)
     outcome = await service.fail(lease.job_id, lease.token, "root failed")
-    assert outcome.status == JobStatus.DEAD and outcome.cancelled_dependents == 2
+    assert outcome.status == JobStatus.DEAD
+    assert outcome.cancelled_dependents == 2
     for job in (mid, leaf):
         j = await service.get(job.job_id)
         assert j.status == JobStatus.CANCELLED
@@ -100,7 +102,7 @@ async def test_concurrent_parent_completions_release_every_diamond(service: JobS
     specs: list[JobSpec] = []
     for i in range(n):
         specs += [JobSpec(job_type="noop", ref=f"l{i}"), JobSpec(job_type="noop", ref=f"r{i}"),
-                  JobSpec(job_type="noop", depends_on=(f"l{i}", f"r{i}"))]  # fmt: skip
+                  JobSpec(job_type="noop", depends_on=(f"l{i}", f"r{i}"))]
     created = await service.create_batch(specs)
     leases = []
     while (lease := await service.acquire("w1")) is not None:

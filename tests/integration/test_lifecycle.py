@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from typing import Any
 
 import pytest
@@ -20,31 +21,39 @@ pytestmark = pytest.mark.integration
 
 async def executions(svc: JobService, job_id: str) -> list[dict[str, Any]]:
     rows = await svc.pool.fetch(
-        "SELECT * FROM job_executions WHERE job_id = $1 ORDER BY attempt", __import__("uuid").UUID(job_id)
+        "SELECT * FROM job_executions WHERE job_id = $1 ORDER BY attempt", uuid.UUID(job_id)
     )
     return [dict(r) for r in rows]
 
 
 async def test_create_acquire_complete(service: JobService) -> None:
     created = await service.create(JobSpec(job_type="noop", payload={"n": 1}, priority=4))
-    assert created.status == JobStatus.PENDING and created.created
+    assert created.status == JobStatus.PENDING
+    assert created.created
     assert await service.dispatch.depths() == {"high": 1, "medium": 0, "low": 0, "delayed": 0,
-                                               "processing": 0, "dead_letter": 0}  # fmt: skip
+                                               "processing": 0, "dead_letter": 0}
     lease = await service.acquire("w1")
-    assert lease is not None and lease.job_id == created.job_id and lease.attempt == 1
+    assert lease is not None
+    assert lease.job_id == created.job_id
+    assert lease.attempt == 1
     assert (await service.dispatch.depths())["processing"] == 1
     job = await service.get(created.job_id)
-    assert job.status == JobStatus.PROCESSING and job.worker_id == "w1"
+    assert job.status == JobStatus.PROCESSING
+    assert job.worker_id == "w1"
     assert job.lease_token == lease.token
 
     await service.complete(lease.job_id, lease.token, {"answer": 42})
     job = await service.get(created.job_id)
-    assert job.status == JobStatus.COMPLETED and job.result == {"answer": 42}
-    assert job.completed_at is not None and job.started_at is not None
+    assert job.status == JobStatus.COMPLETED
+    assert job.result == {"answer": 42}
+    assert job.completed_at is not None
+    assert job.started_at is not None
     assert job.created_at <= job.started_at <= job.completed_at
     (ex,) = await executions(service, created.job_id)
-    assert ex["status"] == "COMPLETED" and ex["lease_token"] == lease.token
-    assert ex["duration_ms"] is not None and ex["finished_at"] is not None
+    assert ex["status"] == "COMPLETED"
+    assert ex["lease_token"] == lease.token
+    assert ex["duration_ms"] is not None
+    assert ex["finished_at"] is not None
     assert (await service.dispatch.depths())["processing"] == 0
     assert await service.acquire("w1") is None
 
@@ -61,15 +70,18 @@ async def test_failure_retry_then_dead_letter(service: JobService) -> None:
     assert [o.status for o in outcomes] == [JobStatus.PENDING, JobStatus.PENDING, JobStatus.DEAD]
     assert all(o.retry_in_s is not None and o.retry_in_s <= 0.5 for o in outcomes[:2])
     job = await service.get(created.job_id)
-    assert job.status == JobStatus.DEAD and job.retry_count == 2
+    assert job.status == JobStatus.DEAD
+    assert job.retry_count == 2
     assert job.last_error == "boom 3"
     exs = await executions(service, created.job_id)
     assert [e["attempt"] for e in exs] == [1, 2, 3]
     assert {e["status"] for e in exs} == {"FAILED"}
     (entry,) = await service.dlq_list()
-    assert entry["job_id"] == created.job_id and entry["error"] == "boom 3"
+    assert entry["job_id"] == created.job_id
+    assert entry["error"] == "boom 3"
     snap = await service.pool.fetchval("SELECT job_snapshot FROM dead_letter_queue")
-    assert snap["id"] == created.job_id and snap["status"] == "DEAD"
+    assert snap["id"] == created.job_id
+    assert snap["status"] == "DEAD"
     assert (await service.dispatch.depths())["dead_letter"] == 1
 
 
@@ -83,14 +95,14 @@ async def test_backoff_spaces_retries(service: JobService) -> None:
     assert await service.acquire("w1") is None
     row = await service.pool.fetchrow(
         "SELECT run_at > clock_timestamp() AS later FROM jobs WHERE id = $1",
-        __import__("uuid").UUID(lease.job_id),
+        uuid.UUID(lease.job_id),
     )
     assert row["later"]
 
 
 async def test_concurrent_workers_run_each_job_once(service: JobService) -> None:
     jobs = await service.create_batch([JobSpec(job_type="sleep", payload={"ms": 5})
-                                       for _ in range(50)])  # fmt: skip
+                                       for _ in range(50)])
     ran: list[str] = []
 
     async def recording(payload: dict[str, Any]) -> None:
@@ -134,17 +146,20 @@ async def test_capability_matching(service: JobService) -> None:
     gpu = await service.create(JobSpec(job_type="noop", required_capability="gpu", priority=5))
     plain = await service.create(JobSpec(job_type="noop", priority=1))
     lease = await service.acquire("cpu-worker", ["cpu"])
-    assert lease is not None and lease.job_id == plain.job_id
+    assert lease is not None
+    assert lease.job_id == plain.job_id
     assert await service.acquire("cpu-worker", ["cpu"]) is None
     lease = await service.acquire("gpu-worker", ["gpu"])
-    assert lease is not None and lease.job_id == gpu.job_id
+    assert lease is not None
+    assert lease.job_id == gpu.job_id
 
 
 async def test_cancel_queued_job(service: JobService) -> None:
     created = await service.create(JobSpec(job_type="noop"))
     assert await service.cancel(created.job_id, "not needed") == JobStatus.CANCELLED
     job = await service.get(created.job_id)
-    assert job.status == JobStatus.CANCELLED and job.cancel_reason == "not needed"
+    assert job.status == JobStatus.CANCELLED
+    assert job.cancel_reason == "not needed"
     assert await service.acquire("w1") is None
     assert sum((await service.dispatch.depths()).values()) == 0
     with pytest.raises(InvalidTransition):
@@ -206,7 +221,8 @@ async def test_lease_extension_keeps_long_job(service: JobService) -> None:
     stop.set()
     await task
     (ex,) = await executions(service, created.job_id)
-    assert ex["status"] == "COMPLETED" and ex["duration_ms"] >= 700
+    assert ex["status"] == "COMPLETED"
+    assert ex["duration_ms"] >= 700
 
 
 async def test_stale_token_is_rejected_and_changes_nothing(service: JobService) -> None:
@@ -217,7 +233,7 @@ async def test_stale_token_is_rejected_and_changes_nothing(service: JobService) 
 
     async def expired() -> bool:
         return bool(await service.pool.fetchval(
-            "SELECT lease_expires_at < clock_timestamp() FROM jobs"))  # fmt: skip
+            "SELECT lease_expires_at < clock_timestamp() FROM jobs"))
 
     await wait_until(expired, what="lease expiry")
     report = await Reconciler(service).run_once()
@@ -232,13 +248,15 @@ async def test_stale_token_is_rejected_and_changes_nothing(service: JobService) 
         await service.extend(old.job_id, old.token)
     after = dict(await service.pool.fetchrow("SELECT * FROM jobs"))
     assert before == after
-    assert after["status"] == "PENDING" and after["result"] is None
+    assert after["status"] == "PENDING"
+    assert after["result"] is None
     assert service.stats["stale_rejected"] == 3
     new = await service.acquire("healthy")
     while new is None:
         await service.wait_for_work(1.0)
         new = await service.acquire("healthy")
-    assert new.token > old.token and new.attempt == 2
+    assert new.token > old.token
+    assert new.attempt == 2
     await service.complete(new.job_id, new.token)
     exs = await executions(service, created.job_id)
     assert [e["status"] for e in exs] == ["LEASE_EXPIRED", "COMPLETED"]
@@ -254,7 +272,7 @@ async def test_delayed_job_waits_until_due(service: JobService) -> None:
         lease = await service.acquire("w1")
     row = await service.pool.fetchrow(
         "SELECT started_at >= run_at AS on_time FROM jobs WHERE id = $1",
-        __import__("uuid").UUID(lease.job_id),
+        uuid.UUID(lease.job_id),
     )
     assert row["on_time"]
 
@@ -264,7 +282,9 @@ async def test_idempotency_key(service: JobService) -> None:
 
     a = await service.create(JobSpec(job_type="noop", payload={"x": 1}, idempotency_key="k1"))
     b = await service.create(JobSpec(job_type="noop", payload={"x": 1}, idempotency_key="k1"))
-    assert a.job_id == b.job_id and a.created and not b.created
+    assert a.job_id == b.job_id
+    assert a.created
+    assert not b.created
     with pytest.raises(IdempotencyConflict):
         await service.create(JobSpec(job_type="noop", payload={"x": 2}, idempotency_key="k1"))
     assert await service.pool.fetchval("SELECT count(*) FROM jobs") == 1
@@ -285,11 +305,13 @@ async def test_dead_letter_requeue_and_purge(service: JobService) -> None:
     await service.fail(lease.job_id, lease.token, "boom")
     await service.dlq_requeue(created.job_id)
     job = await service.get(created.job_id)
-    assert job.status == JobStatus.PENDING and job.retry_count == 0
+    assert job.status == JobStatus.PENDING
+    assert job.retry_count == 0
     assert await service.dlq_list() == []
     assert (await service.dispatch.depths())["dead_letter"] == 0
     lease = await service.acquire("w1")
-    assert lease is not None and lease.attempt == 1
+    assert lease is not None
+    assert lease.attempt == 1
     await service.fail(lease.job_id, lease.token, "boom again")
     assert await service.dlq_purge() == 0  # within the 30-day retention
     # Purge removes the live entry and the requeued one kept as history.

@@ -22,7 +22,7 @@ async def objects_in(conn: asyncpg.Connection, schema: str) -> int:
         "        WHERE n.nspname = $1)"
         "     + (SELECT count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
         "        WHERE n.nspname = $1)"
-        "     + (SELECT count(*) FROM pg_namespace WHERE nspname = $1)", schema))  # fmt: skip
+        "     + (SELECT count(*) FROM pg_namespace WHERE nspname = $1)", schema))
 
 
 async def test_migrate_rollback_migrate(test_db: str, settings: Settings) -> None:
@@ -31,14 +31,16 @@ async def test_migrate_rollback_migrate(test_db: str, settings: Settings) -> Non
     try:
         report = await migrate.verify(conn, schema)
         assert report.ok, report.missing
-        assert report.counts()["tables"] == 5 and report.counts()["indexes"] >= 21
-        assert report.counts()["functions"] == 3 and report.counts()["triggers"] == 1
+        assert report.counts()["tables"] == 5
+        assert report.counts()["indexes"] >= 21
+        assert report.counts()["functions"] == 3
+        assert report.counts()["triggers"] == 1
         assert await migrate.migrate(conn, schema) == []  # idempotent
 
         assert await migrate.rollback(conn, schema, to=3) == [6, 5, 4]
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
         assert {r["tablename"] for r in tables} == {"jobs", "workers", "job_executions",
-                                                    "schema_migrations"}  # fmt: skip
+                                                    "schema_migrations"}
         assert not (await migrate.verify(conn, schema)).ok
 
         reverted = await migrate.rollback(conn, schema)
@@ -65,16 +67,18 @@ async def test_migrate_to_bounds(test_db: str, settings: Settings) -> None:
 
 
 def cli(settings: Settings, *args: str) -> list[str]:
-    assert settings.pg_dsn and settings.redis_url
+    assert settings.pg_dsn
+    assert settings.redis_url
     return [*args, "--pg-dsn", settings.pg_dsn, "--redis-url", settings.redis_url,
-            "--prefix", settings.prefix]  # fmt: skip
+            "--prefix", settings.prefix]
 
 
 def test_cli_db_verify_and_status(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(cli(settings, "db", "verify", "--json")) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["tables"], out["functions"], out["triggers"]) == (5, 3, 1)
-    assert out["indexes"] >= 21 and out["ok"] is True
+    assert out["indexes"] >= 21
+    assert out["ok"] is True
     assert main(cli(settings, "db", "verify")) == 0
     assert "5 tables" in capsys.readouterr().out
     assert main(cli(settings, "db", "status", "--json")) == 0
@@ -97,9 +101,11 @@ def test_cli_verify_fails_when_an_object_is_missing(
 def test_cli_errors_are_one_line(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(cli(settings, "db", "status", "--to", "2")) == 1
     err = capsys.readouterr().err
-    assert err.startswith("error: ") and "--to" in err and "Traceback" not in err
+    assert err.startswith("error: ")
+    assert "--to" in err
+    assert "Traceback" not in err
     assert main(["db", "status", "--pg-dsn", "postgresql://nobody@127.0.0.1:1/x",
-                 "--redis-url", "redis://127.0.0.1:1/0"]) == 1  # fmt: skip
+                 "--redis-url", "redis://127.0.0.1:1/0"]) == 1
     assert "cannot connect to PostgreSQL" in capsys.readouterr().err
 
 

@@ -25,7 +25,7 @@ def test_jitter_is_bounded_and_seedable() -> None:
 
 
 @pytest.mark.parametrize("kwargs", [{"base_s": -1}, {"max_s": -1}, {"jitter_s": -0.1},
-                                    {"factor": 0.5}])  # fmt: skip
+                                    {"factor": 0.5}])
 def test_rejects_bad_policy(kwargs: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="backoff"):
         BackoffPolicy(**kwargs)

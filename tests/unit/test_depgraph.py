@@ -24,7 +24,8 @@ def test_check_acyclic_raises_typed_error_naming_the_cycle() -> None:
     with pytest.raises(DependencyCycle) as info:
         check_acyclic({"x": ["y"], "y": ["x"]})
     assert info.value.field == "depends_on"
-    assert "x" in str(info.value) and "y" in str(info.value)
+    assert "x" in str(info.value)
+    assert "y" in str(info.value)
 
 
 def test_deep_chain_does_not_recurse() -> None:

@@ -30,4 +30,5 @@ def test_no_schema_is_hard_coded() -> None:
         return "\n".join(line.split("--")[0] for line in sql.splitlines())
 
     for mig in load_migrations():
-        assert "gap006" not in code(mig.up_sql) and "gap006" not in code(mig.down_sql)
+        assert "gap006" not in code(mig.up_sql)
+        assert "gap006" not in code(mig.down_sql)

@@ -62,11 +62,11 @@ def test_not_a_spec() -> None:
 
 
 @pytest.mark.parametrize(("priority", "band"), [(1, "low"), (2, "medium"), (3, "medium"),
-                                                (4, "high"), (5, "high")])  # fmt: skip
+                                                (4, "high"), (5, "high")])
 def test_priority_bands_follow_the_seed(priority: int, band: str) -> None:
     assert priority_band(priority) == band
 
 
 def test_terminal_statuses() -> None:
     assert {s for s in JobStatus if s.terminal} == {
-        JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED}  # fmt: skip
+        JobStatus.COMPLETED, JobStatus.DEAD, JobStatus.CANCELLED}

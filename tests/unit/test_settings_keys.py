@@ -27,7 +27,7 @@ def test_bad_prefix_rejected() -> None:
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     target = tmp_path / "target.yaml"
     target.write_text("schema: fromfile\nprefix: fromfile\nlease_s: 7\n"
-                      "backoff: {base_s: 0.5, max_s: 9}\n")  # fmt: skip
+                      "backoff: {base_s: 0.5, max_s: 9}\n")
     env = {"JOBHARNESS_PREFIX": "fromenv", "JOBHARNESS_LEASE_S": "8"}
     s = load_settings({"lease_s": 9.0}, target=target, environ=env)
     assert (s.schema, s.prefix, s.lease_s) == ("fromfile", "fromenv", 9.0)
