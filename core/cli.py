@@ -173,16 +173,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     out = _console()
     out.print(f"[bold]{result['jobs']} jobs, {result['workers']} workers, "
               f"{result['elapsed_s']} s, {result['executions']} executions[/bold]")
-    table = Table("final state", "jobs", "wait p50", "wait p95", "wait p99", "e2e p50",
-                  "e2e p95", "e2e p99", title="latency (ms, PostgreSQL clock)")
+    table = Table("final state", "jobs", "queue wait p50/p95/p99", "end-to-end p50/p95/p99",
+                  title="latency in ms (PostgreSQL clock)")
     for status, n in result["counts"].items():
-        lat = result["latency_ms"].get(status)
         if not n:
             continue
-        w = lat["queue_wait"] if lat else {}
-        e = lat["end_to_end"] if lat else {}
-        table.add_row(status, str(n), *(str(w.get(k)) for k in ("p50", "p95", "p99")),
-                      *(str(e.get(k)) for k in ("p50", "p95", "p99")))
+        lat = result["latency_ms"].get(status, {})
+        cells = ["/".join("-" if v is None else f"{v:.0f}" for v in lat.get(k, {}).values())
+                 for k in ("queue_wait", "end_to_end")]
+        table.add_row(status, str(n), *cells)
     out.print(table)
     out.print(f"dead-letter queue: {result['dead_letter_queue']}   "
               f"stale results rejected: {result['stale_results_rejected']}")
