@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--older-than-days", type=float, help="default: the retention (30 days)")
     g.add_argument("--all", action="store_true")
     p.set_defaults(func=cmd_ops)
+
+    from core.proccli import add_parsers
+
+    add_parsers(sub, common)
     return parser
 
 
@@ -279,6 +283,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        if getattr(args, "needs_settings", False):
+            return int(args.func(args, _settings(args)))
         return int(args.func(args))
     except (JobHarnessError, OSError) as exc:
         if args.debug:

@@ -81,7 +81,9 @@ async def connect_admin(settings: Settings) -> asyncpg.Connection:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
 
-def create_dispatch(settings: Settings, *, max_connections: int = 2) -> RedisDispatch:
+def create_dispatch(
+    settings: Settings, *, max_connections: int = 2, blocking_connections: int | None = None
+) -> RedisDispatch:
     if not settings.redis_url:
         raise StoreUnavailable("no Redis URL configured (resolve_endpoints first)")
     return RedisDispatch(
@@ -90,4 +92,5 @@ def create_dispatch(settings: Settings, *, max_connections: int = 2) -> RedisDis
         timeout_s=settings.redis_timeout_s,
         retry_after_s=settings.redis_retry_after_s,
         max_connections=max_connections,
+        blocking_connections=blocking_connections,
     )

@@ -63,6 +63,7 @@ class RedisDispatch:
         timeout_s: float = 1.0,
         retry_after_s: float = 2.0,
         max_connections: int = 2,
+        blocking_connections: int | None = None,
     ) -> None:
         self.keys = keys
         self.retry_after_s = retry_after_s
@@ -82,7 +83,7 @@ class RedisDispatch:
         self._blocking = aioredis.Redis(
             connection_pool=aioredis.BlockingConnectionPool.from_url(
                 url,
-                max_connections=max_connections,
+                max_connections=blocking_connections or max_connections,
                 timeout=None,
                 socket_connect_timeout=timeout_s,
                 decode_responses=True,
@@ -225,6 +226,13 @@ class RedisDispatch:
     async def set_heartbeat(self, worker_id: str, ttl_s: float, value: str) -> None:
         await self._call(self._client.set(self.keys.heartbeat(worker_id), value,
                                           px=int(ttl_s * 1000)))
+
+    async def heartbeats_exist(self, worker_ids: list[str]) -> dict[str, bool]:
+        pipe = self._client.pipeline(transaction=False)
+        for wid in worker_ids:
+            pipe.exists(self.keys.heartbeat(wid))
+        found = await self._call(pipe.execute())
+        return {wid: bool(n) for wid, n in zip(worker_ids, found, strict=True)}
 
     async def clear_heartbeat(self, worker_id: str) -> None:
         await self._call(self._client.delete(self.keys.heartbeat(worker_id)))

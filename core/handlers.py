@@ -106,9 +106,20 @@ def load_handler(path: str) -> Handler:
     return obj  # type: ignore[no-any-return]
 
 
+ENTRY_POINT_GROUP = "jobharness.handlers"
+
+
 def build_registry(extra: Mapping[str, str] | None = None) -> dict[str, Handler]:
-    """Built-ins plus user handlers given as {job_type: 'module:function'}."""
+    """Built-ins, then handlers installed under the `jobharness.handlers` entry-point group
+    (name = job type), then user handlers given as {job_type: 'module:function'}."""
+    from importlib.metadata import entry_points
+
     registry = dict(BUILTIN_HANDLERS)
+    for ep in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            registry[ep.name] = ep.load()
+        except (ImportError, AttributeError) as exc:
+            raise ConfigError(f"cannot load handler entry point {ep.name!r}: {exc}") from exc
     for job_type, path in (extra or {}).items():
         registry[job_type] = load_handler(path)
     return registry

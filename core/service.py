@@ -455,13 +455,42 @@ class JobService:
                                     list(capabilities), concurrency, metadata or {})
         await self.heartbeat(worker_id)
 
-    async def heartbeat(self, worker_id: str, value: str = "alive") -> str | None:
-        """Refresh liveness in both stores; returns the PostgreSQL status (None if unknown)."""
-        with contextlib.suppress(DispatchUnavailable):
+    async def heartbeat(self, worker_id: str, value: str = "alive",
+                        sample: dict[str, Any] | None = None) -> str | None:
+        """Refresh liveness in both stores (and record a health sample); returns the worker's
+        PostgreSQL status, None if unknown. Each store may fail independently (invariant 5)."""
+        redis_ok = True
+        try:
             await self.dispatch.set_heartbeat(worker_id, self.settings.heartbeat_ttl_s, value)
-        with _store_errors():
-            status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
+        except DispatchUnavailable:
+            redis_ok = False
+        try:
+            with _store_errors():
+                status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
+                if sample is not None:
+                    await self.pool.execute(
+                        q("insert_health_sample"), worker_id, sample["rss_bytes"],
+                        sample["cpu_percent"], sample["loop_lag_ms"], sample["in_flight"],
+                        sample["completed"], sample["failed"], sample["duration_p50_ms"],
+                        sample["duration_p99_ms"], sample["error_rate"], {},
+                    )
+        except StoreUnavailable:
+            if not redis_ok:
+                raise
+            return None
         return str(status) if status is not None else None
+
+    async def heartbeat_ages(self, worker_ids: list[str]) -> dict[str, float | None]:
+        """Seconds since each worker's PostgreSQL heartbeat (None: not registered)."""
+        with _store_errors():
+            rows = await self.pool.fetch(q("worker_heartbeat_ages"), worker_ids)
+        ages: dict[str, float | None] = {w: None for w in worker_ids}
+        ages.update({r["id"]: float(r["age_s"]) for r in rows})
+        return ages
+
+    async def set_worker_status(self, worker_id: str, status: str) -> None:
+        with _store_errors():
+            await self.pool.execute(q("set_worker_status"), worker_id, status)
 
     async def deregister_worker(
         self, worker_id: str, *, status: str = "STOPPED", reason: str | None = None
@@ -470,3 +499,9 @@ class JobService:
             await self.pool.execute(q("stop_worker"), worker_id, status, reason)
         with contextlib.suppress(DispatchUnavailable):
             await self.dispatch.clear_heartbeat(worker_id)
+
+    async def list_workers(self, *, status: str | None = None, limit: int = 1000) -> list[
+            dict[str, Any]]:
+        with _store_errors():
+            rows = await self.pool.fetch(q("list_workers"), status, limit)
+        return [dict(r) for r in rows]

@@ -161,6 +161,20 @@ def load_settings(
         raise ConfigError(f"invalid settings: {exc}") from exc
 
 
+def to_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process load these same settings."""
+    env = {}
+    for name, (var, _) in _ENV.items():
+        value = getattr(settings, name)
+        if value is None:
+            continue
+        env[var] = ",".join(sorted(value)) if isinstance(value, frozenset) else str(value)
+    env["JOBHARNESS_BACKOFF_BASE_S"] = str(settings.backoff.base_s)
+    env["JOBHARNESS_BACKOFF_MAX_S"] = str(settings.backoff.max_s)
+    env["JOBHARNESS_BACKOFF_JITTER_S"] = str(settings.backoff.jitter_s)
+    return env
+
+
 def with_overrides(settings: Settings, **changes: Any) -> Settings:
     """A copy of `settings` with some fields changed (validated again)."""
     return replace(settings, **changes)

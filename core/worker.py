@@ -1,12 +1,16 @@
 """The worker loop: lease jobs it is capable of, run their handlers with the job's timeout,
 keep the lease alive, stop cooperatively on cancellation, and report the outcome with the
 lease's fencing token. A rejected (stale) report is counted, never retried.
+
+Stopping drains: no new leases; running jobs get `drain_timeout_s` to finish, then their
+handlers are cancelled and their leases released without spending a retry.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import json
+import time
 import traceback
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -14,6 +18,7 @@ from typing import Any
 
 from core.errors import JobHarnessError, StaleLease, StoreUnavailable
 from core.handlers import Handler, call_handler
+from core.health import HealthMonitor
 from core.model import ExecutionStatus, Lease
 from core.service import JobService
 
@@ -33,6 +38,7 @@ class Worker:
         concurrency: int = 1,
         lease_s: float | None = None,
         idle_wait_s: float = 1.0,
+        drain_timeout_s: float = 10.0,
     ) -> None:
         self.service = service
         self.worker_id = worker_id
@@ -41,11 +47,15 @@ class Worker:
         self.concurrency = concurrency
         self.lease_s = lease_s or service.settings.lease_s
         self.idle_wait_s = idle_wait_s
+        self.drain_timeout_s = drain_timeout_s
         self.stats: Counter[str] = Counter()
+        self.health = HealthMonitor()
         self._running: set[asyncio.Task[None]] = set()
+        self._handlers_running: dict[str, asyncio.Task[Any]] = {}
+        self._releasing = False
 
     async def run(self, stop: asyncio.Event) -> None:
-        """Lease and run jobs until `stop` is set, then finish what is running."""
+        """Lease and run jobs until `stop` is set, then drain."""
         slots = asyncio.Semaphore(self.concurrency)
         while not stop.is_set():
             await slots.acquire()
@@ -65,8 +75,18 @@ class Worker:
             task = asyncio.create_task(self._run_job(lease))
             self._running.add(task)
             task.add_done_callback(self._finished(slots))
-        if self._running:
-            await asyncio.gather(*self._running, return_exceptions=True)
+        await self.drain()
+
+    async def drain(self) -> None:
+        """Give running jobs `drain_timeout_s`, then cancel and release the rest."""
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=self.drain_timeout_s)
+        if pending:
+            self._releasing = True
+            for handler in list(self._handlers_running.values()):
+                handler.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
 
     def _finished(self, slots: asyncio.Semaphore) -> Any:
         def done(task: asyncio.Task[None]) -> None:
@@ -91,29 +111,46 @@ class Worker:
             return
         payload = {**lease.payload, "_attempt": lease.attempt, "_job_id": lease.job_id}
         job = asyncio.create_task(call_handler(handler, payload))
+        self._handlers_running[lease.job_id] = job
+        self.health.in_flight += 1
         keeper = asyncio.create_task(self._keep_lease(lease, job))
+        started = time.monotonic()
+        try:
+            await self._await_outcome(lease, job, keeper, started)
+        finally:
+            self.health.in_flight -= 1
+            self._handlers_running.pop(lease.job_id, None)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _await_outcome(
+        self, lease: Lease, job: asyncio.Task[Any], keeper: asyncio.Task[str], started: float
+    ) -> None:
         try:
             result = await asyncio.wait_for(asyncio.shield(job), timeout=lease.timeout_s)
         except TimeoutError:
             job.cancel()
             await asyncio.gather(job, return_exceptions=True)
+            self.health.job_finished(time.monotonic() - started, ok=False)
             await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
                                status=ExecutionStatus.TIMED_OUT)
         except asyncio.CancelledError:
-            if keeper.done() and keeper.result() == "cancel":
+            told = keeper.result() if keeper.done() and not keeper.cancelled() else None
+            if told == "cancel":
                 await self._report(self.service.ack_cancel, lease)
-            elif keeper.done() and keeper.result() == "lost":
+            elif told == "lost":
                 self.stats["lease_lost"] += 1
+            elif self._releasing:
+                await self._report(self.service.release, lease, "worker draining")
             else:
                 raise
         except Exception as exc:  # the job boundary: any handler error fails the attempt
+            self.health.job_finished(time.monotonic() - started, ok=False)
             text = "".join(traceback.format_exception_only(exc)).strip()[:MAX_ERROR_CHARS]
             await self._report(self.service.fail, lease, text)
         else:
+            self.health.job_finished(time.monotonic() - started, ok=True)
             await self._report(self.service.complete, lease, _jsonable(result))
-        finally:
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
 
     async def _keep_lease(self, lease: Lease, job: asyncio.Task[Any]) -> str:
         """Extend the lease every third of it; cancel the job if told to or if it is lost."""
@@ -141,8 +178,6 @@ class Worker:
 
 
 def _jsonable(value: Any) -> Any:
-    import json
-
     try:
         json.dumps(value)
     except (TypeError, ValueError):
@@ -151,6 +186,5 @@ def _jsonable(value: Any) -> Any:
 
 
 async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
-    """Run several workers until `stop` is set."""
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.gather(*(w.run(stop) for w in workers))
+    """Run several workers in this event loop until `stop` is set."""
+    await asyncio.gather(*(w.run(stop) for w in workers))

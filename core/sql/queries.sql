@@ -66,7 +66,7 @@ WITH candidate AS (
 SELECT * FROM leased;
 
 -- name: complete_job
--- One round trip: see migration 006.
+-- One round trip: see migration 007.
 SELECT * FROM complete_job($1, $2, $3::jsonb);
 
 -- name: job_state
@@ -206,13 +206,42 @@ SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, capabilities = EXCLUDED.ca
     failure_reason = NULL, last_heartbeat_at = clock_timestamp(), metadata = EXCLUDED.metadata;
 
 -- name: heartbeat_worker
-UPDATE workers SET last_heartbeat_at = clock_timestamp()
-WHERE id = $1 AND status IN ('ACTIVE', 'DRAINING')
+-- A worker marked STALE only because its PostgreSQL heartbeat lagged comes back to ACTIVE;
+-- one declared FAILED (replaced) or STOPPED stays so, and learns it from the returned status.
+UPDATE workers
+SET last_heartbeat_at = clock_timestamp(),
+    status = CASE WHEN status = 'STALE' THEN 'ACTIVE' ELSE status END,
+    failure_reason = CASE WHEN status = 'STALE' THEN NULL ELSE failure_reason END
+WHERE id = $1
 RETURNING status;
 
+-- name: set_worker_status
+UPDATE workers SET status = $2 WHERE id = $1 AND status IN ('ACTIVE', 'DRAINING', 'STALE');
+
 -- name: stop_worker
+-- Never overwrites FAILED: a replaced worker that exits later stays FAILED with its reason.
 UPDATE workers SET status = $2, stopped_at = clock_timestamp(), failure_reason = $3
-WHERE id = $1;
+WHERE id = $1 AND (status <> 'FAILED' OR $2 = 'FAILED');
+
+-- name: insert_health_sample
+INSERT INTO worker_health_samples (worker_id, rss_bytes, cpu_percent, loop_lag_ms, in_flight,
+    completed, failed, duration_p50_ms, duration_p99_ms, error_rate, extra)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb);
+
+-- name: worker_heartbeat_ages
+SELECT id, status, extract(epoch FROM clock_timestamp() - last_heartbeat_at) AS age_s
+FROM workers WHERE id = ANY($1::text[]);
+
+-- name: list_workers
+SELECT w.id, w.hostname, w.pid, w.capabilities, w.concurrency, w.status, w.registered_at,
+       w.last_heartbeat_at, w.stopped_at, w.failure_reason, w.jobs_completed, w.jobs_failed,
+       extract(epoch FROM clock_timestamp() - w.last_heartbeat_at) AS heartbeat_age_s,
+       (SELECT count(*) FROM jobs j WHERE j.worker_id = w.id AND j.status = 'PROCESSING')
+           AS in_flight
+FROM workers w
+WHERE ($1::text IS NULL OR w.status = $1)
+ORDER BY w.registered_at DESC, w.id
+LIMIT $2;
 
 -- name: mark_stale_workers
 SELECT worker_id FROM mark_stale_workers($1);

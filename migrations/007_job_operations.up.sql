@@ -1,4 +1,4 @@
--- 006: complete_job, the hot completion path as one atomic round trip.
+-- 007: complete_job, the hot completion path as one atomic round trip.
 -- Inside a VOLATILE plpgsql function each statement takes a fresh snapshot, so locking the
 -- WAITING dependents first and checking their other dependencies afterwards sees every
 -- concurrent completion that committed meanwhile (no diamond left WAITING).

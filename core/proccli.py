@@ -1,0 +1,186 @@
+"""CLI commands for processes: `worker`, `supervisor` and `ctl` (the supervisor's control
+surface). Kept apart from `core.cli` so a worker process imports only what it needs."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import time
+from typing import Any
+
+from core.errors import JobHarnessError
+from core.settings import Settings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _caps(value: str | None) -> tuple[str, ...]:
+    return tuple(sorted({c.strip() for c in (value or "").split(",") if c.strip()}))
+
+
+def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    from core.cli import run_async
+    from core.runtime import endpoints
+    from core.workerproc import WorkerOptions, parse_handlers, run_worker_process
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if not 1 <= args.concurrency <= 1000:
+        raise JobHarnessError("--concurrency must be between 1 and 1000")
+    try:
+        handlers = parse_handlers(args.handler or [])
+    except ValueError as exc:
+        raise JobHarnessError(str(exc)) from exc
+    opts = WorkerOptions(
+        worker_id=args.id or f"worker-{os.getpid()}", capabilities=_caps(args.capabilities),
+        concurrency=args.concurrency, handlers=handlers, drain_timeout_s=args.drain_timeout_s,
+        supervisor=args.supervisor,
+    )
+    with endpoints(settings, keep_running=True) as resolved:
+        return int(run_async(run_worker_process(resolved, opts)))
+
+
+def _quiet_server_class() -> Any:
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn without its own SIGINT/SIGTERM handlers: the supervisor owns them."""
+
+        def capture_signals(self) -> Any:
+            return contextlib.nullcontext()
+
+    return QuietServer
+
+
+async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import uvicorn
+
+    from core.control import control_app, state_file
+
+    _QuietServer = _quiet_server_class()
+    from core.runtime import open_runtime
+    from core.supervisor import Supervisor, SupervisorOptions
+    from core.workerproc import parse_handlers
+
+    opts = SupervisorOptions(
+        workers=args.workers, name=args.name, capabilities=_caps(args.capabilities),
+        concurrency=args.concurrency, handlers=parse_handlers(args.handler or []),
+        check_interval_s=args.check_interval_s, max_replacements=args.max_replacements,
+        replacement_window_s=args.replacement_window_s, zombie_grace_s=args.zombie_grace_s,
+        drain_timeout_s=args.drain_timeout_s,
+        reconcile_interval_s=None if args.no_reconcile else 2.0,
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    async with open_runtime(settings, pool_size=4, redis_connections=4) as rt:
+        sup = Supervisor(rt.service, settings, opts)
+        sock = socket.create_server((args.control_host, args.control_port))
+        port = sock.getsockname()[1]
+        server = _QuietServer(uvicorn.Config(control_app(sup), log_level="warning"))
+        serving = asyncio.create_task(server.serve(sockets=[sock]))
+        url = f"http://{args.control_host}:{port}"
+        path = state_file(settings.data_dir, opts.name)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps({"pid": os.getpid(), "control_url": url,
+                                    "workers": opts.workers}))
+        logging.getLogger("jobharness.supervisor").info("control surface at %s", url)
+        t0 = time.monotonic()
+        await sup.start()
+        if args.duration_s:
+            loop.call_later(args.duration_s, stop.set)
+        try:
+            await sup.run(stop)
+        finally:
+            server.should_exit = True
+            await serving
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        return {"control_url": url, "ran_s": round(time.monotonic() - t0, 1),
+                "stats": dict(sup.stats), "replacements": sup.events}
+
+
+def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
+    from core.cli import _print_json, run_async
+    from core.runtime import endpoints
+
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    with endpoints(settings) as resolved:
+        result = run_async(_supervise(args, resolved))
+    _print_json(result)
+    return 0
+
+
+def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
+    from core.cli import _print_json
+    from core.control import control_request, state_file
+
+    url = args.control_url
+    if url is None:
+        path = state_file(settings.data_dir, args.name)
+        try:
+            url = json.loads(path.read_text())["control_url"]
+        except (OSError, ValueError, KeyError) as exc:
+            raise JobHarnessError(f"no running supervisor {args.name!r} ({path}); "
+                                  "give --control-url") from exc
+    try:
+        if args.action in ("list", "stats"):
+            out = control_request(url, "/workers" if args.action == "list" else "/stats")
+        elif args.action == "kill" and not args.worker_ids:
+            body = {"count": args.count} if args.count else {"fraction": args.fraction,
+                                                              "seed": args.seed}
+            out = control_request(url, "/kill", method="POST", body=body)
+        else:
+            if not args.worker_ids:
+                raise JobHarnessError(f"{args.action} needs worker ids")
+            out = [control_request(url, f"/workers/{w}/{args.action}", method="POST")
+                   for w in args.worker_ids]
+    except (LookupError, OSError) as exc:
+        raise JobHarnessError(str(exc)) from exc
+    _print_json(out)
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("worker", parents=[common], help="run one worker process")
+    p.add_argument("--id", help="worker id (default worker-PID)")
+    p.add_argument("--capabilities", help="comma-separated, e.g. gpu,io")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--handler", action="append", help="type=package.module:function")
+    p.add_argument("--drain-timeout-s", type=float, default=10.0)
+    p.add_argument("--supervisor", help=argparse.SUPPRESS)
+    p.set_defaults(func=cmd_worker, needs_settings=True)
+
+    p = sub.add_parser("supervisor", parents=[common], help="spawn and watch N workers")
+    p.add_argument("--workers", type=int, required=True)
+    p.add_argument("--name", default="sup", help="names workers and the control state file")
+    p.add_argument("--capabilities")
+    p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--handler", action="append", help="type=package.module:function")
+    p.add_argument("--control-host", default="127.0.0.1")
+    p.add_argument("--control-port", type=int, default=0, help="0 picks a free port")
+    p.add_argument("--check-interval-s", type=float, default=1.0)
+    p.add_argument("--max-replacements", type=int, default=20)
+    p.add_argument("--replacement-window-s", type=float, default=10.0)
+    p.add_argument("--zombie-grace-s", type=float, default=60.0)
+    p.add_argument("--drain-timeout-s", type=float, default=10.0)
+    p.add_argument("--duration-s", type=float, help="stop by itself after this long")
+    p.add_argument("--no-reconcile", action="store_true",
+                   help="another process runs the reconciler")
+    p.set_defaults(func=cmd_supervisor, needs_settings=True)
+
+    p = sub.add_parser("ctl", parents=[common], help="a running supervisor's control surface")
+    p.add_argument("action", choices=["list", "stats", "kill", "pause", "resume", "terminate"])
+    p.add_argument("worker_ids", nargs="*")
+    p.add_argument("--name", default="sup")
+    p.add_argument("--control-url")
+    p.add_argument("--count", type=int, help="kill: how many random workers")
+    p.add_argument("--fraction", type=float, help="kill: which share of the workers")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=cmd_ctl, needs_settings=True)

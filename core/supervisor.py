@@ -1,0 +1,268 @@
+"""`jobharness supervisor`: spawns N worker processes, watches them, replaces the dead.
+
+A worker is dead when its process exits, or when its heartbeat is stale in *both* stores: the
+Redis key has expired (or Redis is unreachable) and its PostgreSQL `last_heartbeat_at` is older
+than the TTL (or PostgreSQL is unreachable). With both stores unreachable nothing is decided,
+so a store outage alone never triggers replacement (invariant 5). Replacement marks the old
+worker FAILED with the reason, releases its leases at once, asks a still-running process to
+exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker with the same capabilities.
+Replacements are rate-limited to `max_replacements` per `replacement_window_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core.errors import DispatchUnavailable, StoreUnavailable
+from core.reconciler import Reconciler
+from core.service import JobService
+from core.settings import Settings, to_env
+
+log = logging.getLogger("jobharness.supervisor")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorOptions:
+    workers: int
+    name: str = "sup"
+    capabilities: tuple[str, ...] = ()
+    concurrency: int = 1
+    handlers: Mapping[str, str] = field(default_factory=dict)
+    check_interval_s: float = 1.0
+    startup_grace_s: float = 30.0
+    max_replacements: int = 20
+    replacement_window_s: float = 10.0
+    zombie_grace_s: float = 60.0
+    drain_timeout_s: float = 10.0
+    reconcile_interval_s: float | None = 2.0  # None: another process runs the reconciler
+    log_dir: Path | None = None
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.workers <= 1000:
+            raise ValueError("workers must be between 1 and 1000")
+        if self.max_replacements < 1 or self.replacement_window_s <= 0:
+            raise ValueError("replacement limits must be positive")
+
+
+@dataclass
+class Slot:
+    index: int
+    generation: int
+    worker_id: str
+    proc: asyncio.subprocess.Process
+    spawned_at: float
+    paused: bool = False
+
+
+class Supervisor:
+    def __init__(self, service: JobService, settings: Settings, opts: SupervisorOptions) -> None:
+        self.service = service
+        self.settings = settings
+        self.opts = opts
+        self.slots: dict[int, Slot] = {}
+        self.abandoned: list[tuple[asyncio.subprocess.Process, float, str]] = []
+        self.stats: Counter[str] = Counter()
+        self.events: list[dict[str, Any]] = []  # replacement journal
+        self._recent: deque[float] = deque()
+        self._pending: dict[int, str] = {}  # slot -> reason, waiting for the rate limiter
+        self._log_dir = opts.log_dir or (settings.data_dir / "logs")
+
+    # -- processes --------------------------------------------------------------------------
+    def worker_id(self, index: int, generation: int) -> str:
+        return f"{self.opts.name}-{index:03d}-g{generation}"
+
+    async def _spawn(self, index: int, generation: int) -> Slot:
+        wid = self.worker_id(index, generation)
+        cmd = [sys.executable, "-m", "core.cli", "worker", "--id", wid,
+               "--concurrency", str(self.opts.concurrency),
+               "--drain-timeout-s", str(self.opts.drain_timeout_s),
+               "--supervisor", self.opts.name]
+        if self.opts.capabilities:
+            cmd += ["--capabilities", ",".join(self.opts.capabilities)]
+        for job_type, path in self.opts.handlers.items():
+            cmd += ["--handler", f"{job_type}={path}"]
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self._log_dir / f"{wid}.log", "ab") as out:  # noqa: ASYNC230 (instant)
+            proc = await asyncio.create_subprocess_exec(
+                *cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
+                env={**os.environ, **to_env(self.settings)},
+            )
+        slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
+                    spawned_at=time.monotonic())
+        self.slots[index] = slot
+        return slot
+
+    async def start(self) -> None:
+        await asyncio.gather(*(self._spawn(i, 0) for i in range(self.opts.workers)))
+
+    # -- watching ---------------------------------------------------------------------------
+    async def check(self) -> None:
+        """One round: exited processes, stale heartbeats, deferred replacements, zombies."""
+        for slot in list(self.slots.values()):
+            code = slot.proc.returncode
+            if code is not None:
+                how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                self.stats["process_deaths"] += 1
+                await self._replace(slot, f"process {how}")
+        for slot, reason in await self._stale_heartbeats():
+            self.stats["heartbeat_timeouts"] += 1
+            await self._replace(slot, reason)
+        for index, reason in list(self._pending.items()):
+            if index in self.slots:
+                await self._replace(self.slots[index], reason)
+        self._reap_zombies()
+
+    async def _stale_heartbeats(self) -> list[tuple[Slot, str]]:
+        live = [s for s in self.slots.values()
+                if s.proc.returncode is None and s.index not in self._pending]
+        if not live:
+            return []
+        ids = [s.worker_id for s in live]
+        try:
+            in_redis: dict[str, bool] | None = await self.service.dispatch.heartbeats_exist(ids)
+        except DispatchUnavailable:
+            in_redis = None
+        try:
+            ages: dict[str, float | None] | None = await self.service.heartbeat_ages(ids)
+        except StoreUnavailable:
+            ages = None
+        if in_redis is None and ages is None:
+            return []  # cannot judge liveness with both stores down
+        ttl = self.settings.heartbeat_ttl_s
+        now = time.monotonic()
+        dead = []
+        for s in live:
+            if in_redis is not None and in_redis.get(s.worker_id):
+                continue
+            age = ages.get(s.worker_id) if ages is not None else None
+            if ages is not None and age is not None and age <= ttl:
+                continue
+            if age is None and now - s.spawned_at < max(self.opts.startup_grace_s, ttl):
+                continue  # not registered yet
+            redis_state = "unreachable" if in_redis is None else "expired"
+            pg_state = "unreachable" if ages is None else (
+                "never registered" if age is None else f"{age:.1f} s old")
+            dead.append((s, f"heartbeat timed out (redis key {redis_state}, "
+                            f"postgres heartbeat {pg_state})"))
+        return dead
+
+    def _allowed(self) -> bool:
+        now = time.monotonic()
+        while self._recent and now - self._recent[0] > self.opts.replacement_window_s:
+            self._recent.popleft()
+        return len(self._recent) < self.opts.max_replacements
+
+    async def _replace(self, slot: Slot, reason: str) -> None:
+        if not self._allowed():
+            if slot.index not in self._pending:
+                self.stats["replacements_deferred"] += 1
+            self._pending[slot.index] = reason
+            return
+        self._pending.pop(slot.index, None)
+        self._recent.append(time.monotonic())
+        if slot.proc.returncode is None:  # hung, paused or partitioned: ask it to go
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.send_signal(signal.SIGTERM)
+            self.abandoned.append((slot.proc, time.monotonic() + self.opts.zombie_grace_s,
+                                   slot.worker_id))
+        released = 0
+        with contextlib.suppress(StoreUnavailable):
+            await self.service.deregister_worker(slot.worker_id, status="FAILED", reason=reason)
+            released = await self.service.release_worker(slot.worker_id, f"worker lost: {reason}")
+        new = await self._spawn(slot.index, slot.generation + 1)
+        self.stats["replacements"] += 1
+        self.events.append({"at": time.time(), "old": slot.worker_id, "new": new.worker_id,
+                            "reason": reason, "released_jobs": released})
+        log.warning("replaced %s with %s: %s (%d leases released)", slot.worker_id,
+                    new.worker_id, reason, released)
+
+    def _reap_zombies(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for proc, deadline, wid in self.abandoned:
+            if proc.returncode is not None:
+                continue
+            if now >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                self.stats["zombies_killed"] += 1
+                log.warning("killed %s: still running %.0f s after replacement", wid,
+                            self.opts.zombie_grace_s)
+                continue
+            keep.append((proc, deadline, wid))
+        self.abandoned = keep
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until `stop` is set, then stop every worker."""
+        reconciler = None
+        if self.opts.reconcile_interval_s:
+            reconciler = asyncio.create_task(
+                Reconciler(self.service).run(stop, self.opts.reconcile_interval_s))
+        try:
+            while not stop.is_set():
+                await self.check()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.opts.check_interval_s)
+        finally:
+            stop.set()
+            await self.shutdown()
+            if reconciler:
+                await reconciler
+
+    async def shutdown(self) -> None:
+        procs = [s.proc for s in self.slots.values()] + [p for p, _, _ in self.abandoned]
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)  # a paused worker cannot drain
+                    proc.send_signal(signal.SIGTERM)
+        waits = [asyncio.wait_for(p.wait(), self.opts.drain_timeout_s + 5) for p in procs]
+        for proc, res in zip(procs, await asyncio.gather(*waits, return_exceptions=True),
+                             strict=True):
+            if isinstance(res, BaseException):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+    # -- control surface --------------------------------------------------------------------
+    def find(self, worker_id: str) -> Slot | None:
+        return next((s for s in self.slots.values() if s.worker_id == worker_id), None)
+
+    def signal_worker(self, worker_id: str, action: str) -> int:
+        """kill (SIGKILL), terminate (SIGTERM), pause (SIGSTOP) or resume (SIGCONT)."""
+        sig = {"kill": signal.SIGKILL, "terminate": signal.SIGTERM,
+               "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[action]
+        slot = self.find(worker_id)
+        proc = slot.proc if slot else next(
+            (p for p, _, w in self.abandoned if w == worker_id), None)
+        if proc is None or proc.returncode is not None:
+            raise LookupError(f"no running worker {worker_id!r}")
+        proc.send_signal(sig)
+        if slot is not None:
+            slot.paused = action == "pause" or (slot.paused and action != "resume")
+        self.stats[f"control_{action}"] += 1
+        return proc.pid
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for s in sorted(self.slots.values(), key=lambda s: s.index):
+            state = "exited" if s.proc.returncode is not None else (
+                "paused" if s.paused else "running")
+            out.append({"worker_id": s.worker_id, "slot": s.index, "generation": s.generation,
+                        "pid": s.proc.pid, "state": state,
+                        "capabilities": list(self.opts.capabilities)})
+        for proc, _, wid in self.abandoned:
+            out.append({"worker_id": wid, "slot": None, "generation": None, "pid": proc.pid,
+                        "state": "abandoned", "capabilities": list(self.opts.capabilities)})
+        return out

@@ -1,0 +1,100 @@
+"""`jobharness worker`: one worker process.
+
+It registers, heartbeats to Redis and PostgreSQL with its health metrics (each heartbeat is
+also stored as a sample), runs jobs, and drains on SIGTERM. Connection budget: two PostgreSQL
+connections and two Redis connections (one for commands, one parked on BLPOP). A worker told
+by its heartbeat that it was declared FAILED (replaced while paused or partitioned) exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from core.connect import create_dispatch, create_pool
+from core.errors import StoreUnavailable
+from core.handlers import build_registry
+from core.service import JobService
+from core.settings import Settings
+from core.worker import Worker
+
+log = logging.getLogger("jobharness.worker")
+DECLARED_DEAD = ("FAILED", "STOPPED")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    worker_id: str
+    capabilities: tuple[str, ...] = ()
+    concurrency: int = 1
+    handlers: Mapping[str, str] | None = None  # job_type -> "module:function"
+    drain_timeout_s: float = 10.0
+    supervisor: str | None = None
+
+
+async def _heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
+    interval = service.settings.heartbeat_interval_s
+    while not stop.is_set():
+        sample = worker.health.sample().as_dict()
+        try:
+            status = await service.heartbeat(worker.worker_id, json.dumps(sample), sample)
+        except StoreUnavailable:
+            status = None  # both stores unreachable: keep working, try again next beat
+        if status in DECLARED_DEAD:
+            log.warning("worker %s was declared %s: exiting", worker.worker_id, status)
+            worker.stats["declared_dead"] += 1
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the process exit code."""
+    handlers = build_registry(opts.handlers)
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    dispatch = create_dispatch(settings, max_connections=1, blocking_connections=1)
+    service = JobService(pool, dispatch, settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
+                    concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
+    try:
+        await service.register_worker(
+            opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
+            hostname=socket.gethostname(), pid=os.getpid(),
+            metadata={"supervisor": opts.supervisor} if opts.supervisor else {},
+        )
+        log.info("worker %s started (pid %d)", opts.worker_id, os.getpid())
+        beats = asyncio.create_task(_heartbeats(service, worker, stop))
+        lag = asyncio.create_task(worker.health.watch_loop_lag(stop))
+        await worker.run(stop)
+        stop.set()
+        await asyncio.gather(beats, lag, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            await service.deregister_worker(opts.worker_id)
+        log.info("worker %s stopped: %s", opts.worker_id, dict(worker.stats))
+        return 0
+    finally:
+        await dispatch.close()
+        await pool.close()
+
+
+def parse_handlers(values: Sequence[str]) -> dict[str, str]:
+    """`type=module:function` pairs from the command line."""
+    out: dict[str, str] = {}
+    for item in values:
+        job_type, sep, path = item.partition("=")
+        if not sep or not job_type or ":" not in path:
+            raise ValueError(f"--handler {item!r} must look like type=package.module:function")
+        out[job_type] = path
+    return out
