@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import os
 import json
 import sys
 from collections.abc import Sequence
@@ -273,9 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all", action="store_true")
     p.set_defaults(func=cmd_ops)
 
-    from core.proccli import add_parsers
+    from core import opscli, proccli
 
-    add_parsers(sub, common)
+    proccli.add_parsers(sub, common)
+    opscli.add_parsers(sub, common)
     return parser
 
 
@@ -286,6 +289,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "needs_settings", False):
             return int(args.func(args, _settings(args)))
         return int(args.func(args))
+    except BrokenPipeError:  # output piped into `head` and the like
+        with contextlib.suppress(OSError):
+            sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (left open until exit)
+        return EXIT_OK
     except (JobHarnessError, OSError) as exc:
         if args.debug:
             raise
@@ -298,6 +305,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return 130
+
 
 
 if __name__ == "__main__":

@@ -390,6 +390,26 @@ class JobService:
         data["status"] = JobStatus(row["status"])
         return Job(**data)
 
+    async def list_jobs(
+        self, *, status: str | None = None, job_type: str | None = None, limit: int = 100,
+        offset: int = 0,
+    ) -> list[dict[str, Any]]:
+        if status is not None and status not in JobStatus.__members__:
+            raise InvalidInput("status", f"must be one of {', '.join(JobStatus)}")
+        if not 1 <= limit <= 10_000:
+            raise InvalidInput("limit", "must be between 1 and 10000")
+        if offset < 0:
+            raise InvalidInput("offset", "must be >= 0")
+        with _store_errors():
+            rows = await self.pool.fetch(q("list_jobs"), status, job_type, limit, offset)
+        return [dict(r) | {"id": str(r["id"])} for r in rows]
+
+    async def executions(self, job_id: str) -> list[dict[str, Any]]:
+        jid = parse_job_id(job_id)
+        with _store_errors():
+            rows = await self.pool.fetch(q("job_executions"), jid)
+        return [dict(r) for r in rows]
+
     async def counts(self) -> dict[str, int]:
         with _store_errors():
             rows = await self.pool.fetch(q("count_by_status"))

@@ -245,3 +245,25 @@ LIMIT $2;
 
 -- name: mark_stale_workers
 SELECT worker_id FROM mark_stale_workers($1);
+-- name: list_jobs
+SELECT id, job_type, status, priority, retry_count, max_retries, required_capability,
+       worker_id, created_at, started_at, completed_at, last_error, cancel_reason
+FROM jobs
+WHERE ($1::text IS NULL OR status = $1) AND ($2::text IS NULL OR job_type = $2)
+ORDER BY created_at DESC, id
+LIMIT $3 OFFSET $4;
+
+-- name: job_executions
+SELECT id, attempt, worker_id, lease_token, acquired_via, status, started_at, finished_at,
+       duration_ms, error
+FROM job_executions WHERE job_id = $1 ORDER BY attempt, id;
+
+-- name: export_jobs
+SELECT id, job_type, status, priority, retry_count, max_retries, required_capability,
+       idempotency_key, worker_id, created_at, run_at, started_at, completed_at,
+       extract(epoch FROM started_at - created_at) * 1000 AS queue_wait_ms,
+       extract(epoch FROM completed_at - created_at) * 1000 AS end_to_end_ms,
+       last_error, cancel_reason
+FROM jobs
+WHERE ($1::text IS NULL OR status = $1)
+ORDER BY created_at, id;
