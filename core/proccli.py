@@ -147,7 +147,25 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    import uvicorn
+
+    from core.api import create_app
+    from core.runtime import endpoints
+
+    with endpoints(settings) as resolved:
+        uvicorn.run(create_app(resolved, pool_size=args.pool_size), host=args.host,
+                    port=args.port, log_level="warning", loop="uvloop", access_log=False)
+    return 0
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("api", parents=[common], help="serve the job service's HTTP API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--pool-size", type=int, default=10, help="PostgreSQL and Redis connections")
+    p.set_defaults(func=cmd_api, needs_settings=True)
+
     p = sub.add_parser("worker", parents=[common], help="run one worker process")
     p.add_argument("--id", help="worker id (default worker-PID)")
     p.add_argument("--capabilities", help="comma-separated, e.g. gpu,io")

@@ -267,3 +267,13 @@ SELECT id, job_type, status, priority, retry_count, max_retries, required_capabi
 FROM jobs
 WHERE ($1::text IS NULL OR status = $1)
 ORDER BY created_at, id;
+
+-- name: metrics_jobs
+SELECT job_type, status, count(*) AS n FROM jobs GROUP BY job_type, status;
+
+-- name: metrics_workers
+SELECT count(*) FILTER (WHERE status = 'ACTIVE') AS active,
+       count(*) FILTER (WHERE status = 'FAILED') AS replaced,
+       count(*) FILTER (WHERE status = 'FAILED' AND failure_reason LIKE 'heartbeat timed out%')
+           AS heartbeat_timeouts
+FROM workers;

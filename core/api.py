@@ -1,0 +1,233 @@
+"""The job service's HTTP API (FastAPI): what Locust drives and what operators call.
+
+Bad input gets a 4xx naming the field and writes nothing; a store outage is a 503; no input
+may produce a 500. `/health` reports each store; `/metrics` is Prometheus text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+from core.api_models import BatchIn, CancelIn, CreatedOut, JobIn, PurgeIn
+from core.errors import (
+    DispatchUnavailable,
+    InvalidInput,
+    InvalidTransition,
+    JobNotFound,
+    StaleLease,
+    StoreUnavailable,
+)
+from core.model import JobStatus
+from core.queries import q
+from core.runtime import Runtime, open_runtime
+from core.settings import Settings
+
+MAX_BODY_BYTES = 64 * 1024 * 1024
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("jobharness_api_requests", "API requests by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("jobharness_api_latency_seconds", "API latency by route",
+                                 ["route"], registry=r,
+                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
+        self.jobs = Gauge("jobharness_jobs", "Jobs by type and status", ["job_type", "status"],
+                          registry=r)
+        self.queue_depth = Gauge("jobharness_queue_depth", "Redis queue depth", ["queue"],
+                                 registry=r)
+        self.workers_active = Gauge("jobharness_workers_active", "ACTIVE workers", registry=r)
+        self.replacements = Gauge("jobharness_worker_replacements",
+                                  "Workers declared FAILED and replaced", registry=r)
+        self.heartbeat_timeouts = Gauge("jobharness_heartbeat_timeouts",
+                                        "Workers replaced for a stale heartbeat", registry=r)
+        self.service_events = Gauge("jobharness_service_events",
+                                    "This API process's job-service counters", ["event"],
+                                    registry=r)
+
+
+def _error(status: int, field: str, message: str) -> JSONResponse:
+    where = "path" if field == "job_id" else "body"
+    return JSONResponse({"detail": [{"loc": [where, field], "msg": message}]}, status)
+
+
+router = APIRouter()
+
+
+def _rt(request: Request) -> Runtime:
+    return request.app.state.rt  # type: ignore[no-any-return]
+
+
+def _add_error_handlers(app: FastAPI) -> None:
+    """Typed refusals of the core become 4xx naming the field; outages become 503."""
+    statuses: list[tuple[type[Exception], int, Callable[[Any], str]]] = [
+        (InvalidInput, 422, lambda e: e.field),
+        (JobNotFound, 404, lambda e: "job_id"),
+        (InvalidTransition, 409, lambda e: "status"),
+        (StaleLease, 409, lambda e: "token"),
+        (StoreUnavailable, 503, lambda e: "store"),
+    ]
+    for exc_type, status, field in statuses:
+        def handler(request: Request, exc: Exception, status: int = status,
+                    field: Callable[[Any], str] = field) -> JSONResponse:
+            return _error(status, field(exc), str(exc))
+
+        app.add_exception_handler(exc_type, handler)
+
+
+def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
+    """The API over the given (resolved) settings; the runtime opens with the app."""
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        async with open_runtime(settings, pool_size=pool_size,
+                                redis_connections=pool_size) as rt:
+            app.state.rt = rt
+            yield
+
+    app = FastAPI(title="jobharness job service", version="0.1.0", lifespan=lifespan)
+    app.state.metrics = metrics = Metrics()
+
+    @app.middleware("http")
+    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]
+                      ) -> Response:
+        length = request.headers.get("content-length")
+        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
+            return _error(413, "body", f"larger than {MAX_BODY_BYTES} bytes")
+        t0 = time.perf_counter()
+        response = await call_next(request)
+        name = getattr(request.scope.get("route"), "path", "unmatched")
+        metrics.latency.labels(name).observe(time.perf_counter() - t0)
+        metrics.requests.labels(name, str(response.status_code)).inc()
+        return response
+
+    _add_error_handlers(app)
+    app.include_router(router)
+    return app
+
+
+@router.post("/jobs", status_code=201, response_model=CreatedOut)
+async def create_job(request: Request, job: JobIn) -> Any:
+    return dataclasses.asdict(await _rt(request).service.create(job.to_spec()))
+
+
+@router.post("/jobs/batch", status_code=201, response_model=list[CreatedOut])
+async def create_batch(request: Request, batch: BatchIn) -> Any:
+    results = await _rt(request).service.create_batch([j.to_spec() for j in batch.jobs])
+    return [dataclasses.asdict(r) for r in results]
+
+
+@router.get("/jobs/{job_id}")
+async def get_job(request: Request, job_id: str) -> Any:
+    svc = _rt(request).service
+    job = await svc.get(job_id)
+    return {**dataclasses.asdict(job), "executions": await svc.executions(job_id)}
+
+
+@router.get("/jobs")
+async def list_jobs(request: Request, status: JobStatus | None = None,
+                    job_type: str | None = None, limit: int = Query(50, ge=1, le=1000),
+                    offset: int = Query(0, ge=0, le=10_000_000)) -> Any:
+    return await _rt(request).service.list_jobs(
+        status=status.value if status else None, job_type=job_type, limit=limit, offset=offset)
+
+
+@router.post("/jobs/{job_id}/cancel")
+async def cancel_job(request: Request, job_id: str, body: CancelIn | None = None) -> Any:
+    reason = body.reason if body else "cancelled through the API"
+    return {"job_id": job_id, "status": await _rt(request).service.cancel(job_id, reason)}
+
+
+@router.get("/queues")
+async def queues(request: Request) -> Any:
+    rt = _rt(request)
+    try:
+        depths: dict[str, int] | None = await rt.dispatch.depths()
+    except DispatchUnavailable:
+        depths = None
+    return {"redis": depths, "postgres": await rt.service.counts()}
+
+
+@router.get("/workers")
+async def workers(request: Request, status: str | None = Query(None, pattern="^[A-Z]{1,20}$"),
+                  limit: int = Query(200, ge=1, le=10_000)) -> Any:
+    return await _rt(request).service.list_workers(status=status, limit=limit)
+
+
+@router.get("/dlq")
+async def dlq(request: Request, job_type: str | None = None,
+              limit: int = Query(100, ge=1, le=10_000),
+              offset: int = Query(0, ge=0, le=10_000_000)) -> Any:
+    return await _rt(request).service.dlq_list(job_type=job_type, limit=limit, offset=offset)
+
+
+@router.post("/dlq/{job_id}/requeue")
+async def dlq_requeue(request: Request, job_id: str) -> Any:
+    await _rt(request).service.dlq_requeue(job_id)
+    return {"job_id": job_id, "status": "PENDING"}
+
+
+@router.post("/dlq/purge")
+async def dlq_purge(request: Request, body: PurgeIn) -> Any:
+    if body.all == (body.older_than_days is not None):
+        raise InvalidInput("older_than_days", "give either older_than_days or all=true")
+    older = 0.0 if body.all else float(body.older_than_days or 0) * 86_400
+    return {"purged": await _rt(request).service.dlq_purge(older_than_s=older)}
+
+
+@router.get("/health")
+async def health(request: Request) -> JSONResponse:
+    """Each store's state: ok, degraded (Redis down: dispatch falls back to PostgreSQL) or
+    down (PostgreSQL unreachable: 503)."""
+    rt = _rt(request)
+    out: dict[str, Any] = {"qdrant": {"state": "not configured"}}
+    t0 = time.perf_counter()
+    try:
+        await rt.pool.fetchval("SELECT 1")
+        out["postgres"] = {"state": "up",
+                           "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
+    except Exception as exc:  # a health probe reports failures, it does not raise them
+        out["postgres"] = {"state": "down", "error": str(exc)[:200]}
+    rt.dispatch.reset_breaker()
+    out["redis"] = {"state": "up" if await rt.dispatch.ping() else "down"}
+    pg_up = out["postgres"]["state"] == "up"
+    out["status"] = "down" if not pg_up else (
+        "ok" if out["redis"]["state"] == "up" else "degraded")
+    out["events"] = dict(rt.service.stats)
+    return JSONResponse(out, 200 if pg_up else 503)
+
+
+@router.get("/metrics")
+async def prometheus(request: Request) -> Response:
+    rt, metrics = _rt(request), request.app.state.metrics
+    with contextlib.suppress(StoreUnavailable, OSError):
+        for row in await rt.pool.fetch(q("metrics_jobs")):
+            metrics.jobs.labels(row["job_type"], row["status"]).set(row["n"])
+        w = await rt.pool.fetchrow(q("metrics_workers"))
+        if w is not None:
+            metrics.workers_active.set(w["active"])
+            metrics.replacements.set(w["replaced"])
+            metrics.heartbeat_timeouts.set(w["heartbeat_timeouts"])
+    with contextlib.suppress(DispatchUnavailable):
+        for name, depth in (await rt.dispatch.depths()).items():
+            metrics.queue_depth.labels(name).set(depth)
+    for event, n in rt.service.stats.items():
+        metrics.service_events.labels(event).set(n)
+    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
