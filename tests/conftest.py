@@ -6,6 +6,7 @@ each test (CREATE DATABASE ... TEMPLATE) and each test gets its own Redis key pr
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
@@ -51,29 +52,37 @@ async def template_db(server_settings: Settings) -> AsyncIterator[str]:
     await admin.close()
 
 
-@pytest.fixture
-async def test_db(server_settings: Settings, template_db: str) -> AsyncIterator[str]:
-    """DSN of a fresh database copied from the migrated template."""
-    assert server_settings.pg_dsn
+@contextlib.asynccontextmanager
+async def fresh_database(server: Settings, template: str) -> AsyncIterator[str]:
+    """A new database copied from the migrated template; dropped afterwards."""
+    assert server.pg_dsn
     name = f"jh_test_{uuid.uuid4().hex[:10]}"
-    admin = await asyncpg.connect(server_settings.pg_dsn)
-    await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template_db}")
+    admin = await asyncpg.connect(server.pg_dsn)
+    await admin.execute(f"CREATE DATABASE {name} TEMPLATE {template}")
     try:
-        yield with_database(server_settings.pg_dsn, name)
+        yield with_database(server.pg_dsn, name)
     finally:
         await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
         await admin.close()
 
 
 @pytest.fixture
+async def test_db(server_settings: Settings, template_db: str) -> AsyncIterator[str]:
+    """DSN of a fresh database copied from the migrated template."""
+    async with fresh_database(server_settings, template_db) as dsn:
+        yield dsn
+
+
+def settings_for(server: Settings, dsn: str, **changes: object) -> Settings:
+    """Settings for one test: its own database and Redis prefix, fast backoff."""
+    base = replace(server, pg_dsn=dsn, prefix=f"t{uuid.uuid4().hex[:10]}",
+                   backoff=BackoffPolicy(base_s=0.05, max_s=0.5, jitter_s=0.01), lease_s=5.0)
+    return replace(base, **changes)  # type: ignore[arg-type]
+
+
+@pytest.fixture
 def settings(server_settings: Settings, test_db: str) -> Settings:
-    return replace(
-        server_settings,
-        pg_dsn=test_db,
-        prefix=f"t{uuid.uuid4().hex[:10]}",
-        backoff=BackoffPolicy(base_s=0.05, max_s=0.5, jitter_s=0.01),
-        lease_s=5.0,
-    )
+    return settings_for(server_settings, test_db)
 
 
 @pytest.fixture
