@@ -58,6 +58,9 @@ class Metrics:
                                   "Workers declared FAILED and replaced", registry=r)
         self.heartbeat_timeouts = Gauge("jobharness_heartbeat_timeouts",
                                         "Workers replaced for a stale heartbeat", registry=r)
+        self.cluster_events = Gauge("jobharness_cluster_events",
+                                    "Events counted by every process (e.g. stale_rejected)",
+                                    ["event"], registry=r)
         self.service_events = Gauge("jobharness_service_events",
                                     "This API process's job-service counters", ["event"],
                                     registry=r)
@@ -230,4 +233,7 @@ async def prometheus(request: Request) -> Response:
             metrics.queue_depth.labels(name).set(depth)
     for event, n in rt.service.stats.items():
         metrics.service_events.labels(event).set(n)
+    with contextlib.suppress(DispatchUnavailable):
+        for event, n in (await rt.dispatch.event_counts()).items():
+            metrics.cluster_events.labels(event).set(n)
     return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -227,6 +227,13 @@ class RedisDispatch:
         await self._call(self._client.set(self.keys.heartbeat(worker_id), value,
                                           px=int(ttl_s * 1000)))
 
+    async def count_event(self, name: str, n: int = 1) -> None:
+        await self._call(self._client.hincrby(self.keys.counters, name, n))
+
+    async def event_counts(self) -> dict[str, int]:
+        raw = await self._call(self._client.hgetall(self.keys.counters))
+        return {k: int(v) for k, v in raw.items()}
+
     async def heartbeats_exist(self, worker_ids: list[str]) -> dict[str, bool]:
         pipe = self._client.pipeline(transaction=False)
         for wid in worker_ids:

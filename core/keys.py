@@ -65,6 +65,11 @@ class Keys:
         """List of wake-up tokens: one per enqueued job, popped by idle workers."""
         return f"{self.prefix}:wakeup"
 
+    @property
+    def counters(self) -> str:
+        """Hash of cluster-wide event counters (e.g. stale results rejected)."""
+        return f"{self.prefix}:counters"
+
     def heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}:heartbeat"
 

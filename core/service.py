@@ -205,8 +205,14 @@ class JobService:
         row = await conn.fetchrow(q("job_state"), job_id)
         if row is None:
             return JobNotFound(str(job_id))
-        self.stats["stale_rejected"] += 1
+        await self._count_stale()
         return StaleLease(str(job_id), token, row["status"])
+
+    async def _count_stale(self) -> None:
+        """A zombie's late report was refused: count it here and cluster-wide (best effort)."""
+        self.stats["stale_rejected"] += 1
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.count_event("stale_rejected")
 
     async def complete(self, job_id: str, token: int, result: Any = None) -> None:
         """Record success; only the current lease's token is accepted."""
@@ -217,7 +223,7 @@ class JobService:
         if not rows[0]["ok"]:
             if rows[0]["job_status"] is None:
                 raise JobNotFound(job_id)
-            self.stats["stale_rejected"] += 1
+            await self._count_stale()
             raise StaleLease(job_id, token, rows[0]["job_status"])
         fx.add_ready({**dict(r), "id": r["released_id"]} for r in rows if r["released_id"])
         self.stats["completed"] += 1
@@ -232,7 +238,7 @@ class JobService:
         if token is not None and (
             row["status"] != JobStatus.PROCESSING or row["lease_token"] != token
         ):
-            self.stats["stale_rejected"] += 1
+            await self._count_stale()
             raise StaleLease(str(job_id), token, row["status"])
         return row
 

@@ -109,6 +109,7 @@ class Supervisor:
     # -- watching ---------------------------------------------------------------------------
     async def check(self) -> None:
         """One round: exited processes, stale heartbeats, deferred replacements, zombies."""
+        self.stats["checks"] += 1
         for slot in list(self.slots.values()):
             code = slot.proc.returncode
             if code is not None:

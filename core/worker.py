@@ -58,9 +58,7 @@ class Worker:
         """Lease and run jobs until `stop` is set, then drain."""
         slots = asyncio.Semaphore(self.concurrency)
         while not stop.is_set():
-            await slots.acquire()
-            if stop.is_set():
-                slots.release()
+            if not await self._free_slot(slots, stop):
                 break
             try:
                 lease = await self.service.acquire(self.worker_id, self.capabilities,
@@ -76,6 +74,21 @@ class Worker:
             self._running.add(task)
             task.add_done_callback(self._finished(slots))
         await self.drain()
+
+    @staticmethod
+    async def _free_slot(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+        """Take a slot, unless `stop` is set first (a full worker must still stop)."""
+        taking = asyncio.create_task(slots.acquire())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if taking.done() and not stop.is_set():
+            return True
+        taking.cancel()
+        await asyncio.gather(taking, stopping, return_exceptions=True)
+        if taking.done() and not taking.cancelled():
+            slots.release()
+        return False
 
     async def drain(self) -> None:
         """Give running jobs `drain_timeout_s`, then cancel and release the rest."""

@@ -8,7 +8,6 @@ import collections
 import itertools
 import os
 import socket
-import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -31,7 +30,7 @@ pytestmark = pytest.mark.integration
 class ApiEnv:
     url: str
     settings: Settings
-    process: subprocess.Popen[bytes]
+    process: asyncio.subprocess.Process
 
 
 def free_port() -> int:
@@ -45,10 +44,10 @@ async def api_env(server_settings: Settings, template_db: str) -> AsyncIterator[
     async with fresh_database(server_settings, template_db) as dsn:
         settings = settings_for(server_settings, dsn)
         port = free_port()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "core.cli", "api", "--port", str(port), "--pool-size", "4"],
-            env={**os.environ, **to_env(settings)}, stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "core.cli", "api", "--port", str(port), "--pool-size", "4",
+            env={**os.environ, **to_env(settings)}, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
         )
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + 30
@@ -59,14 +58,14 @@ async def api_env(server_settings: Settings, template_db: str) -> AsyncIterator[
                         break
                 except httpx.TransportError:
                     pass
-                if proc.poll() is not None or time.monotonic() > deadline:
+                if proc.returncode is not None or time.monotonic() > deadline:
                     raise AssertionError("the API process did not become ready")
                 await asyncio.sleep(0.05)
         try:
             yield ApiEnv(url=url, settings=settings, process=proc)
         finally:
             proc.terminate()
-            proc.wait(timeout=10)
+            await asyncio.wait_for(proc.wait(), 10)
 
 
 @pytest.fixture
@@ -88,10 +87,12 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
         assert r.status_code == 201, r.text
         job_id = r.json()["job_id"]
         lease = await api_service.acquire("http-worker")
-        assert lease is not None and lease.job_id == job_id
+        assert lease is not None
+        assert lease.job_id == job_id
         await api_service.complete(lease.job_id, lease.token, {"ok": True})
         body = (await http.get(f"/jobs/{job_id}")).json()
-        assert body["status"] == "COMPLETED" and body["result"] == {"ok": True}
+        assert body["status"] == "COMPLETED"
+        assert body["result"] == {"ok": True}
         assert [e["status"] for e in body["executions"]] == ["COMPLETED"]
 
         r = await http.post("/jobs/batch", json={"jobs": [
@@ -101,7 +102,8 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
         parent, child = r.json()
         assert child["status"] == "WAITING"
         lease = await api_service.acquire("http-worker")
-        assert lease is not None and lease.job_id == parent["job_id"]
+        assert lease is not None
+        assert lease.job_id == parent["job_id"]
         await api_service.fail(lease.job_id, lease.token, "boom")
         dlq = (await http.get("/dlq")).json()
         assert [d["job_id"] for d in dlq] == [parent["job_id"]]
@@ -116,9 +118,11 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
         assert (await http.post(f"/jobs/{queued}/cancel")).status_code == 409
 
         queues = (await http.get("/queues")).json()
-        assert queues["redis"] is not None and queues["postgres"]["COMPLETED"] == 1
+        assert queues["redis"] is not None
+        assert queues["postgres"]["COMPLETED"] == 1
         health = (await http.get("/health")).json()
-        assert health["status"] == "ok" and health["postgres"]["state"] == "up"
+        assert health["status"] == "ok"
+        assert health["postgres"]["state"] == "up"
         metrics = (await http.get("/metrics")).text
         assert 'jobharness_jobs{job_type="noop",status="COMPLETED"} 1.0' in metrics
         assert "jobharness_queue_depth" in metrics
@@ -145,7 +149,8 @@ async def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(
         r = await http.post("/jobs/batch", json={"jobs": [
             {"job_type": "noop", "ref": "a", "depends_on": ["b"]},
             {"job_type": "noop", "ref": "b", "depends_on": ["a"]}]})
-        assert r.status_code == 422 and "cycle" in r.text
+        assert r.status_code == 422
+        assert "cycle" in r.text
         r = await http.post("/jobs", content=b'{"job_type": "noop",',
                             headers={"content-type": "application/json"})
         assert r.status_code == 422
@@ -182,4 +187,5 @@ def test_fuzz_every_endpoint_has_no_5xx(api_env: ApiEnv) -> None:
             # An operation without parameters or body has no invalid input to send.
             assert mode is schemathesis.GenerationMode.NEGATIVE, operation.label
     assert len(seen) == len(operations)
-    assert statuses[2] > 0 and statuses[4] > 0  # both accepted and refused inputs were sent
+    assert statuses[2] > 0
+    assert statuses[4] > 0
