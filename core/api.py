@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Query, Request, Response
@@ -74,6 +74,39 @@ def _error(status: int, field: str, message: str) -> JSONResponse:
 router = APIRouter()
 
 
+class MeasureMiddleware:
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): refuses oversized bodies and
+    records each request's latency and status by route template."""
+
+    def __init__(self, app: Any, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
+                await _error(413, "body", f"larger than {MAX_BODY_BYTES} bytes")(
+                    scope, receive, send)
+                return
+        status = [500]
+
+        async def send_wrapper(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        t0 = time.perf_counter()
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            name = getattr(scope.get("route"), "path", "unmatched")
+            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
+            self.metrics.requests.labels(name, str(status[0])).inc()
+
+
 def _rt(request: Request) -> Runtime:
     return request.app.state.rt  # type: ignore[no-any-return]
 
@@ -108,19 +141,7 @@ def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
     app = FastAPI(title="jobharness job service", version="0.1.0", lifespan=lifespan)
     app.state.metrics = metrics = Metrics()
 
-    @app.middleware("http")
-    async def measure(request: Request, call_next: Callable[[Request], Awaitable[Response]]
-                      ) -> Response:
-        length = request.headers.get("content-length")
-        if length and length.isdigit() and int(length) > MAX_BODY_BYTES:
-            return _error(413, "body", f"larger than {MAX_BODY_BYTES} bytes")
-        t0 = time.perf_counter()
-        response = await call_next(request)
-        name = getattr(request.scope.get("route"), "path", "unmatched")
-        metrics.latency.labels(name).observe(time.perf_counter() - t0)
-        metrics.requests.labels(name, str(response.status_code)).inc()
-        return response
-
+    app.add_middleware(MeasureMiddleware, metrics=metrics)
     _add_error_handlers(app)
     app.include_router(router)
     return app

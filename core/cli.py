@@ -127,11 +127,10 @@ def cmd_db(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
-    from core.bench import bench_core
     from core.runtime import endpoints
 
-    if args.ops < 1 or args.concurrency < 1:
-        raise JobHarnessError("--ops and --concurrency must be >= 1")
+    if args.ops < 1 or args.concurrency < 1 or args.workers < 1 or args.kills < 0:
+        raise JobHarnessError("--ops, --concurrency and --workers must be >= 1, --kills >= 0")
     with endpoints(_settings(args)) as settings, Progress(console=_console(True)) as bar:
         tasks: dict[str, Any] = {}
 
@@ -140,9 +139,22 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done)
 
-        result = run_async(bench_core(settings, ops=args.ops, concurrency=args.concurrency,
-                                        seed=args.seed, progress=progress))
-    if args.json:
+        if args.suite == "core":
+            from core.bench import bench_core
+
+            result = run_async(bench_core(settings, ops=args.ops, concurrency=args.concurrency,
+                                          seed=args.seed, progress=progress))
+        elif args.suite == "supervisor":
+            from core.bench_procs import bench_supervisor
+
+            result = run_async(bench_supervisor(settings, workers=args.workers,
+                                                kills=args.kills, progress=progress))
+        else:
+            from core.bench_procs import bench_api
+
+            result = run_async(bench_api(settings, requests=args.ops,
+                                         concurrency=args.concurrency, progress=progress))
+    if args.json or args.suite != "core":
         _print_json(result)
     else:
         print(f"{'op':<10}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}")
@@ -247,9 +259,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks")
-    p.add_argument("suite", choices=["core"])
-    p.add_argument("--ops", type=int, default=5000, help="operations per phase (5000)")
+    p.add_argument("suite", choices=["core", "supervisor", "api"])
+    p.add_argument("--ops", type=int, default=5000,
+                   help="core: operations per phase; api: requests (5000)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
+    p.add_argument("--workers", type=int, default=100, help="supervisor: workers (100)")
+    p.add_argument("--kills", type=int, default=5, help="supervisor: kill/replace rounds (5)")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_bench)
 

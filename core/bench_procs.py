@@ -1,0 +1,187 @@
+"""Benchmarks of processes: `bench supervisor` (start-up time and memory per worker for N
+workers, time from SIGKILL to a registered replacement) and `bench api` (HTTP create
+throughput and latency, driven by an asyncio client in this process against a separate API
+process). Each runs in a throw-away schema and key prefix."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import statistics
+import sys
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any
+
+import psutil
+
+from core import migrate
+from core.connect import connect_admin
+from core.runtime import Runtime, open_runtime
+from core.settings import Settings, to_env
+
+Progress = Callable[[str, int, int], None]
+
+
+@contextlib.asynccontextmanager
+async def scratch_runtime(settings: Settings, tag: str) -> AsyncIterator[Runtime]:
+    settings = replace(settings, schema=tag, prefix=tag)
+    try:
+        async with open_runtime(settings, pool_size=6, redis_connections=6) as rt:
+            await rt.dispatch.flush_prefix()
+            try:
+                yield rt
+            finally:
+                await rt.dispatch.flush_prefix()
+    finally:
+        conn = await connect_admin(settings)
+        try:
+            await migrate.rollback(conn, tag)
+        finally:
+            await conn.close()
+
+
+async def _active(rt: Runtime, ids: list[str]) -> int:
+    return int(await rt.pool.fetchval(
+        "SELECT count(*) FROM workers WHERE id = ANY($1) AND status = 'ACTIVE'", ids))
+
+
+async def _wait(pred: Callable[[], Any], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not await pred():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"bench: timed out waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+async def bench_supervisor(settings: Settings, *, workers: int, kills: int,
+                           progress: Progress | None = None) -> dict[str, Any]:
+    from core.supervisor import Supervisor, SupervisorOptions
+
+    tag = f"benchsup_{os.getpid()}"
+    settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0)
+    async with scratch_runtime(settings, tag) as rt:
+        sup = Supervisor(rt.service, rt.settings, SupervisorOptions(
+            workers=workers, name="bench", check_interval_s=0.1, max_replacements=kills + 1,
+            reconcile_interval_s=None))
+        stop = asyncio.Event()
+        t0 = time.perf_counter()
+        await sup.start()
+        runner = asyncio.create_task(sup.run(stop))
+        ids = [s.worker_id for s in sup.slots.values()]
+
+        async def registered() -> bool:
+            n = await _active(rt, ids)
+            if progress:
+                progress("workers registered", n, workers)
+            return n == workers
+
+        try:
+            await _wait(registered, 300, "workers to register")
+            startup_s = time.perf_counter() - t0
+            rss, uss = [], []
+            for slot in sup.slots.values():
+                with contextlib.suppress(psutil.Error):
+                    info = psutil.Process(slot.proc.pid).memory_full_info()
+                    rss.append(info.rss)
+                    uss.append(info.uss)
+            replace_s = []
+            for k in range(kills):
+                slot = sup.slots[k]
+                t1 = time.perf_counter()
+                sup.signal_worker(slot.worker_id, "kill")
+                new_ids = [sup.worker_id(slot.index, slot.generation + 1)]
+
+                async def replaced(ids: list[str] = new_ids) -> bool:
+                    return await _active(rt, ids) == 1
+
+                await _wait(replaced, 60, "a replacement")
+                replace_s.append(time.perf_counter() - t1)
+                if progress:
+                    progress("kill -> replacement", k + 1, kills)
+        finally:
+            stop.set()
+            await runner
+    mib = 1024 * 1024
+    return {
+        "benchmark": "supervisor",
+        "workers": workers,
+        "startup_s": round(startup_s, 2),
+        "worker_rss_mib": {"median": round(statistics.median(rss) / mib, 1),
+                           "max": round(max(rss) / mib, 1)},
+        "worker_uss_mib": {"median": round(statistics.median(uss) / mib, 1),
+                           "max": round(max(uss) / mib, 1)},
+        "supervisor_rss_mib": round(psutil.Process().memory_info().rss / mib, 1),
+        "kill_to_registered_replacement_s": {
+            "runs": [round(x, 3) for x in replace_s],
+            "median": round(statistics.median(replace_s), 3) if replace_s else None},
+    }
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def bench_api(settings: Settings, *, requests: int, concurrency: int,
+                    progress: Progress | None = None) -> dict[str, Any]:
+    import httpx
+    from hdrh.histogram import HdrHistogram
+
+    tag = f"benchapi_{os.getpid()}"
+    async with scratch_runtime(settings, tag) as rt:
+        port = _free_port()
+        api = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "core.cli", "api", "--port", str(port),
+            "--pool-size", str(min(concurrency + 2, 20)),
+            env={**os.environ, **to_env(rt.settings)}, stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        hist = HdrHistogram(1, 60_000_000, 3)
+        statuses: dict[int, int] = {}
+        try:
+            limits = httpx.Limits(max_connections=concurrency)
+            async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
+                async def ready() -> bool:
+                    try:
+                        return (await http.get("/health")).status_code == 200
+                    except httpx.TransportError:
+                        return False
+
+                await _wait(ready, 30, "the API to start")
+                todo = iter(range(requests))
+                done = 0
+
+                async def client() -> None:
+                    nonlocal done
+                    for i in todo:
+                        body = {"job_type": "noop", "priority": 1 + i % 5, "payload": {"i": i}}
+                        t0 = time.perf_counter_ns()
+                        r = await http.post("/jobs", json=body)
+                        hist.record_value(max(1, (time.perf_counter_ns() - t0) // 1000))
+                        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                        done += 1
+                        if progress and done % 200 == 0:
+                            progress("POST /jobs", done, requests)
+
+                t0 = time.perf_counter()
+                await asyncio.gather(*(client() for _ in range(concurrency)))
+                elapsed = time.perf_counter() - t0
+        finally:
+            api.terminate()
+            await api.wait()
+    return {
+        "benchmark": "api",
+        "requests": requests,
+        "concurrency": concurrency,
+        "statuses": statuses,
+        "throughput_req_s": round(requests / elapsed, 1),
+        "p50_ms": hist.get_value_at_percentile(50) / 1000,
+        "p99_ms": hist.get_value_at_percentile(99) / 1000,
+        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
+        "max_ms": hist.get_max_value() / 1000,
+    }
