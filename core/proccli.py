@@ -73,7 +73,7 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         check_interval_s=args.check_interval_s, max_replacements=args.max_replacements,
         replacement_window_s=args.replacement_window_s, zombie_grace_s=args.zombie_grace_s,
         drain_timeout_s=args.drain_timeout_s,
-        reconcile_interval_s=None if args.no_reconcile else 2.0,
+        reconcile_interval_s=None if args.no_reconcile else 2.0, spawn=args.spawn,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -189,6 +189,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--zombie-grace-s", type=float, default=60.0)
     p.add_argument("--drain-timeout-s", type=float, default=10.0)
     p.add_argument("--duration-s", type=float, help="stop by itself after this long")
+    p.add_argument("--spawn", choices=["forkserver", "exec"], default="forkserver",
+                   help="forkserver: fork pre-imported workers (fast, shared memory); "
+                   "exec: a fresh interpreter per worker")
     p.add_argument("--no-reconcile", action="store_true",
                    help="another process runs the reconciler")
     p.set_defaults(func=cmd_supervisor, needs_settings=True)

@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import multiprocessing
+import multiprocessing.process
 import os
 import signal
 import sys
@@ -47,12 +49,68 @@ class SupervisorOptions:
     drain_timeout_s: float = 10.0
     reconcile_interval_s: float | None = 2.0  # None: another process runs the reconciler
     log_dir: Path | None = None
+    spawn: str = "forkserver"  # or "exec": a fresh `jobharness worker` interpreter each
 
     def __post_init__(self) -> None:
+        if self.spawn not in ("forkserver", "exec"):
+            raise ValueError("spawn must be 'forkserver' or 'exec'")
         if not 1 <= self.workers <= 1000:
             raise ValueError("workers must be between 1 and 1000")
         if self.max_replacements < 1 or self.replacement_window_s <= 0:
             raise ValueError("replacement limits must be positive")
+
+
+class ForkedProcess:
+    """A worker forked by the multiprocessing fork server, with the small part of the
+    asyncio.subprocess.Process interface the supervisor uses."""
+
+    def __init__(self, proc: multiprocessing.process.BaseProcess) -> None:
+        self._proc = proc
+        self.pid = int(proc.pid or 0)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode  # negative: killed by that signal, as asyncio reports
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        """Wait for the exit without polling: the process's sentinel becomes readable."""
+        if self.returncode is None:
+            loop = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = loop.create_future()
+            fd = self._proc.sentinel
+
+            def readable() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(fd, readable)
+            try:
+                await exited
+            finally:
+                loop.remove_reader(fd)
+            self._proc.join()
+        return int(self._proc.exitcode or 0)
+
+
+Child = asyncio.subprocess.Process | ForkedProcess
+_FORKSERVER: Any = None
+
+
+def _forkserver() -> Any:
+    """One fork server per supervisor process, with the worker's modules pre-imported."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["core.workerproc", "uvloop", "psutil"])
+        _FORKSERVER = ctx
+    return _FORKSERVER
 
 
 @dataclass
@@ -60,7 +118,7 @@ class Slot:
     index: int
     generation: int
     worker_id: str
-    proc: asyncio.subprocess.Process
+    proc: Child
     spawned_at: float
     paused: bool = False
 
@@ -71,7 +129,7 @@ class Supervisor:
         self.settings = settings
         self.opts = opts
         self.slots: dict[int, Slot] = {}
-        self.abandoned: list[tuple[asyncio.subprocess.Process, float, str]] = []
+        self.abandoned: list[tuple[Child, float, str]] = []
         self.stats: Counter[str] = Counter()
         self.events: list[dict[str, Any]] = []  # replacement journal
         self._recent: deque[float] = deque()
@@ -84,6 +142,31 @@ class Supervisor:
 
     async def _spawn(self, index: int, generation: int) -> Slot:
         wid = self.worker_id(index, generation)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_dir / f"{wid}.log"
+        env = {**os.environ, **to_env(self.settings)}
+        proc: Child
+        if self.opts.spawn == "forkserver":
+            from core.workerproc import WorkerOptions, forked_worker_main
+
+            opts = WorkerOptions(worker_id=wid, capabilities=self.opts.capabilities,
+                                 concurrency=self.opts.concurrency,
+                                 handlers=dict(self.opts.handlers),
+                                 drain_timeout_s=self.opts.drain_timeout_s,
+                                 supervisor=self.opts.name)
+            child = _forkserver().Process(target=forked_worker_main, name=wid,
+                                          args=(env, opts, str(log_path)), daemon=False)
+            await asyncio.to_thread(child.start)
+            proc = ForkedProcess(child)
+        else:
+            proc = await self._exec(wid, env, log_path)
+        slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
+                    spawned_at=time.monotonic())
+        self.slots[index] = slot
+        return slot
+
+    async def _exec(self, wid: str, env: dict[str, str], log_path: Path
+                    ) -> asyncio.subprocess.Process:
         cmd = [sys.executable, "-m", "core.cli", "worker", "--id", wid,
                "--concurrency", str(self.opts.concurrency),
                "--drain-timeout-s", str(self.opts.drain_timeout_s),
@@ -92,16 +175,9 @@ class Supervisor:
             cmd += ["--capabilities", ",".join(self.opts.capabilities)]
         for job_type, path in self.opts.handlers.items():
             cmd += ["--handler", f"{job_type}={path}"]
-        self._log_dir.mkdir(parents=True, exist_ok=True)
-        with open(self._log_dir / f"{wid}.log", "ab") as out:  # noqa: ASYNC230 (instant)
-            proc = await asyncio.create_subprocess_exec(
-                *cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL,
-                env={**os.environ, **to_env(self.settings)},
-            )
-        slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
-                    spawned_at=time.monotonic())
-        self.slots[index] = slot
-        return slot
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 (instant)
+            return await asyncio.create_subprocess_exec(
+                *cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env)
 
     async def start(self) -> None:
         await asyncio.gather(*(self._spawn(i, 0) for i in range(self.opts.workers)))

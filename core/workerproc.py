@@ -98,3 +98,28 @@ def parse_handlers(values: Sequence[str]) -> dict[str, str]:
             raise ValueError(f"--handler {item!r} must look like type=package.module:function")
         out[job_type] = path
     return out
+
+
+def forked_worker_main(env: dict[str, str], opts: WorkerOptions, log_path: str) -> None:
+    """Entry point of a worker started by the supervisor's fork server: the modules are
+    already imported there, so start-up costs a fork and two connections."""
+    import sys
+
+    from core.settings import load_settings
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(environ=env)
+    try:
+        import uvloop
+
+        code = uvloop.run(run_worker_process(settings, opts))
+    except ImportError:
+        code = asyncio.run(run_worker_process(settings, opts))
+    sys.exit(code)

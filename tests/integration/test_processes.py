@@ -83,8 +83,10 @@ async def holder(svc: JobService, job_id: str) -> str | None:
     return row["worker_id"] if row["status"] == JobStatus.PROCESSING else None
 
 
-async def test_sigkill_mid_job_runs_it_elsewhere_exactly_once(svc: JobService) -> None:
-    async with supervising(svc, workers=3) as sup:
+@pytest.mark.parametrize("spawn", ["forkserver", "exec"])
+async def test_sigkill_mid_job_runs_it_elsewhere_exactly_once(svc: JobService, spawn: str
+                                                               ) -> None:
+    async with supervising(svc, workers=3, spawn=spawn) as sup:
         job = await svc.create(JobSpec(job_type="sleep", payload={"ms": 1500}))
         await wait_until(lambda: _is_held(svc, job.job_id), what="job leased")
         victim = await holder(svc, job.job_id)
