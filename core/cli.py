@@ -48,6 +48,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "schema": args.schema,
         "prefix": args.prefix,
         "data_dir": Path(args.data_dir) if args.data_dir else None,
+        "qdrant_url": getattr(args, "qdrant_url", None),
     }
     return load_settings(flags, target=Path(args.target) if args.target else None)
 
@@ -246,6 +247,8 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--schema", help="PostgreSQL schema (env JOBHARNESS_SCHEMA, gap006)")
     common.add_argument("--prefix", help="Redis key prefix (env JOBHARNESS_PREFIX, gap006)")
     common.add_argument("--data-dir", help="embedded servers' folder (env JOBHARNESS_DATA_DIR)")
+    common.add_argument("--qdrant-url", help="Qdrant server (env JOBHARNESS_QDRANT_URL); "
+                        "default: local mode in DATA_DIR/qdrant")
     common.add_argument("--json", action="store_true", help="print JSON for scripts")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -290,10 +293,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--all", action="store_true")
     p.set_defaults(func=cmd_ops)
 
-    from core import opscli, proccli
+    from core import opscli, proccli, statecli
 
     proccli.add_parsers(sub, common)
     opscli.add_parsers(sub, common)
+    statecli.add_parsers(sub, common)
     return parser
 
 

@@ -234,6 +234,18 @@ class RedisDispatch:
         raw = await self._call(self._client.hgetall(self.keys.counters))
         return {k: int(v) for k, v in raw.items()}
 
+    async def append_events(self, payloads: list[str], *, maxlen: int) -> None:
+        """XADD state events, trimming the stream to about `maxlen` (oldest first)."""
+        pipe = self._client.pipeline(transaction=False)
+        for payload in payloads:
+            pipe.xadd(self.keys.state_events, {"e": payload}, maxlen=maxlen, approximate=True)
+        await self._call(pipe.execute())
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The command connection (the memory owner reads the stream with it)."""
+        return self._client
+
     async def heartbeats_exist(self, worker_ids: list[str]) -> dict[str, bool]:
         pipe = self._client.pipeline(transaction=False)
         for wid in worker_ids:

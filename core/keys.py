@@ -70,6 +70,16 @@ class Keys:
         """Hash of cluster-wide event counters (e.g. stale results rejected)."""
         return f"{self.prefix}:counters"
 
+    @property
+    def state_events(self) -> str:
+        """Stream of state-memory writes, consumed by the one memory owner."""
+        return f"{self.prefix}:state-events"
+
+    @property
+    def memory_owner(self) -> str:
+        """Hash the memory owner publishes its status to (expires if it stops)."""
+        return f"{self.prefix}:memory-owner"
+
     def heartbeat(self, worker_id: str) -> str:
         return f"{self.prefix}:worker:{worker_id}:heartbeat"
 

@@ -18,6 +18,7 @@ from core.connect import (
     resolve_endpoints,
 )
 from core.dispatch import RedisDispatch
+from core.memory_events import MemoryEmitter
 from core.service import JobService
 from core.settings import Settings
 
@@ -28,6 +29,7 @@ class Runtime:
     pool: asyncpg.Pool
     dispatch: RedisDispatch
     service: JobService
+    memory: MemoryEmitter | None = None
 
 
 @contextlib.contextmanager
@@ -49,6 +51,7 @@ async def open_runtime(
     pool_size: int = 2,
     redis_connections: int = 2,
     migrate_first: bool = True,
+    memory: bool | None = None,
 ) -> AsyncIterator[Runtime]:
     """Pool + dispatch + service over already-resolved settings."""
     if migrate_first:
@@ -59,8 +62,14 @@ async def open_runtime(
             await conn.close()
     pool = await create_pool(settings, min_size=1, max_size=pool_size)
     dispatch = create_dispatch(settings, max_connections=redis_connections)
+    emitter = None
+    if settings.memory if memory is None else memory:
+        emitter = MemoryEmitter(dispatch, settings.memory_ttls)
     try:
-        yield Runtime(settings, pool, dispatch, JobService(pool, dispatch, settings))
+        yield Runtime(settings, pool, dispatch,
+                      JobService(pool, dispatch, settings, memory=emitter), emitter)
     finally:
+        if emitter is not None:
+            await emitter.close()
         await dispatch.close()
         await pool.close()

@@ -29,6 +29,7 @@ from core.errors import (
     StaleLease,
     StoreUnavailable,
 )
+from core.memory_events import MemoryEmitter
 from core.model import ExecutionStatus, Job, JobSpec, JobStatus, Lease, parse_job_id
 from core.queries import Conn, q
 from core.settings import Settings
@@ -78,10 +79,12 @@ class JobService:
         settings: Settings,
         *,
         rng: random.Random | None = None,
+        memory: MemoryEmitter | None = None,
     ) -> None:
         self.pool = pool
         self.dispatch = dispatch
         self.settings = settings
+        self.memory = memory  # write-behind state memory; None: off
         self.rng = rng or random.Random()
         self.stats: Counter[str] = Counter()
         self._fallback_poll_s = 0.2
@@ -122,6 +125,12 @@ class JobService:
                                         single=single)
         self.stats["created"] += sum(r.created for r in results)
         await self._apply(fx)
+        if self.memory is not None:
+            for spec, r in zip(specs, results, strict=True):
+                if r.created:
+                    self.memory.job_state(r.job_id, {"status": r.status.value,
+                                                     "job_type": spec.job_type,
+                                                     "priority": spec.priority})
         return results
 
     # -- acquire ----------------------------------------------------------------------------
@@ -175,8 +184,11 @@ class JobService:
         self.stats["acquired_postgres"] += 1
         return self._lease(row, worker_id, lease_s, "postgres")
 
-    @staticmethod
-    def _lease(row: asyncpg.Record, worker_id: str, lease_s: float, via: str) -> Lease:
+    def _lease(self, row: asyncpg.Record, worker_id: str, lease_s: float, via: str) -> Lease:
+        if self.memory is not None:
+            self.memory.job_state(str(row["id"]), {
+                "status": "PROCESSING", "job_type": row["job_type"], "worker_id": worker_id,
+                "attempt": row["retry_count"] + 1, "lease_token": row["lease_token"]})
         return Lease(
             job_id=str(row["id"]),
             token=row["lease_token"],
@@ -227,6 +239,8 @@ class JobService:
             raise StaleLease(job_id, token, rows[0]["job_status"])
         fx.add_ready({**dict(r), "id": r["released_id"]} for r in rows if r["released_id"])
         self.stats["completed"] += 1
+        if self.memory is not None:
+            self.memory.job_completed(job_id, result)
         await self._apply(fx)
 
     async def _locked(
@@ -257,7 +271,23 @@ class JobService:
             row = await self._locked(conn, jid, token)
             outcome = await self._fail_locked(conn, row, token, error, status, fx)
         await self._apply(fx)
+        self._remember_failure(job_id, row, error, outcome)
         return outcome
+
+    def _remember_failure(self, job_id: str, row: asyncpg.Record, error: str,
+                          outcome: FailOutcome) -> None:
+        if self.memory is None:
+            return
+        if outcome.status == JobStatus.PENDING:
+            self.memory.job_state(job_id, {"status": "PENDING", "retry_count":
+                                           row["retry_count"] + 1, "last_error": error,
+                                           "retry_in_s": outcome.retry_in_s})
+        elif outcome.status == JobStatus.DEAD:
+            self.memory.job_failed(job_id, {"error": error, "job_type": row["job_type"],
+                                            "retry_count": row["retry_count"],
+                                            "worker_id": row["worker_id"]})
+        else:
+            self.memory.job_finished(job_id)
 
     async def _fail_locked(
         self,
@@ -283,6 +313,9 @@ class JobService:
             return FailOutcome(status=JobStatus.PENDING, retry_in_s=delay_s)
         await conn.execute(q("mark_dead"), jid, error)
         cancelled = await conn.fetch(q("cancel_dependents"), jid, f"dependency {job_id} is DEAD")
+        if self.memory is not None:
+            for r in cancelled:
+                self.memory.job_finished(str(r["id"]))
         fx.dead.append(job_id)
         fx.forget += [str(r["id"]) for r in cancelled]
         self.stats["dead"] += 1
@@ -294,6 +327,9 @@ class JobService:
         await conn.execute(q("mark_cancelled"), jid, reason or "cancelled")
         cancelled = await conn.fetch(q("cancel_dependents"), jid, f"dependency {jid} cancelled")
         fx.forget += [str(jid), *(str(r["id"]) for r in cancelled)]
+        if self.memory is not None:
+            for job in (jid, *(r["id"] for r in cancelled)):
+                self.memory.job_finished(str(job))
         self.stats["cancelled"] += 1
         return FailOutcome(status=JobStatus.CANCELLED, cancelled_dependents=len(cancelled))
 
@@ -361,9 +397,11 @@ class JobService:
             row = await conn.fetchrow(q("lock_job"), job_id)
             if row is None or row["lease_token"] != token or not row["lease_expired"]:
                 return False
-            await self._fail_locked(conn, row, token, reason, ExecutionStatus.LEASE_EXPIRED, fx)
+            outcome = await self._fail_locked(conn, row, token, reason,
+                                              ExecutionStatus.LEASE_EXPIRED, fx)
         self.stats["leases_expired"] += 1
         await self._apply(fx)
+        self._remember_failure(str(job_id), row, reason, outcome)
         return True
 
     async def release_worker(self, worker_id: str, reason: str) -> int:
@@ -377,9 +415,10 @@ class JobService:
                 row = await conn.fetchrow(q("lock_job"), lease["id"])
                 if row is None or row["lease_token"] != lease["lease_token"]:
                     continue
-                await self._fail_locked(conn, row, lease["lease_token"], reason,
-                                        ExecutionStatus.LEASE_EXPIRED, fx)
+                outcome = await self._fail_locked(conn, row, lease["lease_token"], reason,
+                                                  ExecutionStatus.LEASE_EXPIRED, fx)
             await self._apply(fx)
+            self._remember_failure(str(lease["id"]), row, reason, outcome)
             n += 1
         return n
 
@@ -479,6 +518,10 @@ class JobService:
         with _store_errors():
             await self.pool.execute(q("register_worker"), worker_id, hostname, pid,
                                     list(capabilities), concurrency, metadata or {})
+        if self.memory is not None:
+            self.memory.worker_config(worker_id, {
+                "capabilities": list(capabilities), "concurrency": concurrency,
+                "hostname": hostname, "pid": pid, **(metadata or {})})
         await self.heartbeat(worker_id)
 
     async def heartbeat(self, worker_id: str, value: str = "alive",
@@ -504,6 +547,8 @@ class JobService:
             if not redis_ok:
                 raise
             return None
+        if self.memory is not None:
+            self.memory.worker_state(worker_id, {"status": status, **(sample or {})})
         return str(status) if status is not None else None
 
     async def heartbeat_ages(self, worker_ids: list[str]) -> dict[str, float | None]:
@@ -525,6 +570,8 @@ class JobService:
             await self.pool.execute(q("stop_worker"), worker_id, status, reason)
         with contextlib.suppress(DispatchUnavailable):
             await self.dispatch.clear_heartbeat(worker_id)
+        if self.memory is not None:
+            self.memory.worker_state(worker_id, {"status": status, "reason": reason})
 
     async def list_workers(self, *, status: str | None = None, limit: int = 1000) -> list[
             dict[str, Any]]:

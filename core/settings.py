@@ -15,6 +15,7 @@ from typing import Any
 
 from core.backoff import BackoffPolicy
 from core.errors import ConfigError
+from core.memory import MemoryTtls
 
 BUILTIN_JOB_TYPES = frozenset({"noop", "sleep", "cpu", "flaky", "leak", "hang"})
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -41,6 +42,13 @@ class Settings:
     redis_timeout_s: float = 1.0
     redis_retry_after_s: float = 2.0
     pg_max_connections: int = 400
+    memory: bool = True  # emit write-behind state events for the memory owner
+    qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
+    memory_ttls: MemoryTtls = field(default_factory=MemoryTtls)
+
+    @property
+    def qdrant_path(self) -> Path:
+        return self.data_dir / "qdrant"
 
     def __post_init__(self) -> None:
         if not _SCHEMA_RE.match(self.schema):
@@ -77,7 +85,13 @@ _ENV: dict[str, tuple[str, Any]] = {
     "job_types": ("JOBHARNESS_JOB_TYPES", lambda s: BUILTIN_JOB_TYPES | _split(s)),
     "dlq_retention_days": ("JOBHARNESS_DLQ_RETENTION_DAYS", float),
     "redis_timeout_s": ("JOBHARNESS_REDIS_TIMEOUT_S", float),
+    "memory": ("JOBHARNESS_MEMORY", lambda s: str(s).lower() not in ("0", "false", "no", "off")),
+    "qdrant_url": ("JOBHARNESS_QDRANT_URL", str),
 }
+_TTL_ENV = {"job_state_s": "JOBHARNESS_TTL_JOB_STATE_S",
+            "job_result_s": "JOBHARNESS_TTL_JOB_RESULT_S",
+            "worker_state_s": "JOBHARNESS_TTL_WORKER_STATE_S",
+            "failure_s": "JOBHARNESS_TTL_FAILURE_S"}
 ENV_HELP = {name: var for name, (var, _) in _ENV.items()}
 
 
@@ -104,6 +118,7 @@ def _from_target(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"target file {path} must hold a mapping")
     known = {f.name for f in fields(Settings)} | {"backoff"}
+    known.discard("memory_ttls")
     unknown = sorted(set(data) - known)
     if unknown:
         raise ConfigError(f"target file {path}: unknown key(s) {', '.join(unknown)}")
@@ -152,6 +167,12 @@ def load_settings(
     }
     if backoff_env:
         values["backoff"] = _backoff(backoff_env, "environment")
+    ttl_env = {k: _parse(k, env[v], float, f"environment {v}") for k, v in _TTL_ENV.items()
+               if env.get(v)}
+    if ttl_env:
+        if any(v <= 0 for v in ttl_env.values()):
+            raise ConfigError("state-memory TTLs must be > 0")
+        values["memory_ttls"] = MemoryTtls(**ttl_env)
     for name, value in (flags or {}).items():
         if value is not None:
             values[name] = value
@@ -172,6 +193,9 @@ def to_env(settings: Settings) -> dict[str, str]:
     env["JOBHARNESS_BACKOFF_BASE_S"] = str(settings.backoff.base_s)
     env["JOBHARNESS_BACKOFF_MAX_S"] = str(settings.backoff.max_s)
     env["JOBHARNESS_BACKOFF_JITTER_S"] = str(settings.backoff.jitter_s)
+    env["JOBHARNESS_MEMORY"] = "1" if settings.memory else "0"
+    for name, var in _TTL_ENV.items():
+        env[var] = str(getattr(settings.memory_ttls, name))
     return env
 
 

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from core.connect import create_dispatch, create_pool
 from core.errors import StoreUnavailable
 from core.handlers import build_registry
+from core.memory_events import MemoryEmitter
 from core.service import JobService
 from core.settings import Settings
 from core.worker import Worker
@@ -61,7 +62,8 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     handlers = build_registry(opts.handlers)
     pool = await create_pool(settings, min_size=1, max_size=2)
     dispatch = create_dispatch(settings, max_connections=1, blocking_connections=1)
-    service = JobService(pool, dispatch, settings)
+    emitter = MemoryEmitter(dispatch, settings.memory_ttls) if settings.memory else None
+    service = JobService(pool, dispatch, settings, memory=emitter)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
@@ -85,6 +87,8 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
         log.info("worker %s stopped: %s", opts.worker_id, dict(worker.stats))
         return 0
     finally:
+        if emitter is not None:
+            await emitter.close()
         await dispatch.close()
         await pool.close()
 
