@@ -61,6 +61,11 @@ class Metrics:
         self.cluster_events = Gauge("jobharness_cluster_events",
                                     "Events counted by every process (e.g. stale_rejected)",
                                     ["event"], registry=r)
+        self.memory_owner = Gauge("jobharness_memory_owner",
+                                  "State-memory owner: buffered, written, dropped, failures",
+                                  ["counter"], registry=r)
+        self.memory_up = Gauge("jobharness_memory_up", "1 when the memory owner writes fine",
+                               registry=r)
         self.service_events = Gauge("jobharness_service_events",
                                     "This API process's job-service counters", ["event"],
                                     registry=r)
@@ -221,7 +226,7 @@ async def health(request: Request) -> JSONResponse:
     """Each store's state: ok, degraded (Redis down: dispatch falls back to PostgreSQL) or
     down (PostgreSQL unreachable: 503)."""
     rt = _rt(request)
-    out: dict[str, Any] = {"qdrant": {"state": "not configured"}}
+    out: dict[str, Any] = {"qdrant": await _memory_status(rt)}
     t0 = time.perf_counter()
     try:
         await rt.pool.fetchval("SELECT 1")
@@ -232,10 +237,44 @@ async def health(request: Request) -> JSONResponse:
     rt.dispatch.reset_breaker()
     out["redis"] = {"state": "up" if await rt.dispatch.ping() else "down"}
     pg_up = out["postgres"]["state"] == "up"
-    out["status"] = "down" if not pg_up else (
-        "ok" if out["redis"]["state"] == "up" else "degraded")
-    out["events"] = dict(rt.service.stats)
+    degraded = out["redis"]["state"] != "up" or out["qdrant"]["state"] == "down"
+    out["status"] = "down" if not pg_up else ("degraded" if degraded else "ok")
+    out["events"] = dict(rt.service.stats) | (dict(rt.memory.stats) if rt.memory else {})
     return JSONResponse(out, 200 if pg_up else 503)
+
+
+async def _memory_status(rt: Runtime) -> dict[str, Any]:
+    """The memory owner's published status: up, down (Qdrant failing: events buffered, then
+    dropped), "no owner" (nothing consumes the events), or "off"."""
+    if rt.memory is None:
+        return {"state": "off"}
+    try:
+        raw = await rt.dispatch.client.hgetall(rt.dispatch.keys.memory_owner)
+    except Exception:  # Redis down: the owner's status cannot be read
+        return {"state": "unknown"}
+    if not raw:
+        return {"state": "no owner"}
+    return {str(k): (int(v) if str(v).isdigit() else str(v)) for k, v in raw.items()}
+
+
+@router.get("/state/{namespace}/{key:path}")
+async def state_entry(request: Request, namespace: str, key: str) -> Any:
+    """One state-memory entry, read through the memory owner."""
+    import httpx
+
+    from core.memory import check_key, check_namespace
+
+    check_namespace(namespace)
+    check_key(key)
+    status = await _memory_status(_rt(request))
+    if not status.get("url"):
+        return _error(503, "memory", f"no memory owner to read from ({status['state']})")
+    async with httpx.AsyncClient(timeout=10) as http:
+        try:
+            r = await http.get(f"{status['url']}/memory/{namespace}/{key}")
+        except httpx.TransportError as exc:
+            return _error(503, "memory", f"memory owner unreachable: {exc}")
+    return JSONResponse(r.json(), r.status_code)
 
 
 @router.get("/metrics")
@@ -254,6 +293,14 @@ async def prometheus(request: Request) -> Response:
             metrics.queue_depth.labels(name).set(depth)
     for event, n in rt.service.stats.items():
         metrics.service_events.labels(event).set(n)
+    if rt.memory is not None:
+        for event, n in rt.memory.stats.items():
+            metrics.service_events.labels(event).set(n)
+        owner = await _memory_status(rt)
+        for name in ("buffered", "memory_written", "memory_dropped", "memory_write_failures"):
+            if isinstance(owner.get(name), int):
+                metrics.memory_owner.labels(name).set(owner[name])
+        metrics.memory_up.set(1 if owner.get("state") == "up" else 0)
     with contextlib.suppress(DispatchUnavailable):
         for event, n in (await rt.dispatch.event_counts()).items():
             metrics.cluster_events.labels(event).set(n)

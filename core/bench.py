@@ -5,11 +5,16 @@ schema and key prefix, removed afterwards."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import random
+import statistics
+import sys
+import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
@@ -18,7 +23,7 @@ from core import migrate
 from core.connect import connect_admin
 from core.model import JobSpec, Lease
 from core.runtime import open_runtime
-from core.settings import Settings
+from core.settings import Settings, to_env
 
 Progress = Callable[[str, int, int], None]
 
@@ -62,51 +67,102 @@ async def _phase(
     }
 
 
-async def bench_core(
-    settings: Settings, *, ops: int, concurrency: int, seed: int = 1,
-    progress: Progress | None = None,
-) -> dict[str, Any]:
-    """Run the three phases; returns the JSON-ready result."""
-    tag = f"bench_{os.getpid()}"
-    settings = replace(settings, schema=tag, prefix=tag)
+async def _phases(settings: Settings, *, ops: int, concurrency: int, seed: int, memory: bool,
+                  progress: Progress | None) -> tuple[dict[str, Any], int]:
     rng = random.Random(seed)
     priorities = [rng.randint(1, 5) for _ in range(ops)]
     leases: list[Lease] = []
     results: dict[str, Any] = {}
+    async with open_runtime(settings, pool_size=concurrency + 2,
+                            redis_connections=concurrency + 2, memory=memory) as rt:
+        svc = rt.service
+        await rt.dispatch.forget([])  # connect before timing
+
+        async def create(i: int) -> None:
+            await svc.create(JobSpec(job_type="noop", priority=priorities[i], payload={"i": i}))
+
+        async def acquire(i: int) -> None:
+            lease = await svc.acquire(f"bench-{i % concurrency}")
+            if lease is None:
+                raise RuntimeError("bench: acquire found no job")
+            leases.append(lease)
+
+        async def complete(i: int) -> None:
+            lease = leases[i]
+            await svc.complete(lease.job_id, lease.token, {"ok": True})
+
+        label = "memory on" if memory else "memory off"
+        for name, op in (("create", create), ("acquire", acquire), ("complete", complete)):
+            results[name] = await _phase(f"{name} ({label})", ops, concurrency, op, progress)
+        completed = (await svc.counts())["COMPLETED"]
+    return results, completed
+
+
+@contextlib.asynccontextmanager
+async def _scratch(settings: Settings) -> AsyncIterator[Settings]:
+    tag = f"bench_{os.getpid()}"
+    settings = replace(settings, schema=tag, prefix=tag)
+    conn = await connect_admin(settings)
     try:
-        async with open_runtime(settings, pool_size=concurrency + 2,
-                                redis_connections=concurrency + 2) as rt:
-            await rt.dispatch.flush_prefix()
-            svc = rt.service
-
-            async def create(i: int) -> None:
-                await svc.create(JobSpec(job_type="noop", priority=priorities[i], payload={"i": i}))
-
-            async def acquire(i: int) -> None:
-                lease = await svc.acquire(f"bench-{i % concurrency}")
-                if lease is None:
-                    raise RuntimeError("bench: acquire found no job")
-                leases.append(lease)
-
-            async def complete(i: int) -> None:
-                lease = leases[i]
-                await svc.complete(lease.job_id, lease.token, {"ok": True})
-
-            for name, op in (("create", create), ("acquire", acquire), ("complete", complete)):
-                results[name] = await _phase(name, ops, concurrency, op, progress)
-            counts = await svc.counts()
-            await rt.dispatch.flush_prefix()
+        await migrate.migrate(conn, tag)
+        yield settings
     finally:
-        conn = await connect_admin(settings)
+        await migrate.rollback(conn, tag)
+        await conn.close()
+        async with open_runtime(settings, migrate_first=False, memory=False) as rt:
+            await rt.dispatch.flush_prefix()
+
+
+async def bench_core(
+    settings: Settings, *, ops: int, concurrency: int, seed: int = 1,
+    progress: Progress | None = None, memory: str = "off",
+) -> dict[str, Any]:
+    """Run create / acquire / complete; with memory="compare", alternate rounds with state
+    memory off and on (an owner process consuming the events) and report the p99 ratio."""
+    async with _scratch(settings) as scratch:
+        if memory not in ("compare", "compare-emit"):
+            results, completed = await _phases(scratch, ops=ops, concurrency=concurrency,
+                                               seed=seed, memory=memory == "on",
+                                               progress=progress)
+            return {"benchmark": "core", "ops": ops, "concurrency": concurrency, "seed": seed,
+                    "memory": memory, "completed": completed, "operations": results}
+        async with _owner_process(scratch, start=memory == "compare"):
+            rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
+            for r in range(2):
+                for mode in (("off", "on") if r % 2 == 0 else ("on", "off")):
+                    res, _ = await _phases(scratch, ops=ops, concurrency=concurrency,
+                                           seed=seed + r, memory=mode == "on",
+                                           progress=progress)
+                    rounds[mode].append(res)
+    p99 = {mode: {op: statistics.median(r[op]["p99_ms"] for r in runs)
+                  for op in ("create", "acquire", "complete")}
+           for mode, runs in rounds.items()}
+    return {"benchmark": "core", "ops": ops, "concurrency": concurrency, "seed": seed,
+            "memory": memory, "rounds_per_mode": 2, "p99_ms_median": p99,
+            "ratio_on_off": {op: round(p99["on"][op] / p99["off"][op], 3) for op in p99["on"]},
+            "rounds": rounds}
+
+
+@contextlib.asynccontextmanager
+async def _owner_process(settings: Settings, *, start: bool) -> AsyncIterator[None]:
+    """A `jobharness state serve` process over a throw-away local Qdrant folder (none with
+    `start=False`: the events then only reach the Redis stream, which is trimmed)."""
+    if not start:
+        yield
+        return
+    with tempfile.TemporaryDirectory(prefix="jh-bench-qdrant-") as tmp:
+        env = {**os.environ, **to_env(settings), "JOBHARNESS_DATA_DIR": tmp}
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "core.cli", "state", "serve", env=env,
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        state = Path(tmp) / "memory-owner.json"
+        deadline = time.monotonic() + 60
+        while not state.exists():  # the owner writes this file once it serves
+            if proc.returncode is not None or time.monotonic() > deadline:
+                raise RuntimeError("bench: the memory owner did not start")
+            await asyncio.sleep(0.05)
         try:
-            await migrate.rollback(conn, tag)
+            yield
         finally:
-            await conn.close()
-    return {
-        "benchmark": "core",
-        "ops": ops,
-        "concurrency": concurrency,
-        "seed": seed,
-        "completed": counts["COMPLETED"],
-        "operations": results,
-    }
+            proc.terminate()
+            await proc.wait()

@@ -144,7 +144,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             from core.bench import bench_core
 
             result = run_async(bench_core(settings, ops=args.ops, concurrency=args.concurrency,
-                                          seed=args.seed, progress=progress))
+                                          seed=args.seed, progress=progress,
+                                          memory=args.memory))
         elif args.suite == "supervisor":
             from core.bench_procs import bench_supervisor
 
@@ -155,7 +156,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             result = run_async(bench_api(settings, requests=args.ops,
                                          concurrency=args.concurrency, progress=progress))
-    if args.json or args.suite != "core":
+    if args.json or args.suite != "core" or args.memory.startswith("compare"):
         _print_json(result)
     else:
         print(f"{'op':<10}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}")
@@ -268,6 +269,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
     p.add_argument("--workers", type=int, default=100, help="supervisor: workers (100)")
     p.add_argument("--kills", type=int, default=5, help="supervisor: kill/replace rounds (5)")
+    p.add_argument("--memory", choices=["off", "on", "compare", "compare-emit"],
+                   default="off",
+                   help="core: state-memory events off, on, or both in alternating rounds "
+                   "with a memory owner (compare) or without one (compare-emit)")
     p.add_argument("--seed", type=int, default=1)
     p.set_defaults(func=cmd_bench)
 

@@ -234,12 +234,11 @@ class RedisDispatch:
         raw = await self._call(self._client.hgetall(self.keys.counters))
         return {k: int(v) for k, v in raw.items()}
 
-    async def append_events(self, payloads: list[str], *, maxlen: int) -> None:
-        """XADD state events, trimming the stream to about `maxlen` (oldest first)."""
-        pipe = self._client.pipeline(transaction=False)
-        for payload in payloads:
-            pipe.xadd(self.keys.state_events, {"e": payload}, maxlen=maxlen, approximate=True)
-        await self._call(pipe.execute())
+    async def append_events(self, batch: str, *, maxlen: int) -> None:
+        """XADD one batch of state events (a JSON list), trimming the stream to about `maxlen`
+        entries, oldest first."""
+        await self._call(self._client.xadd(self.keys.state_events, {"b": batch},
+                                           maxlen=maxlen, approximate=True))
 
     @property
     def client(self) -> aioredis.Redis:

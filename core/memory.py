@@ -2,12 +2,13 @@
 events that carry writes from workers and API processes to the one memory owner.
 
 Pure: the standard library only. The conflict rule:
+- every applied write gives the entry a new, strictly greater version;
 - a write with `expected_version` is a compare-and-set: it applies only if the stored version
   equals it (0 = the key must not exist); otherwise the writer gets `VersionConflict`
   carrying the winner's entry;
 - a blind write (no `expected_version`, what write-behind events do) wins by order of
   application; the owner applies events in stream order, so the last event written to the
-  stream wins. Every applied write increments the entry's version.
+  stream wins.
 Expired entries are never returned, whatever the backend still holds.
 """
 
@@ -137,6 +138,7 @@ class InMemoryStateMemory:
     def __init__(self, clock: Clock | None = None) -> None:
         self.clock = clock or WallClock()
         self._data: dict[tuple[str, str], Entry] = {}
+        self._versions = VersionClock()
 
     def _live(self, ns: str, key: str) -> Entry | None:
         entry = self._data.get((ns, key))
@@ -154,7 +156,7 @@ class InMemoryStateMemory:
             raise VersionConflict(namespace, key, expected_version, current)
         now = self.clock.now()
         entry = Entry(namespace=namespace, key=key, value=value,
-                      version=(current.version if current else 0) + 1, written_at=now,
+                      version=self._versions.next(), written_at=now,
                       expires_at=now + ttl_s, group=group_of(key))
         self._data[(namespace, key)] = entry
         return entry
@@ -216,6 +218,28 @@ class StateEvent:
     def decode(raw: str) -> StateEvent:
         op, ns, key, value, ttl = json.loads(raw)
         return StateEvent(op=op, namespace=ns, key=key, value=value, ttl_s=ttl)
+
+
+def encode_batch(events: Sequence[StateEvent]) -> str:
+    return "[" + ",".join(e.encode() for e in events) + "]"
+
+
+def decode_batch(raw: str) -> list[StateEvent]:
+    return [StateEvent(op=op, namespace=ns, key=key, value=value, ttl_s=ttl)
+            for op, ns, key, value, ttl in json.loads(raw)]
+
+
+class VersionClock:
+    """Entry versions: strictly increasing integers (microseconds of the writer's clock,
+    bumped past the last one), so blind writes need no read to number themselves and a
+    compare-and-set still names exactly one stored write."""
+
+    def __init__(self) -> None:
+        self._last = 0
+
+    def next(self) -> int:
+        self._last = max(self._last + 1, time.time_ns() // 1000)
+        return self._last
 
 
 def coalesce(events: Iterable[StateEvent]) -> list[StateEvent]:

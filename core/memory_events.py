@@ -1,8 +1,8 @@
 """Write-behind of state memory: job and worker processes emit StateEvents into a bounded
 in-process buffer; a background task ships them to the Redis stream `{prefix}:state-events`
-in pipelined batches. Emitting never waits and never fails a job operation (invariant 4):
+one stream entry per batch. Emitting never waits and never fails a job operation (invariant 4):
 with the buffer full the oldest events are dropped, with Redis down the batch is dropped, and
-both are counted (`memory_dropped`). The stream is trimmed to about `STREAM_MAXLEN` events.
+both are counted (`memory_dropped`). The stream is trimmed to about `STREAM_MAXLEN` batches.
 """
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ from typing import Any
 
 from core.dispatch import RedisDispatch
 from core.errors import DispatchUnavailable
-from core.memory import JOB_NS, WORKER_NS, MemoryTtls, StateEvent
+from core.memory import JOB_NS, WORKER_NS, MemoryTtls, StateEvent, encode_batch
 
-STREAM_MAXLEN = 100_000
+STREAM_MAXLEN = 2_000  # entries of up to `batch` events each
 
 
 class MemoryEmitter:
@@ -91,8 +91,7 @@ class MemoryEmitter:
             n = min(self.batch, len(self._buffer))
             chunk = [self._buffer.popleft() for _ in range(n)]
             try:
-                await self.dispatch.append_events([e.encode() for e in chunk],
-                                                  maxlen=STREAM_MAXLEN)
+                await self.dispatch.append_events(encode_batch(chunk), maxlen=STREAM_MAXLEN)
                 self.stats["memory_sent"] += n
             except DispatchUnavailable:
                 self.stats["memory_dropped"] += n

@@ -25,7 +25,14 @@ from redis.exceptions import RedisError, ResponseError
 
 from core.dispatch import RedisDispatch
 from core.errors import DispatchUnavailable
-from core.memory import NAMESPACES, MemoryUnavailable, StateEvent, StateMemory, coalesce
+from core.memory import (
+    NAMESPACES,
+    MemoryUnavailable,
+    StateEvent,
+    StateMemory,
+    coalesce,
+    decode_batch,
+)
 
 log = logging.getLogger("jobharness.memory")
 GROUP = "memory-owner"
@@ -59,13 +66,13 @@ class MemoryOwner:
                 raise
 
     async def consume_once(self, block_ms: int = 1000) -> int:
-        """Move up to 1000 events from the stream into the buffer; returns how many."""
+        """Move up to 20 batches from the stream into the buffer; returns entries read."""
         client = self.dispatch.client
         try:
             await self._ensure_group()
             got: Any = await client.xreadgroup(GROUP, self._consumer,
-                                          {self.dispatch.keys.state_events: ">"},
-                                          count=1000, block=block_ms)
+                                               {self.dispatch.keys.state_events: ">"},
+                                               count=20, block=block_ms)
         except (RedisError, OSError) as exc:
             raise DispatchUnavailable(f"cannot read state events: {exc}") from exc
         if not got:
@@ -75,7 +82,8 @@ class MemoryOwner:
             for entry_id, fields in entries:
                 ids.append(entry_id)
                 try:
-                    self._buffer(StateEvent.decode(fields["e"]))
+                    for event in decode_batch(fields["b"]):
+                        self._buffer(event)
                 except (KeyError, ValueError, TypeError):
                     self.stats["memory_bad_events"] += 1
         with contextlib.suppress(RedisError, OSError):
@@ -108,7 +116,7 @@ class MemoryOwner:
             except MemoryUnavailable as exc:
                 self.buffer.extendleft(reversed(chunk))  # keep order; retry later
                 while len(self.buffer) > self.max_buffer:
-                    self.buffer.pop()
+                    self.buffer.popleft()  # as when consuming: the oldest go first
                     self.stats["memory_dropped"] += 1
                 self.memory_up = False
                 self.last_error = str(exc)[:300]

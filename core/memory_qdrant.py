@@ -23,6 +23,7 @@ from core.memory import (
     Clock,
     Entry,
     MemoryUnavailable,
+    VersionClock,
     VersionConflict,
     WallClock,
     check_key,
@@ -54,6 +55,7 @@ class QdrantStateMemory:
         self.timeout_s = timeout_s
         self._client: AsyncQdrantClient | None = None
         self._lock = asyncio.Lock()
+        self._versions = VersionClock()
 
     @property
     def where(self) -> str:
@@ -141,20 +143,18 @@ class QdrantStateMemory:
             found = current.version if current else 0
             if expected_version is not None and found != expected_version:
                 raise VersionConflict(namespace, key, expected_version, current)
-            point = self._point(namespace, key, value, ttl_s, found + 1)
+            point = self._point(namespace, key, value, ttl_s, self._versions.next())
             await self._call(self._c.upsert(self.collection(namespace), points=[point]))
         return _entry(namespace, point.payload or {})
 
     async def put_many(self, items: Sequence[tuple[str, str, dict[str, Any], float]]) -> int:
-        """Blind writes in one upsert per namespace (the owner's batches)."""
-        by_ns: dict[str, list[tuple[str, dict[str, Any], float]]] = {}
+        """Blind writes in one upsert per namespace (the owner's batches); no read first."""
+        by_ns: dict[str, list[models.PointStruct]] = {}
         for ns, key, value, ttl in items:
-            by_ns.setdefault(check_namespace(ns), []).append((key, value, ttl))
+            by_ns.setdefault(check_namespace(ns), []).append(
+                self._point(ns, key, value, ttl, self._versions.next()))
         async with self._lock:
-            for ns, rows in by_ns.items():
-                current = await self._current(ns, [k for k, _, _ in rows])
-                points = [self._point(ns, k, v, ttl, (current[k].version if k in current
-                                                      else 0) + 1) for k, v, ttl in rows]
+            for ns, points in by_ns.items():
                 await self._call(self._c.upsert(self.collection(ns), points=points))
         return len(items)
 

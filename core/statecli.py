@@ -39,6 +39,9 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     from core.memory_owner import MemoryOwner
     from core.proccli import _quiet_server_class
 
+    if args.nice:
+        # Write-behind is background work: on a shared machine it yields to job operations.
+        os.nice(args.nice)
     memory = await open_memory(settings).open()
     dispatch = create_dispatch(settings, max_connections=2)
     sock = socket.create_server((args.host, args.port))
@@ -165,6 +168,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--max-buffer", type=int, default=50_000)
     s.add_argument("--duration-s", type=float)
+    s.add_argument("--nice", type=int, default=10,
+                   help="lower this process's CPU priority by N (10; 0 keeps it)")
     g = st.add_parser("get", parents=[common])
     g.add_argument("namespace", choices=["job-management", "worker-coordination"])
     g.add_argument("key")
