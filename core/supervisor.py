@@ -18,6 +18,7 @@ import multiprocessing
 import multiprocessing.process
 import os
 import signal
+import socket
 import sys
 import time
 from collections import Counter, deque
@@ -28,6 +29,7 @@ from typing import Any
 
 from core.errors import DispatchUnavailable, StoreUnavailable
 from core.reconciler import Reconciler
+from core.roster import RosterEntry, here, load_roster, save_roster
 from core.service import JobService
 from core.settings import Settings, to_env
 
@@ -58,6 +60,16 @@ class SupervisorOptions:
             raise ValueError("workers must be between 1 and 1000")
         if self.max_replacements < 1 or self.replacement_window_s <= 0:
             raise ValueError("replacement limits must be positive")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class ForkedProcess:
@@ -135,6 +147,8 @@ class Supervisor:
         self._recent: deque[float] = deque()
         self._pending: dict[int, str] = {}  # slot -> reason, waiting for the rate limiter
         self._log_dir = opts.log_dir or (settings.data_dir / "logs")
+        self.roster_source = "none"
+        self._retiring: asyncio.Task[None] | None = None
 
     # -- processes --------------------------------------------------------------------------
     def worker_id(self, index: int, generation: int) -> str:
@@ -180,7 +194,46 @@ class Supervisor:
                 *cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env)
 
     async def start(self) -> None:
-        await asyncio.gather(*(self._spawn(i, 0) for i in range(self.opts.workers)))
+        """Read the last roster (a restart), start the next generation in every slot, and
+        retire what a previous supervisor left running."""
+        source, previous = await load_roster(self.service, self.opts.name)
+        self.roster_source = source
+        last_gen = {e.slot: e.generation for e in previous}
+        await asyncio.gather(*(self._spawn(i, last_gen[i] + 1 if i in last_gen else 0)
+                               for i in range(self.opts.workers)))
+        self._save_roster()
+        if previous:
+            self.stats["workers_inherited"] += len(previous)
+            self._retiring = asyncio.create_task(self._retire(previous))
+
+    def _save_roster(self) -> None:
+        save_roster(self.service, self.opts.name, [
+            RosterEntry(slot=s.index, generation=s.generation, worker_id=s.worker_id,
+                        pid=s.proc.pid, hostname=socket.gethostname())
+            for s in self.slots.values()])
+
+    async def _retire(self, previous: list[RosterEntry]) -> None:
+        """Drain workers of a previous supervisor run; fail and release what cannot drain."""
+        reason = "supervisor restarted"
+        for entry in previous:
+            if here(entry) and entry.pid and _alive(entry.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(entry.pid, signal.SIGCONT)
+                    os.kill(entry.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.opts.drain_timeout_s + 5
+        for entry in previous:
+            # Not our child (its parent was the previous supervisor): no exit to await, so poll.
+            while here(entry) and entry.pid and _alive(entry.pid) and \
+                    time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            if here(entry) and entry.pid and _alive(entry.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(entry.pid, signal.SIGKILL)
+            with contextlib.suppress(StoreUnavailable):
+                await self.service.deregister_worker(entry.worker_id, status="FAILED",
+                                                     reason=reason)
+                await self.service.release_worker(entry.worker_id, f"worker lost: {reason}")
+            self.stats["workers_retired"] += 1
 
     # -- watching ---------------------------------------------------------------------------
     async def check(self) -> None:
@@ -258,6 +311,7 @@ class Supervisor:
             await self.service.deregister_worker(slot.worker_id, status="FAILED", reason=reason)
             released = await self.service.release_worker(slot.worker_id, f"worker lost: {reason}")
         new = await self._spawn(slot.index, slot.generation + 1)
+        self._save_roster()
         self.stats["replacements"] += 1
         self.events.append({"at": time.time(), "old": slot.worker_id, "new": new.worker_id,
                             "reason": reason, "released_jobs": released})
@@ -293,6 +347,8 @@ class Supervisor:
                     await asyncio.wait_for(stop.wait(), timeout=self.opts.check_interval_s)
         finally:
             stop.set()
+            if self._retiring is not None:
+                await self._retiring
             await self.shutdown()
             if reconciler:
                 await reconciler

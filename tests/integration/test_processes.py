@@ -252,3 +252,85 @@ async def test_capability_routing_and_load_spread(svc: JobService) -> None:
         assert cpu_ids <= set(per_worker)  # every plain worker took a share
         fair = 120 / 5
         assert min(per_worker[w] for w in cpu_ids) >= fair / 4, per_worker
+
+
+async def _start(settings: Settings, *args: str) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "core.cli", *args, env={**os.environ, **to_env(settings)},
+        stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("with_owner", [True, False])
+async def test_restarted_supervisor_restores_its_roster(
+    svc: JobService, proc_settings: Settings, with_owner: bool
+) -> None:
+    from core.memory_events import MemoryEmitter
+    from core.roster import roster_key
+
+    owner = await _start(proc_settings, "state", "serve", "--nice", "0") if with_owner \
+        else None
+    crashed = await _start(proc_settings, "supervisor", "--workers", "2", "--name", "r1",
+                           "--check-interval-s", "0.2")
+    try:
+        async def old_workers() -> list[Any]:
+            return await svc.pool.fetch(
+                "SELECT id, pid FROM workers WHERE status = 'ACTIVE' ORDER BY id")
+
+        await wait_until(lambda: _count_is(old_workers, 2), what="first supervisor's workers")
+        old = {r["id"]: r["pid"] for r in await old_workers()}
+        if owner is not None:
+            from core.statecli import owner_request, owner_url
+
+            async def roster_saved() -> bool:
+                url = owner_url(proc_settings)
+                if url is None:
+                    return False
+                try:
+                    await asyncio.to_thread(owner_request, url,
+                                            f"/memory/worker-coordination/{roster_key('r1')}")
+                except Exception:
+                    return False
+                return True
+
+            await wait_until(roster_saved, what="roster in state memory")
+        crashed.kill()  # the supervisor dies; its workers live on, orphaned
+        await crashed.wait()
+        assert all(_pid_alive(pid) for pid in old.values())
+
+        emitter = MemoryEmitter(svc.dispatch)
+        restarted_svc = JobService(svc.pool, svc.dispatch, svc.settings, memory=emitter)
+        async with supervising(restarted_svc, workers=2, name="r1") as sup:
+            assert sup.roster_source == ("memory" if with_owner else "postgres")
+            assert sorted(s.worker_id for s in sup.slots.values()) == ["r1-000-g1", "r1-001-g1"]
+
+            async def retired() -> bool:
+                return sup.stats["workers_retired"] == 2
+
+            await wait_until(retired, what="the orphans retired")
+            assert not any(_pid_alive(pid) for pid in old.values())
+            rows = await svc.pool.fetch("SELECT status, failure_reason FROM workers"
+                                        " WHERE id = ANY($1)", list(old))
+            assert {(r["status"], r["failure_reason"]) for r in rows} == {
+                ("FAILED", "supervisor restarted")}
+            job = await restarted_svc.create(JobSpec(job_type="noop"))
+            await wait_until(lambda: _status_is(svc, job.job_id, "COMPLETED"),
+                             what="the new generation at work")
+        await emitter.close()
+    finally:
+        for proc in (crashed, owner):
+            if proc is not None and proc.returncode is None:
+                proc.terminate()
+                await proc.wait()
+
+
+async def _count_is(fetch: Any, n: int) -> bool:
+    return len(await fetch()) == n
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
