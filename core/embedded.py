@@ -72,7 +72,8 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _pid_alive(pid: int | None) -> bool:
+def pid_alive(pid: int | None) -> bool:
+    """Whether a process with this pid exists (it may belong to another user)."""
     if not pid:
         return False
     try:
@@ -130,14 +131,14 @@ class EmbeddedServices:
             pid = int(pidfile.read_text().splitlines()[0])
         except (OSError, ValueError, IndexError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def _redis_pid(self) -> int | None:
         try:
             pid = int((self.redis_dir / "valkey.pid").read_text().strip())
         except (OSError, ValueError):
             return None
-        return pid if _pid_alive(pid) else None
+        return pid if pid_alive(pid) else None
 
     def status(self) -> list[ServiceStatus]:
         pg_pid, r_pid = self._pg_pid(), self._redis_pid()
@@ -309,7 +310,7 @@ class EmbeddedServices:
             return False
         os.kill(pid, signal.SIGTERM)
         deadline = time.monotonic() + 20
-        while _pid_alive(pid):
+        while pid_alive(pid):
             if time.monotonic() > deadline:
                 os.kill(pid, signal.SIGKILL)
                 break

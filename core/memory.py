@@ -99,6 +99,14 @@ def check_key(key: str) -> str:
     return key
 
 
+def check_put(namespace: str, key: str, ttl_s: float) -> None:
+    """What every backend refuses before writing."""
+    check_namespace(namespace)
+    check_key(key)
+    if not ttl_s > 0:
+        raise InvalidInput("ttl_s", "must be > 0")
+
+
 def group_of(key: str) -> str:
     """Entries of one job or worker share a group: 'job:ID:state' -> 'job:ID'."""
     parts = key.split(":")
@@ -146,10 +154,7 @@ class InMemoryStateMemory:
 
     async def put(self, namespace: str, key: str, value: dict[str, Any], *, ttl_s: float,
                   expected_version: int | None = None) -> Entry:
-        check_namespace(namespace)
-        check_key(key)
-        if ttl_s <= 0:
-            raise InvalidInput("ttl_s", "must be > 0")
+        check_put(namespace, key, ttl_s)
         current = self._live(namespace, key)
         if expected_version is not None and (current.version if current else 0) != \
                 expected_version:

@@ -28,6 +28,7 @@ from core.memory import (
     WallClock,
     check_key,
     check_namespace,
+    check_put,
     group_of,
 )
 
@@ -134,10 +135,7 @@ class QdrantStateMemory:
 
     async def put(self, namespace: str, key: str, value: dict[str, Any], *, ttl_s: float,
                   expected_version: int | None = None) -> Entry:
-        check_namespace(namespace)
-        check_key(key)
-        if ttl_s <= 0:
-            raise InvalidInput("ttl_s", "must be > 0")
+        check_put(namespace, key, ttl_s)
         async with self._lock:
             current = (await self._current(namespace, [key])).get(key)
             found = current.version if current else 0

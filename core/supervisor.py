@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from core.embedded import pid_alive
 from core.errors import DispatchUnavailable, StoreUnavailable
 from core.reconciler import Reconciler
 from core.roster import RosterEntry, here, load_roster, save_roster
@@ -60,16 +61,6 @@ class SupervisorOptions:
             raise ValueError("workers must be between 1 and 1000")
         if self.max_replacements < 1 or self.replacement_window_s <= 0:
             raise ValueError("replacement limits must be positive")
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class ForkedProcess:
@@ -216,17 +207,17 @@ class Supervisor:
         """Drain workers of a previous supervisor run; fail and release what cannot drain."""
         reason = "supervisor restarted"
         for entry in previous:
-            if here(entry) and entry.pid and _alive(entry.pid):
+            if here(entry) and entry.pid and pid_alive(entry.pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(entry.pid, signal.SIGCONT)
                     os.kill(entry.pid, signal.SIGTERM)
         deadline = time.monotonic() + self.opts.drain_timeout_s + 5
         for entry in previous:
             # Not our child (its parent was the previous supervisor): no exit to await, so poll.
-            while here(entry) and entry.pid and _alive(entry.pid) and \
+            while here(entry) and entry.pid and pid_alive(entry.pid) and \
                     time.monotonic() < deadline:  # noqa: ASYNC110
                 await asyncio.sleep(0.1)
-            if here(entry) and entry.pid and _alive(entry.pid):
+            if here(entry) and entry.pid and pid_alive(entry.pid):
                 with contextlib.suppress(ProcessLookupError, PermissionError):
                     os.kill(entry.pid, signal.SIGKILL)
             with contextlib.suppress(StoreUnavailable):

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from core.connect import create_dispatch, create_pool
+from core.embedded import pid_alive
 from core.model import JobSpec, JobStatus
 from core.service import JobService
 from core.settings import Settings, to_env
@@ -296,7 +297,7 @@ async def test_restarted_supervisor_restores_its_roster(
             await wait_until(roster_saved, what="roster in state memory")
         crashed.kill()  # the supervisor dies; its workers live on, orphaned
         await crashed.wait()
-        assert all(_pid_alive(pid) for pid in old.values())
+        assert all(pid_alive(pid) for pid in old.values())
 
         emitter = MemoryEmitter(svc.dispatch)
         restarted_svc = JobService(svc.pool, svc.dispatch, svc.settings, memory=emitter)
@@ -308,7 +309,7 @@ async def test_restarted_supervisor_restores_its_roster(
                 return sup.stats["workers_retired"] == 2
 
             await wait_until(retired, what="the orphans retired")
-            assert not any(_pid_alive(pid) for pid in old.values())
+            assert not any(pid_alive(pid) for pid in old.values())
             rows = await svc.pool.fetch("SELECT status, failure_reason FROM workers"
                                         " WHERE id = ANY($1)", list(old))
             assert {(r["status"], r["failure_reason"]) for r in rows} == {
@@ -326,11 +327,3 @@ async def test_restarted_supervisor_restores_its_roster(
 
 async def _count_is(fetch: Any, n: int) -> bool:
     return len(await fetch()) == n
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
