@@ -12,7 +12,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -232,7 +232,10 @@ def cmd_ops(args: argparse.Namespace) -> int:
 
 
 # -- parser ---------------------------------------------------------------------------------
-def build_parser() -> argparse.ArgumentParser:
+Extension = Callable[[Any, argparse.ArgumentParser], None]
+
+
+def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     env = ", ".join(f"{v}" for v in ENV_HELP.values())
     parser = argparse.ArgumentParser(
         prog="jobharness",
@@ -303,11 +306,13 @@ def build_parser() -> argparse.ArgumentParser:
     proccli.add_parsers(sub, common)
     opscli.add_parsers(sub, common)
     statecli.add_parsers(sub, common)
+    if extend is not None:  # the harness adds its commands (run, chaos, report, ...)
+        extend(sub, common)
     return parser
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+def main(argv: Sequence[str] | None = None, *, extend: Extension | None = None) -> int:
+    parser = build_parser(extend)
     args = parser.parse_args(argv)
     try:
         if getattr(args, "needs_settings", False):

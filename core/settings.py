@@ -43,6 +43,7 @@ class Settings:
     redis_retry_after_s: float = 2.0
     pg_max_connections: int = 400
     memory: bool = True  # emit write-behind state events for the memory owner
+    api_url: str | None = None  # a running job API (staging targets); None: start one
     qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
     memory_ttls: MemoryTtls = field(default_factory=MemoryTtls)
 
@@ -87,6 +88,7 @@ _ENV: dict[str, tuple[str, Any]] = {
     "redis_timeout_s": ("JOBHARNESS_REDIS_TIMEOUT_S", float),
     "memory": ("JOBHARNESS_MEMORY", lambda s: str(s).lower() not in ("0", "false", "no", "off")),
     "qdrant_url": ("JOBHARNESS_QDRANT_URL", str),
+    "api_url": ("JOBHARNESS_API_URL", str),
 }
 _TTL_ENV = {"job_state_s": "JOBHARNESS_TTL_JOB_STATE_S",
             "job_result_s": "JOBHARNESS_TTL_JOB_RESULT_S",

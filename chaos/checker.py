@@ -1,0 +1,89 @@
+"""The invariant checker: after a run (or a drill) has drained, did the system keep its
+promises? It reads only the contract (the seed's tables and Redis keys), so it can judge any
+implementation of that schema.
+
+Checks: lost jobs (accepted, not terminal after the drain deadline), jobs completed more than
+once, stuck leases, orphan Redis entries, executions without a job, DLQ entries without a
+DEAD job, COMPLETED jobs without a COMPLETED execution.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import asyncpg
+import redis.asyncio as aioredis
+
+SAMPLE = 10
+
+
+@dataclass
+class Check:
+    name: str
+    description: str
+    violations: int
+    examples: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return self.violations == 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "ok": self.ok}
+
+
+QUERIES: list[tuple[str, str, str]] = [
+    ("lost_jobs", "accepted jobs not in a terminal state after the drain deadline",
+     "SELECT id::text AS id FROM jobs WHERE status NOT IN ('COMPLETED', 'DEAD', 'CANCELLED')"),
+    ("completed_twice", "jobs with more than one COMPLETED execution",
+     "SELECT job_id::text AS id FROM job_executions WHERE status = 'COMPLETED'"
+     " GROUP BY job_id HAVING count(*) > 1"),
+    ("completed_without_execution", "COMPLETED jobs with no COMPLETED execution",
+     "SELECT j.id::text AS id FROM jobs j WHERE j.status = 'COMPLETED' AND NOT EXISTS ("
+     " SELECT 1 FROM job_executions e WHERE e.job_id = j.id AND e.status = 'COMPLETED')"),
+    ("stuck_leases", "PROCESSING jobs whose lease ran out more than a minute ago",
+     "SELECT id::text AS id FROM jobs WHERE status = 'PROCESSING'"
+     " AND lease_expires_at < clock_timestamp() - interval '60 seconds'"),
+    ("executions_without_job", "execution rows whose job does not exist",
+     "SELECT e.id::text AS id FROM job_executions e"
+     " WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id)"),
+    ("dlq_without_dead_job", "live dead-letter entries whose job is not DEAD",
+     "SELECT q.job_id::text AS id FROM dead_letter_queue q LEFT JOIN jobs j ON j.id = q.job_id"
+     " WHERE q.requeued_at IS NULL AND (j.id IS NULL OR j.status <> 'DEAD')"),
+]
+
+
+async def check_postgres(conn: asyncpg.Connection) -> list[Check]:
+    out = []
+    for name, description, sql in QUERIES:
+        rows = await conn.fetch(sql)
+        out.append(Check(name=name, description=description, violations=len(rows),
+                         examples=[r["id"] for r in rows[:SAMPLE]]))
+    return out
+
+
+async def check_redis(conn: asyncpg.Connection, client: aioredis.Redis, prefix: str) -> Check:
+    """Dispatch entries (queues, delayed, processing) with no PENDING/PROCESSING job behind."""
+    keys = [f"{prefix}:{k}" for k in ("high-priority-queue", "medium-priority-queue",
+                                      "low-priority-queue", "delayed-queue",
+                                      "processing-queue")]
+    members: set[str] = set()
+    for key in keys:
+        members |= {m.decode() if isinstance(m, bytes) else m
+                    for m in await client.zrange(key, 0, -1)}
+    live = {r["id"] for r in await conn.fetch(
+        "SELECT id::text AS id FROM jobs WHERE status IN ('PENDING', 'PROCESSING')"
+        " AND id::text = ANY($1)", sorted(members))} if members else set()
+    orphans = sorted(members - live)
+    return Check(name="orphan_redis_entries",
+                 description="Redis dispatch entries with no live job behind them",
+                 violations=len(orphans), examples=orphans[:SAMPLE])
+
+
+async def check_all(conn: asyncpg.Connection, client: aioredis.Redis | None, prefix: str
+                    ) -> list[Check]:
+    checks = await check_postgres(conn)
+    if client is not None:
+        checks.append(await check_redis(conn, client, prefix))
+    return checks

@@ -1,0 +1,99 @@
+"""The `jobharness` console script: the core's commands plus the harness's (`run`). Worker
+processes start through `python -m core.cli`, so they never import the harness."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core.cli import main as core_main
+from core.errors import JobHarnessError
+from core.settings import Settings
+
+
+def _progress_view(console: Any) -> tuple[Any, Any]:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    bar = Progress(TextColumn("[bold]{task.fields[phase]:<13}"), BarColumn(),
+                   TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), console=console)
+    return bar, None
+
+
+def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from core.cli import run_async
+    from core.runtime import endpoints
+    from loadtests.run import Progress, Run, RunOptions
+    from loadtests.scenario import Scenario, ScenarioError
+
+    err, out = Console(stderr=True), Console()
+    opts = RunOptions(scenario=args.scenario, workers=args.workers, jobs=args.jobs,
+                      out=Path(args.out), targeted=args.target is not None,
+                      locust_workers=args.locust_workers, memory=args.memory)
+    bar, _ = _progress_view(err)
+    task: dict[str, Any] = {}
+
+    def on_progress(p: Progress, s: Scenario, elapsed: float) -> None:
+        stats = (f"created {p.created}/{s.jobs}  done {p.done}  dead {p.dead}  "
+                 f"workers {p.workers}/{s.workers}")
+        if "id" not in task:
+            task["id"] = bar.add_task("run", total=s.jobs, phase=p.phase, stats=stats)
+        bar.update(task["id"], completed=p.done + p.dead, phase=p.phase, stats=stats)
+
+    try:
+        with endpoints(settings, keep_running=args.target is not None) as resolved, bar:
+            run = Run(resolved, opts, on_progress)
+            verdict = run_async(run.execute())
+    except ScenarioError as exc:
+        raise JobHarnessError(str(exc)) from exc
+    if args.json:
+        from core.cli import _print_json
+
+        _print_json(verdict)
+    else:
+        table = Table("check", "value", "limit", "ok", title=f"{verdict['run_id']}")
+        for row in verdict["slos"]:
+            value = row["value"]
+            table.add_row(row["name"], f"{value:.4g}" if isinstance(value, float) else
+                          str(value), str(row["limit"]), "yes" if row["ok"] else "NO")
+        for check in verdict["invariants"]:
+            table.add_row(check["name"], str(check["violations"]), "0",
+                          "yes" if check["ok"] else "NO")
+        out.print(table)
+        figs = verdict["figures"]
+        out.print(f"{figs['jobs']} jobs in {figs['wall_s']} s "
+                  f"({figs['throughput_jobs_s']} jobs/s), timings {verdict['timings']}")
+        out.print(f"run folder: {run.dir}")
+        out.print(f"Locust report: {run.dir / 'locust.html'}")
+        out.print("[green]PASSED[/green]" if verdict["passed"] else
+                  f"[red]FAILED[/red]: {', '.join(verdict['breaches'])}")
+    return 0 if verdict["passed"] else 1
+
+
+def extend(sub: Any, common: argparse.ArgumentParser) -> None:
+    from loadtests.scenario import available
+
+    p = sub.add_parser("run", parents=[common],
+                       help="load scenario -> drain -> invariant checks -> SLO verdict")
+    p.add_argument("scenario", help=f"one of {', '.join(available())}, or a YAML file")
+    p.add_argument("--workers", type=int, help="override the scenario's worker processes")
+    p.add_argument("--jobs", type=int, help="override the scenario's job count")
+    p.add_argument("--out", default="out/runs", help="where run folders go (out/runs)")
+    p.add_argument("--locust-workers", type=int, default=0,
+                   help="run Locust as a master and N worker processes")
+    p.add_argument("--memory", action="store_true",
+                   help="emit state-memory events during the run")
+    p.set_defaults(func=cmd_run, needs_settings=True)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    return core_main(argv, extend=extend)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

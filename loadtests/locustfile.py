@@ -1,0 +1,230 @@
+"""Locust users that drive the job service's HTTP API, as one would point Locust at staging:
+
+    JOBHARNESS_SCENARIO=smoke locust -f loadtests/locustfile.py --host http://127.0.0.1:8000
+
+Producers create single jobs, batches and DAGs from the scenario's mix until this process's
+job budget is spent; observers poll job status; operators cancel jobs and requeue the
+dead-letter queue. The open model (`model: open`) creates at a target rate whatever the
+response times, and also reports each create's latency from its *intended* start, so a slow
+server cannot hide its queueing (coordinated omission). Every request is also written raw to
+`$JOBHARNESS_RAW_DIR/requests-<pid>.csv`: Locust's own percentiles are rounded.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import random
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import gevent
+from locust import FastHttpUser, LoadTestShape, between, constant, events, task
+from locust.exception import StopUser
+
+from loadtests.jobmix import JobFactory
+from loadtests.scenario import load_scenario
+
+SCENARIO = load_scenario(os.environ.get("JOBHARNESS_SCENARIO", "smoke"))
+BUDGET = int(os.environ.get("JOBHARNESS_JOB_BUDGET", SCENARIO.jobs))
+RAW_DIR = Path(os.environ.get("JOBHARNESS_RAW_DIR", "."))
+RECENT: deque[str] = deque(maxlen=2000)
+_lock = threading.Lock()
+_spent = 0
+_rng = random.Random(f"{SCENARIO.seed}:{os.getpid()}")
+
+
+def take(n: int) -> int:
+    """Reserve up to `n` jobs of this process's budget; 0 when it is spent."""
+    global _spent
+    with _lock:
+        granted = max(0, min(n, BUDGET - _spent))
+        _spent += granted
+        if _spent >= BUDGET:
+            (RAW_DIR / f"budget-spent-{os.getpid()}").touch()
+        return granted
+
+
+def _remember(response: Any) -> None:
+    try:
+        body = response.json()
+    except Exception:  # a failed request has no JSON body to learn ids from
+        return
+    for item in body if isinstance(body, list) else [body]:
+        if isinstance(item, dict) and "job_id" in item:
+            RECENT.append(item["job_id"])
+
+
+class _RawWriter:
+    """Every request as one CSV row (response times unrounded)."""
+
+    def __init__(self) -> None:
+        RAW_DIR.mkdir(parents=True, exist_ok=True)
+        self._fh = open(RAW_DIR / f"requests-{os.getpid()}.csv", "w", newline="")  # noqa: SIM115
+        self._w = csv.writer(self._fh)
+        self._w.writerow(["ts", "method", "name", "response_time_ms", "bytes", "ok", "error"])
+
+    def row(self, request_type: str, name: str, response_time: float, response_length: int,
+            exception: Any, **_: Any) -> None:
+        self._w.writerow([f"{time.time():.6f}", request_type, name, f"{response_time:.3f}",
+                          response_length or 0, 0 if exception else 1,
+                          str(exception)[:200] if exception else ""])
+
+    def close(self, **_: Any) -> None:
+        self._fh.flush()
+        self._fh.close()
+
+
+_raw = _RawWriter()
+events.request.add_listener(_raw.row)
+events.quitting.add_listener(_raw.close)
+
+
+def _create(user: FastHttpUser, factory: JobFactory) -> None:
+    path, body, n = factory.next_request(BUDGET - _spent)
+    granted = take(n)
+    if granted == 0:
+        raise StopUser()
+    if granted < n and path == "/jobs/batch":
+        body = {"jobs": body["jobs"][:granted]} if not any("ref" in j for j in body["jobs"]) \
+            else {"jobs": [factory.job() for _ in range(granted)]}
+    name = "POST /jobs/batch" if path.endswith("batch") else "POST /jobs"
+    with user.client.post(path, json=body, name=name, catch_response=True) as resp:
+        if resp.status_code == 201:
+            _remember(resp)
+            resp.success()
+        else:
+            resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+
+
+class Producer(FastHttpUser):
+    """Closed model: each user creates again as soon as its previous create returns."""
+
+    abstract = SCENARIO.model != "closed"  # an abstract user class is never spawned
+    weight = 10
+    wait_time = constant(0)
+
+    def on_start(self) -> None:
+        self.factory = JobFactory(SCENARIO, random.Random(_rng.random()))
+
+    @task
+    def create(self) -> None:
+        _create(self, self.factory)
+
+
+class ArrivalProducer(FastHttpUser):
+    """Open model: creates at `rate_per_s` on a fixed schedule, each in its own greenlet."""
+
+    abstract = SCENARIO.model != "open"
+    fixed_count = 1
+    concurrency = SCENARIO.max_in_flight
+    wait_time = constant(1)
+
+    def on_start(self) -> None:
+        self.factory = JobFactory(SCENARIO, random.Random(_rng.random()))
+        self.in_flight = 0
+
+    def _one(self, intended: float) -> None:
+        self.in_flight += 1
+        try:
+            path, body, n = self.factory.next_request(BUDGET - _spent)
+            if take(n) < n:
+                return
+            start = time.perf_counter()
+            name = "POST /jobs/batch" if path.endswith("batch") else "POST /jobs"
+            with self.client.post(path, json=body, name=name, catch_response=True) as resp:
+                ok = resp.status_code == 201
+                resp.success() if ok else resp.failure(f"{resp.status_code}")
+                if ok:
+                    _remember(resp)
+            events.request.fire(request_type="POST", name=f"{name} (from intended start)",
+                                response_time=(time.perf_counter() - intended) * 1000,
+                                response_length=0, exception=None if ok else "failed",
+                                context={}, response=None, start_time=start, url=path)
+        finally:
+            self.in_flight -= 1
+
+    @task
+    def arrive(self) -> None:
+        interval = 1.0 / SCENARIO.rate_per_s
+        next_at = time.perf_counter()
+        while _spent < BUDGET:
+            delay = next_at - time.perf_counter()
+            if delay > 0:
+                gevent.sleep(delay)
+            if self.in_flight >= SCENARIO.max_in_flight:
+                events.request.fire(request_type="POST", name="arrival missed (in flight cap)",
+                                    response_time=0, response_length=0, exception="missed",
+                                    context={}, response=None, start_time=time.time(),
+                                    url="/jobs")
+            else:
+                gevent.spawn(self._one, next_at)
+            next_at += interval
+        raise StopUser()
+
+
+class Observer(FastHttpUser):
+    """Polls the status of recently created jobs."""
+
+    abstract = SCENARIO.observers == 0
+    fixed_count = max(1, SCENARIO.observers)
+    wait_time = between(0.2, 0.5)
+
+    @task
+    def poll(self) -> None:
+        if RECENT:
+            self.client.get(f"/jobs/{random.choice(RECENT)}", name="GET /jobs/{id}")
+
+
+class Operator(FastHttpUser):
+    """Cancels a recent job now and then, and requeues the dead-letter queue."""
+
+    abstract = SCENARIO.operators == 0
+    fixed_count = max(1, SCENARIO.operators)
+    wait_time = between(1.0, 2.0)
+
+    @task(3)
+    def cancel(self) -> None:
+        if not RECENT:
+            return
+        job_id = random.choice(RECENT)
+        with self.client.post(f"/jobs/{job_id}/cancel", json={"reason": "load-test operator"},
+                              name="POST /jobs/{id}/cancel", catch_response=True) as resp:
+            # 409: the job had already finished; that is an answer, not an error
+            resp.success() if resp.status_code in (200, 409) else resp.failure(
+                f"{resp.status_code}")
+
+    @task(1)
+    def requeue(self) -> None:
+        resp = self.client.get("/dlq?limit=5", name="GET /dlq")
+        if resp.status_code == 200 and resp.json():
+            entry = resp.json()[0]
+            with self.client.post(f"/dlq/{entry['job_id']}/requeue",
+                                  name="POST /dlq/{id}/requeue", catch_response=True) as r:
+                r.success() if r.status_code in (200, 409) else r.failure(f"{r.status_code}")
+
+
+if SCENARIO.shape is not None:
+    class ScenarioShape(LoadTestShape):
+        """Users over time from the scenario's `shape`."""
+
+        shape = SCENARIO.shape
+
+        def tick(self) -> tuple[int, float] | None:
+            t = self.get_run_time()
+            s = self.shape
+            if s["type"] == "spike":
+                for users, until in ((s["base_users"], s["before_s"]),
+                                     (s["spike_users"], s["before_s"] + s["spike_s"]),
+                                     (s["base_users"], s["before_s"] + s["spike_s"]
+                                      + s["after_s"])):
+                    if t < until:
+                        return int(users), float(max(users, 1))
+                return None
+            for stage in s["stages"]:
+                if t < stage["until_s"]:
+                    return int(stage["users"]), float(stage.get("spawn_rate", stage["users"]))
+            return None

@@ -1,0 +1,281 @@
+"""`jobharness run SCENARIO`: servers -> schema -> API + supervisor -> Locust -> drain ->
+exports -> invariant checks -> SLO verdict, in one run folder.
+
+Locally every run gets its own schema and key prefix (`run_<stamp>`), so its data, exports
+and checks concern that run only. With a target (staging) nothing is started: Locust drives
+the target's API and the checks read the target's stores.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import csv
+import json
+import math
+import os
+import secrets
+import signal
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from chaos.checker import check_all
+from core.connect import connect_admin, create_dispatch, create_pool
+from core.dispatch import RedisDispatch
+from core.errors import DispatchUnavailable, JobHarnessError
+from core.migrate import migrate
+from core.settings import Settings, to_env
+from loadtests.export import export_tables
+from loadtests.procs import Child
+from loadtests.scenario import Scenario, load_scenario
+from loadtests.verdict import evaluate, figures
+
+LOCUSTFILE = Path(__file__).parent / "locustfile.py"
+SAMPLE_FIELDS = ["ts", "elapsed_s", "phase", "WAITING", "PENDING", "PROCESSING", "COMPLETED",
+                 "DEAD", "CANCELLED", "high", "medium", "low", "delayed", "processing",
+                 "dead_letter", "workers_active", "workers_failed", "api_up", "redis_up"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class RunOptions:
+    scenario: str
+    workers: int | None = None
+    jobs: int | None = None
+    out: Path = Path("out/runs")
+    targeted: bool = False
+    locust_workers: int = 0
+    memory: bool = False
+
+
+@dataclass
+class Progress:
+    phase: str = "starting"
+    created: int = 0
+    done: int = 0
+    dead: int = 0
+    workers: int = 0
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Run:
+    def __init__(self, settings: Settings, opts: RunOptions,
+                 on_progress: Callable[[Progress, Scenario, float], None]) -> None:
+        overrides = {"workers": opts.workers, "jobs": opts.jobs}
+        self.scenario = load_scenario(opts.scenario, overrides)
+        stamp = time.strftime("%Y%m%d_%H%M%S") + "_" + secrets.token_hex(2)
+        self.run_id = f"{self.scenario.name}-{stamp}"
+        self.dir = (opts.out / self.run_id).resolve()
+        self.opts = opts
+        tag = f"run_{stamp}"
+        self.settings = settings if opts.targeted else replace(
+            settings, schema=tag, prefix=tag, data_dir=self.dir / "state", memory=opts.memory)
+        self.on_progress = on_progress
+        self.progress = Progress()
+        self.children: list[Child] = []
+        self.started = time.monotonic()
+        self.timings: dict[str, float] = {}
+
+    # -- start ------------------------------------------------------------------------------
+    async def start_system(self) -> str:
+        env = to_env(self.settings)
+        if self.opts.targeted:
+            if not self.settings.api_url:
+                raise JobHarnessError("the target names no api_url to drive")
+            return self.settings.api_url
+        conn = await connect_admin(self.settings)
+        try:
+            await migrate(conn, self.settings.schema)
+        finally:
+            await conn.close()
+        port = _free_port()
+        logs = self.dir / "logs"
+        self.children.append(await Child.start(
+            "api", ["core.cli", "api", "--port", str(port), "--pool-size", "10"], env=env,
+            log=logs / "api.log"))
+        s = self.scenario
+        self.children.append(await Child.start(
+            "supervisor", ["core.cli", "supervisor", "--workers", str(s.workers),
+                           "--concurrency", str(s.worker_concurrency), "--name", "run",
+                           "--max-replacements", str(max(20, s.workers // 2))],
+            env=env, log=logs / "supervisor.log"))
+        return f"http://127.0.0.1:{port}"
+
+    async def wait_ready(self, api_url: str, pool: Any) -> None:
+        deadline = time.monotonic() + 120
+        async with httpx.AsyncClient() as http:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"{api_url}/health")).status_code == 200:
+                        break
+                self._check_children()
+                if time.monotonic() > deadline:
+                    raise JobHarnessError("the API did not become ready in 120 s")
+                await asyncio.sleep(0.1)
+        while not self.opts.targeted:
+            n = await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'")
+            self.progress.workers = int(n)
+            self.on_progress(self.progress, self.scenario, self.elapsed)
+            if n >= self.scenario.workers:
+                break
+            self._check_children()
+            if time.monotonic() > deadline:
+                raise JobHarnessError(f"only {n} of {self.scenario.workers} workers came up")
+            await asyncio.sleep(0.2)
+
+    def _check_children(self) -> None:
+        for child in self.children:
+            if not child.running and child.name in ("api", "supervisor"):
+                raise JobHarnessError(f"the {child.name} process exited "
+                                      f"(see {self.dir / 'logs'})")
+
+    async def start_locust(self, api_url: str) -> list[Child]:
+        s = self.scenario
+        scenario_file = self.dir / "scenario.yaml"
+        users = (s.users if s.model == "closed" else 1) + s.observers + s.operators
+        n = self.opts.locust_workers
+        base = {"JOBHARNESS_SCENARIO": str(scenario_file),
+                "JOBHARNESS_RAW_DIR": str(self.dir / "raw")}
+        common = ["-f", str(LOCUSTFILE), "--headless", "--host", api_url, "-u", str(users),
+                  "-r", str(s.spawn_rate), "-t", f"{int(s.max_load_s)}s",
+                  "--csv", str(self.dir / "locust"), "--html", str(self.dir / "locust.html"),
+                  "--only-summary", "--stop-timeout", "5"]
+        logs = self.dir / "logs"
+        if n <= 0:
+            return [await Child.start("locust", ["locust", *common],
+                                      env={**base, "JOBHARNESS_JOB_BUDGET": str(s.jobs)},
+                                      log=logs / "locust.log", cwd=self.dir)]
+        port = _free_port()
+        master = await Child.start(
+            "locust", ["locust", *common, "--master", "--expect-workers", str(n),
+                       "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)],
+            env={**base, "JOBHARNESS_JOB_BUDGET": "0"}, log=logs / "locust-master.log",
+            cwd=self.dir)
+        budget = math.ceil(s.jobs / n)
+        workers = [await Child.start(
+            f"locust-worker-{i}", ["locust", "-f", str(LOCUSTFILE), "--worker",
+                                   "--master-host", "127.0.0.1", "--master-port", str(port)],
+            env={**base, "JOBHARNESS_JOB_BUDGET": str(budget)},
+            log=logs / f"locust-worker-{i}.log", cwd=self.dir) for i in range(n)]
+        return [master, *workers]
+
+    # -- watch ------------------------------------------------------------------------------
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    async def sample(self, pool: Any, dispatch: RedisDispatch, api_url: str,
+                     http: httpx.AsyncClient, writer: Any) -> dict[str, int]:
+        counts = {r["status"]: int(r["n"]) for r in await pool.fetch(
+            "SELECT status, count(*) AS n FROM jobs GROUP BY status")}
+        try:
+            depths = await dispatch.depths()
+            redis_up = 1
+        except DispatchUnavailable:
+            depths, redis_up = {}, 0
+        w = await pool.fetchrow("SELECT count(*) FILTER (WHERE status = 'ACTIVE') AS a,"
+                                " count(*) FILTER (WHERE status = 'FAILED') AS f FROM workers")
+        try:
+            api_up = int((await http.get(f"{api_url}/health", timeout=2)).status_code == 200)
+        except httpx.HTTPError:
+            api_up = 0
+        row = {"ts": f"{time.time():.3f}", "elapsed_s": f"{self.elapsed:.1f}",
+               "phase": self.progress.phase, **{k: counts.get(k, 0) for k in SAMPLE_FIELDS[3:9]},
+               **{k: depths.get(k, 0) for k in SAMPLE_FIELDS[9:15]},
+               "workers_active": w["a"], "workers_failed": w["f"], "api_up": api_up,
+               "redis_up": redis_up}
+        writer.writerow(row)
+        p = self.progress
+        p.created = sum(counts.values())
+        p.done = counts.get("COMPLETED", 0) + counts.get("CANCELLED", 0)
+        p.dead = counts.get("DEAD", 0)
+        p.workers = int(w["a"])
+        self.on_progress(p, self.scenario, self.elapsed)
+        return counts
+
+    def _budget_spent(self, locust: list[Child]) -> bool:
+        producers = max(1, len(locust) - 1) if len(locust) > 1 else 1
+        return len(list((self.dir / "raw").glob("budget-spent-*"))) >= producers
+
+    # -- the whole run ----------------------------------------------------------------------
+    async def execute(self) -> dict[str, Any]:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "raw").mkdir(exist_ok=True)
+        (self.dir / "scenario.yaml").write_text(yaml.safe_dump(self.scenario.to_dict()))
+        pool = await create_pool(self.settings, max_size=4)
+        dispatch = create_dispatch(self.settings, max_connections=2)
+        try:
+            return await self._execute(pool, dispatch)
+        finally:
+            for child in reversed(self.children):
+                await child.stop(timeout_s=self.scenario.drain_timeout_s)
+            await dispatch.close()
+            await pool.close()
+
+    async def _execute(self, pool: Any, dispatch: RedisDispatch) -> dict[str, Any]:
+        s = self.scenario
+        api_url = await self.start_system()
+        t0 = time.monotonic()
+        if not self.opts.targeted:
+            await self.wait_ready(api_url, pool)
+        self.timings["startup_s"] = round(time.monotonic() - t0, 2)
+        http = httpx.AsyncClient()
+        fh = open(self.dir / "samples.csv", "w", newline="")  # noqa: ASYNC230, SIM115
+        try:
+            writer = csv.DictWriter(fh, fieldnames=SAMPLE_FIELDS)
+            writer.writeheader()
+            self.progress.phase = "load"
+            locust = await self.start_locust(api_url)
+            self.children += locust
+            t_load = time.monotonic()
+            while True:
+                counts = await self.sample(pool, dispatch, api_url, http, writer)
+                if sum(counts.values()) >= s.jobs or self._budget_spent(locust) or \
+                        not locust[0].running or time.monotonic() - t_load > s.max_load_s:
+                    break
+                await asyncio.sleep(1.0)  # the sampling period
+            self.progress.phase = "stopping load"
+            # SIGINT, not SIGTERM: only then does Locust write its HTML report
+            for child in locust:
+                await child.stop(timeout_s=30, sig=signal.SIGINT)
+            self.timings["load_s"] = round(time.monotonic() - t_load, 2)
+            self.progress.phase = "drain"
+            t_drain = time.monotonic()
+            while time.monotonic() - t_drain < s.drain_timeout_s:
+                counts = await self.sample(pool, dispatch, api_url, http, writer)
+                if sum(counts.get(k, 0) for k in ("WAITING", "PENDING", "PROCESSING")) == 0:
+                    break
+                await asyncio.sleep(1.0)
+            self.timings["drain_s"] = round(time.monotonic() - t_drain, 2)
+        finally:
+            fh.close()
+            await http.aclose()
+        self.progress.phase = "checking"
+        self.on_progress(self.progress, s, self.elapsed)
+        async with pool.acquire() as conn:
+            await export_tables(conn, self.dir)
+            checks = [c.as_dict() for c in await check_all(conn, dispatch.client,
+                                                           self.settings.prefix)]
+        figs = figures(self.dir, s)
+        figs["wall_s"] = round(self.elapsed, 2)
+        figs["throughput_jobs_s"] = round(figs["jobs"] / max(self.timings["load_s"]
+                                                             + self.timings["drain_s"], 1e-9), 1)
+        verdict = {"run_id": self.run_id, "scenario": s.name, "model": s.model,
+                   "timings": self.timings, "figures": figs, **evaluate(s, figs, checks)}
+        (self.dir / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str))
+        (self.dir / "config.json").write_text(json.dumps({
+            "scenario": s.to_dict(), "schema": self.settings.schema,
+            "prefix": self.settings.prefix, "targeted": self.opts.targeted,
+            "locust_workers": self.opts.locust_workers, "pid": os.getpid()}, indent=2))
+        return verdict

@@ -1,0 +1,91 @@
+"""SLO evaluation of a run folder: raw request rows (unrounded) and the jobs' PostgreSQL
+timestamps in, `verdict.json` out. Pure file reading, no servers."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+from loadtests.scenario import Scenario
+
+CREATE_NAMES = ("POST /jobs", "POST /jobs/batch")
+
+
+def percentile(values: list[float], pct: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
+    return ordered[rank - 1]
+
+
+def read_requests(raw_dir: Path) -> list[dict[str, str]]:
+    rows: list[dict[str, str]] = []
+    for path in sorted(raw_dir.glob("requests-*.csv")):
+        with open(path, newline="") as fh:
+            rows += list(csv.DictReader(fh))
+    return rows
+
+
+def read_jobs(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def figures(run_dir: Path, scenario: Scenario) -> dict[str, Any]:
+    requests = read_requests(run_dir / "raw")
+    creates = [r for r in requests if r["name"] in CREATE_NAMES]
+    intended = [float(r["response_time_ms"]) for r in requests
+                if r["name"].endswith("(from intended start)") and r["ok"] == "1"]
+    create_ms = [float(r["response_time_ms"]) for r in creates if r["ok"] == "1"]
+    failed = sum(1 for r in requests if r["ok"] != "1")
+    jobs = read_jobs(run_dir / "jobs.csv")
+    done = [float(j["end_to_end_ms"]) for j in jobs if j["status"] == "COMPLETED"
+            and j["end_to_end_ms"]]
+    by_status: dict[str, int] = {}
+    for j in jobs:
+        by_status[j["status"]] = by_status.get(j["status"], 0) + 1
+    return {
+        "model": scenario.model,
+        "requests": len(requests),
+        "requests_failed": failed,
+        "error_rate": failed / len(requests) if requests else 0.0,
+        "create_requests": len(creates),
+        "create_p50_ms": percentile(create_ms, 50),
+        "create_p99_ms": percentile(create_ms, 99),
+        "create_p99_from_intended_start_ms": percentile(intended, 99),
+        "jobs": len(jobs),
+        "jobs_by_status": by_status,
+        "e2e_p50_ms": percentile(done, 50),
+        "e2e_p99_ms": percentile(done, 99),
+    }
+
+
+def evaluate(scenario: Scenario, figs: dict[str, Any], checks: list[dict[str, Any]]
+             ) -> dict[str, Any]:
+    """The SLO table and the overall verdict (every SLO and invariant must hold)."""
+    slo = scenario.slo
+    # The open model judges creates by their latency from the intended start (no
+    # coordinated omission); the closed model can only report what its users saw.
+    create_p99 = figs["create_p99_from_intended_start_ms"] if scenario.model == "open" \
+        else figs["create_p99_ms"]
+    lost = next((c["violations"] for c in checks if c["name"] == "lost_jobs"), 0)
+    twice = next((c["violations"] for c in checks if c["name"] == "completed_twice"), 0)
+    rows = [
+        ("create_p99_ms", create_p99, slo.create_p99_ms),
+        ("error_rate", figs["error_rate"], slo.error_rate_max),
+        ("e2e_p99_ms", figs["e2e_p99_ms"], slo.e2e_p99_ms),
+        ("lost_jobs", lost, slo.lost_jobs_max),
+        ("duplicate_completions", twice, slo.duplicate_completions_max),
+    ]
+    slos = [{"name": name, "value": value, "limit": limit,
+             "ok": value is not None and value <= limit} for name, value, limit in rows]
+    jobs_ok = figs["jobs"] >= scenario.jobs
+    slos.append({"name": "jobs_accepted", "value": figs["jobs"], "limit": scenario.jobs,
+                 "ok": jobs_ok})
+    passed = all(s["ok"] for s in slos) and all(c["ok"] for c in checks)
+    breaches = [s["name"] for s in slos if not s["ok"]] + [c["name"] for c in checks
+                                                           if not c["ok"]]
+    return {"passed": passed, "breaches": breaches, "slos": slos, "invariants": checks}
