@@ -21,7 +21,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/jobharness demo
+	$(VENV)/bin/jobharness run smoke
 
 services-down: $(STAMP)
 	$(VENV)/bin/jobharness services down

@@ -34,7 +34,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     err, out = Console(stderr=True), Console()
     opts = RunOptions(scenario=args.scenario, workers=args.workers, jobs=args.jobs,
                       out=Path(args.out), targeted=args.target is not None,
-                      locust_workers=args.locust_workers, memory=args.memory)
+                      locust_workers=args.locust_workers, memory=args.memory,
+                      cleanup=args.cleanup)
     bar, _ = _progress_view(err)
     task: dict[str, Any] = {}
 
@@ -88,6 +89,8 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="run Locust as a master and N worker processes")
     p.add_argument("--memory", action="store_true",
                    help="emit state-memory events during the run")
+    p.add_argument("--cleanup", action="store_true",
+                   help="drop the run's schema and Redis keys after writing the run folder")
     p.set_defaults(func=cmd_run, needs_settings=True)
 
 

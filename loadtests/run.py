@@ -52,6 +52,7 @@ class RunOptions:
     targeted: bool = False
     locust_workers: int = 0
     memory: bool = False
+    cleanup: bool = False  # drop the run's schema and keys once the folder is written
 
 
 @dataclass
@@ -220,6 +221,13 @@ class Run:
         finally:
             for child in reversed(self.children):
                 await child.stop(timeout_s=self.scenario.drain_timeout_s)
+            if self.opts.cleanup and not self.opts.targeted:
+                await dispatch.flush_prefix()
+                conn = await connect_admin(self.settings)
+                try:
+                    await conn.execute(f'DROP SCHEMA IF EXISTS "{self.settings.schema}" CASCADE')
+                finally:
+                    await conn.close()
             await dispatch.close()
             await pool.close()
 

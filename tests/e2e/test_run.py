@@ -1,0 +1,60 @@
+"""`jobharness run` end to end: real API and supervisor processes, real Locust, real stores."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from core.settings import Settings
+from loadtests.cli import main
+
+pytestmark = pytest.mark.integration
+
+
+def run_args(server_settings: Settings, tmp_path: Path, *extra: str) -> list[str]:
+    assert server_settings.pg_dsn
+    assert server_settings.redis_url
+    return ["run", *extra, "--out", str(tmp_path), "--cleanup", "--json",
+            "--pg-dsn", server_settings.pg_dsn, "--redis-url", server_settings.redis_url]
+
+
+def test_run_smoke_passes_and_writes_the_run_folder(
+    server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(run_args(server_settings, tmp_path, "smoke")) == 0
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["passed"]
+    assert verdict["breaches"] == []
+    assert verdict["figures"]["jobs"] == 200
+    (folder,) = tmp_path.iterdir()
+    for name in ("verdict.json", "config.json", "scenario.yaml", "samples.csv", "jobs.csv",
+                 "executions.csv", "worker_health.csv", "locust_stats.csv", "locust.html"):
+        assert (folder / name).stat().st_size > 0, name
+    raw = list((folder / "raw").glob("requests-*.csv"))
+    assert raw
+    assert len(raw[0].read_text().splitlines()) > 10
+    assert len((folder / "samples.csv").read_text().splitlines()) >= 3
+
+
+def test_slo_breach_exits_non_zero_naming_it(
+    server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    strict = tmp_path / "strict.yaml"
+    strict.write_text("name: strict\njobs: 30\nworkers: 2\nusers: 3\nspawn_rate: 3\n"
+                      "observers: 0\nmax_load_s: 30\ndrain_timeout_s: 30\n"
+                      "slo: {create_p99_ms: 0.001}\n")
+    out_dir = tmp_path / "runs"
+    assert main(run_args(server_settings, out_dir, str(strict))) == 1
+    verdict = json.loads(capsys.readouterr().out)
+    assert verdict["breaches"] == ["create_p99_ms"]
+    assert all(c["ok"] for c in verdict["invariants"])
+
+
+def test_unknown_scenario_is_one_clear_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["run", "no-such-scenario", "--pg-dsn", "postgresql://x@127.0.0.1:1/x",
+                 "--redis-url", "redis://127.0.0.1:1/0"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown scenario 'no-such-scenario'" in err
+    assert "smoke" in err

@@ -1,0 +1,72 @@
+import random
+from pathlib import Path
+
+import pytest
+
+from loadtests.jobmix import JobFactory
+from loadtests.scenario import ScenarioError, available, load_scenario
+from loadtests.verdict import evaluate, percentile
+
+
+def test_every_shipped_scenario_loads() -> None:
+    names = available()
+    assert {"smoke", "load", "stress", "spike", "soak", "dag", "failure"} <= set(names)
+    stress = load_scenario("stress")
+    assert (stress.jobs, stress.workers, stress.model) == (10_000, 100, "open")
+    assert load_scenario("load").jobs == 1000
+
+
+def test_overrides_and_bad_files(tmp_path: Path) -> None:
+    assert load_scenario("smoke", {"workers": 7, "jobs": None}).workers == 7
+    with pytest.raises(ScenarioError, match="unknown scenario"):
+        load_scenario("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nworkers: 0\n")
+    with pytest.raises(ScenarioError, match="workers"):
+        load_scenario(str(bad))
+    bad.write_text("name: x\nsurprise: 1\n")
+    with pytest.raises(ScenarioError, match="surprise"):
+        load_scenario(str(bad))
+    bad.write_text("name: x\nslo: {nonsense: 1}\n")
+    with pytest.raises(ScenarioError, match="slo"):
+        load_scenario(str(bad))
+
+
+def test_job_factory_respects_mix_budget_and_dags() -> None:
+    s = load_scenario("dag")
+    f = JobFactory(s, random.Random(3))
+    kinds = {"single": 0, "batch": 0}
+    for _ in range(300):
+        path, body, n = f.next_request(budget_left=100)
+        kinds["batch" if path.endswith("batch") else "single"] += 1
+        jobs = body["jobs"] if path.endswith("batch") else [body]
+        assert len(jobs) == n
+        refs = {j.get("ref") for j in jobs}
+        for j in jobs:
+            assert j["job_type"] in s.mix
+            assert 1 <= j["priority"] <= 5
+            assert all(d in refs for d in j.get("depends_on", []))
+    assert kinds["batch"] > kinds["single"]  # 70% of creates are DAGs
+    path, body, n = f.next_request(budget_left=1)
+    assert (path, n) == ("/jobs", 1)
+
+
+def test_percentile_nearest_rank() -> None:
+    assert percentile([], 99) is None
+    assert percentile(list(range(1, 101)), 99) == 99
+    assert percentile([5.0], 50) == 5.0
+
+
+def test_verdict_names_each_breach() -> None:
+    s = load_scenario("smoke")
+    figs = {"create_p99_ms": s.slo.create_p99_ms + 1, "create_p99_from_intended_start_ms": None,
+            "error_rate": 0.0, "e2e_p99_ms": 10.0, "jobs": s.jobs}
+    checks = [{"name": "lost_jobs", "violations": 2, "ok": False},
+              {"name": "completed_twice", "violations": 0, "ok": True}]
+    v = evaluate(s, figs, checks)
+    assert not v["passed"]
+    assert v["breaches"] == ["create_p99_ms", "lost_jobs", "lost_jobs"]
+    ok = evaluate(s, {**figs, "create_p99_ms": 1.0}, [{"name": "lost_jobs", "violations": 0,
+                                                        "ok": True}])
+    assert ok["passed"]
+    assert ok["breaches"] == []
