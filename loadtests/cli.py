@@ -33,6 +33,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     err, out = Console(stderr=True), Console()
     opts = RunOptions(scenario=args.scenario, workers=args.workers, jobs=args.jobs,
+                      rate_per_s=args.rate,
                       out=Path(args.out), targeted=args.target is not None,
                       locust_workers=args.locust_workers, memory=args.memory,
                       cleanup=args.cleanup)
@@ -84,6 +85,7 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("scenario", help=f"one of {', '.join(available())}, or a YAML file")
     p.add_argument("--workers", type=int, help="override the scenario's worker processes")
     p.add_argument("--jobs", type=int, help="override the scenario's job count")
+    p.add_argument("--rate", type=float, help="override the open model's creates per second")
     p.add_argument("--out", default="out/runs", help="where run folders go (out/runs)")
     p.add_argument("--locust-workers", type=int, default=0,
                    help="run Locust as a master and N worker processes")

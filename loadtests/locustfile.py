@@ -34,18 +34,29 @@ RAW_DIR = Path(os.environ.get("JOBHARNESS_RAW_DIR", "."))
 RECENT: deque[str] = deque(maxlen=2000)
 _lock = threading.Lock()
 _spent = 0
+_in_flight = 0
 _rng = random.Random(f"{SCENARIO.seed}:{os.getpid()}")
 
 
 def take(n: int) -> int:
-    """Reserve up to `n` jobs of this process's budget; 0 when it is spent."""
-    global _spent
+    """Reserve up to `n` jobs of this process's budget (0 when it is spent); a granted
+    reservation must be closed with `sent()` once its request has returned."""
+    global _spent, _in_flight
     with _lock:
         granted = max(0, min(n, BUDGET - _spent))
         _spent += granted
-        if _spent >= BUDGET:
-            (RAW_DIR / f"budget-spent-{os.getpid()}").touch()
+        _in_flight += 1 if granted else 0
         return granted
+
+
+def sent() -> None:
+    """A create returned; once the budget is spent and nothing is in flight, say so to the
+    orchestrator (it then stops Locust without cutting a request short)."""
+    global _in_flight
+    with _lock:
+        _in_flight -= 1
+        if _spent >= BUDGET and _in_flight == 0:
+            (RAW_DIR / f"budget-spent-{os.getpid()}").touch()
 
 
 def _remember(response: Any) -> None:
@@ -83,21 +94,31 @@ events.request.add_listener(_raw.row)
 events.quitting.add_listener(_raw.close)
 
 
+def _fit(factory: JobFactory, path: str, body: Any, n: int, granted: int) -> tuple[str, Any]:
+    """Another user took part of the budget meanwhile: send exactly `granted` jobs."""
+    if granted == n:
+        return path, body
+    if granted == 1:
+        return "/jobs", factory.job()
+    return "/jobs/batch", {"jobs": [factory.job() for _ in range(granted)]}
+
+
 def _create(user: FastHttpUser, factory: JobFactory) -> None:
     path, body, n = factory.next_request(BUDGET - _spent)
     granted = take(n)
     if granted == 0:
         raise StopUser()
-    if granted < n and path == "/jobs/batch":
-        body = {"jobs": body["jobs"][:granted]} if not any("ref" in j for j in body["jobs"]) \
-            else {"jobs": [factory.job() for _ in range(granted)]}
+    path, body = _fit(factory, path, body, n, granted)
     name = "POST /jobs/batch" if path.endswith("batch") else "POST /jobs"
-    with user.client.post(path, json=body, name=name, catch_response=True) as resp:
-        if resp.status_code == 201:
-            _remember(resp)
-            resp.success()
-        else:
-            resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+    try:
+        with user.client.post(path, json=body, name=name, catch_response=True) as resp:
+            if resp.status_code == 201:
+                _remember(resp)
+                resp.success()
+            else:
+                resp.failure(f"{resp.status_code}: {resp.text[:200]}")
+    finally:
+        sent()
 
 
 class Producer(FastHttpUser):
@@ -129,10 +150,13 @@ class ArrivalProducer(FastHttpUser):
 
     def _one(self, intended: float) -> None:
         self.in_flight += 1
+        granted = 0
         try:
             path, body, n = self.factory.next_request(BUDGET - _spent)
-            if take(n) < n:
+            granted = take(n)
+            if not granted:
                 return
+            path, body = _fit(self.factory, path, body, n, granted)
             start = time.perf_counter()
             name = "POST /jobs/batch" if path.endswith("batch") else "POST /jobs"
             with self.client.post(path, json=body, name=name, catch_response=True) as resp:
@@ -145,6 +169,8 @@ class ArrivalProducer(FastHttpUser):
                                 response_length=0, exception=None if ok else "failed",
                                 context={}, response=None, start_time=start, url=path)
         finally:
+            if granted:
+                sent()
             self.in_flight -= 1
 
     @task

@@ -48,6 +48,7 @@ class RunOptions:
     scenario: str
     workers: int | None = None
     jobs: int | None = None
+    rate_per_s: float | None = None
     out: Path = Path("out/runs")
     targeted: bool = False
     locust_workers: int = 0
@@ -73,7 +74,7 @@ def _free_port() -> int:
 class Run:
     def __init__(self, settings: Settings, opts: RunOptions,
                  on_progress: Callable[[Progress, Scenario, float], None]) -> None:
-        overrides = {"workers": opts.workers, "jobs": opts.jobs}
+        overrides = {"workers": opts.workers, "jobs": opts.jobs, "rate_per_s": opts.rate_per_s}
         self.scenario = load_scenario(opts.scenario, overrides)
         stamp = time.strftime("%Y%m%d_%H%M%S") + "_" + secrets.token_hex(2)
         self.run_id = f"{self.scenario.name}-{stamp}"
