@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import yaml
 
 from chaos.checker import check_all
@@ -40,7 +41,8 @@ from loadtests.verdict import evaluate, figures
 LOCUSTFILE = Path(__file__).parent / "locustfile.py"
 SAMPLE_FIELDS = ["ts", "elapsed_s", "phase", "WAITING", "PENDING", "PROCESSING", "COMPLETED",
                  "DEAD", "CANCELLED", "high", "medium", "low", "delayed", "processing",
-                 "dead_letter", "workers_active", "workers_failed", "api_up", "redis_up"]
+                 "dead_letter", "workers_active", "workers_failed", "api_up", "redis_up",
+                 "mem_used_mib"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -88,6 +90,7 @@ class Run:
         self.children: list[Child] = []
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
+        self.mem_before = psutil.virtual_memory().used // (1024 * 1024)
 
     # -- start ------------------------------------------------------------------------------
     async def start_system(self) -> str:
@@ -196,7 +199,8 @@ class Run:
                "phase": self.progress.phase, **{k: counts.get(k, 0) for k in SAMPLE_FIELDS[3:9]},
                **{k: depths.get(k, 0) for k in SAMPLE_FIELDS[9:15]},
                "workers_active": w["a"], "workers_failed": w["f"], "api_up": api_up,
-               "redis_up": redis_up}
+               "redis_up": redis_up,
+               "mem_used_mib": psutil.virtual_memory().used // (1024 * 1024)}
         writer.writerow(row)
         p = self.progress
         p.created = sum(counts.values())
@@ -278,6 +282,10 @@ class Run:
                                                            self.settings.prefix)]
         figs = figures(self.dir, s)
         figs["wall_s"] = round(self.elapsed, 2)
+        with open(self.dir / "samples.csv", newline="") as fh:  # noqa: ASYNC230
+            used = [int(r["mem_used_mib"]) for r in csv.DictReader(fh)]
+        figs["peak_mem_used_mib"] = max(used, default=None)
+        figs["mem_used_before_mib"] = self.mem_before
         figs["throughput_jobs_s"] = round(figs["jobs"] / max(self.timings["load_s"]
                                                              + self.timings["drain_s"], 1e-9), 1)
         verdict = {"run_id": self.run_id, "scenario": s.name, "model": s.model,
