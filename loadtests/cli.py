@@ -78,8 +78,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def extend(sub: Any, common: argparse.ArgumentParser) -> None:
+    from chaos.cli import add_parsers as add_chaos
     from loadtests.scenario import available
 
+    add_chaos(sub, common)
     p = sub.add_parser("run", parents=[common],
                        help="load scenario -> drain -> invariant checks -> SLO verdict")
     p.add_argument("scenario", help=f"one of {', '.join(available())}, or a YAML file")

@@ -1,0 +1,186 @@
+"""The fault proxy's HTTP API, compatible with toxiproxy's (so its clients and the staging
+toxiproxy are interchangeable): proxies list/create/get/update/delete/populate, toxics
+list/create/get/update/delete, POST /reset, GET /version. Errors are JSON
+{"error": ..., "status": ...} with that HTTP status."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from chaos.proxy import Proxy, ProxyError
+
+VERSION = "2.12.0-jobharness"
+
+
+class ProxyCollection:
+    def __init__(self, seed: int | None = None) -> None:
+        self.proxies: dict[str, Proxy] = {}
+        self.rng = random.Random(seed)
+
+    def get(self, name: str) -> Proxy:
+        proxy = self.proxies.get(name)
+        if proxy is None:
+            raise ProxyError(f"proxy not found: {name}", 404)
+        return proxy
+
+    async def create(self, spec: dict[str, Any]) -> Proxy:
+        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
+            raise ProxyError("a proxy needs a name", 400)
+        if spec["name"] in self.proxies:
+            raise ProxyError(f"proxy already exists: {spec['name']}", 409)
+        if not isinstance(spec.get("upstream"), str):
+            raise ProxyError("a proxy needs an upstream host:port", 400)
+        proxy = Proxy(spec["name"], spec.get("listen") or "127.0.0.1:0", spec["upstream"],
+                      rng=random.Random(self.rng.random()))
+        if spec.get("enabled", True):
+            await proxy.start()
+        else:
+            proxy.enabled = False
+        self.proxies[proxy.name] = proxy
+        return proxy
+
+    async def delete(self, name: str) -> None:
+        proxy = self.get(name)
+        await proxy.stop()
+        del self.proxies[name]
+
+    async def update(self, name: str, spec: dict[str, Any]) -> Proxy:
+        proxy = self.get(name)
+        moved = any(k in spec and spec[k] != getattr(proxy, k) for k in ("listen", "upstream"))
+        if moved:
+            await proxy.stop()
+            proxy.listen = spec.get("listen", proxy.listen)
+            proxy.upstream = spec.get("upstream", proxy.upstream)
+        enabled = spec.get("enabled", proxy.enabled if not moved else True)
+        if enabled:
+            await proxy.start()
+        else:
+            await proxy.stop()
+        return proxy
+
+    async def reset(self) -> None:
+        for proxy in self.proxies.values():
+            await proxy.reset()
+
+    async def close(self) -> None:
+        for proxy in self.proxies.values():
+            await proxy.stop()
+
+
+async def _json(request: Request) -> Any:
+    try:
+        return json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise ProxyError(f"bad request body: {exc}", 400) from exc
+
+
+def _col(request: Request) -> ProxyCollection:
+    return request.app.state.collection  # type: ignore[no-any-return]
+
+
+async def list_proxies(request: Request) -> Response:
+    return JSONResponse({n: p.as_dict() for n, p in _col(request).proxies.items()})
+
+
+async def create_proxy(request: Request) -> Response:
+    return JSONResponse((await _col(request).create(await _json(request))).as_dict(), 201)
+
+
+async def populate(request: Request) -> Response:
+    specs = await _json(request)
+    if not isinstance(specs, list):
+        raise ProxyError("populate takes a list of proxies", 400)
+    col, out = _col(request), []
+    for spec in specs:
+        existing = col.proxies.get(spec.get("name")) if isinstance(spec, dict) else None
+        if existing is not None and (existing.upstream != spec.get("upstream") or (
+                spec.get("listen") and existing.listen != spec["listen"])):
+            await col.delete(existing.name)
+            existing = None
+        out.append(existing or await col.create(spec))
+    return JSONResponse({"proxies": [p.as_dict() for p in out]}, 201)
+
+
+async def show_proxy(request: Request) -> Response:
+    return JSONResponse(_col(request).get(request.path_params["proxy"]).as_dict())
+
+
+async def update_proxy(request: Request) -> Response:
+    proxy = await _col(request).update(request.path_params["proxy"], await _json(request))
+    return JSONResponse(proxy.as_dict())
+
+
+async def delete_proxy(request: Request) -> Response:
+    await _col(request).delete(request.path_params["proxy"])
+    return Response(status_code=204)
+
+
+async def list_toxics(request: Request) -> Response:
+    proxy = _col(request).get(request.path_params["proxy"])
+    return JSONResponse([t.as_dict() for t in proxy.toxics.values()])
+
+
+async def create_toxic(request: Request) -> Response:
+    proxy = _col(request).get(request.path_params["proxy"])
+    return JSONResponse((await proxy.add_toxic(await _json(request))).as_dict())
+
+
+async def show_toxic(request: Request) -> Response:
+    proxy = _col(request).get(request.path_params["proxy"])
+    toxic = proxy.toxics.get(request.path_params["toxic"])
+    if toxic is None:
+        raise ProxyError(f"toxic not found: {request.path_params['toxic']}", 404)
+    return JSONResponse(toxic.as_dict())
+
+
+async def update_toxic(request: Request) -> Response:
+    proxy = _col(request).get(request.path_params["proxy"])
+    toxic = await proxy.update_toxic(request.path_params["toxic"], await _json(request))
+    return JSONResponse(toxic.as_dict())
+
+
+async def delete_toxic(request: Request) -> Response:
+    _col(request).get(request.path_params["proxy"]).remove_toxic(request.path_params["toxic"])
+    return Response(status_code=204)
+
+
+async def reset(request: Request) -> Response:
+    await _col(request).reset()
+    return Response(status_code=204)
+
+
+async def version(request: Request) -> Response:
+    return PlainTextResponse(VERSION)
+
+
+async def _error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ProxyError)
+    return JSONResponse({"error": str(exc), "status": exc.status}, exc.status)
+
+
+def proxy_app(collection: ProxyCollection) -> Starlette:
+    p, t = "/proxies/{proxy}", "/proxies/{proxy}/toxics"
+    app = Starlette(routes=[
+        Route("/proxies", list_proxies, methods=["GET"]),
+        Route("/proxies", create_proxy, methods=["POST"]),
+        Route("/populate", populate, methods=["POST"]),
+        Route(p, show_proxy, methods=["GET"]),
+        Route(p, update_proxy, methods=["POST", "PATCH"]),
+        Route(p, delete_proxy, methods=["DELETE"]),
+        Route(t, list_toxics, methods=["GET"]),
+        Route(t, create_toxic, methods=["POST"]),
+        Route(t + "/{toxic}", show_toxic, methods=["GET"]),
+        Route(t + "/{toxic}", update_toxic, methods=["POST", "PATCH"]),
+        Route(t + "/{toxic}", delete_toxic, methods=["DELETE"]),
+        Route("/reset", reset, methods=["POST"]),
+        Route("/version", version, methods=["GET"]),
+    ], exception_handlers={ProxyError: _error})
+    app.state.collection = collection
+    return app

@@ -1,0 +1,253 @@
+"""Contract tests of the fault proxy, through the toxiproxy-python client and raw HTTP. They
+run unchanged against a real toxiproxy when TOXIPROXY_URL is set; otherwise against
+`jobharness chaos proxy` in its own process. The upstream is the real Valkey server."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit
+
+import httpx
+import pytest
+from toxiproxy import Toxiproxy
+from toxiproxy.api import APIConsumer
+from toxiproxy.exceptions import NotFound, ProxyExists
+
+from core.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def api_url() -> Iterator[str]:
+    if os.environ.get("TOXIPROXY_URL"):
+        yield os.environ["TOXIPROXY_URL"].rstrip("/")
+        return
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "loadtests.cli", "chaos", "proxy",
+                             "--port", str(port), "--seed", "7"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 30
+    while True:  # readiness: the API answers
+        try:
+            httpx.get(f"{url}/version", timeout=1)
+            break
+        except httpx.TransportError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError("the fault proxy did not start") from None
+            time.sleep(0.05)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+@pytest.fixture
+def client(api_url: str) -> Iterator[Toxiproxy]:
+    parts = urlsplit(api_url)
+    APIConsumer.host, APIConsumer.port = parts.hostname, parts.port
+    tp = Toxiproxy()
+    tp.destroy_all()
+    yield tp
+    tp.destroy_all()
+
+
+@pytest.fixture
+def upstream(server_settings: Settings) -> str:
+    assert server_settings.redis_url
+    u = urlsplit(server_settings.redis_url)
+    return f"{u.hostname}:{u.port}"
+
+
+def connect(listen: str, timeout_s: float = 5.0) -> socket.socket:
+    host, port = listen.rsplit(":", 1)
+    return socket.create_connection((host, int(port)), timeout=timeout_s)
+
+
+def ping(sock: socket.socket) -> bytes:
+    sock.sendall(b"PING\r\n")
+    return sock.recv(64)
+
+
+def timed_ping(listen: str) -> float:
+    with connect(listen) as s:
+        t0 = time.perf_counter()
+        assert ping(s) == b"+PONG\r\n"
+        return time.perf_counter() - t0
+
+
+def test_version_and_proxy_lifecycle(client: Toxiproxy, upstream: str, api_url: str) -> None:
+    assert client.version()
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    assert proxy.listen != "127.0.0.1:0"
+    assert proxy.enabled
+    assert set(client.proxies()) == {"redis"}
+    with pytest.raises(ProxyExists):
+        client.create(upstream=upstream, name="redis")
+    with connect(proxy.listen) as s:
+        assert ping(s) == b"+PONG\r\n"
+    raw = httpx.get(f"{api_url}/proxies/redis").json()
+    assert raw["upstream"] == upstream
+    assert raw["toxics"] == []
+    assert client.destroy(proxy)
+    with pytest.raises(NotFound):
+        httpx_get_or_raise(f"{api_url}/proxies/redis")
+
+
+def httpx_get_or_raise(url: str) -> None:
+    r = httpx.get(url)
+    if r.status_code == 404:
+        raise NotFound(r.content)
+
+
+def test_disable_is_a_hard_partition(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    live = connect(proxy.listen)
+    assert ping(live) == b"+PONG\r\n"
+    proxy.disable()
+    assert live.recv(64) == b""  # the live connection is closed
+    live.close()
+    with pytest.raises(ConnectionRefusedError):
+        connect(proxy.listen)
+    proxy.enable()
+    with connect(proxy.listen) as s:
+        assert ping(s) == b"+PONG\r\n"
+
+
+def test_latency_and_toxicity(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    base = timed_ping(proxy.listen)
+    proxy.add_toxic(type="latency", stream="downstream", attributes={"latency": 200})
+    assert timed_ping(proxy.listen) >= 0.2
+    assert set(proxy.toxics()) == {"latency_downstream"}
+    proxy.destroy_toxic("latency_downstream")
+    assert timed_ping(proxy.listen) < 0.2
+    proxy.add_toxic(type="latency", name="never", toxicity=0.0, attributes={"latency": 500})
+    assert timed_ping(proxy.listen) < 0.5 + base
+
+
+def test_black_hole_holds_data_until_removed(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="timeout", name="hole", stream="upstream", attributes={"timeout": 0})
+    s = connect(proxy.listen, timeout_s=0.5)
+    s.sendall(b"PING\r\n")
+    with pytest.raises(TimeoutError):
+        s.recv(64)  # the socket stays open and nothing comes back
+    proxy.destroy_toxic("hole")
+    s.settimeout(5)
+    assert s.recv(64) == b"+PONG\r\n"  # the held request went through
+    s.close()
+
+
+def test_timeout_closes_after_the_delay(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="timeout", stream="downstream", attributes={"timeout": 300})
+    with connect(proxy.listen) as s:
+        t0 = time.perf_counter()
+        s.sendall(b"PING\r\n")
+        assert s.recv(64) == b""
+        assert time.perf_counter() - t0 >= 0.25
+
+
+def test_reset_peer(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="reset_peer", stream="upstream", attributes={"timeout": 0})
+    with connect(proxy.listen) as s:
+        s.sendall(b"PING\r\n")
+        with pytest.raises(ConnectionResetError):
+            s.recv(64)
+
+
+def test_limit_data(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="limit_data", stream="downstream", attributes={"bytes": 3})
+    with connect(proxy.listen) as s:
+        s.sendall(b"PING\r\n")
+        got = b""
+        while chunk := s.recv(64):
+            got += chunk
+        assert got == b"+PO"
+
+
+def test_bandwidth_and_slicer_keep_the_bytes(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    key, value = f"bw-{uuid.uuid4().hex}", b"x" * 5000
+    with connect(proxy.listen) as s:
+        s.sendall(b"SET %s %s\r\n" % (key.encode(), value))
+        assert s.recv(64) == b"+OK\r\n"
+    proxy.add_toxic(type="bandwidth", stream="downstream", attributes={"rate": 10})
+    proxy.add_toxic(type="slicer", stream="downstream",
+                    attributes={"average_size": 500, "size_variation": 100, "delay": 1000})
+    with connect(proxy.listen) as s:
+        t0 = time.perf_counter()
+        s.sendall(b"GET %s\r\n" % key.encode())
+        want = b"$5000\r\n" + value + b"\r\n"
+        got = b""
+        while len(got) < len(want):
+            got += s.recv(65536)
+        assert got == want
+        assert time.perf_counter() - t0 >= 0.4  # 5 KB at 10 KB/s
+        s.sendall(b"DEL %s\r\n" % key.encode())
+
+
+def test_slow_close(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="slow_close", stream="downstream", attributes={"delay": 300})
+    with connect(proxy.listen) as s:
+        t0 = time.perf_counter()
+        s.sendall(b"QUIT\r\n")
+        got = b""
+        while chunk := s.recv(64):
+            got += chunk
+        assert got == b"+OK\r\n"
+        assert time.perf_counter() - t0 >= 0.25
+
+
+def test_reset_heals_everything(client: Toxiproxy, upstream: str, api_url: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="latency", attributes={"latency": 1000})
+    proxy.disable()
+    assert client.reset()
+    raw = httpx.get(f"{api_url}/proxies/redis").json()
+    assert raw["enabled"] is True
+    assert raw["toxics"] == []
+    assert timed_ping(proxy.listen) < 0.5
+
+
+def test_update_populate_and_errors(client: Toxiproxy, upstream: str, api_url: str) -> None:
+    r = httpx.post(f"{api_url}/populate", json=[
+        {"name": "a", "listen": "127.0.0.1:0", "upstream": upstream},
+        {"name": "b", "listen": "127.0.0.1:0", "upstream": upstream}])
+    assert r.status_code == 201
+    assert [p["name"] for p in r.json()["proxies"]] == ["a", "b"]
+    r = httpx.post(f"{api_url}/proxies/a/toxics",
+                   json={"type": "latency", "attributes": {"latency": 10}})
+    assert r.status_code == 200
+    assert r.json()["attributes"]["latency"] == 10
+    r = httpx.post(f"{api_url}/proxies/a/toxics/latency_downstream",
+                   json={"attributes": {"latency": 20}})
+    assert r.json()["attributes"] == {"latency": 20, "jitter": 0}
+    assert httpx.post(f"{api_url}/proxies/a/toxics",
+                      json={"type": "earthquake"}).status_code == 400
+    assert httpx.post(f"{api_url}/proxies/a/toxics", json={
+        "type": "latency", "name": "x", "attributes": {"latency": -1}}).status_code == 400
+    assert httpx.post(f"{api_url}/proxies/a/toxics",
+                      json={"type": "latency"}).status_code == 409
+    assert httpx.get(f"{api_url}/proxies/nope").status_code == 404
+    assert httpx.delete(f"{api_url}/proxies/a/toxics/nope").status_code == 404
+    assert httpx.post(f"{api_url}/proxies", content=b"{not json").status_code == 400
+    assert httpx.post(f"{api_url}/proxies/b", json={"enabled": False}).json()["enabled"] is False
