@@ -13,16 +13,15 @@ from typing import Any
 from core.settings import Settings
 
 
-async def _serve_proxy(args: argparse.Namespace) -> None:
+async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]]) -> None:
     import uvicorn
 
     from chaos.proxy_api import ProxyCollection, proxy_app
     from core.proccli import _quiet_server_class
 
     collection = ProxyCollection(seed=args.seed)
-    if args.config:
-        for spec in json.loads(Path(args.config).read_text()):
-            await collection.create(spec)
+    for spec in specs:
+        await collection.create(spec)
     sock = socket.create_server((args.host, args.port), reuse_port=False)
     server = _quiet_server_class()(uvicorn.Config(proxy_app(collection), log_level="warning"))
     stop = asyncio.Event()
@@ -40,7 +39,17 @@ async def _serve_proxy(args: argparse.Namespace) -> None:
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     from core.cli import run_async
 
-    run_async(_serve_proxy(args))
+    from core.errors import JobHarnessError
+
+    specs: list[dict[str, Any]] = []
+    if args.config:
+        try:
+            specs = json.loads(Path(args.config).read_text())
+        except (OSError, ValueError) as exc:
+            raise JobHarnessError(f"cannot read proxy config {args.config}: {exc}") from exc
+        if not isinstance(specs, list):
+            raise JobHarnessError(f"{args.config} must hold a JSON list of proxies")
+    run_async(_serve_proxy(args, specs))
     return 0
 
 
