@@ -38,7 +38,6 @@ async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]]) ->
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
     from core.cli import run_async
-
     from core.errors import JobHarnessError
 
     specs: list[dict[str, Any]] = []
