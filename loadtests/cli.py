@@ -26,6 +26,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
     from rich.table import Table
 
+    from chaos.drill import DrillError
     from core.cli import run_async
     from core.runtime import endpoints
     from loadtests.run import Progress, Run, RunOptions
@@ -36,7 +37,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       rate_per_s=args.rate,
                       out=Path(args.out), targeted=args.target is not None,
                       locust_workers=args.locust_workers, memory=args.memory,
-                      cleanup=args.cleanup)
+                      cleanup=args.cleanup, drill=args.drill)
     bar, _ = _progress_view(err)
     task: dict[str, Any] = {}
 
@@ -51,7 +52,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         with endpoints(settings, keep_running=args.target is not None) as resolved, bar:
             run = Run(resolved, opts, on_progress)
             verdict = run_async(run.execute())
-    except ScenarioError as exc:
+    except (ScenarioError, DrillError) as exc:
         raise JobHarnessError(str(exc)) from exc
     if args.json:
         from core.cli import _print_json
@@ -93,6 +94,7 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="run Locust as a master and N worker processes")
     p.add_argument("--memory", action="store_true",
                    help="emit state-memory events during the run")
+    p.add_argument("--drill", help="a chaos drill (name or YAML file) to run under the load")
     p.add_argument("--cleanup", action="store_true",
                    help="drop the run's schema and Redis keys after writing the run folder")
     p.set_defaults(func=cmd_run, needs_settings=True)

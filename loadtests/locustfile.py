@@ -60,6 +60,7 @@ def sent() -> None:
 
 
 def _remember(response: Any) -> None:
+    """Keep acknowledged job ids: observers poll them, and the run checks every one exists."""
     try:
         body = response.json()
     except Exception:  # a failed request has no JSON body to learn ids from
@@ -67,6 +68,7 @@ def _remember(response: Any) -> None:
     for item in body if isinstance(body, list) else [body]:
         if isinstance(item, dict) and "job_id" in item:
             RECENT.append(item["job_id"])
+            _accepted.write(item["job_id"] + "\n")
 
 
 class _RawWriter:
@@ -90,8 +92,10 @@ class _RawWriter:
 
 
 _raw = _RawWriter()
+_accepted = open(RAW_DIR / f"accepted-{os.getpid()}.txt", "w")  # noqa: SIM115
 events.request.add_listener(_raw.row)
 events.quitting.add_listener(_raw.close)
+events.quitting.add_listener(lambda **_: _accepted.close())
 
 
 def _fit(factory: JobFactory, path: str, body: Any, n: int, granted: int) -> tuple[str, Any]:

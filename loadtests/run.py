@@ -22,12 +22,16 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import httpx
 import psutil
 import yaml
 
+from chaos.actions import Endpoints
 from chaos.checker import check_all
+from chaos.drill import DrillRunner, load_drill
+from chaos.recovery import fault_windows, recovery
 from core.connect import connect_admin, create_dispatch, create_pool
 from core.dispatch import RedisDispatch
 from core.errors import DispatchUnavailable, JobHarnessError
@@ -36,7 +40,7 @@ from core.settings import Settings, to_env
 from loadtests.export import export_tables
 from loadtests.procs import Child
 from loadtests.scenario import Scenario, load_scenario
-from loadtests.verdict import evaluate, figures
+from loadtests.verdict import evaluate, figures, missing_accepted
 
 LOCUSTFILE = Path(__file__).parent / "locustfile.py"
 SAMPLE_FIELDS = ["ts", "elapsed_s", "phase", "WAITING", "PENDING", "PROCESSING", "COMPLETED",
@@ -56,6 +60,7 @@ class RunOptions:
     locust_workers: int = 0
     memory: bool = False
     cleanup: bool = False  # drop the run's schema and keys once the folder is written
+    drill: str | None = None
 
 
 @dataclass
@@ -73,6 +78,11 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def _read_samples(run_dir: Path) -> list[dict[str, Any]]:
+    with open(run_dir / "samples.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
 class Run:
     def __init__(self, settings: Settings, opts: RunOptions,
                  on_progress: Callable[[Progress, Scenario, float], None]) -> None:
@@ -85,6 +95,16 @@ class Run:
         tag = f"run_{stamp}"
         self.settings = settings if opts.targeted else replace(
             settings, schema=tag, prefix=tag, data_dir=self.dir / "state", memory=opts.memory)
+        self.drill = load_drill(opts.drill) if opts.drill else None
+        if self.drill is not None and self.drill.settings:
+            self.settings = replace(self.settings, **self.drill.settings)  # type: ignore[arg-type]
+        if self.drill is not None and self.drill.slo:
+            self.scenario = replace(self.scenario, slo=replace(self.scenario.slo,
+                                                               **self.drill.slo))
+        if self.drill is not None and self.drill.memory:
+            self.settings = replace(self.settings, memory=True)
+        self.endpoints = Endpoints()
+        self.child_settings = self.settings
         self.on_progress = on_progress
         self.progress = Progress()
         self.children: list[Child] = []
@@ -93,8 +113,41 @@ class Run:
         self.mem_before = psutil.virtual_memory().used // (1024 * 1024)
 
     # -- start ------------------------------------------------------------------------------
+    async def _start_proxy(self) -> None:
+        """Every child reaches PostgreSQL and Redis through the fault proxy."""
+        port = _free_port()
+        self.children.append(await Child.start(
+            "proxy", ["loadtests.cli", "chaos", "proxy", "--port", str(port)], env={},
+            log=self.dir / "logs" / "proxy.log"))
+        api = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    await http.get(f"{api}/version")
+                    break
+                if time.monotonic() > deadline:
+                    raise JobHarnessError("the fault proxy did not start")
+                await asyncio.sleep(0.05)
+            pg, rd = urlsplit(self.settings.pg_dsn or ""), urlsplit(self.settings.redis_url or "")
+            listen = {}
+            for name, upstream in (("postgres", f"{pg.hostname}:{pg.port}"),
+                                   ("redis", f"{rd.hostname}:{rd.port}")):
+                r = await http.post(f"{api}/proxies", json={
+                    "name": name, "listen": "127.0.0.1:0", "upstream": upstream})
+                listen[name] = r.json()["listen"]
+        self.child_settings = replace(
+            self.settings,
+            pg_dsn=urlunsplit(pg._replace(netloc=pg.netloc.replace(
+                f"{pg.hostname}:{pg.port}", listen["postgres"]))),
+            redis_url=urlunsplit(rd._replace(netloc=rd.netloc.replace(
+                f"{rd.hostname}:{rd.port}", listen["redis"]))))
+        self.endpoints.proxy_api = api
+
     async def start_system(self) -> str:
-        env = to_env(self.settings)
+        if self.drill is not None and not self.opts.targeted:
+            await self._start_proxy()
+        env = to_env(self.child_settings)
         if self.opts.targeted:
             if not self.settings.api_url:
                 raise JobHarnessError("the target names no api_url to drive")
@@ -115,6 +168,13 @@ class Run:
                            "--concurrency", str(s.worker_concurrency), "--name", "run",
                            "--max-replacements", str(max(20, s.workers // 2))],
             env=env, log=logs / "supervisor.log"))
+        self.endpoints.pids = {"api": self.children[-2].proc.pid}
+        if self.drill is not None and self.drill.memory:
+            owner = await Child.start("memory-owner", ["loadtests.cli", "state", "serve",
+                                                        "--nice", "0"],
+                                      env=env, log=logs / "memory-owner.log")
+            self.children.append(owner)
+            self.endpoints.pids["memory-owner"] = owner.proc.pid
         return f"http://127.0.0.1:{port}"
 
     async def wait_ready(self, api_url: str, pool: Any) -> None:
@@ -132,7 +192,9 @@ class Run:
             n = await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'")
             self.progress.workers = int(n)
             self.on_progress(self.progress, self.scenario, self.elapsed)
-            if n >= self.scenario.workers:
+            control = self.dir / "state" / "supervisor-run.json"
+            if n >= self.scenario.workers and control.exists():
+                self.endpoints.control_url = json.loads(control.read_text())["control_url"]
                 break
             self._check_children()
             if time.monotonic() > deadline:
@@ -252,17 +314,25 @@ class Run:
             locust = await self.start_locust(api_url)
             self.children += locust
             t_load = time.monotonic()
+            method = await self._start_drill(pool, api_url, http)
+            load_running = True
             while True:
                 counts = await self.sample(pool, dispatch, api_url, http, writer)
-                if sum(counts.values()) >= s.jobs or self._budget_spent(locust) or \
-                        not locust[0].running or time.monotonic() - t_load > s.max_load_s:
+                if load_running and (
+                        sum(counts.values()) >= s.jobs or self._budget_spent(locust)
+                        or not locust[0].running or time.monotonic() - t_load > s.max_load_s):
+                    self.progress.phase = "stopping load"
+                    # SIGINT, not SIGTERM: only then does Locust write its HTML report
+                    for child in locust:
+                        await child.stop(timeout_s=30, sig=signal.SIGINT)
+                    self.timings["load_s"] = round(time.monotonic() - t_load, 2)
+                    load_running = False
+                    self.progress.phase = "drill" if method and not method.done() else "drain"
+                if not load_running and (method is None or method.done()):
                     break
                 await asyncio.sleep(1.0)  # the sampling period
-            self.progress.phase = "stopping load"
-            # SIGINT, not SIGTERM: only then does Locust write its HTML report
-            for child in locust:
-                await child.stop(timeout_s=30, sig=signal.SIGINT)
-            self.timings["load_s"] = round(time.monotonic() - t_load, 2)
+            if method is not None:
+                await method
             self.progress.phase = "drain"
             t_drain = time.monotonic()
             while time.monotonic() - t_drain < s.drain_timeout_s:
@@ -271,6 +341,7 @@ class Run:
                     break
                 await asyncio.sleep(1.0)
             self.timings["drain_s"] = round(time.monotonic() - t_drain, 2)
+            drill_report = await self._finish_drill(pool, dispatch)
         finally:
             fh.close()
             await http.aclose()
@@ -280,6 +351,9 @@ class Run:
             await export_tables(conn, self.dir)
             checks = [c.as_dict() for c in await check_all(conn, dispatch.client,
                                                            self.settings.prefix)]
+        checks.append(missing_accepted(self.dir))
+        if drill_report is not None:
+            checks += drill_report.pop("checks")
         figs = figures(self.dir, s)
         figs["wall_s"] = round(self.elapsed, 2)
         with open(self.dir / "samples.csv", newline="") as fh:  # noqa: ASYNC230
@@ -290,9 +364,82 @@ class Run:
                                                              + self.timings["drain_s"], 1e-9), 1)
         verdict = {"run_id": self.run_id, "scenario": s.name, "model": s.model,
                    "timings": self.timings, "figures": figs, **evaluate(s, figs, checks)}
+        if drill_report is not None:
+            drill_report["faults"] = recovery(_read_samples(self.dir), drill_report["windows"])
+            verdict["drill"] = drill_report
         (self.dir / "verdict.json").write_text(json.dumps(verdict, indent=2, default=str))
         (self.dir / "config.json").write_text(json.dumps({
             "scenario": s.to_dict(), "schema": self.settings.schema,
             "prefix": self.settings.prefix, "targeted": self.opts.targeted,
             "locust_workers": self.opts.locust_workers, "pid": os.getpid()}, indent=2))
         return verdict
+
+    # -- drills -----------------------------------------------------------------------------
+    def _probes(self, pool: Any, api_url: str, http: httpx.AsyncClient) -> dict[str, Any]:
+        async def api_healthy(spec: dict[str, Any]) -> tuple[bool, Any]:
+            try:
+                r = await http.get(f"{api_url}/health", timeout=5)
+            except httpx.HTTPError as exc:
+                return False, str(exc)
+            return r.status_code == 200, r.json().get("status")
+
+        async def workers_active_at_least(spec: dict[str, Any]) -> tuple[bool, Any]:
+            n = int(await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'"))
+            return n >= float(spec.get("fraction", 1.0)) * self.scenario.workers, n
+
+        async def backlog_below(spec: dict[str, Any]) -> tuple[bool, Any]:
+            n = int(await pool.fetchval("SELECT count(*) FROM jobs WHERE status IN"
+                                        " ('WAITING', 'PENDING', 'PROCESSING')"))
+            return n < int(spec.get("value", 1000)), n
+
+        return {"api_healthy": api_healthy, "workers_active_at_least": workers_active_at_least,
+                "backlog_below": backlog_below}
+
+    async def _start_drill(self, pool: Any, api_url: str, http: httpx.AsyncClient
+                           ) -> asyncio.Task[None] | None:
+        if self.drill is None:
+            return None
+        self.runner = DrillRunner(self.drill, self.endpoints, self._probes(pool, api_url, http),
+                                  seed=self.scenario.seed)
+        self.runner.steady_before = await self.runner.check_steady_state()
+        self.drill_offset_s = self.elapsed
+        self.drill_wall_t0 = time.time()
+        return asyncio.create_task(self.runner.run_method())
+
+    async def _finish_drill(self, pool: Any, dispatch: RedisDispatch) -> dict[str, Any] | None:
+        if self.drill is None:
+            return None
+        runner, drill = self.runner, self.drill
+        runner.steady_after = await runner.check_steady_state(wait_s=drill.settle_s)
+        windows = fault_windows(runner.journal, self.drill_offset_s)
+        checks = [
+            {"name": "steady_state_before", "description": "probes held before the faults",
+             "violations": sum(not r["ok"] for r in runner.steady_before), "examples": [],
+             "ok": all(r["ok"] for r in runner.steady_before)},
+            {"name": "steady_state_after", "description": "probes held again after the faults",
+             "violations": sum(not r["ok"] for r in runner.steady_after), "examples": [],
+             "ok": all(r["ok"] for r in runner.steady_after)},
+        ]
+        storm = 0
+        for w in windows:
+            if w["name"] == "partition" and w["args"].get("target") in \
+                    drill.expect_no_replacement_during:
+                storm += int(await pool.fetchval(
+                    "SELECT count(*) FROM workers WHERE status = 'FAILED'"
+                    " AND failure_reason LIKE 'heartbeat timed out%'"
+                    " AND stopped_at BETWEEN to_timestamp($1) AND to_timestamp($2)",
+                    self.drill_wall_t0 + w["start_s"] - self.drill_offset_s,
+                    self.drill_wall_t0 + w["end_s"] - self.drill_offset_s
+                    + self.settings.heartbeat_ttl_s))
+        checks.append({"name": "no_replacement_storm",
+                       "description": "no worker replaced for a stale heartbeat while a store"
+                                      " it heartbeats to was partitioned",
+                       "violations": storm, "examples": [], "ok": storm == 0})
+        try:
+            stale = (await dispatch.event_counts()).get("stale_rejected", 0)
+        except DispatchUnavailable:
+            stale = None
+        return {"name": drill.name, "journal": runner.journal,
+                "steady_before": runner.steady_before, "steady_after": runner.steady_after,
+                "windows": windows, "zombie_results_rejected": stale, "checks": checks}
+

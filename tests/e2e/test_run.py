@@ -27,7 +27,8 @@ def test_run_smoke_passes_and_writes_the_run_folder(
     verdict = json.loads(capsys.readouterr().out)
     assert verdict["passed"]
     assert verdict["breaches"] == []
-    assert verdict["figures"]["jobs"] == 200
+    assert verdict["figures"]["jobs"] == verdict["figures"]["jobs_acknowledged"] == 200
+    assert any(c["name"] == "accepted_jobs_missing" and c["ok"] for c in verdict["invariants"])
     (folder,) = tmp_path.iterdir()
     for name in ("verdict.json", "config.json", "scenario.yaml", "samples.csv", "jobs.csv",
                  "executions.csv", "worker_health.csv", "locust_stats.csv", "locust.html"):

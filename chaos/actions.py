@@ -1,0 +1,160 @@
+"""Fault actions, usable from drills, Python and the CLI. Network faults go through a
+toxiproxy API (ours locally, Shopify's in staging); process faults through a supervisor's
+control surface (locally and in staging) or, for processes we started, by signal.
+
+Each action returns what it did (for the journal) and has a heal that undoes it; heals are
+idempotent so rollbacks may run them again safely.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+
+class ActionError(RuntimeError):
+    """A fault could not be applied."""
+
+
+@dataclass
+class Endpoints:
+    """Where faults are applied: the proxy API and proxy names, the supervisor's control URL,
+    and pids of processes started by this run (API, memory owner)."""
+
+    proxy_api: str | None = None
+    redis_proxy: str = "redis"
+    postgres_proxy: str = "postgres"
+    control_url: str | None = None
+    pids: dict[str, int] | None = None
+
+
+async def _call(method: str, url: str, body: Any = None) -> Any:
+    async with httpx.AsyncClient(timeout=10) as http:
+        r = await http.request(method, url, json=body)
+    if r.status_code >= 400:
+        raise ActionError(f"{method} {url} -> {r.status_code}: {r.text[:200]}")
+    return r.json() if r.content and r.headers.get("content-type", "").startswith(
+        "application/json") else None
+
+
+def _proxy_name(ep: Endpoints, target: str) -> str:
+    if ep.proxy_api is None:
+        raise ActionError("no fault proxy configured for network faults")
+    if target == "redis":
+        return ep.redis_proxy
+    if target == "postgres":
+        return ep.postgres_proxy
+    raise ActionError(f"unknown network target {target!r} (redis or postgres)")
+
+
+# -- network faults -------------------------------------------------------------------------
+async def partition(ep: Endpoints, target: str, mode: str = "hard") -> dict[str, Any]:
+    """hard: the proxy is disabled (refused and closed connections); blackhole: timeout 0 on
+    both streams (open sockets that hang)."""
+    name = _proxy_name(ep, target)
+    if mode == "hard":
+        await _call("POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": False})
+    elif mode == "blackhole":
+        for stream in ("upstream", "downstream"):
+            await _call("POST", f"{ep.proxy_api}/proxies/{name}/toxics",
+                        {"name": f"blackhole_{stream}", "type": "timeout", "stream": stream,
+                         "attributes": {"timeout": 0}})
+    else:
+        raise ActionError(f"partition mode must be hard or blackhole, got {mode!r}")
+    return {"target": target, "mode": mode, "proxy": name}
+
+
+async def toxic(ep: Endpoints, target: str, kind: str, attributes: dict[str, Any],
+                stream: str = "downstream", toxicity: float = 1.0) -> dict[str, Any]:
+    """Add a toxic (latency, bandwidth, reset_peer, ...) to a store's proxy."""
+    name = _proxy_name(ep, target)
+    spec = {"name": f"drill_{kind}_{stream}", "type": kind, "stream": stream,
+            "toxicity": toxicity, "attributes": attributes}
+    await _call("POST", f"{ep.proxy_api}/proxies/{name}/toxics", spec)
+    return {"target": target, "toxic": spec}
+
+
+async def heal(ep: Endpoints, target: str | None = None) -> dict[str, Any]:
+    """Enable the proxy (or every proxy) and remove its toxics."""
+    if ep.proxy_api is None:
+        return {"healed": []}
+    if target is None:
+        await _call("POST", f"{ep.proxy_api}/reset")
+        return {"healed": "all"}
+    name = _proxy_name(ep, target)
+    for t in await _call("GET", f"{ep.proxy_api}/proxies/{name}/toxics") or []:
+        await _call("DELETE", f"{ep.proxy_api}/proxies/{name}/toxics/{t['name']}")
+    await _call("POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": True})
+    return {"healed": [name]}
+
+
+# -- process faults -------------------------------------------------------------------------
+def _need_control(ep: Endpoints) -> str:
+    if ep.control_url is None:
+        raise ActionError("no supervisor control surface for worker faults")
+    return ep.control_url
+
+
+async def _running_workers(ep: Endpoints) -> list[str]:
+    workers = await _call("GET", f"{_need_control(ep)}/workers") or []
+    return sorted(w["worker_id"] for w in workers if w["state"] == "running")
+
+
+def _choose(ids: list[str], count: int | None, fraction: float | None,
+            rng: random.Random) -> list[str]:
+    if (count is None) == (fraction is None):
+        raise ActionError("give exactly one of count or fraction")
+    n = count if count is not None else max(1, round((fraction or 0) * len(ids)))
+    if not 1 <= n <= len(ids):
+        raise ActionError(f"cannot choose {n} of {len(ids)} running workers")
+    return rng.sample(ids, n)
+
+
+async def kill_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
+                       fraction: float | None = None) -> dict[str, Any]:
+    chosen = _choose(await _running_workers(ep), count, fraction, rng)
+    for wid in chosen:
+        await _call("POST", f"{_need_control(ep)}/workers/{wid}/kill")
+    return {"killed": chosen}
+
+
+async def pause_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
+                        fraction: float | None = None) -> dict[str, Any]:
+    chosen = _choose(await _running_workers(ep), count, fraction, rng)
+    for wid in chosen:
+        await _call("POST", f"{_need_control(ep)}/workers/{wid}/pause")
+    return {"paused": chosen}
+
+
+async def resume_workers(ep: Endpoints, worker_ids: list[str] | None = None) -> dict[str, Any]:
+    """Resume the given workers, or every paused (or abandoned) one."""
+    workers = await _call("GET", f"{_need_control(ep)}/workers") or []
+    targets = worker_ids or [w["worker_id"] for w in workers
+                             if w["state"] in ("paused", "abandoned")]
+    resumed = []
+    for wid in targets:
+        try:
+            await _call("POST", f"{_need_control(ep)}/workers/{wid}/resume")
+            resumed.append(wid)
+        except ActionError:
+            continue  # it exited meanwhile
+    return {"resumed": resumed}
+
+
+def signal_process(ep: Endpoints, name: str, sig: str) -> dict[str, Any]:
+    """SIGKILL/SIGSTOP/SIGCONT a process this run started (e.g. the API, the memory owner)."""
+    pid = (ep.pids or {}).get(name)
+    if pid is None:
+        raise ActionError(f"no process {name!r} to signal")
+    signum = {"kill": signal.SIGKILL, "pause": signal.SIGSTOP, "resume": signal.SIGCONT,
+              "terminate": signal.SIGTERM}[sig]
+    try:
+        os.kill(pid, signum)
+    except ProcessLookupError as exc:
+        raise ActionError(f"{name} (pid {pid}) is gone") from exc
+    return {"process": name, "pid": pid, "signal": sig}
