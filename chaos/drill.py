@@ -45,7 +45,7 @@ class Drill:
     description: str = ""
     steady_state: list[dict[str, Any]] = field(default_factory=list)
     method: list[Step] = field(default_factory=list)
-    settings: dict[str, float] = field(default_factory=dict)  # liveness for the run
+    settings: dict[str, Any] = field(default_factory=dict)  # liveness etc. for the run
     settle_s: float = 60.0
     expect_no_replacement_during: list[str] = field(default_factory=list)
     slo: dict[str, float] = field(default_factory=dict)  # scenario SLOs relaxed for the fault

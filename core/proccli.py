@@ -73,7 +73,8 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         check_interval_s=args.check_interval_s, max_replacements=args.max_replacements,
         replacement_window_s=args.replacement_window_s, zombie_grace_s=args.zombie_grace_s,
         drain_timeout_s=args.drain_timeout_s,
-        reconcile_interval_s=None if args.no_reconcile else 2.0, spawn=args.spawn,
+        reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
+        spawn=args.spawn,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

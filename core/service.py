@@ -145,6 +145,8 @@ class JobService:
                 return await self._acquire_redis(worker_id, caps, lease_s)
             except DispatchUnavailable:
                 self.stats["redis_acquire_failed"] += 1
+        if not self.settings.pg_fallback:
+            return None  # a deliberately broken core, for drills: Redis or nothing
         return await self._acquire_postgres(worker_id, caps, lease_s)
 
     async def _acquire_redis(self, worker_id: str, caps: list[str], lease_s: float) -> Lease | None:

@@ -44,6 +44,8 @@ class Settings:
     pg_max_connections: int = 400
     memory: bool = True  # emit write-behind state events for the memory owner
     api_url: str | None = None  # a running job API (staging targets); None: start one
+    reconcile: bool = True  # the supervisor runs the reconciler (off only to drill a broken core)
+    pg_fallback: bool = True  # acquire through PostgreSQL while Redis is down (idem)
     qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
     memory_ttls: MemoryTtls = field(default_factory=MemoryTtls)
 
@@ -89,6 +91,10 @@ _ENV: dict[str, tuple[str, Any]] = {
     "memory": ("JOBHARNESS_MEMORY", lambda s: str(s).lower() not in ("0", "false", "no", "off")),
     "qdrant_url": ("JOBHARNESS_QDRANT_URL", str),
     "api_url": ("JOBHARNESS_API_URL", str),
+    "reconcile": ("JOBHARNESS_RECONCILE", lambda s: str(s).lower() not in ("0", "false", "no",
+                                                                            "off")),
+    "pg_fallback": ("JOBHARNESS_PG_FALLBACK", lambda s: str(s).lower() not in ("0", "false",
+                                                                               "no", "off")),
 }
 _TTL_ENV = {"job_state_s": "JOBHARNESS_TTL_JOB_STATE_S",
             "job_result_s": "JOBHARNESS_TTL_JOB_RESULT_S",
@@ -196,6 +202,8 @@ def to_env(settings: Settings) -> dict[str, str]:
     env["JOBHARNESS_BACKOFF_MAX_S"] = str(settings.backoff.max_s)
     env["JOBHARNESS_BACKOFF_JITTER_S"] = str(settings.backoff.jitter_s)
     env["JOBHARNESS_MEMORY"] = "1" if settings.memory else "0"
+    env["JOBHARNESS_RECONCILE"] = "1" if settings.reconcile else "0"
+    env["JOBHARNESS_PG_FALLBACK"] = "1" if settings.pg_fallback else "0"
     for name, var in _TTL_ENV.items():
         env[var] = str(getattr(settings.memory_ttls, name))
     return env
