@@ -46,6 +46,8 @@ class Settings:
     api_url: str | None = None  # a running job API (staging targets); None: start one
     reconcile: bool = True  # the supervisor runs the reconciler (off only to drill a broken core)
     pg_fallback: bool = True  # acquire through PostgreSQL while Redis is down (idem)
+    toxiproxy_url: str | None = None  # staging drills: the toxiproxy API in front of the stores
+    control_url: str | None = None  # staging drills: the supervisor's control surface
     qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
     memory_ttls: MemoryTtls = field(default_factory=MemoryTtls)
 
@@ -91,6 +93,8 @@ _ENV: dict[str, tuple[str, Any]] = {
     "memory": ("JOBHARNESS_MEMORY", lambda s: str(s).lower() not in ("0", "false", "no", "off")),
     "qdrant_url": ("JOBHARNESS_QDRANT_URL", str),
     "api_url": ("JOBHARNESS_API_URL", str),
+    "toxiproxy_url": ("JOBHARNESS_TOXIPROXY_URL", str),
+    "control_url": ("JOBHARNESS_CONTROL_URL", str),
     "reconcile": ("JOBHARNESS_RECONCILE", lambda s: str(s).lower() not in ("0", "false", "no",
                                                                             "off")),
     "pg_fallback": ("JOBHARNESS_PG_FALLBACK", lambda s: str(s).lower() not in ("0", "false",

@@ -104,7 +104,8 @@ class Run:
                                                                **self.drill.slo))
         if self.drill is not None and self.drill.memory:
             self.settings = replace(self.settings, memory=True)
-        self.endpoints = Endpoints()
+        self.endpoints = Endpoints(proxy_api=self.settings.toxiproxy_url,
+                                   control_url=self.settings.control_url)
         self.child_settings = self.settings
         self.on_progress = on_progress
         self.progress = Progress()
