@@ -61,4 +61,138 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     px.add_argument("--port", type=int, default=8474, help="API port (8474, as toxiproxy)")
     px.add_argument("--seed", type=int, help="seed of the toxicity draws")
     px.add_argument("--config", help="JSON list of proxies to create at start")
-    p.set_defaults(func=cmd_chaos, needs_settings=True)
+    px.set_defaults(func=cmd_chaos, needs_settings=True)
+    add_fault_parser(ch, common)
+    add_drill_parser(sub, common)
+
+
+async def _fault(args: argparse.Namespace, settings: Settings) -> Any:
+    import random
+
+    from chaos import actions
+    from chaos.actions import Endpoints
+
+    ep = Endpoints(proxy_api=args.proxy_url or settings.toxiproxy_url,
+                   control_url=args.control_url or settings.control_url)
+    rng = random.Random(args.seed)
+    kind = args.fault
+    if kind == "partition":
+        done = await actions.partition(ep, args.store, args.mode)
+    elif kind == "latency":
+        done = await actions.toxic(ep, args.store, "latency",
+                                   {"latency": args.ms, "jitter": args.jitter_ms})
+    elif kind == "heal":
+        return await actions.heal(ep, args.store)
+    elif kind in ("kill-workers", "pause-workers"):
+        fn = actions.kill_workers if kind == "kill-workers" else actions.pause_workers
+        return await fn(ep, rng, count=args.count, fraction=args.fraction)
+    else:
+        return await actions.resume_workers(ep)
+    if args.duration_s:
+        await asyncio.sleep(args.duration_s)  # the fault lasts this long, then heals
+        done["healed"] = await actions.heal(ep, args.store)
+    return done
+
+
+def cmd_fault(args: argparse.Namespace, settings: Settings) -> int:
+    from chaos.actions import ActionError
+    from core.cli import _print_json, run_async
+    from core.errors import JobHarnessError
+
+    try:
+        _print_json(run_async(_fault(args, settings)))
+    except ActionError as exc:
+        raise JobHarnessError(str(exc)) from exc
+    return 0
+
+
+def add_fault_parser(ch: Any, common: argparse.ArgumentParser) -> None:
+    f = ch.add_parser("fault", parents=[common], help="apply one fault now")
+    f.add_argument("fault", choices=["partition", "latency", "heal", "kill-workers",
+                                     "pause-workers", "resume-workers"])
+    f.add_argument("--store", choices=["redis", "postgres"], help="which proxy to fault")
+    f.add_argument("--mode", choices=["hard", "blackhole"], default="hard")
+    f.add_argument("--ms", type=float, default=100.0, help="latency: delay per reply")
+    f.add_argument("--jitter-ms", type=float, default=0.0)
+    f.add_argument("--count", type=int)
+    f.add_argument("--fraction", type=float)
+    f.add_argument("--seed", type=int)
+    f.add_argument("--duration-s", type=float, help="heal after this long (else stays)")
+    f.add_argument("--proxy-url", help="toxiproxy API (env JOBHARNESS_TOXIPROXY_URL)")
+    f.add_argument("--control-url", help="supervisor control surface (JOBHARNESS_CONTROL_URL)")
+    f.set_defaults(func=cmd_fault, needs_settings=True)
+
+
+async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    import httpx
+
+    from chaos.actions import Endpoints
+    from chaos.checker import check_all
+    from chaos.drill import DrillRunner, load_drill
+    from core.connect import create_dispatch, create_pool
+    from core.errors import JobHarnessError
+
+    drill = load_drill(args.file)
+    if not settings.api_url:
+        raise JobHarnessError("a drill alone needs the target's api_url (--target FILE)")
+    pool = await create_pool(settings, max_size=2)
+    dispatch = create_dispatch(settings)
+    http = httpx.AsyncClient()
+    try:
+        async def api_healthy(spec: dict[str, Any]) -> tuple[bool, Any]:
+            try:
+                r = await http.get(f"{settings.api_url}/health", timeout=5)
+            except httpx.HTTPError as exc:
+                return False, str(exc)
+            return r.status_code == 200, r.json().get("status")
+
+        async def backlog_below(spec: dict[str, Any]) -> tuple[bool, Any]:
+            n = int(await pool.fetchval("SELECT count(*) FROM jobs WHERE status IN"
+                                        " ('WAITING', 'PENDING', 'PROCESSING')"))
+            return n < int(spec.get("value", 1000)), n
+
+        async def workers_active_at_least(spec: dict[str, Any]) -> tuple[bool, Any]:
+            n = int(await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'"))
+            return n >= int(spec.get("count", 1)), n
+
+        runner = DrillRunner(drill, Endpoints(proxy_api=settings.toxiproxy_url,
+                                              control_url=settings.control_url),
+                             {"api_healthy": api_healthy, "backlog_below": backlog_below,
+                              "workers_active_at_least": workers_active_at_least},
+                             seed=args.seed)
+        runner.steady_before = await runner.check_steady_state()
+        await runner.run_method()
+        runner.steady_after = await runner.check_steady_state(wait_s=drill.settle_s)
+        async with pool.acquire() as conn:
+            checks = [c.as_dict() for c in await check_all(conn, dispatch.client,
+                                                           settings.prefix)]
+        ok = all(r["ok"] for r in runner.steady_before + runner.steady_after) and \
+            all(c["ok"] for c in checks if c["name"] != "lost_jobs")
+        return {"drill": drill.name, "passed": ok, "journal": runner.journal,
+                "steady_before": runner.steady_before, "steady_after": runner.steady_after,
+                "invariants": checks}
+    finally:
+        await http.aclose()
+        await dispatch.close()
+        await pool.close()
+
+
+def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
+    from chaos.drill import DrillError
+    from core.cli import _print_json, run_async
+    from core.errors import JobHarnessError
+
+    try:
+        result = run_async(_drill_alone(args, settings))
+    except DrillError as exc:
+        raise JobHarnessError(str(exc)) from exc
+    _print_json(result)
+    return 0 if result["passed"] else 1
+
+
+def add_drill_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    d = sub.add_parser("drill", parents=[common],
+                       help="run one drill alone against a target (no load; see run --drill)")
+    d.add_argument("file", help="a drill name or YAML file")
+    d.add_argument("--seed", type=int, default=1)
+    d.set_defaults(func=cmd_drill, needs_settings=True)
