@@ -166,10 +166,14 @@ def test_timeout_closes_after_the_delay(client: Toxiproxy, upstream: str) -> Non
 def test_reset_peer(client: Toxiproxy, upstream: str) -> None:
     proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
     proxy.add_toxic(type="reset_peer", stream="upstream", attributes={"timeout": 0})
-    with connect(proxy.listen) as s, pytest.raises(ConnectionResetError):
-        # the reset may land before the request is even written, or while reading the reply
-        s.sendall(b"PING\r\n")
-        s.recv(64)
+    def exchange() -> bytes:
+        with connect(proxy.listen) as s:
+            s.sendall(b"PING\r\n")
+            return s.recv(64)
+
+    # the reset may land before the request is even written, or while reading the reply
+    with pytest.raises(ConnectionResetError):
+        exchange()
 
 
 def test_limit_data(client: Toxiproxy, upstream: str) -> None:
