@@ -49,6 +49,7 @@ class Drill:
     settle_s: float = 60.0
     expect_no_replacement_during: list[str] = field(default_factory=list)
     slo: dict[str, float] = field(default_factory=dict)  # scenario SLOs relaxed for the fault
+    abort: list[dict[str, Any]] = field(default_factory=list)  # probes watched during the method
     memory: bool = False  # run a state-memory owner (for faults that take it away)
 
     @property
@@ -104,6 +105,7 @@ class DrillRunner:
         self.t0 = time.monotonic()
         self.steady_before: list[dict[str, Any]] = []
         self.steady_after: list[dict[str, Any]] = []
+        self.aborted: dict[str, Any] | None = None
 
     def note(self, kind: str, name: str, **details: Any) -> None:
         self.journal.append({"t_s": round(time.monotonic() - self.t0, 3), "kind": kind,
@@ -171,11 +173,36 @@ class DrillRunner:
                 await self._heal(step, applied)
 
     async def run_method(self) -> None:
+        """The timed faults; an abort probe that fails stops them. Rollbacks always run."""
         self.t0 = time.monotonic()
+        steps = asyncio.gather(*(self._run_step(s) for s in self.drill.method))
+        watch = asyncio.create_task(self._watch_abort())
         try:
-            await asyncio.gather(*(self._run_step(s) for s in self.drill.method))
+            done, _ = await asyncio.wait({steps, watch}, return_when=asyncio.FIRST_COMPLETED)
+            if watch in done and self.aborted is not None:
+                steps.cancel()
+                self.note("abort", self.aborted["probe"], value=self.aborted["value"])
+            await asyncio.gather(steps, return_exceptions=True)
         finally:
+            watch.cancel()
+            await asyncio.gather(watch, return_exceptions=True)
             await self.rollback()
+
+    async def _watch_abort(self) -> None:
+        """Check the abort probes every second while the method runs."""
+        if not self.drill.abort:
+            return
+        while True:
+            for spec in self.drill.abort:
+                probe = self.probes.get(spec["probe"])
+                if probe is None:
+                    raise DrillError(f"unknown probe {spec['probe']!r}")
+                ok, value = await probe(spec)
+                if not ok:
+                    self.aborted = {"probe": spec["probe"], "value": value,
+                                    "t_s": round(time.monotonic() - self.t0, 3)}
+                    return
+            await asyncio.sleep(1.0)  # the probing period
 
     async def rollback(self) -> None:
         """Always: heal every proxy and resume every paused worker."""

@@ -420,6 +420,10 @@ class Run:
         runner.steady_after = await runner.check_steady_state(wait_s=drill.settle_s)
         windows = fault_windows(runner.journal, self.drill_offset_s)
         checks = [
+            {"name": "drill_not_aborted", "description": "no abort probe failed during the method",
+             "violations": 0 if runner.aborted is None else 1,
+             "examples": [] if runner.aborted is None else [str(runner.aborted)],
+             "ok": runner.aborted is None},
             {"name": "steady_state_before", "description": "probes held before the faults",
              "violations": sum(not r["ok"] for r in runner.steady_before), "examples": [],
              "ok": all(r["ok"] for r in runner.steady_before)},

@@ -1,0 +1,69 @@
+import asyncio
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from chaos.actions import Endpoints
+from chaos.drill import DrillError, DrillRunner, available, load_drill
+from chaos.recovery import fault_windows, recovery
+
+
+def test_every_shipped_drill_loads() -> None:
+    names = set(available())
+    assert {"kill-workers", "zombie-workers", "redis-partition", "postgres-latency",
+            "postgres-partition", "state-memory-outage", "gameday"} <= names
+    gameday = load_drill("gameday")
+    assert {s.action for s in gameday.method} == {"kill_workers", "partition", "pause_workers"}
+    assert gameday.length_s >= 70
+
+
+def test_bad_drill_files(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: x\nmethod:\n  - {action: earthquake}\n")
+    with pytest.raises(DrillError, match="action"):
+        load_drill(str(bad))
+    bad.write_text("name: x\nmethod:\n  - {action: kill_workers, repeat: 3, count: 1}\n")
+    with pytest.raises(DrillError, match="every_s"):
+        load_drill(str(bad))
+    with pytest.raises(DrillError, match="unknown drill"):
+        load_drill("no-such-drill")
+
+
+def test_abort_probe_stops_the_method_and_rollbacks_still_run(tmp_path: Path) -> None:
+    f = tmp_path / "d.yaml"
+    f.write_text("name: d\nmethod:\n  - {action: resume_workers, at_s: 30}\n"
+                 "abort:\n  - {probe: always_down}\n")
+    calls: list[str] = []
+
+    async def always_down(spec: dict[str, Any]) -> tuple[bool, Any]:
+        calls.append("probe")
+        return False, "down"
+
+    runner = DrillRunner(load_drill(str(f)), Endpoints(), {"always_down": always_down})
+    asyncio.run(asyncio.wait_for(runner.run_method(), 5))  # well before the 30 s step
+    assert runner.aborted is not None
+    assert runner.aborted["probe"] == "always_down"
+    kinds = [j["kind"] for j in runner.journal]
+    assert kinds[0] == "abort"
+    assert "fault" not in kinds
+    assert [j["name"] for j in runner.journal if j["kind"] == "rollback"] == [
+        "heal", "resume_workers"]
+
+
+def test_recovery_from_samples() -> None:
+    samples = []
+    done = 0
+    for t in range(30):
+        rate = 0 if 10 <= t < 15 else 10
+        done += rate
+        samples.append({"elapsed_s": t, "COMPLETED": done, "DEAD": 0, "CANCELLED": 0,
+                        "WAITING": 0, "PENDING": 50, "PROCESSING": 0})
+    windows = fault_windows([{"kind": "fault", "name": "partition", "t_s": 10.0,
+                              "duration_s": 5, "args": {}}], offset_s=0.0)
+    (r,) = recovery(samples, windows)
+    assert r["throughput_before_jobs_s"] == 10
+    assert r["throughput_during_jobs_s"] <= 2
+    assert r["recovery_s"] is not None
+    assert 0 < r["recovery_s"] <= 3
+    assert random.Random(1).random() == random.Random(1).random()
