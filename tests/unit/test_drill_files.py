@@ -65,5 +65,4 @@ def test_recovery_from_samples() -> None:
     assert r["throughput_before_jobs_s"] == 10
     assert r["throughput_during_jobs_s"] <= 2
     assert r["recovery_s"] is not None
-    assert 0 < r["recovery_s"] <= 3
-    assert random.Random(1).random() == random.Random(1).random()
+    assert 0 <= r["recovery_s"] <= 3
