@@ -129,6 +129,7 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     from chaos.actions import Endpoints
     from chaos.checker import check_all
     from chaos.drill import DrillRunner, load_drill
+    from chaos.probes import make_probes
     from core.connect import create_dispatch, create_pool
     from core.errors import JobHarnessError
 
@@ -139,27 +140,9 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     dispatch = create_dispatch(settings)
     http = httpx.AsyncClient()
     try:
-        async def api_healthy(spec: dict[str, Any]) -> tuple[bool, Any]:
-            try:
-                r = await http.get(f"{settings.api_url}/health", timeout=5)
-            except httpx.HTTPError as exc:
-                return False, str(exc)
-            return r.status_code == 200, r.json().get("status")
-
-        async def backlog_below(spec: dict[str, Any]) -> tuple[bool, Any]:
-            n = int(await pool.fetchval("SELECT count(*) FROM jobs WHERE status IN"
-                                        " ('WAITING', 'PENDING', 'PROCESSING')"))
-            return n < int(spec.get("value", 1000)), n
-
-        async def workers_active_at_least(spec: dict[str, Any]) -> tuple[bool, Any]:
-            n = int(await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'"))
-            return n >= int(spec.get("count", 1)), n
-
         runner = DrillRunner(drill, Endpoints(proxy_api=settings.toxiproxy_url,
                                               control_url=settings.control_url),
-                             {"api_healthy": api_healthy, "backlog_below": backlog_below,
-                              "workers_active_at_least": workers_active_at_least},
-                             seed=args.seed)
+                             make_probes(pool, settings.api_url, http), seed=args.seed)
         runner.steady_before = await runner.check_steady_state()
         await runner.run_method()
         runner.steady_after = await runner.check_steady_state(wait_s=drill.settle_s)

@@ -31,6 +31,7 @@ import yaml
 from chaos.actions import Endpoints
 from chaos.checker import check_all
 from chaos.drill import DrillRunner, load_drill
+from chaos.probes import make_probes
 from chaos.recovery import fault_windows, recovery
 from core.connect import connect_admin, create_dispatch, create_pool
 from core.dispatch import RedisDispatch
@@ -382,32 +383,12 @@ class Run:
         return verdict
 
     # -- drills -----------------------------------------------------------------------------
-    def _probes(self, pool: Any, api_url: str, http: httpx.AsyncClient) -> dict[str, Any]:
-        async def api_healthy(spec: dict[str, Any]) -> tuple[bool, Any]:
-            try:
-                r = await http.get(f"{api_url}/health", timeout=5)
-            except httpx.HTTPError as exc:
-                return False, str(exc)
-            return r.status_code == 200, r.json().get("status")
-
-        async def workers_active_at_least(spec: dict[str, Any]) -> tuple[bool, Any]:
-            n = int(await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'"))
-            return n >= float(spec.get("fraction", 1.0)) * self.scenario.workers, n
-
-        async def backlog_below(spec: dict[str, Any]) -> tuple[bool, Any]:
-            n = int(await pool.fetchval("SELECT count(*) FROM jobs WHERE status IN"
-                                        " ('WAITING', 'PENDING', 'PROCESSING')"))
-            return n < int(spec.get("value", 1000)), n
-
-        return {"api_healthy": api_healthy, "workers_active_at_least": workers_active_at_least,
-                "backlog_below": backlog_below}
-
     async def _start_drill(self, pool: Any, api_url: str, http: httpx.AsyncClient
                            ) -> asyncio.Task[None] | None:
         if self.drill is None:
             return None
-        self.runner = DrillRunner(self.drill, self.endpoints, self._probes(pool, api_url, http),
-                                  seed=self.scenario.seed)
+        probes = make_probes(pool, api_url, http, expected_workers=self.scenario.workers)
+        self.runner = DrillRunner(self.drill, self.endpoints, probes, seed=self.scenario.seed)
         self.runner.steady_before = await self.runner.check_steady_state()
         self.drill_offset_s = self.elapsed
         self.drill_wall_t0 = time.time()
