@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.resources
 import re
+from collections.abc import Iterator
 from typing import TypeAlias
 
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
+
+from core.errors import StoreUnavailable
 
 # A connection of our own or one borrowed from a pool.
 Conn: TypeAlias = "asyncpg.Connection[asyncpg.Record] | PoolConnectionProxy[asyncpg.Record]"
@@ -26,6 +30,15 @@ def queries() -> dict[str, str]:
             raise ValueError(f"query {name!r} defined twice")
         out[name] = body.strip().rstrip(";")
     return out
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Translate driver connection failures into StoreUnavailable (invariant 4's signal)."""
+    try:
+        yield
+    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
+        raise StoreUnavailable(f"PostgreSQL unreachable: {exc}") from exc
 
 
 def q(name: str) -> str:

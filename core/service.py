@@ -23,15 +23,15 @@ from core.creation import CreateResult, create_jobs
 from core.dispatch import EnqueueItem, RedisDispatch
 from core.errors import (
     DispatchUnavailable,
-    InvalidInput,
     InvalidTransition,
     JobNotFound,
     StaleLease,
-    StoreUnavailable,
 )
+from core.jobreads import JobReads
 from core.memory_events import MemoryEmitter
-from core.model import ExecutionStatus, Job, JobSpec, JobStatus, Lease, parse_job_id
-from core.queries import Conn, q
+from core.model import ExecutionStatus, JobSpec, JobStatus, Lease, parse_job_id
+from core.queries import Conn, q, store_errors
+from core.registry import WorkerRegistry
 from core.settings import Settings
 
 __all__ = ["CreateResult", "Effects", "FailOutcome", "JobService"]
@@ -61,15 +61,7 @@ class FailOutcome:
     cancelled_dependents: int = 0
 
 
-@contextlib.contextmanager
-def _store_errors() -> Any:
-    try:
-        yield
-    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-        raise StoreUnavailable(f"PostgreSQL unreachable: {exc}") from exc
-
-
-class JobService:
+class JobService(JobReads, WorkerRegistry):
     """The job operations. One instance per process; safe for concurrent use."""
 
     def __init__(
@@ -92,7 +84,7 @@ class JobService:
     # -- transactions and Redis effects ----------------------------------------------------
     @contextlib.asynccontextmanager
     async def _tx(self) -> AsyncIterator[Conn]:
-        with _store_errors():
+        with store_errors():
             async with self.pool.acquire() as conn, conn.transaction():
                 yield conn
 
@@ -120,7 +112,7 @@ class JobService:
     ) -> list[CreateResult]:
         """Create jobs atomically: all are committed or none; then index them in Redis."""
         fx = Effects()
-        with _store_errors():
+        with store_errors():
             results = await create_jobs(self.pool, specs, self.settings, fx.add_ready,
                                         single=single)
         self.stats["created"] += sum(r.created for r in results)
@@ -157,7 +149,7 @@ class JobService:
             self._next_due_in_ms = res.next_due_in_ms
             if res.job_id is None:
                 return None
-            with _store_errors():
+            with store_errors():
                 row = await self.pool.fetchrow(
                     q("lease_job"), uuid.UUID(res.job_id), worker_id, lease_s, "redis"
                 )
@@ -170,7 +162,7 @@ class JobService:
     async def _drop_stale_entry(self, job_id: str) -> None:
         """A popped id whose job is not PENDING: keep the index honest, then look further."""
         self.stats["stale_dispatch_entries"] += 1
-        with _store_errors():
+        with store_errors():
             row = await self.pool.fetchrow(q("job_state"), uuid.UUID(job_id))
         if row is not None and row["status"] == JobStatus.PROCESSING:
             return  # the current holder's processing entry is the same member: leave it
@@ -179,7 +171,7 @@ class JobService:
     async def _acquire_postgres(
         self, worker_id: str, caps: list[str], lease_s: float
     ) -> Lease | None:
-        with _store_errors():
+        with store_errors():
             row = await self.pool.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
         if row is None:
             return None
@@ -232,7 +224,7 @@ class JobService:
         """Record success; only the current lease's token is accepted."""
         jid = parse_job_id(job_id)
         fx = Effects(forget=[job_id])
-        with _store_errors():
+        with store_errors():
             rows = await self.pool.fetch(q("complete_job"), jid, token, result)
         if not rows[0]["ok"]:
             if rows[0]["job_status"] is None:
@@ -351,7 +343,7 @@ class JobService:
         """Extend a lease; returns True when the job's cancellation has been requested."""
         jid = parse_job_id(job_id)
         lease_s = lease_s or self.settings.lease_s
-        with _store_errors():
+        with store_errors():
             async with self.pool.acquire() as conn:
                 row = await conn.fetchrow(q("extend_lease"), jid, token, lease_s)
                 if row is None:
@@ -408,7 +400,7 @@ class JobService:
 
     async def release_worker(self, worker_id: str, reason: str) -> int:
         """Fail every lease a lost worker holds (counts as an attempt); returns how many."""
-        with _store_errors():
+        with store_errors():
             leases = await self.pool.fetch(q("worker_leases"), worker_id)
         n = 0
         for lease in leases:
@@ -424,56 +416,7 @@ class JobService:
             n += 1
         return n
 
-    # -- reads ------------------------------------------------------------------------------
-    async def get(self, job_id: str) -> Job:
-        jid = parse_job_id(job_id)
-        with _store_errors():
-            row = await self.pool.fetchrow(q("get_job"), jid)
-        if row is None:
-            raise JobNotFound(job_id)
-        names = Job.__dataclass_fields__
-        data = {k: row[k] for k in names if k in row}
-        data["id"] = str(row["id"])
-        data["status"] = JobStatus(row["status"])
-        return Job(**data)
-
-    async def list_jobs(
-        self, *, status: str | None = None, job_type: str | None = None, limit: int = 100,
-        offset: int = 0,
-    ) -> list[dict[str, Any]]:
-        if status is not None and status not in JobStatus.__members__:
-            raise InvalidInput("status", f"must be one of {', '.join(JobStatus)}")
-        if not 1 <= limit <= 10_000:
-            raise InvalidInput("limit", "must be between 1 and 10000")
-        if offset < 0:
-            raise InvalidInput("offset", "must be >= 0")
-        with _store_errors():
-            rows = await self.pool.fetch(q("list_jobs"), status, job_type, limit, offset)
-        return [dict(r) | {"id": str(r["id"])} for r in rows]
-
-    async def executions(self, job_id: str) -> list[dict[str, Any]]:
-        jid = parse_job_id(job_id)
-        with _store_errors():
-            rows = await self.pool.fetch(q("job_executions"), jid)
-        return [dict(r) for r in rows]
-
-    async def counts(self) -> dict[str, int]:
-        with _store_errors():
-            rows = await self.pool.fetch(q("count_by_status"))
-        out = {s.value: 0 for s in JobStatus}
-        out.update({r["status"]: r["n"] for r in rows})
-        return out
-
-    # -- dead-letter queue ------------------------------------------------------------------
-    async def dlq_list(
-        self, *, job_type: str | None = None, limit: int = 100, offset: int = 0
-    ) -> list[dict[str, Any]]:
-        if not 1 <= limit <= 10_000 or offset < 0:
-            raise InvalidInput("limit", "limit must be 1..10000 and offset >= 0")
-        with _store_errors():
-            rows = await self.pool.fetch(q("dlq_list"), job_type, limit, offset)
-        return [dict(r) | {"job_id": str(r["job_id"])} for r in rows]
-
+    # -- dead-letter queue (the state change; listing and purging are in JobReads) ---------
     async def dlq_requeue(self, job_id: str) -> None:
         """Move a dead job back to PENDING with fresh retries."""
         jid = parse_job_id(job_id)
@@ -488,95 +431,3 @@ class JobService:
             fx.add_ready(rows)
         self.stats["dlq_requeued"] += 1
         await self._apply(fx)
-
-    async def dlq_purge(self, *, older_than_s: float | None = None) -> int:
-        """Delete DLQ entries older than `older_than_s` (default: the retention period)."""
-        if older_than_s is None:
-            older_than_s = self.settings.dlq_retention_days * 86_400
-        if older_than_s < 0:
-            raise InvalidInput("older_than_s", "must be >= 0")
-        with _store_errors():
-            rows = await self.pool.fetch(q("dlq_purge"), older_than_s)
-        ids = [str(r["job_id"]) for r in rows]
-        with contextlib.suppress(DispatchUnavailable):
-            await self.dispatch.forget_dead(ids)
-        return len(ids)
-
-    # -- workers ----------------------------------------------------------------------------
-    async def register_worker(
-        self,
-        worker_id: str,
-        capabilities: Sequence[str],
-        *,
-        concurrency: int = 1,
-        hostname: str = "",
-        pid: int | None = None,
-        metadata: dict[str, Any] | None = None,
-    ) -> None:
-        if not worker_id or len(worker_id) > 200:
-            raise InvalidInput("worker_id", "must be 1 to 200 characters")
-        if not 1 <= concurrency <= 1000:
-            raise InvalidInput("concurrency", "must be between 1 and 1000")
-        with _store_errors():
-            await self.pool.execute(q("register_worker"), worker_id, hostname, pid,
-                                    list(capabilities), concurrency, metadata or {})
-        if self.memory is not None:
-            self.memory.worker_config(worker_id, {
-                "capabilities": list(capabilities), "concurrency": concurrency,
-                "hostname": hostname, "pid": pid, **(metadata or {})})
-        await self.heartbeat(worker_id)
-
-    async def heartbeat(self, worker_id: str, value: str = "alive",
-                        sample: dict[str, Any] | None = None) -> str | None:
-        """Refresh liveness in both stores (and record a health sample); returns the worker's
-        PostgreSQL status, None if unknown. Each store may fail independently (invariant 5)."""
-        redis_ok = True
-        try:
-            await self.dispatch.set_heartbeat(worker_id, self.settings.heartbeat_ttl_s, value)
-        except DispatchUnavailable:
-            redis_ok = False
-        try:
-            with _store_errors():
-                status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
-                if sample is not None:
-                    await self.pool.execute(
-                        q("insert_health_sample"), worker_id, sample["rss_bytes"],
-                        sample["cpu_percent"], sample["loop_lag_ms"], sample["in_flight"],
-                        sample["completed"], sample["failed"], sample["duration_p50_ms"],
-                        sample["duration_p99_ms"], sample["error_rate"], {},
-                    )
-        except StoreUnavailable:
-            if not redis_ok:
-                raise
-            return None
-        if self.memory is not None:
-            self.memory.worker_state(worker_id, {"status": status, **(sample or {})})
-        return str(status) if status is not None else None
-
-    async def heartbeat_ages(self, worker_ids: list[str]) -> dict[str, float | None]:
-        """Seconds since each worker's PostgreSQL heartbeat (None: not registered)."""
-        with _store_errors():
-            rows = await self.pool.fetch(q("worker_heartbeat_ages"), worker_ids)
-        ages: dict[str, float | None] = {w: None for w in worker_ids}
-        ages.update({r["id"]: float(r["age_s"]) for r in rows})
-        return ages
-
-    async def set_worker_status(self, worker_id: str, status: str) -> None:
-        with _store_errors():
-            await self.pool.execute(q("set_worker_status"), worker_id, status)
-
-    async def deregister_worker(
-        self, worker_id: str, *, status: str = "STOPPED", reason: str | None = None
-    ) -> None:
-        with _store_errors():
-            await self.pool.execute(q("stop_worker"), worker_id, status, reason)
-        with contextlib.suppress(DispatchUnavailable):
-            await self.dispatch.clear_heartbeat(worker_id)
-        if self.memory is not None:
-            self.memory.worker_state(worker_id, {"status": status, "reason": reason})
-
-    async def list_workers(self, *, status: str | None = None, limit: int = 1000) -> list[
-            dict[str, Any]]:
-        with _store_errors():
-            rows = await self.pool.fetch(q("list_workers"), status, limit)
-        return [dict(r) for r in rows]
