@@ -54,6 +54,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
             verdict = run_async(run.execute())
     except (ScenarioError, DrillError) as exc:
         raise JobHarnessError(str(exc)) from exc
+    from reports.build import build_report
+
+    verdict["report"] = build_report(run.dir)["report"]
     if args.json:
         from core.cli import _print_json
 
@@ -72,10 +75,22 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
         out.print(f"{figs['jobs']} jobs in {figs['wall_s']} s "
                   f"({figs['throughput_jobs_s']} jobs/s), timings {verdict['timings']}")
         out.print(f"run folder: {run.dir}")
+        out.print(f"report: {run.dir / 'report' / 'report.html'}")
         out.print(f"Locust report: {run.dir / 'locust.html'}")
         out.print("[green]PASSED[/green]" if verdict["passed"] else
                   f"[red]FAILED[/red]: {', '.join(verdict['breaches'])}")
     return 0 if verdict["passed"] else 1
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from core.cli import _print_json
+    from reports.build import build_report
+
+    try:
+        _print_json(build_report(Path(args.run_dir)))
+    except FileNotFoundError as exc:
+        raise JobHarnessError(str(exc)) from exc
+    return 0
 
 
 def extend(sub: Any, common: argparse.ArgumentParser) -> None:
@@ -83,6 +98,9 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     from loadtests.scenario import available
 
     add_chaos(sub, common)
+    r = sub.add_parser("report", help="latency report of a run folder (HTML, Markdown, PNG)")
+    r.add_argument("run_dir")
+    r.set_defaults(func=cmd_report)
     p = sub.add_parser("run", parents=[common],
                        help="load scenario -> drain -> invariant checks -> SLO verdict")
     p.add_argument("scenario", help=f"one of {', '.join(available())}, or a YAML file")

@@ -37,6 +37,25 @@ def test_run_smoke_passes_and_writes_the_run_folder(
     assert raw
     assert len(raw[0].read_text().splitlines()) > 10
     assert len((folder / "samples.csv").read_text().splitlines()) >= 3
+    # the report, written at the end of the run, agrees with the raw data
+    report = folder / "report"
+    assert verdict["report"] == str(report / "report.html")
+    for name in ("latency_over_time.png", "throughput.png", "queue_depth.png", "workers.png",
+                 "e2e_distribution.png", "work_per_worker.png", "summary.md", "summary.json"):
+        assert (report / name).stat().st_size > 0, name
+    html = (report / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 6  # self-contained
+    summary = json.loads((report / "summary.json").read_text())
+    import csv
+
+    with open(raw[0], newline="") as fh:
+        creates = sorted(float(r["response_time_ms"]) for r in csv.DictReader(fh)
+                         if r["name"] == "POST /jobs" and r["ok"] == "1")
+    rank = -(-99 * len(creates) // 100)  # nearest rank, computed here independently
+    op = next(o for o in summary["operations"] if o["operation"] == "POST /jobs")
+    assert op["count"] >= len(creates)
+    assert op["p99_ms"] == creates[rank - 1]
+    assert summary["jobs"]["total"] == 200
 
 
 def test_slo_breach_exits_non_zero_naming_it(

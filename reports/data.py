@@ -1,0 +1,107 @@
+"""Reading a run folder into pandas frames, and the numbers a report shows. Percentiles come
+from the raw samples (every request, every job), never averaged across intervals."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+PCTS = (50, 90, 95, 99, 99.9)
+
+
+@dataclass
+class RunData:
+    path: Path
+    verdict: dict[str, Any]
+    requests: pd.DataFrame  # ts, method, name, response_time_ms, bytes, ok, error
+    jobs: pd.DataFrame
+    samples: pd.DataFrame
+    workers: pd.DataFrame
+
+
+def load_run(path: Path) -> RunData:
+    if not (path / "verdict.json").exists():
+        raise FileNotFoundError(f"{path} is not a run folder (no verdict.json)")
+    raw = [pd.read_csv(p) for p in sorted((path / "raw").glob("requests-*.csv"))]
+    requests = pd.concat(raw, ignore_index=True) if raw else pd.DataFrame(
+        columns=["ts", "method", "name", "response_time_ms", "bytes", "ok", "error"])
+    jobs = pd.read_csv(path / "jobs.csv", parse_dates=["created_at", "started_at",
+                                                        "completed_at"])
+    samples = pd.read_csv(path / "samples.csv")
+    workers = pd.read_csv(path / "workers.csv") if (path / "workers.csv").exists() \
+        else pd.DataFrame()
+    return RunData(path=path, verdict=json.loads((path / "verdict.json").read_text()),
+                   requests=requests, jobs=jobs, samples=samples, workers=workers)
+
+
+def percentile(values: pd.Series, pct: float) -> float | None:
+    """Nearest-rank percentile of raw values (what `loadtests.verdict` computes too)."""
+    arr = np.sort(values.dropna().to_numpy(dtype=float))
+    if arr.size == 0:
+        return None
+    rank = int(np.ceil(pct / 100 * arr.size))
+    return float(arr[max(1, min(arr.size, rank)) - 1])
+
+
+def operation_table(requests: pd.DataFrame) -> pd.DataFrame:
+    """Per operation: count, error rate, p50/p90/p95/p99/p99.9 and max of successes (ms)."""
+    rows = []
+    for name, group in requests.groupby("name", sort=True):
+        ok = group[group["ok"] == 1]["response_time_ms"]
+        row: dict[str, Any] = {"operation": name, "count": len(group),
+                               "error_rate": round(1 - len(ok) / len(group), 4)}
+        for p in PCTS:
+            row[f"p{p:g}_ms"] = percentile(ok, p)
+        row["max_ms"] = float(ok.max()) if len(ok) else None
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def latency_over_time(requests: pd.DataFrame, names: list[str], bucket_s: float = 1.0
+                      ) -> pd.DataFrame:
+    """Per second of the run: p50/p95/p99/max of the given operations (raw, per bucket)."""
+    ok = requests[(requests["ok"] == 1) & requests["name"].isin(names)].copy()
+    if ok.empty:
+        return pd.DataFrame(columns=["t_s", "p50", "p95", "p99", "max"])
+    t0 = ok["ts"].min()
+    ok["t_s"] = ((ok["ts"] - t0) // bucket_s) * bucket_s
+    g = ok.groupby("t_s")["response_time_ms"]
+    frame = pd.DataFrame({"p50": g.quantile(0.5), "p95": g.quantile(0.95),
+                          "p99": g.quantile(0.99), "max": g.max()})
+    # seconds without a successful request stay empty, so plotted lines break there
+    full = np.arange(0, frame.index.max() + bucket_s, bucket_s)
+    return frame.reindex(full).rename_axis("t_s").reset_index()
+
+
+def throughput(samples: pd.DataFrame) -> pd.DataFrame:
+    """Jobs created, completed, dead and cancelled per second, from the 1 s samples."""
+    s = samples.sort_values("elapsed_s")
+    dt = s["elapsed_s"].diff()
+    created = s[["WAITING", "PENDING", "PROCESSING", "COMPLETED", "DEAD",
+                 "CANCELLED"]].sum(axis=1)
+    out = pd.DataFrame({"t_s": s["elapsed_s"],
+                        "created": created.diff() / dt,
+                        "completed": s["COMPLETED"].diff() / dt,
+                        "dead": s["DEAD"].diff() / dt,
+                        "cancelled": s["CANCELLED"].diff() / dt})
+    return out.dropna()
+
+
+def jain_index(values: list[float]) -> float | None:
+    """Jain's fairness index: 1 = perfectly even, 1/n = one worker did everything."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0 or not x.any():
+        return None
+    return float(x.sum() ** 2 / (x.size * (x ** 2).sum()))
+
+
+def e2e_split(jobs: pd.DataFrame) -> pd.DataFrame:
+    """Completed jobs' end-to-end time split into queue wait and processing (ms)."""
+    done = jobs[jobs["status"] == "COMPLETED"].copy()
+    done["processing_ms"] = done["end_to_end_ms"] - done["queue_wait_ms"]
+    return done[["queue_wait_ms", "processing_ms", "end_to_end_ms"]]
