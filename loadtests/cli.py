@@ -84,9 +84,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from core.cli import _print_json
-    from reports.build import build_report
 
     try:
+        if args.run_dir == "compare":
+            from reports.compare import compare
+
+            if len(args.more) != 2:
+                raise JobHarnessError("usage: jobharness report compare BASE CANDIDATE")
+            base, cand = (Path(p) for p in args.more)
+            result = compare(base, cand, cand / "report")
+            _print_json(result)
+            return 1 if result["regressions"] else 0
+        from reports.build import build_report
+
         _print_json(build_report(Path(args.run_dir)))
     except FileNotFoundError as exc:
         raise JobHarnessError(str(exc)) from exc
@@ -99,7 +109,8 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
 
     add_chaos(sub, common)
     r = sub.add_parser("report", help="latency report of a run folder (HTML, Markdown, PNG)")
-    r.add_argument("run_dir")
+    r.add_argument("run_dir", help="a run folder, or `compare BASE CANDIDATE`")
+    r.add_argument("more", nargs="*", help=argparse.SUPPRESS)
     r.set_defaults(func=cmd_report)
     p = sub.add_parser("run", parents=[common],
                        help="load scenario -> drain -> invariant checks -> SLO verdict")

@@ -78,3 +78,34 @@ def test_unknown_scenario_is_one_clear_line(capsys: pytest.CaptureFixture[str]) 
     err = capsys.readouterr().err
     assert "unknown scenario 'no-such-scenario'" in err
     assert "smoke" in err
+
+
+def test_report_compare_flags_a_real_slowdown_only(
+    server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import csv
+    import shutil
+
+    runs = tmp_path / "runs"
+    assert main(run_args(server_settings, runs, "smoke")) == 0
+    capsys.readouterr()
+    (base,) = runs.iterdir()
+    slower = tmp_path / "slower"
+    shutil.copytree(base, slower)
+    for path in (slower / "raw").glob("requests-*.csv"):  # every create three times slower
+        with open(path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        for r in rows:
+            if r["name"].startswith("POST /jobs") and "{id}" not in r["name"]:
+                r["response_time_ms"] = str(float(r["response_time_ms"]) * 3)
+        with open(path, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    assert main(["report", "compare", str(base), str(slower)]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert {"create_p50_ms", "create_p99_ms"} <= set(result["regressions"])
+    assert not any(m.startswith("end_to_end") for m in result["regressions"])
+    assert Path(result["plot"]).stat().st_size > 0
+    assert main(["report", "compare", str(base), str(base)]) == 0  # no noise flagged
+    assert json.loads(capsys.readouterr().out)["regressions"] == []
