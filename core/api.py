@@ -10,8 +10,9 @@ import contextlib
 import dataclasses
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
+from typing import Any, Literal
 
+import asyncpg
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import (
@@ -125,6 +126,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         (StaleLease, 409, lambda e: "token"),
         (StoreUnavailable, 503, lambda e: "store"),
     ]
+    async def data_error(request: Request, exc: Exception) -> JSONResponse:
+        # A value PostgreSQL cannot store that validation let through: still the input's
+        # fault, and the failed statement wrote nothing.
+        return _error(422, "input", f"invalid input: {exc}")
+
+    app.add_exception_handler(asyncpg.DataError, data_error)
     for exc_type, status, field in statuses:
         def handler(request: Request, exc: Exception, status: int = status,
                     field: Callable[[Any], str] = field) -> JSONResponse:
@@ -258,7 +265,9 @@ async def _memory_status(rt: Runtime) -> dict[str, Any]:
 
 
 @router.get("/state/{namespace}/{key:path}")
-async def state_entry(request: Request, namespace: str, key: str) -> Any:
+async def state_entry(request: Request,
+                      namespace: Literal["job-management", "worker-coordination"],
+                      key: str) -> Any:
     """One state-memory entry, read through the memory owner."""
     import httpx
 

@@ -6,7 +6,7 @@ import contextlib
 from typing import Any
 
 from core.errors import DispatchUnavailable, InvalidInput, JobNotFound
-from core.model import Job, JobStatus, parse_job_id
+from core.model import Job, JobStatus, check_text, parse_job_id
 from core.queries import q, store_errors
 
 
@@ -39,6 +39,7 @@ class JobReads:
             raise InvalidInput("limit", "must be between 1 and 10000")
         if offset < 0:
             raise InvalidInput("offset", "must be >= 0")
+        check_text("job_type", job_type)
         with store_errors():
             rows = await self.pool.fetch(q("list_jobs"), status, job_type, limit, offset)
         return [dict(r) | {"id": str(r["id"])} for r in rows]
@@ -62,6 +63,7 @@ class JobReads:
     ) -> list[dict[str, Any]]:
         if not 1 <= limit <= 10_000 or offset < 0:
             raise InvalidInput("limit", "limit must be 1..10000 and offset >= 0")
+        check_text("job_type", job_type)
         with store_errors():
             rows = await self.pool.fetch(q("dlq_list"), job_type, limit, offset)
         return [dict(r) | {"job_id": str(r["job_id"])} for r in rows]

@@ -93,6 +93,7 @@ def validate_spec(spec: Any, limits: SpecLimits) -> ValidatedSpec:
         raise InvalidInput("spec", f"expected JobSpec, got {type(spec).__name__}")
     if not isinstance(spec.job_type, str) or not spec.job_type:
         raise InvalidInput("job_type", "must be a non-empty string")
+    _check_texts(spec)
     if spec.job_type not in limits.known_job_types:
         raise UnknownJobType(spec.job_type, sorted(limits.known_job_types))
     _check_int("priority", spec.priority, MIN_PRIORITY, MAX_PRIORITY)
@@ -119,10 +120,25 @@ def validate_spec(spec: Any, limits: SpecLimits) -> ValidatedSpec:
         payload_json = json.dumps(spec.payload, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput("payload", f"not JSON-serialisable: {exc}") from exc
+    if "\\u0000" in payload_json:
+        raise InvalidInput("payload", "NUL characters (\\u0000) cannot be stored")
     size = len(payload_json.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(size, limits.max_payload_bytes)
     return ValidatedSpec(spec=spec, payload_json=payload_json)
+
+
+def _check_texts(spec: JobSpec) -> None:
+    for name in ("job_type", "required_capability", "idempotency_key", "ref"):
+        check_text(name, getattr(spec, name))
+    for dep in spec.depends_on if isinstance(spec.depends_on, tuple | list) else ():
+        check_text("depends_on", dep)
+
+
+def check_text(name: str, value: Any) -> None:
+    """PostgreSQL text cannot hold NUL: refuse it as input instead of failing on write."""
+    if isinstance(value, str) and "\x00" in value:
+        raise InvalidInput(name, "must not contain NUL characters")
 
 
 def _check_dependencies(spec: JobSpec, limits: SpecLimits) -> None:

@@ -110,7 +110,8 @@ def _overlay(base: RunData, cand: RunData, path: Path) -> Path:
     ax.set_xticks(x, [f"{p:g}%" for p in pct], fontsize=7)
     ax.set(title="Base vs candidate: latency by percentile", xlabel="percentile",
            ylabel="ms (log)")
-    ax.legend(fontsize=8)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

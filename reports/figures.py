@@ -27,6 +27,12 @@ def _faults(ax: Any, run: RunData) -> None:
                     color="tab:red")
 
 
+def _legend(ax: Any, **kwargs: Any) -> None:
+    """A legend only when something was plotted (an empty one warns)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
 def _save(fig: Any, out: Path, name: str) -> Path:
     path = out / name
     fig.tight_layout()
@@ -53,7 +59,7 @@ def latency(run: RunData, out: Path) -> Path:
     _faults(ax, run)
     ax.set(title="Create latency per second (raw requests)", xlabel="time since start (s)",
            ylabel="latency (ms, log)")
-    ax.legend(loc="upper right", fontsize=8)
+    _legend(ax, loc="upper right", fontsize=8)
     return _save(fig, out, "latency_over_time.png")
 
 
@@ -65,7 +71,7 @@ def rates(run: RunData, out: Path) -> Path:
             ax.plot(tp["t_s"], tp[col], label=col)
     _faults(ax, run)
     ax.set(title="Throughput", xlabel="time since start (s)", ylabel="jobs per second")
-    ax.legend(loc="upper right", fontsize=8)
+    _legend(ax, loc="upper right", fontsize=8)
     return _save(fig, out, "throughput.png")
 
 
@@ -78,7 +84,7 @@ def queues(run: RunData, out: Path) -> Path:
                     else f"{col} (Redis)")
     _faults(ax, run)
     ax.set(title="Queue depth", xlabel="time since start (s)", ylabel="jobs")
-    ax.legend(loc="upper right", fontsize=8)
+    _legend(ax, loc="upper right", fontsize=8)
     return _save(fig, out, "queue_depth.png")
 
 
@@ -89,7 +95,7 @@ def workers(run: RunData, out: Path) -> Path:
     ax.plot(s["elapsed_s"], s["workers_failed"], label="replaced (cumulative)")
     _faults(ax, run)
     ax.set(title="Workers and replacements", xlabel="time since start (s)", ylabel="workers")
-    ax.legend(loc="lower right", fontsize=8)
+    _legend(ax, loc="lower right", fontsize=8)
     return _save(fig, out, "workers.png")
 
 
@@ -109,7 +115,7 @@ def e2e_distribution(run: RunData, out: Path) -> Path:
     ax.set_xticks(x, [f"{p:g}%" for p in pct], fontsize=7)
     ax.set(title="Completed jobs: latency by percentile (PostgreSQL clock)",
            xlabel="percentile", ylabel="ms (log)")
-    ax.legend(loc="upper left", fontsize=8)
+    _legend(ax, loc="upper left", fontsize=8)
     return _save(fig, out, "e2e_distribution.png")
 
 
