@@ -116,8 +116,13 @@ def validate_spec(spec: Any, limits: SpecLimits) -> ValidatedSpec:
     _check_dependencies(spec, limits)
     if not isinstance(spec.payload, dict):
         raise InvalidInput("payload", "must be a JSON object")
+    return ValidatedSpec(spec=spec, payload_json=_payload_json(spec.payload, limits))
+
+
+def _payload_json(payload: dict[str, Any], limits: SpecLimits) -> str:
+    """The payload as compact JSON that PostgreSQL's jsonb will store, within the limit."""
     try:
-        payload_json = json.dumps(spec.payload, separators=(",", ":"), allow_nan=False)
+        payload_json = json.dumps(payload, separators=(",", ":"), allow_nan=False)
     except (TypeError, ValueError) as exc:
         raise InvalidInput("payload", f"not JSON-serialisable: {exc}") from exc
     if "\\u0000" in payload_json:
@@ -125,7 +130,7 @@ def validate_spec(spec: Any, limits: SpecLimits) -> ValidatedSpec:
     size = len(payload_json.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(size, limits.max_payload_bytes)
-    return ValidatedSpec(spec=spec, payload_json=payload_json)
+    return payload_json
 
 
 def _check_texts(spec: JobSpec) -> None:
