@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -14,25 +12,18 @@ from core.settings import Settings
 
 
 async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]]) -> None:
-    import uvicorn
 
     from chaos.proxy_api import ProxyCollection, proxy_app
-    from core.proccli import _quiet_server_class
+    from core.serving import bind, serving, stop_on_signals
 
     collection = ProxyCollection(seed=args.seed)
     for spec in specs:
         await collection.create(spec)
-    sock = socket.create_server((args.host, args.port), reuse_port=False)
-    server = _quiet_server_class()(uvicorn.Config(proxy_app(collection), log_level="warning"))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    print(f"fault proxy API at http://{args.host}:{sock.getsockname()[1]}", flush=True)
-    await stop.wait()
-    server.should_exit = True
-    await serving
+    sock, url = bind(args.host, args.port)
+    stop = stop_on_signals()
+    async with serving(proxy_app(collection), sock):
+        print(f"fault proxy API at {url}", flush=True)
+        await stop.wait()
     await collection.close()
 
 

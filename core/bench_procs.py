@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
-import socket
 import statistics
 import sys
 import time
@@ -20,6 +19,7 @@ import psutil
 
 from core import migrate
 from core.connect import connect_admin
+from core.embedded import free_port
 from core.runtime import Runtime, open_runtime
 from core.settings import Settings, to_env
 
@@ -121,12 +121,6 @@ async def bench_supervisor(settings: Settings, *, workers: int, kills: int,
     }
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 async def bench_api(settings: Settings, *, requests: int, concurrency: int,
                     progress: Progress | None = None) -> dict[str, Any]:
     import httpx
@@ -134,7 +128,7 @@ async def bench_api(settings: Settings, *, requests: int, concurrency: int,
 
     tag = f"benchapi_{os.getpid()}"
     async with scratch_runtime(settings, tag) as rt:
-        port = _free_port()
+        port = free_port()
         api = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "core.cli", "api", "--port", str(port),
             "--pool-size", str(min(concurrency + 2, 20)),

@@ -60,7 +60,8 @@ def valkey_bin() -> Path:
     return found[0]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A loopback port free right now (bound, then released)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
@@ -232,9 +233,9 @@ class EmbeddedServices:
                  "--encoding=UTF8", "--no-instructions"],
                 user,
             )
-        port = self._ports().get("postgres") or _free_port()
+        port = self._ports().get("postgres") or free_port()
         if _port_open(port):
-            port = _free_port()
+            port = free_port()
         opts = (
             f"-c listen_addresses=127.0.0.1 -c port={port} -c unix_socket_directories='' "
             f"-c max_connections={self.pg_max_connections} -c shared_buffers=256MB "
@@ -264,9 +265,9 @@ class EmbeddedServices:
         if self._redis_pid() is not None:
             return False
         self.redis_dir.mkdir(parents=True, exist_ok=True)
-        port = self._ports().get("valkey") or _free_port()
+        port = self._ports().get("valkey") or free_port()
         if _port_open(port):
-            port = _free_port()
+            port = free_port()
         pidfile = self.redis_dir / "valkey.pid"
         pidfile.unlink(missing_ok=True)
         cmd = [

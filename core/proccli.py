@@ -9,8 +9,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import time
 from typing import Any
 
@@ -45,25 +43,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return int(run_async(run_worker_process(resolved, opts)))
 
 
-def _quiet_server_class() -> Any:
-    import uvicorn
-
-    class QuietServer(uvicorn.Server):
-        """uvicorn without its own SIGINT/SIGTERM handlers: the supervisor owns them."""
-
-        def capture_signals(self) -> Any:
-            return contextlib.nullcontext()
-
-    return QuietServer
-
-
 async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    import uvicorn
-
     from core.control import control_app, state_file
-
-    _QuietServer = _quiet_server_class()
     from core.runtime import open_runtime
+    from core.serving import bind, serving, stop_on_signals
     from core.supervisor import Supervisor, SupervisorOptions
     from core.workerproc import parse_handlers
 
@@ -76,33 +59,25 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
         spawn=args.spawn,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     async with open_runtime(settings, pool_size=4, redis_connections=4) as rt:
         sup = Supervisor(rt.service, settings, opts)
-        sock = socket.create_server((args.control_host, args.control_port))
-        port = sock.getsockname()[1]
-        server = _QuietServer(uvicorn.Config(control_app(sup), log_level="warning"))
-        serving = asyncio.create_task(server.serve(sockets=[sock]))
-        url = f"http://{args.control_host}:{port}"
+        sock, url = bind(args.control_host, args.control_port)
         path = state_file(settings.data_dir, opts.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"pid": os.getpid(), "control_url": url,
                                     "workers": opts.workers}))
         logging.getLogger("jobharness.supervisor").info("control surface at %s", url)
         t0 = time.monotonic()
-        await sup.start()
-        if args.duration_s:
-            loop.call_later(args.duration_s, stop.set)
-        try:
-            await sup.run(stop)
-        finally:
-            server.should_exit = True
-            await serving
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        async with serving(control_app(sup), sock):
+            await sup.start()
+            if args.duration_s:
+                asyncio.get_running_loop().call_later(args.duration_s, stop.set)
+            try:
+                await sup.run(stop)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    path.unlink()
         return {"control_url": url, "ran_s": round(time.monotonic() - t0, 1),
                 "stats": dict(sup.stats), "replacements": sup.events}
 

@@ -9,8 +9,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
-import socket
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -32,39 +30,31 @@ def open_memory(settings: Settings) -> Any:
 
 
 async def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
-    import uvicorn
 
     from core.connect import create_dispatch
     from core.memory_api import memory_app
     from core.memory_owner import MemoryOwner
-    from core.proccli import _quiet_server_class
+    from core.serving import bind, serving, stop_on_signals
 
     if args.nice:
         # Write-behind is background work: on a shared machine it yields to job operations.
         os.nice(args.nice)
     memory = await open_memory(settings).open()
     dispatch = create_dispatch(settings, max_connections=2)
-    sock = socket.create_server((args.host, args.port))
-    url = f"http://{args.host}:{sock.getsockname()[1]}"
+    sock, url = bind(args.host, args.port)
     owner = MemoryOwner(memory, dispatch, url=url, max_buffer=args.max_buffer)
-    server = _quiet_server_class()(uvicorn.Config(memory_app(owner), log_level="warning"))
-    serving = asyncio.create_task(server.serve(sockets=[sock]))
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     if args.duration_s:
-        loop.call_later(args.duration_s, stop.set)
+        asyncio.get_running_loop().call_later(args.duration_s, stop.set)
     path = settings.data_dir / STATE_FILE
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"url": url, "pid": os.getpid(), "memory": memory.where}))
     logging.getLogger("jobharness.memory").info("memory owner at %s over %s", url,
                                                 memory.where)
     try:
-        await owner.run(stop)
+        async with serving(memory_app(owner), sock):
+            await owner.run(stop)
     finally:
-        server.should_exit = True
-        await serving
         with contextlib.suppress(FileNotFoundError):
             path.unlink()
         await dispatch.close()

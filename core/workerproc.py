@@ -13,7 +13,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +22,7 @@ from core.errors import StoreUnavailable
 from core.handlers import build_registry
 from core.memory_events import MemoryEmitter
 from core.service import JobService
+from core.serving import stop_on_signals
 from core.settings import Settings
 from core.worker import Worker
 
@@ -64,10 +64,7 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     dispatch = create_dispatch(settings, max_connections=1, blocking_connections=1)
     emitter = MemoryEmitter(dispatch, settings.memory_ttls) if settings.memory else None
     service = JobService(pool, dispatch, settings, memory=emitter)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
                     concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
     try:

@@ -16,7 +16,6 @@ import math
 import os
 import secrets
 import signal
-import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -35,6 +34,7 @@ from chaos.probes import make_probes
 from chaos.recovery import fault_windows, recovery
 from core.connect import connect_admin, create_dispatch, create_pool
 from core.dispatch import RedisDispatch
+from core.embedded import free_port
 from core.errors import DispatchUnavailable, JobHarnessError
 from core.migrate import migrate
 from core.settings import Settings, to_env
@@ -72,12 +72,6 @@ class Progress:
     done: int = 0
     dead: int = 0
     workers: int = 0
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _read_samples(run_dir: Path) -> list[dict[str, Any]]:
@@ -118,7 +112,7 @@ class Run:
     # -- start ------------------------------------------------------------------------------
     async def _start_proxy(self) -> None:
         """Every child reaches PostgreSQL and Redis through the fault proxy."""
-        port = _free_port()
+        port = free_port()
         self.children.append(await Child.start(
             "proxy", ["loadtests.cli", "chaos", "proxy", "--port", str(port)], env={},
             log=self.dir / "logs" / "proxy.log"))
@@ -160,7 +154,7 @@ class Run:
             await migrate(conn, self.settings.schema)
         finally:
             await conn.close()
-        port = _free_port()
+        port = free_port()
         logs = self.dir / "logs"
         self.children.append(await Child.start(
             "api", ["core.cli", "api", "--port", str(port), "--pool-size", "10"], env=env,
@@ -226,7 +220,7 @@ class Run:
             return [await Child.start("locust", ["locust", *common],
                                       env={**base, "JOBHARNESS_JOB_BUDGET": str(s.jobs)},
                                       log=logs / "locust.log", cwd=self.dir)]
-        port = _free_port()
+        port = free_port()
         master = await Child.start(
             "locust", ["locust", *common, "--master", "--expect-workers", str(n),
                        "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)],

@@ -4,21 +4,13 @@ timestamps in, `verdict.json` out. Pure file reading, no servers."""
 from __future__ import annotations
 
 import csv
-import math
 from pathlib import Path
 from typing import Any
 
+from core.health import percentile
 from loadtests.scenario import Scenario
 
 CREATE_NAMES = ("POST /jobs", "POST /jobs/batch")
-
-
-def percentile(values: list[float], pct: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    rank = max(1, min(len(ordered), math.ceil(pct / 100 * len(ordered))))
-    return ordered[rank - 1]
 
 
 def read_requests(raw_dir: Path) -> list[dict[str, str]]:

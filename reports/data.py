@@ -11,6 +11,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.health import percentile as nearest_rank
+
 PCTS = (50, 90, 95, 99, 99.9)
 
 
@@ -41,11 +43,7 @@ def load_run(path: Path) -> RunData:
 
 def percentile(values: pd.Series, pct: float) -> float | None:
     """Nearest-rank percentile of raw values (what `loadtests.verdict` computes too)."""
-    arr = np.sort(values.dropna().to_numpy(dtype=float))
-    if arr.size == 0:
-        return None
-    rank = int(np.ceil(pct / 100 * arr.size))
-    return float(arr[max(1, min(arr.size, rank)) - 1])
+    return nearest_rank(values.dropna().astype(float).tolist(), pct)
 
 
 def operation_table(requests: pd.DataFrame) -> pd.DataFrame:

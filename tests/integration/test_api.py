@@ -7,7 +7,6 @@ import asyncio
 import collections
 import itertools
 import os
-import socket
 import sys
 import time
 from collections.abc import AsyncIterator
@@ -19,6 +18,7 @@ import pytest
 import schemathesis
 
 from core.connect import create_dispatch, create_pool
+from core.embedded import free_port
 from core.service import JobService
 from core.settings import Settings, to_env
 from tests.conftest import fresh_database, settings_for
@@ -33,10 +33,6 @@ class ApiEnv:
     process: asyncio.subprocess.Process
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 
 from core.connect import create_dispatch
+from core.embedded import free_port
 from core.handlers import BUILTIN_HANDLERS
 from core.model import JobSpec, JobStatus
 from core.reconciler import Reconciler
@@ -21,17 +21,12 @@ from tests.conftest import wait_until
 pytestmark = pytest.mark.integration
 
 
-def closed_port() -> int:
-    """A loopback port nothing listens on (bound, then released)."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 async def redis_down(service: JobService, settings: Settings) -> AsyncIterator[JobService]:
     """The same database, with Redis pointing at a port where nothing listens."""
-    dead = replace(settings, redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+    dead = replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0",
                    redis_timeout_s=0.2)
     dispatch = create_dispatch(dead)
     svc = JobService(service.pool, dispatch, dead)

@@ -19,15 +19,12 @@ from toxiproxy import Toxiproxy
 from toxiproxy.api import APIConsumer
 from toxiproxy.exceptions import NotFound, ProxyExists
 
+from core.embedded import free_port
 from core.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +32,7 @@ def api_url() -> Iterator[str]:
     if os.environ.get("TOXIPROXY_URL"):
         yield os.environ["TOXIPROXY_URL"].rstrip("/")
         return
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "loadtests.cli", "chaos", "proxy",
                              "--port", str(port), "--seed", "7"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -4,7 +4,6 @@ apply), so nothing waits on time."""
 
 from __future__ import annotations
 
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -13,6 +12,7 @@ import pytest
 from qdrant_client import AsyncQdrantClient
 
 from core.connect import create_dispatch
+from core.embedded import free_port
 from core.memory import JOB_NS, WORKER_NS, MemoryTtls
 from core.memory_events import MemoryEmitter
 from core.memory_owner import MemoryOwner
@@ -108,16 +108,12 @@ async def test_snapshot_wipe_restore_round_trip(
     assert after == before
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 async def test_qdrant_unreachable_jobs_unaffected_and_drops_counted(
     mem_service: JobService,
 ) -> None:
-    url = f"http://127.0.0.1:{closed_port()}"
+    url = f"http://127.0.0.1:{free_port()}"
     dead = QdrantStateMemory(url=url, prefix="x", timeout_s=0.5)
     dead._client = AsyncQdrantClient(url=url, timeout=1, check_compatibility=False)
     owner = MemoryOwner(dead, mem_service.dispatch, max_buffer=5)
@@ -146,7 +142,7 @@ async def test_qdrant_unreachable_jobs_unaffected_and_drops_counted(
 async def test_emitter_drops_and_counts_when_redis_is_down(
     service: JobService, settings: Settings
 ) -> None:
-    broken = create_dispatch(replace(settings, redis_url=f"redis://127.0.0.1:{closed_port()}/0",
+    broken = create_dispatch(replace(settings, redis_url=f"redis://127.0.0.1:{free_port()}/0",
                                      redis_timeout_s=0.2))
     emitter = MemoryEmitter(broken)
     svc = JobService(service.pool, broken, service.settings, memory=emitter)

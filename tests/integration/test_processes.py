@@ -200,9 +200,9 @@ async def test_twenty_workers_replace_five_killed_at_once(svc: JobService) -> No
 async def test_redis_outage_longer_than_ttl_replaces_nobody(
     proc_settings: Settings, svc: JobService
 ) -> None:
-    from core.embedded import _free_port, valkey_bin
+    from core.embedded import free_port, valkey_bin
 
-    port = _free_port()
+    port = free_port()
     redis_dir = proc_settings.data_dir / "own-valkey"
     redis_dir.mkdir()
     cmd = [str(valkey_bin()), "--port", str(port), "--bind", "127.0.0.1", "--save", "",
