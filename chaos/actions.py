@@ -100,9 +100,10 @@ def _need_control(ep: Endpoints) -> str:
     return ep.control_url
 
 
-async def _running_workers(ep: Endpoints) -> list[str]:
+async def _running_workers(ep: Endpoints, *, unfaulted: bool = False) -> list[str]:
     workers = await _call("GET", f"{_need_control(ep)}/workers") or []
-    return sorted(w["worker_id"] for w in workers if w["state"] == "running")
+    return sorted(w["worker_id"] for w in workers if w["state"] == "running"
+                  and not (unfaulted and w.get("fault")))
 
 
 def _choose(ids: list[str], count: int | None, fraction: float | None,
@@ -129,6 +130,26 @@ async def pause_workers(ep: Endpoints, rng: random.Random, *, count: int | None 
     for wid in chosen:
         await _call("POST", f"{_need_control(ep)}/workers/{wid}/pause")
     return {"paused": chosen}
+
+
+async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
+                          fraction: float | None = None, mode: str = "mixed",
+                          ramp_s: float | list[float] = 45.0, limit_mb: float = 400.0
+                          ) -> dict[str, Any]:
+    """Start a gradual fault (core.faults) in chosen workers. `mode` "mixed" draws leak, slow
+    or stall per worker; a [low, high] `ramp_s` draws each ramp from that range."""
+    chosen = _choose(await _running_workers(ep, unfaulted=True), count, fraction, rng)
+    modes = ("leak", "slow", "stall")
+    if mode != "mixed" and mode not in modes:
+        raise ActionError(f"degrade mode must be mixed or one of {', '.join(modes)}")
+    faults = []
+    for wid in chosen:
+        ramp = rng.uniform(*ramp_s) if isinstance(ramp_s, list) else float(ramp_s)
+        spec = {"mode": rng.choice(modes) if mode == "mixed" else mode,
+                "ramp_s": round(ramp, 1), "limit_mb": limit_mb, "seed": rng.randrange(2**31)}
+        await _call("POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
+        faults.append({"worker_id": wid, **spec})
+    return {"degraded": faults}
 
 
 async def resume_workers(ep: Endpoints, worker_ids: list[str] | None = None) -> dict[str, Any]:

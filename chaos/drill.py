@@ -21,7 +21,7 @@ from chaos.actions import ActionError, Endpoints
 
 DRILL_DIR = Path(__file__).parent / "drills"
 ACTIONS = ("partition", "toxic", "kill_workers", "pause_workers", "resume_workers",
-           "signal_process")
+           "signal_process", "degrade_workers")
 Probe = Callable[[dict[str, Any]], Awaitable[tuple[bool, Any]]]
 
 
@@ -142,6 +142,11 @@ class DrillRunner:
         if step.action == "pause_workers":
             return await actions.pause_workers(self.ep, self.rng, count=args.get("count"),
                                                fraction=args.get("fraction"))
+        if step.action == "degrade_workers":
+            return await actions.degrade_workers(
+                self.ep, self.rng, count=args.get("count"), fraction=args.get("fraction"),
+                mode=args.get("mode", "mixed"), ramp_s=args.get("ramp_s", 45.0),
+                limit_mb=float(args.get("limit_mb", 400.0)))
         if step.action == "resume_workers":
             return await actions.resume_workers(self.ep)
         return actions.signal_process(self.ep, args["process"], args.get("signal", "kill"))

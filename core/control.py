@@ -5,6 +5,8 @@ against staging supervisors; its URL is written to a state file next to the data
     GET  /workers                       the slots and their processes
     GET  /stats                         counters and the replacement journal
     POST /workers/{id}/{action}         action: kill | pause | resume | terminate
+    POST /workers/{id}/degrade {"mode": "leak"|"slow"|"stall", "ramp_s": S, ...}
+                                        start a gradual fault (core.faults)
     POST /kill   {"count": N} or {"fraction": F, "seed": S}   SIGKILL random workers
 """
 
@@ -22,9 +24,38 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from core.faults import FaultSpec
 from core.supervisor import Supervisor
 
 ACTIONS = ("kill", "pause", "resume", "terminate")
+
+
+async def _degrade(sup: Supervisor, request: Request, wid: str) -> JSONResponse:
+    try:
+        body = json.loads(await request.body() or b"{}")
+        spec = FaultSpec.from_dict(body if isinstance(body, dict) else {})
+    except (ValueError, TypeError) as exc:
+        return JSONResponse({"error": f"bad fault: {exc}"}, 400)
+    try:
+        pid = sup.inject_fault(wid, spec)
+    except LookupError as exc:
+        return JSONResponse({"error": str(exc)}, 404)
+    return JSONResponse({"worker_id": wid, "action": "degrade", "pid": pid,
+                         "fault": spec.as_dict()})
+
+
+def _kill_count(body: Any, running: int) -> int | str:
+    """How many workers a kill request asks for, or what is wrong with it."""
+    count, fraction = body.get("count"), body.get("fraction")
+    if (count is None) == (fraction is None):
+        return "give exactly one of count or fraction"
+    if fraction is not None:
+        if not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+            return "fraction must be in (0, 1]"
+        count = max(1, round(fraction * running))
+    if not isinstance(count, int) or not 1 <= count <= running:
+        return f"count must be 1..{running}"
+    return count
 
 
 def control_app(sup: Supervisor) -> Starlette:
@@ -37,6 +68,8 @@ def control_app(sup: Supervisor) -> Starlette:
 
     async def act(request: Request) -> JSONResponse:
         wid, action = request.path_params["worker_id"], request.path_params["action"]
+        if action == "degrade":
+            return await _degrade(sup, request, wid)
         if action not in ACTIONS:
             return JSONResponse({"error": f"action must be one of {', '.join(ACTIONS)}"}, 400)
         try:
@@ -51,15 +84,9 @@ def control_app(sup: Supervisor) -> Starlette:
         except ValueError:
             return JSONResponse({"error": "body must be JSON"}, 400)
         running = [s.worker_id for s in sup.slots.values() if s.proc.returncode is None]
-        count, fraction = body.get("count"), body.get("fraction")
-        if (count is None) == (fraction is None):
-            return JSONResponse({"error": "give exactly one of count or fraction"}, 400)
-        if fraction is not None:
-            if not isinstance(fraction, int | float) or not 0 < fraction <= 1:
-                return JSONResponse({"error": "fraction must be in (0, 1]"}, 400)
-            count = max(1, round(fraction * len(running)))
-        if not isinstance(count, int) or not 1 <= count <= len(running):
-            return JSONResponse({"error": f"count must be 1..{len(running)}"}, 400)
+        count = _kill_count(body, len(running))
+        if isinstance(count, str):
+            return JSONResponse({"error": count}, 400)
         chosen = random.Random(body.get("seed")).sample(sorted(running), count)
         return JSONResponse({"killed": [{"worker_id": w, "pid": sup.signal_worker(w, "kill")}
                                         for w in chosen]})

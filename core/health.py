@@ -25,6 +25,7 @@ class HealthSample:
     in_flight: int
     completed: int
     failed: int
+    timed_out: int
     duration_p50_ms: float | None
     duration_p99_ms: float | None
     error_rate: float
@@ -52,17 +53,19 @@ class HealthMonitor:
         self._outcomes: deque[bool] = deque(maxlen=WINDOW)
         self.completed = 0
         self.failed = 0
+        self.timed_out = 0
         self.in_flight = 0
         self._lag_ms = 0.0
         self._lag_interval_s = lag_interval_s
 
-    def job_finished(self, duration_s: float, ok: bool) -> None:
+    def job_finished(self, duration_s: float, ok: bool, *, timed_out: bool = False) -> None:
         self._durations.append(duration_s * 1000)
         self._outcomes.append(ok)
         if ok:
             self.completed += 1
         else:
             self.failed += 1
+            self.timed_out += timed_out
 
     async def watch_loop_lag(self, stop: asyncio.Event) -> None:
         """Measure how late a timer fires; keep the worst of the last interval window."""
@@ -86,6 +89,7 @@ class HealthMonitor:
             in_flight=self.in_flight,
             completed=self.completed,
             failed=self.failed,
+            timed_out=self.timed_out,
             duration_p50_ms=percentile(durations, 50),
             duration_p99_ms=percentile(durations, 99),
             error_rate=(outcomes.count(False) / len(outcomes)) if outcomes else 0.0,

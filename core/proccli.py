@@ -10,6 +10,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 from typing import Any
 
 from core.errors import JobHarnessError
@@ -43,6 +44,24 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return int(run_async(run_worker_process(resolved, opts)))
 
 
+def _predictor(args: argparse.Namespace) -> Any:
+    """The worker-health model for proactive replacement, or None (reactive only). A model
+    that cannot be used is refused with the reason logged; the supervisor still runs."""
+    if not args.model or args.model == "off":
+        return None
+    import importlib
+
+    serve = importlib.import_module("predictor.serve")  # the model stack, only when asked
+    try:
+        return serve.LivePredictor.from_path(
+            args.model, threshold=args.threshold, k=args.k, holdout=args.holdout,
+            log_path=Path(args.verdict_log) if args.verdict_log else None)
+    except (serve.ModelError, ValueError) as exc:
+        logging.getLogger("jobharness.supervisor").error(
+            "predictor refused, running reactive-only: %s", exc)
+        return None
+
+
 async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from core.control import control_app, state_file
     from core.runtime import open_runtime
@@ -59,9 +78,12 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
         spawn=args.spawn,
     )
+    predictor = _predictor(args)
     stop = stop_on_signals()
     async with open_runtime(settings, pool_size=4, redis_connections=4) as rt:
-        sup = Supervisor(rt.service, settings, opts)
+        sup = Supervisor(rt.service, settings, opts, predictor)
+        if args.model and predictor is None:
+            sup.stats["predictor_refused"] = 1
         sock, url = bind(args.control_host, args.control_port)
         path = state_file(settings.data_dir, opts.name)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -168,6 +190,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--spawn", choices=["forkserver", "exec"], default="forkserver",
                    help="forkserver: fork pre-imported workers (fast, shared memory); "
                    "exec: a fresh interpreter per worker")
+    p.add_argument("--model", help="worker-health model file, `default` (the shipped one) or "
+                   "`off`: replace workers predicted to fail before they do")
+    p.add_argument("--threshold", type=float, help="failing probability to act on "
+                   "(default: the model's)")
+    p.add_argument("--k", type=int, help="consecutive failing scores to act (default: model's)")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="share of workers scored but never acted on (0.1)")
+    p.add_argument("--verdict-log", help="CSV file every verdict is appended to")
     p.add_argument("--no-reconcile", action="store_true",
                    help="another process runs the reconciler")
     p.set_defaults(func=cmd_supervisor, needs_settings=True)

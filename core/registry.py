@@ -58,7 +58,8 @@ class WorkerRegistry:
                         q("insert_health_sample"), worker_id, sample["rss_bytes"],
                         sample["cpu_percent"], sample["loop_lag_ms"], sample["in_flight"],
                         sample["completed"], sample["failed"], sample["duration_p50_ms"],
-                        sample["duration_p99_ms"], sample["error_rate"], {},
+                        sample["duration_p99_ms"], sample["error_rate"],
+                        {"timed_out": sample.get("timed_out", 0)},
                     )
         except StoreUnavailable:
             if not redis_ok:

@@ -7,6 +7,12 @@ so a store outage alone never triggers replacement (invariant 5). Replacement ma
 worker FAILED with the reason, releases its leases at once, asks a still-running process to
 exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker with the same capabilities.
 Replacements are rate-limited to `max_replacements` per `replacement_window_s`.
+
+With a predictor (a worker-health model, see predictor/), every live worker is also scored
+each round; a worker the policy flags is replaced proactively: its successor starts first,
+then the old worker is asked to drain (SIGTERM) and finishes its jobs; one that does not exit
+within the drain timeout is killed and its leases released. Workers the policy holds out are
+scored and logged but never acted on. The predictor shares the rate limit.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core.embedded import pid_alive
 from core.errors import DispatchUnavailable, StoreUnavailable
+from core.faults import FaultSpec, write_fault
 from core.reconciler import Reconciler
 from core.roster import RosterEntry, here, load_roster, save_roster
 from core.service import JobService
@@ -124,15 +131,29 @@ class Slot:
     proc: Child
     spawned_at: float
     paused: bool = False
+    fault: str | None = None  # a gradual fault injected by a drill
+
+
+class Predictor(Protocol):
+    """What the supervisor needs of a predictor (predictor.serve.LivePredictor)."""
+
+    async def refresh(self, pool: Any, worker_ids: list[str]) -> float: ...
+    def score(self, now: float) -> list[Any]: ...
+    def note_action(self, now: float, wid: str, action: str) -> None: ...
+    def forget(self, wid: str) -> None: ...
+    def close(self) -> None: ...
 
 
 class Supervisor:
-    def __init__(self, service: JobService, settings: Settings, opts: SupervisorOptions) -> None:
+    def __init__(self, service: JobService, settings: Settings, opts: SupervisorOptions,
+                 predictor: Predictor | None = None) -> None:
         self.service = service
         self.settings = settings
         self.opts = opts
         self.slots: dict[int, Slot] = {}
         self.abandoned: list[tuple[Child, float, str]] = []
+        self.draining: list[tuple[Child, float, str]] = []  # proactively replaced
+        self.predictor = predictor
         self.stats: Counter[str] = Counter()
         self.events: list[dict[str, Any]] = []  # replacement journal
         self._recent: deque[float] = deque()
@@ -242,7 +263,10 @@ class Supervisor:
         for index, reason in list(self._pending.items()):
             if index in self.slots:
                 await self._replace(self.slots[index], reason)
+        if self.predictor is not None:
+            await self._predict(self.predictor)
         self._reap_zombies()
+        await self._reap_draining()
 
     async def _stale_heartbeats(self) -> list[tuple[Slot, str]]:
         live = [s for s in self.slots.values()
@@ -309,6 +333,73 @@ class Supervisor:
         log.warning("replaced %s with %s: %s (%d leases released)", slot.worker_id,
                     new.worker_id, reason, released)
 
+    # -- prediction ---------------------------------------------------------------------------
+    async def _predict(self, predictor: Predictor) -> None:
+        live = {s.worker_id: s for s in self.slots.values()
+                if s.proc.returncode is None and s.index not in self._pending}
+        try:
+            now = await predictor.refresh(self.service.pool, list(live))
+            verdicts = predictor.score(now)
+        except Exception as exc:  # the predictor must never stop the supervisor
+            self.stats["predictor_errors"] += 1
+            log.warning("predictor round failed: %s", exc)
+            return
+        for v in verdicts:
+            self.stats[f"verdict_{v.verdict}"] += 1
+            slot = live.get(v.worker_id)
+            if not v.fire or slot is None:
+                continue
+            if v.held_out:
+                self.stats["predicted_held_out"] += 1
+                continue
+            await self._replace_proactively(predictor, slot, v, now)
+
+    async def _replace_proactively(self, predictor: Predictor, slot: Slot, v: Any,
+                                   now: float) -> None:
+        if not self._allowed():
+            self.stats["proactive_deferred"] += 1
+            predictor.note_action(now, slot.worker_id, "deferred")
+            return
+        self._recent.append(time.monotonic())
+        reason = f"predicted failing (p={v.p_failing:.2f})"
+        new = await self._spawn(slot.index, slot.generation + 1)  # the successor first
+        with contextlib.suppress(ProcessLookupError):
+            slot.proc.send_signal(signal.SIGTERM)  # then the old one drains
+        self.draining.append((slot.proc, time.monotonic() + self.opts.drain_timeout_s + 5,
+                              slot.worker_id))
+        predictor.note_action(now, slot.worker_id, "replace")
+        predictor.forget(slot.worker_id)
+        self._save_roster()
+        self.stats["proactive_replacements"] += 1
+        self.events.append({"at": time.time(), "old": slot.worker_id, "new": new.worker_id,
+                            "reason": reason, "released_jobs": 0, "proactive": True})
+        log.warning("replaced %s with %s before it fails: %s", slot.worker_id, new.worker_id,
+                    reason)
+
+    async def _reap_draining(self) -> None:
+        """Drained workers deregister themselves; one that died or overran is failed here."""
+        now = time.monotonic()
+        keep = []
+        for proc, deadline, wid in self.draining:
+            code = proc.returncode
+            if code is None and now < deadline:
+                keep.append((proc, deadline, wid))
+                continue
+            if code == 0:
+                continue
+            if code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                reason = "drain after a predicted failure timed out"
+                self.stats["drains_killed"] += 1
+            else:
+                reason = f"process {'killed by signal ' + str(-code) if code < 0 else code} " \
+                         "while draining"
+            with contextlib.suppress(StoreUnavailable):
+                await self.service.deregister_worker(wid, status="FAILED", reason=reason)
+                await self.service.release_worker(wid, f"worker lost: {reason}")
+        self.draining = keep
+
     def _reap_zombies(self) -> None:
         now = time.monotonic()
         keep = []
@@ -341,11 +432,14 @@ class Supervisor:
             if self._retiring is not None:
                 await self._retiring
             await self.shutdown()
+            if self.predictor is not None:
+                self.predictor.close()
             if reconciler:
                 await reconciler
 
     async def shutdown(self) -> None:
-        procs = [s.proc for s in self.slots.values()] + [p for p, _, _ in self.abandoned]
+        procs = [s.proc for s in self.slots.values()] + \
+            [p for p, _, _ in self.abandoned + self.draining]
         for proc in procs:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
@@ -369,7 +463,7 @@ class Supervisor:
                "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[action]
         slot = self.find(worker_id)
         proc = slot.proc if slot else next(
-            (p for p, _, w in self.abandoned if w == worker_id), None)
+            (p for p, _, w in self.abandoned + self.draining if w == worker_id), None)
         if proc is None or proc.returncode is not None:
             raise LookupError(f"no running worker {worker_id!r}")
         proc.send_signal(sig)
@@ -378,15 +472,30 @@ class Supervisor:
         self.stats[f"control_{action}"] += 1
         return proc.pid
 
+    def inject_fault(self, worker_id: str, spec: FaultSpec) -> int:
+        """Start a gradual fault in a running worker (drills): spec file, then SIGUSR1."""
+        slot = self.find(worker_id)
+        if slot is None or slot.proc.returncode is not None:
+            raise LookupError(f"no running worker {worker_id!r}")
+        if slot.fault is not None:
+            raise LookupError(f"worker {worker_id!r} already has a {slot.fault} fault")
+        write_fault(self.settings.data_dir, worker_id, spec)
+        slot.proc.send_signal(signal.SIGUSR1)
+        slot.fault = spec.mode
+        self.stats["control_degrade"] += 1
+        return slot.proc.pid
+
     def describe(self) -> list[dict[str, Any]]:
         out = []
         for s in sorted(self.slots.values(), key=lambda s: s.index):
             state = "exited" if s.proc.returncode is not None else (
                 "paused" if s.paused else "running")
             out.append({"worker_id": s.worker_id, "slot": s.index, "generation": s.generation,
-                        "pid": s.proc.pid, "state": state,
+                        "pid": s.proc.pid, "state": state, "fault": s.fault,
                         "capabilities": list(self.opts.capabilities)})
-        for proc, _, wid in self.abandoned:
-            out.append({"worker_id": wid, "slot": None, "generation": None, "pid": proc.pid,
-                        "state": "abandoned", "capabilities": list(self.opts.capabilities)})
+        for state, procs in (("abandoned", self.abandoned), ("draining", self.draining)):
+            for proc, _, wid in procs:
+                out.append({"worker_id": wid, "slot": None, "generation": None,
+                            "pid": proc.pid, "state": state,
+                            "capabilities": list(self.opts.capabilities)})
         return out

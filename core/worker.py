@@ -144,7 +144,7 @@ class Worker:
         except TimeoutError:
             job.cancel()
             await asyncio.gather(job, return_exceptions=True)
-            self.health.job_finished(time.monotonic() - started, ok=False)
+            self.health.job_finished(time.monotonic() - started, ok=False, timed_out=True)
             await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
                                status=ExecutionStatus.TIMED_OUT)
         except asyncio.CancelledError:

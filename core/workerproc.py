@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 from core.connect import create_dispatch, create_pool
 from core.errors import StoreUnavailable
+from core.faults import FaultInjector
 from core.handlers import build_registry
 from core.memory_events import MemoryEmitter
 from core.service import JobService
@@ -65,6 +66,7 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     emitter = MemoryEmitter(dispatch, settings.memory_ttls) if settings.memory else None
     service = JobService(pool, dispatch, settings, memory=emitter)
     stop = stop_on_signals()
+    FaultInjector(settings.data_dir, opts.worker_id).install()  # drills only: SIGUSR1
     worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
                     concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
     try:

@@ -34,10 +34,10 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     err, out = Console(stderr=True), Console()
     opts = RunOptions(scenario=args.scenario, workers=args.workers, jobs=args.jobs,
-                      rate_per_s=args.rate,
+                      rate_per_s=args.rate, seed=args.seed,
                       out=Path(args.out), targeted=args.target is not None,
                       locust_workers=args.locust_workers, memory=args.memory,
-                      cleanup=args.cleanup, drill=args.drill)
+                      cleanup=args.cleanup, drill=args.drill, predictor=args.predictor)
     bar, _ = _progress_view(err)
     task: dict[str, Any] = {}
 
@@ -106,8 +106,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     from chaos.cli import add_parsers as add_chaos
     from loadtests.scenario import available
+    from predictor.cli import add_parsers as add_predictor
 
     add_chaos(sub, common)
+    add_predictor(sub, common)
     r = sub.add_parser("report", help="latency report of a run folder (HTML, Markdown, PNG)")
     r.add_argument("run_dir", help="a run folder, or `compare BASE CANDIDATE`")
     r.add_argument("more", nargs="*", help=argparse.SUPPRESS)
@@ -118,12 +120,16 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="override the scenario's worker processes")
     p.add_argument("--jobs", type=int, help="override the scenario's job count")
     p.add_argument("--rate", type=float, help="override the open model's creates per second")
+    p.add_argument("--seed", type=int, help="override the scenario's seed (load and drill draws)")
     p.add_argument("--out", default="out/runs", help="where run folders go (out/runs)")
     p.add_argument("--locust-workers", type=int, default=0,
                    help="run Locust as a master and N worker processes")
     p.add_argument("--memory", action="store_true",
                    help="emit state-memory events during the run")
     p.add_argument("--drill", help="a chaos drill (name or YAML file) to run under the load")
+    p.add_argument("--predictor", default="off",
+                   help="worker-health model for proactive replacement: off (default), "
+                        "default (the shipped model) or a model file")
     p.add_argument("--cleanup", action="store_true",
                    help="drop the run's schema and Redis keys after writing the run folder")
     p.set_defaults(func=cmd_run, needs_settings=True)

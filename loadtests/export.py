@@ -22,7 +22,8 @@ EXPORTS = {
         FROM job_executions ORDER BY started_at, id""",
     "worker_health.csv": """
         SELECT worker_id, sampled_at, rss_bytes, cpu_percent, loop_lag_ms, in_flight,
-               completed, failed, duration_p50_ms, duration_p99_ms, error_rate
+               completed, failed, duration_p50_ms, duration_p99_ms, error_rate,
+               coalesce((extra->>'timed_out')::bigint, 0) AS timed_out
         FROM worker_health_samples ORDER BY sampled_at, id""",
     "workers.csv": """
         SELECT id, status, registered_at, last_heartbeat_at, stopped_at, failure_reason,

@@ -57,12 +57,14 @@ class RunOptions:
     workers: int | None = None
     jobs: int | None = None
     rate_per_s: float | None = None
+    seed: int | None = None
     out: Path = Path("out/runs")
     targeted: bool = False
     locust_workers: int = 0
     memory: bool = False
     cleanup: bool = False  # drop the run's schema and keys once the folder is written
     drill: str | None = None
+    predictor: str = "off"  # off, default (the shipped model) or a model file
 
 
 @dataclass
@@ -82,7 +84,8 @@ def _read_samples(run_dir: Path) -> list[dict[str, Any]]:
 class Run:
     def __init__(self, settings: Settings, opts: RunOptions,
                  on_progress: Callable[[Progress, Scenario, float], None]) -> None:
-        overrides = {"workers": opts.workers, "jobs": opts.jobs, "rate_per_s": opts.rate_per_s}
+        overrides = {"workers": opts.workers, "jobs": opts.jobs, "rate_per_s": opts.rate_per_s,
+                     "seed": opts.seed}
         self.scenario = load_scenario(opts.scenario, overrides)
         stamp = time.strftime("%Y%m%d_%H%M%S") + "_" + secrets.token_hex(2)
         self.run_id = f"{self.scenario.name}-{stamp}"
@@ -163,7 +166,8 @@ class Run:
         self.children.append(await Child.start(
             "supervisor", ["core.cli", "supervisor", "--workers", str(s.workers),
                            "--concurrency", str(s.worker_concurrency), "--name", "run",
-                           "--max-replacements", str(max(20, s.workers // 2))],
+                           "--max-replacements", str(max(20, s.workers // 2)),
+                           *self._predictor_args()],
             env=env, log=logs / "supervisor.log"))
         self.endpoints.pids = {"api": self.children[-2].proc.pid}
         if self.drill is not None and self.drill.memory:
@@ -173,6 +177,16 @@ class Run:
             self.children.append(owner)
             self.endpoints.pids["memory-owner"] = owner.proc.pid
         return f"http://127.0.0.1:{port}"
+
+    def _predictor_args(self) -> list[str]:
+        if self.opts.predictor == "off":
+            return []
+        model = self.opts.predictor
+        if model != "default":
+            model = str(Path(model).resolve())
+            if not Path(model).is_file():
+                raise JobHarnessError(f"--predictor: no model file {model}")
+        return ["--model", model, "--verdict-log", str(self.dir / "predictions.csv")]
 
     async def wait_ready(self, api_url: str, pool: Any) -> None:
         deadline = time.monotonic() + 120
@@ -373,7 +387,8 @@ class Run:
         (self.dir / "config.json").write_text(json.dumps({
             "scenario": s.to_dict(), "schema": self.settings.schema,
             "prefix": self.settings.prefix, "targeted": self.opts.targeted,
-            "locust_workers": self.opts.locust_workers, "pid": os.getpid()}, indent=2))
+            "locust_workers": self.opts.locust_workers, "predictor": self.opts.predictor,
+            "pid": os.getpid()}, indent=2))
         return verdict
 
     # -- drills -----------------------------------------------------------------------------

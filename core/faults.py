@@ -1,0 +1,133 @@
+"""Gradual faults injected into a running worker, for drills that train and test the
+worker-failure predictor. A worker has no fault until told: its supervisor writes a spec to
+`<data_dir>/faults/<worker_id>.json` and sends SIGUSR1; the worker reads it and starts the
+fault in its own event loop. Each fault ramps over `ramp_s` seconds and ends in a failure:
+
+- ``leak``: memory grows linearly to `limit_mb`, then the process is killed with SIGKILL (what
+  a container's memory limit and the kernel's OOM killer do);
+- ``slow``: the event loop is blocked for a growing share of every second (CPU-bound work
+  creeping in), until it hangs for good and misses its heartbeats;
+- ``stall``: stalls of growing length at random moments (lock contention, GC pauses, a flaky
+  dependency), until one never ends.
+
+After the ramp a hung worker stays hung (it cannot drain) until its supervisor kills it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import random
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+log = logging.getLogger("jobharness.faults")
+MODES = ("leak", "slow", "stall")
+TICK_S = 0.25
+
+
+@dataclass(frozen=True, kw_only=True)
+class FaultSpec:
+    mode: str
+    ramp_s: float = 45.0
+    limit_mb: float = 400.0  # leak: the memory limit that ends it
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"fault mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        if not 5 <= self.ramp_s <= 3600:
+            raise ValueError(f"ramp_s must be between 5 and 3600, got {self.ramp_s}")
+        if not 50 <= self.limit_mb <= 16384:
+            raise ValueError(f"limit_mb must be between 50 and 16384, got {self.limit_mb}")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FaultSpec:
+        unknown = set(data) - {"mode", "ramp_s", "limit_mb", "seed"}
+        if unknown:
+            raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
+        if "mode" not in data:
+            raise ValueError("a fault needs a mode")
+        return cls(**data)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def fault_path(data_dir: Path, worker_id: str) -> Path:
+    return data_dir / "faults" / f"{worker_id}.json"
+
+
+def write_fault(data_dir: Path, worker_id: str, spec: FaultSpec) -> Path:
+    path = fault_path(data_dir, worker_id)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(spec.as_dict()))
+    tmp.replace(path)
+    return path
+
+
+def _block(seconds: float) -> None:
+    """Hold the event loop (the fault itself: nothing else in the worker runs meanwhile)."""
+    time.sleep(seconds)
+
+
+class FaultInjector:
+    """Lives in a worker process; SIGUSR1 starts the fault its spec file describes."""
+
+    def __init__(self, data_dir: Path, worker_id: str) -> None:
+        self.path = fault_path(data_dir, worker_id)
+        self.task: asyncio.Task[None] | None = None
+        self._ballast: list[bytes] = []
+
+    def install(self) -> None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, self._start)
+
+    def _start(self) -> None:
+        if self.task is not None:
+            return  # one fault per worker life
+        try:
+            spec = FaultSpec.from_dict(json.loads(self.path.read_text()))
+        except (OSError, ValueError, TypeError) as exc:
+            log.error("fault signal ignored: %s", exc)
+            return
+        log.warning("fault injected: %s", spec.as_dict())
+        self.task = asyncio.create_task(self.run(spec))
+
+    async def run(self, spec: FaultSpec) -> None:
+        rng = random.Random(spec.seed)
+        start = time.monotonic()
+        base_mb = psutil.Process().memory_info().rss / 2**20
+        next_stall = start + rng.expovariate(1 / 3.0)
+        while True:
+            progress = (time.monotonic() - start) / spec.ramp_s
+            if spec.mode == "leak":
+                self._leak(spec, base_mb, min(progress, 1.0))
+            elif progress >= 1.0:
+                log.warning("fault %s: hanging for good", spec.mode)
+                while True:
+                    _block(1.0)  # the loop is gone: no heartbeat, no drain
+            elif spec.mode == "slow":
+                _block(TICK_S * 3.0 * progress**2)
+            elif time.monotonic() >= next_stall:
+                _block(rng.uniform(0.1, 0.3 + 2.5 * progress))
+                mean_gap = max(0.5, 3.0 * (1 - progress))
+                next_stall = time.monotonic() + rng.expovariate(1 / mean_gap)
+            await asyncio.sleep(TICK_S)
+
+    def _leak(self, spec: FaultSpec, base_mb: float, progress: float) -> None:
+        target_mb = base_mb + (spec.limit_mb - base_mb) * progress
+        held_mb = len(self._ballast)
+        grow = int(target_mb - base_mb) - held_mb
+        for _ in range(max(0, grow)):
+            self._ballast.append(os.urandom(1) * 2**20)  # written, so it is resident
+        if psutil.Process().memory_info().rss / 2**20 >= spec.limit_mb or progress >= 1.0:
+            log.error("fault leak: memory limit %.0f MiB reached, killed", spec.limit_mb)
+            os.kill(os.getpid(), signal.SIGKILL)

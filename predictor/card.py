@@ -1,0 +1,101 @@
+"""The model card: what a model was trained on and how well it did, as Markdown (for people)
+and JSON (for tools), written next to the model file."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+FEATURE_NOTES = {
+    "age_s": "seconds since the worker's first sample",
+    "since_last_s": "seconds since its last sample (a missed heartbeat shows here)",
+    "hb_gap_max_s": "largest gap between samples in the window",
+    "hb_gap_std_s": "heartbeat interval jitter (standard deviation of the gaps)",
+    "samples_in_window": "samples in the last 20 s",
+    "rss_mb": "resident memory",
+    "rss_slope_mb_s": "resident memory trend (least squares over the window)",
+    "rss_rel": "resident memory / fleet median",
+    "cpu_mean": "CPU percent, window mean",
+    "lag_max_ms": "worst event-loop lag in the window",
+    "lag_slope_ms_s": "event-loop lag trend",
+    "p99_ms": "job duration p99 (the worker's last 200 jobs)",
+    "p99_slope_ms_s": "duration p99 trend",
+    "p99_rel": "duration p99 / fleet median",
+    "error_rate_w": "failed / finished jobs in the window",
+    "timeout_rate_w": "timed-out / finished jobs in the window",
+    "throughput_w": "jobs finished per second in the window",
+    "throughput_rel": "throughput / fleet median",
+    "in_flight": "jobs running now",
+}
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def card_markdown(meta: dict[str, Any]) -> str:
+    lines = ["# Worker-health model", "",
+             f"Trained {meta.get('trained_at', '?')} with `{meta.get('command', '?')}`.", "",
+             "Classes: `healthy`, `degraded`, `failing` (fails within "
+             f"{meta['horizon_s']:.0f} s). Action policy: `failing` with probability >= "
+             f"{meta['threshold']} for {meta['k']} consecutive scores.", "",
+             "## Data", "", "| run | worker_health.csv sha256 | workers.csv sha256 |",
+             "|---|---|---|"]
+    lines += [f"| {s['run']} | `{s['worker_health.csv']}` | `{s['workers.csv']}` |"
+              for s in meta.get("sources", [])]
+    bal = meta["class_balance"]
+    total = sum(bal.values()) or 1
+    lines += ["", f"{meta['rows']} rows; class balance (trainable rows): " + ", ".join(
+        f"{c} {n} ({100 * n / total:.1f} %)" for c, n in bal.items()), "",
+        "## Features", "", "| feature | meaning |", "|---|---|"]
+    lines += [f"| `{f}` | {FEATURE_NOTES.get(f, '')} |" for f in meta["features"]]
+    for title, key in (("Validation (time-ordered folds, grouped by run)", "validation"),
+                       ("Held-out evaluation", "evaluation")):
+        res = meta.get(key)
+        lines += ["", f"## {title}", ""]
+        if not res:
+            lines.append("Not available (needs at least two runs)." if key == "validation"
+                         else "Not run.")
+            continue
+        lines += _result_lines(res)
+    lines += ["", "## Library versions", ""] + [f"- {k} {v}" for k, v in
+                                               meta["versions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _result_lines(res: dict[str, Any]) -> list[str]:
+    out = []
+    if "folds" in res:
+        out += [f"- fold: train {', '.join(f['train'])} -> test {f['test']}"
+                for f in res["folds"]] + [""]
+    if "runs" in res:
+        out += [f"Runs: {', '.join(res['runs'])}", ""]
+    out += ["| class | precision | recall | F1 | rows |", "|---|---|---|---|---|"]
+    for cls, m in res["rows"]["per_class"].items():
+        out.append(f"| {cls} | {m['precision']:.3f} | {m['recall']:.3f} | {m['f1']:.3f} | "
+                   f"{m['support']} |")
+    ev = res["events"]
+    g, a = ev["gradual"], ev["abrupt"]
+    lead = g.get("lead_s") or {}
+    out += ["", f"- PR-AUC (`failing`, rows): {_pct(res['rows']['pr_auc_failing'])}",
+            f"- gradual failures caught before they happened: {g['caught']} of "
+            f"{g['failures']} (recall {_pct(g['recall'])})",
+            f"- firings right (failure within the horizon): precision {_pct(ev['precision'])}"
+            f" of {ev['firings']}",
+            "- lead time (s): " + (", ".join(f"{k} {v}" for k, v in lead.items())
+                                   if lead else "n/a"),
+            f"- false replacements: {ev['false_replacements']} in "
+            f"{ev['healthy_worker_hours']} worker-hours "
+            f"({ev['false_per_100_worker_hours']} per 100 worker-hours)",
+            f"- abrupt failures (not predictable, scored apart): {a['caught']} of "
+            f"{a['failures']} caught"]
+    return out
+
+
+def write_card(meta: dict[str, Any], model_path: Path) -> tuple[Path, Path]:
+    md = model_path.with_suffix(".md")
+    js = model_path.with_suffix(".card.json")
+    md.write_text(card_markdown(meta))
+    js.write_text(json.dumps(meta, indent=2, default=str) + "\n")
+    return md, js

@@ -1,0 +1,162 @@
+"""`jobharness predictor`: dataset, train, evaluate, export (a target's tables as a folder)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from core.errors import JobHarnessError
+from core.settings import Settings
+
+DEFAULT_OUT = Path("out/models/worker-health.skops")
+
+
+def _dataset(paths: list[str], horizon_s: float) -> tuple[Any, list[dict[str, str]]]:
+    from predictor.dataset import DatasetError, build
+
+    try:
+        return build([Path(p) for p in paths], horizon_s=horizon_s)
+    except (DatasetError, OSError) as exc:
+        raise JobHarnessError(str(exc)) from exc
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    df, _ = _dataset(args.runs, args.horizon_s)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    df.to_csv(out, index=False)
+    print(f"{len(df)} rows -> {out}")
+    print(df.groupby(["run", "label"], observed=True).size().unstack(fill_value=0).to_string())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from predictor.card import write_card
+    from predictor.model import save
+    from predictor.train import train
+
+    console = Console(stderr=True)
+    if args.k < 1:
+        raise JobHarnessError("--k must be at least 1")
+    with console.status("building the dataset"):
+        df, sources = _dataset(args.runs, args.horizon_s)
+    with console.status(f"training on {len(df)} rows ({df['run'].nunique()} runs)"):
+        try:
+            model, meta = train(df, k=args.k, seed=args.seed, horizon_s=args.horizon_s)
+        except ValueError as exc:
+            raise JobHarnessError(str(exc)) from exc
+    meta["sources"] = sources
+    meta["trained_at"] = datetime.now(UTC).isoformat(timespec="seconds")
+    meta["command"] = "jobharness predictor train " + " ".join(
+        shlex.quote(a) for a in (sys.argv[3:] if len(sys.argv) > 3 else []))
+    out = Path(args.out)
+    save(model, meta, out)
+    md, _ = write_card(meta, out)
+    print(f"model -> {out}\ncard  -> {md}")
+    _print_summary(meta.get("validation"), "validation")
+    return 0
+
+
+def _print_summary(res: dict[str, Any] | None, title: str) -> None:
+    if not res:
+        print(f"{title}: not available (needs at least two runs with failures)")
+        return
+    ev = res["events"]
+    g = ev["gradual"]
+    lead = (g.get("lead_s") or {}).get("p50")
+    print(f"{title}: failing PR-AUC {res['rows']['pr_auc_failing']}, gradual recall "
+          f"{g['recall']} ({g['caught']}/{g['failures']}), firing precision {ev['precision']}, "
+          f"median lead {lead} s, false replacements {ev['false_replacements']} in "
+          f"{ev['healthy_worker_hours']} worker-hours")
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from predictor.card import write_card
+    from predictor.model import ModelError, load
+    from predictor.policy import Policy
+    from predictor.train import evaluate
+
+    try:
+        model = load(args.model)
+    except ModelError as exc:
+        raise JobHarnessError(str(exc)) from exc
+    horizon = float(model.meta.get("horizon_s", 30.0))
+    df, sources = _dataset(args.runs, horizon)
+    policy = Policy(threshold=args.threshold or model.threshold, k=args.k or model.k,
+                    holdout=0)
+    result = evaluate(model.pipeline, df, policy, horizon)
+    result["runs"] = [s["run"] for s in sources]
+    result["policy"] = {"threshold": policy.threshold, "k": policy.k}
+    if args.json:
+        print(json.dumps(result, indent=2))
+    else:
+        _print_summary(result, "held-out")
+    if args.update_card:
+        meta = {**model.meta, "evaluation": result}
+        write_card(meta, model.path)
+    return 0
+
+
+async def _export(settings: Settings, out: Path) -> list[str]:
+    from core.connect import create_pool
+    from loadtests.export import EXPORTS
+
+    pool = await create_pool(settings, min_size=1, max_size=1)
+    try:
+        async with pool.acquire() as conn:
+            written = []
+            for name in ("worker_health.csv", "workers.csv"):
+                await conn.copy_from_query(EXPORTS[name], output=str(out / name),
+                                           format="csv", header=True)
+                written.append(name)
+            return written
+    finally:
+        await pool.close()
+
+
+def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
+    from core.cli import run_async
+    from core.runtime import endpoints
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    with endpoints(settings, keep_running=True) as resolved:
+        written = run_async(_export(resolved, out))
+    print(f"{', '.join(written)} -> {out} (a folder `predictor train` reads)")
+    return 0
+
+
+def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
+    p = sub.add_parser("predictor", parents=[common], help="the worker-failure predictor")
+    ps = p.add_subparsers(dest="action", required=True)
+    d = ps.add_parser("dataset", parents=[common], help="labelled rows of run folders as CSV")
+    d.add_argument("runs", nargs="+")
+    d.add_argument("--out", default="out/dataset.csv")
+    d.add_argument("--horizon-s", type=float, default=30.0)
+    d.set_defaults(func=cmd_dataset, needs_settings=False)
+    t = ps.add_parser("train", parents=[common], help="train a model on run folders")
+    t.add_argument("runs", nargs="+", help="run folders, oldest first is not required")
+    t.add_argument("--out", default=str(DEFAULT_OUT), help=f"model file ({DEFAULT_OUT})")
+    t.add_argument("--k", type=int, default=3, help="consecutive failing scores to act")
+    t.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=cmd_train, needs_settings=False)
+    e = ps.add_parser("evaluate", parents=[common], help="score held-out run folders")
+    e.add_argument("model")
+    e.add_argument("runs", nargs="+")
+    e.add_argument("--threshold", type=float, help="override the model's threshold")
+    e.add_argument("--k", type=int, help="override the model's k")
+    e.add_argument("--update-card", action="store_true",
+                   help="write the result into the model card as its held-out evaluation")
+    e.set_defaults(func=cmd_evaluate, needs_settings=False)
+    x = ps.add_parser("export", parents=[common],
+                      help="a target's health samples and workers as a folder to train on")
+    x.add_argument("out")
+    x.set_defaults(func=cmd_export, needs_settings=True)

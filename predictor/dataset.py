@@ -1,0 +1,194 @@
+"""Training rows from run folders (or a target's tables): one row per worker per sampling
+interval, its features, and a label from what happened next.
+
+Labels, for a row of worker w at time t, with horizon H:
+- ``failing``: w fails in (t, t + H]. A failure is a death (the process exited or was killed)
+  or a missed heartbeat, whichever the supervisor recorded; its time is the earlier of the
+  recorded stop and the last health sample plus two sampling intervals (the first missed
+  heartbeat).
+- ``degraded``: not failing, and worse than the fleet at that moment by the rule in
+  `is_degraded` (duration p99 at least twice the fleet median, event-loop lag of 250 ms or
+  more, RSS at least 1.5 times the fleet median, or a heartbeat gap of 2.5 intervals).
+- ``healthy``: the rest.
+Rows whose outcome is unknown are dropped: within H of a graceful stop, of the end of the
+data, or of a proactive replacement (the predictor acted, so the failure never came; hold-out
+workers are not acted on and keep their rows). Failures caused by a drill's outright kill are
+``abrupt`` (nothing can predict them): kept, marked, and left out of training and scores.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from predictor.features import FEATURES, Series, add_fleet, worker_row
+
+HORIZON_S = 30.0
+CLASSES = ("healthy", "degraded", "failing")
+FAILURE_PREFIXES = ("process killed", "process exited", "heartbeat timed out")
+
+
+class DatasetError(ValueError):
+    """A run folder or table cannot be turned into training rows."""
+
+
+def epoch_s(values: pd.Series) -> pd.Series:
+    """Timestamps (PostgreSQL's text form) as seconds since the epoch, whatever the unit
+    pandas stores them in."""
+    ts = pd.to_datetime(values, utc=True, format="ISO8601")
+    return (ts - pd.Timestamp(0, tz="UTC")).dt.total_seconds()
+
+
+def samples_frame(raw: pd.DataFrame) -> pd.DataFrame:
+    """worker_health.csv (or the table) to the sample columns features use."""
+    need = {"worker_id", "sampled_at", "rss_bytes", "cpu_percent", "loop_lag_ms", "in_flight",
+            "completed", "failed", "duration_p99_ms"}
+    missing = need - set(raw.columns)
+    if missing:
+        raise DatasetError(f"health samples lack columns: {', '.join(sorted(missing))}")
+    out = pd.DataFrame({
+        "worker_id": raw["worker_id"].astype(str),
+        "t": epoch_s(raw["sampled_at"]),
+        "rss_mb": raw["rss_bytes"] / 2**20,
+        "cpu_percent": raw["cpu_percent"], "loop_lag_ms": raw["loop_lag_ms"],
+        "in_flight": raw["in_flight"], "completed": raw["completed"], "failed": raw["failed"],
+        "timed_out": raw.get("timed_out", 0),
+        "duration_p99_ms": raw["duration_p99_ms"],
+    })
+    return out.sort_values(["worker_id", "t"]).reset_index(drop=True)
+
+
+def sampling_interval(samples: pd.DataFrame) -> float:
+    gaps = samples.groupby("worker_id")["t"].diff().dropna()
+    return float(gaps.median()) if len(gaps) else 1.0
+
+
+def outcomes(samples: pd.DataFrame, workers: pd.DataFrame, *, interval: float,
+             abrupt: set[str], acted: dict[str, float]) -> pd.DataFrame:
+    """Per worker: when it failed (NaN: it did not), the kind, and when its outcome stops
+    being known (censor_at; NaN for failures)."""
+    last = samples.groupby("worker_id")["t"].max()
+    info = workers.set_index("id") if len(workers) else pd.DataFrame()
+    rows = []
+    for wid, last_t in last.items():
+        reason = str(info.at[wid, "failure_reason"]) if wid in info.index else ""
+        stopped = info.at[wid, "stopped_at"] if wid in info.index else None
+        stop_t = epoch_s(pd.Series([stopped])).iloc[0] if isinstance(stopped, str) else np.nan
+        failed = wid in info.index and info.at[wid, "status"] == "FAILED" and \
+            reason.startswith(FAILURE_PREFIXES) and wid not in acted
+        if failed:
+            fail_t = min(x for x in (stop_t, last_t + 2 * interval) if np.isfinite(x))
+            rows.append({"worker_id": wid, "failure_at": fail_t, "censor_at": np.nan,
+                         "kind": "abrupt" if wid in abrupt else "gradual", "reason": reason})
+        else:
+            censor = acted.get(str(wid), stop_t if np.isfinite(stop_t) else last_t)
+            rows.append({"worker_id": wid, "failure_at": np.nan,
+                         "censor_at": min(censor, last_t + 2 * interval), "kind": "",
+                         "reason": reason})
+    return pd.DataFrame(rows, columns=["worker_id", "failure_at", "censor_at", "kind", "reason"])
+
+
+def is_degraded(df: pd.DataFrame, interval: float) -> pd.Series:
+    return ((df["p99_rel"] >= 2.0) | (df["lag_max_ms"] >= 250) | (df["rss_rel"] >= 1.5)
+            | (df["hb_gap_max_s"] >= 2.5 * interval)).fillna(False)
+
+
+def label_rows(rows: pd.DataFrame, out: pd.DataFrame, *, horizon_s: float,
+               interval: float) -> pd.DataFrame:
+    """Attach labels; drop rows after a failure and rows with an unknown outcome."""
+    df = rows.merge(out, on="worker_id", how="left")
+    fails = df["failure_at"].notna()
+    keep = np.where(fails, df["t"] < df["failure_at"], df["t"] <= df["censor_at"] - horizon_s)
+    df = df[keep].copy()
+    failing = df["failure_at"].notna() & (df["failure_at"] - df["t"] <= horizon_s)
+    df["label"] = np.where(failing, "failing",
+                           np.where(is_degraded(df, interval), "degraded", "healthy"))
+    df["kind"] = df["kind"].fillna("")
+    return df
+
+
+def grid_rows(samples: pd.DataFrame, step_s: float) -> pd.DataFrame:
+    """Feature rows at whole multiples of `step_s`, for each worker from its first sample to
+    its last (plus the two intervals in which it may already have stopped answering)."""
+    interval = sampling_interval(samples)
+    rows = []
+    for wid, df in samples.groupby("worker_id"):
+        s = Series.from_frame(str(wid), df)
+        first, last = float(s.t[0]), float(s.t[-1]) + 2 * interval
+        for now in np.arange(np.ceil(first / step_s) * step_s, last, step_s):
+            row = worker_row(s, float(now))
+            if row is not None:
+                rows.append({"worker_id": wid, "t": float(now), **row})
+    if not rows:
+        raise DatasetError("no health samples to build rows from")
+    return add_fleet(pd.DataFrame(rows), by="t")
+
+
+def _journal_workers(verdict: dict[str, object], key: str) -> set[str]:
+    out: set[str] = set()
+    drill = verdict.get("drill") or {}
+    for entry in drill.get("journal", []) if isinstance(drill, dict) else []:
+        result = entry.get("result") or {}
+        for item in result.get(key, []) if isinstance(result, dict) else []:
+            out.add(item["worker_id"] if isinstance(item, dict) else str(item))
+    return out
+
+
+def _acted(run_dir: Path) -> dict[str, float]:
+    """Workers the predictor replaced (not hold-outs), with the time it acted."""
+    path = run_dir / "predictions.csv"
+    if not path.exists():
+        return {}
+    p = pd.read_csv(path)
+    done = p[p["action"] == "replace"]
+    return {str(w): float(t) for w, t in done.groupby("worker_id")["t"].min().items()}
+
+
+def file_hash(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def run_rows(run_dir: Path, *, horizon_s: float = HORIZON_S, step_s: float = 1.0
+             ) -> pd.DataFrame:
+    """Labelled rows of one run folder."""
+    health = run_dir / "worker_health.csv"
+    if not health.exists():
+        raise DatasetError(f"{run_dir} has no worker_health.csv (not a finished run folder)")
+    samples = samples_frame(pd.read_csv(health))
+    workers = pd.read_csv(run_dir / "workers.csv") if (run_dir / "workers.csv").exists() \
+        else pd.DataFrame(columns=["id", "status", "stopped_at", "failure_reason"])
+    verdict = json.loads((run_dir / "verdict.json").read_text()) \
+        if (run_dir / "verdict.json").exists() else {}
+    interval = sampling_interval(samples)
+    out = outcomes(samples, workers, interval=interval,
+                   abrupt=_journal_workers(verdict, "killed"), acted=_acted(run_dir))
+    df = label_rows(grid_rows(samples, step_s), out, horizon_s=horizon_s, interval=interval)
+    df["faulted"] = df["worker_id"].isin(_journal_workers(verdict, "degraded"))
+    df.insert(0, "run", run_dir.name)
+    return df
+
+
+def build(run_dirs: Iterable[Path], *, horizon_s: float = HORIZON_S) -> tuple[pd.DataFrame,
+                                                                              list[dict[str, str]]]:
+    """Rows of several runs, ordered by time, and the sources with their hashes."""
+    frames, sources = [], []
+    for run_dir in run_dirs:
+        frames.append(run_rows(Path(run_dir), horizon_s=horizon_s))
+        sources.append({"run": Path(run_dir).name,
+                        "worker_health.csv": file_hash(Path(run_dir) / "worker_health.csv"),
+                        "workers.csv": file_hash(Path(run_dir) / "workers.csv")})
+    if not frames:
+        raise DatasetError("give at least one run folder")
+    df = pd.concat(frames, ignore_index=True)
+    order = df.groupby("run")["t"].min().sort_values().index
+    df["run"] = pd.Categorical(df["run"], categories=list(order), ordered=True)
+    return df.sort_values(["run", "t", "worker_id"]).reset_index(drop=True), sources
+
+
+__all__ = ["CLASSES", "FEATURES", "HORIZON_S", "DatasetError", "build", "label_rows",
+           "outcomes", "run_rows"]
