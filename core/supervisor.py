@@ -356,7 +356,8 @@ class Supervisor:
 
     async def _replace_proactively(self, predictor: Predictor, slot: Slot, v: Any,
                                    now: float) -> None:
-        if not self._allowed():
+        # a model gone wrong must not churn the fleet: at most a tenth of it draining at once
+        if not self._allowed() or len(self.draining) >= max(1, self.opts.workers // 10):
             self.stats["proactive_deferred"] += 1
             predictor.note_action(now, slot.worker_id, "deferred")
             return

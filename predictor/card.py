@@ -40,7 +40,8 @@ def card_markdown(meta: dict[str, Any]) -> str:
              "Classes: `healthy`, `degraded`, `failing` (fails within "
              f"{meta['horizon_s']:.0f} s). Action policy: `failing` with probability >= "
              f"{meta['threshold']} for {meta['k']} consecutive scores.", "",
-             "## Data", "", "| run | worker_health.csv sha256 | workers.csv sha256 |",
+             "## Data", "",
+             "| run | worker_health.csv (sha256, first 16) | workers.csv (sha256, first 16) |",
              "|---|---|---|"]
     lines += [f"| {s['run']} | `{s['worker_health.csv']}` | `{s['workers.csv']}` |"
               for s in meta.get("sources", [])]
@@ -81,8 +82,8 @@ def _result_lines(res: dict[str, Any]) -> list[str]:
     out += ["", f"- PR-AUC (`failing`, rows): {_pct(res['rows']['pr_auc_failing'])}",
             f"- gradual failures caught before they happened: {g['caught']} of "
             f"{g['failures']} (recall {_pct(g['recall'])})",
-            f"- firings right (failure within the horizon): precision {_pct(ev['precision'])}"
-            f" of {ev['firings']}",
+            f"- firings followed by that worker's failure: precision {_pct(ev['precision'])}"
+            f" of {ev['firings']} ({ev.get('early_firings', 0)} more than the horizon ahead)",
             "- lead time (s): " + (", ".join(f"{k} {v}" for k, v in lead.items())
                                    if lead else "n/a"),
             f"- false replacements: {ev['false_replacements']} in "

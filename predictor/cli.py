@@ -144,7 +144,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     t = ps.add_parser("train", parents=[common], help="train a model on run folders")
     t.add_argument("runs", nargs="+", help="run folders, oldest first is not required")
     t.add_argument("--out", default=str(DEFAULT_OUT), help=f"model file ({DEFAULT_OUT})")
-    t.add_argument("--k", type=int, default=3, help="consecutive failing scores to act")
+    t.add_argument("--k", type=int, default=5, help="consecutive failing scores to act (5)")
     t.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=cmd_train, needs_settings=False)

@@ -16,6 +16,7 @@ class Policy:
     threshold: float = 0.6
     k: int = 3
     holdout: float = 0.1  # share of workers scored but never acted on
+    min_samples: int = 3  # a worker with fewer samples in its window is not judged yet
 
     def __post_init__(self) -> None:
         if not 0 < self.threshold <= 1:
@@ -37,9 +38,10 @@ class Streaks:
         self.policy = policy
         self.count: dict[str, int] = {}
 
-    def update(self, worker_id: str, p_failing: float) -> bool:
+    def update(self, worker_id: str, p_failing: float, samples: float) -> bool:
         """Record one score; True when the policy fires for this worker."""
-        n = self.count.get(worker_id, 0) + 1 if p_failing >= self.policy.threshold else 0
+        hit = p_failing >= self.policy.threshold and samples >= self.policy.min_samples
+        n = self.count.get(worker_id, 0) + 1 if hit else 0
         self.count[worker_id] = n
         return n >= self.policy.k
 
@@ -49,10 +51,11 @@ class Streaks:
 
 def first_firing(scored: pd.DataFrame, policy: Policy) -> pd.DataFrame:
     """Per worker (and run): the time the policy would first fire, NaN if never.
-    `scored` needs run, worker_id, t and p_failing, one row per score."""
+    `scored` needs run, worker_id, t, samples_in_window and p_failing, one row per score."""
     out = []
     for (run, wid), df in scored.sort_values("t").groupby(["run", "worker_id"], observed=True):
-        hit = (df["p_failing"].to_numpy() >= policy.threshold).astype(int)
+        hit = ((df["p_failing"].to_numpy() >= policy.threshold)
+               & (df["samples_in_window"].to_numpy() >= policy.min_samples)).astype(int)
         # length of the current run of hits at every row
         runs = np.zeros(len(hit), dtype=int)
         for i, h in enumerate(hit):

@@ -9,6 +9,7 @@ the same that stamped the samples.
 from __future__ import annotations
 
 import csv
+import json
 import logging
 from collections import deque
 from dataclasses import dataclass
@@ -60,6 +61,11 @@ class LivePredictor:
             self._writer = csv.writer(self._log)
             if new:
                 self._writer.writerow(LOG_FIELDS)
+            log_path.with_suffix(".json").write_text(json.dumps({
+                "model": str(model.path), "trained_at": model.meta.get("trained_at"),
+                "threshold": policy.threshold, "k": policy.k, "holdout": policy.holdout,
+                "min_samples": policy.min_samples,
+                "horizon_s": model.meta.get("horizon_s")}, indent=2))
 
     @classmethod
     def from_path(cls, path: str, *, threshold: float | None, k: int | None, holdout: float,
@@ -112,8 +118,10 @@ class LivePredictor:
         for (_, row), (_, p) in zip(rows.iterrows(), proba.iterrows(), strict=True):
             wid = str(row["worker_id"])
             pf = float(p["p_failing"])
-            fire = self.streaks.update(wid, pf)
-            if pf >= self.policy.threshold:
+            fire = self.streaks.update(wid, pf, float(row["samples_in_window"]))
+            if row["samples_in_window"] < self.policy.min_samples:
+                verdict, conf = "new", 1.0  # too few samples to judge yet
+            elif pf >= self.policy.threshold:
                 verdict, conf = "failing", pf
             else:
                 verdict = "degraded" if p["p_degraded"] > p["p_healthy"] else "healthy"

@@ -6,10 +6,11 @@ from __future__ import annotations
 import base64
 import html
 import json
+import re
 from pathlib import Path
 from typing import Any
 
-from reports.data import load_run, operation_table, percentile
+from reports.data import execution_summary, load_run, operation_table, percentile
 from reports.figures import all_figures
 
 
@@ -37,11 +38,25 @@ def summary(run_dir: Path) -> tuple[dict[str, Any], list[Path]]:
                           for p in (50, 90, 99, 99.9)},
         "queue_wait_ms": {f"p{p:g}": percentile(done["queue_wait_ms"], p)
                           for p in (50, 90, 99, 99.9)},
+        "executions": execution_summary(run.executions),
+        "predictor": predictor_summary(run),
         "operations": ops.to_dict(orient="records"),
         "slos": v.get("slos", []), "invariants": v.get("invariants", []),
         "faults": (v.get("drill") or {}).get("faults", []), **extra,
     }
     return data, figures
+
+
+def predictor_summary(run: Any) -> dict[str, Any] | None:
+    p = run.predictions
+    if p.empty:
+        return None
+    meta = run.path / "predictions.json"
+    info = json.loads(meta.read_text()) if meta.exists() else {}
+    return {"scores": int((p["verdict"].fillna("") != "").sum()),
+            "replaced": int(p.loc[p["action"] == "replace", "worker_id"].nunique()),
+            "held_out_flagged": int(p.loc[p["action"] == "holdout", "worker_id"].nunique()),
+            **{k: info.get(k) for k in ("threshold", "k", "holdout", "model")}}
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
@@ -55,7 +70,16 @@ def markdown(data: dict[str, Any]) -> str:
     lines = [f"# {data['run_id']}", "",
              f"Scenario `{data['scenario']}` ({data['model']} model): **{verdict}**", "",
              f"Jobs: {data['jobs']}", "",
-             f"End-to-end (ms): {data['end_to_end_ms']}", "", "## Operations", ""]
+             f"End-to-end (ms): {data['end_to_end_ms']}", "",
+             "Executions: {executions} attempts, {abandoned} abandoned (worker lost holding "
+             "the lease), {timed_out} timed out, {retries} retries".format(
+                 **data["executions"]), ""]
+    if data.get("predictor"):
+        p = data["predictor"]
+        lines += [f"Predictor: {p['scores']} scores, {p['replaced']} workers replaced on "
+                  f"prediction, {p['held_out_flagged']} held-out workers flagged "
+                  f"(threshold {p.get('threshold')}, k {p.get('k')})", ""]
+    lines += ["## Operations", ""]
     lines += _table(data["operations"], ["operation", "count", "error_rate", "p50_ms",
                                          "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"])
     lines += ["", "## SLOs", "", *_table(data["slos"], ["name", "value", "limit", "ok"])]
@@ -70,16 +94,54 @@ def markdown(data: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _inline(text: str) -> str:
+    out = html.escape(text)
+    out = re.sub(r"\*\*(.+?)\*\*", r"<b>\1</b>", out)
+    return re.sub(r"`(.+?)`", r"<code>\1</code>", out)
+
+
+def md_to_html(md: str) -> str:
+    """The Markdown this module writes (headings, pipe tables, paragraphs) as HTML."""
+    out: list[str] = []
+    table: list[list[str]] = []
+
+    def flush() -> None:
+        if table:
+            head, *body = table
+            out.append("<table><tr>" + "".join(f"<th>{_inline(c)}</th>" for c in head)
+                       + "</tr>" + "".join("<tr>" + "".join(
+                           f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in body)
+                       + "</table>")
+            table.clear()
+
+    for line in md.splitlines():
+        if line.startswith("|"):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if not all(set(c) <= {"-", ":"} for c in cells):
+                table.append(cells)
+            continue
+        flush()
+        if line.startswith("#"):
+            level = len(line) - len(line.lstrip("#"))
+            out.append(f"<h{level}>{_inline(line[level:].strip())}</h{level}>")
+        elif line.strip():
+            out.append(f"<p>{_inline(line)}</p>")
+    flush()
+    return "\n".join(out)
+
+
 def html_report(data: dict[str, Any], figures: list[Path], md: str) -> str:
     imgs = "\n".join(
         f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>' for p in figures)
-    body = html.escape(md)
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>{data['run_id']}"
-            "</title><style>body{font-family:sans-serif;max-width:1000px;margin:auto}"
-            "pre{white-space:pre-wrap;background:#f6f6f6;padding:1em}img{max-width:100%}"
-            f"</style></head><body><h1>{html.escape(str(data['run_id']))}</h1>"
-            f"<pre>{body}</pre>{imgs}</body></html>")
+    style = ("body{font-family:sans-serif;max-width:1000px;margin:auto;padding:0 1em}"
+             "table{border-collapse:collapse;margin:.5em 0;font-size:90%}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
+             "td:first-child,th:first-child{text-align:left}th{background:#f0f0f0}"
+             "img{max-width:100%}figure{margin:1em 0}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'>"
+            f"<title>{html.escape(str(data['run_id']))}</title><style>{style}</style></head>"
+            f"<body>{md_to_html(md)}<h2>Figures</h2>{imgs}</body></html>")
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:

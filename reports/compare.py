@@ -4,8 +4,9 @@ regression flag only when the difference is beyond the runs' noise.
 Which test decides: for latency percentiles, a seeded bootstrap of the raw samples of both
 runs (2,000 resamples); a regression is a worsening of more than `min_change` (5 %) whose
 95 % confidence interval of the difference excludes zero. For error rates, a two-proportion
-z-test at the 1 % level plus the same minimum change. Throughput is shown, not judged: one
-number per run carries no noise estimate.
+z-test at the 1 % level plus the same minimum change; the same test judges the shares of
+attempts abandoned (a worker lost holding the lease), timed out and retried. Throughput is
+shown, not judged: one number per run carries no noise estimate.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 
-from reports.data import RunData, load_run, percentile
+from reports.data import RunData, execution_summary, load_run, percentile
 
 CREATE_OPS = ("POST /jobs", "POST /jobs/batch")
 
@@ -66,14 +67,29 @@ def _error_row(base: RunData, cand: RunData, min_change: float) -> dict[str, Any
     n1, n2 = len(base.requests), len(cand.requests)
     f1 = int((base.requests["ok"] != 1).sum()) if n1 else 0
     f2 = int((cand.requests["ok"] != 1).sum()) if n2 else 0
+    return proportion_row("error_rate", f1, n1, f2, n2, min_change)
+
+
+def proportion_row(name: str, f1: int, n1: int, f2: int, n2: int, min_change: float
+                   ) -> dict[str, Any]:
+    """A share of events (errors per request, abandoned attempts per attempt) judged by a
+    one-sided two-proportion z-test at the 1 % level plus the minimum change."""
     p1, p2 = (f1 / n1 if n1 else 0.0), (f2 / n2 if n2 else 0.0)
     pooled = (f1 + f2) / (n1 + n2) if n1 + n2 else 0.0
     se = math.sqrt(pooled * (1 - pooled) * (1 / max(n1, 1) + 1 / max(n2, 1)))
     z = (p2 - p1) / se if se > 0 else 0.0
-    return {"metric": "error_rate", "base": round(p1, 5), "candidate": round(p2, 5),
+    return {"metric": name, "base": round(p1, 5), "candidate": round(p2, 5),
+            "counts": [f1, f2],
             "change_pct": round(100 * (p2 - p1) / p1, 1) if p1 else None,
             "regression": z > 2.326 and p2 > p1 * (1 + min_change) and p2 - p1 > 0.001,
             "test": f"two-proportion z = {z:.2f}"}
+
+
+def _execution_rows(base: RunData, cand: RunData, min_change: float) -> list[dict[str, Any]]:
+    b, c = execution_summary(base.executions), execution_summary(cand.executions)
+    return [proportion_row(f"{key}_per_execution", b[key], b["executions"], c[key],
+                           c["executions"], min_change)
+            for key in ("abandoned", "timed_out", "retries")]
 
 
 def compare(base_dir: Path, cand_dir: Path, out: Path, *, min_change: float = 0.05
@@ -85,6 +101,7 @@ def compare(base_dir: Path, cand_dir: Path, out: Path, *, min_change: float = 0.
         for pct in (50, 99):
             rows.append(_latency_row(f"{name}_p{pct}_ms", *values, pct, min_change))
     rows.append(_error_row(base, cand, min_change))
+    rows += _execution_rows(base, cand, min_change)
     tb = base.verdict.get("figures", {}).get("throughput_jobs_s")
     tc = cand.verdict.get("figures", {}).get("throughput_jobs_s")
     rows.append({"metric": "throughput_jobs_s", "base": tb, "candidate": tc,
@@ -92,8 +109,23 @@ def compare(base_dir: Path, cand_dir: Path, out: Path, *, min_change: float = 0.
                  "regression": False, "test": "shown only (no noise estimate)"})
     out.mkdir(parents=True, exist_ok=True)
     plot = _overlay(base, cand, out / "compare_latency.png")
-    return {"base": str(base_dir), "candidate": str(cand_dir), "metrics": rows,
-            "regressions": [r["metric"] for r in rows if r["regression"]], "plot": str(plot)}
+    result = {"base": str(base_dir), "candidate": str(cand_dir), "metrics": rows,
+              "regressions": [r["metric"] for r in rows if r["regression"]], "plot": str(plot)}
+    md = out / "compare.md"
+    md.write_text(compare_markdown(result))
+    result["markdown"] = str(md)
+    return result
+
+
+def compare_markdown(result: dict[str, Any]) -> str:
+    lines = [f"# {Path(result['base']).name} -> {Path(result['candidate']).name}", "",
+             "| metric | base | candidate | change | regression | decided by |",
+             "|---|---|---|---|---|---|"]
+    for r in result["metrics"]:
+        change = "" if r["change_pct"] is None else f"{r['change_pct']:+.1f} %"
+        lines.append(f"| {r['metric']} | {r['base']} | {r['candidate']} | {change} | "
+                     f"{'**yes**' if r['regression'] else 'no'} | {r['test']} |")
+    return "\n".join(lines) + "\n"
 
 
 def _overlay(base: RunData, cand: RunData, path: Path) -> Path:

@@ -24,6 +24,8 @@ class RunData:
     jobs: pd.DataFrame
     samples: pd.DataFrame
     workers: pd.DataFrame
+    executions: pd.DataFrame
+    predictions: pd.DataFrame  # the supervisor's verdict log, empty without a predictor
 
 
 def load_run(path: Path) -> RunData:
@@ -35,10 +37,13 @@ def load_run(path: Path) -> RunData:
     jobs = pd.read_csv(path / "jobs.csv", parse_dates=["created_at", "started_at",
                                                         "completed_at"])
     samples = pd.read_csv(path / "samples.csv")
-    workers = pd.read_csv(path / "workers.csv") if (path / "workers.csv").exists() \
-        else pd.DataFrame()
+    def optional(name: str) -> pd.DataFrame:
+        return pd.read_csv(path / name) if (path / name).exists() else pd.DataFrame()
+
     return RunData(path=path, verdict=json.loads((path / "verdict.json").read_text()),
-                   requests=requests, jobs=jobs, samples=samples, workers=workers)
+                   requests=requests, jobs=jobs, samples=samples,
+                   workers=optional("workers.csv"), executions=optional("executions.csv"),
+                   predictions=optional("predictions.csv"))
 
 
 def percentile(values: pd.Series, pct: float) -> float | None:
@@ -88,6 +93,18 @@ def throughput(samples: pd.DataFrame) -> pd.DataFrame:
                         "dead": s["DEAD"].diff() / dt,
                         "cancelled": s["CANCELLED"].diff() / dt})
     return out.dropna()
+
+
+def execution_summary(executions: pd.DataFrame) -> dict[str, int]:
+    """Attempts and how they ended: abandoned (the worker was lost holding the lease),
+    timed out, retries (attempts after a job's first)."""
+    if executions.empty:
+        return {"executions": 0, "abandoned": 0, "timed_out": 0, "retries": 0}
+    status = executions["status"].value_counts()
+    per_job = executions.groupby("job_id").size()
+    return {"executions": len(executions), "abandoned": int(status.get("LEASE_EXPIRED", 0)),
+            "timed_out": int(status.get("TIMED_OUT", 0)),
+            "retries": int((per_job - 1).clip(lower=0).sum())}
 
 
 def jain_index(values: list[float]) -> float | None:

@@ -56,6 +56,18 @@ def test_run_smoke_passes_and_writes_the_run_folder(
     assert op["count"] >= len(creates)
     assert op["p99_ms"] == creates[rank - 1]
     assert summary["jobs"]["total"] == 200
+    with open(folder / "executions.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    attempts: dict[str, int] = {}
+    for r in rows:
+        attempts[r["job_id"]] = attempts.get(r["job_id"], 0) + 1
+    assert summary["executions"] == {
+        "executions": len(rows),
+        "abandoned": sum(r["status"] == "LEASE_EXPIRED" for r in rows),
+        "timed_out": sum(r["status"] == "TIMED_OUT" for r in rows),
+        "retries": sum(n - 1 for n in attempts.values())}
+    assert summary["executions"]["retries"] > 0  # the smoke mix has flaky jobs
+    assert summary["predictor"] is None
 
 
 def test_slo_breach_exits_non_zero_naming_it(

@@ -46,12 +46,13 @@ async def svc(proc_settings: Settings) -> AsyncIterator[JobService]:
 
 
 @contextlib.asynccontextmanager
-async def supervising(svc: JobService, **opts: Any) -> AsyncIterator[Supervisor]:
+async def supervising(svc: JobService, predictor: Any = None, **opts: Any
+                      ) -> AsyncIterator[Supervisor]:
     """A supervisor running in this event loop over real worker processes."""
     options = SupervisorOptions(**{"check_interval_s": 0.2, "zombie_grace_s": 60.0,
                                    "drain_timeout_s": 2.0, "reconcile_interval_s": 0.5,
                                    **opts})
-    sup = Supervisor(svc, svc.settings, options)
+    sup = Supervisor(svc, svc.settings, options, predictor)
     stop = asyncio.Event()
     await sup.start()
     runner = asyncio.create_task(sup.run(stop))

@@ -1,0 +1,133 @@
+"""The predictor in a real supervisor over real worker processes: a worker the model flags is
+replaced before it fails (successor first, then a graceful drain), one it does not flag is
+left alone, a held-out worker is only logged, and an unusable model leaves the supervisor
+reactive-only."""
+
+from __future__ import annotations
+
+import argparse
+import csv
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from core.faults import FaultSpec
+from core.proccli import _predictor
+from core.service import JobService
+from core.supervisor import Supervisor
+from predictor.features import FEATURES
+from predictor.model import load, save
+from predictor.policy import Policy
+from predictor.serve import LivePredictor
+from predictor.train import make_pipeline
+from tests.conftest import wait_until
+from tests.integration.test_processes import proc_settings, supervising, svc  # noqa: F401
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def tiny_model(tmp_path: Path) -> Path:
+    """A model that knows one thing: memory growing by megabytes per second means failing.
+    Every other feature is constant in its training rows, so nothing else can sway it."""
+    rng = np.random.default_rng(1)
+    slope = np.concatenate([rng.uniform(-0.5, 0.5, 300), rng.uniform(5, 200, 300)])
+    df = pd.DataFrame({f: np.zeros(len(slope)) for f in FEATURES})
+    df["rss_slope_mb_s"] = slope
+    labels = np.where(slope > 2.5, "failing", "healthy")
+    path = tmp_path / "tiny.skops"
+    save(make_pipeline().fit(df[list(FEATURES)], labels), {"threshold": 0.5, "k": 2}, path)
+    return path
+
+
+def predictor(model: Path, log: Path, holdout: float = 0.0) -> LivePredictor:
+    return LivePredictor(load(model), Policy(threshold=0.5, k=2, holdout=holdout), log)
+
+
+def leak(sup: Supervisor, worker_id: str) -> None:
+    sup.inject_fault(worker_id, FaultSpec(mode="leak", ramp_s=60, limit_mb=3000))
+
+
+def log_rows(path: Path) -> list[dict[str, str]]:
+    with open(path, newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def until(cond: Callable[[], bool]) -> Callable[[], Awaitable[bool]]:
+    async def check() -> bool:
+        return cond()
+    return check
+
+
+async def test_a_flagged_worker_is_replaced_before_it_fails(
+        svc: JobService, tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    verdicts = tmp_path / "verdicts.csv"
+    async with supervising(svc, predictor(tiny_model, verdicts), workers=2) as sup:
+        sick, well = sup.slots[0], sup.slots[1]
+        leak(sup, sick.worker_id)
+        await wait_until(until(lambda: sup.stats["proactive_replacements"] == 1),
+                         what="a proactive replacement")
+        (event,) = sup.events
+        assert event["old"] == sick.worker_id
+        assert event["proactive"] is True
+        assert event["reason"].startswith("predicted failing (p=")
+        # the old worker drains and leaves by itself: exit code 0, deregistered as STOPPED
+        assert await sick.proc.wait() == 0
+        row = await svc.pool.fetchrow("SELECT status FROM workers WHERE id = $1",
+                                      sick.worker_id)
+        assert row["status"] == "STOPPED"
+        assert sup.slots[0].generation == 1
+        assert sup.slots[1] is well
+        assert well.proc.returncode is None
+        assert sup.stats["replacements"] == 0  # nothing died
+    rows = log_rows(verdicts)
+    scored = {r["worker_id"] for r in rows if r["verdict"]}
+    assert {sick.worker_id, well.worker_id} <= scored
+    assert [r["worker_id"] for r in rows if r["action"] == "replace"] == [sick.worker_id]
+    assert all(r["verdict"] != "failing" for r in rows if r["worker_id"] == well.worker_id)
+
+
+def _names_splitting_holdout(policy: Policy) -> str:
+    for i in range(1000):
+        name = f"h{i}"
+        if policy.held_out(f"{name}-000-g0") and not policy.held_out(f"{name}-001-g0"):
+            return name
+    raise AssertionError("no supervisor name splits the hold-out")
+
+
+async def test_a_held_out_worker_is_scored_but_not_acted_on(
+        svc: JobService, tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    verdicts = tmp_path / "verdicts.csv"
+    live = predictor(tiny_model, verdicts, holdout=0.5)
+    name = _names_splitting_holdout(live.policy)
+    async with supervising(svc, live, workers=2, name=name) as sup:
+        kept, acted = sup.slots[0], sup.slots[1]
+        leak(sup, kept.worker_id)
+        leak(sup, acted.worker_id)
+        await wait_until(until(lambda: sup.stats["proactive_replacements"] == 1),
+                         what="a proactive replacement")
+        await wait_until(until(lambda: sup.stats["predicted_held_out"] >= 2),
+                         what="the held-out worker flagged")
+        assert [e["old"] for e in sup.events] == [acted.worker_id]
+        assert sup.slots[0] is kept
+        assert kept.proc.returncode is None
+    rows = log_rows(verdicts)
+    assert any(r["worker_id"] == kept.worker_id and r["action"] == "holdout" for r in rows)
+    assert not any(r["worker_id"] == kept.worker_id and r["action"] == "replace" for r in rows)
+
+
+def test_an_unusable_model_leaves_the_supervisor_reactive(tmp_path: Path,
+                                                          caplog: pytest.LogCaptureFixture
+                                                          ) -> None:
+    bad = tmp_path / "bad.skops"
+    bad.write_bytes(b"\x00" * 64)
+    args = argparse.Namespace(model=str(bad), threshold=None, k=None, holdout=0.1,
+                              verdict_log=None)
+    assert _predictor(args) is None
+    assert "predictor refused, running reactive-only" in caplog.text
+    assert "not a readable skops file" in caplog.text
+    args.model = "off"
+    assert _predictor(args) is None

@@ -1,0 +1,229 @@
+"""The predictor's pure parts on hand-made data: labels, features, splits, policy replay, the
+model file (round trip, corrupt and mismatched files refused)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from predictor.dataset import grid_rows, label_rows, outcomes, samples_frame
+from predictor.features import FEATURES, Series, rows_at, worker_row
+from predictor.model import ModelError, load, save
+from predictor.policy import Policy, Streaks, first_firing
+from predictor.train import event_metrics, fit, make_pipeline, time_splits
+
+T0 = 1_800_000_000.0  # an arbitrary epoch second
+
+
+def stamp(t: float) -> str:
+    return pd.Timestamp(t, unit="s", tz="UTC").isoformat()
+
+
+def series_rows(wid: str, start: float, end: float, *, rss: float = 40.0, rss_slope: float = 0,
+                p99: float = 100.0, lag: float = 2.0, step: float = 1.0) -> list[dict[str, object]]:
+    """Health samples of one worker, one per `step` seconds, done jobs growing steadily."""
+    out = []
+    for i, t in enumerate(np.arange(start, end, step)):
+        out.append({"worker_id": wid, "sampled_at": stamp(T0 + t),
+                    "rss_bytes": int((rss + rss_slope * (t - start)) * 2**20),
+                    "cpu_percent": 5.0, "loop_lag_ms": lag, "in_flight": 1,
+                    "completed": 3 * i, "failed": 0, "timed_out": 0,
+                    "duration_p50_ms": p99 / 3, "duration_p99_ms": p99, "error_rate": 0.0})
+    return out
+
+
+def workers_frame(rows: list[tuple[str, str, float | None, str]]) -> pd.DataFrame:
+    return pd.DataFrame([{"id": w, "status": st, "stopped_at": stamp(T0 + t) if t else None,
+                          "failure_reason": reason} for w, st, t, reason in rows])
+
+
+@pytest.fixture
+def labelled() -> pd.DataFrame:
+    raw = pd.DataFrame(
+        series_rows("ok", 0, 120) + series_rows("ok2", 0, 120) + series_rows("ok3", 0, 120)
+        + series_rows("leaky", 0, 80, rss_slope=4.0)      # dies at 80 s
+        + series_rows("slow", 0, 120, p99=500.0)          # 5x the fleet's p99, never dies
+        + series_rows("killed", 0, 70))                   # killed outright at 70 s
+    samples = samples_frame(raw)
+    workers = workers_frame([
+        ("ok", "STOPPED", 120, ""), ("ok2", "STOPPED", 120, ""), ("ok3", "STOPPED", 120, ""),
+        ("slow", "STOPPED", 120, ""),
+        ("leaky", "FAILED", 80.5, "process killed by signal 9"),
+        ("killed", "FAILED", 70.2, "process killed by signal 9")])
+    out = outcomes(samples, workers, interval=1.0, abrupt={"killed"}, acted={})
+    return label_rows(grid_rows(samples, 1.0), out, horizon_s=30.0, interval=1.0)
+
+
+def test_failing_is_the_horizon_before_a_failure(labelled: pd.DataFrame) -> None:
+    leaky = labelled[labelled["worker_id"] == "leaky"]
+    rel = leaky["t"] - T0
+    assert set(leaky.loc[rel >= 50.5, "label"]) == {"failing"}   # within 30 s of 80.5
+    assert "failing" not in set(leaky.loc[rel < 50.5, "label"])
+    assert rel.max() < 80.5  # nothing after the failure
+    assert set(leaky["kind"]) == {"gradual"}
+
+
+def test_abrupt_failures_are_marked(labelled: pd.DataFrame) -> None:
+    killed = labelled[labelled["worker_id"] == "killed"]
+    assert set(killed["kind"]) == {"abrupt"}
+    assert (killed["label"] == "failing").sum() == 30
+
+
+def test_outcome_unknown_near_a_graceful_stop_is_dropped(labelled: pd.DataFrame) -> None:
+    ok = labelled[labelled["worker_id"] == "ok"]
+    assert (ok["t"] - T0).max() <= 120 - 30
+    assert set(ok["label"]) == {"healthy"}
+
+
+def test_degraded_is_relative_to_the_fleet(labelled: pd.DataFrame) -> None:
+    slow = labelled[labelled["worker_id"] == "slow"]
+    late = slow[slow["t"] - T0 >= 10]  # once its p99 is in the window
+    assert set(late["label"]) == {"degraded"}
+
+
+def test_a_proactively_replaced_worker_is_censored() -> None:
+    samples = samples_frame(pd.DataFrame(series_rows("w", 0, 60) + series_rows("v", 0, 60)))
+    workers = workers_frame([("w", "STOPPED", 60, ""), ("v", "STOPPED", 60, "")])
+    out = outcomes(samples, workers, interval=1.0, abrupt=set(), acted={"w": T0 + 40})
+    rows = label_rows(grid_rows(samples, 1.0), out, horizon_s=30.0, interval=1.0)
+    assert (rows.loc[rows["worker_id"] == "w", "t"] - T0).max() <= 10
+    assert (rows.loc[rows["worker_id"] == "v", "t"] - T0).max() > 10
+
+
+def test_features_see_no_sample_after_now() -> None:
+    raw = pd.DataFrame(series_rows("a", 0, 30, rss_slope=2.0))
+    s = Series.from_frame("a", samples_frame(raw))
+    row = worker_row(s, T0 + 10.5)
+    assert row is not None
+    assert row["rss_mb"] == pytest.approx(40 + 2 * 10, abs=0.01)   # the sample at 10 s
+    assert row["rss_slope_mb_s"] == pytest.approx(2.0, abs=1e-6)
+    assert row["since_last_s"] == pytest.approx(0.5)
+    assert worker_row(s, T0 - 1) is None
+    stale = worker_row(s, T0 + 45)  # 16 s after the last sample
+    assert stale is not None
+    assert stale["since_last_s"] == pytest.approx(16)
+    assert stale["hb_gap_max_s"] == pytest.approx(16)
+
+
+def test_live_rows_carry_fleet_ratios() -> None:
+    frames = [samples_frame(pd.DataFrame(series_rows(w, 0, 20, rss=r)))
+              for w, r in (("a", 40), ("b", 40), ("c", 120))]
+    rows = rows_at([Series.from_frame(f["worker_id"].iloc[0], f) for f in frames], T0 + 19)
+    assert set(FEATURES) <= set(rows.columns)
+    assert rows.set_index("worker_id")["rss_rel"].to_dict() == pytest.approx(
+        {"a": 1.0, "b": 1.0, "c": 3.0}, abs=0.01)
+
+
+def three_runs() -> pd.DataFrame:
+    rows = []
+    for r, run in enumerate(("r1", "r2", "r3")):
+        for w in ("x", "y"):
+            for t in range(50):
+                rows.append({"run": run, "worker_id": w, "t": T0 + 1000 * r + t})
+    df = pd.DataFrame(rows)
+    df["run"] = pd.Categorical(df["run"], categories=["r1", "r2", "r3"], ordered=True)
+    return df
+
+
+def test_splits_are_grouped_by_run_and_ordered_in_time() -> None:
+    df = three_runs()
+    splits = time_splits(df)
+    assert splits == [(["r1"], "r2"), (["r1", "r2"], "r3")]
+    for train_runs, test_run in splits:
+        train, test = df[df["run"].isin(train_runs)], df[df["run"] == test_run]
+        assert train["t"].max() < test["t"].min()  # nothing from the future
+        lives = set(zip(train["run"], train["worker_id"], strict=True))
+        assert not lives & set(zip(test["run"], test["worker_id"], strict=True))
+
+
+def test_streaks_fire_after_k_consecutive() -> None:
+    s = Streaks(Policy(threshold=0.5, k=3, holdout=0))
+    assert [s.update("w", p, 10) for p in (0.9, 0.9, 0.1, 0.9, 0.9, 0.9)] == \
+        [False, False, False, False, False, True]
+    # too few samples to judge: never counts
+    assert not any(s.update("new", 0.99, 2) for _ in range(5))
+
+
+def test_holdout_is_stable_and_about_its_share() -> None:
+    p = Policy(holdout=0.25)
+    ids = [f"run-{i:03d}-g{g}" for i in range(200) for g in range(5)]
+    share = sum(p.held_out(w) for w in ids) / len(ids)
+    assert 0.2 < share < 0.3
+    assert [p.held_out(w) for w in ids] == [Policy(holdout=0.25).held_out(w) for w in ids]
+    assert not any(Policy(holdout=0).held_out(w) for w in ids)
+
+
+def test_bad_policy_values_are_refused() -> None:
+    for kwargs in ({"threshold": 0}, {"k": 0}, {"holdout": 1.0}):
+        with pytest.raises(ValueError, match=next(iter(kwargs))):
+            Policy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_event_replay_lead_time_and_false_replacements() -> None:
+    rows = []
+    for t in range(100):
+        # w1 fails at 60: flagged from 40 on; w2 never fails: flagged at 20..22 (a false alarm)
+        rows.append({"run": "r", "worker_id": "w1", "t": float(t), "failure_at": 60.0,
+                     "kind": "gradual", "label": "failing" if t >= 30 else "healthy",
+                     "samples_in_window": 20,
+                     "p_failing": 0.9 if t >= 40 else 0.1} if t < 60 else None)
+        rows.append({"run": "r", "worker_id": "w2", "t": float(t), "failure_at": np.nan,
+                     "kind": "", "label": "healthy", "samples_in_window": 20,
+                     "p_failing": 0.9 if 20 <= t <= 22 else 0.1})
+    scored = pd.DataFrame([r for r in rows if r is not None])
+    fired = first_firing(scored, Policy(threshold=0.5, k=3, holdout=0)).set_index("worker_id")
+    assert fired.loc["w1", "fired_at"] == 42.0
+    assert fired.loc["w2", "fired_at"] == 22.0
+    ev = event_metrics(scored, Policy(threshold=0.5, k=3, holdout=0), horizon_s=30)
+    assert ev["gradual"]["caught"] == 1
+    assert ev["gradual"]["lead_s"]["p50"] == 18.0
+    assert ev["false_replacements"] == 1
+    assert ev["precision"] == 0.5
+    assert ev["healthy_worker_hours"] == pytest.approx((30 + 100) / 3600, abs=1e-3)
+
+
+def tiny_training_rows(seed: int = 0) -> pd.DataFrame:
+    """Feature rows where a steep memory slope means failing."""
+    rng = np.random.default_rng(seed)
+    n = 600
+    df = pd.DataFrame({f: rng.normal(1.0, 0.1, n) for f in FEATURES})
+    df["rss_slope_mb_s"] = rng.choice([0.0, 5.0], n) + rng.normal(0, 0.2, n)
+    df["label"] = np.where(df["rss_slope_mb_s"] > 2.5, "failing", "healthy")
+    df["kind"] = np.where(df["label"] == "failing", "gradual", "")
+    return df
+
+
+def test_model_round_trip_through_skops(tmp_path: Path) -> None:
+    df = tiny_training_rows()
+    model = fit(df)
+    path = tmp_path / "m.skops"
+    save(model, {"threshold": 0.7, "k": 2}, path)
+    loaded = load(path)
+    assert (loaded.threshold, loaded.k) == (0.7, 2)
+    probe = df[list(FEATURES)].head(50)
+    assert np.allclose(loaded.pipeline.predict_proba(probe), model.predict_proba(probe))
+    assert (loaded.predict(probe)["p_failing"] > 0.5).tolist() == \
+        (df["label"].head(50) == "failing").tolist()
+
+
+def test_corrupt_and_foreign_model_files_are_refused(tmp_path: Path) -> None:
+    good = tmp_path / "good.skops"
+    save(fit(tiny_training_rows()), {}, good)
+    truncated = tmp_path / "truncated.skops"
+    truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
+    garbage = tmp_path / "garbage.skops"
+    garbage.write_bytes(b"not a model")
+    for path in (truncated, garbage):
+        with pytest.raises(ModelError, match=r"not a readable skops file|cannot be loaded"):
+            load(path)
+    with pytest.raises(ModelError, match="does not exist"):
+        load(tmp_path / "missing.skops")
+    other = tiny_training_rows().rename(columns={"rss_mb": "rss_gb"})
+    cols = [c if c != "rss_mb" else "rss_gb" for c in FEATURES]
+    wrong = tmp_path / "wrong.skops"
+    save(make_pipeline().fit(other[cols], other["label"]), {}, wrong)
+    with pytest.raises(ModelError, match=r"other features \(missing \['rss_mb'\]"):
+        load(wrong)
