@@ -137,8 +137,10 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
         else:
             if not args.worker_ids:
                 raise JobHarnessError(f"{args.action} needs worker ids")
-            out = [control_request(url, f"/workers/{w}/{args.action}", method="POST")
-                   for w in args.worker_ids]
+            fault = ({"mode": args.mode, "ramp_s": args.ramp_s, "limit_mb": args.limit_mb}
+                     if args.action == "degrade" else None)
+            out = [control_request(url, f"/workers/{w}/{args.action}", method="POST",
+                                   body=fault) for w in args.worker_ids]
     except (LookupError, OSError) as exc:
         raise JobHarnessError(str(exc)) from exc
     _print_json(out)
@@ -203,11 +205,16 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.set_defaults(func=cmd_supervisor, needs_settings=True)
 
     p = sub.add_parser("ctl", parents=[common], help="a running supervisor's control surface")
-    p.add_argument("action", choices=["list", "stats", "kill", "pause", "resume", "terminate"])
+    p.add_argument("action", choices=["list", "stats", "kill", "pause", "resume", "terminate",
+                                      "degrade"])
     p.add_argument("worker_ids", nargs="*")
     p.add_argument("--name", default="sup")
     p.add_argument("--control-url")
     p.add_argument("--count", type=int, help="kill: how many random workers")
     p.add_argument("--fraction", type=float, help="kill: which share of the workers")
     p.add_argument("--seed", type=int)
+    p.add_argument("--mode", choices=["leak", "slow", "stall"], default="leak",
+                   help="degrade: the gradual fault")
+    p.add_argument("--ramp-s", type=float, default=45.0, help="degrade: seconds to failure")
+    p.add_argument("--limit-mb", type=float, default=400.0, help="degrade: leak's memory limit")
     p.set_defaults(func=cmd_ctl, needs_settings=True)

@@ -73,6 +73,11 @@ class LivePredictor:
         """Load the model (`default`: the one shipped in predictor/); ModelError if unusable."""
         from predictor.model import DEFAULT_MODEL
 
+        from threadpoolctl import threadpool_limits
+
+        # one thread: the supervisor shares the machine with its workers; OpenMP threads
+        # spinning for a 100-row prediction would take their CPU
+        threadpool_limits(1)
         model = load(DEFAULT_MODEL if path == "default" else path)
         policy = Policy(threshold=threshold or model.threshold, k=k or model.k, holdout=holdout)
         return cls(model, policy, log_path)

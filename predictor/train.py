@@ -31,11 +31,11 @@ from predictor.policy import Policy, first_firing
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 
 
-def make_pipeline(seed: int = 0) -> Pipeline:
+def make_pipeline(seed: int = 0, max_iter: int = 200) -> Pipeline:
     """Gradient-boosted trees: no scaling needed, missing values (a worker with no finished
     job has no duration p99) handled natively, classes weighted by their inverse frequency."""
     return Pipeline([("model", HistGradientBoostingClassifier(
-        max_iter=200, learning_rate=0.08, max_leaf_nodes=15, min_samples_leaf=40,
+        max_iter=max_iter, learning_rate=0.08, max_leaf_nodes=15, min_samples_leaf=40,
         l2_regularization=1.0, class_weight="balanced", random_state=seed))])
 
 
@@ -44,12 +44,12 @@ def trainable(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["kind"] != "abrupt"]
 
 
-def fit(df: pd.DataFrame, seed: int = 0) -> Pipeline:
+def fit(df: pd.DataFrame, seed: int = 0, max_iter: int = 200) -> Pipeline:
     rows = trainable(df)
     if rows["label"].nunique() < 2:
         raise ValueError("the training rows hold a single class: run a drill with faults "
                          "(degrading-workers) to get failures to learn from")
-    return make_pipeline(seed).fit(rows[list(FEATURES)], rows["label"])
+    return make_pipeline(seed, max_iter).fit(rows[list(FEATURES)], rows["label"])
 
 
 def time_splits(df: pd.DataFrame) -> list[tuple[list[str], str]]:

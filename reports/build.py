@@ -69,8 +69,12 @@ def markdown(data: dict[str, Any]) -> str:
     verdict = "PASSED" if data["passed"] else "FAILED: " + ", ".join(data["breaches"])
     lines = [f"# {data['run_id']}", "",
              f"Scenario `{data['scenario']}` ({data['model']} model): **{verdict}**", "",
-             f"Jobs: {data['jobs']}", "",
-             f"End-to-end (ms): {data['end_to_end_ms']}", "",
+             "Jobs: " + ", ".join(f"{n} {k}" for k, n in data["jobs"].items()), "",
+             "| completed jobs (ms) | p50 | p90 | p99 | p99.9 |", "|---|---|---|---|---|",
+             *(f"| {label} | " + " | ".join(_fmt(data[key].get(p))
+                                           for p in ("p50", "p90", "p99", "p99.9")) + " |"
+               for label, key in (("end to end", "end_to_end_ms"),
+                                  ("queue wait", "queue_wait_ms"))), "",
              "Executions: {executions} attempts, {abandoned} abandoned (worker lost holding "
              "the lease), {timed_out} timed out, {retries} retries".format(
                  **data["executions"]), ""]

@@ -39,7 +39,7 @@ def tiny_model(tmp_path: Path) -> Path:
     df["rss_slope_mb_s"] = slope
     labels = np.where(slope > 2.5, "failing", "healthy")
     path = tmp_path / "tiny.skops"
-    save(make_pipeline().fit(df[list(FEATURES)], labels), {"threshold": 0.5, "k": 2}, path)
+    save(make_pipeline(max_iter=20).fit(df[list(FEATURES)], labels), {"threshold": 0.5, "k": 2}, path)
     return path
 
 

@@ -198,7 +198,7 @@ def tiny_training_rows(seed: int = 0) -> pd.DataFrame:
 
 def test_model_round_trip_through_skops(tmp_path: Path) -> None:
     df = tiny_training_rows()
-    model = fit(df)
+    model = fit(df, max_iter=20)
     path = tmp_path / "m.skops"
     save(model, {"threshold": 0.7, "k": 2}, path)
     loaded = load(path)
@@ -211,7 +211,7 @@ def test_model_round_trip_through_skops(tmp_path: Path) -> None:
 
 def test_corrupt_and_foreign_model_files_are_refused(tmp_path: Path) -> None:
     good = tmp_path / "good.skops"
-    save(fit(tiny_training_rows()), {}, good)
+    save(fit(tiny_training_rows(), max_iter=20), {}, good)
     truncated = tmp_path / "truncated.skops"
     truncated.write_bytes(good.read_bytes()[: len(good.read_bytes()) // 2])
     garbage = tmp_path / "garbage.skops"
@@ -224,6 +224,6 @@ def test_corrupt_and_foreign_model_files_are_refused(tmp_path: Path) -> None:
     other = tiny_training_rows().rename(columns={"rss_mb": "rss_gb"})
     cols = [c if c != "rss_mb" else "rss_gb" for c in FEATURES]
     wrong = tmp_path / "wrong.skops"
-    save(make_pipeline().fit(other[cols], other["label"]), {}, wrong)
+    save(make_pipeline(max_iter=20).fit(other[cols], other["label"]), {}, wrong)
     with pytest.raises(ModelError, match=r"other features \(missing \['rss_mb'\]"):
         load(wrong)
