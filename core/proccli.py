@@ -44,7 +44,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return int(run_async(run_worker_process(resolved, opts)))
 
 
-def _predictor(args: argparse.Namespace) -> Any:
+def _predictor(args: argparse.Namespace, settings: Settings) -> Any:
     """The worker-health model for proactive replacement, or None (reactive only). A model
     that cannot be used is refused with the reason logged; the supervisor still runs."""
     if not args.model or args.model == "off":
@@ -55,7 +55,8 @@ def _predictor(args: argparse.Namespace) -> Any:
     try:
         return serve.LivePredictor.from_path(
             args.model, threshold=args.threshold, k=args.k, holdout=args.holdout,
-            log_path=Path(args.verdict_log) if args.verdict_log else None)
+            log_path=Path(args.verdict_log) if args.verdict_log else None,
+            heartbeat_interval_s=settings.heartbeat_interval_s)
     except (serve.ModelError, ValueError) as exc:
         logging.getLogger("jobharness.supervisor").error(
             "predictor refused, running reactive-only: %s", exc)
@@ -78,7 +79,7 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
         spawn=args.spawn,
     )
-    predictor = _predictor(args)
+    predictor = _predictor(args, settings)
     stop = stop_on_signals()
     async with open_runtime(settings, pool_size=4, redis_connections=4) as rt:
         sup = Supervisor(rt.service, settings, opts, predictor)

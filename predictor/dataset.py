@@ -169,6 +169,7 @@ def run_rows(run_dir: Path, *, horizon_s: float = HORIZON_S, step_s: float = 1.0
                    abrupt=_journal_workers(verdict, "killed"), acted=_acted(run_dir))
     df = label_rows(grid_rows(samples, step_s), out, horizon_s=horizon_s, interval=interval)
     df["faulted"] = df["worker_id"].isin(_journal_workers(verdict, "degraded"))
+    df["sampling_interval_s"] = interval
     df.insert(0, "run", run_dir.name)
     return df
 

@@ -69,16 +69,26 @@ class LivePredictor:
 
     @classmethod
     def from_path(cls, path: str, *, threshold: float | None, k: int | None, holdout: float,
-                  log_path: Path | None) -> LivePredictor:
-        """Load the model (`default`: the one shipped in predictor/); ModelError if unusable."""
-        from predictor.model import DEFAULT_MODEL
-
+                  log_path: Path | None, heartbeat_interval_s: float | None = None
+                  ) -> LivePredictor:
+        """Load the model (`default`: the one shipped in predictor/); ModelError if unusable,
+        including a model trained on samples taken at a very different interval (its window
+        features would not mean the same thing)."""
         from threadpoolctl import threadpool_limits
+
+        from predictor.model import DEFAULT_MODEL
 
         # one thread: the supervisor shares the machine with its workers; OpenMP threads
         # spinning for a 100-row prediction would take their CPU
         threadpool_limits(1)
         model = load(DEFAULT_MODEL if path == "default" else path)
+        trained = model.meta.get("sampling_interval_s")
+        if trained and heartbeat_interval_s and not \
+                0.5 <= heartbeat_interval_s / float(trained) <= 2.0:
+            raise ModelError(
+                f"model {model.path} was trained on health samples every {trained:g} s; this "
+                f"fleet heartbeats every {heartbeat_interval_s:g} s: retrain it on samples "
+                "of this fleet (docs/predictor.md)")
         policy = Policy(threshold=threshold or model.threshold, k=k or model.k, holdout=holdout)
         return cls(model, policy, log_path)
 

@@ -180,6 +180,8 @@ def train(df: pd.DataFrame, *, k: int = 5, seed: int = 0,
                       "events": event_metrics(oof, policy, horizon_s)}
     model = fit(df, seed)
     report = {"horizon_s": horizon_s, "threshold": threshold, "k": k, "seed": seed,
+              "sampling_interval_s": round(float(df["sampling_interval_s"].median()), 3)
+              if "sampling_interval_s" in df else None,
               "features": list(FEATURES), "class_balance": class_balance(df),
               "rows": len(df), "runs": [str(r) for r in pd.unique(df["run"])],
               "validation": validation, "versions": versions()}

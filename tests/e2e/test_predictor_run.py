@@ -19,10 +19,10 @@ pytestmark = pytest.mark.integration
 LEAK_DRILL = """
 name: one-leak
 description: one worker leaks memory fast; the run lasts long enough to see it
-settings: {heartbeat_interval_s: 0.5, heartbeat_ttl_s: 3, lease_s: 3}
+settings: {heartbeat_interval_s: 1, heartbeat_ttl_s: 4, lease_s: 4}
 method:
-  - {action: degrade_workers, at_s: 1, count: 1, mode: leak, ramp_s: 14, limit_mb: 320}
-  - {action: resume_workers, at_s: 16}
+  - {action: degrade_workers, at_s: 1, count: 1, mode: leak, ramp_s: 20, limit_mb: 320}
+  - {action: resume_workers, at_s: 22}
 settle_s: 10
 """
 

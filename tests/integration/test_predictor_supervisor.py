@@ -17,6 +17,7 @@ import pytest
 from core.faults import FaultSpec
 from core.proccli import _predictor
 from core.service import JobService
+from core.settings import Settings
 from core.supervisor import Supervisor
 from predictor.features import FEATURES
 from predictor.model import load, save
@@ -39,7 +40,8 @@ def tiny_model(tmp_path: Path) -> Path:
     df["rss_slope_mb_s"] = slope
     labels = np.where(slope > 2.5, "failing", "healthy")
     path = tmp_path / "tiny.skops"
-    save(make_pipeline(max_iter=20).fit(df[list(FEATURES)], labels), {"threshold": 0.5, "k": 2}, path)
+    save(make_pipeline(max_iter=20).fit(df[list(FEATURES)], labels),
+         {"threshold": 0.5, "k": 2}, path)
     return path
 
 
@@ -119,15 +121,48 @@ async def test_a_held_out_worker_is_scored_but_not_acted_on(
     assert not any(r["worker_id"] == kept.worker_id and r["action"] == "replace" for r in rows)
 
 
-def test_an_unusable_model_leaves_the_supervisor_reactive(tmp_path: Path,
-                                                          caplog: pytest.LogCaptureFixture
-                                                          ) -> None:
+def test_an_unusable_model_leaves_the_supervisor_reactive(
+        tmp_path: Path, tiny_model: Path, caplog: pytest.LogCaptureFixture) -> None:
+    settings = Settings(heartbeat_interval_s=1.0, heartbeat_ttl_s=4.0)
     bad = tmp_path / "bad.skops"
     bad.write_bytes(b"\x00" * 64)
     args = argparse.Namespace(model=str(bad), threshold=None, k=None, holdout=0.1,
                               verdict_log=None)
-    assert _predictor(args) is None
+    assert _predictor(args, settings) is None
     assert "predictor refused, running reactive-only" in caplog.text
     assert "not a readable skops file" in caplog.text
+    # a model trained on 1 s samples, in a fleet heartbeating every 30 s: refused
+    loaded = load(tiny_model)
+    save(loaded.pipeline, {**loaded.meta, "sampling_interval_s": 1.0}, tiny_model)
+    args.model = str(tiny_model)
+    assert _predictor(args, Settings()) is None
+    assert "trained on health samples every 1 s; this fleet heartbeats every 30 s" \
+        in caplog.text
+    assert _predictor(args, settings) is not None
     args.model = "off"
-    assert _predictor(args) is None
+    assert _predictor(args, settings) is None
+
+
+@pytest.mark.parametrize(("mode", "reason"), [
+    ("leak", "process killed by signal 9"),  # the memory limit's SIGKILL
+    ("stall", "heartbeat timed out"),         # hung for good: no more heartbeats
+])
+async def test_gradual_faults_end_in_the_failure_they_model(
+        svc: JobService, mode: str, reason: str) -> None:  # noqa: F811
+    async with supervising(svc, workers=1) as sup:
+        victim = sup.slots[0]
+        sup.inject_fault(victim.worker_id, FaultSpec(mode=mode, ramp_s=5, limit_mb=150))
+        with pytest.raises(LookupError, match="already has a"):
+            sup.inject_fault(victim.worker_id, FaultSpec(mode="slow"))
+        await wait_until(until(lambda: sup.stats["replacements"] == 1), timeout_s=30,
+                         what=f"the {mode} fault's failure")
+        (event,) = sup.events
+        assert event["old"] == victim.worker_id
+        assert event["reason"].startswith(reason)
+        samples = await svc.pool.fetch(
+            "SELECT rss_bytes, loop_lag_ms FROM worker_health_samples WHERE worker_id = $1"
+            " ORDER BY sampled_at", victim.worker_id)
+        if mode == "leak":  # the samples show the growth the predictor learns from
+            assert samples[-1]["rss_bytes"] > samples[0]["rss_bytes"] + 50 * 2**20
+        else:
+            assert max(s["loop_lag_ms"] for s in samples) > 200

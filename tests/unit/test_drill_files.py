@@ -66,3 +66,25 @@ def test_recovery_from_samples() -> None:
     assert r["throughput_during_jobs_s"] <= 2
     assert r["recovery_s"] is not None
     assert 0 <= r["recovery_s"] <= 3
+
+
+def test_worker_drills_load() -> None:
+    drill = load_drill("degrading-workers")
+    steps = {s.action: s for s in drill.method}
+    assert steps["degrade_workers"].repeat * steps["degrade_workers"].args["count"] == 20
+    assert steps["degrade_workers"].args["ramp_s"] == [25, 50]
+    assert "kill_workers" in steps  # the abrupt failure, scored apart
+    assert load_drill("no-faults").method == []
+
+
+def test_fault_specs_name_what_is_wrong() -> None:
+    from core.faults import FaultSpec
+
+    assert FaultSpec.from_dict({"mode": "leak", "ramp_s": 30}).limit_mb == 400
+    for bad, words in (({"mode": "melt"}, "fault mode must be one of leak, slow, stall"),
+                       ({"mode": "slow", "ramp_s": 1}, "ramp_s must be between 5 and 3600"),
+                       ({"mode": "leak", "limit_mb": 10}, "limit_mb must be between"),
+                       ({"ramp_s": 9}, "a fault needs a mode"),
+                       ({"mode": "leak", "speed": 2}, "unknown fault fields: speed")):
+        with pytest.raises(ValueError, match=words):
+            FaultSpec.from_dict(bad)
