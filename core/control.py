@@ -4,6 +4,7 @@ against staging supervisors; its URL is written to a state file next to the data
 
     GET  /workers                       the slots and their processes
     GET  /stats                         counters and the replacement journal
+    GET  /metrics                       the same counters for Prometheus
     POST /workers/{id}/{action}         action: kill | pause | resume | terminate
     POST /workers/{id}/degrade {"mode": "leak"|"slow"|"stall", "ramp_s": S, ...}
                                         start a gradual fault (core.faults)
@@ -16,12 +17,16 @@ import json
 import random
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.faults import FaultSpec
@@ -42,6 +47,31 @@ async def _degrade(sup: Supervisor, request: Request, wid: str) -> JSONResponse:
         return JSONResponse({"error": str(exc)}, 404)
     return JSONResponse({"worker_id": wid, "action": "degrade", "pid": pid,
                          "fault": spec.as_dict()})
+
+
+class SupervisorCollector(Collector):
+    """The supervisor's counters and its workers by state, read at scrape time."""
+
+    def __init__(self, sup: Supervisor) -> None:
+        self.sup = sup
+
+    def collect(self) -> Iterator[Metric]:
+        events = CounterMetricFamily("jobharness_supervisor_events",
+                                     "Supervisor events: replacements (reactive and proactive), "
+                                     "process deaths, heartbeat timeouts, predictor verdicts",
+                                     labels=["event"])
+        for name, n in sorted(self.sup.stats.items()):
+            events.add_metric([name], float(n))
+        yield events
+        states = GaugeMetricFamily("jobharness_supervisor_workers",
+                                   "Worker processes of this supervisor by state",
+                                   labels=["state"])
+        counts: dict[str, int] = {}
+        for w in self.sup.describe():
+            counts[w["state"]] = counts.get(w["state"], 0) + 1
+        for state in ("running", "paused", "exited", "abandoned", "draining"):
+            states.add_metric([state], float(counts.get(state, 0)))
+        yield states
 
 
 def _kill_count(body: Any, running: int) -> int | str:
@@ -65,6 +95,12 @@ def control_app(sup: Supervisor) -> Starlette:
     async def stats(request: Request) -> JSONResponse:
         return JSONResponse({"stats": dict(sup.stats), "replacements": sup.events[-200:],
                              "workers": len(sup.slots)})
+
+    registry = CollectorRegistry()
+    registry.register(SupervisorCollector(sup))
+
+    async def metrics(request: Request) -> Response:
+        return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
     async def act(request: Request) -> JSONResponse:
         wid, action = request.path_params["worker_id"], request.path_params["action"]
@@ -94,6 +130,7 @@ def control_app(sup: Supervisor) -> Starlette:
     return Starlette(routes=[
         Route("/workers", workers),
         Route("/stats", stats),
+        Route("/metrics", metrics),
         Route("/workers/{worker_id}/{action}", act, methods=["POST"]),
         Route("/kill", kill_some, methods=["POST"]),
     ])

@@ -10,10 +10,12 @@ import csv
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pandas as pd
 import pytest
 
+from core.control import control_app
 from core.faults import FaultSpec
 from core.proccli import _predictor
 from core.service import JobService
@@ -85,6 +87,11 @@ async def test_a_flagged_worker_is_replaced_before_it_fails(
         assert sup.slots[1] is well
         assert well.proc.returncode is None
         assert sup.stats["replacements"] == 0  # nothing died
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=control_app(sup)),
+                                     base_url="http://control") as http:
+            text = (await http.get("/metrics")).text
+        assert 'jobharness_supervisor_events_total{event="proactive_replacements"} 1.0' in text
+        assert 'jobharness_supervisor_workers{state="running"} 2.0' in text
     rows = log_rows(verdicts)
     scored = {r["worker_id"] for r in rows if r["verdict"]}
     assert {sick.worker_id, well.worker_id} <= scored
