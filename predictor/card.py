@@ -37,6 +37,8 @@ def _pct(v: Any) -> str:
 def card_markdown(meta: dict[str, Any]) -> str:
     lines = ["# Worker-health model", "",
              f"Trained {meta.get('trained_at', '?')} with `{meta.get('command', '?')}`.", "",
+             *([f"Run folders made with `{meta['data_command']}`.", ""]
+               if meta.get("data_command") else []),
              "Classes: `healthy`, `degraded`, `failing` (fails within "
              f"{meta['horizon_s']:.0f} s). Action policy: `failing` with probability >= "
              f"{meta['threshold']} for {meta['k']} consecutive scores.", "",

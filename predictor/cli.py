@@ -53,6 +53,8 @@ def cmd_train(args: argparse.Namespace) -> int:
         except ValueError as exc:
             raise JobHarnessError(str(exc)) from exc
     meta["sources"] = sources
+    if args.data_command:
+        meta["data_command"] = args.data_command
     meta["trained_at"] = datetime.now(UTC).isoformat(timespec="seconds")
     meta["command"] = "jobharness predictor train " + " ".join(
         shlex.quote(a) for a in (sys.argv[3:] if len(sys.argv) > 3 else []))
@@ -147,6 +149,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--k", type=int, default=5, help="consecutive failing scores to act (5)")
     t.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
     t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--data-command", help="how the run folders were made (for the card)")
     t.set_defaults(func=cmd_train, needs_settings=False)
     e = ps.add_parser("evaluate", parents=[common], help="score held-out run folders")
     e.add_argument("model")
