@@ -144,16 +144,17 @@ def cross_validate(df: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, list[
 
 
 def choose_threshold(scored: pd.DataFrame, k: int, horizon_s: float = HORIZON_S) -> float:
-    """The lowest threshold under which the folds' replay replaced no healthy worker while
-    still catching at least 90 % of the gradual failures: a false replacement costs a healthy
-    worker's drain, a miss costs the failing worker's jobs, and the target is fewer than one
-    false replacement per 100 worker-hours. Failing that, the lowest threshold whose firings
-    are right 95 % of the time; failing that, the highest tried."""
+    """The highest threshold that still catches 95 % of the folds' gradual failures with a
+    median lead of 15 s or more. A false replacement drains a healthy worker and the target
+    is fewer than one per 100 worker-hours, while the folds hold only a few worker-hours of
+    healthy work: so the threshold is as strict as catching failures in time allows, not as
+    loose as the folds' few healthy hours would tolerate. Failing that, the lowest threshold
+    whose firings are right 95 % of the time; failing that, the highest tried."""
     results = [(th, event_metrics(scored, Policy(threshold=th, k=k, holdout=0), horizon_s))
                for th in THRESHOLDS]
-    for th, ev in results:
-        recall = ev["gradual"]["recall"]
-        if ev["false_replacements"] == 0 and recall is not None and recall >= 0.9:
+    for th, ev in reversed(results):
+        recall, lead = ev["gradual"]["recall"], ev["gradual"]["lead_s"]
+        if recall is not None and recall >= 0.95 and lead and lead["p50"] >= 15:
             return th
     for th, ev in results:
         if ev["precision"] is not None and ev["precision"] >= 0.95:
