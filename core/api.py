@@ -9,7 +9,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any, Literal
 
 import asyncpg
@@ -23,6 +23,8 @@ from prometheus_client import (
     Histogram,
     generate_latest,
 )
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 from core.api_models import BatchIn, CancelIn, CreatedOut, JobIn, PurgeIn
 from core.errors import (
@@ -70,6 +72,67 @@ class Metrics:
         self.service_events = Gauge("jobharness_service_events",
                                     "This API process's job-service counters", ["event"],
                                     registry=r)
+        self.created = Counter("jobharness_jobs_created", "Jobs created through this API "
+                               "process", registry=r)
+        self.db_query = Histogram("jobharness_db_query_seconds", "PostgreSQL query latency "
+                                  "(this API process's pool)", registry=r, buckets=FAST)
+        self.redis_op = Histogram("jobharness_redis_op_seconds", "Redis call latency (this "
+                                  "API process)", registry=r, buckets=FAST)
+        self.store = StoreCollector()
+        r.register(self.store)
+
+
+FAST = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
+
+
+class StoreCollector(Collector):
+    """Figures read from the stores at scrape time (shared by every API replica: aggregate
+    them with max(), not sum())."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[str, int] = {}
+        self.extra: dict[str, Any] = {}
+        self.pool: dict[str, int] = {}
+        self.redis_memory: int | None = None
+
+    def collect(self) -> Iterator[Metric]:
+        ex = CounterMetricFamily("jobharness_executions", "Job attempts by how they ended",
+                                 labels=["status"])
+        for status, n in sorted(self.outcomes.items()):
+            ex.add_metric([status], float(n))
+        yield ex
+        if self.extra.get("retries") is not None:
+            yield CounterMetricFamily("jobharness_retries", "Retries (attempts after a job's "
+                                      "first), summed over jobs",
+                                      value=float(self.extra["retries"]))
+        gauges = {
+            "jobs": ("jobharness_jobs_stored", "Jobs stored (created and not purged)"),
+            "dlq_size": ("jobharness_dead_letter_jobs", "Jobs in the dead-letter queue"),
+            "worker_slots": ("jobharness_worker_slots", "Job slots of ACTIVE workers "
+                             "(sum of their concurrency)"),
+            "processing": ("jobharness_jobs_processing", "Jobs running now"),
+            "lifespan_s": ("jobharness_worker_lifespan_seconds", "Mean lifespan of workers "
+                           "stopped in the last hour"),
+            "duration_avg_ms": ("jobharness_job_duration_avg_ms", "Mean duration of attempts "
+                                "completed in the last 5 minutes"),
+            "duration_p99_ms": ("jobharness_job_duration_p99_ms", "Duration p99 of attempts "
+                                "completed in the last 5 minutes"),
+            "queue_wait_avg_s": ("jobharness_queue_wait_avg_seconds", "Mean wait from "
+                                 "creation to start of jobs started in the last 5 minutes"),
+        }
+        for key, (name, doc) in gauges.items():
+            family = GaugeMetricFamily(name, doc)  # declared even while there is no value
+            if self.extra.get(key) is not None:
+                family.add_metric([], float(self.extra[key]))
+            yield family
+        pool = GaugeMetricFamily("jobharness_db_pool_connections", "This API process's "
+                                 "PostgreSQL pool", labels=["state"])
+        for state, n in self.pool.items():
+            pool.add_metric([state], float(n))
+        yield pool
+        if self.redis_memory is not None:
+            yield GaugeMetricFamily("jobharness_redis_memory_bytes", "Memory used by Redis",
+                                    value=float(self.redis_memory))
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
@@ -145,8 +208,9 @@ def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        async with open_runtime(settings, pool_size=pool_size,
-                                redis_connections=pool_size) as rt:
+        async with open_runtime(settings, pool_size=pool_size, redis_connections=pool_size,
+                                observe_query=metrics.db_query.observe) as rt:
+            rt.dispatch.observe = metrics.redis_op.observe
             app.state.rt = rt
             yield
 
@@ -161,12 +225,15 @@ def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
 
 @router.post("/jobs", status_code=201, response_model=CreatedOut)
 async def create_job(request: Request, job: JobIn) -> Any:
-    return dataclasses.asdict(await _rt(request).service.create(job.to_spec()))
+    out = dataclasses.asdict(await _rt(request).service.create(job.to_spec()))
+    request.app.state.metrics.created.inc()
+    return out
 
 
 @router.post("/jobs/batch", status_code=201, response_model=list[CreatedOut])
 async def create_batch(request: Request, batch: BatchIn) -> Any:
     results = await _rt(request).service.create_batch([j.to_spec() for j in batch.jobs])
+    request.app.state.metrics.created.inc(sum(r.created for r in results))
     return [dataclasses.asdict(r) for r in results]
 
 
@@ -297,9 +364,17 @@ async def prometheus(request: Request) -> Response:
             metrics.workers_active.set(w["active"])
             metrics.replacements.set(w["replaced"])
             metrics.heartbeat_timeouts.set(w["heartbeat_timeouts"])
+    with contextlib.suppress(StoreUnavailable, OSError, asyncpg.PostgresError):
+        metrics.store.outcomes = {r["status"]: int(r["n"])
+                                  for r in await rt.pool.fetch(q("metrics_outcomes"))}
+        metrics.store.extra = dict(await rt.pool.fetchrow(q("metrics_extra")) or {})
+    metrics.store.pool = {"max": rt.pool.get_max_size(), "open": rt.pool.get_size(),
+                          "idle": rt.pool.get_idle_size(),
+                          "used": rt.pool.get_size() - rt.pool.get_idle_size()}
     with contextlib.suppress(DispatchUnavailable):
         for name, depth in (await rt.dispatch.depths()).items():
             metrics.queue_depth.labels(name).set(depth)
+        metrics.store.redis_memory = await rt.dispatch.memory_bytes()
     for event, n in rt.service.stats.items():
         metrics.service_events.labels(event).set(n)
     if rt.memory is not None:

@@ -4,6 +4,7 @@ when none are configured) and open asyncpg pools pointed at the configured schem
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import replace
 
 import asyncpg
@@ -48,9 +49,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
 
 
 async def create_pool(
-    settings: Settings, *, min_size: int = 1, max_size: int = 2, schema: str | None = None
+    settings: Settings, *, min_size: int = 1, max_size: int = 2, schema: str | None = None,
+    observe: Callable[[float], None] | None = None,
 ) -> asyncpg.Pool:
-    """A pool whose connections resolve unqualified names in the configured schema."""
+    """A pool whose connections resolve unqualified names in the configured schema;
+    `observe` is called with each query's duration in seconds (metrics)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if observe is not None:
+            conn.add_query_logger(lambda record: observe(record.elapsed))
+
     if not settings.pg_dsn:
         raise StoreUnavailable("no PostgreSQL DSN configured (resolve_endpoints first)")
     try:
@@ -58,7 +67,7 @@ async def create_pool(
             settings.pg_dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=init,
             command_timeout=60,
             server_settings={
                 "search_path": schema or settings.schema,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib.resources
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -93,6 +93,7 @@ class RedisDispatch:
         self._enqueue = self._client.register_script(_script("enqueue"))
         self._down_until = 0.0
         self.failures = 0
+        self.observe: Callable[[float], None] | None = None  # seconds per call (metrics)
 
     @property
     def available(self) -> bool:
@@ -103,12 +104,16 @@ class RedisDispatch:
         if not self.available:
             coro.close()
             raise DispatchUnavailable("Redis marked unavailable after a recent failure")
+        t0 = time.perf_counter()
         try:
-            return await coro
+            result = await coro
         except (RedisError, OSError, TimeoutError) as exc:
             self.failures += 1
             self._down_until = time.monotonic() + self.retry_after_s
             raise DispatchUnavailable(f"Redis call failed: {exc}") from exc
+        if self.observe is not None:
+            self.observe(time.perf_counter() - t0)
+        return result
 
     def reset_breaker(self) -> None:
         self._down_until = 0.0
@@ -192,6 +197,11 @@ class RedisDispatch:
     async def now_ms(self) -> int:
         sec, usec = await self._call(self._client.time())
         return int(sec) * 1000 + int(usec) // 1000
+
+    async def memory_bytes(self) -> int:
+        """Memory the Redis server uses (INFO memory: used_memory)."""
+        info = await self._call(self._client.info("memory"))
+        return int(info["used_memory"])
 
     async def depths(self) -> dict[str, int]:
         pipe = self._client.pipeline(transaction=False)

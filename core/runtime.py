@@ -4,7 +4,7 @@ none are configured, and stopped again if this command started them), pool and d
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 
 import asyncpg
@@ -52,15 +52,17 @@ async def open_runtime(
     redis_connections: int = 2,
     migrate_first: bool = True,
     memory: bool | None = None,
+    observe_query: Callable[[float], None] | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Pool + dispatch + service over already-resolved settings."""
+    """Pool + dispatch + service over already-resolved settings (`observe_query`: called
+    with every PostgreSQL query's duration)."""
     if migrate_first:
         conn = await connect_admin(settings)
         try:
             await migrate.migrate(conn, settings.schema)
         finally:
             await conn.close()
-    pool = await create_pool(settings, min_size=1, max_size=pool_size)
+    pool = await create_pool(settings, min_size=1, max_size=pool_size, observe=observe_query)
     dispatch = create_dispatch(settings, max_connections=redis_connections)
     emitter = None
     if settings.memory if memory is None else memory:

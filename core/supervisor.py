@@ -153,6 +153,8 @@ class Supervisor:
         self.slots: dict[int, Slot] = {}
         self.abandoned: list[tuple[Child, float, str]] = []
         self.draining: list[tuple[Child, float, str]] = []  # proactively replaced
+        # held-out workers the predictor flagged: how they really end measures its precision
+        self._held_flagged: set[str] = set()
         self.predictor = predictor
         self.stats: Counter[str] = Counter()
         self.events: list[dict[str, Any]] = []  # replacement journal
@@ -316,6 +318,8 @@ class Supervisor:
             return
         self._pending.pop(slot.index, None)
         self._recent.append(time.monotonic())
+        if slot.worker_id in self._held_flagged:
+            self.stats["held_out_flagged_failed"] += 1
         if slot.proc.returncode is None:  # hung, paused or partitioned: ask it to go
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.send_signal(signal.SIGTERM)
@@ -351,6 +355,9 @@ class Supervisor:
                 continue
             if v.held_out:
                 self.stats["predicted_held_out"] += 1
+                if v.worker_id not in self._held_flagged:
+                    self._held_flagged.add(v.worker_id)
+                    self.stats["held_out_flagged"] += 1
                 continue
             await self._replace_proactively(predictor, slot, v, now)
 

@@ -140,7 +140,7 @@ def predictor(run: RunData, out: Path) -> Path | None:
         if isinstance(row.get("stopped_at"), str):
             fail_t[row["id"]] = pd.Timestamp(row["stopped_at"]).timestamp() - t0
     acted = set(p.loc[p["action"] == "replace", "worker_id"])
-    fig, ax = plt.subplots(figsize=(9, 4))
+    fig, ax = plt.subplots(figsize=(10, 4))
     styles = {"failed": ("tab:red", 1.0), "replaced on prediction": ("tab:orange", 1.0),
               "lived": ("0.6", 0.5)}
     seen: set[str] = set()
@@ -159,7 +159,7 @@ def predictor(run: RunData, out: Path) -> Path | None:
     _faults(ax, run)
     ax.set(title="Predicted probability of failing, per worker (v: a failure)",
            xlabel="time since start (s)", ylabel="P(failing within horizon)", ylim=(0, 1.05))
-    _legend(ax, loc="center left", fontsize=8)
+    _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return _save(fig, out, "predictor.png")
 
 

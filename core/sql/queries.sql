@@ -277,3 +277,25 @@ SELECT count(*) FILTER (WHERE status = 'ACTIVE') AS active,
        count(*) FILTER (WHERE status = 'FAILED' AND failure_reason LIKE 'heartbeat timed out%')
            AS heartbeat_timeouts
 FROM workers;
+
+-- name: metrics_outcomes
+-- Attempts by how they ended (monotonic while executions are kept: exported as counters).
+SELECT status, count(*) AS n FROM job_executions GROUP BY status;
+
+-- name: metrics_extra
+-- Everything else the monitoring section asks for, in one round trip per scrape. The
+-- windows (5 minutes, 1 hour) bound the scans to recent rows.
+SELECT
+    (SELECT count(*) FROM dead_letter_queue WHERE requeued_at IS NULL) AS dlq_size,
+    (SELECT coalesce(sum(concurrency), 0) FROM workers WHERE status = 'ACTIVE') AS worker_slots,
+    (SELECT count(*) FROM jobs WHERE status = 'PROCESSING') AS processing,
+    (SELECT coalesce(sum(retry_count), 0) FROM jobs) AS retries,
+    (SELECT count(*) FROM jobs) AS jobs,
+    (SELECT extract(epoch FROM avg(stopped_at - registered_at)) FROM workers
+      WHERE stopped_at > now() - interval '1 hour') AS lifespan_s,
+    (SELECT avg(duration_ms) FROM job_executions
+      WHERE finished_at > now() - interval '5 minutes' AND status = 'COMPLETED') AS duration_avg_ms,
+    (SELECT percentile_disc(0.99) WITHIN GROUP (ORDER BY duration_ms) FROM job_executions
+      WHERE finished_at > now() - interval '5 minutes' AND status = 'COMPLETED') AS duration_p99_ms,
+    (SELECT extract(epoch FROM avg(started_at - created_at)) FROM jobs
+      WHERE started_at > now() - interval '5 minutes') AS queue_wait_avg_s;

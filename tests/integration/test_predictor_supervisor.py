@@ -121,6 +121,7 @@ async def test_a_held_out_worker_is_scored_but_not_acted_on(
         await wait_until(until(lambda: sup.stats["predicted_held_out"] >= 2),
                          what="the held-out worker flagged")
         assert [e["old"] for e in sup.events] == [acted.worker_id]
+        assert sup.stats["held_out_flagged"] == 1
         assert sup.slots[0] is kept
         assert kept.proc.returncode is None
     rows = log_rows(verdicts)
