@@ -13,7 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from matplotlib.ticker import FuncFormatter, NullFormatter
+from matplotlib.ticker import FuncFormatter, MaxNLocator, NullFormatter
 
 from reports.data import RunData, e2e_split, jain_index, latency_over_time, throughput
 
@@ -119,6 +119,7 @@ def workers(run: RunData, out: Path) -> Path:
         ax.step(np.concatenate([[0], t]), np.arange(len(t) + 1), where="post",
                 label="replaced on prediction (cumulative)")
     _faults(ax, run)
+    ax.yaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set(title="Workers and replacements", xlabel="time since start (s)", ylabel="workers")
     _legend(ax, loc="center right", fontsize=8)
     return _save(fig, out, "workers.png")
