@@ -19,6 +19,8 @@ FEATURE_NOTES = {
     "cpu_mean": "CPU percent, window mean",
     "lag_max_ms": "worst event-loop lag in the window",
     "lag_slope_ms_s": "event-loop lag trend",
+    "lag_rel": "worst event-loop lag / fleet median",
+    "hb_gap_rel": "largest heartbeat gap / fleet median",
     "p99_ms": "job duration p99 (the worker's last 200 jobs)",
     "p99_slope_ms_s": "duration p99 trend",
     "p99_rel": "duration p99 / fleet median",

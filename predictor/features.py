@@ -19,10 +19,13 @@ SAMPLE_COLUMNS = ("t", "rss_mb", "cpu_percent", "loop_lag_ms", "in_flight", "com
                   "failed", "timed_out", "duration_p99_ms")
 
 # The model's inputs, in order. A model whose features differ is refused (predictor.model).
+# `age_s` is computed but not an input: in the drills' data it is confounded with the faults
+# (fresh replacements are often the next victims), and a model using it flagged healthy
+# young workers during a 100-worker start-up.
 FEATURES = (
-    "age_s", "since_last_s", "hb_gap_max_s", "hb_gap_std_s", "samples_in_window",
+    "since_last_s", "hb_gap_max_s", "hb_gap_std_s", "samples_in_window",
     "rss_mb", "rss_slope_mb_s", "rss_rel",
-    "cpu_mean", "lag_max_ms", "lag_slope_ms_s",
+    "cpu_mean", "lag_max_ms", "lag_slope_ms_s", "lag_rel", "hb_gap_rel",
     "p99_ms", "p99_slope_ms_s", "p99_rel",
     "error_rate_w", "timeout_rate_w", "throughput_w", "throughput_rel", "in_flight",
 )
@@ -105,11 +108,13 @@ def worker_row(s: Series, now: float) -> dict[str, float] | None:
 
 
 def add_fleet(rows: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
-    """Divide RSS, duration p99 and throughput by the median of the workers scored at the
-    same moment (`by` names the column holding that moment; None: all rows are one moment)."""
+    """Divide RSS, duration p99, throughput, loop lag and heartbeat gap by the median of the
+    workers scored at the same moment (a slowdown of the whole fleet is not one worker's
+    fault) (`by` names the column holding that moment; None: all rows are one moment)."""
     out = rows.copy()
     for col, rel in (("rss_mb", "rss_rel"), ("p99_ms", "p99_rel"),
-                     ("throughput_w", "throughput_rel")):
+                     ("throughput_w", "throughput_rel"), ("lag_max_ms", "lag_rel"),
+                     ("hb_gap_max_s", "hb_gap_rel")):
         if by:
             med = out.groupby(by)[col].transform("median")
             out[rel] = out[col] / med.where(med > 0)
