@@ -143,6 +143,18 @@ async def bench_core(
             "rounds": rounds}
 
 
+def with_limits(result: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """Each core operation's throughput as a share of the stores' limit for its statement."""
+    ops = result.get("operations")
+    if not ops:
+        return {**result, "limits": limits}
+    match = {"create": limits["insert"]["tps"], "acquire": limits["lease"]["tps"],
+             "complete": limits["complete"]["tps"]}
+    ratios = {op: round(ops[op]["throughput_ops_s"] / tps, 3) for op, tps in match.items()
+              if op in ops and tps}
+    return {**result, "limits": limits, "ratio_to_limits": ratios}
+
+
 @contextlib.asynccontextmanager
 async def _owner_process(settings: Settings, *, start: bool) -> AsyncIterator[None]:
     """A `jobharness state serve` process over a throw-away local Qdrant folder (none with

@@ -140,12 +140,24 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done)
 
-        if args.suite == "core":
-            from core.bench import bench_core
+        if args.suite == "limits" or (args.suite == "core" and args.limits):
+            from core.bench_limits import LimitsError, bench_limits
+
+            try:
+                limits = run_async(bench_limits(settings, ops=args.ops,
+                                                concurrency=args.concurrency))
+            except LimitsError as exc:
+                raise JobHarnessError(str(exc)) from exc
+        if args.suite == "limits":
+            result = limits
+        elif args.suite == "core":
+            from core.bench import bench_core, with_limits
 
             result = run_async(bench_core(settings, ops=args.ops, concurrency=args.concurrency,
                                           seed=args.seed, progress=progress,
                                           memory=args.memory))
+            if args.limits:
+                result = with_limits(result, limits)
         elif args.suite == "supervisor":
             from core.bench_procs import bench_supervisor
 
@@ -156,7 +168,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
             result = run_async(bench_api(settings, requests=args.ops,
                                          concurrency=args.concurrency, progress=progress))
-    if args.json or args.suite != "core" or args.memory.startswith("compare"):
+    if args.json or args.suite != "core" or args.memory.startswith("compare") or args.limits:
         _print_json(result)
     else:
         print(f"{'op':<10}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}")
@@ -266,7 +278,7 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks")
-    p.add_argument("suite", choices=["core", "supervisor", "api"])
+    p.add_argument("suite", choices=["core", "limits", "supervisor", "api"])
     p.add_argument("--ops", type=int, default=5000,
                    help="core: operations per phase; api: requests (5000)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
@@ -277,6 +289,8 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
                    help="core: state-memory events off, on, or both in alternating rounds "
                    "with a memory owner (compare) or without one (compare-emit)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--limits", action="store_true",
+                   help="core: measure `limits` in the same run and give each result's ratio")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", parents=[common], help="mixed jobs through a few workers")
