@@ -179,3 +179,70 @@ async def bench_api(settings: Settings, *, requests: int, concurrency: int,
         "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
         "max_ms": hist.get_max_value() / 1000,
     }
+
+
+async def bench_e2e(settings: Settings, *, jobs: int, workers: int, concurrency: int,
+                    batch: int = 500, progress: Progress | None = None) -> dict[str, Any]:
+    """N no-op jobs through W worker processes x C: jobs per second from the first create to
+    the last completion, and end-to-end latency percentiles (PostgreSQL's clock)."""
+    from core.model import JobSpec
+    from core.supervisor import Supervisor, SupervisorOptions
+
+    tag = f"benche2e_{os.getpid()}"
+    settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0)
+    async with scratch_runtime(settings, tag) as rt:
+        sup = Supervisor(rt.service, rt.settings, SupervisorOptions(
+            workers=workers, concurrency=concurrency, name="e2e", check_interval_s=0.5,
+            reconcile_interval_s=None))
+        stop = asyncio.Event()
+        await sup.start()
+        runner = asyncio.create_task(sup.run(stop))
+        ids = [s.worker_id for s in sup.slots.values()]
+        try:
+            await _wait(lambda: _all_active(rt, ids), 300, "workers to register")
+            t0 = time.perf_counter()
+            for start in range(0, jobs, batch):
+                await rt.service.create_batch(
+                    [JobSpec(job_type="noop") for _ in range(min(batch, jobs - start))])
+            created_s = time.perf_counter() - t0
+            deadline = time.monotonic() + 600
+            while (done := await _completed(rt)) < jobs:
+                if progress:
+                    progress("jobs completed", done, jobs)
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"bench: {done} of {jobs} jobs completed in 600 s")
+                await asyncio.sleep(0.05)  # the measurement's sampling period
+            wall_s = time.perf_counter() - t0
+            completed = done
+            row = await rt.pool.fetchrow(
+                "SELECT percentile_disc(ARRAY[0.5, 0.99, 0.999]) WITHIN GROUP (ORDER BY"
+                " extract(epoch FROM completed_at - created_at) * 1000) AS p FROM jobs")
+        finally:
+            stop.set()
+            await runner
+    assert row is not None
+    p50, p99, p999 = (round(float(x), 1) for x in row["p"])
+    return {"benchmark": "e2e", "jobs": jobs, "workers": workers, "concurrency": concurrency,
+            "completed": completed, "create_s": round(created_s, 2),
+            "wall_s": round(wall_s, 2),
+            "throughput_jobs_s": round(jobs / wall_s, 1),
+            "end_to_end_ms": {"p50": p50, "p99": p99, "p99.9": p999}}
+
+
+async def _all_active(rt: Runtime, ids: list[str]) -> bool:
+    return await _active(rt, ids) == len(ids)
+
+
+async def _completed(rt: Runtime) -> int:
+    return int(await rt.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'COMPLETED'"))
+
+
+def e2e_with_limits(result: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
+    """A job costs one insert, one lease and one completion on the same server: the ceiling
+    for whole jobs is the harmonic combination of the three statements' rates."""
+    rates = [limits[s]["tps"] for s in ("insert", "lease", "complete")]
+    if not all(rates):
+        return {**result, "limits": limits}
+    ceiling = 1 / sum(1 / r for r in rates)
+    return {**result, "limits": limits, "limit_jobs_s": round(ceiling, 1),
+            "ratio_to_limits": round(result["throughput_jobs_s"] / ceiling, 3)}

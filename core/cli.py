@@ -125,6 +125,45 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 
 # -- bench ----------------------------------------------------------------------------------
+def _bench_limits(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
+    """`limits` itself, or measured first in the same run for `core --limits`/`e2e --limits`."""
+    if not (args.suite == "limits" or (args.suite in ("core", "e2e") and args.limits)):
+        return None
+    from core.bench_limits import LimitsError, bench_limits
+
+    try:
+        return dict(run_async(bench_limits(settings, ops=args.ops,
+                                           concurrency=args.concurrency)))
+    except LimitsError as exc:
+        raise JobHarnessError(str(exc)) from exc
+
+
+def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
+                 limits: dict[str, Any] | None) -> dict[str, Any]:
+    if args.suite == "limits" and limits is not None:
+        return limits
+    if args.suite == "core":
+        from core.bench import bench_core, with_limits
+
+        result: dict[str, Any] = run_async(bench_core(
+            settings, ops=args.ops, concurrency=args.concurrency, seed=args.seed,
+            progress=progress, memory=args.memory))
+        return with_limits(result, limits) if limits else result
+    if args.suite == "e2e":
+        from core.bench_procs import bench_e2e, e2e_with_limits
+
+        result = run_async(bench_e2e(settings, jobs=args.ops, workers=args.workers,
+                                     concurrency=args.concurrency, progress=progress))
+        return e2e_with_limits(result, limits) if limits else result
+    from core.bench_procs import bench_api, bench_supervisor
+
+    if args.suite == "supervisor":
+        return dict(run_async(bench_supervisor(settings, workers=args.workers,
+                                               kills=args.kills, progress=progress)))
+    return dict(run_async(bench_api(settings, requests=args.ops, concurrency=args.concurrency,
+                                    progress=progress)))
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     from rich.progress import Progress
 
@@ -140,34 +179,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 tasks[name] = bar.add_task(name, total=total)
             bar.update(tasks[name], completed=done)
 
-        if args.suite == "limits" or (args.suite == "core" and args.limits):
-            from core.bench_limits import LimitsError, bench_limits
-
-            try:
-                limits = run_async(bench_limits(settings, ops=args.ops,
-                                                concurrency=args.concurrency))
-            except LimitsError as exc:
-                raise JobHarnessError(str(exc)) from exc
-        if args.suite == "limits":
-            result = limits
-        elif args.suite == "core":
-            from core.bench import bench_core, with_limits
-
-            result = run_async(bench_core(settings, ops=args.ops, concurrency=args.concurrency,
-                                          seed=args.seed, progress=progress,
-                                          memory=args.memory))
-            if args.limits:
-                result = with_limits(result, limits)
-        elif args.suite == "supervisor":
-            from core.bench_procs import bench_supervisor
-
-            result = run_async(bench_supervisor(settings, workers=args.workers,
-                                                kills=args.kills, progress=progress))
-        else:
-            from core.bench_procs import bench_api
-
-            result = run_async(bench_api(settings, requests=args.ops,
-                                         concurrency=args.concurrency, progress=progress))
+        limits = _bench_limits(args, settings)
+        result = _bench_suite(args, settings, progress, limits)
     if args.json or args.suite != "core" or args.memory.startswith("compare") or args.limits:
         _print_json(result)
     else:
@@ -278,11 +291,12 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks")
-    p.add_argument("suite", choices=["core", "limits", "supervisor", "api"])
+    p.add_argument("suite", choices=["core", "limits", "e2e", "supervisor", "api"])
     p.add_argument("--ops", type=int, default=5000,
-                   help="core: operations per phase; api: requests (5000)")
+                   help="core: operations per phase; api: requests; e2e: jobs (5000)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
-    p.add_argument("--workers", type=int, default=100, help="supervisor: workers (100)")
+    p.add_argument("--workers", type=int, default=100,
+                   help="supervisor, e2e: worker processes (100)")
     p.add_argument("--kills", type=int, default=5, help="supervisor: kill/replace rounds (5)")
     p.add_argument("--memory", choices=["off", "on", "compare", "compare-emit"],
                    default="off",
@@ -290,7 +304,7 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
                    "with a memory owner (compare) or without one (compare-emit)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--limits", action="store_true",
-                   help="core: measure `limits` in the same run and give each result's ratio")
+                   help="core, e2e: measure `limits` in the same run and give the ratio")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", parents=[common], help="mixed jobs through a few workers")

@@ -40,3 +40,23 @@ def test_core_results_are_read_as_shares_of_the_limits() -> None:
     out = with_limits(core, limits)
     assert out["ratio_to_limits"] == {"create": 0.25, "acquire": 0.2}  # no ratio to zero
     assert out["limits"] is limits
+
+
+async def test_e2e_bench_runs_every_job_through_worker_processes(
+        server_settings: Settings) -> None:
+    from core.bench_procs import bench_e2e
+
+    result = await bench_e2e(server_settings, jobs=120, workers=2, concurrency=2, batch=50)
+    assert result["completed"] == 120  # counted in PostgreSQL at the end
+    assert result["throughput_jobs_s"] == pytest.approx(120 / result["wall_s"], rel=0.05)
+    e2e = result["end_to_end_ms"]
+    assert 0 < e2e["p50"] <= e2e["p99"] <= e2e["p99.9"]
+
+
+def test_the_per_job_ceiling_combines_the_three_statements() -> None:
+    from core.bench_procs import e2e_with_limits
+
+    limits = {"insert": {"tps": 3000.0}, "lease": {"tps": 3000.0}, "complete": {"tps": 3000.0}}
+    out = e2e_with_limits({"throughput_jobs_s": 500.0}, limits)
+    assert out["limit_jobs_s"] == 1000.0  # three statements of 1/3000 s each per job
+    assert out["ratio_to_limits"] == 0.5
