@@ -16,6 +16,8 @@ from typing import Any
 
 import httpx
 
+from core.faults import MODES
+
 
 class ActionError(RuntimeError):
     """A fault could not be applied."""
@@ -139,13 +141,12 @@ async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | Non
     """Start a gradual fault (core.faults) in chosen workers. `mode` "mixed" draws leak, slow
     or stall per worker; a [low, high] `ramp_s` draws each ramp from that range."""
     chosen = _choose(await _running_workers(ep, unfaulted=True), count, fraction, rng)
-    modes = ("leak", "slow", "stall")
-    if mode != "mixed" and mode not in modes:
-        raise ActionError(f"degrade mode must be mixed or one of {', '.join(modes)}")
+    if mode != "mixed" and mode not in MODES:
+        raise ActionError(f"degrade mode must be mixed or one of {', '.join(MODES)}")
     faults = []
     for wid in chosen:
         ramp = rng.uniform(*ramp_s) if isinstance(ramp_s, list) else float(ramp_s)
-        spec = {"mode": rng.choice(modes) if mode == "mixed" else mode,
+        spec = {"mode": rng.choice(MODES) if mode == "mixed" else mode,
                 "ramp_s": round(ramp, 1), "limit_mb": limit_mb, "seed": rng.randrange(2**31)}
         await _call("POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
         faults.append({"worker_id": wid, **spec})

@@ -106,7 +106,6 @@ class StoreCollector(Collector):
                                       "first), summed over jobs",
                                       value=float(self.extra["retries"]))
         gauges = {
-            "jobs": ("jobharness_jobs_stored", "Jobs stored (created and not purged)"),
             "dlq_size": ("jobharness_dead_letter_jobs", "Jobs in the dead-letter queue"),
             "worker_slots": ("jobharness_worker_slots", "Job slots of ACTIVE workers "
                              "(sum of their concurrency)"),

@@ -123,10 +123,8 @@ class FaultInjector:
             await asyncio.sleep(TICK_S)
 
     def _leak(self, spec: FaultSpec, base_mb: float, progress: float) -> None:
-        target_mb = base_mb + (spec.limit_mb - base_mb) * progress
-        held_mb = len(self._ballast)
-        grow = int(target_mb - base_mb) - held_mb
-        for _ in range(max(0, grow)):
+        grow_mb = int((spec.limit_mb - base_mb) * progress) - len(self._ballast)
+        for _ in range(max(0, grow_mb)):
             self._ballast.append(os.urandom(1) * 2**20)  # written, so it is resident
         if psutil.Process().memory_info().rss / 2**20 >= spec.limit_mb or progress >= 1.0:
             log.error("fault leak: memory limit %.0f MiB reached, killed", spec.limit_mb)

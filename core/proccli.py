@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import JobHarnessError
+from core.faults import MODES as FAULT_MODES
 from core.settings import Settings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -214,7 +215,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--count", type=int, help="kill: how many random workers")
     p.add_argument("--fraction", type=float, help="kill: which share of the workers")
     p.add_argument("--seed", type=int)
-    p.add_argument("--mode", choices=["leak", "slow", "stall"], default="leak",
+    p.add_argument("--mode", choices=list(FAULT_MODES), default="leak",
                    help="degrade: the gradual fault")
     p.add_argument("--ramp-s", type=float, default=45.0, help="degrade: seconds to failure")
     p.add_argument("--limit-mb", type=float, default=400.0, help="degrade: leak's memory limit")

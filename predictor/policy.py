@@ -54,13 +54,9 @@ def first_firing(scored: pd.DataFrame, policy: Policy) -> pd.DataFrame:
     `scored` needs run, worker_id, t, samples_in_window and p_failing, one row per score."""
     out = []
     for (run, wid), df in scored.sort_values("t").groupby(["run", "worker_id"], observed=True):
-        hit = ((df["p_failing"].to_numpy() >= policy.threshold)
-               & (df["samples_in_window"].to_numpy() >= policy.min_samples)).astype(int)
-        # length of the current run of hits at every row
-        runs = np.zeros(len(hit), dtype=int)
-        for i, h in enumerate(hit):
-            runs[i] = (runs[i - 1] + 1 if i else 1) if h else 0
-        fired = np.flatnonzero(runs >= policy.k)
-        out.append({"run": run, "worker_id": wid,
-                    "fired_at": float(df["t"].iloc[fired[0]]) if len(fired) else np.nan})
+        streaks = Streaks(policy)  # the supervisor's own counting, replayed
+        fired = next((float(t) for t, p, n in zip(df["t"], df["p_failing"],
+                                                  df["samples_in_window"], strict=True)
+                      if streaks.update(wid, float(p), float(n))), np.nan)
+        out.append({"run": run, "worker_id": wid, "fired_at": fired})
     return pd.DataFrame(out, columns=["run", "worker_id", "fired_at"])

@@ -15,7 +15,6 @@ is seen in training. Scores are reported on two levels:
 from __future__ import annotations
 
 import platform
-from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -193,20 +192,3 @@ def train(df: pd.DataFrame, *, k: int = 5, seed: int = 0,
               "rows": len(df), "runs": [str(r) for r in pd.unique(df["run"])],
               "validation": validation, "versions": versions()}
     return model, report
-
-
-def summarise(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Medians of several evaluation results (for notes and cards)."""
-    def med(path: Sequence[str]) -> float | None:
-        vals = []
-        for r in results:
-            v: Any = r
-            for p in path:
-                v = v.get(p) if isinstance(v, dict) else None
-            if isinstance(v, int | float):
-                vals.append(float(v))
-        return float(np.median(vals)) if vals else None
-
-    return {"gradual_recall": med(["events", "gradual", "recall"]),
-            "precision": med(["events", "precision"]),
-            "lead_p50_s": med(["events", "gradual", "lead_s", "p50"])}

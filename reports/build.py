@@ -51,12 +51,10 @@ def predictor_summary(run: Any) -> dict[str, Any] | None:
     p = run.predictions
     if p.empty:
         return None
-    meta = run.path / "predictions.json"
-    info = json.loads(meta.read_text()) if meta.exists() else {}
     return {"scores": int((p["verdict"].fillna("") != "").sum()),
             "replaced": int(p.loc[p["action"] == "replace", "worker_id"].nunique()),
             "held_out_flagged": int(p.loc[p["action"] == "holdout", "worker_id"].nunique()),
-            **{k: info.get(k) for k in ("threshold", "k", "holdout", "model")}}
+            **{k: run.predictor.get(k) for k in ("threshold", "k", "holdout", "model")}}
 
 
 def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:

@@ -26,6 +26,7 @@ class RunData:
     workers: pd.DataFrame
     executions: pd.DataFrame
     predictions: pd.DataFrame  # the supervisor's verdict log, empty without a predictor
+    predictor: dict[str, Any]  # its policy and model (predictions.json), empty without one
 
 
 def load_run(path: Path) -> RunData:
@@ -43,7 +44,9 @@ def load_run(path: Path) -> RunData:
     return RunData(path=path, verdict=json.loads((path / "verdict.json").read_text()),
                    requests=requests, jobs=jobs, samples=samples,
                    workers=optional("workers.csv"), executions=optional("executions.csv"),
-                   predictions=optional("predictions.csv"))
+                   predictions=optional("predictions.csv"),
+                   predictor=json.loads((path / "predictions.json").read_text())
+                   if (path / "predictions.json").exists() else {})
 
 
 def percentile(values: pd.Series, pct: float) -> float | None:

@@ -3,7 +3,6 @@ every fault window from the drill's journal is shaded and labelled."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -154,7 +153,7 @@ def predictor(run: RunData, out: Path) -> Path | None:
         seen.add(fate)
         if fate == "failed":
             ax.plot([fail_t[wid]], [1.02], marker="v", color="tab:red", ms=5, clip_on=False)
-    threshold = _threshold(run)
+    threshold = run.predictor.get("threshold")
     if threshold is not None:
         ax.axhline(threshold, color="k", lw=0.8, ls="--", label=f"threshold {threshold:g}")
     _faults(ax, run)
@@ -162,11 +161,6 @@ def predictor(run: RunData, out: Path) -> Path | None:
            xlabel="time since start (s)", ylabel="P(failing within horizon)", ylim=(0, 1.05))
     _legend(ax, loc="upper left", bbox_to_anchor=(1.01, 1), fontsize=8)
     return _save(fig, out, "predictor.png")
-
-
-def _threshold(run: RunData) -> float | None:
-    meta = run.path / "predictions.json"
-    return float(json.loads(meta.read_text())["threshold"]) if meta.exists() else None
 
 
 def e2e_distribution(run: RunData, out: Path) -> Path:

@@ -290,7 +290,6 @@ SELECT
     (SELECT coalesce(sum(concurrency), 0) FROM workers WHERE status = 'ACTIVE') AS worker_slots,
     (SELECT count(*) FROM jobs WHERE status = 'PROCESSING') AS processing,
     (SELECT coalesce(sum(retry_count), 0) FROM jobs) AS retries,
-    (SELECT count(*) FROM jobs) AS jobs,
     (SELECT extract(epoch FROM avg(stopped_at - registered_at)) FROM workers
       WHERE stopped_at > now() - interval '1 hour') AS lifespan_s,
     (SELECT avg(duration_ms) FROM job_executions
