@@ -356,7 +356,9 @@ async def state_entry(request: Request,
 async def prometheus(request: Request) -> Response:
     rt, metrics = _rt(request), request.app.state.metrics
     with contextlib.suppress(StoreUnavailable, OSError):
-        for row in await rt.pool.fetch(q("metrics_jobs")):
+        rows = await rt.pool.fetch(q("metrics_jobs"))
+        metrics.jobs.clear()  # a (type, status) with no jobs left must not keep its last count
+        for row in rows:
             metrics.jobs.labels(row["job_type"], row["status"]).set(row["n"])
         w = await rt.pool.fetchrow(q("metrics_workers"))
         if w is not None:

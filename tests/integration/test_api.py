@@ -109,6 +109,8 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
 
         r = await http.post("/jobs", json={"job_type": "noop"})
         queued = r.json()["job_id"]
+        before = (await http.get("/metrics")).text
+        assert 'jobharness_jobs{job_type="noop",status="PENDING"} 1.0' in before
         r = await http.post(f"/jobs/{queued}/cancel", json={"reason": "no longer needed"})
         assert r.json()["status"] == "CANCELLED"
         assert (await http.post(f"/jobs/{queued}/cancel")).status_code == 409
@@ -122,6 +124,8 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
         metrics = (await http.get("/metrics")).text
         assert 'jobharness_jobs{job_type="noop",status="COMPLETED"} 1.0' in metrics
         assert "jobharness_queue_depth" in metrics
+        # the cancelled job's earlier PENDING series is gone, not left at its last count
+        assert 'jobharness_jobs{job_type="noop",status="PENDING"}' not in metrics
 
 
 async def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(
