@@ -105,7 +105,9 @@ class FaultInjector:
         rng = random.Random(spec.seed)
         start = time.monotonic()
         base_mb = psutil.Process().memory_info().rss / 2**20
-        next_stall = start + rng.expovariate(1 / 3.0)
+        # the first stall comes within the first quarter of the ramp (at most 3 s), so a stall
+        # fault always shows stalls before it hangs for good
+        next_stall = start + rng.uniform(0.5, min(3.0, spec.ramp_s / 4))
         while True:
             progress = (time.monotonic() - start) / spec.ramp_s
             if spec.mode == "leak":

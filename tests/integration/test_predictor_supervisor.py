@@ -159,7 +159,9 @@ async def test_gradual_faults_end_in_the_failure_they_model(
         svc: JobService, mode: str, reason: str) -> None:  # noqa: F811
     async with supervising(svc, workers=1) as sup:
         victim = sup.slots[0]
-        sup.inject_fault(victim.worker_id, FaultSpec(mode=mode, ramp_s=5, limit_mb=150))
+        # seed 1: the stall fault's first stall (0.47 s) comes 0.75 s in, the hang at 8 s
+        sup.inject_fault(victim.worker_id,
+                         FaultSpec(mode=mode, ramp_s=8, limit_mb=150, seed=1))
         with pytest.raises(LookupError, match="already has a"):
             sup.inject_fault(victim.worker_id, FaultSpec(mode="slow"))
         await wait_until(until(lambda: sup.stats["replacements"] == 1), timeout_s=30,
