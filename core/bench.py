@@ -67,8 +67,65 @@ async def _phase(
     }
 
 
+async def _open_phase(
+    name: str,
+    ops: int,
+    rate: float,
+    op: Callable[[int], Awaitable[None]],
+    progress: Progress | None,
+) -> dict[str, Any]:
+    """Open loop: operation i is due at start + i / rate whether or not earlier ones have
+    finished, and its latency counts from when it was due (no coordinated omission: a stall
+    shows in every operation that should have started during it)."""
+    hist = HdrHistogram(1, 60_000_000, 3)
+    late = HdrHistogram(1, 60_000_000, 3)  # how late each operation started
+    tasks: set[asyncio.Task[None]] = set()
+    done = 0
+    max_in_flight = 0
+
+    async def one(i: int, due: float) -> None:
+        nonlocal done
+        late.record_value(max(1, int((time.perf_counter() - due) * 1e6)))
+        await op(i)
+        hist.record_value(max(1, int((time.perf_counter() - due) * 1e6)))
+        done += 1
+        if progress and done % 100 == 0:
+            progress(name, done, ops)
+
+    started = time.perf_counter()
+    i = 0
+    while i < ops:
+        now = time.perf_counter()
+        while i < ops and started + i / rate <= now:  # start every operation now due
+            task = asyncio.create_task(one(i, started + i / rate))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+            i += 1
+        max_in_flight = max(max_in_flight, len(tasks))
+        if i < ops:
+            await asyncio.sleep(max(0.0, started + i / rate - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    elapsed = time.perf_counter() - started
+    if progress:
+        progress(name, ops, ops)
+    return {
+        "ops": ops,
+        "offered_ops_s": rate,
+        "elapsed_s": round(elapsed, 3),
+        "throughput_ops_s": round(ops / elapsed, 1),
+        "p50_ms": hist.get_value_at_percentile(50) / 1000,
+        "p99_ms": hist.get_value_at_percentile(99) / 1000,
+        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
+        "max_ms": hist.get_max_value() / 1000,
+        "mean_ms": round(hist.get_mean_value() / 1000, 3),
+        "start_late_p99_ms": late.get_value_at_percentile(99) / 1000,
+        "max_in_flight": max_in_flight,
+    }
+
+
 async def _phases(settings: Settings, *, ops: int, concurrency: int, seed: int, memory: bool,
-                  progress: Progress | None) -> tuple[dict[str, Any], int]:
+                  progress: Progress | None, rate: float | None = None
+                  ) -> tuple[dict[str, Any], int]:
     rng = random.Random(seed)
     priorities = [rng.randint(1, 5) for _ in range(ops)]
     leases: list[Lease] = []
@@ -93,7 +150,12 @@ async def _phases(settings: Settings, *, ops: int, concurrency: int, seed: int, 
 
         label = "memory on" if memory else "memory off"
         for name, op in (("create", create), ("acquire", acquire), ("complete", complete)):
-            results[name] = await _phase(f"{name} ({label})", ops, concurrency, op, progress)
+            if rate is None:
+                results[name] = await _phase(f"{name} ({label})", ops, concurrency, op,
+                                             progress)
+            else:
+                results[name] = await _open_phase(f"{name} ({label}, {rate:g}/s offered)",
+                                                  ops, rate, op, progress)
         completed = (await svc.counts())["COMPLETED"]
     return results, completed
 
@@ -115,17 +177,21 @@ async def _scratch(settings: Settings) -> AsyncIterator[Settings]:
 
 async def bench_core(
     settings: Settings, *, ops: int, concurrency: int, seed: int = 1,
-    progress: Progress | None = None, memory: str = "off",
+    progress: Progress | None = None, memory: str = "off", rate: float | None = None,
 ) -> dict[str, Any]:
-    """Run create / acquire / complete; with memory="compare", alternate rounds with state
-    memory off and on (an owner process consuming the events) and report the p99 ratio."""
+    """Run create / acquire / complete, closed-loop at `concurrency` clients or, with `rate`,
+    open-loop at that many operations per second offered (`concurrency` then sizes the
+    connection pools); with memory="compare", alternate rounds with state memory off and on
+    (an owner process consuming the events) and report the p99 ratio."""
     async with _scratch(settings) as scratch:
         if memory not in ("compare", "compare-emit"):
             results, completed = await _phases(scratch, ops=ops, concurrency=concurrency,
                                                seed=seed, memory=memory == "on",
-                                               progress=progress)
+                                               progress=progress, rate=rate)
             return {"benchmark": "core", "ops": ops, "concurrency": concurrency, "seed": seed,
-                    "memory": memory, "completed": completed, "operations": results}
+                    "mode": "closed loop" if rate is None else "open loop",
+                    "offered_ops_s": rate, "memory": memory, "completed": completed,
+                    "operations": results}
         async with _owner_process(scratch, start=memory == "compare"):
             rounds: dict[str, list[dict[str, Any]]] = {"off": [], "on": []}
             for r in range(2):

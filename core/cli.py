@@ -147,7 +147,7 @@ def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
 
         result: dict[str, Any] = run_async(bench_core(
             settings, ops=args.ops, concurrency=args.concurrency, seed=args.seed,
-            progress=progress, memory=args.memory))
+            progress=progress, memory=args.memory, rate=args.rate))
         return with_limits(result, limits) if limits else result
     if args.suite == "e2e":
         from core.bench_procs import bench_e2e, e2e_with_limits
@@ -171,6 +171,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.ops < 1 or args.concurrency < 1 or args.workers < 1 or args.kills < 0:
         raise JobHarnessError("--ops, --concurrency and --workers must be >= 1, --kills >= 0")
+    if args.rate is not None and not (1 <= args.rate <= 100_000 and args.suite == "core"):
+        raise JobHarnessError("--rate applies to `bench core` and must be 1..100000 ops/s")
     with endpoints(_settings(args)) as settings, Progress(console=_console(True)) as bar:
         tasks: dict[str, Any] = {}
 
@@ -184,6 +186,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.json or args.suite != "core" or args.memory.startswith("compare") or args.limits:
         _print_json(result)
     else:
+        if args.rate is not None:
+            print(f"open loop, {args.rate:g} operations/s offered")
         print(f"{'op':<10}{'ops/s':>10}{'p50 ms':>10}{'p99 ms':>10}{'p99.9 ms':>10}")
         for name, r in result["operations"].items():
             print(f"{name:<10}{r['throughput_ops_s']:>10}{r['p50_ms']:>10.3f}"
@@ -303,6 +307,9 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
                    help="core: state-memory events off, on, or both in alternating rounds "
                    "with a memory owner (compare) or without one (compare-emit)")
     p.add_argument("--seed", type=int, default=1)
+    p.add_argument("--rate", type=float, default=None,
+                   help="core: open loop at this many operations per second offered "
+                   "(latency counted from when each was due); default closed loop")
     p.add_argument("--limits", action="store_true",
                    help="core, e2e: measure `limits` in the same run and give the ratio")
     p.set_defaults(func=cmd_bench)

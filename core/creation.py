@@ -56,7 +56,7 @@ def _spec_hash(v: ValidatedSpec) -> str:
 
 
 @dataclass
-class _Plan:
+class Plan:
     validated: list[ValidatedSpec]
     ids: list[uuid.UUID]
     internal: dict[int, list[int]]  # spec index -> indexes of batch specs it depends on
@@ -99,7 +99,7 @@ def _resolve_dependencies(
     return internal, external
 
 
-def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False) -> _Plan:
+def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False) -> Plan:
     """Validate a batch without touching any store."""
     if not isinstance(specs, list | tuple) or not specs:
         raise InvalidInput("jobs", "must be a non-empty list")
@@ -116,8 +116,22 @@ def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False
     internal, external = _resolve_dependencies(validated, refs, single)
     names = {i: v.spec.ref or f"jobs[{i}]" for i, v in enumerate(validated)}
     check_acyclic({names[i]: [names[d] for d in deps] for i, deps in internal.items()})
-    return _Plan(validated=validated, ids=[uuid.uuid4() for _ in validated],
+    return Plan(validated=validated, ids=[uuid.uuid4() for _ in validated],
                  internal=internal, external=external)
+
+
+def is_simple(plan: Plan) -> bool:
+    """No dependencies and no idempotency keys: the batch is one INSERT statement, atomic on
+    its own (no explicit transaction and its two extra round trips), and can be merged with
+    other simple batches."""
+    return not plan.internal and not plan.external and not any(
+        v.spec.idempotency_key for v in plan.validated)
+
+
+def merge_simple(plans: Sequence[Plan]) -> Plan:
+    """One plan for many simple ones (callers batched together), in order."""
+    return Plan(validated=[v for p in plans for v in p.validated],
+                 ids=[i for p in plans for i in p.ids], internal={}, external={})
 
 
 async def create_jobs(
@@ -128,13 +142,14 @@ async def create_jobs(
     *,
     single: bool = False,
 ) -> list[CreateResult]:
-    """Insert a validated batch; `on_ready` receives the rows to index for dispatch."""
-    plan = plan_batch(specs, settings, single=single)
-    # Without dependencies or idempotency keys the batch is one INSERT statement, atomic on
-    # its own: skip the explicit transaction and its two extra round trips.
-    simple = not plan.internal and not plan.external and not any(
-        v.spec.idempotency_key for v in plan.validated
-    )
+    """Validate and insert a batch; `on_ready` receives the rows to index for dispatch."""
+    return await insert_plan(pool, plan_batch(specs, settings, single=single), on_ready)
+
+
+async def insert_plan(
+    pool: asyncpg.Pool, plan: Plan, on_ready: Callable[[Iterable[Any]], None]
+) -> list[CreateResult]:
+    simple = is_simple(plan)
     for _ in range(3):
         try:
             async with pool.acquire() as conn:
@@ -187,7 +202,7 @@ async def _lock_dependencies(
 
 
 async def _insert(
-    conn: Conn, plan: _Plan
+    conn: Conn, plan: Plan
 ) -> tuple[list[CreateResult], list[asyncpg.Record]]:
     v = plan.validated
     hashes = [_spec_hash(x) for x in v]

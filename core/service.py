@@ -19,7 +19,15 @@ from typing import Any
 
 import asyncpg
 
-from core.creation import CreateResult, create_jobs
+from core.coalesce import Coalescer
+from core.creation import (
+    CreateResult,
+    Plan,
+    insert_plan,
+    is_simple,
+    merge_simple,
+    plan_batch,
+)
 from core.dispatch import EnqueueItem, RedisDispatch
 from core.errors import (
     DispatchUnavailable,
@@ -64,6 +72,8 @@ class FailOutcome:
 class JobService(JobReads, WorkerRegistry):
     """The job operations. One instance per process; safe for concurrent use."""
 
+    create_flushes = 3  # concurrent INSERTs of merged single creates
+
     def __init__(
         self,
         pool: asyncpg.Pool,
@@ -80,6 +90,10 @@ class JobService(JobReads, WorkerRegistry):
         self.rng = rng or random.Random()
         self.stats: Counter[str] = Counter()
         self._fallback_poll_s = 0.2
+        # single creates without dependencies or idempotency keys arriving together share one
+        # INSERT and one Redis call
+        self._creates: Coalescer[Plan, CreateResult] = Coalescer(
+            self._create_merged, max_batch=1000, max_flushes=self.create_flushes)
 
     # -- transactions and Redis effects ----------------------------------------------------
     @contextlib.asynccontextmanager
@@ -104,25 +118,35 @@ class JobService(JobReads, WorkerRegistry):
 
     # -- create -----------------------------------------------------------------------------
     async def create(self, spec: JobSpec) -> CreateResult:
-        """Create one job (see `create_batch`)."""
-        return (await self.create_batch([spec], single=True))[0]
+        """Create one job (see `create_batch`). Validated here, for this caller alone; a
+        simple job (no dependencies, no idempotency key) is then inserted together with the
+        other simple creates waiting at that moment."""
+        plan = plan_batch([spec], self.settings, single=True)
+        if is_simple(plan):
+            return await self._creates.submit(plan)
+        return (await self._create_plan(plan))[0]
 
     async def create_batch(
         self, specs: Sequence[JobSpec], *, single: bool = False
     ) -> list[CreateResult]:
         """Create jobs atomically: all are committed or none; then index them in Redis."""
+        return await self._create_plan(plan_batch(specs, self.settings, single=single))
+
+    async def _create_merged(self, plans: list[Plan]) -> list[CreateResult]:
+        return await self._create_plan(merge_simple(plans))
+
+    async def _create_plan(self, plan: Plan) -> list[CreateResult]:
         fx = Effects()
         with store_errors():
-            results = await create_jobs(self.pool, specs, self.settings, fx.add_ready,
-                                        single=single)
+            results = await insert_plan(self.pool, plan, fx.add_ready)
         self.stats["created"] += sum(r.created for r in results)
         await self._apply(fx)
         if self.memory is not None:
-            for spec, r in zip(specs, results, strict=True):
+            for v, r in zip(plan.validated, results, strict=True):
                 if r.created:
                     self.memory.job_state(r.job_id, {"status": r.status.value,
-                                                     "job_type": spec.job_type,
-                                                     "priority": spec.priority})
+                                                     "job_type": v.spec.job_type,
+                                                     "priority": v.spec.priority})
         return results
 
     # -- acquire ----------------------------------------------------------------------------

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from core.errors import InvalidTransition, StaleLease
+from core.errors import InvalidInput, InvalidTransition, StaleLease
 from core.handlers import BUILTIN_HANDLERS
 from core.model import ExecutionStatus, JobSpec, JobStatus
 from core.service import JobService
@@ -56,6 +56,27 @@ async def test_create_acquire_complete(service: JobService) -> None:
     assert ex["finished_at"] is not None
     assert (await service.dispatch.depths())["processing"] == 0
     assert await service.acquire("w1") is None
+
+
+async def test_concurrent_single_creates_share_inserts(service: JobService) -> None:
+    before = (service._creates.batches, service._creates.items)
+    specs = [JobSpec(job_type="noop", payload={"n": i}, priority=1 + i % 5) for i in range(200)]
+    bad = JobSpec(job_type="no-such-type", payload={})
+    outcomes = await asyncio.gather(*(service.create(s) for s in specs[:100]),
+                                    service.create(bad),
+                                    *(service.create(s) for s in specs[100:]),
+                                    return_exceptions=True)
+    assert isinstance(outcomes[100], InvalidInput)  # refused alone, before any batching
+    created = [o for o in outcomes if not isinstance(o, BaseException)]
+    assert len(created) == 200
+    assert all(c.status == JobStatus.PENDING for c in created)
+    batches = service._creates.batches - before[0]
+    assert service._creates.items - before[1] == 200
+    assert batches < 200  # callers arriving together shared a statement
+    rows = await service.pool.fetch("SELECT payload FROM jobs")
+    assert sorted(r["payload"]["n"] for r in rows) == list(range(200))
+    depths = await service.dispatch.depths()
+    assert depths["high"] + depths["medium"] + depths["low"] == 200
 
 
 async def test_failure_retry_then_dead_letter(service: JobService) -> None:

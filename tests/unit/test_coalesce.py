@@ -1,0 +1,86 @@
+"""Batching across callers (pure logic: the flush is a plain coroutine)."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from core.coalesce import Coalescer
+
+
+class Gate:
+    """A flush that records its batches and, when closed, holds until opened."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[int]] = []
+        self.open = asyncio.Event()
+        self.open.set()
+        self.entered = asyncio.Event()
+
+    async def flush(self, items: list[int]) -> list[int]:
+        self.batches.append(items)
+        self.entered.set()
+        await self.open.wait()
+        if any(i < 0 for i in items):
+            raise ValueError(f"negative item in {items}")
+        return [i * 10 for i in items]
+
+
+async def test_at_rest_each_caller_gets_its_own_flush() -> None:
+    gate = Gate()
+    c = Coalescer(gate.flush, max_flushes=1)
+    assert [await c.submit(i) for i in range(3)] == [0, 10, 20]
+    assert gate.batches == [[0], [1], [2]]
+
+
+async def test_callers_arriving_during_a_flush_share_the_next_one_in_order() -> None:
+    gate = Gate()
+    gate.open.clear()
+    c = Coalescer(gate.flush, max_flushes=1, max_batch=3)
+    first = asyncio.create_task(c.submit(1))
+    await gate.entered.wait()
+    rest = [asyncio.create_task(c.submit(i)) for i in range(2, 7)]
+    await asyncio.sleep(0)
+    gate.open.set()
+    assert await asyncio.gather(first, *rest) == [10, 20, 30, 40, 50, 60]
+    assert gate.batches == [[1], [2, 3, 4], [5, 6]]  # max_batch bounds each flush
+    assert (c.batches, c.items) == (3, 6)
+
+
+async def test_a_failed_flush_fails_its_own_batch_only() -> None:
+    gate = Gate()
+    gate.open.clear()
+    c = Coalescer(gate.flush, max_flushes=1)
+    first = asyncio.create_task(c.submit(1))
+    await gate.entered.wait()
+    bad = [asyncio.create_task(c.submit(i)) for i in (2, -3)]
+    await asyncio.sleep(0)
+    gate.open.set()
+    assert await first == 10
+    for task in bad:
+        with pytest.raises(ValueError, match=r"negative item in \[2, -3\]"):
+            await task
+    assert await c.submit(4) == 40
+
+
+async def test_a_caller_that_gave_up_is_left_out() -> None:
+    gate = Gate()
+    gate.open.clear()
+    c = Coalescer(gate.flush, max_flushes=1)
+    first = asyncio.create_task(c.submit(1))
+    await gate.entered.wait()
+    quitter = asyncio.create_task(c.submit(2))
+    stayer = asyncio.create_task(c.submit(3))
+    await asyncio.sleep(0)
+    quitter.cancel()
+    await asyncio.sleep(0)
+    gate.open.set()
+    assert (await first, await stayer) == (10, 30)
+    assert quitter.cancelled()
+    assert gate.batches == [[1], [3]]
+
+
+def test_bad_limits_are_refused() -> None:
+    with pytest.raises(ValueError, match="max_batch and max_flushes must be >= 1"):
+        Coalescer(Gate().flush, max_batch=0)
