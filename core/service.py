@@ -62,6 +62,13 @@ class Effects:
         ]
 
 
+@dataclass(frozen=True)
+class _Completion:
+    job_id: uuid.UUID
+    token: int
+    result: Any
+
+
 @dataclass(frozen=True, kw_only=True)
 class FailOutcome:
     status: JobStatus  # PENDING (retry scheduled), DEAD or CANCELLED
@@ -73,6 +80,7 @@ class JobService(JobReads, WorkerRegistry):
     """The job operations. One instance per process; safe for concurrent use."""
 
     create_flushes = 3  # concurrent INSERTs of merged single creates
+    complete_flushes = 2  # concurrent statements of merged completions
 
     def __init__(
         self,
@@ -94,6 +102,10 @@ class JobService(JobReads, WorkerRegistry):
         # INSERT and one Redis call
         self._creates: Coalescer[Plan, CreateResult] = Coalescer(
             self._create_merged, max_batch=1000, max_flushes=self.create_flushes)
+        # completions reported together (a worker's slots, a process's workers) share one
+        # statement and one Redis call
+        self._completions: Coalescer[_Completion, list[asyncpg.Record]] = Coalescer(
+            self._complete_merged, max_batch=200, max_flushes=self.complete_flushes)
 
     # -- transactions and Redis effects ----------------------------------------------------
     @contextlib.asynccontextmanager
@@ -245,21 +257,49 @@ class JobService(JobReads, WorkerRegistry):
             await self.dispatch.count_event("stale_rejected")
 
     async def complete(self, job_id: str, token: int, result: Any = None) -> None:
-        """Record success; only the current lease's token is accepted."""
+        """Record success; only the current lease's token is accepted. Completions arriving
+        together are recorded in one statement; each caller gets its own outcome."""
         jid = parse_job_id(job_id)
-        fx = Effects(forget=[job_id])
         with store_errors():
-            rows = await self.pool.fetch(q("complete_job"), jid, token, result)
+            rows = await self._completions.submit(_Completion(jid, token, result))
         if not rows[0]["ok"]:
             if rows[0]["job_status"] is None:
                 raise JobNotFound(job_id)
             await self._count_stale()
             raise StaleLease(job_id, token, rows[0]["job_status"])
-        fx.add_ready({**dict(r), "id": r["released_id"]} for r in rows if r["released_id"])
         self.stats["completed"] += 1
         if self.memory is not None:
             self.memory.job_completed(job_id, result)
+
+    async def _complete_merged(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
+        """Run completions as one statement, then apply their Redis effects in one go."""
+        if len(batch) == 1:
+            c = batch[0]
+            per: list[list[asyncpg.Record]] = [
+                await self.pool.fetch(q("complete_job"), c.job_id, c.token, c.result)]
+        else:
+            try:
+                rows = await self.pool.fetch(
+                    q("complete_jobs"), [c.job_id for c in batch], [c.token for c in batch],
+                    [c.result for c in batch])
+            except asyncpg.DeadlockDetectedError:
+                # two batches released shared dependents in opposite orders: one was rolled
+                # back whole; its completions go one by one
+                self.stats["complete_batch_deadlocks"] += 1
+                per = [await self.pool.fetch(q("complete_job"), c.job_id, c.token, c.result)
+                       for c in batch]
+            else:
+                per = [[] for _ in batch]
+                for r in rows:
+                    per[r["ord"] - 1].append(r)
+        fx = Effects()
+        for c, rows_of in zip(batch, per, strict=True):
+            if rows_of[0]["ok"]:
+                fx.forget.append(str(c.job_id))
+                fx.add_ready({**dict(r), "id": r["released_id"]}
+                             for r in rows_of if r["released_id"])
         await self._apply(fx)
+        return per
 
     async def _locked(
         self, conn: Conn, job_id: uuid.UUID, token: int | None

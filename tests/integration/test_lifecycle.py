@@ -79,6 +79,38 @@ async def test_concurrent_single_creates_share_inserts(service: JobService) -> N
     assert depths["high"] + depths["medium"] + depths["low"] == 200
 
 
+async def test_concurrent_completions_share_a_statement(service: JobService) -> None:
+    created = await service.create_batch(
+        [JobSpec(job_type="noop", payload={"n": i}, ref=f"j{i}") for i in range(40)]
+        + [JobSpec(job_type="noop", payload={}, depends_on=["j0", "j1"])])
+    child = created[-1]
+    assert child.status == JobStatus.WAITING
+    leases = [await service.acquire("w1") for _ in range(40)]
+    assert all(lease is not None for lease in leases)
+    before = (service._completions.batches, service._completions.items)
+    stale = leases[20]
+    assert stale is not None
+    outcomes = await asyncio.gather(
+        *(service.complete(lease.job_id, lease.token + (lease is stale), {"i": i})
+          for i, lease in enumerate(leases) if lease is not None),
+        return_exceptions=True)
+    assert isinstance(outcomes[20], StaleLease)  # the wrong token fails alone
+    assert sum(o is None for o in outcomes) == 39
+    assert service._completions.items - before[1] == 40
+    assert service._completions.batches - before[0] < 40
+    counts = await service.counts()
+    assert counts["COMPLETED"] == 39
+    assert counts["PROCESSING"] == 1
+    assert (await service.get(child.job_id)).status == JobStatus.PENDING  # released once
+    first = leases[0]
+    assert first is not None
+    assert (await service.get(first.job_id)).result == {"i": 0}
+    lease = await service.acquire("w1")
+    assert lease is not None
+    assert lease.job_id == child.job_id
+    assert (await service.dispatch.depths())["processing"] == 2  # the stale one's and this
+
+
 async def test_failure_retry_then_dead_letter(service: JobService) -> None:
     created = await service.create(JobSpec(job_type="flaky", max_retries=2, priority=3))
     outcomes = []
