@@ -37,8 +37,12 @@ class EnqueueItem:
 
 @dataclass(frozen=True, kw_only=True)
 class AcquireResult:
-    job_id: str | None
+    job_ids: list[str]  # best first; fewer than asked when no more may run now
     next_due_in_ms: int | None  # until the earliest delayed job is due, if any
+
+    @property
+    def job_id(self) -> str | None:
+        return self.job_ids[0] if self.job_ids else None
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -145,16 +149,17 @@ class RedisDispatch:
         return total
 
     async def acquire(
-        self, capabilities: Iterable[str], lease_ms: int, *, scan_window: int, bands: str = "hml"
+        self, capabilities: Iterable[str], lease_ms: int, *, scan_window: int,
+        bands: str = "hml", count: int = 1,
     ) -> AcquireResult:
-        """Pop the best job the worker may run into the processing set."""
+        """Pop the best `count` jobs the worker may run into the processing set."""
         caps = "," + ",".join(sorted(set(capabilities))) + ","
         keys = self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.processing)
-        job_id, next_due = await self._call(
-            self._acquire(keys=keys, args=[lease_ms, scan_window, PROMOTE_LIMIT, bands, caps])
-        )
+        found, next_due = await self._call(self._acquire(
+            keys=keys, args=[lease_ms, scan_window, PROMOTE_LIMIT, bands, caps, count]))
         due = int(next_due)
-        return AcquireResult(job_id=job_id or None, next_due_in_ms=due if due >= 0 else None)
+        return AcquireResult(job_ids=found.split(",") if found else [],
+                             next_due_in_ms=due if due >= 0 else None)
 
     async def extend(self, job_id: str, lease_ms: int) -> None:
         now_ms = await self.now_ms()

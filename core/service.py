@@ -81,6 +81,7 @@ class JobService(JobReads, WorkerRegistry):
 
     create_flushes = 3  # concurrent INSERTs of merged single creates
     complete_flushes = 2  # concurrent statements of merged completions
+    acquire_flushes = 2  # concurrent pops + lease statements of merged acquires
 
     def __init__(
         self,
@@ -104,6 +105,8 @@ class JobService(JobReads, WorkerRegistry):
             self._create_merged, max_batch=1000, max_flushes=self.create_flushes)
         # completions reported together (a worker's slots, a process's workers) share one
         # statement and one Redis call
+        self._acquirers: dict[tuple[tuple[str, ...], float],
+                              Coalescer[str, Lease | None]] = {}
         self._completions: Coalescer[_Completion, list[asyncpg.Record]] = Coalescer(
             self._complete_merged, max_batch=200, max_flushes=self.complete_flushes)
 
@@ -165,35 +168,79 @@ class JobService(JobReads, WorkerRegistry):
     async def acquire(
         self, worker_id: str, capabilities: Iterable[str] = (), *, lease_s: float | None = None
     ) -> Lease | None:
-        """Lease the best runnable job this worker may run, or return None."""
+        """Lease the best runnable job this worker may run, or return None. Callers asking
+        at the same moment with the same capabilities share one Redis pop and one lease
+        statement."""
         lease_s = lease_s or self.settings.lease_s
-        caps = sorted(set(capabilities))
+        caps = tuple(sorted(set(capabilities)))
+        group = self._acquirers.get((caps, lease_s))
+        if group is None:
+            async def flush(worker_ids: list[str]) -> list[Lease | None]:
+                return await self._lease_batch(worker_ids, list(caps), lease_s)
+
+            group = self._acquirers[(caps, lease_s)] = Coalescer(
+                flush, max_batch=100, max_flushes=self.acquire_flushes)
+        return await group.submit(worker_id)
+
+    async def acquire_many(
+        self, worker_id: str, n: int, capabilities: Iterable[str] = (), *,
+        lease_s: float | None = None,
+    ) -> list[Lease]:
+        """Lease up to `n` jobs for one worker in one round trip to each store (a worker
+        filling its free slots); fewer, or none, when no more may run now."""
+        leases = await self._lease_batch([worker_id] * n, sorted(set(capabilities)),
+                                         lease_s or self.settings.lease_s)
+        return [lease for lease in leases if lease is not None]
+
+    async def _lease_batch(
+        self, worker_ids: list[str], caps: list[str], lease_s: float
+    ) -> list[Lease | None]:
         if self.dispatch.available:
             try:
-                return await self._acquire_redis(worker_id, caps, lease_s)
+                return await self._acquire_redis(worker_ids, caps, lease_s)
             except DispatchUnavailable:
                 self.stats["redis_acquire_failed"] += 1
+        leases: list[Lease | None] = [None] * len(worker_ids)
         if not self.settings.pg_fallback:
-            return None  # a deliberately broken core, for drills: Redis or nothing
-        return await self._acquire_postgres(worker_id, caps, lease_s)
+            return leases  # a deliberately broken core, for drills: Redis or nothing
+        for i, worker_id in enumerate(worker_ids):
+            leases[i] = await self._acquire_postgres(worker_id, caps, lease_s)
+            if leases[i] is None:
+                break
+        return leases
 
-    async def _acquire_redis(self, worker_id: str, caps: list[str], lease_s: float) -> Lease | None:
+    async def _acquire_redis(
+        self, worker_ids: list[str], caps: list[str], lease_s: float
+    ) -> list[Lease | None]:
+        leases: list[Lease | None] = [None] * len(worker_ids)
+        wanting = list(range(len(worker_ids)))  # callers still without a lease
         for _ in range(16):
-            res = await self.dispatch.acquire(
-                caps, int(lease_s * 1000), scan_window=self.settings.scan_window
-            )
+            res = await self.dispatch.acquire(caps, int(lease_s * 1000),
+                                              scan_window=self.settings.scan_window,
+                                              count=len(wanting))
             self._next_due_in_ms = res.next_due_in_ms
-            if res.job_id is None:
-                return None
+            if not res.job_ids:
+                break
+            takers = wanting[:len(res.job_ids)]
             with store_errors():
-                row = await self.pool.fetchrow(
-                    q("lease_job"), uuid.UUID(res.job_id), worker_id, lease_s, "redis"
-                )
-            if row is not None:
-                self.stats["acquired_redis"] += 1
-                return self._lease(row, worker_id, lease_s, "redis")
-            await self._drop_stale_entry(res.job_id)
-        return None
+                rows = await self.pool.fetch(
+                    q("lease_jobs"), [uuid.UUID(j) for j in res.job_ids],
+                    [worker_ids[i] for i in takers], lease_s, "redis")
+            by_id = {str(r["id"]): r for r in rows}
+            self.stats["acquired_redis"] += len(rows)
+            missed = []
+            for i, job_id in zip(takers, res.job_ids, strict=True):
+                row = by_id.get(job_id)
+                if row is None:
+                    await self._drop_stale_entry(job_id)
+                    missed.append(i)
+                else:
+                    leases[i] = self._lease(row, worker_ids[i], lease_s, "redis")
+            # callers beyond what Redis returned get nothing: nothing more may run now
+            wanting = missed
+            if not wanting:
+                break
+        return leases
 
     async def _drop_stale_entry(self, job_id: str) -> None:
         """A popped id whose job is not PENDING: keep the index honest, then look further."""

@@ -60,19 +60,24 @@ class Worker:
         while not stop.is_set():
             if not await self._free_slot(slots, stop):
                 break
+            free = 1
+            while not slots.locked():  # every other free slot too: one round trip fills all
+                await slots.acquire()
+                free += 1
             try:
-                lease = await self.service.acquire(self.worker_id, self.capabilities,
-                                                   lease_s=self.lease_s)
+                leases = await self.service.acquire_many(self.worker_id, free, self.capabilities,
+                                                         lease_s=self.lease_s)
             except StoreUnavailable:
-                lease = None
+                leases = []
                 self.stats["store_unavailable"] += 1
-            if lease is None:
+            for _ in range(free - len(leases)):
                 slots.release()
+            for lease in leases:
+                task = asyncio.create_task(self._run_job(lease))
+                self._running.add(task)
+                task.add_done_callback(self._finished(slots))
+            if not leases:
                 await self._idle(stop)
-                continue
-            task = asyncio.create_task(self._run_job(lease))
-            self._running.add(task)
-            task.add_done_callback(self._finished(slots))
         await self.drain()
 
     @staticmethod

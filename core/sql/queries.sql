@@ -47,6 +47,26 @@ WITH leased AS (
 )
 SELECT * FROM leased;
 
+-- name: lease_jobs
+-- Lease several popped jobs at once ($1 ids, $2 the worker each goes to), one statement.
+WITH wanted AS (
+    SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, worker_id)
+), leased AS (
+    UPDATE jobs j
+    SET status = 'PROCESSING', worker_id = w.worker_id,
+        lease_token = nextval('lease_token_seq'),
+        lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8),
+        started_at = coalesce(j.started_at, clock_timestamp())
+    FROM wanted w
+    WHERE j.id = w.id AND j.status = 'PENDING' AND j.cancel_requested_at IS NULL
+    RETURNING j.id, j.worker_id, j.job_type, j.payload, j.priority, j.timeout_s,
+              j.lease_token, j.retry_count
+), opened AS (
+    INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
+    SELECT id, worker_id, retry_count + 1, lease_token, $4 FROM leased
+)
+SELECT * FROM leased;
+
 -- name: lease_runnable
 -- PostgreSQL fallback acquisition (Redis unreachable): get_runnable_jobs with SKIP LOCKED.
 WITH candidate AS (

@@ -111,6 +111,48 @@ async def test_concurrent_completions_share_a_statement(service: JobService) -> 
     assert (await service.dispatch.depths())["processing"] == 2  # the stale one's and this
 
 
+async def test_acquire_many_fills_free_slots_best_first(service: JobService) -> None:
+    created = await service.create_batch(
+        [JobSpec(job_type="noop", payload={"n": i}, priority=1 + i % 5) for i in range(10)]
+        + [JobSpec(job_type="noop", payload={}, priority=5, required_capability="gpu")])
+    # a queued entry whose job was cancelled meanwhile is skipped, not handed out
+    cancelled = created[4].job_id  # priority 5
+    await service.pool.execute("UPDATE jobs SET status = 'CANCELLED', completed_at = now()"
+                               " WHERE id = $1::uuid", cancelled)
+    first = await service.acquire_many("w1", 4)
+    assert sorted((lease.priority for lease in first), reverse=True) == [5, 4, 4, 3]
+    assert cancelled not in {lease.job_id for lease in first}
+    assert {lease.worker_id for lease in first} == {"w1"}
+    rest = await service.acquire_many("w2", 20)
+    assert len(rest) == 5  # fewer than asked: the gpu job is not for w2
+    assert sorted(lease.priority for lease in rest) == [1, 1, 2, 2, 3]
+    gpu = await service.acquire_many("w3", 3, ["gpu"])
+    assert [lease.job_id for lease in gpu] == [created[10].job_id]
+    leased = [*first, *rest, *gpu]
+    assert len({lease.job_id for lease in leased}) == 10
+    assert len({lease.token for lease in leased}) == 10
+    rows = await service.pool.fetch("SELECT worker_id, count(*) FROM job_executions"
+                                    " GROUP BY worker_id ORDER BY worker_id")
+    assert [(r["worker_id"], r["count"]) for r in rows] == [("w1", 4), ("w2", 5), ("w3", 1)]
+    assert (await service.dispatch.depths())["processing"] == 10
+
+
+async def test_concurrent_acquires_share_a_pop_and_lease_each_job_once(
+        service: JobService) -> None:
+    await service.create_batch([JobSpec(job_type="noop", payload={"n": i}) for i in range(60)])
+    group_batches = lambda: sum(c.batches for c in service._acquirers.values())  # noqa: E731
+    before = group_batches()
+    leases = await asyncio.gather(*(service.acquire(f"w{i % 7}") for i in range(80)))
+    got = [lease for lease in leases if lease is not None]
+    assert len(got) == 60  # 20 callers found nothing left
+    assert len({lease.job_id for lease in got}) == 60
+    assert group_batches() - before < 80
+    for lease in got:
+        row = await service.pool.fetchrow("SELECT worker_id, lease_token FROM jobs"
+                                          " WHERE id = $1::uuid", lease.job_id)
+        assert (row["worker_id"], row["lease_token"]) == (lease.worker_id, lease.token)
+
+
 async def test_failure_retry_then_dead_letter(service: JobService) -> None:
     created = await service.create(JobSpec(job_type="flaky", max_retries=2, priority=3))
     outcomes = []
