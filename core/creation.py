@@ -7,7 +7,10 @@ that can no longer complete (DEAD or CANCELLED) are refused.
 
 from __future__ import annotations
 
+import csv
 import hashlib
+import io
+import os
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -99,6 +102,12 @@ def _resolve_dependencies(
     return internal, external
 
 
+def _uuid4s(n: int) -> list[uuid.UUID]:
+    """n random (version 4) ids from one read of the system's random source."""
+    raw = os.urandom(16 * n)
+    return [uuid.UUID(bytes=raw[k:k + 16], version=4) for k in range(0, 16 * n, 16)]
+
+
 def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False) -> Plan:
     """Validate a batch without touching any store."""
     if not isinstance(specs, list | tuple) or not specs:
@@ -116,7 +125,7 @@ def plan_batch(specs: Sequence[Any], settings: Settings, *, single: bool = False
     internal, external = _resolve_dependencies(validated, refs, single)
     names = {i: v.spec.ref or f"jobs[{i}]" for i, v in enumerate(validated)}
     check_acyclic({names[i]: [names[d] for d in deps] for i, deps in internal.items()})
-    return Plan(validated=validated, ids=[uuid.uuid4() for _ in validated],
+    return Plan(validated=validated, ids=_uuid4s(len(validated)),
                  internal=internal, external=external)
 
 
@@ -154,7 +163,7 @@ async def insert_plan(
         try:
             async with pool.acquire() as conn:
                 if simple:
-                    results, ready = await _insert(conn, plan)
+                    results, ready = await _insert_simple(conn, plan)
                 else:
                     async with conn.transaction():
                         results, ready = await _insert(conn, plan)
@@ -166,7 +175,7 @@ async def insert_plan(
 
 
 async def _idempotent_hits(
-    conn: Conn, v: list[ValidatedSpec], hashes: list[str]
+    conn: Conn, v: list[ValidatedSpec], hashes: list[str | None]
 ) -> tuple[dict[int, uuid.UUID], dict[int, str]]:
     """Specs whose idempotency key already names a job (same spec) are not inserted again."""
     existing: dict[int, uuid.UUID] = {}
@@ -201,11 +210,41 @@ async def _lock_dependencies(
     return dep_status
 
 
+COPY_MIN_JOBS = 100  # simple batches at least this large go through COPY
+_COPY_COLUMNS = ["id", "job_type", "payload", "priority", "status", "required_capability",
+                 "max_retries", "timeout_s"]
+_PENDING = JobStatus.PENDING
+
+
+async def _insert_simple(
+    conn: Conn, plan: Plan
+) -> tuple[list[CreateResult], list[dict[str, Any]] | list[asyncpg.Record]]:
+    """A batch without dependencies or idempotency keys: every job is new and PENDING. A large
+    one due now is streamed with COPY (CSV), one statement and atomic like the INSERT."""
+    v = plan.validated
+    if len(v) < COPY_MIN_JOBS or any(x.spec.run_at is not None or x.spec.delay_s for x in v):
+        return await _insert(conn, plan)
+    buf = io.StringIO()
+    csv.writer(buf, lineterminator="\n").writerows(
+        (str(i), x.spec.job_type, x.payload_json, x.spec.priority, "PENDING",
+         x.spec.required_capability, x.spec.max_retries, float(x.spec.timeout_s))
+        for i, x in zip(plan.ids, v, strict=True))
+    await conn.copy_to_table("jobs", source=io.BytesIO(buf.getvalue().encode()),
+                             columns=_COPY_COLUMNS, format="csv")
+    ready = [{"id": i, "priority": x.spec.priority,
+              "required_capability": x.spec.required_capability, "delay_ms": 0}
+             for i, x in zip(plan.ids, v, strict=True)]
+    results = [CreateResult(job_id=str(r["id"]), status=_PENDING,
+                            created=True, ref=x.spec.ref)
+               for r, x in zip(ready, v, strict=True)]
+    return results, ready
+
+
 async def _insert(
     conn: Conn, plan: Plan
 ) -> tuple[list[CreateResult], list[asyncpg.Record]]:
     v = plan.validated
-    hashes = [_spec_hash(x) for x in v]
+    hashes = [_spec_hash(x) if x.spec.idempotency_key else None for x in v]
     existing, existing_status = await _idempotent_hits(conn, v, hashes)
     ids = [existing.get(i, plan.ids[i]) for i in range(len(v))]
     new = [i for i in range(len(v)) if i not in existing]

@@ -141,9 +141,18 @@ class RedisDispatch:
             return 0
         total = 0
         for start in range(0, len(items), 1000):
-            args: list[Any] = [WAKEUP_CAP]
-            for it in items[start : start + 1000]:
-                args += [it.job_id, it.priority, it.capability or "", max(0, it.delay_ms)]
+            chunk = items[start : start + 1000]
+            prios = "".join(str(it.priority) for it in chunk)
+            if len(prios) != len(chunk) or "0" in prios or "-" in prios:
+                raise ValueError(f"priorities must be 1..9 to enqueue, got {prios!r}")
+            args: list[Any] = [
+                WAKEUP_CAP,
+                ",".join(it.job_id for it in chunk),
+                prios,
+                ",".join(str(max(0, it.delay_ms)) for it in chunk),
+                "".join("1" if it.capability else "0" for it in chunk),
+                *(it.capability for it in chunk if it.capability),
+            ]
             keys = self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.wakeup)
             total += int(await self._call(self._enqueue(keys=keys, args=args)))
         return total

@@ -119,10 +119,13 @@ def validate_spec(spec: Any, limits: SpecLimits) -> ValidatedSpec:
     return ValidatedSpec(spec=spec, payload_json=_payload_json(spec.payload, limits))
 
 
+_ENCODER = json.JSONEncoder(separators=(",", ":"), allow_nan=False)  # made once, not per job
+
+
 def _payload_json(payload: dict[str, Any], limits: SpecLimits) -> str:
     """The payload as compact JSON that PostgreSQL's jsonb will store, within the limit."""
     try:
-        payload_json = json.dumps(payload, separators=(",", ":"), allow_nan=False)
+        payload_json = _ENCODER.encode(payload)
     except (TypeError, ValueError) as exc:
         raise InvalidInput("payload", f"not JSON-serialisable: {exc}") from exc
     if "\\u0000" in payload_json:
@@ -134,8 +137,10 @@ def _payload_json(payload: dict[str, Any], limits: SpecLimits) -> str:
 
 
 def _check_texts(spec: JobSpec) -> None:
-    for name in ("job_type", "required_capability", "idempotency_key", "ref"):
-        check_text(name, getattr(spec, name))
+    texts = (spec.job_type, spec.required_capability, spec.idempotency_key, spec.ref)
+    if any(isinstance(t, str) and "\x00" in t for t in texts):  # rare: find which one
+        for name in ("job_type", "required_capability", "idempotency_key", "ref"):
+            check_text(name, getattr(spec, name))
     for dep in spec.depends_on if isinstance(spec.depends_on, tuple | list) else ():
         check_text("depends_on", dep)
 
@@ -148,6 +153,8 @@ def check_text(name: str, value: Any) -> None:
 
 def _check_dependencies(spec: JobSpec, limits: SpecLimits) -> None:
     deps = spec.depends_on
+    if deps == ():
+        return
     if not isinstance(deps, tuple | list) or not all(isinstance(d, str) and d for d in deps):
         raise InvalidInput("depends_on", "must be a list of job ids or batch refs")
     if len(deps) > limits.max_dependencies:
