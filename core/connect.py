@@ -48,6 +48,15 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Run when a connection goes back to the pool. The core never leaves session state on a
+    pooled connection (no LISTEN, session-level locks, SET or open cursors), so asyncpg's
+    default reset query, one more round trip per borrowed connection, is skipped; a
+    transaction somehow left open is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
 async def create_pool(
     settings: Settings, *, min_size: int = 1, max_size: int = 2, schema: str | None = None,
     observe: Callable[[float], None] | None = None,
@@ -68,6 +77,7 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=init,
+            reset=_reset,
             command_timeout=60,
             server_settings={
                 "search_path": schema or settings.schema,
