@@ -94,6 +94,7 @@ class RedisDispatch:
             ),
         )
         self._acquire = self._client.register_script(_script("acquire"))
+        self._forget = self._client.register_script(_script("forget"))
         self._enqueue = self._client.register_script(_script("enqueue"))
         self._down_until = 0.0
         self.failures = 0
@@ -179,14 +180,9 @@ class RedisDispatch:
         """Remove jobs from every dispatch set (and record them dead if `dead`)."""
         if not job_ids:
             return
-        pipe = self._client.pipeline(transaction=True)
-        for key in (*self.keys.priority_queues, self.keys.delayed, self.keys.processing):
-            pipe.zrem(key, *job_ids)
-        pipe.hdel(self.keys.job_meta, *job_ids)
-        if dead:
-            now = time.time() * 1000
-            pipe.zadd(self.keys.dead_letter, {j: now for j in job_ids})
-        await self._call(pipe.execute())
+        keys = [*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
+                self.keys.job_meta, self.keys.dead_letter]
+        await self._call(self._forget(keys=keys, args=["1" if dead else "0", ",".join(job_ids)]))
 
     async def forget_dead(self, job_ids: Sequence[str]) -> None:
         """Drop jobs from the dead-letter set (requeued or purged)."""

@@ -49,16 +49,17 @@ SELECT * FROM leased;
 
 -- name: lease_jobs
 -- Lease several popped jobs at once ($1 ids, $2 the worker each goes to), one statement.
-WITH wanted AS (
-    SELECT * FROM unnest($1::uuid[], $2::text[]) AS u(id, worker_id)
-), leased AS (
+-- The status test is written `(...) IS TRUE` so that it cannot use idx_jobs_status: with
+-- statistics taken while few jobs were PENDING, the planner would otherwise scan every
+-- PENDING job (the whole backlog) for each lease instead of looking the ids up by key.
+WITH leased AS (
     UPDATE jobs j
-    SET status = 'PROCESSING', worker_id = w.worker_id,
+    SET status = 'PROCESSING', worker_id = ($2::text[])[array_position($1::uuid[], j.id)],
         lease_token = nextval('lease_token_seq'),
         lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8),
         started_at = coalesce(j.started_at, clock_timestamp())
-    FROM wanted w
-    WHERE j.id = w.id AND j.status = 'PENDING' AND j.cancel_requested_at IS NULL
+    WHERE j.id = ANY ($1::uuid[]) AND (j.status = 'PENDING') IS TRUE
+      AND j.cancel_requested_at IS NULL
     RETURNING j.id, j.worker_id, j.job_type, j.payload, j.priority, j.timeout_s,
               j.lease_token, j.retry_count
 ), opened AS (
