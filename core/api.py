@@ -222,11 +222,15 @@ def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
     return app
 
 
-@router.post("/jobs", status_code=201, response_model=CreatedOut)
-async def create_job(request: Request, job: JobIn) -> Any:
-    out = dataclasses.asdict(await _rt(request).service.create(job.to_spec()))
+@router.post("/jobs", status_code=201, response_model=None,
+             responses={201: {"model": CreatedOut, "description": "Created"}})
+async def create_job(request: Request, job: JobIn) -> Response:
+    # the hot path: the response is built here from the core's typed result, skipping the
+    # framework's response-model validation and encoding (a fifth of a create's CPU)
+    r = await _rt(request).service.create(job.to_spec())
     request.app.state.metrics.created.inc()
-    return out
+    out = CreatedOut(job_id=r.job_id, status=r.status.value, created=r.created, ref=r.ref)
+    return Response(out.model_dump_json(), status_code=201, media_type="application/json")
 
 
 @router.post("/jobs/batch", status_code=201, response_model=list[CreatedOut])

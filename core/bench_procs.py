@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import statistics
 import sys
@@ -121,58 +122,117 @@ async def bench_supervisor(settings: Settings, *, workers: int, kills: int,
     }
 
 
+class _HttpConnection:
+    """One keep-alive HTTP/1.1 connection sending the same request again and again: a load
+    generator lean enough (one write and a header parse per request, in C under uvloop) that
+    the server, not the client, is what gets measured."""
+
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.reader, self.writer = reader, writer
+
+    @classmethod
+    async def open(cls, port: int) -> _HttpConnection:
+        return cls(*await asyncio.open_connection("127.0.0.1", port))
+
+    async def send(self, request: bytes) -> int:
+        """Send one request; return the response status (the body is read and dropped)."""
+        self.writer.write(request)
+        head = await self.reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = 0
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length:
+            await self.reader.readexactly(length)
+        return status
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _post(path: str, body: bytes) -> bytes:
+    return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+
+
+async def _start_api(settings: Settings, pool_size: int) -> tuple[asyncio.subprocess.Process,
+                                                                 int]:
+    port = free_port()
+    api = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "core.cli", "api", "--port", str(port),
+        "--pool-size", str(pool_size), env={**os.environ, **to_env(settings)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+
+    async def ready() -> bool:
+        if api.returncode is not None:
+            raise RuntimeError(f"bench: the API process exited with {api.returncode}")
+        try:
+            conn = await _HttpConnection.open(port)
+        except OSError:
+            return False
+        try:
+            health = b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+            return await conn.send(health) == 200
+        finally:
+            conn.close()
+
+    await _wait(ready, 60, "the API to start")
+    return api, port
+
+
 async def bench_api(settings: Settings, *, requests: int, concurrency: int,
-                    progress: Progress | None = None) -> dict[str, Any]:
-    import httpx
+                    processes: int = 1, progress: Progress | None = None) -> dict[str, Any]:
+    """POST /jobs (one job each) over `concurrency` keep-alive connections spread over
+    `processes` API processes (each its own port, as replicas behind a balancer would be)."""
     from hdrh.histogram import HdrHistogram
 
     tag = f"benchapi_{os.getpid()}"
     async with scratch_runtime(settings, tag) as rt:
-        port = free_port()
-        api = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "core.cli", "api", "--port", str(port),
-            "--pool-size", str(min(concurrency + 2, 20)),
-            env={**os.environ, **to_env(rt.settings)}, stdout=asyncio.subprocess.DEVNULL,
-            stderr=asyncio.subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
+        pool_size = max(4, min(concurrency // processes + 2, 20))
+        apis = await asyncio.gather(*(_start_api(rt.settings, pool_size)
+                                      for _ in range(processes)))
         hist = HdrHistogram(1, 60_000_000, 3)
         statuses: dict[int, int] = {}
         try:
-            limits = httpx.Limits(max_connections=concurrency)
-            async with httpx.AsyncClient(base_url=url, limits=limits, timeout=30) as http:
-                async def ready() -> bool:
-                    try:
-                        return (await http.get("/health")).status_code == 200
-                    except httpx.TransportError:
-                        return False
+            conns = [await _HttpConnection.open(apis[k % processes][1])
+                     for k in range(concurrency)]
+            bodies = [_post("/jobs", json.dumps(
+                {"job_type": "noop", "priority": 1 + i % 5, "payload": {"i": i}}).encode())
+                for i in range(min(requests, 1000))]
+            for conn in conns:  # one request per connection before timing
+                await conn.send(bodies[0])
+            todo = iter(range(requests))
+            done = 0
 
-                await _wait(ready, 30, "the API to start")
-                todo = iter(range(requests))
-                done = 0
+            async def client(conn: _HttpConnection) -> None:
+                nonlocal done
+                for i in todo:
+                    t0 = time.perf_counter_ns()
+                    status = await conn.send(bodies[i % len(bodies)])
+                    hist.record_value(max(1, (time.perf_counter_ns() - t0) // 1000))
+                    statuses[status] = statuses.get(status, 0) + 1
+                    done += 1
+                    if progress and done % 500 == 0:
+                        progress("POST /jobs", done, requests)
 
-                async def client() -> None:
-                    nonlocal done
-                    for i in todo:
-                        body = {"job_type": "noop", "priority": 1 + i % 5, "payload": {"i": i}}
-                        t0 = time.perf_counter_ns()
-                        r = await http.post("/jobs", json=body)
-                        hist.record_value(max(1, (time.perf_counter_ns() - t0) // 1000))
-                        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-                        done += 1
-                        if progress and done % 200 == 0:
-                            progress("POST /jobs", done, requests)
-
-                t0 = time.perf_counter()
-                await asyncio.gather(*(client() for _ in range(concurrency)))
-                elapsed = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            await asyncio.gather(*(client(c) for c in conns))
+            elapsed = time.perf_counter() - t0
+            for conn in conns:
+                conn.close()
+            stored = int(await rt.pool.fetchval("SELECT count(*) FROM jobs"))
         finally:
-            api.terminate()
-            await api.wait()
+            for api, _ in apis:
+                api.terminate()
+            await asyncio.gather(*(api.wait() for api, _ in apis))
     return {
         "benchmark": "api",
         "requests": requests,
         "concurrency": concurrency,
+        "processes": processes,
         "statuses": statuses,
+        "jobs_stored": stored,
         "throughput_req_s": round(requests / elapsed, 1),
         "p50_ms": hist.get_value_at_percentile(50) / 1000,
         "p99_ms": hist.get_value_at_percentile(99) / 1000,

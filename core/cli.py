@@ -161,7 +161,7 @@ def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
         return dict(run_async(bench_supervisor(settings, workers=args.workers,
                                                kills=args.kills, progress=progress)))
     return dict(run_async(bench_api(settings, requests=args.ops, concurrency=args.concurrency,
-                                    progress=progress)))
+                                    processes=args.processes, progress=progress)))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -171,6 +171,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.ops < 1 or args.concurrency < 1 or args.workers < 1 or args.kills < 0:
         raise JobHarnessError("--ops, --concurrency and --workers must be >= 1, --kills >= 0")
+    if not 1 <= args.processes <= 16:
+        raise JobHarnessError("--processes must be 1..16")
     if args.rate is not None and not (1 <= args.rate <= 100_000 and args.suite == "core"):
         raise JobHarnessError("--rate applies to `bench core` and must be 1..100000 ops/s")
     with endpoints(_settings(args)) as settings, Progress(console=_console(True)) as bar:
@@ -306,6 +308,8 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
                    default="off",
                    help="core: state-memory events off, on, or both in alternating rounds "
                    "with a memory owner (compare) or without one (compare-emit)")
+    p.add_argument("--processes", type=int, default=1,
+                   help="api: API processes, each on its own port (1)")
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--rate", type=float, default=None,
                    help="core: open loop at this many operations per second offered "

@@ -60,3 +60,14 @@ def test_the_per_job_ceiling_combines_the_three_statements() -> None:
     out = e2e_with_limits({"throughput_jobs_s": 500.0}, limits)
     assert out["limit_jobs_s"] == 1000.0  # three statements of 1/3000 s each per job
     assert out["ratio_to_limits"] == 0.5
+
+
+async def test_api_bench_drives_every_request_into_a_stored_job(
+        server_settings: Settings) -> None:
+    from core.bench_procs import bench_api
+
+    result = await bench_api(server_settings, requests=300, concurrency=4, processes=2)
+    assert result["statuses"] == {201: 300}
+    assert result["jobs_stored"] == 300 + 4  # and one untimed request per connection
+    assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
+    assert result["throughput_req_s"] > 0
