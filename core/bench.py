@@ -232,8 +232,54 @@ async def bench_core(
             "rounds": rounds}
 
 
+async def bench_batch(
+    settings: Settings, *, jobs: int, batch_size: int, concurrency: int,
+    progress: Progress | None = None,
+) -> dict[str, Any]:
+    """`create_batch` of `batch_size` no-op jobs from `concurrency` concurrent callers until
+    `jobs` are created: jobs per second and each batch's latency. The specs are built before
+    timing (the caller's work, not the library's)."""
+    batches = [[JobSpec(job_type="noop", priority=1 + i % 5, payload={"i": i})
+                for i in range(start, min(start + batch_size, jobs))]
+               for start in range(0, jobs, batch_size)]
+    async with _scratch(settings) as scratch, open_runtime(
+            scratch, pool_size=concurrency + 2, redis_connections=concurrency + 2,
+            memory=False) as rt:
+        await _warm_up(rt.service, concurrency)
+        hist = HdrHistogram(1, 60_000_000, 3)
+        todo = iter(batches)
+        done = 0
+
+        async def caller() -> None:
+            nonlocal done
+            for batch in todo:
+                t0 = time.perf_counter_ns()
+                await rt.service.create_batch(batch)
+                hist.record_value(max(1, (time.perf_counter_ns() - t0) // 1000))
+                done += len(batch)
+                if progress:
+                    progress("jobs created", done, jobs)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(caller() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - started
+        stored = int(await rt.pool.fetchval(
+            "SELECT count(*) FROM jobs WHERE payload ? 'i' AND status = 'PENDING'"))
+        depths = await rt.dispatch.depths()
+        queued = sum(depths[q] for q in ("high", "medium", "low"))
+    return {"benchmark": "batch", "jobs": jobs, "batch_size": batch_size,
+            "concurrency": concurrency, "stored": stored, "queued": queued,
+            "elapsed_s": round(elapsed, 3), "throughput_jobs_s": round(jobs / elapsed, 1),
+            "batch_p50_ms": hist.get_value_at_percentile(50) / 1000,
+            "batch_p99_ms": hist.get_value_at_percentile(99) / 1000}
+
+
 def with_limits(result: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
     """Each core operation's throughput as a share of the stores' limit for its statement."""
+    if result.get("benchmark") == "batch":
+        rows_s = limits["insert_batch"]["rows_s"]
+        return {**result, "limits": limits,
+                "ratio_to_limits": round(result["throughput_jobs_s"] / rows_s, 3)}
     ops = result.get("operations")
     if not ops:
         return {**result, "limits": limits}

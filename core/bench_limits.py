@@ -5,7 +5,8 @@ PostgreSQL: pgbench (shipped with the embedded server) runs three scripts, each 
 statement for one step of a job's life, prepared, `--ops` transactions in all at
 `--concurrency` clients: the insert of a create, the lease update with its execution row (the
 job picked by `FOR UPDATE SKIP LOCKED`, where the core gets its id from Redis), and the
-completion function. Redis: the acquire script's round trips at the same concurrency, on
+completion function; then the batch create's ceiling, 1,000-row INSERTs built in the server.
+Redis: the acquire script's round trips at the same concurrency, on
 queues filled beforehand. Runs in a throw-away schema and key prefix.
 """
 
@@ -52,6 +53,13 @@ SELECT * FROM complete_job(:jid::uuid, :tok::bigint, '{"ok": true}'::jsonb);
 COMMIT;
 """,
 }
+BATCH_ROWS = 1000
+SCRIPTS["insert_batch"] = f"""
+INSERT INTO jobs (id, job_type, payload, priority, status, max_retries, timeout_s, run_at)
+SELECT gen_random_uuid(), 'noop', jsonb_build_object('i', g), 1 + g % 5, 'PENDING', 5, 30,
+       clock_timestamp()
+FROM generate_series(1, {BATCH_ROWS}) AS g;
+"""
 TPS = re.compile(r"tps = ([0-9.]+) \(without initial connection time\)")
 LATENCY = re.compile(r"latency average = ([0-9.]+) ms")
 
@@ -126,6 +134,12 @@ async def measure_limits(settings: Settings, *, ops: int, concurrency: int) -> d
     out: dict[str, Any] = {}
     for step in ("insert", "lease", "complete"):
         out[step] = await _run_pgbench(settings, step, ops, concurrency)
+    # the batch create's ceiling: rows added by one 1,000-row statement built in the server
+    # (no client work at all), at least 10 statements per client
+    batch = await _run_pgbench(settings, "insert_batch",
+                               max(ops // BATCH_ROWS, 10 * concurrency), concurrency)
+    out["insert_batch"] = {**batch, "rows_per_transaction": BATCH_ROWS,
+                           "rows_s": round(batch["tps"] * BATCH_ROWS, 1)}
     out["redis_acquire"] = await _redis_acquire(settings, ops, concurrency)
     async with open_runtime(settings, migrate_first=False, memory=False) as rt:
         out["completed_rows"] = int(await rt.pool.fetchval(

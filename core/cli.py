@@ -127,7 +127,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 # -- bench ----------------------------------------------------------------------------------
 def _bench_limits(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`limits` itself, or measured first in the same run for `core --limits`/`e2e --limits`."""
-    if not (args.suite == "limits" or (args.suite in ("core", "e2e") and args.limits)):
+    if not (args.suite == "limits" or (args.suite in ("core", "e2e", "batch") and args.limits)):
         return None
     from core.bench_limits import LimitsError, bench_limits
 
@@ -148,6 +148,12 @@ def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
         result: dict[str, Any] = run_async(bench_core(
             settings, ops=args.ops, concurrency=args.concurrency, seed=args.seed,
             progress=progress, memory=args.memory, rate=args.rate))
+        return with_limits(result, limits) if limits else result
+    if args.suite == "batch":
+        from core.bench import bench_batch, with_limits
+
+        result = run_async(bench_batch(settings, jobs=args.ops, batch_size=args.batch_size,
+                                       concurrency=args.concurrency, progress=progress))
         return with_limits(result, limits) if limits else result
     if args.suite == "e2e":
         from core.bench_procs import bench_e2e, e2e_with_limits
@@ -171,6 +177,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.ops < 1 or args.concurrency < 1 or args.workers < 1 or args.kills < 0:
         raise JobHarnessError("--ops, --concurrency and --workers must be >= 1, --kills >= 0")
+    if not 1 <= args.batch_size <= 10_000:
+        raise JobHarnessError("--batch-size must be 1..10000 (the core's batch limit)")
     if not 1 <= args.processes <= 16:
         raise JobHarnessError("--processes must be 1..16")
     if args.rate is not None and not (1 <= args.rate <= 100_000 and args.suite == "core"):
@@ -297,9 +305,11 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("bench", parents=[common], help="benchmarks")
-    p.add_argument("suite", choices=["core", "limits", "e2e", "supervisor", "api"])
+    p.add_argument("suite", choices=["core", "limits", "batch", "e2e", "supervisor", "api"])
     p.add_argument("--ops", type=int, default=5000,
-                   help="core: operations per phase; api: requests; e2e: jobs (5000)")
+                   help="core: operations per phase; api: requests; batch, e2e: jobs (5000)")
+    p.add_argument("--batch-size", type=int, default=1000,
+                   help="batch: jobs per create_batch call (1000)")
     p.add_argument("--concurrency", type=int, default=8, help="concurrent clients (8)")
     p.add_argument("--workers", type=int, default=100,
                    help="supervisor, e2e: worker processes (100)")
@@ -315,7 +325,7 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
                    help="core: open loop at this many operations per second offered "
                    "(latency counted from when each was due); default closed loop")
     p.add_argument("--limits", action="store_true",
-                   help="core, e2e: measure `limits` in the same run and give the ratio")
+                   help="core, batch, e2e: measure `limits` in the same run and give the ratio")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", parents=[common], help="mixed jobs through a few workers")

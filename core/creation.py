@@ -224,19 +224,19 @@ async def _insert_simple(
     v = plan.validated
     if len(v) < COPY_MIN_JOBS or any(x.spec.run_at is not None or x.spec.delay_s for x in v):
         return await _insert(conn, plan)
+    sids = [str(i) for i in plan.ids]  # each id as text once: CSV, results and Redis
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
-        (str(i), x.spec.job_type, x.payload_json, x.spec.priority, "PENDING",
+        (sid, x.spec.job_type, x.payload_json, x.spec.priority, "PENDING",
          x.spec.required_capability, x.spec.max_retries, float(x.spec.timeout_s))
-        for i, x in zip(plan.ids, v, strict=True))
+        for sid, x in zip(sids, v, strict=True))
     await conn.copy_to_table("jobs", source=io.BytesIO(buf.getvalue().encode()),
                              columns=_COPY_COLUMNS, format="csv")
-    ready = [{"id": i, "priority": x.spec.priority,
+    ready = [{"id": sid, "priority": x.spec.priority,
               "required_capability": x.spec.required_capability, "delay_ms": 0}
-             for i, x in zip(plan.ids, v, strict=True)]
-    results = [CreateResult(job_id=str(r["id"]), status=_PENDING,
-                            created=True, ref=x.spec.ref)
-               for r, x in zip(ready, v, strict=True)]
+             for sid, x in zip(sids, v, strict=True)]
+    results = [CreateResult(job_id=sid, status=_PENDING, created=True, ref=x.spec.ref)
+               for sid, x in zip(sids, v, strict=True)]
     return results, ready
 
 

@@ -21,6 +21,9 @@ async def test_limits_run_every_step_of_a_job_and_clean_up(server_settings: Sett
         assert result[step]["tps"] > 0
     # every inserted job was leased and completed by the scripts: the statements really ran
     assert result["completed_rows"] == 200
+    assert result["insert_batch"]["rows_per_transaction"] == 1000
+    assert result["insert_batch"]["rows_s"] == pytest.approx(result["insert_batch"]["tps"] * 1000)
+    assert result["insert_batch"]["rows_s"] > 0
     assert result["redis_acquire"]["calls"] == 200
     assert result["redis_acquire"]["ops_s"] > 0
     conn = await asyncpg.connect(server_settings.pg_dsn)
@@ -71,3 +74,14 @@ async def test_api_bench_drives_every_request_into_a_stored_job(
     assert result["jobs_stored"] == 300 + 4  # and one untimed request per connection
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["throughput_req_s"] > 0
+
+
+async def test_batch_bench_stores_and_queues_every_job(server_settings: Settings) -> None:
+    from core.bench import bench_batch
+
+    result = await bench_batch(server_settings, jobs=2_500, batch_size=1_000, concurrency=2)
+    assert result["stored"] == 2_500  # PENDING rows with the bench's payload, counted after
+    assert result["queued"] == 2_500
+    assert 0 < result["batch_p50_ms"] <= result["batch_p99_ms"]
+    limits = {"insert_batch": {"rows_s": result["throughput_jobs_s"] * 4}}
+    assert with_limits(result, limits)["ratio_to_limits"] == 0.25

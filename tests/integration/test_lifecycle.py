@@ -153,6 +153,31 @@ async def test_concurrent_acquires_share_a_pop_and_lease_each_job_once(
         assert (row["worker_id"], row["lease_token"]) == (lease.worker_id, lease.token)
 
 
+async def test_a_large_batch_streamed_with_copy_stores_every_field(
+        service: JobService) -> None:
+    from core.creation import COPY_MIN_JOBS
+
+    specs = [JobSpec(job_type="noop", priority=1 + i % 5, max_retries=i % 7,
+                     timeout_s=1.5 + i, required_capability="gpu" if i % 10 == 0 else None,
+                     payload={"i": i, "text": 'a "quoted", multi\nline value'})
+             for i in range(COPY_MIN_JOBS + 50)]
+    created = await service.create_batch(specs)
+    assert all(c.status == JobStatus.PENDING and c.created for c in created)
+    rows = {str(r["id"]): r for r in await service.pool.fetch("SELECT * FROM jobs")}
+    for spec, c in zip(specs, created, strict=True):
+        row = rows[c.job_id]
+        assert (row["priority"], row["max_retries"], row["timeout_s"],
+                row["required_capability"], row["payload"], row["status"]) == (
+            spec.priority, spec.max_retries, spec.timeout_s, spec.required_capability,
+            spec.payload, "PENDING")
+    cpu = await service.acquire_many("cpu", 1000)
+    assert len(cpu) == len(specs) - 15  # every job but the 15 that need a gpu
+    assert not any(rows[lease.job_id]["required_capability"] for lease in cpu)
+    gpu = await service.acquire_many("g", 1000, ["gpu"])
+    assert {rows[lease.job_id]["required_capability"] for lease in gpu} == {"gpu"}
+    assert len(gpu) == 15
+
+
 async def test_failure_retry_then_dead_letter(service: JobService) -> None:
     created = await service.create(JobSpec(job_type="flaky", max_retries=2, priority=3))
     outcomes = []
