@@ -276,6 +276,10 @@ async def bench_batch(
 
 def with_limits(result: dict[str, Any], limits: dict[str, Any]) -> dict[str, Any]:
     """Each core operation's throughput as a share of the stores' limit for its statement."""
+    if result.get("benchmark") == "api":  # one create per request: one single-row insert
+        tps = limits["insert"]["tps"]
+        return {**result, "limits": limits,
+                "ratio_to_limits": round(result["throughput_req_s"] / tps, 3) if tps else None}
     if result.get("benchmark") == "batch":
         rows_s = limits["insert_batch"]["rows_s"]
         return {**result, "limits": limits,

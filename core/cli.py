@@ -127,13 +127,17 @@ def cmd_db(args: argparse.Namespace) -> int:
 # -- bench ----------------------------------------------------------------------------------
 def _bench_limits(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
     """`limits` itself, or measured first in the same run for `core --limits`/`e2e --limits`."""
-    if not (args.suite == "limits" or (args.suite in ("core", "e2e", "batch") and args.limits)):
+    if not (args.suite == "limits" or (args.suite in ("core", "e2e", "batch", "api")
+                                       and args.limits)):
         return None
     from core.bench_limits import LimitsError, bench_limits
 
+    # e2e: the stores' ceiling is taken at the clients the worker fleet has, up to 8 (two
+    # cores saturate well before); every other suite at its own concurrency
+    clients = (min(args.workers * args.concurrency, 8) if args.suite == "e2e"
+               else args.concurrency)
     try:
-        return dict(run_async(bench_limits(settings, ops=args.ops,
-                                           concurrency=args.concurrency)))
+        return dict(run_async(bench_limits(settings, ops=args.ops, concurrency=clients)))
     except LimitsError as exc:
         raise JobHarnessError(str(exc)) from exc
 
@@ -166,8 +170,14 @@ def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
     if args.suite == "supervisor":
         return dict(run_async(bench_supervisor(settings, workers=args.workers,
                                                kills=args.kills, progress=progress)))
-    return dict(run_async(bench_api(settings, requests=args.ops, concurrency=args.concurrency,
-                                    processes=args.processes, progress=progress)))
+    result = dict(run_async(bench_api(settings, requests=args.ops,
+                                      concurrency=args.concurrency, processes=args.processes,
+                                      progress=progress)))
+    if limits:
+        from core.bench import with_limits
+
+        return with_limits(result, limits)
+    return result
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -325,7 +335,8 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
                    help="core: open loop at this many operations per second offered "
                    "(latency counted from when each was due); default closed loop")
     p.add_argument("--limits", action="store_true",
-                   help="core, batch, e2e: measure `limits` in the same run and give the ratio")
+                   help="core, batch, e2e, api: measure `limits` in the same run and give "
+                   "the ratio")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("demo", parents=[common], help="mixed jobs through a few workers")

@@ -74,6 +74,8 @@ async def test_api_bench_drives_every_request_into_a_stored_job(
     assert result["jobs_stored"] == 300 + 4  # and one untimed request per connection
     assert 0 < result["p50_ms"] <= result["p99_ms"] <= result["max_ms"]
     assert result["throughput_req_s"] > 0
+    out = with_limits(result, {"insert": {"tps": result["throughput_req_s"] * 2}})
+    assert out["ratio_to_limits"] == 0.5
 
 
 async def test_batch_bench_stores_and_queues_every_job(server_settings: Settings) -> None:
