@@ -156,20 +156,26 @@ async def create_jobs(
 
 
 async def insert_plan(
-    pool: asyncpg.Pool, plan: Plan, on_ready: Callable[[Iterable[Any]], None]
+    pool: asyncpg.Pool, plan: Plan, on_ready: Callable[[Iterable[Any]], None],
+    on_raised: Callable[[Iterable[Any]], None] | None = None,
 ) -> list[CreateResult]:
+    """Insert a validated plan; `on_ready` receives the rows to index for dispatch and
+    `on_raised` the jobs whose priority the new jobs raised (priority inheritance)."""
     simple = is_simple(plan)
     for _ in range(3):
         try:
             async with pool.acquire() as conn:
+                raised: list[asyncpg.Record] = []
                 if simple:
                     results, ready = await _insert_simple(conn, plan)
                 else:
                     async with conn.transaction():
-                        results, ready = await _insert(conn, plan)
+                        results, ready, raised = await _insert(conn, plan)
         except _RaceLost:
             continue
         on_ready(ready)
+        if on_raised is not None and raised:
+            on_raised(raised)
         return results
     raise IdempotencyConflict("(concurrent)", "unknown")
 
@@ -223,7 +229,8 @@ async def _insert_simple(
     one due now is streamed with COPY (CSV), one statement and atomic like the INSERT."""
     v = plan.validated
     if len(v) < COPY_MIN_JOBS or any(x.spec.run_at is not None or x.spec.delay_s for x in v):
-        return await _insert(conn, plan)
+        results, rows, _ = await _insert(conn, plan)  # no edges: nothing raised
+        return results, rows
     sids = [str(i) for i in plan.ids]  # each id as text once: CSV, results and Redis
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
@@ -242,7 +249,7 @@ async def _insert_simple(
 
 async def _insert(
     conn: Conn, plan: Plan
-) -> tuple[list[CreateResult], list[asyncpg.Record]]:
+) -> tuple[list[CreateResult], list[asyncpg.Record], list[asyncpg.Record]]:
     v = plan.validated
     hashes = [_spec_hash(x) if x.spec.idempotency_key else None for x in v]
     existing, existing_status = await _idempotent_hits(conn, v, hashes)
@@ -263,6 +270,7 @@ async def _insert(
 
     statuses = {i: status_of(i) for i in new} | existing_status
     inserted: list[asyncpg.Record] = []
+    raised: list[asyncpg.Record] = []
     if new:
         s = [v[i].spec for i in new]
         inserted = await conn.fetch(
@@ -279,6 +287,10 @@ async def _insert(
         if edges:
             await conn.execute(q("insert_dependencies"), [a for a, _ in edges],
                                [b for _, b in edges])
+            # what the new jobs wait on runs at least at their priority (raise only: a
+            # concurrent create cannot undo this one's raise)
+            raised = await conn.fetch(q("inherit_priority"),
+                                      list({a for a, _ in edges}), True)
     ready = [r for r in inserted if r["status"] == JobStatus.PENDING]
     results = [
         CreateResult(job_id=str(ids[i]),
@@ -286,4 +298,4 @@ async def _insert(
                      created=i not in existing, ref=v[i].spec.ref)
         for i in range(len(v))
     ]
-    return results, ready
+    return results, ready, raised

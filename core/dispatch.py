@@ -95,6 +95,7 @@ class RedisDispatch:
         )
         self._acquire = self._client.register_script(_script("acquire"))
         self._forget = self._client.register_script(_script("forget"))
+        self._reprioritize = self._client.register_script(_script("reprioritize"))
         self._enqueue = self._client.register_script(_script("enqueue"))
         self._down_until = 0.0
         self.failures = 0
@@ -183,6 +184,18 @@ class RedisDispatch:
         keys = [*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
                 self.keys.job_meta, self.keys.dead_letter]
         await self._call(self._forget(keys=keys, args=["1" if dead else "0", ",".join(job_ids)]))
+
+    async def reprioritize(self, items: Sequence[tuple[str, int]]) -> int:
+        """Move queued jobs to the queue of their new priority (keeping their place in
+        time) and relabel the others; returns how many queued jobs moved."""
+        if not items:
+            return 0
+        keys = [self.keys.job_meta, *self.keys.priority_queues]
+        prios = "".join(str(p) for _, p in items)
+        if len(prios) != len(items) or "0" in prios or "-" in prios:
+            raise ValueError(f"priorities must be 1..9, got {prios!r}")
+        return int(await self._call(self._reprioritize(
+            keys=keys, args=[",".join(j for j, _ in items), prios])))
 
     async def forget_dead(self, job_ids: Sequence[str]) -> None:
         """Drop jobs from the dead-letter set (requeued or purged)."""

@@ -53,6 +53,11 @@ class Effects:
     dead: list[str] = field(default_factory=list)
     undead: list[str] = field(default_factory=list)
     enqueue: list[EnqueueItem] = field(default_factory=list)
+    reprioritize: list[tuple[str, int]] = field(default_factory=list)
+
+    def add_raised(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
+        """Jobs whose dispatch priority changed (priority inheritance)."""
+        self.reprioritize += [(str(r["id"]), int(r["priority"])) for r in rows]
 
     def add_ready(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
         self.enqueue += [
@@ -127,6 +132,8 @@ class JobService(JobReads, WorkerRegistry):
                 await self.dispatch.forget_dead(fx.undead)
             if fx.enqueue:
                 await self.dispatch.enqueue(fx.enqueue)
+            if fx.reprioritize:  # after enqueue: a new job raised by its batch moves too
+                await self.dispatch.reprioritize(fx.reprioritize)
         except DispatchUnavailable:
             # PostgreSQL already holds the truth; the reconciler re-indexes later.
             self.stats["dispatch_deferred"] += 1
@@ -153,7 +160,7 @@ class JobService(JobReads, WorkerRegistry):
     async def _create_plan(self, plan: Plan) -> list[CreateResult]:
         fx = Effects()
         with store_errors():
-            results = await insert_plan(self.pool, plan, fx.add_ready)
+            results = await insert_plan(self.pool, plan, fx.add_ready, fx.add_raised)
         self.stats["created"] += sum(r.created for r in results)
         await self._apply(fx)
         if self.memory is not None:
@@ -418,6 +425,7 @@ class JobService(JobReads, WorkerRegistry):
             return FailOutcome(status=JobStatus.PENDING, retry_in_s=delay_s)
         await conn.execute(q("mark_dead"), jid, error)
         cancelled = await conn.fetch(q("cancel_dependents"), jid, f"dependency {job_id} is DEAD")
+        await self._uninherit(conn, [jid, *(r["id"] for r in cancelled)], fx)
         if self.memory is not None:
             for r in cancelled:
                 self.memory.job_finished(str(r["id"]))
@@ -426,11 +434,18 @@ class JobService(JobReads, WorkerRegistry):
         self.stats["dead"] += 1
         return FailOutcome(status=JobStatus.DEAD, cancelled_dependents=len(cancelled))
 
+    @staticmethod
+    async def _uninherit(conn: Conn, gone: list[uuid.UUID], fx: Effects) -> None:
+        """Jobs that no longer wait (cancelled, or cancelled with a DEAD dependency) stop
+        lending their priority to what they waited on."""
+        fx.add_raised(await conn.fetch(q("inherit_priority"), gone, False))
+
     async def _cancel_locked(
         self, conn: Conn, jid: uuid.UUID, reason: str | None, fx: Effects
     ) -> FailOutcome:
         await conn.execute(q("mark_cancelled"), jid, reason or "cancelled")
         cancelled = await conn.fetch(q("cancel_dependents"), jid, f"dependency {jid} cancelled")
+        await self._uninherit(conn, [jid, *(r["id"] for r in cancelled)], fx)
         fx.forget += [str(jid), *(str(r["id"]) for r in cancelled)]
         if self.memory is not None:
             for job in (jid, *(r["id"] for r in cancelled)):

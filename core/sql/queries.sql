@@ -153,6 +153,10 @@ WHERE id = $1;
 UPDATE jobs SET cancel_requested_at = clock_timestamp(), cancel_reason = $2
 WHERE id = $1 AND status = 'PROCESSING' AND cancel_requested_at IS NULL;
 
+-- name: inherit_priority
+-- See migration 008: returns the jobs whose dispatch priority changed.
+SELECT * FROM inherit_priority($1::uuid[], $2::boolean);
+
 -- name: cancel_dependents
 -- Every job that waits, directly or through a chain, on the given job is cancelled.
 WITH RECURSIVE dependents(id) AS (
