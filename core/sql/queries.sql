@@ -220,8 +220,11 @@ WITH entry AS (
     WHERE job_id = $1 AND requeued_at IS NULL
     RETURNING job_id
 )
+-- Its dependents were cancelled when it died: nothing waits on it, so it runs at its own
+-- priority again (migration 008).
 UPDATE jobs j
-SET status = 'PENDING', retry_count = 0, run_at = clock_timestamp(), completed_at = NULL
+SET status = 'PENDING', retry_count = 0, run_at = clock_timestamp(), completed_at = NULL,
+    priority = coalesce(j.base_priority, j.priority), base_priority = NULL
 FROM entry WHERE j.id = entry.job_id AND j.status = 'DEAD'
 RETURNING j.id, j.priority, j.required_capability, 0::bigint AS delay_ms;
 

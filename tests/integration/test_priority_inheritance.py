@@ -106,3 +106,6 @@ async def test_a_dead_dependency_cancels_its_dependents_and_their_loan_ends(
     assert victim.job_id == doomed.job_id
     await service.fail(victim.job_id, victim.token, "boom")  # no retries left: DEAD
     assert await prio(service, a.job_id) == (1, None)
+    await service.dlq_requeue(doomed.job_id)  # nothing waits on it any more: its own again
+    assert await prio(service, doomed.job_id) == (1, None)
+    assert await band(service, doomed.job_id) == "low"
