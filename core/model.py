@@ -230,3 +230,4 @@ class Job:
     run_at: datetime
     started_at: datetime | None
     completed_at: datetime | None
+    base_priority: int | None = None  # its own priority while an inherited one is higher

@@ -38,6 +38,8 @@ async def test_a_chain_inherits_and_falls_back_when_the_dependent_is_cancelled(
     # a and b now run at c's priority; their own is kept
     assert await prio(service, b.job_id) == (5, 1)
     assert await prio(service, a.job_id) == (5, 1)
+    job = await service.get(a.job_id)
+    assert (job.priority, job.base_priority) == (5, 1)  # the read model shows both
     assert await band(service, a.job_id) == "high"
     lease = await service.acquire("w1")
     assert lease is not None
