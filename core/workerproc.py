@@ -39,6 +39,7 @@ class WorkerOptions:
     handlers: Mapping[str, str] | None = None  # job_type -> "module:function"
     drain_timeout_s: float = 10.0
     supervisor: str | None = None
+    nice: int = 0  # added to the process's niceness: > 0 yields the CPU to the API and stores
 
 
 async def _heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
@@ -60,6 +61,8 @@ async def _heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) 
 
 async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the process exit code."""
+    if opts.nice:
+        os.nice(opts.nice)
     handlers = build_registry(opts.handlers)
     pool = await create_pool(settings, min_size=1, max_size=2)
     dispatch = create_dispatch(settings, max_connections=1, blocking_connections=1)

@@ -166,6 +166,7 @@ class Run:
         self.children.append(await Child.start(
             "supervisor", ["core.cli", "supervisor", "--workers", str(s.workers),
                            "--concurrency", str(s.worker_concurrency), "--name", "run",
+                           "--worker-nice", str(s.worker_nice),
                            "--max-replacements", str(max(20, s.workers // 2)),
                            *self._predictor_args()],
             env=env, log=logs / "supervisor.log"))

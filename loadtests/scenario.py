@@ -35,6 +35,7 @@ class Scenario:
     jobs: int = 100
     workers: int = 4
     worker_concurrency: int = 1
+    worker_nice: int = 0  # workers' niceness above the supervisor's (0..19)
     model: str = "closed"  # closed: Locust users; open: target arrival rate
     users: int = 10
     spawn_rate: float = 10.0
@@ -61,6 +62,7 @@ class Scenario:
         _check(self.jobs >= 1, "jobs must be >= 1")
         _check(1 <= self.workers <= 500, "workers must be 1..500")
         _check(self.model in MODELS, f"model must be one of {MODELS}")
+        _check(0 <= self.worker_nice <= 19, "worker_nice must be 0..19")
         _check(self.users >= 1 and self.spawn_rate > 0, "users >= 1, spawn_rate > 0")
         _check(self.rate_per_s > 0, "rate_per_s must be > 0")
         _check(0 <= self.batch_fraction <= 1 and 0 <= self.dag_fraction <= 1,

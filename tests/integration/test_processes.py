@@ -328,3 +328,21 @@ async def test_restarted_supervisor_restores_its_roster(
 
 async def _count_is(fetch: Any, n: int) -> bool:
     return len(await fetch()) == n
+
+
+@pytest.mark.parametrize("spawn", ["forkserver", "exec"])
+async def test_workers_run_at_the_niceness_asked(svc: JobService, spawn: str) -> None:
+    import psutil
+
+    base = psutil.Process().nice()
+    async with supervising(svc, workers=1, worker_nice=7, spawn=spawn) as sup:
+        (slot,) = sup.slots.values()
+        assert psutil.Process(slot.proc.pid).nice() == min(19, base + 7)
+        job = await svc.create(JobSpec(job_type="noop"))
+        await wait_until(lambda: job_done(svc, job.job_id), what="the job run")
+    with pytest.raises(ValueError, match="worker_nice must be between 0 and 19, got 20"):
+        SupervisorOptions(workers=1, worker_nice=20)
+
+
+async def job_done(svc: JobService, job_id: str) -> bool:
+    return (await job_row(svc, job_id))["status"] == JobStatus.COMPLETED
