@@ -242,7 +242,8 @@ async def bench_api(settings: Settings, *, requests: int, concurrency: int,
 
 
 async def bench_e2e(settings: Settings, *, jobs: int, workers: int, concurrency: int,
-                    batch: int = 500, progress: Progress | None = None) -> dict[str, Any]:
+                    batch: int = 500, worker_nice: int = 0,
+                    progress: Progress | None = None) -> dict[str, Any]:
     """N no-op jobs through W worker processes x C: jobs per second from the first create to
     the last completion, and end-to-end latency percentiles (PostgreSQL's clock)."""
     from core.model import JobSpec
@@ -253,7 +254,7 @@ async def bench_e2e(settings: Settings, *, jobs: int, workers: int, concurrency:
     async with scratch_runtime(settings, tag) as rt:
         sup = Supervisor(rt.service, rt.settings, SupervisorOptions(
             workers=workers, concurrency=concurrency, name="e2e", check_interval_s=0.5,
-            reconcile_interval_s=None))
+            reconcile_interval_s=None, worker_nice=worker_nice))
         stop = asyncio.Event()
         await sup.start()
         runner = asyncio.create_task(sup.run(stop))
@@ -283,7 +284,7 @@ async def bench_e2e(settings: Settings, *, jobs: int, workers: int, concurrency:
     assert row is not None
     p50, p99, p999 = (round(float(x), 1) for x in row["p"])
     return {"benchmark": "e2e", "jobs": jobs, "workers": workers, "concurrency": concurrency,
-            "completed": completed, "create_s": round(created_s, 2),
+            "worker_nice": worker_nice, "completed": completed, "create_s": round(created_s, 2),
             "wall_s": round(wall_s, 2),
             "throughput_jobs_s": round(jobs / wall_s, 1),
             "end_to_end_ms": {"p50": p50, "p99": p99, "p99.9": p999}}

@@ -163,7 +163,8 @@ def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
         from core.bench_procs import bench_e2e, e2e_with_limits
 
         result = run_async(bench_e2e(settings, jobs=args.ops, workers=args.workers,
-                                     concurrency=args.concurrency, progress=progress))
+                                     concurrency=args.concurrency,
+                                     worker_nice=args.worker_nice, progress=progress))
         return e2e_with_limits(result, limits) if limits else result
     from core.bench_procs import bench_api, bench_supervisor
 
@@ -189,6 +190,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise JobHarnessError("--ops, --concurrency and --workers must be >= 1, --kills >= 0")
     if not 1 <= args.batch_size <= 10_000:
         raise JobHarnessError("--batch-size must be 1..10000 (the core's batch limit)")
+    if not 0 <= args.worker_nice <= 19:
+        raise JobHarnessError("--worker-nice must be 0..19")
     if not 1 <= args.processes <= 16:
         raise JobHarnessError("--processes must be 1..16")
     if args.rate is not None and not (1 <= args.rate <= 100_000 and args.suite == "core"):
@@ -328,6 +331,8 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
                    default="off",
                    help="core: state-memory events off, on, or both in alternating rounds "
                    "with a memory owner (compare) or without one (compare-emit)")
+    p.add_argument("--worker-nice", type=int, default=0,
+                   help="e2e: workers' niceness above this process's, 0..19 (0)")
     p.add_argument("--processes", type=int, default=1,
                    help="api: API processes, each on its own port (1)")
     p.add_argument("--seed", type=int, default=1)

@@ -49,8 +49,10 @@ async def test_e2e_bench_runs_every_job_through_worker_processes(
         server_settings: Settings) -> None:
     from core.bench_procs import bench_e2e
 
-    result = await bench_e2e(server_settings, jobs=120, workers=2, concurrency=2, batch=50)
+    result = await bench_e2e(server_settings, jobs=120, workers=2, concurrency=2, batch=50,
+                             worker_nice=5)
     assert result["completed"] == 120  # counted in PostgreSQL at the end
+    assert result["worker_nice"] == 5
     assert result["throughput_jobs_s"] == pytest.approx(120 / result["wall_s"], rel=0.05)
     e2e = result["end_to_end_ms"]
     assert 0 < e2e["p50"] <= e2e["p99"] <= e2e["p99.9"]
