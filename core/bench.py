@@ -29,6 +29,17 @@ from core.settings import Settings, to_env
 Progress = Callable[[str, int, int], None]
 
 
+def _latency(hist: HdrHistogram) -> dict[str, float]:
+    """Percentiles of a microsecond histogram, in milliseconds."""
+    return {
+        "p50_ms": hist.get_value_at_percentile(50) / 1000,
+        "p99_ms": hist.get_value_at_percentile(99) / 1000,
+        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
+        "max_ms": hist.get_max_value() / 1000,
+        "mean_ms": round(hist.get_mean_value() / 1000, 3),
+    }
+
+
 async def _phase(
     name: str,
     ops: int,
@@ -60,11 +71,7 @@ async def _phase(
         "concurrency": concurrency,
         "elapsed_s": round(elapsed, 3),
         "throughput_ops_s": round(ops / elapsed, 1),
-        "p50_ms": hist.get_value_at_percentile(50) / 1000,
-        "p99_ms": hist.get_value_at_percentile(99) / 1000,
-        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
-        "max_ms": hist.get_max_value() / 1000,
-        "mean_ms": round(hist.get_mean_value() / 1000, 3),
+        **_latency(hist),
     }
 
 
@@ -114,11 +121,7 @@ async def _open_phase(
         "offered_ops_s": rate,
         "elapsed_s": round(elapsed, 3),
         "throughput_ops_s": round(ops / elapsed, 1),
-        "p50_ms": hist.get_value_at_percentile(50) / 1000,
-        "p99_ms": hist.get_value_at_percentile(99) / 1000,
-        "p999_ms": hist.get_value_at_percentile(99.9) / 1000,
-        "max_ms": hist.get_max_value() / 1000,
-        "mean_ms": round(hist.get_mean_value() / 1000, 3),
+        **_latency(hist),
         "start_late_p99_ms": late.get_value_at_percentile(99) / 1000,
         "max_in_flight": max_in_flight,
     }

@@ -89,3 +89,21 @@ async def test_batch_bench_stores_and_queues_every_job(server_settings: Settings
     assert 0 < result["batch_p50_ms"] <= result["batch_p99_ms"]
     limits = {"insert_batch": {"rows_s": result["throughput_jobs_s"] * 4}}
     assert with_limits(result, limits)["ratio_to_limits"] == 0.25
+
+
+@pytest.mark.parametrize("rate", [None, 400.0])
+async def test_core_bench_runs_every_operation_closed_and_open_loop(
+        server_settings: Settings, rate: float | None) -> None:
+    from core.bench import bench_core
+
+    result = await bench_core(server_settings, ops=200, concurrency=4, rate=rate)
+    assert result["completed"] == 200  # the warm-up's jobs are not counted
+    assert result["mode"] == ("closed loop" if rate is None else "open loop")
+    for op in ("create", "acquire", "complete"):
+        r = result["operations"][op]
+        assert r["ops"] == 200
+        assert 0 < r["p50_ms"] <= r["p99_ms"] <= r["p999_ms"] <= r["max_ms"]
+        if rate is not None:  # open loop: never faster than offered, latency from due time
+            assert r["offered_ops_s"] == rate
+            assert r["throughput_ops_s"] <= rate * 200 / 199 + 0.1
+            assert r["start_late_p99_ms"] <= r["max_ms"]

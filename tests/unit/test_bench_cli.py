@@ -1,0 +1,21 @@
+"""`jobharness bench` refuses bad flags before it starts anything."""
+
+from __future__ import annotations
+
+import pytest
+
+from core.cli import main
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["api", "--rate", "5"], "--rate applies to `bench core`"),
+    (["core", "--rate", "0"], "--rate applies to `bench core` and must be 1..100000"),
+    (["batch", "--batch-size", "0"], "--batch-size must be 1..10000"),
+    (["batch", "--batch-size", "10001"], "--batch-size must be 1..10000"),
+    (["e2e", "--worker-nice", "20"], "--worker-nice must be 0..19"),
+    (["api", "--processes", "0"], "--processes must be 1..16"),
+])
+def test_bad_bench_flags_are_refused_by_name(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench", *args]) == 1
+    assert message in capsys.readouterr().err
