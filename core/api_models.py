@@ -26,6 +26,7 @@ class JobIn(BaseModel):
     idempotency_key: str | None = Field(None, min_length=1, max_length=200)
     depends_on: list[str] = Field(default_factory=list, max_length=1000)
     ref: str | None = Field(None, min_length=1, max_length=200)
+    tenant: str | None = Field(None, min_length=1, max_length=200)
 
     def to_spec(self) -> JobSpec:
         return JobSpec(
@@ -33,7 +34,7 @@ class JobIn(BaseModel):
             max_retries=self.max_retries, timeout_s=self.timeout_s, run_at=self.run_at,
             delay_s=self.delay_s, required_capability=self.required_capability,
             idempotency_key=self.idempotency_key, depends_on=tuple(self.depends_on),
-            ref=self.ref,
+            ref=self.ref, tenant=self.tenant,
         )
 
 

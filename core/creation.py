@@ -55,6 +55,8 @@ def _spec_hash(v: ValidatedSpec) -> str:
     s = v.spec
     parts = [s.job_type, v.payload_json, str(s.priority), str(s.max_retries), str(s.timeout_s),
              s.required_capability or "", ",".join(sorted(s.depends_on))]
+    if s.tenant is not None:  # appended only when set: hashes stored before tenants still match
+        parts.append(s.tenant)
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -218,7 +220,7 @@ async def _lock_dependencies(
 
 COPY_MIN_JOBS = 100  # simple batches at least this large go through COPY
 _COPY_COLUMNS = ["id", "job_type", "payload", "priority", "status", "required_capability",
-                 "max_retries", "timeout_s"]
+                 "max_retries", "timeout_s", "tenant"]
 _PENDING = JobStatus.PENDING
 
 
@@ -235,7 +237,8 @@ async def _insert_simple(
     buf = io.StringIO()
     csv.writer(buf, lineterminator="\n").writerows(
         (sid, x.spec.job_type, x.payload_json, x.spec.priority, "PENDING",
-         x.spec.required_capability, x.spec.max_retries, float(x.spec.timeout_s))
+         x.spec.required_capability, x.spec.max_retries, float(x.spec.timeout_s),
+         x.spec.tenant)
         for sid, x in zip(sids, v, strict=True))
     await conn.copy_to_table("jobs", source=io.BytesIO(buf.getvalue().encode()),
                              columns=_COPY_COLUMNS, format="csv")
@@ -279,7 +282,7 @@ async def _insert(
             [x.priority for x in s], [statuses[i] for i in new],
             [x.required_capability for x in s], [x.idempotency_key for x in s],
             [hashes[i] for i in new], [x.max_retries for x in s], [float(x.timeout_s) for x in s],
-            [x.run_at for x in s], [float(x.delay_s) for x in s],
+            [x.run_at for x in s], [float(x.delay_s) for x in s], [x.tenant for x in s],
         )
         if len(inserted) != len(new):
             raise _RaceLost()

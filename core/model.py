@@ -70,6 +70,7 @@ class JobSpec:
     idempotency_key: str | None = None
     depends_on: tuple[str, ...] = ()
     ref: str | None = None
+    tenant: str | None = None  # who the job belongs to (quotas and fair shares), or nobody
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -113,6 +114,10 @@ def validate_spec(spec: Any, limits: SpecLimits) -> ValidatedSpec:
         not isinstance(spec.idempotency_key, str) or not 0 < len(spec.idempotency_key) <= 200
     ):
         raise InvalidInput("idempotency_key", "must be a string of 1 to 200 characters")
+    if spec.tenant is not None and (
+        not isinstance(spec.tenant, str) or not 0 < len(spec.tenant) <= 200
+    ):
+        raise InvalidInput("tenant", "must be a string of 1 to 200 characters or null")
     _check_dependencies(spec, limits)
     if not isinstance(spec.payload, dict):
         raise InvalidInput("payload", "must be a JSON object")
@@ -137,9 +142,10 @@ def _payload_json(payload: dict[str, Any], limits: SpecLimits) -> str:
 
 
 def _check_texts(spec: JobSpec) -> None:
-    texts = (spec.job_type, spec.required_capability, spec.idempotency_key, spec.ref)
+    texts = (spec.job_type, spec.required_capability, spec.idempotency_key, spec.ref,
+             spec.tenant)
     if any(isinstance(t, str) and "\x00" in t for t in texts):  # rare: find which one
-        for name in ("job_type", "required_capability", "idempotency_key", "ref"):
+        for name in ("job_type", "required_capability", "idempotency_key", "ref", "tenant"):
             check_text(name, getattr(spec, name))
     for dep in spec.depends_on if isinstance(spec.depends_on, tuple | list) else ():
         check_text("depends_on", dep)
@@ -231,3 +237,4 @@ class Job:
     started_at: datetime | None
     completed_at: datetime | None
     base_priority: int | None = None  # its own priority while an inherited one is higher
+    tenant: str | None = None

@@ -5,15 +5,15 @@
 -- name: insert_jobs
 -- Batch insert from parallel arrays; an idempotency key already taken inserts nothing.
 INSERT INTO jobs (id, job_type, payload, priority, status, required_capability,
-                  idempotency_key, idempotency_hash, max_retries, timeout_s, run_at)
+                  idempotency_key, idempotency_hash, max_retries, timeout_s, run_at, tenant)
 SELECT u.id, u.job_type, u.payload::jsonb, u.priority, u.status, u.cap, u.ikey, u.ihash,
        u.max_retries, u.timeout_s,
-       coalesce(u.run_at, clock_timestamp() + make_interval(secs => u.delay_s))
+       coalesce(u.run_at, clock_timestamp() + make_interval(secs => u.delay_s)), u.tenant
 FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::text[],
             $7::text[], $8::text[], $9::integer[], $10::float8[], $11::timestamptz[],
-            $12::float8[])
+            $12::float8[], $13::text[])
      AS u(id, job_type, payload, priority, status, cap, ikey, ihash, max_retries, timeout_s,
-          run_at, delay_s)
+          run_at, delay_s, tenant)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
 RETURNING id, status, priority, required_capability,
           greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint

@@ -79,9 +79,10 @@ async def api_service(api_env: ApiEnv) -> AsyncIterator[JobService]:
 async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) -> None:
     async with httpx.AsyncClient(base_url=api_env.url) as http:
         r = await http.post("/jobs", json={"job_type": "noop", "priority": 5,
-                                           "payload": {"n": 1}})
+                                           "payload": {"n": 1}, "tenant": "acme"})
         assert r.status_code == 201, r.text
         job_id = r.json()["job_id"]
+        assert (await http.get(f"/jobs/{job_id}")).json()["tenant"] == "acme"
         lease = await api_service.acquire("http-worker")
         assert lease is not None
         assert lease.job_id == job_id
@@ -140,6 +141,8 @@ async def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(
          "depends_on"),
         ({"job_type": "noop", "surprise": 1}, "surprise"),
         ({"priority": 3}, "job_type"),
+        ({"job_type": "noop", "tenant": ""}, "tenant"),
+        ({"job_type": "noop", "tenant": "t" * 201}, "tenant"),
     ]
     async with httpx.AsyncClient(base_url=api_env.url) as http:
         for body, field in cases:
@@ -160,6 +163,7 @@ async def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(
         assert (await http.get("/dlq", params={"job_type": "\x00"})).status_code == 422
         for body in ({"job_type": "noop", "payload": {"x": "a\u0000"}},
                      {"job_type": "noop", "idempotency_key": "k\u0000"},
+                     {"job_type": "noop", "tenant": "t\u0000"},
                      {"job_type": "noop", "payload": {"k\u0000": 1}}):
             r = await http.post("/jobs", json=body)
             assert r.status_code == 422, (body, r.text)

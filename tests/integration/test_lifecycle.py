@@ -161,7 +161,8 @@ async def test_a_large_batch_streamed_with_copy_stores_every_field(
 
     specs = [JobSpec(job_type="noop", priority=1 + i % 5, max_retries=i % 7,
                      timeout_s=1.5 + i, required_capability="gpu" if i % 10 == 0 else None,
-                     payload={"i": i, "text": 'a "quoted", multi\nline value'})
+                     payload={"i": i, "text": 'a "quoted", multi\nline value'},
+                     tenant=None if i % 3 == 0 else f"tenant,{i % 3}")
              for i in range(COPY_MIN_JOBS + 50)]
     created = await service.create_batch(specs)
     assert all(c.status == JobStatus.PENDING and c.created for c in created)
@@ -169,15 +170,33 @@ async def test_a_large_batch_streamed_with_copy_stores_every_field(
     for spec, c in zip(specs, created, strict=True):
         row = rows[c.job_id]
         assert (row["priority"], row["max_retries"], row["timeout_s"],
-                row["required_capability"], row["payload"], row["status"]) == (
+                row["required_capability"], row["payload"], row["status"], row["tenant"]) == (
             spec.priority, spec.max_retries, spec.timeout_s, spec.required_capability,
-            spec.payload, "PENDING")
+            spec.payload, "PENDING", spec.tenant)
     cpu = await service.acquire_many("cpu", 1000)
     assert len(cpu) == len(specs) - 15  # every job but the 15 that need a gpu
     assert not any(rows[lease.job_id]["required_capability"] for lease in cpu)
     gpu = await service.acquire_many("g", 1000, ["gpu"])
     assert {rows[lease.job_id]["required_capability"] for lease in gpu} == {"gpu"}
     assert len(gpu) == 15
+
+
+async def test_a_job_keeps_its_tenant_and_an_idempotent_retry_must_name_the_same(
+        service: JobService) -> None:
+    from core.errors import IdempotencyConflict
+
+    small = await service.create_batch([JobSpec(job_type="noop", tenant="acme")])  # INSERT
+    single = await service.create(JobSpec(job_type="noop", tenant="globex"))  # merged INSERT
+    keyed = await service.create(JobSpec(job_type="noop", tenant="acme", idempotency_key="k"))
+    assert (await service.get(small[0].job_id)).tenant == "acme"
+    assert (await service.get(single.job_id)).tenant == "globex"
+    assert (await service.get(keyed.job_id)).tenant == "acme"
+    again = await service.create(JobSpec(job_type="noop", tenant="acme", idempotency_key="k"))
+    assert (again.job_id, again.created) == (keyed.job_id, False)
+    with pytest.raises(IdempotencyConflict):
+        await service.create(JobSpec(job_type="noop", tenant="globex", idempotency_key="k"))
+    untagged = await service.create(JobSpec(job_type="noop"))
+    assert (await service.get(untagged.job_id)).tenant is None
 
 
 async def test_failure_retry_then_dead_letter(service: JobService) -> None:

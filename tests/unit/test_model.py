@@ -35,6 +35,9 @@ def test_valid_spec_serialises_payload_compactly() -> None:
         (JobSpec(job_type="noop", payload={"x": {1, 2}}), "payload"),
         (JobSpec(job_type="noop", payload={"x": float("inf")}), "payload"),
         (JobSpec(job_type=""), "job_type"),
+        (JobSpec(job_type="noop", tenant=""), "tenant"),
+        (JobSpec(job_type="noop", tenant="t" * 201), "tenant"),
+        (JobSpec(job_type="noop", tenant="a\x00b"), "tenant"),
     ],
 )
 def test_bad_fields_are_named(spec: JobSpec, field: str) -> None:
