@@ -14,7 +14,7 @@ EXPORTS = {
                extract(epoch FROM j.started_at - j.created_at) * 1000 AS queue_wait_ms,
                extract(epoch FROM j.completed_at - j.created_at) * 1000 AS end_to_end_ms,
                (SELECT count(*) FROM job_executions e WHERE e.job_id = j.id) AS attempts,
-               j.last_error, j.cancel_reason
+               j.last_error, j.cancel_reason, j.tenant
         FROM jobs j ORDER BY j.created_at, j.id""",
     "executions.csv": """
         SELECT id, job_id, worker_id, attempt, lease_token, acquired_via, status, started_at,

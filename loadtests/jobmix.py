@@ -16,6 +16,8 @@ class JobFactory:
         self.rng = rng
         self._types = list(scenario.mix)
         self._weights = [scenario.mix[t] for t in self._types]
+        self._tenants = list(scenario.tenants)
+        self._tenant_weights = [scenario.tenants[t] for t in self._tenants]
         self._n = 0
 
     def job(self, **extra: Any) -> dict[str, Any]:
@@ -28,9 +30,12 @@ class JobFactory:
         if size:
             payload["pad"] = "".join(self.rng.choices(string.ascii_letters, k=size))
         self._n += 1
-        return {"job_type": job_type, "payload": payload,
+        body = {"job_type": job_type, "payload": payload,
                 "priority": self.rng.choice(self.s.priorities),
                 "max_retries": self.s.max_retries, "timeout_s": self.s.timeout_s, **extra}
+        if self._tenants:
+            body["tenant"] = self.rng.choices(self._tenants, self._tenant_weights)[0]
+        return body
 
     def dag(self) -> list[dict[str, Any]]:
         """A chain of three or a diamond, linked by batch refs."""

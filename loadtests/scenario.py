@@ -46,6 +46,7 @@ class Scenario:
     mix: dict[str, float] = field(default_factory=lambda: {"noop": 1.0})
     job_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     priorities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
+    tenants: dict[str, float] = field(default_factory=dict)  # name -> share of jobs submitted
     payload_bytes: list[int] = field(default_factory=lambda: [64, 512])
     dag_fraction: float = 0.0
     max_retries: int = 3
@@ -72,6 +73,9 @@ class Scenario:
                and sum(self.mix.values()) > 0, "mix needs positive weights")
         _check(all(1 <= p <= 5 for p in self.priorities) and bool(self.priorities),
                "priorities must be within 1..5")
+        _check(all(isinstance(t, str) and 1 <= len(t) <= 200 and w > 0
+                   for t, w in self.tenants.items()),
+               "tenants maps names (1..200 characters) to positive weights")
         _check(len(self.payload_bytes) == 2 and 0 <= self.payload_bytes[0]
                <= self.payload_bytes[1], "payload_bytes is [min, max]")
         _check(self.max_load_s > 0 and self.drain_timeout_s > 0, "timeouts must be > 0")

@@ -10,7 +10,13 @@ import re
 from pathlib import Path
 from typing import Any
 
-from reports.data import execution_summary, load_run, operation_table, percentile
+from reports.data import (
+    execution_summary,
+    load_run,
+    operation_table,
+    percentile,
+    tenant_table,
+)
 from reports.figures import all_figures
 
 
@@ -39,6 +45,7 @@ def summary(run_dir: Path) -> tuple[dict[str, Any], list[Path]]:
         "queue_wait_ms": {f"p{p:g}": percentile(done["queue_wait_ms"], p)
                           for p in (50, 90, 99, 99.9)},
         "executions": execution_summary(run.executions),
+        "tenants": tenant_table(jobs),
         "predictor": predictor_summary(run),
         "operations": ops.to_dict(orient="records"),
         "slos": v.get("slos", []), "invariants": v.get("invariants", []),
@@ -84,6 +91,10 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["## Operations", ""]
     lines += _table(data["operations"], ["operation", "count", "error_rate", "p50_ms",
                                          "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"])
+    if data.get("tenants"):
+        lines += ["", "## Tenants", "", *_table(data["tenants"], [
+            "tenant", "jobs", "completed", "share_of_completed", "queue_wait_p50_ms",
+            "queue_wait_p99_ms"])]
     lines += ["", "## SLOs", "", *_table(data["slos"], ["name", "value", "limit", "ok"])]
     lines += ["", "## Invariants", "", *_table(data["invariants"], ["name", "violations", "ok"])]
     if data["faults"]:

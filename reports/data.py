@@ -110,6 +110,24 @@ def execution_summary(executions: pd.DataFrame) -> dict[str, int]:
             "retries": int((per_job - 1).clip(lower=0).sum())}
 
 
+def tenant_table(jobs: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per tenant: jobs submitted, completed, share of all completions, and queue wait
+    percentiles of its completed jobs (raw values): how evenly the system served them."""
+    if "tenant" not in jobs or jobs["tenant"].isna().all():
+        return []
+    done = jobs[jobs["status"] == "COMPLETED"]
+    rows = []
+    for tenant, group in jobs.groupby(jobs["tenant"].fillna("(none)"), sort=True):
+        finished = done.loc[group.index.intersection(done.index)]
+        rows.append({
+            "tenant": tenant, "jobs": len(group), "completed": len(finished),
+            "share_of_completed": round(len(finished) / len(done), 4) if len(done) else None,
+            "queue_wait_p50_ms": percentile(finished["queue_wait_ms"], 50),
+            "queue_wait_p99_ms": percentile(finished["queue_wait_ms"], 99),
+        })
+    return rows
+
+
 def jain_index(values: list[float]) -> float | None:
     """Jain's fairness index: 1 = perfectly even, 1/n = one worker did everything."""
     x = np.asarray(values, dtype=float)

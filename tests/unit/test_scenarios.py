@@ -70,3 +70,37 @@ def test_verdict_names_each_breach() -> None:
                                                         "ok": True}])
     assert ok["passed"]
     assert ok["breaches"] == []
+
+
+def test_tenants_are_drawn_by_weight_and_bad_ones_refused() -> None:
+    from loadtests.scenario import Scenario
+
+    s = Scenario(name="t", tenants={"flood": 10, "a": 1, "b": 1, "c": 1})
+    factory = JobFactory(s, random.Random(7))
+    drawn = [factory.job()["tenant"] for _ in range(13_000)]
+    assert set(drawn) == {"flood", "a", "b", "c"}
+    assert abs(drawn.count("flood") / len(drawn) - 10 / 13) < 0.02
+    assert "tenant" not in JobFactory(Scenario(name="u"), random.Random(7)).job()
+    for bad in ({"": 1}, {"x": 0}, {"x" * 201: 1}):
+        with pytest.raises(ScenarioError, match="tenants maps names"):
+            Scenario(name="t", tenants=bad)
+
+
+def test_tenant_table_from_raw_queue_waits() -> None:
+    import pandas as pd
+
+    from reports.data import tenant_table
+
+    jobs = pd.DataFrame({
+        "tenant": ["flood"] * 4 + ["a", "a", None],
+        "status": ["COMPLETED"] * 3 + ["PENDING", "COMPLETED", "COMPLETED", "COMPLETED"],
+        "queue_wait_ms": [10.0, 20.0, 30.0, None, 5.0, 50.0, 1.0],
+    })
+    rows = {r["tenant"]: r for r in tenant_table(jobs)}
+    assert rows["flood"]["jobs"] == 4
+    assert rows["flood"]["completed"] == 3
+    assert rows["flood"]["share_of_completed"] == round(3 / 6, 4)
+    assert (rows["flood"]["queue_wait_p50_ms"], rows["flood"]["queue_wait_p99_ms"]) == (20, 30)
+    assert (rows["a"]["queue_wait_p50_ms"], rows["a"]["queue_wait_p99_ms"]) == (5, 50)
+    assert rows["(none)"]["completed"] == 1
+    assert tenant_table(jobs.drop(columns=["tenant"])) == []
