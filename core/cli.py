@@ -126,7 +126,7 @@ def cmd_db(args: argparse.Namespace) -> int:
 
 # -- bench ----------------------------------------------------------------------------------
 def _bench_limits(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
-    """`limits` itself, or measured first in the same run for `core --limits`/`e2e --limits`."""
+    """`limits` itself, or measured first in the same run for another suite's `--limits`."""
     if not (args.suite == "limits" or (args.suite in ("core", "e2e", "batch", "api")
                                        and args.limits)):
         return None
@@ -144,41 +144,34 @@ def _bench_limits(args: argparse.Namespace, settings: Settings) -> dict[str, Any
 
 def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
                  limits: dict[str, Any] | None) -> dict[str, Any]:
+    """Run the suite; with `limits`, each result gains its share of the matching limit."""
+    from core.bench import bench_batch, bench_core, with_limits
+    from core.bench_procs import bench_api, bench_e2e, bench_supervisor, e2e_with_limits
+
     if args.suite == "limits" and limits is not None:
         return limits
-    if args.suite == "core":
-        from core.bench import bench_core, with_limits
-
-        result: dict[str, Any] = run_async(bench_core(
-            settings, ops=args.ops, concurrency=args.concurrency, seed=args.seed,
-            progress=progress, memory=args.memory, rate=args.rate))
-        return with_limits(result, limits) if limits else result
-    if args.suite == "batch":
-        from core.bench import bench_batch, with_limits
-
-        result = run_async(bench_batch(settings, jobs=args.ops, batch_size=args.batch_size,
-                                       concurrency=args.concurrency, progress=progress))
-        return with_limits(result, limits) if limits else result
-    if args.suite == "e2e":
-        from core.bench_procs import bench_e2e, e2e_with_limits
-
-        result = run_async(bench_e2e(settings, jobs=args.ops, workers=args.workers,
-                                     concurrency=args.concurrency,
-                                     worker_nice=args.worker_nice, progress=progress))
-        return e2e_with_limits(result, limits) if limits else result
-    from core.bench_procs import bench_api, bench_supervisor
-
     if args.suite == "supervisor":
         return dict(run_async(bench_supervisor(settings, workers=args.workers,
                                                kills=args.kills, progress=progress)))
-    result = dict(run_async(bench_api(settings, requests=args.ops,
-                                      concurrency=args.concurrency, processes=args.processes,
-                                      progress=progress)))
-    if limits:
-        from core.bench import with_limits
-
-        return with_limits(result, limits)
-    return result
+    result: dict[str, Any]
+    if args.suite == "core":
+        result = run_async(bench_core(
+            settings, ops=args.ops, concurrency=args.concurrency, seed=args.seed,
+            progress=progress, memory=args.memory, rate=args.rate))
+    elif args.suite == "batch":
+        result = run_async(bench_batch(settings, jobs=args.ops, batch_size=args.batch_size,
+                                       concurrency=args.concurrency, progress=progress))
+    elif args.suite == "e2e":
+        result = run_async(bench_e2e(settings, jobs=args.ops, workers=args.workers,
+                                     concurrency=args.concurrency,
+                                     worker_nice=args.worker_nice, progress=progress))
+    else:
+        result = run_async(bench_api(settings, requests=args.ops,
+                                     concurrency=args.concurrency, processes=args.processes,
+                                     progress=progress))
+    if limits is None:
+        return result
+    return (e2e_with_limits if args.suite == "e2e" else with_limits)(result, limits)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:

@@ -23,6 +23,14 @@ WAKEUP_CAP = 10_000
 PROMOTE_LIMIT = 500
 
 
+def _digits(priorities: Iterable[int]) -> str:
+    """Priorities packed one digit each, as the scripts read them."""
+    ps = list(priorities)
+    if not all(1 <= p <= 9 for p in ps):
+        raise ValueError(f"priorities must be 1..9 for the dispatch scripts, got {ps}")
+    return "".join(map(str, ps))
+
+
 def _script(name: str) -> str:
     return importlib.resources.files("core").joinpath(f"lua/{name}.lua").read_text()
 
@@ -144,13 +152,10 @@ class RedisDispatch:
         total = 0
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
-            prios = "".join(str(it.priority) for it in chunk)
-            if len(prios) != len(chunk) or "0" in prios or "-" in prios:
-                raise ValueError(f"priorities must be 1..9 to enqueue, got {prios!r}")
             args: list[Any] = [
                 WAKEUP_CAP,
                 ",".join(it.job_id for it in chunk),
-                prios,
+                _digits(it.priority for it in chunk),
                 ",".join(str(max(0, it.delay_ms)) for it in chunk),
                 "".join("1" if it.capability else "0" for it in chunk),
                 *(it.capability for it in chunk if it.capability),
@@ -191,11 +196,8 @@ class RedisDispatch:
         if not items:
             return 0
         keys = [self.keys.job_meta, *self.keys.priority_queues]
-        prios = "".join(str(p) for _, p in items)
-        if len(prios) != len(items) or "0" in prios or "-" in prios:
-            raise ValueError(f"priorities must be 1..9, got {prios!r}")
         return int(await self._call(self._reprioritize(
-            keys=keys, args=[",".join(j for j, _ in items), prios])))
+            keys=keys, args=[",".join(j for j, _ in items), _digits(p for _, p in items)])))
 
     async def forget_dead(self, job_ids: Sequence[str]) -> None:
         """Drop jobs from the dead-letter set (requeued or purged)."""

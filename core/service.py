@@ -108,10 +108,11 @@ class JobService(JobReads, WorkerRegistry):
         # INSERT and one Redis call
         self._creates: Coalescer[Plan, CreateResult] = Coalescer(
             self._create_merged, max_batch=1000, max_flushes=self.create_flushes)
-        # completions reported together (a worker's slots, a process's workers) share one
-        # statement and one Redis call
+        # acquires with the same capabilities and lease share one pop and lease statement
         self._acquirers: dict[tuple[tuple[str, ...], float],
                               Coalescer[str, Lease | None]] = {}
+        # completions reported together (a worker's slots, a process's workers) share one
+        # statement and one Redis call
         self._completions: Coalescer[_Completion, list[asyncpg.Record]] = Coalescer(
             self._complete_merged, max_batch=200, max_flushes=self.complete_flushes)
 

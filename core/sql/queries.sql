@@ -32,21 +32,6 @@ SELECT id, status FROM jobs WHERE id = ANY($1::uuid[]) FOR SHARE;
 INSERT INTO job_dependencies (job_id, depends_on_job_id)
 SELECT * FROM unnest($1::uuid[], $2::uuid[]);
 
--- name: lease_job
--- Lease one PENDING job popped from Redis and open its execution row, in one statement.
-WITH leased AS (
-    UPDATE jobs
-    SET status = 'PROCESSING', worker_id = $2, lease_token = nextval('lease_token_seq'),
-        lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8),
-        started_at = coalesce(started_at, clock_timestamp())
-    WHERE id = $1 AND status = 'PENDING' AND cancel_requested_at IS NULL
-    RETURNING id, job_type, payload, priority, timeout_s, lease_token, retry_count
-), opened AS (
-    INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
-    SELECT id, $2, retry_count + 1, lease_token, $4 FROM leased
-)
-SELECT * FROM leased;
-
 -- name: lease_jobs
 -- Lease several popped jobs at once ($1 ids, $2 the worker each goes to), one statement.
 -- The status test is written `(...) IS TRUE` so that it cannot use idx_jobs_status: with
