@@ -115,8 +115,7 @@ async def _redis_acquire(settings: Settings, ops: int, concurrency: int) -> dict
         async def runner() -> int:
             got = 0
             for _ in counter:
-                got += (await d.acquire((), 300_000, scan_window=settings.scan_window)
-                        ).job_id is not None
+                got += (await d.acquire((), 300_000)).job_id is not None
             return got
 
         t0 = time.perf_counter()

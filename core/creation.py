@@ -243,7 +243,8 @@ async def _insert_simple(
     await conn.copy_to_table("jobs", source=io.BytesIO(buf.getvalue().encode()),
                              columns=_COPY_COLUMNS, format="csv")
     ready = [{"id": sid, "priority": x.spec.priority,
-              "required_capability": x.spec.required_capability, "delay_ms": 0}
+              "required_capability": x.spec.required_capability, "delay_ms": 0,
+              "job_type": x.spec.job_type, "tenant": x.spec.tenant}
              for sid, x in zip(sids, v, strict=True)]
     results = [CreateResult(job_id=sid, status=_PENDING, created=True, ref=x.spec.ref)
                for sid, x in zip(sids, v, strict=True)]

@@ -32,7 +32,27 @@ def _digits(priorities: Iterable[int]) -> str:
 
 
 def _script(name: str) -> str:
-    return importlib.resources.files("core").joinpath(f"lua/{name}.lua").read_text()
+    """A dispatch script with the shared scheduling functions in front of it."""
+    lua = importlib.resources.files("core").joinpath("lua")
+    return lua.joinpath("sched.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+
+
+def flow_of(job_type: str | None, tenant: str | None, capability: str | None) -> str:
+    """The flow a job waits in (see core/lua/sched.lua): jobs of one flow are
+    interchangeable for every scheduling decision."""
+    return f"{job_type or ''}\0{tenant or ''}\0{capability or ''}"
+
+
+def _indexed(flows: Iterable[str]) -> tuple[str, list[str]]:
+    """Each flow's 1-based position among the distinct ones (joined), and those."""
+    distinct: dict[str, int] = {}
+    which = [str(distinct.setdefault(f, len(distinct) + 1)) for f in flows]
+    return ",".join(which), list(distinct)
+
+
+def limit_field(scope: str, name: str) -> str:
+    """The field of a type's or tenant's limits and counts in the scheduling hashes."""
+    return f"{scope}\0{name}"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -41,6 +61,12 @@ class EnqueueItem:
     priority: int
     capability: str | None
     delay_ms: int
+    job_type: str | None = None
+    tenant: str | None = None
+
+    @property
+    def flow(self) -> str:
+        return flow_of(self.job_type, self.tenant, self.capability)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -62,6 +88,16 @@ class DispatchSnapshot:
     delayed: set[str]
     processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
     meta: set[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedState:
+    """The scheduling state in Redis: per "scope\0name" field."""
+
+    limits: dict[str, str]
+    running: dict[str, int]
+    waits: dict[str, int]
+    tokens: dict[str, float]  # as of the last admission (refill is computed when read)
 
 
 class RedisDispatch:
@@ -105,6 +141,7 @@ class RedisDispatch:
         self._forget = self._client.register_script(_script("forget"))
         self._reprioritize = self._client.register_script(_script("reprioritize"))
         self._enqueue = self._client.register_script(_script("enqueue"))
+        self._sched_sync = self._client.register_script(_script("sched_sync"))
         self._down_until = 0.0
         self.failures = 0
         self.observe: Callable[[float], None] | None = None  # seconds per call (metrics)
@@ -152,27 +189,31 @@ class RedisDispatch:
         total = 0
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
+            which, flows = _indexed(it.flow for it in chunk)
             args: list[Any] = [
                 WAKEUP_CAP,
                 ",".join(it.job_id for it in chunk),
                 _digits(it.priority for it in chunk),
                 ",".join(str(max(0, it.delay_ms)) for it in chunk),
-                "".join("1" if it.capability else "0" for it in chunk),
-                *(it.capability for it in chunk if it.capability),
+                which,
+                *flows,
             ]
-            keys = self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.wakeup)
+            keys = [*self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.wakeup),
+                    self.keys.sched]
             total += int(await self._call(self._enqueue(keys=keys, args=args)))
         return total
 
     async def acquire(
-        self, capabilities: Iterable[str], lease_ms: int, *, scan_window: int,
-        bands: str = "hml", count: int = 1,
+        self, capabilities: Iterable[str], lease_ms: int, *, bands: str = "hml",
+        count: int = 1,
     ) -> AcquireResult:
-        """Pop the best `count` jobs the worker may run into the processing set."""
+        """Pop the best `count` jobs the worker may run now (capabilities, limits, fair
+        shares: see acquire.lua) into the processing set."""
         caps = "," + ",".join(sorted(set(capabilities))) + ","
-        keys = self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.processing)
+        keys = [*self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.processing),
+                self.keys.sched]
         found, next_due = await self._call(self._acquire(
-            keys=keys, args=[lease_ms, scan_window, PROMOTE_LIMIT, bands, caps, count]))
+            keys=keys, args=[lease_ms, PROMOTE_LIMIT, bands, caps, count]))
         due = int(next_due)
         return AcquireResult(job_ids=found.split(",") if found else [],
                              next_due_in_ms=due if due >= 0 else None)
@@ -184,18 +225,21 @@ class RedisDispatch:
 
     async def forget(self, job_ids: Sequence[str], *, dead: bool = False) -> None:
         """Remove jobs from every dispatch set (and record them dead if `dead`)."""
+        await self._forget_ids("dead" if dead else "forget", job_ids)
+
+    async def _forget_ids(self, mode: str, job_ids: Sequence[str]) -> None:
         if not job_ids:
             return
         keys = [*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
-                self.keys.job_meta, self.keys.dead_letter]
-        await self._call(self._forget(keys=keys, args=["1" if dead else "0", ",".join(job_ids)]))
+                self.keys.job_meta, self.keys.dead_letter, self.keys.wakeup, self.keys.sched]
+        await self._call(self._forget(keys=keys, args=[mode, ",".join(job_ids), WAKEUP_CAP]))
 
     async def reprioritize(self, items: Sequence[tuple[str, int]]) -> int:
         """Move queued jobs to the queue of their new priority (keeping their place in
         time) and relabel the others; returns how many queued jobs moved."""
         if not items:
             return 0
-        keys = [self.keys.job_meta, *self.keys.priority_queues]
+        keys = [self.keys.job_meta, *self.keys.priority_queues, self.keys.sched]
         return int(await self._call(self._reprioritize(
             keys=keys, args=[",".join(j for j, _ in items), _digits(p for _, p in items)])))
 
@@ -205,8 +249,42 @@ class RedisDispatch:
             await self._call(self._client.zrem(self.keys.dead_letter, *job_ids))
 
     async def release_processing(self, job_ids: Sequence[str]) -> None:
-        if job_ids:
-            await self._call(self._client.zrem(self.keys.processing, *job_ids))
+        """Drop leases from the processing set (their jobs no longer count as running)."""
+        await self._forget_ids("unlease", job_ids)
+
+    async def sched_sync(
+        self, limits: dict[str, str], leased: Sequence[tuple[str, int, str]]
+    ) -> tuple[int, int]:
+        """Replace the limits mirror with `limits` (field -> "max,rate,burst,weight"), record
+        leases `(job id, remaining ms, flow)` the processing set lacks, recount what runs.
+        Returns (leases recorded, held records dropped)."""
+        which, flows = _indexed(f for _, _, f in leased)
+        args: list[Any] = [len(limits)]
+        for field, value in limits.items():
+            args += [field, value]
+        args += [",".join(j for j, _, _ in leased), ",".join(str(max(1, ms)) for _, ms, _ in
+                                                             leased), which, *flows]
+        recorded, dropped = await self._call(self._sched_sync(
+            keys=[self.keys.processing, self.keys.sched], args=args))
+        return int(recorded), int(dropped)
+
+    async def set_limit(self, field: str, value: str | None) -> None:
+        """Mirror one limit (None: removed) at once; the reconciler re-mirrors them all."""
+        key = f"{self.keys.sched}:limits"
+        if value is None:
+            await self._call(self._client.hdel(key, field))
+        else:
+            await self._call(self._client.hset(key, field, value))
+
+    async def sched_state(self) -> SchedState:
+        pipe = self._client.pipeline(transaction=True)
+        for name in ("limits", "running", "waits", "buckets"):
+            pipe.hgetall(f"{self.keys.sched}:{name}")
+        limits, running, waits, buckets = await self._call(pipe.execute())
+        return SchedState(
+            limits=dict(limits), running={k: int(v) for k, v in running.items()},
+            waits={k: int(v) for k, v in waits.items()},
+            tokens={k: float(v.split(",")[0]) for k, v in buckets.items()})
 
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a job is enqueued or `timeout_s` passes; True if woken by a job."""

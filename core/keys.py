@@ -57,13 +57,20 @@ class Keys:
 
     @property
     def job_meta(self) -> str:
-        """Hash job_id -> "priority|capability", read by the acquire script."""
+        """Hash job_id -> "priority|flow" (flow: job type, tenant and capability), read by
+        the dispatch scripts."""
         return f"{self.prefix}:job-meta"
 
     @property
     def wakeup(self) -> str:
         """List of wake-up tokens: one per enqueued job, popped by idle workers."""
         return f"{self.prefix}:wakeup"
+
+    @property
+    def sched(self) -> str:
+        """Base of the scheduling keys (flows, limits, running counts, fair-share passes):
+        see core/lua/sched.lua for the keys under it."""
+        return f"{self.prefix}:sched"
 
     @property
     def counters(self) -> str:

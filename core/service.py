@@ -62,7 +62,8 @@ class Effects:
     def add_ready(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
         self.enqueue += [
             EnqueueItem(job_id=str(r["id"]), priority=r["priority"],
-                        capability=r["required_capability"], delay_ms=int(r["delay_ms"]))
+                        capability=r["required_capability"], delay_ms=int(r["delay_ms"]),
+                        job_type=r["job_type"], tenant=r["tenant"])
             for r in rows
         ]
 
@@ -224,7 +225,6 @@ class JobService(JobReads, WorkerRegistry):
         wanting = list(range(len(worker_ids)))  # callers still without a lease
         for _ in range(16):
             res = await self.dispatch.acquire(caps, int(lease_s * 1000),
-                                              scan_window=self.settings.scan_window,
                                               count=len(wanting))
             self._next_due_in_ms = res.next_due_in_ms
             if not res.job_ids:

@@ -38,7 +38,6 @@ class Settings:
     max_payload_bytes: int = 256 * 1024
     job_types: frozenset[str] = BUILTIN_JOB_TYPES
     dlq_retention_days: float = 30.0
-    scan_window: int = 200
     redis_timeout_s: float = 1.0
     redis_retry_after_s: float = 2.0
     pg_max_connections: int = 400
@@ -65,8 +64,8 @@ class Settings:
                 raise ConfigError(f"{name} must be > 0")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_ttl_s must be greater than heartbeat_interval_s")
-        if self.max_payload_bytes <= 0 or self.scan_window <= 0:
-            raise ConfigError("max_payload_bytes and scan_window must be > 0")
+        if self.max_payload_bytes <= 0:
+            raise ConfigError("max_payload_bytes must be > 0")
         if not 0 <= self.default_max_retries <= 100:
             raise ConfigError("default_max_retries must be between 0 and 100")
 

@@ -1,37 +1,47 @@
--- Enqueue jobs: due ones into their priority queue, later ones into the delayed set.
--- KEYS: delayed, job-meta, wakeup, high, medium, low
+-- Enqueue jobs: due ones into their priority queue and their flow, later ones into the delayed
+-- set (they join their flow when promoted).
+-- KEYS: delayed, job-meta, wakeup, high, medium, low, sched
 -- ARGV: wakeup_cap; job ids joined by ","; their priorities, one digit each; their delays in
---       ms joined by ","; one flag per job, "1" when it needs a capability; then the
---       capabilities of the flagged jobs, in order. (A few long arguments instead of four per
+--       ms joined by ","; for each job the position of its flow among the flows that follow,
+--       joined by ","; then the distinct flows. (A few long arguments instead of several per
 --       job: packing thousands of arguments costs the client more than the whole script.)
 -- A job already queued keeps its place (NX); one wake-up token is pushed per due job.
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local prios, flags = ARGV[3], ARGV[5]
-local delays = {}
+SCHED = KEYS[7]
+local now = now_ms()
+local prios = ARGV[3]
+local delays, which = {}, {}
 for d in string.gmatch(ARGV[4], '[^,]+') do delays[#delays + 1] = tonumber(d) end
+for f in string.gmatch(ARGV[5], '[^,]+') do which[#which + 1] = tonumber(f) end
+local queues = {h = KEYS[4], m = KEYS[5], l = KEYS[6]}
 local wakeups = 0
 -- arguments gathered per key and sent in chunks: one call per key, not one per job
-local meta, delayed, queued = {}, {}, {[KEYS[4]] = {}, [KEYS[5]] = {}, [KEYS[6]] = {}}
-local i, next_cap = 0, 6
+local meta, delayed = {}, {}
+local queued = {[KEYS[4]] = {}, [KEYS[5]] = {}, [KEYS[6]] = {}}
+local flowed = {}  -- flow key -> ZADD arguments
+local i = 0
 for id in string.gmatch(ARGV[2], '[^,]+') do
   i = i + 1
-  local prio, delay, cap = tonumber(string.sub(prios, i, i)), delays[i], ''
-  if string.sub(flags, i, i) == '1' then
-    cap = ARGV[next_cap]
-    next_cap = next_cap + 1
-  end
+  local prio, delay, flow = tonumber(string.sub(prios, i, i)), delays[i], ARGV[5 + which[i]]
   meta[#meta + 1] = id
-  meta[#meta + 1] = prio .. '|' .. cap
+  meta[#meta + 1] = prio .. '|' .. flow
   if delay > 0 then
     delayed[#delayed + 1] = string.format('%.0f', now + delay)
     delayed[#delayed + 1] = id
   else
-    local q
-    if prio >= 4 then q = KEYS[4] elseif prio >= 2 then q = KEYS[5] else q = KEYS[6] end
-    local args = queued[q]
-    args[#args + 1] = string.format('%.0f', (6 - prio) * 1e13 + now)
+    local band = band_of(prio)
+    local score = string.format('%.0f', (6 - prio) * 1e13 + now)
+    local args = queued[queues[band]]
+    args[#args + 1] = score
     args[#args + 1] = id
+    local sha = redis.sha1hex(flow)
+    local fkey = SCHED .. ':flow:' .. band .. ':' .. sha
+    if not flowed[fkey] then
+      flowed[fkey] = {}
+      redis.call('HSET', SCHED .. ':flows:' .. band, sha, flow)
+    end
+    local fargs = flowed[fkey]
+    fargs[#fargs + 1] = score
+    fargs[#fargs + 1] = id
     wakeups = wakeups + 1
   end
 end
@@ -49,9 +59,10 @@ end
 send('HSET', KEYS[2], nil, meta)
 send('ZADD', KEYS[1], nil, delayed)
 for q, args in pairs(queued) do send('ZADD', q, 'NX', args) end
+for fkey, args in pairs(flowed) do send('ZADD', fkey, 'NX', args) end
 if wakeups > 0 then
   local tokens = {}
-  for i = 1, math.min(wakeups, 1000) do tokens[i] = '1' end
+  for k = 1, math.min(wakeups, 1000) do tokens[k] = '1' end
   redis.call('LPUSH', KEYS[3], unpack(tokens))
   redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[1]) - 1)
 end

@@ -1,18 +1,36 @@
--- Remove jobs from every dispatch set, and record them in the dead-letter set when asked.
--- KEYS: high, medium, low, delayed, processing, job-meta, dead-letter
--- ARGV: "1" to record them dead (scored by Redis' clock, ms) else "0"; job ids joined by ","
--- One script call instead of a MULTI/EXEC of six commands: cheaper for the client to send.
+-- Remove jobs from the dispatch index. Mode "forget": from every set (their job finished, was
+-- cancelled, or goes back to wait); "dead": the same, and record them in the dead-letter set
+-- (scored by Redis' clock, ms); "unlease": from the processing set only. A leased job stops
+-- counting against its limits; when one of them caps how many may run, an idle worker is
+-- woken to take the freed place.
+-- KEYS: high, medium, low, delayed, processing, job-meta, dead-letter, wakeup, sched
+-- ARGV: mode; job ids joined by ","; wakeup_cap
+-- One script call instead of a MULTI/EXEC of many commands: cheaper for the client to send.
+SCHED = KEYS[9]
+local mode = ARGV[1]
 local ids = {}
 for id in string.gmatch(ARGV[2], '[^,]+') do ids[#ids + 1] = id end
 local now
-if ARGV[1] == '1' then
-  local t = redis.call('TIME')
-  now = string.format('%.0f', tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000))
-end
+if mode == 'dead' then now = string.format('%.0f', now_ms()) end
+local wake = 0
 for s = 1, #ids, 500 do
   local chunk = {unpack(ids, s, math.min(s + 499, #ids))}
-  for k = 1, 5 do redis.call('ZREM', KEYS[k], unpack(chunk)) end
-  redis.call('HDEL', KEYS[6], unpack(chunk))
+  if mode == 'unlease' then
+    redis.call('ZREM', KEYS[5], unpack(chunk))
+  else
+    local metas = redis.call('HMGET', KEYS[6], unpack(chunk))
+    for k, id in ipairs(chunk) do
+      if metas[k] then
+        local _, flow = parse_meta(metas[k])
+        flow_remove(flow, id)
+      end
+    end
+    for k = 1, 5 do redis.call('ZREM', KEYS[k], unpack(chunk)) end
+    redis.call('HDEL', KEYS[6], unpack(chunk))
+  end
+  for _, id in ipairs(chunk) do
+    if release_held(id) then wake = wake + 1 end
+  end
   if now then
     local args = {}
     for _, id in ipairs(chunk) do
@@ -21,5 +39,11 @@ for s = 1, #ids, 500 do
     end
     redis.call('ZADD', KEYS[7], unpack(args))
   end
+end
+if wake > 0 then
+  local tokens = {}
+  for k = 1, math.min(wake, 1000) do tokens[k] = '1' end
+  redis.call('LPUSH', KEYS[8], unpack(tokens))
+  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[3]) - 1)
 end
 return #ids

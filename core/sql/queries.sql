@@ -15,7 +15,7 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::
      AS u(id, job_type, payload, priority, status, cap, ikey, ihash, max_retries, timeout_s,
           run_at, delay_s, tenant)
 ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
-RETURNING id, status, priority, required_capability,
+RETURNING id, status, priority, required_capability, job_type, tenant,
           greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
               AS delay_ms;
 
@@ -104,7 +104,7 @@ SET status = 'PENDING', retry_count = retry_count + 1, last_error = $2,
     run_at = clock_timestamp() + make_interval(secs => $3::float8),
     lease_token = NULL, lease_expires_at = NULL
 WHERE id = $1
-RETURNING priority, required_capability,
+RETURNING priority, required_capability, job_type, tenant,
           greatest(0, ceil($3::float8 * 1000))::bigint AS delay_ms;
 
 -- name: release_job
@@ -112,7 +112,7 @@ RETURNING priority, required_capability,
 UPDATE jobs
 SET status = 'PENDING', run_at = clock_timestamp(), lease_token = NULL, lease_expires_at = NULL
 WHERE id = $1
-RETURNING priority, required_capability, 0::bigint AS delay_ms;
+RETURNING priority, required_capability, job_type, tenant, 0::bigint AS delay_ms;
 
 -- name: mark_dead
 WITH dead AS (
@@ -163,7 +163,7 @@ WHERE j.status = 'WAITING'
   AND NOT EXISTS (
       SELECT 1 FROM job_dependencies d JOIN jobs p ON p.id = d.depends_on_job_id
       WHERE d.job_id = j.id AND p.status <> 'COMPLETED')
-RETURNING j.id, j.priority, j.required_capability,
+RETURNING j.id, j.priority, j.required_capability, j.job_type, j.tenant,
           greatest(0, ceil(extract(epoch FROM j.run_at - clock_timestamp()) * 1000))::bigint
               AS delay_ms;
 
@@ -181,9 +181,11 @@ ORDER BY lease_expires_at LIMIT $1;
 SELECT id, lease_token FROM jobs WHERE status = 'PROCESSING' AND worker_id = $1;
 
 -- name: live_jobs
-SELECT id, status, priority, required_capability,
+SELECT id, status, priority, required_capability, job_type, tenant,
        greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
-           AS delay_ms
+           AS delay_ms,
+       greatest(0, ceil(extract(epoch FROM lease_expires_at - clock_timestamp()) * 1000))::bigint
+           AS lease_ms
 FROM jobs WHERE status IN ('PENDING', 'PROCESSING');
 
 -- name: get_job
@@ -211,7 +213,8 @@ UPDATE jobs j
 SET status = 'PENDING', retry_count = 0, run_at = clock_timestamp(), completed_at = NULL,
     priority = coalesce(j.base_priority, j.priority), base_priority = NULL
 FROM entry WHERE j.id = entry.job_id AND j.status = 'DEAD'
-RETURNING j.id, j.priority, j.required_capability, 0::bigint AS delay_ms;
+RETURNING j.id, j.priority, j.required_capability, j.job_type, j.tenant,
+          0::bigint AS delay_ms;
 
 -- name: dlq_purge
 DELETE FROM dead_letter_queue

@@ -113,7 +113,7 @@ async def test_reconciler_survives_redis_outage(redis_down: JobService) -> None:
 async def test_popped_but_never_leased_job_is_recovered(service: JobService) -> None:
     """A worker that pops from Redis and dies before its PostgreSQL update."""
     created = await service.create(JobSpec(job_type="noop"))
-    res = await service.dispatch.acquire([], lease_ms=50, scan_window=10)
+    res = await service.dispatch.acquire([], lease_ms=50)
     assert res.job_id == created.job_id  # now only in the processing set
 
     async def deadline_passed() -> bool:

@@ -37,7 +37,7 @@ async def test_migrate_rollback_migrate(test_db: str, settings: Settings) -> Non
         assert report.counts()["triggers"] == 1
         assert await migrate.migrate(conn, schema) == []  # idempotent
 
-        assert await migrate.rollback(conn, schema, to=3) == [9, 8, 7, 6, 5, 4]
+        assert await migrate.rollback(conn, schema, to=3) == [10, 9, 8, 7, 6, 5, 4]
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
         assert {r["tablename"] for r in tables} == {"jobs", "workers", "job_executions",
                                                     "schema_migrations"}
@@ -47,7 +47,7 @@ async def test_migrate_rollback_migrate(test_db: str, settings: Settings) -> Non
         assert reverted == [3, 2, 1]
         assert await objects_in(conn, schema) == 0  # nothing left behind
 
-        assert await migrate.migrate(conn, schema) == [1, 2, 3, 4, 5, 6, 7, 8, 9]
+        assert await migrate.migrate(conn, schema) == [1, 2, 3, 4, 5, 6, 7, 8, 9, 10]
         assert (await migrate.verify(conn, schema)).ok
         states = await migrate.status(conn, schema)
         assert all(s.applied_at is not None for s in states)
@@ -82,7 +82,7 @@ def test_cli_db_verify_and_status(settings: Settings, capsys: pytest.CaptureFixt
     assert main(cli(settings, "db", "verify")) == 0
     assert "5 tables" in capsys.readouterr().out
     assert main(cli(settings, "db", "status", "--json")) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 9
+    assert len(json.loads(capsys.readouterr().out)) == 10
 
 
 def test_cli_verify_fails_when_an_object_is_missing(

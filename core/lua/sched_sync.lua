@@ -1,0 +1,47 @@
+-- Make the scheduling state agree with PostgreSQL again (run by the reconciler): the limits
+-- mirror is replaced by the table's rows; jobs PostgreSQL has leased that the processing set
+-- lacks (leased through the PostgreSQL fallback, or lost with Redis' data) are recorded there
+-- and counted against their limits; held records without a lease are dropped; the running
+-- counts are recounted from the held records.
+-- KEYS: processing, sched
+-- ARGV: n, then n limit fields and values alternating; then the leased jobs' ids joined by
+--       ","; their remaining lease in ms joined by ","; the positions of their flows among the
+--       flows that follow, joined by ","; then the distinct flows.
+-- Returns {leases recorded, held records dropped}.
+SCHED = KEYS[2]
+local n = tonumber(ARGV[1])
+redis.call('DEL', SCHED .. ':limits')
+for k = 0, n - 1 do
+  redis.call('HSET', SCHED .. ':limits', ARGV[2 + 2 * k], ARGV[3 + 2 * k])
+end
+local base = 2 + 2 * n
+local now = now_ms()
+local leases, which = {}, {}
+for v in string.gmatch(ARGV[base + 1], '[^,]+') do leases[#leases + 1] = tonumber(v) end
+for v in string.gmatch(ARGV[base + 2], '[^,]+') do which[#which + 1] = tonumber(v) end
+local recorded, i = 0, 0
+for id in string.gmatch(ARGV[base], '[^,]+') do
+  i = i + 1
+  if not redis.call('ZSCORE', KEYS[1], id) then
+    redis.call('ZADD', KEYS[1], string.format('%.0f', now + leases[i]), id)
+    redis.call('HSET', SCHED .. ':held', id, ARGV[base + 2 + which[i]])
+    recorded = recorded + 1
+  end
+end
+local held = redis.call('HGETALL', SCHED .. ':held')
+local counts, dropped = {}, 0
+for k = 1, #held, 2 do
+  local id, flow = held[k], held[k + 1]
+  if redis.call('ZSCORE', KEYS[1], id) then
+    local jt, tenant = split_flow(flow)
+    for _, field in ipairs({'job_type' .. NUL .. jt, 'tenant' .. NUL .. tenant}) do
+      counts[field] = (counts[field] or 0) + 1
+    end
+  else
+    redis.call('HDEL', SCHED .. ':held', id)
+    dropped = dropped + 1
+  end
+end
+redis.call('DEL', SCHED .. ':running')
+for field, c in pairs(counts) do redis.call('HSET', SCHED .. ':running', field, c) end
+return {recorded, dropped}
