@@ -26,7 +26,8 @@ from prometheus_client import (
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from core.api_models import BatchIn, CancelIn, CreatedOut, JobIn, PurgeIn
+from core import limits as sched_limits
+from core.api_models import BatchIn, CancelIn, CreatedOut, JobIn, LimitIn, PurgeIn
 from core.errors import (
     DispatchUnavailable,
     InvalidInput,
@@ -94,8 +95,10 @@ class StoreCollector(Collector):
         self.extra: dict[str, Any] = {}
         self.pool: dict[str, int] = {}
         self.redis_memory: int | None = None
+        self.limits: list[dict[str, Any]] = []
 
     def collect(self) -> Iterator[Metric]:
+        yield from self._limits()
         ex = CounterMetricFamily("jobharness_executions", "Job attempts by how they ended",
                                  labels=["status"])
         for status, n in sorted(self.outcomes.items()):
@@ -132,6 +135,36 @@ class StoreCollector(Collector):
         if self.redis_memory is not None:
             yield GaugeMetricFamily("jobharness_redis_memory_bytes", "Memory used by Redis",
                                     value=float(self.redis_memory))
+
+
+    def _limits(self) -> Iterator[Metric]:
+        """Every type's and tenant's limits and what they govern now."""
+        figures = {
+            "max_running": ("jobharness_limit_max_running", "Jobs allowed to run at once"),
+            "rate_per_s": ("jobharness_limit_rate_per_second", "Jobs allowed to start per "
+                           "second"),
+            "burst": ("jobharness_limit_burst", "Starts a rate limit lets accumulate"),
+            "weight": ("jobharness_limit_weight", "Tenant's weight in the fair share of a "
+                       "band"),
+            "running": ("jobharness_limit_running", "Jobs running under the limit now"),
+            "tokens": ("jobharness_limit_tokens", "Rate-limit tokens left at the last start"),
+        }
+        for key, (name, doc) in figures.items():
+            family = GaugeMetricFamily(name, doc, labels=["scope", "name"])
+            for row in self.limits:
+                if row.get(key) is not None:
+                    family.add_metric([row["scope"], row["name"]], float(row[key]))
+            yield family
+        waits = CounterMetricFamily("jobharness_limit_waits", "Acquisitions that passed over "
+                                    "jobs this limit held back", labels=["scope", "name"])
+        enforced = GaugeMetricFamily("jobharness_limit_enforced", "1 when Redis enforces the "
+                                     "limit as stored", labels=["scope", "name"])
+        for row in self.limits:
+            if row.get("waits") is not None:
+                waits.add_metric([row["scope"], row["name"]], float(row["waits"]))
+            enforced.add_metric([row["scope"], row["name"]], 1.0 if row["enforced"] else 0.0)
+        yield waits
+        yield enforced
 
 
 def _error(status: int, field: str, message: str) -> JSONResponse:
@@ -298,6 +331,35 @@ async def dlq_purge(request: Request, body: PurgeIn) -> Any:
     return {"purged": await _rt(request).service.dlq_purge(older_than_s=older)}
 
 
+@router.get("/limits")
+async def list_limits(request: Request) -> Any:
+    """Every type's and tenant's limits, with the jobs running under each now, how often each
+    held jobs back, tokens left, and whether Redis enforces it as stored."""
+    rt = _rt(request)
+    return {"limits": await sched_limits.limit_states(rt.pool, rt.dispatch)}
+
+
+@router.put("/limits/{scope}/{name:path}")
+async def set_limit(request: Request, scope: Literal["job_type", "tenant"], name: str,
+                    body: LimitIn) -> Any:
+    """Set (replace) one type's or tenant's limits; they apply to the next acquisition."""
+    rt = _rt(request)
+    limit, enforced = await sched_limits.set_limit(
+        rt.pool, rt.dispatch, sched_limits.Limit(scope=scope, name=name, **body.model_dump()),
+        rt.settings.job_types)
+    return {"limit": limit.as_dict(), "enforced": enforced}
+
+
+@router.delete("/limits/{scope}/{name:path}")
+async def clear_limit(request: Request, scope: Literal["job_type", "tenant"],
+                      name: str) -> Any:
+    rt = _rt(request)
+    found, enforced = await sched_limits.clear_limit(rt.pool, rt.dispatch, scope, name)
+    if not found:
+        return _error(404, "name", f"no limits set for {scope} {name!r}")
+    return {"cleared": {"scope": scope, "name": name}, "enforced": enforced}
+
+
 @router.get("/health")
 async def health(request: Request) -> JSONResponse:
     """Each store's state: ok, degraded (Redis down: dispatch falls back to PostgreSQL) or
@@ -376,6 +438,8 @@ async def prometheus(request: Request) -> Response:
     metrics.store.pool = {"max": rt.pool.get_max_size(), "open": rt.pool.get_size(),
                           "idle": rt.pool.get_idle_size(),
                           "used": rt.pool.get_size() - rt.pool.get_idle_size()}
+    with contextlib.suppress(StoreUnavailable, OSError, asyncpg.PostgresError):
+        metrics.store.limits = await sched_limits.limit_states(rt.pool, rt.dispatch)
     with contextlib.suppress(DispatchUnavailable):
         for name, depth in (await rt.dispatch.depths()).items():
             metrics.queue_depth.labels(name).set(depth)

@@ -57,6 +57,18 @@ class PurgeIn(BaseModel):
     all: bool = False
 
 
+class LimitIn(BaseModel):
+    """The limits of one job type or tenant (replacing what it had). Checked again by the
+    core."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    max_running: int | None = Field(None, ge=1, le=1_000_000)
+    rate_per_s: float | None = Field(None, gt=0, le=1_000_000)
+    burst: int | None = Field(None, ge=1, le=1_000_000)
+    weight: int | None = Field(None, ge=1, le=1000)
+
+
 class CreatedOut(BaseModel):
     job_id: str
     status: str

@@ -34,7 +34,8 @@ def _spec(args: argparse.Namespace) -> JobSpec:
     return JobSpec(job_type=args.type, payload=payload, priority=args.priority,
                    max_retries=args.max_retries, timeout_s=args.timeout_s,
                    delay_s=args.delay_s, required_capability=args.capability,
-                   idempotency_key=args.idempotency_key, depends_on=tuple(args.depends_on or ()))
+                   idempotency_key=args.idempotency_key, depends_on=tuple(args.depends_on or ()),
+                   tenant=args.tenant)
 
 
 async def _jobs(args: argparse.Namespace, settings: Settings) -> Any:
@@ -126,6 +127,49 @@ def cmd_queues_workers(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+async def _limits(args: argparse.Namespace, settings: Settings) -> Any:
+    from core import limits
+    from core.runtime import open_runtime
+
+    async with open_runtime(settings) as rt:
+        if args.action == "set":
+            limit, enforced = await limits.set_limit(
+                rt.pool, rt.dispatch,
+                limits.Limit(scope=args.scope, name=args.name, max_running=args.max_running,
+                             rate_per_s=args.rate, burst=args.burst, weight=args.weight),
+                settings.job_types)
+            return {"limit": limit.as_dict(), "enforced": enforced}
+        if args.action == "clear":
+            found, enforced = await limits.clear_limit(rt.pool, rt.dispatch, args.scope,
+                                                       args.name)
+            if not found:
+                raise InvalidInput("name", f"no limits set for {args.scope} {args.name!r}")
+            return {"cleared": {"scope": args.scope, "name": args.name}, "enforced": enforced}
+        return await limits.limit_states(rt.pool, rt.dispatch)
+
+
+def cmd_limits(args: argparse.Namespace, settings: Settings) -> int:
+    from core.cli import _print_json, run_async
+    from core.runtime import endpoints
+
+    with endpoints(settings) as resolved:
+        out = run_async(_limits(args, resolved))
+    if args.json:
+        _print_json(out)
+    elif args.action == "list":
+        _table(out, ["scope", "name", "max_running", "rate_per_s", "burst", "weight",
+                     "running", "waits", "enforced"], f"{len(out)} limit(s)")
+    elif args.action == "set":
+        lim = out["limit"]
+        print(f"{lim['scope']} {lim['name']}: max_running={lim['max_running']} "
+              f"rate_per_s={lim['rate_per_s']} burst={lim['burst']} weight={lim['weight']}"
+              + ("" if out["enforced"] else " (Redis unreachable: enforced once the "
+                 "reconciler mirrors it)"))
+    else:
+        print(f"{args.scope} {args.name}: limits cleared")
+    return 0
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("jobs", parents=[common], help="create, inspect, cancel, export jobs")
     jobs = p.add_subparsers(dest="action", required=True)
@@ -140,6 +184,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     c.add_argument("--idempotency-key")
     c.add_argument("--depends-on", nargs="*")
     c.add_argument("--count", type=int, default=1)
+    c.add_argument("--tenant", help="who the job belongs to (limits and fair shares)")
     g = jobs.add_parser("get", parents=[common])
     g.add_argument("job_id")
     ls = jobs.add_parser("list", parents=[common])
@@ -157,6 +202,24 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
 
     p = sub.add_parser("queues", parents=[common], help="depth of every queue")
     p.set_defaults(func=cmd_queues_workers, needs_settings=True)
+    p = sub.add_parser("limits", parents=[common],
+                       help="limits per job type and tenant, and fair-share weights")
+    lim = p.add_subparsers(dest="action", required=True)
+    lim.add_parser("list", parents=[common], help="every limit and what it governs now")
+    s = lim.add_parser("set", parents=[common], help="set (replace) one type's or tenant's "
+                       "limits; they apply to the next acquisition")
+    s.add_argument("scope", choices=["job_type", "tenant"])
+    s.add_argument("name")
+    s.add_argument("--max-running", type=int, help="jobs that may run at once")
+    s.add_argument("--rate", type=float, help="jobs that may start per second")
+    s.add_argument("--burst", type=int, help="starts a rate limit may save up (default: "
+                   "one second's worth)")
+    s.add_argument("--weight", type=int, help="a tenant's weight in the fair share of a "
+                   "priority band (default 1)")
+    c = lim.add_parser("clear", parents=[common], help="remove one type's or tenant's limits")
+    c.add_argument("scope", choices=["job_type", "tenant"])
+    c.add_argument("name")
+    p.set_defaults(func=cmd_limits, needs_settings=True)
     p = sub.add_parser("workers", parents=[common], help="workers and their heartbeats")
     p.add_argument("--status")
     p.add_argument("--limit", type=int, default=200)

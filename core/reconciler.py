@@ -2,9 +2,10 @@
 
 One pass: expire leases past their deadline (PostgreSQL clock), release WAITING jobs whose
 dependencies are done, re-index PENDING jobs that Redis lost, drop Redis entries with no live
-job behind them, mark workers with stale PostgreSQL heartbeats, and purge old DLQ entries.
-Redis is read before PostgreSQL, so an entry enqueued after its job's commit is never mistaken
-for an orphan.
+job behind them, mirror the scheduling limits and recount what runs under them (recording
+leases PostgreSQL holds that Redis lacks), mark workers with stale PostgreSQL heartbeats, and
+purge old DLQ entries. Redis is read before PostgreSQL, so an entry enqueued after its job's
+commit is never mistaken for an orphan.
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import contextlib
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.dispatch import DispatchSnapshot
+from core.dispatch import DispatchSnapshot, flow_of
 from core.errors import DispatchUnavailable, StoreUnavailable
+from core.limits import list_limits, mirror_of
 from core.model import JobStatus
 from core.queries import q
 from core.service import Effects, JobService
@@ -31,6 +33,8 @@ class ReconcileReport:
     orphans_removed: int = 0
     stale_workers: int = 0
     dlq_purged: int = 0
+    leases_recorded: int = 0  # leases the processing set lacked (counted against limits)
+    held_dropped: int = 0  # limit records of leases no longer held
     redis_reachable: bool = True
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -98,6 +102,13 @@ class Reconciler:
             await svc.dispatch.forget(fx.forget)
         if fx.enqueue:
             await svc.dispatch.enqueue(fx.enqueue)
+        # limits mirrored as stored; leases PostgreSQL holds (fallback, or lost with Redis'
+        # data) counted against them; running counts recounted
+        leased = [(j, int(r["lease_ms"] or 0),
+                   flow_of(r["job_type"], r["tenant"], r["required_capability"]))
+                  for j, r in live.items() if r["status"] == JobStatus.PROCESSING]
+        report.leases_recorded, report.held_dropped = await svc.dispatch.sched_sync(
+            mirror_of(await list_limits(svc.pool)), leased)
 
     async def run(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:
         """Run passes every `interval_s` until `stop` is set; store outages are survived."""

@@ -262,8 +262,13 @@ class JobService(JobReads, WorkerRegistry):
     async def _acquire_postgres(
         self, worker_id: str, caps: list[str], lease_s: float
     ) -> Lease | None:
-        with store_errors():
-            row = await self.pool.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
+        async with self._tx() as conn:
+            if await conn.fetchval(q("has_admission_limits")):
+                # limits apply here too: one fallback lease at a time counts what runs
+                await conn.execute(q("lock_admission"))
+                row = await conn.fetchrow(q("lease_runnable_limited"), caps, worker_id, lease_s)
+            else:
+                row = await conn.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
         if row is None:
             return None
         self.stats["acquired_postgres"] += 1

@@ -322,3 +322,77 @@ SELECT
       WHERE finished_at > now() - interval '5 minutes' AND status = 'COMPLETED') AS duration_p99_ms,
     (SELECT extract(epoch FROM avg(started_at - created_at)) FROM jobs
       WHERE started_at > now() - interval '5 minutes') AS queue_wait_avg_s;
+
+-- name: list_limits
+SELECT scope, name, max_running, rate_per_s, burst, weight, updated_at
+FROM job_limits ORDER BY scope, name;
+
+-- name: set_limit
+INSERT INTO job_limits (scope, name, max_running, rate_per_s, burst, weight)
+VALUES ($1, $2, $3, $4, $5, $6)
+ON CONFLICT (scope, name) DO UPDATE
+SET max_running = EXCLUDED.max_running, rate_per_s = EXCLUDED.rate_per_s,
+    burst = EXCLUDED.burst, weight = EXCLUDED.weight, updated_at = clock_timestamp();
+
+-- name: clear_limit
+WITH gone AS (DELETE FROM job_limits WHERE scope = $1 AND name = $2 RETURNING 1)
+SELECT count(*) > 0 FROM gone;
+
+-- name: running_by_scope
+SELECT 'job_type' AS scope, job_type AS name, count(*) AS n FROM jobs
+WHERE status = 'PROCESSING' GROUP BY job_type
+UNION ALL
+SELECT 'tenant', tenant, count(*) FROM jobs
+WHERE status = 'PROCESSING' AND tenant IS NOT NULL GROUP BY tenant;
+
+-- name: has_admission_limits
+SELECT EXISTS (SELECT 1 FROM job_limits
+               WHERE max_running IS NOT NULL OR rate_per_s IS NOT NULL);
+
+-- name: lock_admission
+-- Serialises PostgreSQL-fallback leases while limits exist: each one counts what runs
+-- after the previous one committed (a statement's snapshot is taken after the lock).
+SELECT pg_advisory_xact_lock(hashtext('jobharness.admission'));
+
+-- name: lease_runnable_limited
+-- The PostgreSQL fallback under limits (run after lock_admission, in its transaction): a type
+-- or tenant at its max_running, or with `burst` starts within the last burst/rate seconds
+-- (the token bucket's sliding-window equivalent), is passed over. No fair share here: the
+-- fallback keeps priority then age.
+WITH lim AS (
+    SELECT scope, name, max_running, rate_per_s,
+           coalesce(burst, greatest(1, floor(rate_per_s))::int) AS burst
+    FROM job_limits WHERE max_running IS NOT NULL OR rate_per_s IS NOT NULL
+), blocked AS (
+    SELECT l.scope, l.name FROM lim l
+    WHERE l.max_running <= (
+              SELECT count(*) FROM jobs j WHERE j.status = 'PROCESSING'
+                AND ((l.scope = 'job_type' AND j.job_type = l.name)
+                     OR (l.scope = 'tenant' AND j.tenant = l.name)))
+       OR l.burst <= (
+              SELECT count(*) FROM job_executions e JOIN jobs j ON j.id = e.job_id
+              WHERE e.started_at > clock_timestamp() - make_interval(secs => l.burst / l.rate_per_s)
+                AND ((l.scope = 'job_type' AND j.job_type = l.name)
+                     OR (l.scope = 'tenant' AND j.tenant = l.name)))
+), candidate AS (
+    SELECT j.id FROM jobs j
+    WHERE j.status = 'PENDING' AND j.run_at <= clock_timestamp()
+      AND (j.required_capability IS NULL OR j.required_capability = ANY ($1::text[]))
+      AND j.job_type NOT IN (SELECT name FROM blocked WHERE scope = 'job_type')
+      AND (j.tenant IS NULL OR j.tenant NOT IN (SELECT name FROM blocked WHERE scope = 'tenant'))
+    ORDER BY j.priority DESC, j.run_at, j.created_at
+    LIMIT 1
+    FOR UPDATE SKIP LOCKED
+), leased AS (
+    UPDATE jobs j
+    SET status = 'PROCESSING', worker_id = $2, lease_token = nextval('lease_token_seq'),
+        lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8),
+        started_at = coalesce(j.started_at, clock_timestamp())
+    FROM candidate c
+    WHERE j.id = c.id
+    RETURNING j.id, j.job_type, j.payload, j.priority, j.timeout_s, j.lease_token, j.retry_count
+), opened AS (
+    INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
+    SELECT id, $2, retry_count + 1, lease_token, 'postgres' FROM leased
+)
+SELECT * FROM leased;
