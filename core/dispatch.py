@@ -253,20 +253,22 @@ class RedisDispatch:
         await self._forget_ids("unlease", job_ids)
 
     async def sched_sync(
-        self, limits: dict[str, str], leased: Sequence[tuple[str, int, str]]
-    ) -> tuple[int, int]:
+        self, limits: dict[str, str], leased: Sequence[tuple[str, int, bool, str]]
+    ) -> tuple[list[str], int]:
         """Replace the limits mirror with `limits` (field -> "max,rate,burst,weight"), record
-        leases `(job id, remaining ms, flow)` the processing set lacks, recount what runs.
-        Returns (leases recorded, held records dropped)."""
-        which, flows = _indexed(f for _, _, f in leased)
+        leases `(job id, remaining ms, taken by the fallback, flow)` the processing set lacks
+        (see sched_sync.lua), recount what runs. Returns (ids recorded, held records
+        dropped)."""
+        which, flows = _indexed(f for *_, f in leased)
         args: list[Any] = [len(limits)]
         for field, value in limits.items():
             args += [field, value]
-        args += [",".join(j for j, _, _ in leased), ",".join(str(max(1, ms)) for _, ms, _ in
-                                                             leased), which, *flows]
+        args += [",".join(j for j, *_ in leased),
+                 ",".join(str(max(1, ms)) for _, ms, _, _ in leased),
+                 "".join("1" if fb else "0" for _, _, fb, _ in leased), which, *flows]
         recorded, dropped = await self._call(self._sched_sync(
             keys=[self.keys.processing, self.keys.sched], args=args))
-        return int(recorded), int(dropped)
+        return (recorded.split(",") if recorded else []), int(dropped)
 
     async def set_limit(self, field: str, value: str | None) -> None:
         """Mirror one limit (None: removed) at once; the reconciler re-mirrors them all."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -104,11 +105,18 @@ class Reconciler:
             await svc.dispatch.enqueue(fx.enqueue)
         # limits mirrored as stored; leases PostgreSQL holds (fallback, or lost with Redis'
         # data) counted against them; running counts recounted
-        leased = [(j, int(r["lease_ms"] or 0),
+        leased = [(j, int(r["lease_ms"] or 0), r["lease_via"] == "postgres",
                    flow_of(r["job_type"], r["tenant"], r["required_capability"]))
                   for j, r in live.items() if r["status"] == JobStatus.PROCESSING]
-        report.leases_recorded, report.held_dropped = await svc.dispatch.sched_sync(
+        recorded, report.held_dropped = await svc.dispatch.sched_sync(
             mirror_of(await list_limits(svc.pool)), leased)
+        if recorded:
+            # a lease that ended between reading PostgreSQL and the script (its forget came
+            # first) must not stay recorded: give its place back now
+            still = {r["id"] for r in await svc.pool.fetch(
+                q("still_processing"), [uuid.UUID(j) for j in recorded])}
+            await svc.dispatch.release_processing([j for j in recorded if j not in still])
+            report.leases_recorded = len(still)
 
     async def run(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:
         """Run passes every `interval_s` until `stop` is set; store outages are survived."""

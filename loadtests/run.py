@@ -318,6 +318,7 @@ class Run:
             await self.wait_ready(api_url, pool)
         self.timings["startup_s"] = round(time.monotonic() - t0, 2)
         http = httpx.AsyncClient()
+        await self._set_limits(api_url, http)
         fh = open(self.dir / "samples.csv", "w", newline="")  # noqa: ASYNC230, SIM115
         try:
             writer = csv.DictWriter(fh, fieldnames=SAMPLE_FIELDS)
@@ -393,6 +394,14 @@ class Run:
         return verdict
 
     # -- drills -----------------------------------------------------------------------------
+    async def _set_limits(self, api_url: str, http: httpx.AsyncClient) -> None:
+        """The scenario's limits, set through the system's API before any load."""
+        for lim in self.scenario.limits:
+            body = {k: v for k, v in lim.items() if k not in ("scope", "name")}
+            r = await http.put(f"{api_url}/limits/{lim['scope']}/{lim['name']}", json=body)
+            if r.status_code != 200:
+                raise JobHarnessError(f"the scenario's limit {lim} was refused: {r.text}")
+
     async def _start_drill(self, pool: Any, api_url: str, http: httpx.AsyncClient
                            ) -> asyncio.Task[None] | None:
         if self.drill is None:

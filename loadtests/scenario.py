@@ -47,6 +47,9 @@ class Scenario:
     job_params: dict[str, dict[str, Any]] = field(default_factory=dict)
     priorities: list[int] = field(default_factory=lambda: [1, 2, 3, 4, 5])
     tenants: dict[str, float] = field(default_factory=dict)  # name -> share of jobs submitted
+    # limits set on the system before the load starts (through its API): each a mapping of
+    # scope (job_type | tenant), name, and any of max_running, rate_per_s, burst, weight
+    limits: list[dict[str, Any]] = field(default_factory=list)
     payload_bytes: list[int] = field(default_factory=lambda: [64, 512])
     dag_fraction: float = 0.0
     max_retries: int = 3
@@ -76,6 +79,12 @@ class Scenario:
         _check(all(isinstance(t, str) and 1 <= len(t) <= 200 and w > 0
                    for t, w in self.tenants.items()),
                "tenants maps names (1..200 characters) to positive weights")
+        limit_keys = {"scope", "name", "max_running", "rate_per_s", "burst", "weight"}
+        _check(all(isinstance(lim, dict) and set(lim) <= limit_keys
+                   and lim.get("scope") in ("job_type", "tenant") and lim.get("name")
+                   for lim in self.limits),
+               "limits: each needs scope (job_type or tenant) and name, and may give "
+               "max_running, rate_per_s, burst, weight")
         _check(len(self.payload_bytes) == 2 and 0 <= self.payload_bytes[0]
                <= self.payload_bytes[1], "payload_bytes is [min, max]")
         _check(self.max_load_s > 0 and self.drain_timeout_s > 0, "timeouts must be > 0")

@@ -1,13 +1,16 @@
 -- Make the scheduling state agree with PostgreSQL again (run by the reconciler): the limits
--- mirror is replaced by the table's rows; jobs PostgreSQL has leased that the processing set
--- lacks (leased through the PostgreSQL fallback, or lost with Redis' data) are recorded there
--- and counted against their limits; held records without a lease are dropped; the running
--- counts are recounted from the held records.
+-- mirror is replaced by the table's rows; leases PostgreSQL holds that the processing set
+-- lacks are recorded there and counted against their limits - those taken through the
+-- PostgreSQL fallback, and all of them when Redis has lost its data (the marker
+-- {sched}:epoch is gone); held records without a lease are dropped; the running counts are
+-- recounted from the held records. (A Redis lease missing from the processing set while
+-- Redis kept its data was given back after the reconciler read PostgreSQL: not recorded.)
 -- KEYS: processing, sched
 -- ARGV: n, then n limit fields and values alternating; then the leased jobs' ids joined by
---       ","; their remaining lease in ms joined by ","; the positions of their flows among the
---       flows that follow, joined by ","; then the distinct flows.
--- Returns {leases recorded, held records dropped}.
+--       ","; their remaining lease in ms joined by ","; per job "1" when leased through the
+--       fallback else "0", one character each; the positions of their flows among the flows
+--       that follow, joined by ","; then the distinct flows.
+-- Returns {ids of the leases recorded joined by ",", held records dropped}.
 SCHED = KEYS[2]
 local n = tonumber(ARGV[1])
 redis.call('DEL', SCHED .. ':limits')
@@ -16,16 +19,19 @@ for k = 0, n - 1 do
 end
 local base = 2 + 2 * n
 local now = now_ms()
+local lost = redis.call('EXISTS', SCHED .. ':epoch') == 0
+redis.call('SET', SCHED .. ':epoch', now)
+local via = ARGV[base + 2]
 local leases, which = {}, {}
 for v in string.gmatch(ARGV[base + 1], '[^,]+') do leases[#leases + 1] = tonumber(v) end
-for v in string.gmatch(ARGV[base + 2], '[^,]+') do which[#which + 1] = tonumber(v) end
-local recorded, i = 0, 0
+for v in string.gmatch(ARGV[base + 3], '[^,]+') do which[#which + 1] = tonumber(v) end
+local recorded, i = {}, 0
 for id in string.gmatch(ARGV[base], '[^,]+') do
   i = i + 1
-  if not redis.call('ZSCORE', KEYS[1], id) then
+  if (lost or string.sub(via, i, i) == '1') and not redis.call('ZSCORE', KEYS[1], id) then
     redis.call('ZADD', KEYS[1], string.format('%.0f', now + leases[i]), id)
-    redis.call('HSET', SCHED .. ':held', id, ARGV[base + 2 + which[i]])
-    recorded = recorded + 1
+    redis.call('HSET', SCHED .. ':held', id, ARGV[base + 3 + which[i]])
+    recorded[#recorded + 1] = id
   end
 end
 local held = redis.call('HGETALL', SCHED .. ':held')
@@ -44,4 +50,4 @@ for k = 1, #held, 2 do
 end
 redis.call('DEL', SCHED .. ':running')
 for field, c in pairs(counts) do redis.call('HSET', SCHED .. ':running', field, c) end
-return {recorded, dropped}
+return {table.concat(recorded, ','), dropped}

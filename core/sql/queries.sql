@@ -185,8 +185,14 @@ SELECT id, status, priority, required_capability, job_type, tenant,
        greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
            AS delay_ms,
        greatest(0, ceil(extract(epoch FROM lease_expires_at - clock_timestamp()) * 1000))::bigint
-           AS lease_ms
+           AS lease_ms,
+       CASE WHEN status = 'PROCESSING' THEN (
+           SELECT e.acquired_via FROM job_executions e WHERE e.lease_token = jobs.lease_token)
+       END AS lease_via
 FROM jobs WHERE status IN ('PENDING', 'PROCESSING');
+
+-- name: still_processing
+SELECT id::text AS id FROM jobs WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING';
 
 -- name: get_job
 SELECT * FROM jobs WHERE id = $1;

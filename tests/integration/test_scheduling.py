@@ -184,6 +184,7 @@ async def test_the_postgres_fallback_keeps_the_limits(service: JobService) -> No
     await service.create_batch([JobSpec(job_type="sleep", payload={"ms": 1})
                                 for _ in range(10)])
     free = await service.create(JobSpec(job_type="noop", priority=1))
+    await Reconciler(service).run_once()  # Redis in sync (nothing lost)
     # ten callers race through PostgreSQL alone (as while Redis is down)
     leases = await asyncio.gather(*(service._acquire_postgres(f"w{i}", [], 5.0)
                                     for i in range(10)))
@@ -191,6 +192,13 @@ async def test_the_postgres_fallback_keeps_the_limits(service: JobService) -> No
     types = collections.Counter(lease.job_type for lease in got)
     assert types["sleep"] == 3
     assert free.job_id in {lease.job_id for lease in got}  # the limited type did not block it
+    # once Redis is back, the next pass counts the fallback's leases against the limits
+    report = await Reconciler(service).run_once()
+    assert report.leases_recorded == len(got)
+    assert (await running_counts(service))[limit_field("job_type", "sleep")] == 3
+    await service.create_batch([JobSpec(job_type="noop") for _ in range(2)])
+    more = await service.acquire_many("w-redis", 10)
+    assert [lease.job_type for lease in more] == ["noop", "noop"]  # no sleep: 3 run already
 
 
 async def test_the_reconciler_restores_limits_and_counts_after_redis_lost_them(
