@@ -93,7 +93,8 @@ def markdown(data: dict[str, Any]) -> str:
                                          "p90_ms", "p95_ms", "p99_ms", "p99.9_ms", "max_ms"])
     if data.get("tenants"):
         lines += ["", "## Tenants", "", *_table(data["tenants"], [
-            "tenant", "jobs", "completed", "share_of_completed", "queue_wait_p50_ms",
+            "tenant", "jobs", "completed", "share_of_completed", "share_contended",
+            "queue_wait_p50_ms",
             "queue_wait_p99_ms"])]
     lines += ["", "## SLOs", "", *_table(data["slos"], ["name", "value", "limit", "ok"])]
     lines += ["", "## Invariants", "", *_table(data["invariants"], ["name", "violations", "ok"])]

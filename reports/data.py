@@ -111,17 +111,30 @@ def execution_summary(executions: pd.DataFrame) -> dict[str, int]:
 
 
 def tenant_table(jobs: pd.DataFrame) -> list[dict[str, Any]]:
-    """Per tenant: jobs submitted, completed, share of all completions, and queue wait
-    percentiles of its completed jobs (raw values): how evenly the system served them."""
+    """Per tenant: jobs submitted, completed, share of all completions, share of the starts
+    made while every tenant still had jobs to start (until the first one started its last:
+    under a backlog, the fair share the scheduler gave it), and queue wait percentiles of
+    its completed jobs (raw values)."""
     if "tenant" not in jobs or jobs["tenant"].isna().all():
         return []
     done = jobs[jobs["status"] == "COMPLETED"]
+    tenants = jobs["tenant"].fillna("(none)")
+    contended = pd.Series(dtype=object)
+    if "started_at" in jobs:
+        started = jobs["started_at"].notna()
+        # when each tenant ran out of jobs to start (never, while one of its jobs has not)
+        ran_out = jobs["started_at"].groupby(tenants).max()[
+            started.groupby(tenants).all()]
+        if len(ran_out):
+            contended = tenants[started & (jobs["started_at"] <= ran_out.min())]
     rows = []
-    for tenant, group in jobs.groupby(jobs["tenant"].fillna("(none)"), sort=True):
+    for tenant, group in jobs.groupby(tenants, sort=True):
         finished = done.loc[group.index.intersection(done.index)]
         rows.append({
             "tenant": tenant, "jobs": len(group), "completed": len(finished),
             "share_of_completed": round(len(finished) / len(done), 4) if len(done) else None,
+            "share_contended": (round(float((contended == tenant).mean()), 4)
+                                if len(contended) else None),
             "queue_wait_p50_ms": percentile(finished["queue_wait_ms"], 50),
             "queue_wait_p99_ms": percentile(finished["queue_wait_ms"], 99),
         })

@@ -95,11 +95,17 @@ def test_tenant_table_from_raw_queue_waits() -> None:
         "tenant": ["flood"] * 4 + ["a", "a", None],
         "status": ["COMPLETED"] * 3 + ["PENDING", "COMPLETED", "COMPLETED", "COMPLETED"],
         "queue_wait_ms": [10.0, 20.0, 30.0, None, 5.0, 50.0, 1.0],
+        # tenant a starts its last job at t=4: the contended window holds starts t <= 4
+        "started_at": pd.to_datetime([1, 2, 3, None, 4, 0, 5], unit="s"),
     })
     rows = {r["tenant"]: r for r in tenant_table(jobs)}
     assert rows["flood"]["jobs"] == 4
     assert rows["flood"]["completed"] == 3
     assert rows["flood"]["share_of_completed"] == round(3 / 6, 4)
+    # "(none)" started its only job at t=5; a's last start (t=4) ends the window: 5 starts
+    assert rows["flood"]["share_contended"] == round(3 / 5, 4)
+    assert rows["a"]["share_contended"] == round(2 / 5, 4)
+    assert rows["(none)"]["share_contended"] == 0
     assert (rows["flood"]["queue_wait_p50_ms"], rows["flood"]["queue_wait_p99_ms"]) == (20, 30)
     assert (rows["a"]["queue_wait_p50_ms"], rows["a"]["queue_wait_p99_ms"]) == (5, 50)
     assert rows["(none)"]["completed"] == 1
