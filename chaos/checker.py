@@ -4,7 +4,9 @@ implementation of that schema.
 
 Checks: lost jobs (accepted, not terminal after the drain deadline), jobs completed more than
 once, stuck leases, orphan Redis entries, executions without a job, DLQ entries without a
-DEAD job, COMPLETED jobs without a COMPLETED execution.
+DEAD job, COMPLETED jobs without a COMPLETED execution; and, where the schema has limits
+(migration 010), limits overrun: more leases of a job type or tenant open at one instant
+than its `max_running` (from the executions' lease intervals, as admission counts them).
 """
 
 from __future__ import annotations
@@ -53,10 +55,39 @@ QUERIES: list[tuple[str, str, str]] = [
      " WHERE q.requeued_at IS NULL AND (j.id IS NULL OR j.status <> 'DEAD')"),
 ]
 
+# Each execution is a lease from started_at to finished_at (still open: to now); at equal
+# instants an end counts before a start. Uses the limits as they stand at check time.
+LIMIT_OVERRUNS = """
+WITH lim AS (
+    SELECT scope, name, max_running FROM job_limits WHERE max_running IS NOT NULL
+), ev AS (
+    SELECT l.scope, l.name, l.max_running, v.t, v.d
+    FROM lim l
+    JOIN jobs j ON (l.scope = 'job_type' AND j.job_type = l.name)
+                OR (l.scope = 'tenant' AND j.tenant = l.name)
+    JOIN job_executions e ON e.job_id = j.id
+    CROSS JOIN LATERAL (VALUES (e.started_at, 1),
+                               (coalesce(e.finished_at, clock_timestamp()), -1)) v(t, d)
+), open_at AS (
+    SELECT scope, name, max_running,
+           sum(d) OVER (PARTITION BY scope, name ORDER BY t, d
+                        ROWS UNBOUNDED PRECEDING) AS open
+    FROM ev
+)
+SELECT scope || ' ' || name || ': ' || max(open) || ' leases at once, limit '
+       || max_running AS id
+FROM open_at GROUP BY scope, name, max_running HAVING max(open) > max_running
+ORDER BY 1
+"""
+
 
 async def check_postgres(conn: asyncpg.Connection) -> list[Check]:
     out = []
-    for name, description, sql in QUERIES:
+    queries = list(QUERIES)
+    if await conn.fetchval("SELECT to_regclass('job_limits') IS NOT NULL"):
+        queries.append(("limit_overruns", "job types or tenants with more leases open at "
+                        "once than their max_running", LIMIT_OVERRUNS))
+    for name, description, sql in queries:
         rows = await conn.fetch(sql)
         out.append(Check(name=name, description=description, violations=len(rows),
                          examples=[r["id"] for r in rows[:SAMPLE]]))

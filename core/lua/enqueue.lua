@@ -60,10 +60,5 @@ send('HSET', KEYS[2], nil, meta)
 send('ZADD', KEYS[1], nil, delayed)
 for q, args in pairs(queued) do send('ZADD', q, 'NX', args) end
 for fkey, args in pairs(flowed) do send('ZADD', fkey, 'NX', args) end
-if wakeups > 0 then
-  local tokens = {}
-  for k = 1, math.min(wakeups, 1000) do tokens[k] = '1' end
-  redis.call('LPUSH', KEYS[3], unpack(tokens))
-  redis.call('LTRIM', KEYS[3], 0, tonumber(ARGV[1]) - 1)
-end
+push_wakeups(KEYS[3], wakeups, ARGV[1])
 return wakeups

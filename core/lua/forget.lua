@@ -40,10 +40,5 @@ for s = 1, #ids, 500 do
     redis.call('ZADD', KEYS[7], unpack(args))
   end
 end
-if wake > 0 then
-  local tokens = {}
-  for k = 1, math.min(wake, 1000) do tokens[k] = '1' end
-  redis.call('LPUSH', KEYS[8], unpack(tokens))
-  redis.call('LTRIM', KEYS[8], 0, tonumber(ARGV[3]) - 1)
-end
+push_wakeups(KEYS[8], wake, ARGV[3])
 return #ids

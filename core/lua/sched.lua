@@ -54,6 +54,15 @@ local function flow_remove(flow, id)
   end
 end
 
+-- push n wake-up tokens (one per job that may now run), keeping the list within cap
+local function push_wakeups(key, n, cap)
+  if n <= 0 then return end
+  local tokens = {}
+  for k = 1, math.min(n, 1000) do tokens[k] = '1' end
+  redis.call('LPUSH', key, unpack(tokens))
+  redis.call('LTRIM', key, 0, tonumber(cap) - 1)
+end
+
 -- {max, rate, burst, weight} of a scope field, or false
 local limit_cache = {}
 local function limit_of(field)

@@ -91,6 +91,30 @@ async def test_orphan_redis_entry_is_reported(service: JobService) -> None:
     assert (await run_checks(service))["orphan_redis_entries"] == 2
 
 
+async def test_limit_overrun_is_reported(service: JobService) -> None:
+    from core import limits
+
+    await limits.set_limit(service.pool, service.dispatch,
+                           limits.Limit(scope="tenant", name="acme", max_running=1),
+                           service.settings.job_types)
+    await service.create_batch([JobSpec(job_type="noop", tenant="acme") for _ in range(2)])
+    lease = await service.acquire("w1")
+    assert lease is not None
+    assert (await run_checks(service))["limit_overruns"] == 0  # one lease open: within
+    # a second lease opened beside the first, behind the scheduler's back
+    await service.pool.execute(
+        "WITH j AS (UPDATE jobs SET status = 'PROCESSING', worker_id = 'ghost',"
+        " lease_token = 777777, lease_expires_at = clock_timestamp() + interval '1 minute'"
+        " WHERE status = 'PENDING' RETURNING id)"
+        " INSERT INTO job_executions (job_id, worker_id, attempt, lease_token)"
+        " SELECT id, 'ghost', 1, 777777 FROM j")
+    async with service.pool.acquire() as conn:
+        checks = {c.name: c for c in await check_all(conn, None, service.settings.prefix)}
+    assert checks["limit_overruns"].violations == 1
+    assert checks["limit_overruns"].examples == ["tenant acme: 2 leases at once, limit 1"]
+    await service.complete(lease.job_id, lease.token)
+
+
 async def test_checker_reads_only_the_contract(service: JobService) -> None:
     """It runs on a plain connection with nothing of ours loaded but the schema."""
     assert service.settings.pg_dsn
