@@ -73,6 +73,7 @@ class EnqueueItem:
 class AcquireResult:
     job_ids: list[str]  # best first; fewer than asked when no more may run now
     next_due_in_ms: int | None  # until the earliest delayed job is due, if any
+    limited: frozenset[str] = frozenset()  # ids counted under a max_running limit
 
     @property
     def job_id(self) -> str | None:
@@ -212,11 +213,12 @@ class RedisDispatch:
         caps = "," + ",".join(sorted(set(capabilities))) + ","
         keys = [*self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.processing),
                 self.keys.sched]
-        found, next_due = await self._call(self._acquire(
+        found, next_due, limited = await self._call(self._acquire(
             keys=keys, args=[lease_ms, PROMOTE_LIMIT, bands, caps, count]))
         due = int(next_due)
         return AcquireResult(job_ids=found.split(",") if found else [],
-                             next_due_in_ms=due if due >= 0 else None)
+                             next_due_in_ms=due if due >= 0 else None,
+                             limited=frozenset(limited.split(",")) if limited else frozenset())
 
     async def extend(self, job_id: str, lease_ms: int) -> None:
         now_ms = await self.now_ms()

@@ -44,6 +44,9 @@ from core.settings import Settings
 
 __all__ = ["CreateResult", "Effects", "FailOutcome", "JobService"]
 
+# a job Redis admitted but PostgreSQL's count refused waits this long before its next try
+REFUSED_DELAY_MS = 200
+
 
 @dataclass
 class Effects:
@@ -230,17 +233,23 @@ class JobService(JobReads, WorkerRegistry):
             if not res.job_ids:
                 break
             takers = wanting[:len(res.job_ids)]
-            with store_errors():
-                rows = await self.pool.fetch(
-                    q("lease_jobs"), [uuid.UUID(j) for j in res.job_ids],
-                    [worker_ids[i] for i in takers], lease_s, "redis")
+            refused: set[str] = set()
+            if res.limited:
+                rows, refused = await self._lease_checked(
+                    res.job_ids, [worker_ids[i] for i in takers], res.limited, lease_s)
+            else:
+                with store_errors():
+                    rows = await self.pool.fetch(
+                        q("lease_jobs"), [uuid.UUID(j) for j in res.job_ids],
+                        [worker_ids[i] for i in takers], lease_s, "redis")
             by_id = {str(r["id"]): r for r in rows}
             self.stats["acquired_redis"] += len(rows)
             missed = []
             for i, job_id in zip(takers, res.job_ids, strict=True):
                 row = by_id.get(job_id)
                 if row is None:
-                    await self._drop_stale_entry(job_id)
+                    if job_id not in refused:
+                        await self._drop_stale_entry(job_id)
                     missed.append(i)
                 else:
                     leases[i] = self._lease(row, worker_ids[i], lease_s, "redis")
@@ -249,6 +258,30 @@ class JobService(JobReads, WorkerRegistry):
             if not wanting:
                 break
         return leases
+
+    async def _lease_checked(
+        self, job_ids: list[str], workers: list[str], limited: frozenset[str], lease_s: float
+    ) -> tuple[list[asyncpg.Record], set[str]]:
+        """Lease popped jobs, checking those under a max_running limit against PostgreSQL's
+        count too, under the lock the fallback's leases take. Redis cannot see a lease the
+        fallback took before the reconciler counted it (workers return from the fallback one
+        by one when Redis comes back); this check can. A refused job goes back to wait."""
+        ids = [uuid.UUID(j) for j in job_ids]
+        async with self._tx() as conn:
+            await conn.execute(q("lock_admission"))
+            checked = await conn.fetch(q("admit_limited"),
+                                       [ids[k] for k, j in enumerate(job_ids) if j in limited])
+            refused = {str(r["id"]) for r in checked if not r["admitted"]}
+            keep = [k for k, j in enumerate(job_ids) if j not in refused]
+            rows = await conn.fetch(q("lease_jobs"), [ids[k] for k in keep],
+                                    [workers[k] for k in keep], lease_s, "redis")
+        if refused:
+            self.stats["limit_refused_by_postgres"] += len(refused)
+            fx = Effects(forget=sorted(refused))
+            fx.add_ready({**dict(r), "delay_ms": REFUSED_DELAY_MS}
+                         for r in checked if not r["admitted"])
+            await self._apply(fx)
+        return rows, refused
 
     async def _drop_stale_entry(self, job_id: str) -> None:
         """A popped id whose job is not PENDING: keep the index honest, then look further."""

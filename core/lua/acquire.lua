@@ -3,7 +3,8 @@
 -- KEYS: delayed, job-meta, processing, high, medium, low, sched
 -- ARGV: lease_ms, promote_limit, bands ("hml" subset), capabilities (",a,b,"), count
 -- Returns {job ids joined by "," or "", ms until a job held back by time (delayed, or waiting
--- for a rate limit's token) may run, or -1}.
+-- for a rate limit's token) may run, or -1, the ids among them counted under a max_running
+-- limit joined by ","} (the lease statement checks those against PostgreSQL's count too).
 --
 -- Per band, best first: the tenants with a flow this worker may serve and whose limits admit
 -- it take turns by weighted fair share (stride scheduling: the tenant with the lowest pass
@@ -87,7 +88,7 @@ local function take(field)
   end
 end
 
-local found = {}
+local found, limited = {}, {}
 for b = 1, #bands do
   if #found >= count then break end
   local band = string.sub(bands, b, b)
@@ -151,6 +152,9 @@ for b = 1, #bands do
           take(best_flow.field)
         end
         found[#found + 1] = id
+        if state_of(tenants[best].field).running or state_of(best_flow.field).running then
+          limited[#limited + 1] = id
+        end
         local lim = limit_of(tenants[best].field)
         local weight = (lim and lim.weight) or 1
         passes[best] = best_pass + 1 / weight
@@ -177,4 +181,4 @@ if #first > 0 then
   local ms = math.max(0, tonumber(first[2]) - now)
   if next_due < 0 or ms < next_due then next_due = ms end
 end
-return {table.concat(found, ','), string.format('%.0f', next_due)}
+return {table.concat(found, ','), string.format('%.0f', next_due), table.concat(limited, ',')}

@@ -402,3 +402,33 @@ WITH lim AS (
     SELECT id, $2, retry_count + 1, lease_token, 'postgres' FROM leased
 )
 SELECT * FROM leased;
+
+-- name: admit_limited
+-- Jobs popped from Redis under a max_running limit, checked against PostgreSQL's own count
+-- (run after lock_admission, in the transaction that leases them): in pop order, a job is
+-- admitted while its type's and its tenant's PROCESSING jobs plus those admitted before it
+-- stay within max_running. (A job refused for one scope still takes its place in the other:
+-- on the safe side.) Catches what Redis cannot see: leases the PostgreSQL fallback took
+-- moments ago, before the reconciler counted them.
+WITH c AS (
+    SELECT j.id, j.job_type, j.tenant, j.priority, j.required_capability, u.ord
+    FROM unnest($1::uuid[]) WITH ORDINALITY AS u(id, ord)
+    JOIN jobs j ON j.id = u.id AND j.status = 'PENDING'
+), running AS (
+    SELECT l.scope, l.name, l.max_running,
+           (SELECT count(*) FROM jobs j WHERE j.status = 'PROCESSING'
+              AND ((l.scope = 'job_type' AND j.job_type = l.name)
+                   OR (l.scope = 'tenant' AND j.tenant = l.name))) AS n
+    FROM job_limits l WHERE l.max_running IS NOT NULL
+), ranked AS (
+    SELECT c.*,
+           row_number() OVER (PARTITION BY c.job_type ORDER BY c.ord) AS type_rank,
+           row_number() OVER (PARTITION BY c.tenant ORDER BY c.ord) AS tenant_rank
+    FROM c
+)
+SELECT r.id, r.job_type, r.tenant, r.priority, r.required_capability,
+       coalesce((SELECT t.n + r.type_rank <= t.max_running FROM running t
+                 WHERE t.scope = 'job_type' AND t.name = r.job_type), true)
+       AND coalesce((SELECT t.n + r.tenant_rank <= t.max_running FROM running t
+                     WHERE t.scope = 'tenant' AND t.name = r.tenant), true) AS admitted
+FROM ranked r ORDER BY r.ord;

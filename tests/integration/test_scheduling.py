@@ -201,6 +201,30 @@ async def test_the_postgres_fallback_keeps_the_limits(service: JobService) -> No
     assert [lease.job_type for lease in more] == ["noop", "noop"]  # no sleep: 3 run already
 
 
+async def test_redis_admissions_count_a_fallback_lease_redis_has_not_seen(
+        service: JobService) -> None:
+    """Redis comes back while a worker still holds a lease it took through the fallback: the
+    lease statement's own count keeps the limit until the reconciler counts that lease."""
+    await set_limit(service, "tenant", "acme", max_running=2)
+    await service.create_batch([JobSpec(job_type="noop", tenant="acme") for _ in range(4)])
+    via_pg = await service._acquire_postgres("w-fallback", [], 5.0)
+    assert via_pg is not None
+    leases = await service.acquire_many("w-redis", 4)
+    assert len(leases) == 1  # Redis admitted more; PostgreSQL's count refused them
+    assert service.stats["limit_refused_by_postgres"] >= 1
+    open_leases = await service.pool.fetchval(
+        "SELECT count(*) FROM jobs WHERE status = 'PROCESSING' AND tenant = 'acme'")
+    assert open_leases == 2
+    # the refused jobs wait (not lost) and run once places are free
+    await service.complete(via_pg.job_id, via_pg.token)
+    await service.complete(leases[0].job_id, leases[0].token)
+    got: list[str] = []
+    while len(got) < 2:
+        await service.wait_for_work(2.0)  # the refused job's short delay, then a wake-up
+        got += [lease.job_id for lease in await service.acquire_many("w-redis", 4)]
+    assert len(set(got)) == 2
+
+
 async def test_the_reconciler_restores_limits_and_counts_after_redis_lost_them(
         service: JobService) -> None:
     await set_limit(service, "tenant", "acme", max_running=2)
