@@ -95,7 +95,7 @@ for b = 1, #bands do
   local registry = SCHED .. ':flows:' .. band
   local pass_key = SCHED .. ':pass:' .. band
   -- tenant -> its flows this worker may serve: {key, type, flow, id, score}
-  local tenants, any = {}, false
+  local tenants, ntenants = {}, 0
   local all = redis.call('HGETALL', registry)
   for i = 1, #all, 2 do
     local sha, flow = all[i], all[i + 1]
@@ -110,15 +110,18 @@ for b = 1, #bands do
         if not t then
           t = {flows = {}, field = 'tenant' .. NUL .. tenant}
           tenants[tenant] = t
+          ntenants = ntenants + 1
         end
         t.flows[#t.flows + 1] = {key = key, field = 'job_type' .. NUL .. jt, flow = flow,
                                  id = head[1], score = tonumber(head[2])}
-        any = true
       end
     end
   end
-  if any then
-    local vt = tonumber(redis.call('HGET', pass_key, NUL .. 'vt') or '0')
+  if ntenants > 0 then
+    -- passes matter only between tenants: one alone in the band is served without them (a
+    -- tenant arriving later starts from the band's virtual time, as any returning one does)
+    local shared = ntenants > 1
+    local vt = shared and tonumber(redis.call('HGET', pass_key, NUL .. 'vt') or '0') or 0
     local passes = {}
     while #found < count do
       local best, best_flow, best_pass
@@ -131,7 +134,8 @@ for b = 1, #bands do
           if pick then
             local p = passes[tenant]
             if p == nil then
-              p = math.max(tonumber(redis.call('HGET', pass_key, tenant) or '0'), vt)
+              p = shared and math.max(tonumber(redis.call('HGET', pass_key, tenant) or '0'), vt)
+                  or 0
               passes[tenant] = p
             end
             if not best or p < best_pass or (p == best_pass and pick.score < best_flow.score) then
@@ -167,10 +171,12 @@ for b = 1, #bands do
         best_flow.id, best_flow.score = head[1], tonumber(head[2])
       end
     end
-    for tenant, p in pairs(passes) do
-      redis.call('HSET', pass_key, tenant, string.format('%.9f', p))
+    if shared then
+      for tenant, p in pairs(passes) do
+        redis.call('HSET', pass_key, tenant, string.format('%.9f', p))
+      end
+      redis.call('HSET', pass_key, NUL .. 'vt', string.format('%.9f', vt))
     end
-    redis.call('HSET', pass_key, NUL .. 'vt', string.format('%.9f', vt))
   end
 end
 for field in pairs(waited) do redis.call('HINCRBY', SCHED .. ':waits', field, 1) end
