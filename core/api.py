@@ -147,7 +147,7 @@ class StoreCollector(Collector):
             "weight": ("jobharness_limit_weight", "Tenant's weight in the fair share of a "
                        "band"),
             "running": ("jobharness_limit_running", "Jobs running under the limit now"),
-            "tokens": ("jobharness_limit_tokens", "Rate-limit tokens left at the last start"),
+            "tokens": ("jobharness_limit_tokens", "Rate-limit tokens available now"),
         }
         for key, (name, doc) in figures.items():
             family = GaugeMetricFamily(name, doc, labels=["scope", "name"])
@@ -334,7 +334,7 @@ async def dlq_purge(request: Request, body: PurgeIn) -> Any:
 @router.get("/limits")
 async def list_limits(request: Request) -> Any:
     """Every type's and tenant's limits, with the jobs running under each now, how often each
-    held jobs back, tokens left, and whether Redis enforces it as stored."""
+    held jobs back, tokens now, and whether Redis enforces it as stored."""
     rt = _rt(request)
     return {"limits": await sched_limits.limit_states(rt.pool, rt.dispatch)}
 

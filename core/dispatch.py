@@ -98,7 +98,8 @@ class SchedState:
     limits: dict[str, str]
     running: dict[str, int]
     waits: dict[str, int]
-    tokens: dict[str, float]  # as of the last admission (refill is computed when read)
+    buckets: dict[str, tuple[float, int]]  # tokens and Redis ms at the last start
+    now_ms: int  # Redis' clock when read
 
 
 class RedisDispatch:
@@ -284,11 +285,14 @@ class RedisDispatch:
         pipe = self._client.pipeline(transaction=True)
         for name in ("limits", "running", "waits", "buckets"):
             pipe.hgetall(f"{self.keys.sched}:{name}")
-        limits, running, waits, buckets = await self._call(pipe.execute())
+        pipe.time()
+        limits, running, waits, buckets, (sec, usec) = await self._call(pipe.execute())
         return SchedState(
             limits=dict(limits), running={k: int(v) for k, v in running.items()},
             waits={k: int(v) for k, v in waits.items()},
-            tokens={k: float(v.split(",")[0]) for k, v in buckets.items()})
+            buckets={k: (float(v.split(",")[0]), int(v.split(",")[1]))
+                     for k, v in buckets.items()},
+            now_ms=int(sec) * 1000 + int(usec) // 1000)
 
     async def wait_for_work(self, timeout_s: float) -> bool:
         """Block until a job is enqueued or `timeout_s` passes; True if woken by a job."""

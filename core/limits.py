@@ -136,13 +136,24 @@ async def clear_limit(
     return bool(found), await _mirror(dispatch, limit_field(scope, name), None)
 
 
+def _tokens_now(lim: Limit, state: SchedState) -> float | None:
+    """A rate limit's tokens now: as left by the last start, refilled since (as the acquire
+    script computes them); a bucket no start has touched is full."""
+    if lim.rate_per_s is None:
+        return None
+    burst = lim.burst or max(1, math.floor(lim.rate_per_s))
+    tokens, last_ms = state.buckets.get(lim.field, (float(burst), state.now_ms))
+    refill = max(0, state.now_ms - last_ms) * lim.rate_per_s / 1000
+    return round(min(float(burst), tokens + refill), 3)
+
+
 def mirror_of(limits: list[Limit]) -> dict[str, str]:
     return {lim.field: lim.mirror for lim in limits}
 
 
 async def limit_states(pool: asyncpg.Pool, dispatch: RedisDispatch) -> list[dict[str, Any]]:
     """Each limit with what it governs now: jobs running under it, times it held jobs back,
-    tokens left (rate limits), and whether Redis mirrors it as stored. Running counts come
+    tokens now (rate limits), and whether Redis mirrors it as stored. Running counts come
     from PostgreSQL while Redis is unreachable."""
     limits = await list_limits(pool)
     state: SchedState | None
@@ -161,7 +172,7 @@ async def limit_states(pool: asyncpg.Pool, dispatch: RedisDispatch) -> list[dict
         if state is not None:
             row["running"] = state.running.get(lim.field, 0)
             row["waits"] = state.waits.get(lim.field, 0)
-            row["tokens"] = state.tokens.get(lim.field)
+            row["tokens"] = _tokens_now(lim, state)
             row["enforced"] = state.limits.get(lim.field) == lim.mirror
         else:
             row.update(running=running_pg.get(lim.field, 0), waits=None, tokens=None,

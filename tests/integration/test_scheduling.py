@@ -143,6 +143,8 @@ async def test_a_rate_limit_spaces_starts_and_wakes_the_worker_when_due(
     t0 = time.monotonic()
     got = len(await service.acquire_many("w1", 10))
     assert got == 2  # the burst
+    (state,) = await limits.limit_states(service.pool, service.dispatch)
+    assert 0 <= state["tokens"] < 1  # spent, refilling at 20/s
     assert service._next_due_in_ms is not None
     assert 0 < service._next_due_in_ms <= 50
     starts = [time.monotonic() - t0] * 2
@@ -261,6 +263,7 @@ def test_cli_sets_lists_and_clears_limits(settings: Settings,
     assert main(cli(settings, "limits", "list", "--json")) == 0
     (row,) = json.loads(capsys.readouterr().out)
     assert (row["name"], row["running"], row["enforced"]) == ("acme", 0, True)
+    assert row["tokens"] == 2.0  # untouched: full, one second's worth of 2.5/s
     # bad input: a clear error naming the field, nothing changed
     assert main(cli(settings, "limits", "set", "job_type", "nosuch", "--max-running", "1")) == 1
     assert "name" in capsys.readouterr().err
