@@ -275,7 +275,7 @@ class RedisDispatch:
 
     async def set_limit(self, field: str, value: str | None) -> None:
         """Mirror one limit (None: removed) at once; the reconciler re-mirrors them all."""
-        key = f"{self.keys.sched}:limits"
+        key = self.keys.sched_hash("limits")
         if value is None:
             await self._call(self._client.hdel(key, field))
         else:
@@ -284,7 +284,7 @@ class RedisDispatch:
     async def sched_state(self) -> SchedState:
         pipe = self._client.pipeline(transaction=True)
         for name in ("limits", "running", "waits", "buckets"):
-            pipe.hgetall(f"{self.keys.sched}:{name}")
+            pipe.hgetall(self.keys.sched_hash(name))
         pipe.time()
         limits, running, waits, buckets, (sec, usec) = await self._call(pipe.execute())
         return SchedState(

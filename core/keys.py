@@ -72,6 +72,12 @@ class Keys:
         see core/lua/sched.lua for the keys under it."""
         return f"{self.prefix}:sched"
 
+    def sched_hash(self, name: str) -> str:
+        """One of the scheduling hashes: limits, running, held, buckets, waits."""
+        if name not in ("limits", "running", "held", "buckets", "waits"):
+            raise ValueError(f"no scheduling hash {name!r}")
+        return f"{self.sched}:{name}"
+
     @property
     def counters(self) -> str:
         """Hash of cluster-wide event counters (e.g. stale results rejected)."""

@@ -52,12 +52,11 @@ class Limit:
         return asdict(self)
 
 
-def _positive_int(field: str, value: Any, high: int) -> int | None:
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high:
+def _positive_int(field: str, value: Any, high: int) -> None:
+    if value is not None and (
+        isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= high
+    ):
         raise InvalidInput(field, f"must be an integer from 1 to {high} or null, got {value!r}")
-    return value
 
 
 def validate_limit(limit: Limit, known_job_types: frozenset[str]) -> Limit:

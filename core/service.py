@@ -215,8 +215,10 @@ class JobService(JobReads, WorkerRegistry):
         leases: list[Lease | None] = [None] * len(worker_ids)
         if not self.settings.pg_fallback:
             return leases  # a deliberately broken core, for drills: Redis or nothing
+        with store_errors():  # asked once for the batch, not once per lease
+            limited = bool(await self.pool.fetchval(q("has_admission_limits")))
         for i, worker_id in enumerate(worker_ids):
-            leases[i] = await self._acquire_postgres(worker_id, caps, lease_s)
+            leases[i] = await self._acquire_postgres(worker_id, caps, lease_s, limited=limited)
             if leases[i] is None:
                 break
         return leases
@@ -293,10 +295,13 @@ class JobService(JobReads, WorkerRegistry):
         await self._apply(Effects(forget=[job_id]))
 
     async def _acquire_postgres(
-        self, worker_id: str, caps: list[str], lease_s: float
+        self, worker_id: str, caps: list[str], lease_s: float, *, limited: bool | None = None
     ) -> Lease | None:
+        """One lease through PostgreSQL alone; `limited`: whether limits exist (None: ask)."""
         async with self._tx() as conn:
-            if await conn.fetchval(q("has_admission_limits")):
+            if limited is None:
+                limited = bool(await conn.fetchval(q("has_admission_limits")))
+            if limited:
                 # limits apply here too: one fallback lease at a time counts what runs
                 await conn.execute(q("lock_admission"))
                 row = await conn.fetchrow(q("lease_runnable_limited"), caps, worker_id, lease_s)

@@ -104,7 +104,7 @@ async def test_racing_worker_processes_never_run_more_than_the_limit(
     last_slow = max(by_id[j.job_id]["completed_at"] for j in slow)
     free_done = sorted(by_id[j.job_id]["completed_at"] for j in free)
     assert free_done[len(free_done) // 2] < last_slow
-    assert await svc.dispatch.client.hlen(f"{svc.dispatch.keys.sched}:held") == 0
+    assert await svc.dispatch.client.hlen(svc.dispatch.keys.sched_hash("held")) == 0
 
 
 async def test_a_tenant_over_quota_does_not_block_the_jobs_behind_it(
