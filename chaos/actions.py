@@ -8,14 +8,18 @@ idempotent so rollbacks may run them again safely.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 import signal
+import time
 from dataclasses import dataclass
 from typing import Any
 
 import httpx
 
+from core.embedded import PG_STOP_MODES, EmbeddedServices
+from core.errors import ServiceError
 from core.faults import MODES
 
 
@@ -33,6 +37,7 @@ class Endpoints:
     postgres_proxy: str = "postgres"
     control_url: str | None = None
     pids: dict[str, int] | None = None
+    services: EmbeddedServices | None = None  # the embedded servers, when the run uses them
 
 
 async def _call(method: str, url: str, body: Any = None) -> Any:
@@ -180,3 +185,47 @@ def signal_process(ep: Endpoints, name: str, sig: str) -> dict[str, Any]:
     except ProcessLookupError as exc:
         raise ActionError(f"{name} (pid {pid}) is gone") from exc
     return {"process": name, "pid": pid, "signal": sig}
+
+
+# -- store restarts ------------------------------------------------------------------------
+RESTART_MODES = {"postgres": PG_STOP_MODES, "redis": ("kill",)}
+DEFAULT_RESTART_MODE = {"postgres": "immediate", "redis": "kill"}
+
+
+async def restart_store(ep: Endpoints, target: str, mode: str | None = None,
+                        down_s: float = 2.0) -> dict[str, Any]:
+    """Stop a store and start it again after `down_s`. PostgreSQL: `immediate` (default: no
+    checkpoint, crash recovery at start), `fast` (clients told: admin shutdown) or `kill`
+    (SIGKILL of every PostgreSQL process, a host crash). Redis: `kill`, and it comes back
+    empty (it keeps nothing on disk): the reconciler must rebuild the dispatch index.
+    Only the embedded servers can be restarted from here; a staging store is restarted by its
+    own tooling, with the drill's other faults run meanwhile."""
+    modes = RESTART_MODES.get(target)
+    if modes is None:
+        raise ActionError(f"restart_store target must be postgres or redis, got {target!r}")
+    mode = mode or DEFAULT_RESTART_MODE[target]
+    if mode not in modes:
+        raise ActionError(f"restart_store mode for {target} must be one of {', '.join(modes)}"
+                          f", got {mode!r}")
+    if not 0 <= float(down_s) <= 300:
+        raise ActionError(f"restart_store down_s must be between 0 and 300, got {down_s!r}")
+    services = ep.services
+    if services is None:
+        raise ActionError("restart_store needs the embedded servers (this run's stores were "
+                          "given by DSN/URL: restart them with their own tooling)")
+    t0 = time.monotonic()
+    try:
+        if target == "postgres":
+            await asyncio.to_thread(services.stop_postgres, mode)
+        else:
+            await asyncio.to_thread(services.kill_redis)
+        stopped_s = time.monotonic() - t0
+        await asyncio.sleep(float(down_s))  # the outage lasts this long
+        if target == "postgres":
+            await asyncio.to_thread(services.start_postgres)
+        else:
+            await asyncio.to_thread(services.start_redis)
+    except ServiceError as exc:
+        raise ActionError(f"restart_store {target}: {exc}") from exc
+    return {"target": target, "mode": mode, "stop_s": round(stopped_s, 2),
+            "down_s": round(time.monotonic() - t0, 2)}

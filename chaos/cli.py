@@ -67,6 +67,8 @@ async def _fault(args: argparse.Namespace, settings: Settings) -> Any:
                    control_url=args.control_url or settings.control_url)
     rng = random.Random(args.seed)
     kind = args.fault
+    if kind == "restart-store":
+        return await _restart_store(args, settings, ep)
     if kind == "partition":
         done = await actions.partition(ep, args.store, args.mode)
     elif kind == "latency":
@@ -85,6 +87,25 @@ async def _fault(args: argparse.Namespace, settings: Settings) -> Any:
     return done
 
 
+async def _restart_store(args: argparse.Namespace, settings: Settings, ep: Any) -> Any:
+    """Restart the embedded server of a store (only those: nothing given by DSN/URL)."""
+    from chaos import actions
+    from core.connect import embedded_services
+
+    if args.store is None:
+        raise actions.ActionError("restart-store needs --store postgres or --store redis")
+    if settings.pg_dsn or settings.redis_url:
+        raise actions.ActionError("restart-store restarts the embedded servers only; the "
+                                  "configured stores are restarted with their own tooling")
+    services = embedded_services(settings)
+    running = {s.name: s.running for s in services.status()}
+    if not running["postgres" if args.store == "postgres" else "valkey"]:
+        raise actions.ActionError(f"the embedded {args.store} server is not running "
+                                  "(jobharness services up)")
+    ep.services = services
+    return await actions.restart_store(ep, args.store, args.restart_mode, args.down_s)
+
+
 def cmd_fault(args: argparse.Namespace, settings: Settings) -> int:
     from chaos.actions import ActionError
     from core.cli import _print_json, run_async
@@ -100,7 +121,7 @@ def cmd_fault(args: argparse.Namespace, settings: Settings) -> int:
 def add_fault_parser(ch: Any, common: argparse.ArgumentParser) -> None:
     f = ch.add_parser("fault", parents=[common], help="apply one fault now")
     f.add_argument("fault", choices=["partition", "latency", "heal", "kill-workers",
-                                     "pause-workers", "resume-workers"])
+                                     "pause-workers", "resume-workers", "restart-store"])
     f.add_argument("--store", choices=["redis", "postgres"], help="which proxy to fault")
     f.add_argument("--mode", choices=["hard", "blackhole"], default="hard")
     f.add_argument("--ms", type=float, default=100.0, help="latency: delay per reply")
@@ -109,6 +130,11 @@ def add_fault_parser(ch: Any, common: argparse.ArgumentParser) -> None:
     f.add_argument("--fraction", type=float)
     f.add_argument("--seed", type=int)
     f.add_argument("--duration-s", type=float, help="heal after this long (else stays)")
+    f.add_argument("--restart-mode", choices=["fast", "immediate", "kill"],
+                   help="restart-store: how the store stops (PostgreSQL: immediate; Redis: "
+                   "kill only, and it comes back empty)")
+    f.add_argument("--down-s", type=float, default=2.0,
+                   help="restart-store: how long the store stays down (2)")
     f.add_argument("--proxy-url", help="toxiproxy API (env JOBHARNESS_TOXIPROXY_URL)")
     f.add_argument("--control-url", help="supervisor control surface (JOBHARNESS_CONTROL_URL)")
     f.set_defaults(func=cmd_fault, needs_settings=True)

@@ -21,7 +21,7 @@ from chaos.actions import ActionError, Endpoints
 
 DRILL_DIR = Path(__file__).parent / "drills"
 ACTIONS = ("partition", "toxic", "kill_workers", "pause_workers", "resume_workers",
-           "signal_process", "degrade_workers")
+           "signal_process", "degrade_workers", "restart_store")
 Probe = Callable[[dict[str, Any]], Awaitable[tuple[bool, Any]]]
 
 
@@ -77,6 +77,8 @@ def load_drill(name_or_path: str) -> Drill:
     for i, raw in enumerate(data.pop("method", []) or []):
         raw = dict(raw)
         action = raw.pop("action", None)
+        if isinstance(action, str):
+            action = action.replace("-", "_")  # restart-store as the CLI spells it
         if action not in ACTIONS:
             raise DrillError(f"{path}: method[{i}].action must be one of {', '.join(ACTIONS)}")
         try:
@@ -107,9 +109,11 @@ class DrillRunner:
         self.steady_after: list[dict[str, Any]] = []
         self.aborted: dict[str, Any] | None = None
 
-    def note(self, kind: str, name: str, **details: Any) -> None:
-        self.journal.append({"t_s": round(time.monotonic() - self.t0, 3), "kind": kind,
-                             "name": name, **details})
+    def note(self, kind: str, name: str, *, at: float | None = None, **details: Any) -> None:
+        """Journal an event at `at` (monotonic; default now)."""
+        t = time.monotonic() if at is None else at
+        self.journal.append({"t_s": round(t - self.t0, 3), "kind": kind, "name": name,
+                             **details})
 
     async def check_steady_state(self, *, wait_s: float = 0.0) -> list[dict[str, Any]]:
         """Every probe must hold; after the faults they get up to `wait_s` to recover."""
@@ -149,6 +153,9 @@ class DrillRunner:
                 limit_mb=float(args.get("limit_mb", 400.0)))
         if step.action == "resume_workers":
             return await actions.resume_workers(self.ep)
+        if step.action == "restart_store":
+            return await actions.restart_store(self.ep, args["target"], args.get("mode"),
+                                               float(args.get("down_s", 2.0)))
         return actions.signal_process(self.ep, args["process"], args.get("signal", "kill"))
 
     async def _heal(self, step: Step, applied: Any) -> None:
@@ -166,13 +173,19 @@ class DrillRunner:
         for i in range(step.repeat):
             start = self.t0 + step.at_s + i * (step.every_s or 0)
             await asyncio.sleep(max(0.0, start - time.monotonic()))  # the drill's timeline
+            began = time.monotonic()
             try:
                 applied = await self._apply(step)
             except (ActionError, KeyError) as exc:
                 self.note("error", step.action, error=str(exc), args=step.args)
                 continue
-            self.note("fault", step.action, args=step.args, result=applied,
-                      duration_s=step.duration_s)
+            if step.action == "restart_store":
+                # its window: from the stop until the store answered again
+                self.note("fault", step.action, at=began, args=step.args, result=applied,
+                          duration_s=applied["down_s"])
+            else:
+                self.note("fault", step.action, args=step.args, result=applied,
+                          duration_s=step.duration_s)
             if step.duration_s:
                 await asyncio.sleep(step.duration_s)  # the fault lasts this long
                 await self._heal(step, applied)

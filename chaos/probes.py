@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from chaos.drill import Probe
+from core.errors import StoreUnavailable
 
 
 def make_probes(pool: Any, api_url: str, http: httpx.AsyncClient,
@@ -21,14 +22,20 @@ def make_probes(pool: Any, api_url: str, http: httpx.AsyncClient,
 
     async def workers_active_at_least(spec: dict[str, Any]) -> tuple[bool, Any]:
         """`count` workers ACTIVE, or a `fraction` of the run's expected workers."""
-        n = int(await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'"))
+        try:
+            n = int(await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'"))
+        except StoreUnavailable as exc:
+            return False, str(exc)
         if "count" in spec or expected_workers is None:
             return n >= int(spec.get("count", 1)), n
         return n >= float(spec.get("fraction", 1.0)) * expected_workers, n
 
     async def backlog_below(spec: dict[str, Any]) -> tuple[bool, Any]:
-        n = int(await pool.fetchval("SELECT count(*) FROM jobs WHERE status IN"
-                                    " ('WAITING', 'PENDING', 'PROCESSING')"))
+        try:
+            n = int(await pool.fetchval("SELECT count(*) FROM jobs WHERE status IN"
+                                        " ('WAITING', 'PENDING', 'PROCESSING')"))
+        except StoreUnavailable as exc:
+            return False, str(exc)
         return n < int(spec.get("value", 1000)), n
 
     return {"api_healthy": api_healthy, "workers_active_at_least": workers_active_at_least,

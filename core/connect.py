@@ -3,17 +3,26 @@ when none are configured) and open asyncpg pools pointed at the configured schem
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
+from asyncpg.pool import PoolAcquireContext
 
 from core.dispatch import RedisDispatch
 from core.embedded import EmbeddedServices
 from core.errors import StoreUnavailable
 from core.keys import Keys
+from core.outage import Outage
+from core.queries import UNAVAILABLE, unavailable_error
 from core.settings import Settings
+
+# connecting fails with these: the server is unavailable, or it refused us (auth, database)
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.PostgresError)
 
 
 def embedded_services(settings: Settings) -> EmbeddedServices:
@@ -57,6 +66,69 @@ async def _reset(conn: asyncpg.Connection) -> None:
         await conn.execute("ROLLBACK")
 
 
+if TYPE_CHECKING:
+    _AcquireBase = PoolAcquireContext[asyncpg.Record]
+else:  # not subscriptable at run time
+    _AcquireBase = PoolAcquireContext
+
+
+class StorePool(asyncpg.Pool):
+    """An asyncpg pool whose every use says StoreUnavailable when PostgreSQL is not available
+    right now (see `core.queries.UNAVAILABLE`): connecting, the statements run on a borrowed
+    connection (`async with pool.acquire() as conn: ...`), the pool's own `fetch`/`execute`/...
+    (which borrow through `acquire`), and giving the connection back. One place translates,
+    so no caller can miss it; `outage` tells when this process saw PostgreSQL go and return."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outage = Outage("PostgreSQL")
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext[asyncpg.Record]:
+        return _TranslatingAcquire(self, timeout)
+
+
+class _TranslatingAcquire(_AcquireBase):
+    __slots__ = ()
+
+    def _outage(self) -> Outage:
+        pool = self.pool
+        assert isinstance(pool, StorePool)
+        return pool.outage
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await super().__aenter__()
+        except UNAVAILABLE as exc:
+            self._outage().failed(exc)
+            raise unavailable_error(exc) from exc
+
+    async def __aexit__(self, *exc: object) -> None:
+        exc_val = exc[1] if len(exc) > 1 else None
+        # giving a broken connection back fails: asyncpg has dropped it, and the body's
+        # outcome stands
+        with contextlib.suppress(*UNAVAILABLE):
+            await super().__aexit__(*exc)
+        if exc_val is None:
+            self._outage().succeeded()
+        elif isinstance(exc_val, StoreUnavailable):
+            self._outage().failed(exc_val)
+        elif isinstance(exc_val, UNAVAILABLE):
+            self._outage().failed(exc_val)
+            raise unavailable_error(exc_val) from exc_val
+
+
+class _DriverOutageFilter(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect in the background;
+    an outage is logged once by `Outage` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not isinstance(exc, UNAVAILABLE)
+
+
+_DRIVER_FILTER = _DriverOutageFilter()
+
+
 async def create_pool(
     settings: Settings, *, min_size: int = 1, max_size: int = 2, schema: str | None = None,
     observe: Callable[[float], None] | None = None,
@@ -71,22 +143,31 @@ async def create_pool(
 
     if not settings.pg_dsn:
         raise StoreUnavailable("no PostgreSQL DSN configured (resolve_endpoints first)")
+    driver_log = logging.getLogger("asyncpg.pool")
+    if _DRIVER_FILTER not in driver_log.filters:
+        driver_log.addFilter(_DRIVER_FILTER)
+    pool = StorePool(
+        settings.pg_dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        init=init,
+        reset=_reset,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        command_timeout=60,
+        server_settings={
+            "search_path": schema or settings.schema,
+            "application_name": "jobharness",
+        },
+    )
     try:
-        pool = await asyncpg.create_pool(
-            settings.pg_dsn,
-            min_size=min_size,
-            max_size=max_size,
-            init=init,
-            reset=_reset,
-            command_timeout=60,
-            server_settings={
-                "search_path": schema or settings.schema,
-                "application_name": "jobharness",
-            },
-        )
-    except (OSError, asyncpg.PostgresError) as exc:
+        await pool
+    except CONNECT_ERRORS as exc:
+        await pool.close()
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
-    assert pool is not None
     return pool
 
 
@@ -96,7 +177,7 @@ async def connect_admin(settings: Settings) -> asyncpg.Connection:
         raise StoreUnavailable("no PostgreSQL DSN configured (resolve_endpoints first)")
     try:
         return await asyncpg.connect(settings.pg_dsn)
-    except (OSError, asyncpg.PostgresError) as exc:
+    except CONNECT_ERRORS as exc:
         raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
 
 

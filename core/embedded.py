@@ -29,6 +29,7 @@ from core.errors import ServiceError
 PG_DATABASE = "jobharness"
 PG_SYSTEM_USER = "jobharness-pg"
 START_TIMEOUT_S = 60.0
+PG_STOP_MODES = ("fast", "immediate", "kill")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -71,6 +72,23 @@ def _port_open(port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.settimeout(0.5)
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _kill_tree(pid: int) -> None:
+    """SIGKILL a process and every descendant at once, then wait until all are gone."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        procs = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.send_signal(signal.SIGKILL)
+    _, alive = psutil.wait_procs(procs, timeout=10)
+    if alive:
+        raise ServiceError(f"processes {[p.pid for p in alive]} survived SIGKILL")
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -218,7 +236,7 @@ class EmbeddedServices:
             tail = log.read_text(errors="replace")[-2000:]
             raise ServiceError(f"{args[0]} failed (exit {res.returncode}):\n{tail}")
 
-    def _pg_up(self) -> bool:
+    def _pg_up(self, *, wait: bool = True) -> bool:
         if self._pg_pid() is not None:
             return False
         user = self._pg_user()
@@ -243,11 +261,13 @@ class EmbeddedServices:
         )
         self._run_pg(
             ["pg_ctl", "-D", str(self.pg_data), "-l", str(self.pg_data / "server.log"),
-             "-o", opts, "-w", "-t", str(int(START_TIMEOUT_S)), "start"],
+             "-o", opts, *(["-w", "-t", str(int(START_TIMEOUT_S))] if wait else ["-W"]),
+             "start"],
             user,
         )
         self._save_port("postgres", port)
-        self._ensure_database(port)
+        if wait:
+            self._ensure_database(port)
         return True
 
     def _ensure_database(self, port: int) -> None:
@@ -298,12 +318,55 @@ class EmbeddedServices:
                 result["valkey"] = self._redis_down()
         return result
 
-    def _pg_down(self) -> bool:
-        if self._pg_pid() is None:
+    def _pg_down(self, mode: str = "fast") -> bool:
+        pid = self._pg_pid()
+        if pid is None:
             return False
+        if mode == "kill":
+            _kill_tree(pid)
+            return True
         user = self._pg_user()
-        self._run_pg(["pg_ctl", "-D", str(self.pg_data), "-m", "fast", "-w", "stop"], user)
+        self._run_pg(["pg_ctl", "-D", str(self.pg_data), "-m", mode, "-w", "stop"], user)
         return True
+
+    # -- faults (drills and tests) -------------------------------------------------------------
+    def stop_postgres(self, mode: str) -> bool:
+        """Stop PostgreSQL as a fault would: "fast" (clients are told: AdminShutdown),
+        "immediate" (no checkpoint: crash recovery at the next start) or "kill" (SIGKILL of
+        every PostgreSQL process at once, as a host crash). False if it was not running."""
+        if mode not in PG_STOP_MODES:
+            raise ServiceError(f"PostgreSQL stop mode must be one of {', '.join(PG_STOP_MODES)}"
+                               f", got {mode!r}")
+        with self._locked():
+            return self._pg_down(mode)
+
+    def start_postgres(self, *, wait: bool = True) -> bool:
+        """Start PostgreSQL again on its port; without `wait`, return as soon as the server
+        process is launched (it may still be in crash recovery)."""
+        with self._locked():
+            return self._pg_up(wait=wait)
+
+    def postgres_ready(self) -> bool:
+        """Whether PostgreSQL accepts connections now (pg_isready)."""
+        port = self._ports().get("postgres")
+        if port is None or self._pg_pid() is None:
+            return False
+        res = subprocess.run([str(pg_bin("pg_isready")), "-h", "127.0.0.1", "-p", str(port),
+                              "-t", "1"], capture_output=True, check=False)
+        return res.returncode == 0
+
+    def kill_redis(self) -> bool:
+        """SIGKILL the Redis-protocol server (its data is lost: it keeps none on disk)."""
+        with self._locked():
+            pid = self._redis_pid()
+            if pid is None:
+                return False
+            _kill_tree(pid)
+            return True
+
+    def start_redis(self) -> bool:
+        with self._locked():
+            return self._redis_up()
 
     def _redis_down(self) -> bool:
         pid = self._redis_pid()

@@ -32,13 +32,39 @@ def queries() -> dict[str, str]:
     return out
 
 
+# Driver errors that mean "the server is not available right now", as opposed to "this
+# statement is wrong": the connection failed or was closed (OSError, TimeoutError,
+# InterfaceError, SQLSTATE class 08), the server is starting up, shutting down or recovering
+# from a crash (class 57: 57P01 admin shutdown, 57P02 crash shutdown, 57P03 cannot connect
+# now, ...), or it has no connection slot left (53300).
+UNAVAILABLE: tuple[type[BaseException], ...] = (
+    OSError,  # TimeoutError included
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.TooManyConnectionsError,
+)
+
+
+def store_unavailable(exc: BaseException) -> bool:
+    """Whether a PostgreSQL driver error means the server is unavailable right now."""
+    return isinstance(exc, UNAVAILABLE)
+
+
+def unavailable_error(exc: BaseException) -> StoreUnavailable:
+    """The StoreUnavailable that stands for a driver error (raise it `from exc`)."""
+    return StoreUnavailable(f"PostgreSQL unavailable: {type(exc).__name__}: {exc}")
+
+
 @contextlib.contextmanager
 def store_errors() -> Iterator[None]:
-    """Translate driver connection failures into StoreUnavailable (invariant 4's signal)."""
+    """Translate "server unavailable" driver errors into StoreUnavailable (invariant 4's
+    signal). Pools made by `core.connect.create_pool` already translate every call; this is
+    for plain connections."""
     try:
         yield
-    except (OSError, asyncpg.InterfaceError, asyncpg.PostgresConnectionError) as exc:
-        raise StoreUnavailable(f"PostgreSQL unreachable: {exc}") from exc
+    except UNAVAILABLE as exc:
+        raise unavailable_error(exc) from exc
 
 
 def q(name: str) -> str:

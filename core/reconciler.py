@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -24,6 +25,7 @@ from core.queries import q
 from core.service import Effects, JobService
 
 EXPIRE_BATCH = 500
+log = logging.getLogger("jobharness.reconciler")
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Reconciler:
     def __init__(self, service: JobService) -> None:
         self.service = service
         self.passes = 0
+        self.failed_passes = 0
 
     async def run_once(self) -> ReconcileReport:
         report = ReconcileReport()
@@ -119,9 +122,17 @@ class Reconciler:
             report.leases_recorded = len(still)
 
     async def run(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:
-        """Run passes every `interval_s` until `stop` is set; store outages are survived."""
+        """Run passes every `interval_s` until `stop` is set. Store outages are survived (the
+        pool logs each once); any other failure of a pass is logged and the next pass runs,
+        since a reconciler that stopped would break invariant 2 silently."""
         while not stop.is_set():
-            with contextlib.suppress(StoreUnavailable, OSError):
+            try:
                 await self.run_once()
+            except (StoreUnavailable, DispatchUnavailable, OSError):
+                self.failed_passes += 1
+            except Exception:
+                self.failed_passes += 1
+                log.exception("reconciler pass failed; the next pass runs in %.1f s",
+                              interval_s)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval_s)

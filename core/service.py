@@ -20,6 +20,7 @@ from typing import Any
 import asyncpg
 
 from core.coalesce import Coalescer
+from core.connect import StorePool
 from core.creation import (
     CreateResult,
     Plan,
@@ -38,6 +39,7 @@ from core.errors import (
 from core.jobreads import JobReads
 from core.memory_events import MemoryEmitter
 from core.model import ExecutionStatus, JobSpec, JobStatus, Lease, parse_job_id
+from core.outage import Outage
 from core.queries import Conn, q, store_errors
 from core.registry import WorkerRegistry
 from core.settings import Settings
@@ -119,6 +121,31 @@ class JobService(JobReads, WorkerRegistry):
         # statement and one Redis call
         self._completions: Coalescer[_Completion, list[asyncpg.Record]] = Coalescer(
             self._complete_merged, max_batch=200, max_flushes=self.complete_flushes)
+        # PostgreSQL outages this process saw: counted here (the API's /metrics shows this
+        # process's counters) and cluster-wide in Redis (every process's, best effort)
+        self._background: set[asyncio.Task[None]] = set()
+        self.store_outage: Outage | None = pool.outage if isinstance(pool, StorePool) else None
+        if self.store_outage is not None:
+            self.store_outage.subscribe(self._on_store_outage)
+
+    def _on_store_outage(self, down: bool) -> None:
+        if not down:
+            return
+        self.stats["store_outages"] += 1
+        try:
+            task = asyncio.get_running_loop().create_task(self._count_outage())
+        except RuntimeError:  # no loop (a test calling in from outside): counted here only
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _count_outage(self) -> None:
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.count_event("store_outages")
+
+    async def check_store(self) -> None:
+        """Raise StoreUnavailable unless PostgreSQL answers now (one round trip)."""
+        await self.pool.fetchval("SELECT 1")
 
     # -- transactions and Redis effects ----------------------------------------------------
     @contextlib.asynccontextmanager
@@ -207,6 +234,10 @@ class JobService(JobReads, WorkerRegistry):
     async def _lease_batch(
         self, worker_ids: list[str], caps: list[str], lease_s: float
     ) -> list[Lease | None]:
+        if self.store_outage is not None and self.store_outage.down:
+            # Jobs popped from Redis while PostgreSQL cannot lease them would wait in the
+            # processing set until their Redis lease ran out: ask PostgreSQL first.
+            await self.check_store()
         if self.dispatch.available:
             try:
                 return await self._acquire_redis(worker_ids, caps, lease_s)

@@ -438,7 +438,12 @@ class Supervisor:
                 Reconciler(self.service).run(stop, self.opts.reconcile_interval_s))
         try:
             while not stop.is_set():
-                await self.check()
+                try:
+                    await self.check()
+                except (StoreUnavailable, DispatchUnavailable):
+                    # logged once per outage by the pool / breaker; nothing is decided on
+                    # what could not be read, and the next round tries again
+                    self.stats["checks_store_unavailable"] += 1
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), timeout=self.opts.check_interval_s)
         finally:

@@ -9,7 +9,9 @@ handlers are cancelled and their leases released without spending a retry.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import time
 import traceback
 from collections import Counter
@@ -23,6 +25,10 @@ from core.model import ExecutionStatus, Lease
 from core.service import JobService
 
 MAX_ERROR_CHARS = 4000
+# While PostgreSQL is unavailable a worker keeps its slots and asks again after a growing,
+# jittered pause (first pause, cap): a restart takes seconds, and 100 workers asking every
+# few milliseconds would only slow its recovery.
+STORE_RETRY_S = (0.1, 2.0)
 
 
 class Worker:
@@ -53,6 +59,12 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._handlers_running: dict[str, asyncio.Task[Any]] = {}
         self._releasing = False
+        self._store_failures = 0  # consecutive acquisitions refused by a store outage
+
+    def store_retry_s(self, failures: int) -> float:
+        """Pause before the next try after `failures` consecutive store failures."""
+        first, cap = STORE_RETRY_S
+        return random.uniform(0.5, 1.0) * min(cap, first * 2.0 ** max(0, failures - 1))
 
     async def run(self, stop: asyncio.Event) -> None:
         """Lease and run jobs until `stop` is set, then drain."""
@@ -70,13 +82,20 @@ class Worker:
             except StoreUnavailable:
                 leases = []
                 self.stats["store_unavailable"] += 1
+                self._store_failures += 1
+            else:
+                self._store_failures = 0
             for _ in range(free - len(leases)):
                 slots.release()
             for lease in leases:
                 task = asyncio.create_task(self._run_job(lease))
                 self._running.add(task)
                 task.add_done_callback(self._finished(slots))
-            if not leases:
+            if self._store_failures:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(),
+                                           self.store_retry_s(self._store_failures))
+            elif not leases:
                 await self._idle(stop)
         await self.drain()
 
@@ -186,13 +205,27 @@ class Worker:
                 return "cancel"
 
     async def _report(self, op: Any, lease: Lease, *args: Any, **kwargs: Any) -> None:
-        try:
-            await op(lease.job_id, lease.token, *args, **kwargs)
-            self.stats[op.__name__] += 1
-        except StaleLease:
-            self.stats["rejected_stale"] += 1
-        except JobHarnessError:
-            self.stats["report_failed"] += 1
+        """Report an outcome with the lease's token. While PostgreSQL is unavailable the
+        report is retried with backoff for as long as the lease could still be current (after
+        that the reconciler has expired it and the report would be refused as stale)."""
+        give_up = time.monotonic() + 2 * lease.lease_s
+        failures = 0
+        while True:
+            try:
+                await op(lease.job_id, lease.token, *args, **kwargs)
+                self.stats[op.__name__] += 1
+            except StaleLease:
+                self.stats["rejected_stale"] += 1
+            except StoreUnavailable:
+                failures += 1
+                if time.monotonic() < give_up:
+                    self.stats["report_retried"] += 1
+                    await asyncio.sleep(self.store_retry_s(failures))
+                    continue
+                self.stats["report_failed"] += 1
+            except JobHarnessError:
+                self.stats["report_failed"] += 1
+            return
 
 
 def _jsonable(value: Any) -> Any:

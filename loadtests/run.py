@@ -32,10 +32,10 @@ from chaos.checker import check_all
 from chaos.drill import DrillRunner, load_drill
 from chaos.probes import make_probes
 from chaos.recovery import fault_windows, recovery
-from core.connect import connect_admin, create_dispatch, create_pool
+from core.connect import connect_admin, create_dispatch, create_pool, embedded_services
 from core.dispatch import RedisDispatch
-from core.embedded import free_port
-from core.errors import DispatchUnavailable, JobHarnessError
+from core.embedded import EmbeddedServices, free_port
+from core.errors import DispatchUnavailable, JobHarnessError, StoreUnavailable
 from core.migrate import migrate
 from core.settings import Settings, to_env
 from loadtests.export import export_tables
@@ -48,7 +48,7 @@ CONVERGE_S = 6.0  # > two reconciler passes (2 s) + the Redis breaker's retry de
 SAMPLE_FIELDS = ["ts", "elapsed_s", "phase", "WAITING", "PENDING", "PROCESSING", "COMPLETED",
                  "DEAD", "CANCELLED", "high", "medium", "low", "delayed", "processing",
                  "dead_letter", "workers_active", "workers_failed", "api_up", "redis_up",
-                 "mem_used_mib"]
+                 "mem_used_mib", "pg_up"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -81,6 +81,15 @@ def _read_samples(run_dir: Path) -> list[dict[str, Any]]:
         return list(csv.DictReader(fh))
 
 
+def _embedded(settings: Settings) -> EmbeddedServices | None:
+    """The embedded servers, when both stores of these settings are theirs (a drill may
+    then restart them)."""
+    services = embedded_services(settings)
+    if settings.pg_dsn == services.pg_url() and settings.redis_url == services.redis_url():
+        return services
+    return None
+
+
 class Run:
     def __init__(self, settings: Settings, opts: RunOptions,
                  on_progress: Callable[[Progress, Scenario, float], None]) -> None:
@@ -103,7 +112,8 @@ class Run:
         if self.drill is not None and self.drill.memory:
             self.settings = replace(self.settings, memory=True)
         self.endpoints = Endpoints(proxy_api=self.settings.toxiproxy_url,
-                                   control_url=self.settings.control_url)
+                                   control_url=self.settings.control_url,
+                                   services=None if opts.targeted else _embedded(settings))
         self.child_settings = self.settings
         self.on_progress = on_progress
         self.progress = Progress()
@@ -111,6 +121,8 @@ class Run:
         self.started = time.monotonic()
         self.timings: dict[str, float] = {}
         self.mem_before = psutil.virtual_memory().used // (1024 * 1024)
+        # the sampler's last PostgreSQL reading: job counts by status, workers active/failed
+        self._last_pg: tuple[dict[str, int], dict[str, int]] = ({}, {"a": 0, "f": 0})
 
     # -- start ------------------------------------------------------------------------------
     async def _start_proxy(self) -> None:
@@ -256,15 +268,23 @@ class Run:
 
     async def sample(self, pool: Any, dispatch: RedisDispatch, api_url: str,
                      http: httpx.AsyncClient, writer: Any) -> dict[str, int]:
-        counts = {r["status"]: int(r["n"]) for r in await pool.fetch(
-            "SELECT status, count(*) AS n FROM jobs GROUP BY status")}
+        """One row of samples.csv. While PostgreSQL is unavailable (a drill restarts it) the
+        row repeats the last counts it read and says pg_up 0."""
+        try:
+            counts = {r["status"]: int(r["n"]) for r in await pool.fetch(
+                "SELECT status, count(*) AS n FROM jobs GROUP BY status")}
+            w = await pool.fetchrow("SELECT count(*) FILTER (WHERE status = 'ACTIVE') AS a,"
+                                    " count(*) FILTER (WHERE status = 'FAILED') AS f"
+                                    " FROM workers")
+            pg_up = 1
+            self._last_pg = counts, {"a": int(w["a"]), "f": int(w["f"])}
+        except StoreUnavailable:
+            (counts, w), pg_up = self._last_pg, 0
         try:
             depths = await dispatch.depths()
             redis_up = 1
         except DispatchUnavailable:
             depths, redis_up = {}, 0
-        w = await pool.fetchrow("SELECT count(*) FILTER (WHERE status = 'ACTIVE') AS a,"
-                                " count(*) FILTER (WHERE status = 'FAILED') AS f FROM workers")
         try:
             api_up = int((await http.get(f"{api_url}/health", timeout=2)).status_code == 200)
         except httpx.HTTPError:
@@ -274,7 +294,7 @@ class Run:
                **{k: depths.get(k, 0) for k in SAMPLE_FIELDS[9:15]},
                "workers_active": w["a"], "workers_failed": w["f"], "api_up": api_up,
                "redis_up": redis_up,
-               "mem_used_mib": psutil.virtual_memory().used // (1024 * 1024)}
+               "mem_used_mib": psutil.virtual_memory().used // (1024 * 1024), "pg_up": pg_up}
         writer.writerow(row)
         p = self.progress
         p.created = sum(counts.values())
@@ -433,7 +453,7 @@ class Run:
         ]
         storm = 0
         for w in windows:
-            if w["name"] == "partition" and w["args"].get("target") in \
+            if w["name"] in ("partition", "restart_store") and w["args"].get("target") in \
                     drill.expect_no_replacement_during:
                 storm += int(await pool.fetchval(
                     "SELECT count(*) FROM workers WHERE status = 'FAILED'"
@@ -444,7 +464,7 @@ class Run:
                     + self.settings.heartbeat_ttl_s))
         checks.append({"name": "no_replacement_storm",
                        "description": "no worker replaced for a stale heartbeat while a store"
-                                      " it heartbeats to was partitioned",
+                                      " it heartbeats to was partitioned or restarted",
                        "violations": storm, "examples": [], "ok": storm == 0})
         try:
             stale = (await dispatch.event_counts()).get("stale_rejected", 0)

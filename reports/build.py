@@ -49,9 +49,18 @@ def summary(run_dir: Path) -> tuple[dict[str, Any], list[Path]]:
         "predictor": predictor_summary(run),
         "operations": ops.to_dict(orient="records"),
         "slos": v.get("slos", []), "invariants": v.get("invariants", []),
-        "faults": (v.get("drill") or {}).get("faults", []), **extra,
+        "faults": [{**f, "target": fault_target(f)}
+                   for f in (v.get("drill") or {}).get("faults", [])], **extra,
     }
     return data, figures
+
+
+def fault_target(fault: dict[str, Any]) -> str:
+    """What a fault hit, as the report names it: a store (and how), or a process."""
+    args = fault.get("args") or {}
+    target = str(args.get("target") or args.get("process") or "")
+    how = args.get("mode")
+    return f"{target} ({how})" if target and how else target
 
 
 def predictor_summary(run: Any) -> dict[str, Any] | None:
@@ -99,7 +108,7 @@ def markdown(data: dict[str, Any]) -> str:
     lines += ["", "## SLOs", "", *_table(data["slos"], ["name", "value", "limit", "ok"])]
     lines += ["", "## Invariants", "", *_table(data["invariants"], ["name", "violations", "ok"])]
     if data["faults"]:
-        cols = ["name", "start_s", "end_s", "throughput_before_jobs_s",
+        cols = ["name", "target", "start_s", "end_s", "throughput_before_jobs_s",
                 "throughput_during_jobs_s", "recovery_s"]
         lines += ["", "## Faults", "", *_table(data["faults"], cols)]
     if data.get("jain_fairness_index") is not None:

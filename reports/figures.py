@@ -29,9 +29,11 @@ def _faults(ax: Any, run: RunData) -> None:
             ax.axvspan(start, end, color="tab:red", alpha=0.15, lw=0)
         else:
             ax.axvline(start, color="tab:red", alpha=0.5, lw=0.8, ls="--")
-        if f["name"] not in named:
-            named.append(f["name"])
-            ax.annotate(f["name"], xy=(start, 1), xycoords=("data", "axes fraction"),
+        target = (f.get("args") or {}).get("target")
+        label = f"{f['name']} {target}" if target else f["name"]
+        if label not in named:
+            named.append(label)
+            ax.annotate(label, xy=(start, 1), xycoords=("data", "axes fraction"),
                         xytext=(2, -10 - 9 * (len(named) - 1)), textcoords="offset points",
                         fontsize=7, color="tab:red")
 
