@@ -18,9 +18,9 @@ from typing import Any
 
 import httpx
 
-from core.embedded import PG_STOP_MODES, EmbeddedServices
 from core.errors import ServiceError
-from core.faults import MODES
+from core.infra.embedded import PG_STOP_MODES, EmbeddedServices
+from core.worker.faults import MODES
 
 
 class ActionError(RuntimeError):
@@ -143,7 +143,7 @@ async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | Non
                           fraction: float | None = None, mode: str = "mixed",
                           ramp_s: float | list[float] = 45.0, limit_mb: float = 400.0
                           ) -> dict[str, Any]:
-    """Start a gradual fault (core.faults) in chosen workers. `mode` "mixed" draws leak, slow
+    """Start a gradual fault (core.worker.faults) in chosen workers. `mode` "mixed" draws leak, slow
     or stall per worker; a [low, high] `ramp_s` draws each ramp from that range."""
     chosen = _choose(await _running_workers(ep, unfaulted=True), count, fraction, rng)
     if mode != "mixed" and mode not in MODES:

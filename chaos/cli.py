@@ -14,7 +14,7 @@ from core.settings import Settings
 async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]]) -> None:
 
     from chaos.proxy_api import ProxyCollection, proxy_app
-    from core.serving import bind, serving, stop_on_signals
+    from core.infra.serving import bind, serving, stop_on_signals
 
     collection = ProxyCollection(seed=args.seed)
     for spec in specs:
@@ -28,7 +28,7 @@ async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]]) ->
 
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
-    from core.cli import run_async
+    from core.cli.output import run_async
     from core.errors import JobHarnessError
 
     specs: list[dict[str, Any]] = []
@@ -90,7 +90,7 @@ async def _fault(args: argparse.Namespace, settings: Settings) -> Any:
 async def _restart_store(args: argparse.Namespace, settings: Settings, ep: Any) -> Any:
     """Restart the embedded server of a store (only those: nothing given by DSN/URL)."""
     from chaos import actions
-    from core.connect import embedded_services
+    from core.service.runtime import embedded_services
 
     if args.store is None:
         raise actions.ActionError("restart-store needs --store postgres or --store redis")
@@ -108,11 +108,11 @@ async def _restart_store(args: argparse.Namespace, settings: Settings, ep: Any) 
 
 def cmd_fault(args: argparse.Namespace, settings: Settings) -> int:
     from chaos.actions import ActionError
-    from core.cli import _print_json, run_async
+    from core.cli.output import print_json, run_async
     from core.errors import JobHarnessError
 
     try:
-        _print_json(run_async(_fault(args, settings)))
+        print_json(run_async(_fault(args, settings)))
     except ActionError as exc:
         raise JobHarnessError(str(exc)) from exc
     return 0
@@ -147,8 +147,9 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     from chaos.checker import check_all
     from chaos.drill import DrillRunner, load_drill
     from chaos.probes import make_probes
-    from core.connect import create_dispatch, create_pool
     from core.errors import JobHarnessError
+    from core.service.runtime import create_dispatch
+    from core.store.pools import create_pool
 
     drill = load_drill(args.file)
     if not settings.api_url:
@@ -179,14 +180,14 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     from chaos.drill import DrillError
-    from core.cli import _print_json, run_async
+    from core.cli.output import print_json, run_async
     from core.errors import JobHarnessError
 
     try:
         result = run_async(_drill_alone(args, settings))
     except DrillError as exc:
         raise JobHarnessError(str(exc)) from exc
-    _print_json(result)
+    print_json(result)
     return 0 if result["passed"] else 1
 
 

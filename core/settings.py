@@ -13,9 +13,21 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from core.backoff import BackoffPolicy
 from core.errors import ConfigError
-from core.memory import MemoryTtls
+from core.jobs.backoff import BackoffPolicy
+
+HOUR = 3600.0
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryTtls:
+    """Default TTL per kind of entry (the seed's: 24 h, 24 h, 1 h, 90 days)."""
+
+    job_state_s: float = 24 * HOUR
+    job_result_s: float = 24 * HOUR
+    worker_state_s: float = 1 * HOUR
+    failure_s: float = 90 * 24 * HOUR
+
 
 BUILTIN_JOB_TYPES = frozenset({"noop", "sleep", "cpu", "flaky", "leak", "hang"})
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")

@@ -1,5 +1,5 @@
 """The `jobharness` console script: the core's commands plus the harness's (`run`). Worker
-processes start through `python -m core.cli`, so they never import the harness."""
+processes start through `python -m core.cli.main`, so they never import the harness."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from core.cli import main as core_main
+from core.cli.main import main as core_main
 from core.errors import JobHarnessError
 from core.settings import Settings
 
@@ -27,8 +27,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.table import Table
 
     from chaos.drill import DrillError
-    from core.cli import run_async
-    from core.runtime import endpoints
+    from core.cli.output import run_async
+    from core.service.runtime import endpoints
     from loadtests.run import Progress, Run, RunOptions
     from loadtests.scenario import Scenario, ScenarioError
 
@@ -58,9 +58,9 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
     verdict["report"] = build_report(run.dir)["report"]
     if args.json:
-        from core.cli import _print_json
+        from core.cli.output import print_json
 
-        _print_json(verdict)
+        print_json(verdict)
     else:
         table = Table("check", "value", "limit", "ok", title=f"{verdict['run_id']}")
         for row in verdict["slos"]:
@@ -82,38 +82,19 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if verdict["passed"] else 1
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from core.cli import _print_json
-
-    try:
-        if args.run_dir == "compare":
-            from reports.compare import compare
-
-            if len(args.more) != 2:
-                raise JobHarnessError("usage: jobharness report compare BASE CANDIDATE")
-            base, cand = (Path(p) for p in args.more)
-            result = compare(base, cand, cand / "report")
-            _print_json(result)
-            return 1 if result["regressions"] else 0
-        from reports.build import build_report
-
-        _print_json(build_report(Path(args.run_dir)))
-    except FileNotFoundError as exc:
-        raise JobHarnessError(str(exc)) from exc
-    return 0
-
-
 def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     from chaos.cli import add_parsers as add_chaos
+    from loadtests.bench.cli import add_parser as add_bench
+    from loadtests.demo import add_parser as add_demo
     from loadtests.scenario import available
     from predictor.cli import add_parsers as add_predictor
+    from reports.cli import add_parser as add_report
 
+    add_bench(sub, common)
+    add_demo(sub, common)
     add_chaos(sub, common)
     add_predictor(sub, common)
-    r = sub.add_parser("report", help="latency report of a run folder (HTML, Markdown, PNG)")
-    r.add_argument("run_dir", help="a run folder, or `compare BASE CANDIDATE`")
-    r.add_argument("more", nargs="*", help=argparse.SUPPRESS)
-    r.set_defaults(func=cmd_report)
+    add_report(sub, common)
     p = sub.add_parser("run", parents=[common],
                        help="load scenario -> drain -> invariant checks -> SLO verdict")
     p.add_argument("scenario", help=f"one of {', '.join(available())}, or a YAML file")

@@ -32,12 +32,13 @@ from chaos.checker import check_all
 from chaos.drill import DrillRunner, load_drill
 from chaos.probes import make_probes
 from chaos.recovery import fault_windows, recovery
-from core.connect import connect_admin, create_dispatch, create_pool, embedded_services
-from core.dispatch import RedisDispatch
-from core.embedded import EmbeddedServices, free_port
+from core.dispatch.index import RedisDispatch
 from core.errors import DispatchUnavailable, JobHarnessError, StoreUnavailable
-from core.migrate import migrate
+from core.infra.embedded import EmbeddedServices, free_port
+from core.service.runtime import create_dispatch, embedded_services
 from core.settings import Settings, to_env
+from core.store.migrate import migrate
+from core.store.pools import connect_admin, create_pool
 from loadtests.export import export_tables
 from loadtests.procs import Child
 from loadtests.scenario import Scenario, load_scenario

@@ -7,7 +7,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
-from core.health import percentile
+from core.contract.figures import percentile
 from loadtests.scenario import Scenario
 
 CREATE_NAMES = ("POST /jobs", "POST /jobs/batch")

@@ -107,7 +107,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 async def _export(settings: Settings, out: Path) -> list[str]:
-    from core.connect import create_pool
+    from core.store.pools import create_pool
     from loadtests.export import EXPORTS
 
     pool = await create_pool(settings, min_size=1, max_size=1)
@@ -124,8 +124,8 @@ async def _export(settings: Settings, out: Path) -> list[str]:
 
 
 def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
-    from core.cli import run_async
-    from core.runtime import endpoints
+    from core.cli.output import run_async
+    from core.service.runtime import endpoints
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from core.health import percentile as nearest_rank
+from core.contract.figures import percentile as nearest_rank
 
 PCTS = (50, 90, 95, 99, 99.9)
 

@@ -16,11 +16,12 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import pytest
 
-from core import migrate
-from core.backoff import BackoffPolicy
-from core.connect import create_dispatch, create_pool, embedded_services, resolve_endpoints
-from core.service import JobService
+from core.jobs.backoff import BackoffPolicy
+from core.service.jobs import JobService
+from core.service.runtime import create_dispatch, embedded_services, resolve_endpoints
 from core.settings import Settings, load_settings
+from core.store import migrate
+from core.store.pools import create_pool
 
 
 def with_database(dsn: str, database: str) -> str:

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from core.errors import InvalidInput
-from core.memory import (
+from core.memory.port import (
     JOB_NS,
     WORKER_NS,
     FakeClock,
@@ -22,7 +22,7 @@ from core.memory import (
     decode_batch,
     encode_batch,
 )
-from core.memory_qdrant import QdrantStateMemory
+from core.memory.qdrant import QdrantStateMemory
 
 
 @pytest.fixture(params=["fake", "qdrant-local"])

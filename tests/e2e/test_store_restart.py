@@ -24,13 +24,14 @@ import asyncpg
 import pytest
 
 from chaos.checker import check_all
-from core import migrate
-from core.connect import create_dispatch, create_pool
-from core.embedded import EmbeddedServices, pid_alive
 from core.errors import StoreUnavailable
-from core.model import JobSpec
-from core.service import JobService
+from core.infra.embedded import EmbeddedServices, pid_alive
+from core.jobs.model import JobSpec
+from core.service.jobs import JobService
+from core.service.runtime import create_dispatch
 from core.settings import Settings, to_env
+from core.store import migrate
+from core.store.pools import create_pool
 from tests.conftest import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]

@@ -17,10 +17,11 @@ import hypothesis
 import pytest
 import schemathesis
 
-from core.connect import create_dispatch, create_pool
-from core.embedded import free_port
-from core.service import JobService
+from core.infra.embedded import free_port
+from core.service.jobs import JobService
+from core.service.runtime import create_dispatch
 from core.settings import Settings, to_env
+from core.store.pools import create_pool
 from tests.conftest import fresh_database, settings_for
 
 pytestmark = pytest.mark.integration

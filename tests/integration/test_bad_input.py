@@ -15,8 +15,8 @@ from core.errors import (
     UnknownDependency,
     UnknownJobType,
 )
-from core.model import JobSpec
-from core.service import JobService
+from core.jobs.model import JobSpec
+from core.service.jobs import JobService
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncpg
 import pytest
 
-from core.bench import with_limits
-from core.bench_limits import bench_limits
 from core.settings import Settings
+from loadtests.bench.core import with_limits
+from loadtests.bench.limits import bench_limits
 
 pytestmark = pytest.mark.integration
 
@@ -47,7 +47,7 @@ def test_core_results_are_read_as_shares_of_the_limits() -> None:
 
 async def test_e2e_bench_runs_every_job_through_worker_processes(
         server_settings: Settings) -> None:
-    from core.bench_procs import bench_e2e
+    from loadtests.bench.procs import bench_e2e
 
     result = await bench_e2e(server_settings, jobs=120, workers=2, concurrency=2, batch=50,
                              worker_nice=5)
@@ -59,7 +59,7 @@ async def test_e2e_bench_runs_every_job_through_worker_processes(
 
 
 def test_the_per_job_ceiling_combines_the_three_statements() -> None:
-    from core.bench_procs import e2e_with_limits
+    from loadtests.bench.procs import e2e_with_limits
 
     limits = {"insert": {"tps": 3000.0}, "lease": {"tps": 3000.0}, "complete": {"tps": 3000.0}}
     out = e2e_with_limits({"throughput_jobs_s": 500.0}, limits)
@@ -69,7 +69,7 @@ def test_the_per_job_ceiling_combines_the_three_statements() -> None:
 
 async def test_api_bench_drives_every_request_into_a_stored_job(
         server_settings: Settings) -> None:
-    from core.bench_procs import bench_api
+    from loadtests.bench.procs import bench_api
 
     result = await bench_api(server_settings, requests=300, concurrency=4, processes=2)
     assert result["statuses"] == {201: 300}
@@ -81,7 +81,7 @@ async def test_api_bench_drives_every_request_into_a_stored_job(
 
 
 async def test_batch_bench_stores_and_queues_every_job(server_settings: Settings) -> None:
-    from core.bench import bench_batch
+    from loadtests.bench.core import bench_batch
 
     result = await bench_batch(server_settings, jobs=2_500, batch_size=1_000, concurrency=2)
     assert result["stored"] == 2_500  # PENDING rows with the bench's payload, counted after
@@ -94,7 +94,7 @@ async def test_batch_bench_stores_and_queues_every_job(server_settings: Settings
 @pytest.mark.parametrize("rate", [None, 400.0])
 async def test_core_bench_runs_every_operation_closed_and_open_loop(
         server_settings: Settings, rate: float | None) -> None:
-    from core.bench import bench_core
+    from loadtests.bench.core import bench_core
 
     result = await bench_core(server_settings, ops=200, concurrency=4, rate=rate)
     assert result["completed"] == 200  # the warm-up's jobs are not counted

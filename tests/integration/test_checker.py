@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 
 from chaos.checker import check_all
-from core.model import JobSpec
-from core.service import JobService
+from core.jobs.model import JobSpec
+from core.service.jobs import JobService
 
 pytestmark = pytest.mark.integration
 
@@ -92,7 +92,7 @@ async def test_orphan_redis_entry_is_reported(service: JobService) -> None:
 
 
 async def test_limit_overrun_is_reported(service: JobService) -> None:
-    from core import limits
+    from core.service import limits
 
     await limits.set_limit(service.pool, service.dispatch,
                            limits.Limit(scope="tenant", name="acme", max_running=1),

@@ -8,14 +8,14 @@ from dataclasses import replace
 
 import pytest
 
-from core.connect import create_dispatch
-from core.embedded import free_port
-from core.handlers import BUILTIN_HANDLERS
-from core.model import JobSpec, JobStatus
-from core.reconciler import Reconciler
-from core.service import JobService
+from core.infra.embedded import free_port
+from core.jobs.model import JobSpec, JobStatus
+from core.service.jobs import JobService
+from core.service.reconciler import Reconciler
+from core.service.runtime import create_dispatch
 from core.settings import Settings
-from core.worker import Worker
+from core.worker.handlers import BUILTIN_HANDLERS
+from core.worker.loop import Worker
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -60,7 +60,7 @@ async def test_flushed_redis_is_rebuilt_by_the_reconciler(service: JobService) -
 
 
 async def test_orphan_entries_are_removed(service: JobService) -> None:
-    from core.dispatch import EnqueueItem
+    from core.dispatch.index import EnqueueItem
 
     ghost = "00000000-0000-4000-8000-000000000001"
     await service.dispatch.enqueue([EnqueueItem(job_id=ghost, priority=3, capability=None,

@@ -6,8 +6,8 @@ import asyncio
 
 import pytest
 
-from core.model import JobSpec, JobStatus, Lease
-from core.service import JobService
+from core.jobs.model import JobSpec, JobStatus, Lease
+from core.service.jobs import JobService
 
 pytestmark = pytest.mark.integration
 

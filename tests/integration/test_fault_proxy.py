@@ -19,7 +19,7 @@ from toxiproxy import Toxiproxy
 from toxiproxy.api import APIConsumer
 from toxiproxy.exceptions import NotFound, ProxyExists
 
-from core.embedded import free_port
+from core.infra.embedded import free_port
 from core.settings import Settings
 
 pytestmark = pytest.mark.integration

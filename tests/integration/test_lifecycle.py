@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 
 from core.errors import InvalidInput, InvalidTransition, StaleLease
-from core.handlers import BUILTIN_HANDLERS
-from core.model import ExecutionStatus, JobSpec, JobStatus
-from core.service import JobService
-from core.worker import Worker
+from core.jobs.model import ExecutionStatus, JobSpec, JobStatus
+from core.service.jobs import JobService
+from core.worker.handlers import BUILTIN_HANDLERS
+from core.worker.loop import Worker
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -157,7 +157,7 @@ async def test_concurrent_acquires_share_a_pop_and_lease_each_job_once(
 
 async def test_a_large_batch_streamed_with_copy_stores_every_field(
         service: JobService) -> None:
-    from core.creation import COPY_MIN_JOBS
+    from core.store.inserts import COPY_MIN_JOBS
 
     specs = [JobSpec(job_type="noop", priority=1 + i % 5, max_retries=i % 7,
                      timeout_s=1.5 + i, required_capability="gpu" if i % 10 == 0 else None,
@@ -370,7 +370,7 @@ async def test_stale_token_is_rejected_and_changes_nothing(service: JobService) 
     created = await service.create(JobSpec(job_type="noop", max_retries=3))
     old = await service.acquire("zombie", lease_s=0.1)
     assert old is not None
-    from core.reconciler import Reconciler
+    from core.service.reconciler import Reconciler
 
     async def expired() -> bool:
         return bool(await service.pool.fetchval(

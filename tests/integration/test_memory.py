@@ -11,15 +11,15 @@ from pathlib import Path
 import pytest
 from qdrant_client import AsyncQdrantClient
 
-from core.connect import create_dispatch
-from core.embedded import free_port
-from core.memory import JOB_NS, WORKER_NS, MemoryTtls
-from core.memory_events import MemoryEmitter
-from core.memory_owner import MemoryOwner
-from core.memory_qdrant import QdrantStateMemory
-from core.model import JobSpec
-from core.service import JobService
-from core.settings import Settings
+from core.infra.embedded import free_port
+from core.jobs.model import JobSpec
+from core.memory.events import MemoryEmitter
+from core.memory.owner import MemoryOwner
+from core.memory.port import JOB_NS, WORKER_NS
+from core.memory.qdrant import QdrantStateMemory
+from core.service.jobs import JobService
+from core.service.runtime import create_dispatch
+from core.settings import MemoryTtls, Settings
 
 pytestmark = pytest.mark.integration
 

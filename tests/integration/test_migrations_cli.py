@@ -9,9 +9,9 @@ from pathlib import Path
 import asyncpg
 import pytest
 
-from core import migrate
-from core.cli import main
+from core.cli.main import main
 from core.settings import Settings
+from core.store import migrate
 
 pytestmark = pytest.mark.integration
 

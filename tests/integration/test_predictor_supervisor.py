@@ -15,12 +15,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.control import control_app
-from core.faults import FaultSpec
-from core.proccli import _predictor
-from core.service import JobService
+from core.cli.procs import _predictor
+from core.service.jobs import JobService
 from core.settings import Settings
-from core.supervisor import Supervisor
+from core.supervisor.control import control_app
+from core.supervisor.supervisor import Supervisor
+from core.worker.faults import FaultSpec
 from predictor.features import FEATURES
 from predictor.model import load, save
 from predictor.policy import Policy

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from core.model import JobSpec
-from core.service import JobService
+from core.jobs.model import JobSpec
+from core.service.jobs import JobService
 
 pytestmark = pytest.mark.integration
 

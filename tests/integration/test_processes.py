@@ -15,12 +15,13 @@ from typing import Any
 
 import pytest
 
-from core.connect import create_dispatch, create_pool
-from core.embedded import pid_alive
-from core.model import JobSpec, JobStatus
-from core.service import JobService
+from core.infra.embedded import pid_alive
+from core.jobs.model import JobSpec, JobStatus
+from core.service.jobs import JobService
+from core.service.runtime import create_dispatch
 from core.settings import Settings, to_env
-from core.supervisor import Supervisor, SupervisorOptions
+from core.store.pools import create_pool
+from core.supervisor.supervisor import Supervisor, SupervisorOptions
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -201,7 +202,7 @@ async def test_twenty_workers_replace_five_killed_at_once(svc: JobService) -> No
 async def test_redis_outage_longer_than_ttl_replaces_nobody(
     proc_settings: Settings, svc: JobService
 ) -> None:
-    from core.embedded import free_port, valkey_bin
+    from core.infra.embedded import free_port, valkey_bin
 
     port = free_port()
     redis_dir = proc_settings.data_dir / "own-valkey"
@@ -267,8 +268,8 @@ async def _start(settings: Settings, *args: str) -> asyncio.subprocess.Process:
 async def test_restarted_supervisor_restores_its_roster(
     svc: JobService, proc_settings: Settings, with_owner: bool
 ) -> None:
-    from core.memory_events import MemoryEmitter
-    from core.roster import roster_key
+    from core.memory.events import MemoryEmitter
+    from core.supervisor.roster import roster_key
 
     owner = await _start(proc_settings, "state", "serve", "--nice", "0") if with_owner \
         else None
@@ -282,7 +283,7 @@ async def test_restarted_supervisor_restores_its_roster(
         await wait_until(lambda: _count_is(old_workers, 2), what="first supervisor's workers")
         old = {r["id"]: r["pid"] for r in await old_workers()}
         if owner is not None:
-            from core.statecli import owner_request, owner_url
+            from core.cli.state import owner_request, owner_url
 
             async def roster_saved() -> bool:
                 url = owner_url(proc_settings)

@@ -15,14 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from core import limits
-from core.cli import main
-from core.connect import create_dispatch, create_pool
-from core.dispatch import limit_field
-from core.model import JobSpec
-from core.reconciler import Reconciler
-from core.service import JobService
+from core.cli.main import main
+from core.contract.keys import limit_field
+from core.jobs.model import JobSpec
+from core.service import limits
+from core.service.jobs import JobService
+from core.service.reconciler import Reconciler
+from core.service.runtime import create_dispatch
 from core.settings import Settings
+from core.store.pools import create_pool
 from tests.conftest import wait_until
 from tests.integration.test_migrations_cli import cli
 from tests.integration.test_processes import supervising

@@ -9,8 +9,8 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from core.control import control_app
-from core.service import JobService
+from core.service.jobs import JobService
+from core.supervisor.control import control_app
 from tests.conftest import wait_until
 from tests.integration.test_api import ApiEnv, api_env, api_service  # noqa: F401
 from tests.integration.test_processes import proc_settings, supervising, svc  # noqa: F401

@@ -2,7 +2,7 @@ import random
 
 import pytest
 
-from core.backoff import BackoffPolicy
+from core.jobs.backoff import BackoffPolicy
 
 
 def test_seed_progression_without_jitter() -> None:

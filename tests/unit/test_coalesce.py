@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from core.coalesce import Coalescer
+from core.service.coalesce import Coalescer
 
 
 class Gate:

@@ -1,7 +1,7 @@
 import pytest
 
-from core.depgraph import check_acyclic, find_cycle, topological_order
 from core.errors import DependencyCycle
+from core.jobs.depgraph import check_acyclic, find_cycle, topological_order
 
 
 def test_chain_and_diamond_have_no_cycle() -> None:

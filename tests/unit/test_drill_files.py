@@ -78,7 +78,7 @@ def test_worker_drills_load() -> None:
 
 
 def test_fault_specs_name_what_is_wrong() -> None:
-    from core.faults import FaultSpec
+    from core.worker.faults import FaultSpec
 
     assert FaultSpec.from_dict({"mode": "leak", "ramp_s": 30}).limit_mb == 400
     for bad, words in (({"mode": "melt"}, "fault mode must be one of leak, slow, stall"),

@@ -7,7 +7,7 @@ import math
 import pytest
 
 from core.errors import InvalidInput
-from core.limits import Limit, validate_limit
+from core.jobs.limits import Limit, validate_limit
 
 TYPES = frozenset({"noop", "sleep"})
 

@@ -1,6 +1,6 @@
 import re
 
-from core.migrate import EXPECTED_TABLES, load_migrations
+from core.store.migrate import EXPECTED_TABLES, load_migrations
 
 
 def test_migrations_are_numbered_pairs() -> None:

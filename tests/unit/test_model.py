@@ -2,8 +2,9 @@ from datetime import UTC, datetime
 
 import pytest
 
+from core.contract.keys import priority_band
 from core.errors import InvalidInput, PayloadTooLarge, UnknownJobType
-from core.model import JobSpec, JobStatus, SpecLimits, priority_band, validate_spec
+from core.jobs.model import JobSpec, JobStatus, SpecLimits, validate_spec
 from core.settings import BUILTIN_JOB_TYPES
 
 LIMITS = SpecLimits(known_job_types=BUILTIN_JOB_TYPES, max_payload_bytes=1024)

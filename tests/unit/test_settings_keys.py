@@ -2,10 +2,10 @@ from pathlib import Path
 
 import pytest
 
+from core.contract.keys import Keys
 from core.errors import ConfigError
-from core.keys import Keys
-from core.queries import queries
 from core.settings import load_settings
+from core.store.queries import queries
 
 
 def test_seed_key_names() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from chaos.actions import ActionError, Endpoints, restart_store
 from core.errors import StoreUnavailable
-from core.queries import store_errors, store_unavailable
+from core.store.queries import store_errors, store_unavailable
 
 UNAVAILABLE = [
     ConnectionRefusedError(111, "Connection refused"),
@@ -23,6 +23,7 @@ UNAVAILABLE = [
     asyncpg.exceptions.ConnectionDoesNotExistError("connection was closed in the middle"),
     asyncpg.exceptions.ClientCannotConnectError("cannot connect"),
     asyncpg.InterfaceError("connection is closed"),
+    asyncpg.exceptions.InternalClientError("cannot switch to state 11"),
 ]
 STATEMENT = [
     asyncpg.exceptions.UniqueViolationError("duplicate key"),
@@ -63,7 +64,7 @@ def test_restart_store_refuses_what_it_cannot_do(target: str, mode: str | None,
 
 def test_an_outage_is_counted_and_logged_once_from_first_failure_to_first_success(
         caplog: pytest.LogCaptureFixture) -> None:
-    from core.outage import Outage
+    from core.store.outage import Outage
 
     seen: list[bool] = []
     outage = Outage("PostgreSQL")

@@ -1,0 +1,1 @@
+"""The HTTP API (FastAPI): the app, request and response models."""

@@ -1,0 +1,1 @@
+"""The `jobharness` command's core part: entry, output helpers, one module per command group."""

@@ -1,0 +1,380 @@
+"""RedisDispatch: the dispatch index in Redis sorted sets (the seed's keys).
+
+Redis may be lost, stale or unreachable at any time (invariant 1): every call either succeeds
+or raises DispatchUnavailable quickly, and after a failure the adapter stays "open" for
+`retry_after_s` so callers do not pay a timeout per operation while Redis is down.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import RedisError
+
+from core.contract.keys import Keys
+from core.errors import DispatchUnavailable
+
+WAKEUP_CAP = 10_000
+PROMOTE_LIMIT = 500
+
+
+def _digits(priorities: Iterable[int]) -> str:
+    """Priorities packed one digit each, as the scripts read them."""
+    ps = list(priorities)
+    if not all(1 <= p <= 9 for p in ps):
+        raise ValueError(f"priorities must be 1..9 for the dispatch scripts, got {ps}")
+    return "".join(map(str, ps))
+
+
+def _script(name: str) -> str:
+    """A dispatch script with the shared scheduling functions in front of it."""
+    lua = importlib.resources.files("core.dispatch").joinpath("lua")
+    return lua.joinpath("sched.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
+
+
+def flow_of(job_type: str | None, tenant: str | None, capability: str | None) -> str:
+    """The flow a job waits in (see core/lua/sched.lua): jobs of one flow are
+    interchangeable for every scheduling decision."""
+    return f"{job_type or ''}\0{tenant or ''}\0{capability or ''}"
+
+
+def _indexed(flows: Iterable[str]) -> tuple[str, list[str]]:
+    """Each flow's 1-based position among the distinct ones (joined), and those."""
+    distinct: dict[str, int] = {}
+    which = [str(distinct.setdefault(f, len(distinct) + 1)) for f in flows]
+    return ",".join(which), list(distinct)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnqueueItem:
+    job_id: str
+    priority: int
+    capability: str | None
+    delay_ms: int
+    job_type: str | None = None
+    tenant: str | None = None
+
+    @property
+    def flow(self) -> str:
+        return flow_of(self.job_type, self.tenant, self.capability)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcquireResult:
+    job_ids: list[str]  # best first; fewer than asked when no more may run now
+    next_due_in_ms: int | None  # until the earliest delayed job is due, if any
+    limited: frozenset[str] = frozenset()  # ids counted under a max_running limit
+
+    @property
+    def job_id(self) -> str | None:
+        return self.job_ids[0] if self.job_ids else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatchSnapshot:
+    """What Redis holds, for the reconciler."""
+
+    now_ms: int
+    queued: set[str]
+    delayed: set[str]
+    processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
+    meta: set[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedState:
+    """The scheduling state in Redis: per "scope\0name" field."""
+
+    limits: dict[str, str]
+    running: dict[str, int]
+    waits: dict[str, int]
+    buckets: dict[str, tuple[float, int]]  # tokens and Redis ms at the last start
+    now_ms: int  # Redis' clock when read
+
+
+class RedisDispatch:
+    """Dispatch index over one Redis connection pool (plus one blocking connection)."""
+
+    def __init__(
+        self,
+        url: str,
+        keys: Keys,
+        *,
+        timeout_s: float = 1.0,
+        retry_after_s: float = 2.0,
+        max_connections: int = 2,
+        blocking_connections: int | None = None,
+    ) -> None:
+        self.keys = keys
+        self.retry_after_s = retry_after_s
+        # Blocking pools: callers beyond the budget wait for a connection instead of failing
+        # (a "too many connections" error must not look like a Redis outage).
+        self._client = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=max_connections,
+                timeout=timeout_s * 5,
+                socket_timeout=timeout_s,
+                socket_connect_timeout=timeout_s,
+                decode_responses=True,
+            ),
+        )
+        # Idle workers park on BLPOP here; one connection per concurrent waiter.
+        self._blocking = aioredis.Redis(
+            connection_pool=aioredis.BlockingConnectionPool.from_url(
+                url,
+                max_connections=blocking_connections or max_connections,
+                timeout=None,
+                socket_connect_timeout=timeout_s,
+                decode_responses=True,
+            ),
+        )
+        self._acquire = self._client.register_script(_script("acquire"))
+        self._forget = self._client.register_script(_script("forget"))
+        self._reprioritize = self._client.register_script(_script("reprioritize"))
+        self._enqueue = self._client.register_script(_script("enqueue"))
+        self._sched_sync = self._client.register_script(_script("sched_sync"))
+        self._down_until = 0.0
+        self.failures = 0
+        self.observe: Callable[[float], None] | None = None  # seconds per call (metrics)
+
+    @property
+    def available(self) -> bool:
+        """False while the breaker is open after a recent failure."""
+        return time.monotonic() >= self._down_until
+
+    async def _call(self, coro: Any) -> Any:
+        if not self.available:
+            coro.close()
+            raise DispatchUnavailable("Redis marked unavailable after a recent failure")
+        t0 = time.perf_counter()
+        try:
+            result = await coro
+        except (RedisError, OSError, TimeoutError) as exc:
+            self.failures += 1
+            self._down_until = time.monotonic() + self.retry_after_s
+            raise DispatchUnavailable(f"Redis call failed: {exc}") from exc
+        if self.observe is not None:
+            self.observe(time.perf_counter() - t0)
+        return result
+
+    def reset_breaker(self) -> None:
+        self._down_until = 0.0
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self._call(self._client.ping()))
+        except DispatchUnavailable:
+            return False
+
+    async def close(self) -> None:
+        await self._client.aclose(close_connection_pool=True)
+        await self._blocking.aclose(close_connection_pool=True)
+
+    def _keys6(self, first: str, second: str, third: str) -> list[str]:
+        return [first, second, third, self.keys.high, self.keys.medium, self.keys.low]
+
+    async def enqueue(self, items: Sequence[EnqueueItem]) -> int:
+        """Index jobs for dispatch; returns how many were due at once."""
+        if not items:
+            return 0
+        total = 0
+        for start in range(0, len(items), 1000):
+            chunk = items[start : start + 1000]
+            which, flows = _indexed(it.flow for it in chunk)
+            args: list[Any] = [
+                WAKEUP_CAP,
+                ",".join(it.job_id for it in chunk),
+                _digits(it.priority for it in chunk),
+                ",".join(str(max(0, it.delay_ms)) for it in chunk),
+                which,
+                *flows,
+            ]
+            keys = [*self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.wakeup),
+                    self.keys.sched]
+            total += int(await self._call(self._enqueue(keys=keys, args=args)))
+        return total
+
+    async def acquire(
+        self, capabilities: Iterable[str], lease_ms: int, *, bands: str = "hml",
+        count: int = 1,
+    ) -> AcquireResult:
+        """Pop the best `count` jobs the worker may run now (capabilities, limits, fair
+        shares: see acquire.lua) into the processing set."""
+        caps = "," + ",".join(sorted(set(capabilities))) + ","
+        keys = [*self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.processing),
+                self.keys.sched]
+        found, next_due, limited = await self._call(self._acquire(
+            keys=keys, args=[lease_ms, PROMOTE_LIMIT, bands, caps, count]))
+        due = int(next_due)
+        return AcquireResult(job_ids=found.split(",") if found else [],
+                             next_due_in_ms=due if due >= 0 else None,
+                             limited=frozenset(limited.split(",")) if limited else frozenset())
+
+    async def extend(self, job_id: str, lease_ms: int) -> None:
+        now_ms = await self.now_ms()
+        await self._call(self._client.zadd(self.keys.processing, {job_id: now_ms + lease_ms},
+                                           xx=True))
+
+    async def forget(self, job_ids: Sequence[str], *, dead: bool = False) -> None:
+        """Remove jobs from every dispatch set (and record them dead if `dead`)."""
+        await self._forget_ids("dead" if dead else "forget", job_ids)
+
+    async def _forget_ids(self, mode: str, job_ids: Sequence[str]) -> None:
+        if not job_ids:
+            return
+        keys = [*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
+                self.keys.job_meta, self.keys.dead_letter, self.keys.wakeup, self.keys.sched]
+        await self._call(self._forget(keys=keys, args=[mode, ",".join(job_ids), WAKEUP_CAP]))
+
+    async def reprioritize(self, items: Sequence[tuple[str, int]]) -> int:
+        """Move queued jobs to the queue of their new priority (keeping their place in
+        time) and relabel the others; returns how many queued jobs moved."""
+        if not items:
+            return 0
+        keys = [self.keys.job_meta, *self.keys.priority_queues, self.keys.sched]
+        return int(await self._call(self._reprioritize(
+            keys=keys, args=[",".join(j for j, _ in items), _digits(p for _, p in items)])))
+
+    async def forget_dead(self, job_ids: Sequence[str]) -> None:
+        """Drop jobs from the dead-letter set (requeued or purged)."""
+        if job_ids:
+            await self._call(self._client.zrem(self.keys.dead_letter, *job_ids))
+
+    async def release_processing(self, job_ids: Sequence[str]) -> None:
+        """Drop leases from the processing set (their jobs no longer count as running)."""
+        await self._forget_ids("unlease", job_ids)
+
+    async def sched_sync(
+        self, limits: dict[str, str], leased: Sequence[tuple[str, int, bool, str]]
+    ) -> tuple[list[str], int]:
+        """Replace the limits mirror with `limits` (field -> "max,rate,burst,weight"), record
+        leases `(job id, remaining ms, taken by the fallback, flow)` the processing set lacks
+        (see sched_sync.lua), recount what runs. Returns (ids recorded, held records
+        dropped)."""
+        which, flows = _indexed(f for *_, f in leased)
+        args: list[Any] = [len(limits)]
+        for field, value in limits.items():
+            args += [field, value]
+        args += [",".join(j for j, *_ in leased),
+                 ",".join(str(max(1, ms)) for _, ms, _, _ in leased),
+                 "".join("1" if fb else "0" for _, _, fb, _ in leased), which, *flows]
+        recorded, dropped = await self._call(self._sched_sync(
+            keys=[self.keys.processing, self.keys.sched], args=args))
+        return (recorded.split(",") if recorded else []), int(dropped)
+
+    async def set_limit(self, field: str, value: str | None) -> None:
+        """Mirror one limit (None: removed) at once; the reconciler re-mirrors them all."""
+        key = self.keys.sched_hash("limits")
+        if value is None:
+            await self._call(self._client.hdel(key, field))
+        else:
+            await self._call(self._client.hset(key, field, value))
+
+    async def sched_state(self) -> SchedState:
+        pipe = self._client.pipeline(transaction=True)
+        for name in ("limits", "running", "waits", "buckets"):
+            pipe.hgetall(self.keys.sched_hash(name))
+        pipe.time()
+        limits, running, waits, buckets, (sec, usec) = await self._call(pipe.execute())
+        return SchedState(
+            limits=dict(limits), running={k: int(v) for k, v in running.items()},
+            waits={k: int(v) for k, v in waits.items()},
+            buckets={k: (float(v.split(",")[0]), int(v.split(",")[1]))
+                     for k, v in buckets.items()},
+            now_ms=int(sec) * 1000 + int(usec) // 1000)
+
+    async def wait_for_work(self, timeout_s: float) -> bool:
+        """Block until a job is enqueued or `timeout_s` passes; True if woken by a job."""
+        if not self.available:
+            return False
+        try:
+            got = await self._blocking.blpop([self.keys.wakeup], timeout=max(timeout_s, 0.01))
+        except (RedisError, OSError, TimeoutError):
+            self._down_until = time.monotonic() + self.retry_after_s
+            return False
+        return got is not None
+
+    async def now_ms(self) -> int:
+        sec, usec = await self._call(self._client.time())
+        return int(sec) * 1000 + int(usec) // 1000
+
+    async def memory_bytes(self) -> int:
+        """Memory the Redis server uses (INFO memory: used_memory)."""
+        info = await self._call(self._client.info("memory"))
+        return int(info["used_memory"])
+
+    async def depths(self) -> dict[str, int]:
+        pipe = self._client.pipeline(transaction=False)
+        names = ["high", "medium", "low", "delayed", "processing", "dead_letter"]
+        for key in (*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
+                    self.keys.dead_letter):
+            pipe.zcard(key)
+        values = await self._call(pipe.execute())
+        return dict(zip(names, map(int, values), strict=True))
+
+    async def snapshot(self) -> DispatchSnapshot:
+        pipe = self._client.pipeline(transaction=True)
+        pipe.time()
+        for key in self.keys.priority_queues:
+            pipe.zrange(key, 0, -1)
+        pipe.zrange(self.keys.delayed, 0, -1)
+        pipe.zrange(self.keys.processing, 0, -1, withscores=True)
+        pipe.hkeys(self.keys.job_meta)
+        (sec, usec), high, med, low, delayed, processing, meta = await self._call(pipe.execute())
+        return DispatchSnapshot(
+            now_ms=int(sec) * 1000 + int(usec) // 1000,
+            queued=set(high) | set(med) | set(low),
+            delayed=set(delayed),
+            processing={j: int(s) for j, s in processing},
+            meta=set(meta),
+        )
+
+    async def forget_meta(self, job_ids: Sequence[str]) -> None:
+        if job_ids:
+            await self._call(self._client.hdel(self.keys.job_meta, *job_ids))
+
+    async def set_heartbeat(self, worker_id: str, ttl_s: float, value: str) -> None:
+        await self._call(self._client.set(self.keys.heartbeat(worker_id), value,
+                                          px=int(ttl_s * 1000)))
+
+    async def count_event(self, name: str, n: int = 1) -> None:
+        await self._call(self._client.hincrby(self.keys.counters, name, n))
+
+    async def event_counts(self) -> dict[str, int]:
+        raw = await self._call(self._client.hgetall(self.keys.counters))
+        return {k: int(v) for k, v in raw.items()}
+
+    async def append_events(self, batch: str, *, maxlen: int) -> None:
+        """XADD one batch of state events (a JSON list), trimming the stream to about `maxlen`
+        entries, oldest first."""
+        await self._call(self._client.xadd(self.keys.state_events, {"b": batch},
+                                           maxlen=maxlen, approximate=True))
+
+    @property
+    def client(self) -> aioredis.Redis:
+        """The command connection (the memory owner reads the stream with it)."""
+        return self._client
+
+    async def heartbeats_exist(self, worker_ids: list[str]) -> dict[str, bool]:
+        pipe = self._client.pipeline(transaction=False)
+        for wid in worker_ids:
+            pipe.exists(self.keys.heartbeat(wid))
+        found = await self._call(pipe.execute())
+        return {wid: bool(n) for wid, n in zip(worker_ids, found, strict=True)}
+
+    async def clear_heartbeat(self, worker_id: str) -> None:
+        await self._call(self._client.delete(self.keys.heartbeat(worker_id)))
+
+    async def flush_prefix(self) -> int:
+        """Delete every key under the prefix (tests, `db reset`)."""
+        self.reset_breaker()
+        n = 0
+        async for key in self._client.scan_iter(match=self.keys.all_pattern, count=1000):
+            n += int(await self._call(self._client.delete(key)))
+        return n

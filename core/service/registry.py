@@ -1,0 +1,98 @@
+"""The worker registry: registration, heartbeats to both stores with health samples, and
+deregistration. A mixin of JobService (it uses its pool, dispatch, settings and memory)."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from core.errors import DispatchUnavailable, InvalidInput, StoreUnavailable
+from core.store.queries import q, store_errors
+
+
+class WorkerRegistry:
+    pool: Any
+    dispatch: Any
+    settings: Any
+    memory: Any
+
+    # -- workers ----------------------------------------------------------------------------
+    async def register_worker(
+        self,
+        worker_id: str,
+        capabilities: Sequence[str],
+        *,
+        concurrency: int = 1,
+        hostname: str = "",
+        pid: int | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> None:
+        if not worker_id or len(worker_id) > 200:
+            raise InvalidInput("worker_id", "must be 1 to 200 characters")
+        if not 1 <= concurrency <= 1000:
+            raise InvalidInput("concurrency", "must be between 1 and 1000")
+        with store_errors():
+            await self.pool.execute(q("register_worker"), worker_id, hostname, pid,
+                                    list(capabilities), concurrency, metadata or {})
+        if self.memory is not None:
+            self.memory.worker_config(worker_id, {
+                "capabilities": list(capabilities), "concurrency": concurrency,
+                "hostname": hostname, "pid": pid, **(metadata or {})})
+        await self.heartbeat(worker_id)
+
+    async def heartbeat(self, worker_id: str, value: str = "alive",
+                        sample: dict[str, Any] | None = None) -> str | None:
+        """Refresh liveness in both stores (and record a health sample); returns the worker's
+        PostgreSQL status, None if unknown. Each store may fail independently (invariant 5)."""
+        redis_ok = True
+        try:
+            await self.dispatch.set_heartbeat(worker_id, self.settings.heartbeat_ttl_s, value)
+        except DispatchUnavailable:
+            redis_ok = False
+        try:
+            with store_errors():
+                status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
+                if sample is not None:
+                    await self.pool.execute(
+                        q("insert_health_sample"), worker_id, sample["rss_bytes"],
+                        sample["cpu_percent"], sample["loop_lag_ms"], sample["in_flight"],
+                        sample["completed"], sample["failed"], sample["duration_p50_ms"],
+                        sample["duration_p99_ms"], sample["error_rate"],
+                        {"timed_out": sample.get("timed_out", 0)},
+                    )
+        except StoreUnavailable:
+            if not redis_ok:
+                raise
+            return None
+        if self.memory is not None:
+            self.memory.worker_state(worker_id, {"status": status, **(sample or {})})
+        return str(status) if status is not None else None
+
+    async def heartbeat_ages(self, worker_ids: list[str]) -> dict[str, float | None]:
+        """Seconds since each worker's PostgreSQL heartbeat (None: not registered)."""
+        with store_errors():
+            rows = await self.pool.fetch(q("worker_heartbeat_ages"), worker_ids)
+        ages: dict[str, float | None] = {w: None for w in worker_ids}
+        ages.update({r["id"]: float(r["age_s"]) for r in rows})
+        return ages
+
+    async def set_worker_status(self, worker_id: str, status: str) -> None:
+        with store_errors():
+            await self.pool.execute(q("set_worker_status"), worker_id, status)
+
+    async def deregister_worker(
+        self, worker_id: str, *, status: str = "STOPPED", reason: str | None = None
+    ) -> None:
+        with store_errors():
+            await self.pool.execute(q("stop_worker"), worker_id, status, reason)
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.clear_heartbeat(worker_id)
+        if self.memory is not None:
+            self.memory.worker_state(worker_id, {"status": status, "reason": reason})
+
+    async def list_workers(self, *, status: str | None = None, limit: int = 1000) -> list[
+            dict[str, Any]]:
+        with store_errors():
+            rows = await self.pool.fetch(q("list_workers"), status, limit)
+        return [dict(r) for r in rows]

@@ -1,0 +1,156 @@
+"""PostgreSQL connections: pools pointed at the configured schema that say StoreUnavailable
+whenever the server is not available right now, and plain admin connections."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+from asyncpg.pool import PoolAcquireContext
+
+from core.errors import StoreUnavailable
+from core.settings import Settings
+from core.store.outage import Outage
+from core.store.queries import UNAVAILABLE, unavailable_error
+
+# connecting fails with these: the server is unavailable, or it refused us (auth, database)
+CONNECT_ERRORS: tuple[type[BaseException], ...] = (*UNAVAILABLE, asyncpg.PostgresError)
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    for typ in ("jsonb", "json"):
+        await conn.set_type_codec(
+            typ, encoder=json.dumps, decoder=json.loads, schema="pg_catalog"
+        )
+
+
+async def _reset(conn: asyncpg.Connection) -> None:
+    """Run when a connection goes back to the pool. The core never leaves session state on a
+    pooled connection (no LISTEN, session-level locks, SET or open cursors), so asyncpg's
+    default reset query, one more round trip per borrowed connection, is skipped; a
+    transaction somehow left open is rolled back."""
+    if conn.is_in_transaction():
+        await conn.execute("ROLLBACK")
+
+
+if TYPE_CHECKING:
+    _AcquireBase = PoolAcquireContext[asyncpg.Record]
+else:  # not subscriptable at run time
+    _AcquireBase = PoolAcquireContext
+
+
+class StorePool(asyncpg.Pool):
+    """An asyncpg pool whose every use says StoreUnavailable when PostgreSQL is not available
+    right now (see `core.store.queries.UNAVAILABLE`): connecting, the statements run on a borrowed
+    connection (`async with pool.acquire() as conn: ...`), the pool's own `fetch`/`execute`/...
+    (which borrow through `acquire`), and giving the connection back. One place translates,
+    so no caller can miss it; `outage` tells when this process saw PostgreSQL go and return."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outage = Outage("PostgreSQL")
+
+    def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext[asyncpg.Record]:
+        return _TranslatingAcquire(self, timeout)
+
+
+class _TranslatingAcquire(_AcquireBase):
+    __slots__ = ()
+
+    def _outage(self) -> Outage:
+        pool = self.pool
+        assert isinstance(pool, StorePool)
+        return pool.outage
+
+    async def __aenter__(self) -> Any:
+        try:
+            return await super().__aenter__()
+        except UNAVAILABLE as exc:
+            self._outage().failed(exc)
+            raise unavailable_error(exc) from exc
+
+    async def __aexit__(self, *exc: object) -> None:
+        exc_val = exc[1] if len(exc) > 1 else None
+        con = self.connection
+        if con is not None and isinstance(exc_val, (*UNAVAILABLE, StoreUnavailable)) \
+                and not con.is_closed():
+            con.terminate()  # it saw the server go: never lend it out again
+        # giving a broken connection back fails: asyncpg has dropped it, and the body's
+        # outcome stands
+        with contextlib.suppress(*UNAVAILABLE):
+            await super().__aexit__(*exc)
+        if exc_val is None:
+            self._outage().succeeded()
+        elif isinstance(exc_val, StoreUnavailable):
+            self._outage().failed(exc_val)
+        elif isinstance(exc_val, UNAVAILABLE):
+            self._outage().failed(exc_val)
+            raise unavailable_error(exc_val) from exc_val
+
+
+class _DriverOutageFilter(logging.Filter):
+    """asyncpg's pool logs a traceback each time it fails to reconnect in the background;
+    an outage is logged once by `Outage` instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        return exc is None or not isinstance(exc, UNAVAILABLE)
+
+
+_DRIVER_FILTER = _DriverOutageFilter()
+
+
+async def create_pool(
+    settings: Settings, *, min_size: int = 1, max_size: int = 2, schema: str | None = None,
+    observe: Callable[[float], None] | None = None,
+) -> asyncpg.Pool:
+    """A pool whose connections resolve unqualified names in the configured schema;
+    `observe` is called with each query's duration in seconds (metrics)."""
+
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        if observe is not None:
+            conn.add_query_logger(lambda record: observe(record.elapsed))
+
+    if not settings.pg_dsn:
+        raise StoreUnavailable("no PostgreSQL DSN configured (resolve_endpoints first)")
+    driver_log = logging.getLogger("asyncpg.pool")
+    if _DRIVER_FILTER not in driver_log.filters:
+        driver_log.addFilter(_DRIVER_FILTER)
+    pool = StorePool(
+        settings.pg_dsn,
+        min_size=min_size,
+        max_size=max_size,
+        max_queries=50000,
+        max_inactive_connection_lifetime=300.0,
+        init=init,
+        reset=_reset,
+        loop=None,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
+        command_timeout=60,
+        server_settings={
+            "search_path": schema or settings.schema,
+            "application_name": "jobharness",
+        },
+    )
+    try:
+        await pool
+    except CONNECT_ERRORS as exc:
+        await pool.close()
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc
+    return pool
+
+
+async def connect_admin(settings: Settings) -> asyncpg.Connection:
+    """One plain connection (migrations, verify)."""
+    if not settings.pg_dsn:
+        raise StoreUnavailable("no PostgreSQL DSN configured (resolve_endpoints first)")
+    try:
+        return await asyncpg.connect(settings.pg_dsn)
+    except CONNECT_ERRORS as exc:
+        raise StoreUnavailable(f"cannot connect to PostgreSQL: {exc}") from exc

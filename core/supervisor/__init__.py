@@ -1,0 +1,1 @@
+"""The supervisor: spawning and watching workers, the roster, the control surface."""

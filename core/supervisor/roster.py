@@ -1,0 +1,108 @@
+"""The supervisor's roster: which worker runs in which slot, saved to state memory
+(`worker-coordination`, key `supervisor:{name}:roster`) on start and after each replacement.
+
+A supervisor that restarts reads its last roster back: from the memory owner when one runs,
+else from PostgreSQL (`workers` rows it registered, still ACTIVE, DRAINING or STALE). It then
+starts the next generation in every slot and retires the previous workers: a process still
+alive on this host is asked to drain (SIGTERM) and killed if it does not; a worker whose
+process is gone is marked FAILED and its leases released at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from core.errors import DispatchUnavailable, StoreUnavailable
+from core.memory.port import WORKER_NS
+from core.service.jobs import JobService
+
+
+@dataclass(frozen=True, kw_only=True)
+class RosterEntry:
+    slot: int
+    generation: int
+    worker_id: str
+    pid: int | None
+    hostname: str
+
+
+def roster_key(name: str) -> str:
+    return f"supervisor:{name}:roster"
+
+
+def save_roster(service: JobService, name: str, entries: list[RosterEntry]) -> None:
+    if service.memory is None:
+        return
+    service.memory.put(WORKER_NS, roster_key(name),
+                       {"slots": [e.__dict__ for e in entries]},
+                       service.settings.memory_ttls.worker_state_s)
+
+
+async def _from_memory(service: JobService, name: str) -> list[RosterEntry] | None:
+    try:
+        status = await service.dispatch.client.hgetall(service.dispatch.keys.memory_owner)
+    except Exception:  # Redis unreachable: no owner to ask
+        return None
+    url = str(status.get("url") or "") if status else ""
+    if not url:
+        return None
+    path = f"/memory/{WORKER_NS}/{urllib.parse.quote(roster_key(name))}"
+
+    def fetch() -> Any:
+        with urllib.request.urlopen(f"{url}{path}", timeout=5) as resp:
+            return json.loads(resp.read())
+
+    try:
+        entry = await asyncio.to_thread(fetch)
+    except (urllib.error.URLError, OSError, ValueError):
+        return None
+    return [RosterEntry(**row) for row in entry["value"]["slots"]]
+
+
+_ID_RE = re.compile(r"^(?P<name>.+)-(?P<slot>\d{3})-g(?P<gen>\d+)$")
+
+
+async def _from_postgres(service: JobService, name: str) -> list[RosterEntry]:
+    rows = await service.pool.fetch(
+        "SELECT id, pid, hostname FROM workers WHERE metadata->>'supervisor' = $1"
+        " AND status IN ('ACTIVE', 'DRAINING', 'STALE')", name)
+    out = []
+    for row in rows:
+        m = _ID_RE.match(row["id"])
+        if m and m["name"] == name:
+            out.append(RosterEntry(slot=int(m["slot"]), generation=int(m["gen"]),
+                                   worker_id=row["id"], pid=row["pid"],
+                                   hostname=row["hostname"]))
+    return out
+
+
+async def load_roster(service: JobService, name: str) -> tuple[str, list[RosterEntry]]:
+    """(source, entries): source is "memory", "postgres" or "none"."""
+    entries = await _from_memory(service, name)
+    if entries:
+        return "memory", entries
+    try:
+        entries = await _from_postgres(service, name)
+    except (StoreUnavailable, OSError):
+        entries = []
+    return ("postgres" if entries else "none"), entries
+
+
+def here(entry: RosterEntry) -> bool:
+    return entry.hostname == socket.gethostname()
+
+
+def describe(entries: list[RosterEntry]) -> list[dict[str, Any]]:
+    return [e.__dict__ for e in entries]
+
+
+__all__ = ["DispatchUnavailable", "RosterEntry", "describe", "here", "load_roster",
+           "save_roster"]

@@ -1,0 +1,520 @@
+"""`jobharness supervisor`: spawns N worker processes, watches them, replaces the dead.
+
+A worker is dead when its process exits, or when its heartbeat is stale in *both* stores: the
+Redis key has expired (or Redis is unreachable) and its PostgreSQL `last_heartbeat_at` is older
+than the TTL (or PostgreSQL is unreachable). With both stores unreachable nothing is decided,
+so a store outage alone never triggers replacement (invariant 5). Replacement marks the old
+worker FAILED with the reason, releases its leases at once, asks a still-running process to
+exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker with the same capabilities.
+Replacements are rate-limited to `max_replacements` per `replacement_window_s`.
+
+With a predictor (a worker-health model, see predictor/), every live worker is also scored
+each round; a worker the policy flags is replaced proactively: its successor starts first,
+then the old worker is asked to drain (SIGTERM) and finishes its jobs; one that does not exit
+within the drain timeout is killed and its leases released. Workers the policy holds out are
+scored and logged but never acted on. The predictor shares the rate limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import multiprocessing.process
+import os
+import signal
+import socket
+import sys
+import time
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from core.errors import DispatchUnavailable, StoreUnavailable
+from core.infra.embedded import pid_alive
+from core.service.jobs import JobService
+from core.service.reconciler import Reconciler
+from core.settings import Settings, to_env
+from core.supervisor.roster import RosterEntry, here, load_roster, save_roster
+from core.worker.faults import FaultSpec, write_fault
+
+log = logging.getLogger("jobharness.supervisor")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SupervisorOptions:
+    workers: int
+    name: str = "sup"
+    capabilities: tuple[str, ...] = ()
+    concurrency: int = 1
+    handlers: Mapping[str, str] = field(default_factory=dict)
+    check_interval_s: float = 1.0
+    startup_grace_s: float = 30.0
+    max_replacements: int = 20
+    replacement_window_s: float = 10.0
+    zombie_grace_s: float = 60.0
+    drain_timeout_s: float = 10.0
+    reconcile_interval_s: float | None = 2.0  # None: another process runs the reconciler
+    log_dir: Path | None = None
+    spawn: str = "forkserver"  # or "exec": a fresh `jobharness worker` interpreter each
+    # Workers' niceness above the supervisor's. On a machine shared with the API and the
+    # stores, 10 lets those answer first; the workers then find deeper queues and batch
+    # more (phase2 on 2 cores: 296 -> 484 jobs/s, worker CPU per job halved).
+    worker_nice: int = 0
+
+    def __post_init__(self) -> None:
+        if self.spawn not in ("forkserver", "exec"):
+            raise ValueError("spawn must be 'forkserver' or 'exec'")
+        if not 1 <= self.workers <= 1000:
+            raise ValueError("workers must be between 1 and 1000")
+        if self.max_replacements < 1 or self.replacement_window_s <= 0:
+            raise ValueError("replacement limits must be positive")
+        if not 0 <= self.worker_nice <= 19:
+            raise ValueError(f"worker_nice must be between 0 and 19, got {self.worker_nice}")
+
+
+class ForkedProcess:
+    """A worker forked by the multiprocessing fork server, with the small part of the
+    asyncio.subprocess.Process interface the supervisor uses."""
+
+    def __init__(self, proc: multiprocessing.process.BaseProcess) -> None:
+        self._proc = proc
+        self.pid = int(proc.pid or 0)
+
+    @property
+    def returncode(self) -> int | None:
+        return self._proc.exitcode  # negative: killed by that signal, as asyncio reports
+
+    def send_signal(self, sig: int) -> None:
+        if self.returncode is None:
+            os.kill(self.pid, sig)
+
+    def kill(self) -> None:
+        self.send_signal(signal.SIGKILL)
+
+    async def wait(self) -> int:
+        """Wait for the exit without polling: the process's sentinel becomes readable."""
+        if self.returncode is None:
+            loop = asyncio.get_running_loop()
+            exited: asyncio.Future[None] = loop.create_future()
+            fd = self._proc.sentinel
+
+            def readable() -> None:
+                if not exited.done():
+                    exited.set_result(None)
+
+            loop.add_reader(fd, readable)
+            try:
+                await exited
+            finally:
+                loop.remove_reader(fd)
+            self._proc.join()
+        return int(self._proc.exitcode or 0)
+
+
+Child = asyncio.subprocess.Process | ForkedProcess
+_FORKSERVER: Any = None
+
+
+def _forkserver() -> Any:
+    """One fork server per supervisor process, with the worker's modules pre-imported."""
+    global _FORKSERVER
+    if _FORKSERVER is None:
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(["core.worker.process", "uvloop", "psutil"])
+        _FORKSERVER = ctx
+    return _FORKSERVER
+
+
+@dataclass
+class Slot:
+    index: int
+    generation: int
+    worker_id: str
+    proc: Child
+    spawned_at: float
+    paused: bool = False
+    fault: str | None = None  # a gradual fault injected by a drill
+
+
+class Predictor(Protocol):
+    """What the supervisor needs of a predictor (predictor.serve.LivePredictor)."""
+
+    async def refresh(self, pool: Any, worker_ids: list[str]) -> float: ...
+    def score(self, now: float) -> list[Any]: ...
+    def note_action(self, now: float, wid: str, action: str) -> None: ...
+    def forget(self, wid: str) -> None: ...
+    def close(self) -> None: ...
+
+
+class Supervisor:
+    def __init__(self, service: JobService, settings: Settings, opts: SupervisorOptions,
+                 predictor: Predictor | None = None) -> None:
+        self.service = service
+        self.settings = settings
+        self.opts = opts
+        self.slots: dict[int, Slot] = {}
+        self.abandoned: list[tuple[Child, float, str]] = []
+        self.draining: list[tuple[Child, float, str]] = []  # proactively replaced
+        # held-out workers the predictor flagged: how they really end measures its precision
+        self._held_flagged: set[str] = set()
+        self.predictor = predictor
+        self.stats: Counter[str] = Counter()
+        self.events: list[dict[str, Any]] = []  # replacement journal
+        self._recent: deque[float] = deque()
+        self._pending: dict[int, str] = {}  # slot -> reason, waiting for the rate limiter
+        self._log_dir = opts.log_dir or (settings.data_dir / "logs")
+        self.roster_source = "none"
+        self._retiring: asyncio.Task[None] | None = None
+
+    # -- processes --------------------------------------------------------------------------
+    def worker_id(self, index: int, generation: int) -> str:
+        return f"{self.opts.name}-{index:03d}-g{generation}"
+
+    async def _spawn(self, index: int, generation: int) -> Slot:
+        wid = self.worker_id(index, generation)
+        self._log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = self._log_dir / f"{wid}.log"
+        env = {**os.environ, **to_env(self.settings)}
+        proc: Child
+        if self.opts.spawn == "forkserver":
+            from core.worker.process import WorkerOptions, forked_worker_main
+
+            opts = WorkerOptions(worker_id=wid, capabilities=self.opts.capabilities,
+                                 concurrency=self.opts.concurrency,
+                                 handlers=dict(self.opts.handlers),
+                                 drain_timeout_s=self.opts.drain_timeout_s,
+                                 supervisor=self.opts.name, nice=self.opts.worker_nice)
+            child = _forkserver().Process(target=forked_worker_main, name=wid,
+                                          args=(env, opts, str(log_path)), daemon=False)
+            await asyncio.to_thread(child.start)
+            proc = ForkedProcess(child)
+        else:
+            proc = await self._exec(wid, env, log_path)
+        slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
+                    spawned_at=time.monotonic())
+        self.slots[index] = slot
+        return slot
+
+    async def _exec(self, wid: str, env: dict[str, str], log_path: Path
+                    ) -> asyncio.subprocess.Process:
+        cmd = [sys.executable, "-m", "core.cli", "worker", "--id", wid,
+               "--concurrency", str(self.opts.concurrency),
+               "--drain-timeout-s", str(self.opts.drain_timeout_s),
+               "--supervisor", self.opts.name, "--nice", str(self.opts.worker_nice)]
+        if self.opts.capabilities:
+            cmd += ["--capabilities", ",".join(self.opts.capabilities)]
+        for job_type, path in self.opts.handlers.items():
+            cmd += ["--handler", f"{job_type}={path}"]
+        with open(log_path, "ab") as out:  # noqa: ASYNC230 (instant)
+            return await asyncio.create_subprocess_exec(
+                *cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env)
+
+    async def start(self) -> None:
+        """Read the last roster (a restart), start the next generation in every slot, and
+        retire what a previous supervisor left running."""
+        source, previous = await load_roster(self.service, self.opts.name)
+        self.roster_source = source
+        last_gen = {e.slot: e.generation for e in previous}
+        await asyncio.gather(*(self._spawn(i, last_gen[i] + 1 if i in last_gen else 0)
+                               for i in range(self.opts.workers)))
+        self._save_roster()
+        if previous:
+            self.stats["workers_inherited"] += len(previous)
+            self._retiring = asyncio.create_task(self._retire(previous))
+
+    def _save_roster(self) -> None:
+        save_roster(self.service, self.opts.name, [
+            RosterEntry(slot=s.index, generation=s.generation, worker_id=s.worker_id,
+                        pid=s.proc.pid, hostname=socket.gethostname())
+            for s in self.slots.values()])
+
+    async def _retire(self, previous: list[RosterEntry]) -> None:
+        """Drain workers of a previous supervisor run; fail and release what cannot drain."""
+        reason = "supervisor restarted"
+        for entry in previous:
+            if here(entry) and entry.pid and pid_alive(entry.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(entry.pid, signal.SIGCONT)
+                    os.kill(entry.pid, signal.SIGTERM)
+        deadline = time.monotonic() + self.opts.drain_timeout_s + 5
+        for entry in previous:
+            # Not our child (its parent was the previous supervisor): no exit to await, so poll.
+            while here(entry) and entry.pid and pid_alive(entry.pid) and \
+                    time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(0.1)
+            if here(entry) and entry.pid and pid_alive(entry.pid):
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(entry.pid, signal.SIGKILL)
+            with contextlib.suppress(StoreUnavailable):
+                await self.service.deregister_worker(entry.worker_id, status="FAILED",
+                                                     reason=reason)
+                await self.service.release_worker(entry.worker_id, f"worker lost: {reason}")
+            self.stats["workers_retired"] += 1
+
+    # -- watching ---------------------------------------------------------------------------
+    async def check(self) -> None:
+        """One round: exited processes, stale heartbeats, deferred replacements, zombies."""
+        self.stats["checks"] += 1
+        for slot in list(self.slots.values()):
+            code = slot.proc.returncode
+            if code is not None:
+                how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
+                self.stats["process_deaths"] += 1
+                await self._replace(slot, f"process {how}")
+        for slot, reason in await self._stale_heartbeats():
+            self.stats["heartbeat_timeouts"] += 1
+            await self._replace(slot, reason)
+        for index, reason in list(self._pending.items()):
+            if index in self.slots:
+                await self._replace(self.slots[index], reason)
+        if self.predictor is not None:
+            await self._predict(self.predictor)
+        self._reap_zombies()
+        await self._reap_draining()
+
+    async def _stale_heartbeats(self) -> list[tuple[Slot, str]]:
+        live = [s for s in self.slots.values()
+                if s.proc.returncode is None and s.index not in self._pending]
+        if not live:
+            return []
+        ids = [s.worker_id for s in live]
+        try:
+            in_redis: dict[str, bool] | None = await self.service.dispatch.heartbeats_exist(ids)
+        except DispatchUnavailable:
+            in_redis = None
+        try:
+            ages: dict[str, float | None] | None = await self.service.heartbeat_ages(ids)
+        except StoreUnavailable:
+            ages = None
+        if in_redis is None and ages is None:
+            return []  # cannot judge liveness with both stores down
+        ttl = self.settings.heartbeat_ttl_s
+        now = time.monotonic()
+        dead = []
+        for s in live:
+            if in_redis is not None and in_redis.get(s.worker_id):
+                continue
+            age = ages.get(s.worker_id) if ages is not None else None
+            if ages is not None and age is not None and age <= ttl:
+                continue
+            if age is None and now - s.spawned_at < max(self.opts.startup_grace_s, ttl):
+                continue  # not registered yet
+            redis_state = "unreachable" if in_redis is None else "expired"
+            pg_state = "unreachable" if ages is None else (
+                "never registered" if age is None else f"{age:.1f} s old")
+            dead.append((s, f"heartbeat timed out (redis key {redis_state}, "
+                            f"postgres heartbeat {pg_state})"))
+        return dead
+
+    def _allowed(self) -> bool:
+        now = time.monotonic()
+        while self._recent and now - self._recent[0] > self.opts.replacement_window_s:
+            self._recent.popleft()
+        return len(self._recent) < self.opts.max_replacements
+
+    async def _replace(self, slot: Slot, reason: str) -> None:
+        if not self._allowed():
+            if slot.index not in self._pending:
+                self.stats["replacements_deferred"] += 1
+            self._pending[slot.index] = reason
+            return
+        self._pending.pop(slot.index, None)
+        self._recent.append(time.monotonic())
+        if slot.worker_id in self._held_flagged:
+            self.stats["held_out_flagged_failed"] += 1
+        if slot.proc.returncode is None:  # hung, paused or partitioned: ask it to go
+            with contextlib.suppress(ProcessLookupError):
+                slot.proc.send_signal(signal.SIGTERM)
+            self.abandoned.append((slot.proc, time.monotonic() + self.opts.zombie_grace_s,
+                                   slot.worker_id))
+        released = 0
+        with contextlib.suppress(StoreUnavailable):
+            await self.service.deregister_worker(slot.worker_id, status="FAILED", reason=reason)
+            released = await self.service.release_worker(slot.worker_id, f"worker lost: {reason}")
+        new = await self._spawn(slot.index, slot.generation + 1)
+        self._save_roster()
+        self.stats["replacements"] += 1
+        self.events.append({"at": time.time(), "old": slot.worker_id, "new": new.worker_id,
+                            "reason": reason, "released_jobs": released})
+        log.warning("replaced %s with %s: %s (%d leases released)", slot.worker_id,
+                    new.worker_id, reason, released)
+
+    # -- prediction ---------------------------------------------------------------------------
+    async def _predict(self, predictor: Predictor) -> None:
+        live = {s.worker_id: s for s in self.slots.values()
+                if s.proc.returncode is None and s.index not in self._pending}
+        try:
+            now = await predictor.refresh(self.service.pool, list(live))
+            verdicts = predictor.score(now)
+        except Exception as exc:  # the predictor must never stop the supervisor
+            self.stats["predictor_errors"] += 1
+            log.warning("predictor round failed: %s", exc)
+            return
+        for v in verdicts:
+            self.stats[f"verdict_{v.verdict}"] += 1
+            slot = live.get(v.worker_id)
+            if not v.fire or slot is None:
+                continue
+            if v.held_out:
+                self.stats["predicted_held_out"] += 1
+                if v.worker_id not in self._held_flagged:
+                    self._held_flagged.add(v.worker_id)
+                    self.stats["held_out_flagged"] += 1
+                continue
+            await self._replace_proactively(predictor, slot, v, now)
+
+    async def _replace_proactively(self, predictor: Predictor, slot: Slot, v: Any,
+                                   now: float) -> None:
+        # a model gone wrong must not churn the fleet: at most a tenth of it draining at once
+        if not self._allowed() or len(self.draining) >= max(1, self.opts.workers // 10):
+            self.stats["proactive_deferred"] += 1
+            predictor.note_action(now, slot.worker_id, "deferred")
+            return
+        self._recent.append(time.monotonic())
+        reason = f"predicted failing (p={v.p_failing:.2f})"
+        new = await self._spawn(slot.index, slot.generation + 1)  # the successor first
+        with contextlib.suppress(ProcessLookupError):
+            slot.proc.send_signal(signal.SIGTERM)  # then the old one drains
+        self.draining.append((slot.proc, time.monotonic() + self.opts.drain_timeout_s + 5,
+                              slot.worker_id))
+        predictor.note_action(now, slot.worker_id, "replace")
+        predictor.forget(slot.worker_id)
+        self._save_roster()
+        self.stats["proactive_replacements"] += 1
+        self.events.append({"at": time.time(), "old": slot.worker_id, "new": new.worker_id,
+                            "reason": reason, "released_jobs": 0, "proactive": True})
+        log.warning("replaced %s with %s before it fails: %s", slot.worker_id, new.worker_id,
+                    reason)
+
+    async def _reap_draining(self) -> None:
+        """Drained workers deregister themselves; one that died or overran is failed here."""
+        now = time.monotonic()
+        keep = []
+        for proc, deadline, wid in self.draining:
+            code = proc.returncode
+            if code is None and now < deadline:
+                keep.append((proc, deadline, wid))
+                continue
+            if code == 0:
+                continue
+            if code is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                reason = "drain after a predicted failure timed out"
+                self.stats["drains_killed"] += 1
+            else:
+                reason = f"process {'killed by signal ' + str(-code) if code < 0 else code} " \
+                         "while draining"
+            with contextlib.suppress(StoreUnavailable):
+                await self.service.deregister_worker(wid, status="FAILED", reason=reason)
+                await self.service.release_worker(wid, f"worker lost: {reason}")
+        self.draining = keep
+
+    def _reap_zombies(self) -> None:
+        now = time.monotonic()
+        keep = []
+        for proc, deadline, wid in self.abandoned:
+            if proc.returncode is not None:
+                continue
+            if now >= deadline:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                self.stats["zombies_killed"] += 1
+                log.warning("killed %s: still running %.0f s after replacement", wid,
+                            self.opts.zombie_grace_s)
+                continue
+            keep.append((proc, deadline, wid))
+        self.abandoned = keep
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Watch until `stop` is set, then stop every worker."""
+        reconciler = None
+        if self.opts.reconcile_interval_s:
+            reconciler = asyncio.create_task(
+                Reconciler(self.service).run(stop, self.opts.reconcile_interval_s))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.check()
+                except (StoreUnavailable, DispatchUnavailable):
+                    # logged once per outage by the pool / breaker; nothing is decided on
+                    # what could not be read, and the next round tries again
+                    self.stats["checks_store_unavailable"] += 1
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(), timeout=self.opts.check_interval_s)
+        finally:
+            stop.set()
+            if self._retiring is not None:
+                await self._retiring
+            await self.shutdown()
+            if self.predictor is not None:
+                self.predictor.close()
+            if reconciler:
+                await reconciler
+
+    async def shutdown(self) -> None:
+        procs = [s.proc for s in self.slots.values()] + \
+            [p for p, _, _ in self.abandoned + self.draining]
+        for proc in procs:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)  # a paused worker cannot drain
+                    proc.send_signal(signal.SIGTERM)
+        waits = [asyncio.wait_for(p.wait(), self.opts.drain_timeout_s + 5) for p in procs]
+        for proc, res in zip(procs, await asyncio.gather(*waits, return_exceptions=True),
+                             strict=True):
+            if isinstance(res, BaseException):
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                await proc.wait()
+
+    # -- control surface --------------------------------------------------------------------
+    def find(self, worker_id: str) -> Slot | None:
+        return next((s for s in self.slots.values() if s.worker_id == worker_id), None)
+
+    def signal_worker(self, worker_id: str, action: str) -> int:
+        """kill (SIGKILL), terminate (SIGTERM), pause (SIGSTOP) or resume (SIGCONT)."""
+        sig = {"kill": signal.SIGKILL, "terminate": signal.SIGTERM,
+               "pause": signal.SIGSTOP, "resume": signal.SIGCONT}[action]
+        slot = self.find(worker_id)
+        proc = slot.proc if slot else next(
+            (p for p, _, w in self.abandoned + self.draining if w == worker_id), None)
+        if proc is None or proc.returncode is not None:
+            raise LookupError(f"no running worker {worker_id!r}")
+        proc.send_signal(sig)
+        if slot is not None:
+            slot.paused = action == "pause" or (slot.paused and action != "resume")
+        self.stats[f"control_{action}"] += 1
+        return proc.pid
+
+    def inject_fault(self, worker_id: str, spec: FaultSpec) -> int:
+        """Start a gradual fault in a running worker (drills): spec file, then SIGUSR1."""
+        slot = self.find(worker_id)
+        if slot is None or slot.proc.returncode is not None:
+            raise LookupError(f"no running worker {worker_id!r}")
+        if slot.fault is not None:
+            raise LookupError(f"worker {worker_id!r} already has a {slot.fault} fault")
+        write_fault(self.settings.data_dir, worker_id, spec)
+        slot.proc.send_signal(signal.SIGUSR1)
+        slot.fault = spec.mode
+        self.stats["control_degrade"] += 1
+        return slot.proc.pid
+
+    def describe(self) -> list[dict[str, Any]]:
+        out = []
+        for s in sorted(self.slots.values(), key=lambda s: s.index):
+            state = "exited" if s.proc.returncode is not None else (
+                "paused" if s.paused else "running")
+            out.append({"worker_id": s.worker_id, "slot": s.index, "generation": s.generation,
+                        "pid": s.proc.pid, "state": state, "fault": s.fault,
+                        "capabilities": list(self.opts.capabilities)})
+        for state, procs in (("abandoned", self.abandoned), ("draining", self.draining)):
+            for proc, _, wid in procs:
+                out.append({"worker_id": wid, "slot": None, "generation": None,
+                            "pid": proc.pid, "state": state,
+                            "capabilities": list(self.opts.capabilities)})
+        return out

@@ -1,0 +1,1 @@
+"""The worker loop, its process, handlers, health sampling and injected faults."""

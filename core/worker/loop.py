@@ -1,0 +1,241 @@
+"""The worker loop: lease jobs it is capable of, run their handlers with the job's timeout,
+keep the lease alive, stop cooperatively on cancellation, and report the outcome with the
+lease's fencing token. A rejected (stale) report is counted, never retried.
+
+Stopping drains: no new leases; running jobs get `drain_timeout_s` to finish, then their
+handlers are cancelled and their leases released without spending a retry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import random
+import time
+import traceback
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from core.errors import JobHarnessError, StaleLease, StoreUnavailable
+from core.jobs.model import ExecutionStatus, Lease
+from core.service.jobs import JobService
+from core.worker.handlers import Handler, call_handler
+from core.worker.health import HealthMonitor
+
+MAX_ERROR_CHARS = 4000
+# While PostgreSQL is unavailable a worker keeps its slots and asks again after a growing,
+# jittered pause (first pause, cap): a restart takes seconds, and 100 workers asking every
+# few milliseconds would only slow its recovery.
+STORE_RETRY_S = (0.1, 2.0)
+
+
+class Worker:
+    """One worker identity running up to `concurrency` jobs at once in this event loop."""
+
+    def __init__(
+        self,
+        service: JobService,
+        worker_id: str,
+        handlers: Mapping[str, Handler],
+        *,
+        capabilities: Sequence[str] = (),
+        concurrency: int = 1,
+        lease_s: float | None = None,
+        idle_wait_s: float = 1.0,
+        drain_timeout_s: float = 10.0,
+    ) -> None:
+        self.service = service
+        self.worker_id = worker_id
+        self.handlers = handlers
+        self.capabilities = tuple(capabilities)
+        self.concurrency = concurrency
+        self.lease_s = lease_s or service.settings.lease_s
+        self.idle_wait_s = idle_wait_s
+        self.drain_timeout_s = drain_timeout_s
+        self.stats: Counter[str] = Counter()
+        self.health = HealthMonitor()
+        self._running: set[asyncio.Task[None]] = set()
+        self._handlers_running: dict[str, asyncio.Task[Any]] = {}
+        self._releasing = False
+        self._store_failures = 0  # consecutive acquisitions refused by a store outage
+
+    def store_retry_s(self, failures: int) -> float:
+        """Pause before the next try after `failures` consecutive store failures."""
+        first, cap = STORE_RETRY_S
+        return random.uniform(0.5, 1.0) * min(cap, first * 2.0 ** max(0, failures - 1))
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Lease and run jobs until `stop` is set, then drain."""
+        slots = asyncio.Semaphore(self.concurrency)
+        while not stop.is_set():
+            if not await self._free_slot(slots, stop):
+                break
+            free = 1
+            while not slots.locked():  # every other free slot too: one round trip fills all
+                await slots.acquire()
+                free += 1
+            try:
+                leases = await self.service.acquire_many(self.worker_id, free, self.capabilities,
+                                                         lease_s=self.lease_s)
+            except StoreUnavailable:
+                leases = []
+                self.stats["store_unavailable"] += 1
+                self._store_failures += 1
+            else:
+                self._store_failures = 0
+            for _ in range(free - len(leases)):
+                slots.release()
+            for lease in leases:
+                task = asyncio.create_task(self._run_job(lease))
+                self._running.add(task)
+                task.add_done_callback(self._finished(slots))
+            if self._store_failures:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(stop.wait(),
+                                           self.store_retry_s(self._store_failures))
+            elif not leases:
+                await self._idle(stop)
+        await self.drain()
+
+    @staticmethod
+    async def _free_slot(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
+        """Take a slot, unless `stop` is set first (a full worker must still stop)."""
+        taking = asyncio.create_task(slots.acquire())
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({taking, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if taking.done() and not stop.is_set():
+            return True
+        taking.cancel()
+        await asyncio.gather(taking, stopping, return_exceptions=True)
+        if taking.done() and not taking.cancelled():
+            slots.release()
+        return False
+
+    async def drain(self) -> None:
+        """Give running jobs `drain_timeout_s`, then cancel and release the rest."""
+        if not self._running:
+            return
+        _, pending = await asyncio.wait(set(self._running), timeout=self.drain_timeout_s)
+        if pending:
+            self._releasing = True
+            for handler in list(self._handlers_running.values()):
+                handler.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+
+    def _finished(self, slots: asyncio.Semaphore) -> Any:
+        def done(task: asyncio.Task[None]) -> None:
+            self._running.discard(task)
+            slots.release()
+
+        return done
+
+    async def _idle(self, stop: asyncio.Event) -> None:
+        waiter = asyncio.create_task(self.service.wait_for_work(self.idle_wait_s))
+        stopper = asyncio.create_task(stop.wait())
+        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        for t in (waiter, stopper):
+            t.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
+
+    async def _run_job(self, lease: Lease) -> None:
+        handler = self.handlers.get(lease.job_type)
+        if handler is None:
+            await self._report(self.service.fail, lease,
+                               f"no handler for job type {lease.job_type!r} on this worker")
+            return
+        payload = {**lease.payload, "_attempt": lease.attempt, "_job_id": lease.job_id}
+        job = asyncio.create_task(call_handler(handler, payload))
+        self._handlers_running[lease.job_id] = job
+        self.health.in_flight += 1
+        keeper = asyncio.create_task(self._keep_lease(lease, job))
+        started = time.monotonic()
+        try:
+            await self._await_outcome(lease, job, keeper, started)
+        finally:
+            self.health.in_flight -= 1
+            self._handlers_running.pop(lease.job_id, None)
+            keeper.cancel()
+            await asyncio.gather(keeper, return_exceptions=True)
+
+    async def _await_outcome(
+        self, lease: Lease, job: asyncio.Task[Any], keeper: asyncio.Task[str], started: float
+    ) -> None:
+        try:
+            result = await asyncio.wait_for(asyncio.shield(job), timeout=lease.timeout_s)
+        except TimeoutError:
+            job.cancel()
+            await asyncio.gather(job, return_exceptions=True)
+            self.health.job_finished(time.monotonic() - started, ok=False, timed_out=True)
+            await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
+                               status=ExecutionStatus.TIMED_OUT)
+        except asyncio.CancelledError:
+            told = keeper.result() if keeper.done() and not keeper.cancelled() else None
+            if told == "cancel":
+                await self._report(self.service.ack_cancel, lease)
+            elif told == "lost":
+                self.stats["lease_lost"] += 1
+            elif self._releasing:
+                await self._report(self.service.release, lease, "worker draining")
+            else:
+                raise
+        except Exception as exc:  # the job boundary: any handler error fails the attempt
+            self.health.job_finished(time.monotonic() - started, ok=False)
+            text = "".join(traceback.format_exception_only(exc)).strip()[:MAX_ERROR_CHARS]
+            await self._report(self.service.fail, lease, text)
+        else:
+            self.health.job_finished(time.monotonic() - started, ok=True)
+            await self._report(self.service.complete, lease, _jsonable(result))
+
+    async def _keep_lease(self, lease: Lease, job: asyncio.Task[Any]) -> str:
+        """Extend the lease every third of it; cancel the job if told to or if it is lost."""
+        while True:
+            await asyncio.sleep(lease.lease_s / 3)
+            try:
+                cancel = await self.service.extend(lease.job_id, lease.token, lease_s=lease.lease_s)
+            except StaleLease:
+                job.cancel()
+                return "lost"
+            except StoreUnavailable:
+                continue  # keep running; the lease may still be valid when the store returns
+            if cancel:
+                job.cancel()
+                return "cancel"
+
+    async def _report(self, op: Any, lease: Lease, *args: Any, **kwargs: Any) -> None:
+        """Report an outcome with the lease's token. While PostgreSQL is unavailable the
+        report is retried with backoff for as long as the lease could still be current (after
+        that the reconciler has expired it and the report would be refused as stale)."""
+        give_up = time.monotonic() + 2 * lease.lease_s
+        failures = 0
+        while True:
+            try:
+                await op(lease.job_id, lease.token, *args, **kwargs)
+                self.stats[op.__name__] += 1
+            except StaleLease:
+                self.stats["rejected_stale"] += 1
+            except StoreUnavailable:
+                failures += 1
+                if time.monotonic() < give_up:
+                    self.stats["report_retried"] += 1
+                    await asyncio.sleep(self.store_retry_s(failures))
+                    continue
+                self.stats["report_failed"] += 1
+            except JobHarnessError:
+                self.stats["report_failed"] += 1
+            return
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError):
+        return {"repr": repr(value)[:MAX_ERROR_CHARS]}
+    return value
+
+
+async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
+    """Run several workers in this event loop until `stop` is set."""
+    await asyncio.gather(*(w.run(stop) for w in workers))

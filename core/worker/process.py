@@ -1,0 +1,132 @@
+"""`jobharness worker`: one worker process.
+
+It registers, heartbeats to Redis and PostgreSQL with its health metrics (each heartbeat is
+also stored as a sample), runs jobs, and drains on SIGTERM. Connection budget: two PostgreSQL
+connections and two Redis connections (one for commands, one parked on BLPOP). A worker told
+by its heartbeat that it was declared FAILED (replaced while paused or partitioned) exits.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import socket
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from core.errors import StoreUnavailable
+from core.infra.serving import stop_on_signals
+from core.memory.events import MemoryEmitter
+from core.service.jobs import JobService
+from core.service.runtime import create_dispatch
+from core.settings import Settings
+from core.store.pools import create_pool
+from core.worker.faults import FaultInjector
+from core.worker.handlers import build_registry
+from core.worker.loop import Worker
+
+log = logging.getLogger("jobharness.worker")
+DECLARED_DEAD = ("FAILED", "STOPPED")
+
+
+@dataclass(frozen=True, kw_only=True)
+class WorkerOptions:
+    worker_id: str
+    capabilities: tuple[str, ...] = ()
+    concurrency: int = 1
+    handlers: Mapping[str, str] | None = None  # job_type -> "module:function"
+    drain_timeout_s: float = 10.0
+    supervisor: str | None = None
+    nice: int = 0  # added to the process's niceness: > 0 yields the CPU to the API and stores
+
+
+async def _heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
+    interval = service.settings.heartbeat_interval_s
+    while not stop.is_set():
+        sample = worker.health.sample().as_dict()
+        try:
+            status = await service.heartbeat(worker.worker_id, json.dumps(sample), sample)
+        except StoreUnavailable:
+            status = None  # both stores unreachable: keep working, try again next beat
+        if status in DECLARED_DEAD:
+            log.warning("worker %s was declared %s: exiting", worker.worker_id, status)
+            worker.stats["declared_dead"] += 1
+            stop.set()
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=interval)
+
+
+async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
+    """Run one worker until SIGTERM/SIGINT; returns the process exit code."""
+    if opts.nice:
+        os.nice(opts.nice)
+    handlers = build_registry(opts.handlers)
+    pool = await create_pool(settings, min_size=1, max_size=2)
+    dispatch = create_dispatch(settings, max_connections=1, blocking_connections=1)
+    emitter = MemoryEmitter(dispatch, settings.memory_ttls) if settings.memory else None
+    service = JobService(pool, dispatch, settings, memory=emitter)
+    stop = stop_on_signals()
+    FaultInjector(settings.data_dir, opts.worker_id).install()  # drills only: SIGUSR1
+    worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
+                    concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
+    try:
+        await service.register_worker(
+            opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
+            hostname=socket.gethostname(), pid=os.getpid(),
+            metadata={"supervisor": opts.supervisor} if opts.supervisor else {},
+        )
+        log.info("worker %s started (pid %d)", opts.worker_id, os.getpid())
+        beats = asyncio.create_task(_heartbeats(service, worker, stop))
+        lag = asyncio.create_task(worker.health.watch_loop_lag(stop))
+        await worker.run(stop)
+        stop.set()
+        await asyncio.gather(beats, lag, return_exceptions=True)
+        with contextlib.suppress(StoreUnavailable):
+            await service.deregister_worker(opts.worker_id)
+        log.info("worker %s stopped: %s", opts.worker_id, dict(worker.stats))
+        return 0
+    finally:
+        if emitter is not None:
+            await emitter.close()
+        await dispatch.close()
+        await pool.close()
+
+
+def parse_handlers(values: Sequence[str]) -> dict[str, str]:
+    """`type=module:function` pairs from the command line."""
+    out: dict[str, str] = {}
+    for item in values:
+        job_type, sep, path = item.partition("=")
+        if not sep or not job_type or ":" not in path:
+            raise ValueError(f"--handler {item!r} must look like type=package.module:function")
+        out[job_type] = path
+    return out
+
+
+def forked_worker_main(env: dict[str, str], opts: WorkerOptions, log_path: str) -> None:
+    """Entry point of a worker started by the supervisor's fork server: the modules are
+    already imported there, so start-up costs a fork and two connections."""
+    import sys
+
+    from core.settings import load_settings
+
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115
+    sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
+    logging.basicConfig(level=logging.INFO, force=True,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings(environ=env)
+    try:
+        import uvloop
+
+        code = uvloop.run(run_worker_process(settings, opts))
+    except ImportError:
+        code = asyncio.run(run_worker_process(settings, opts))
+    sys.exit(code)
