@@ -13,6 +13,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -229,3 +230,67 @@ async def restart_store(ep: Endpoints, target: str, mode: str | None = None,
         raise ActionError(f"restart_store {target}: {exc}") from exc
     return {"target": target, "mode": mode, "stop_s": round(stopped_s, 2),
             "down_s": round(time.monotonic() - t0, 2)}
+
+
+# -- the registry: every action a drill file (or `chaos fault`) may name ------------------------
+Args = dict[str, Any]
+Result = dict[str, Any]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Action:
+    """How to apply an action from its drill-file arguments, and how to undo it (None: it
+    needs no undoing, or cannot be undone, like a kill). `timed_by_result`: the fault lasts as
+    long as its result's `down_s` says (a restart), not its step's `duration_s`."""
+
+    apply: Callable[[Endpoints, random.Random, Args], Awaitable[Result]]
+    heal: Callable[[Endpoints, Args, Result], Awaitable[Result]] | None = None
+    timed_by_result: bool = False
+
+
+async def _signal(ep: Endpoints, rng: random.Random, a: Args) -> Result:
+    return signal_process(ep, a["process"], a.get("signal", "kill"))
+
+
+async def _unsignal(ep: Endpoints, a: Args, applied: Result) -> Result:
+    if a.get("signal") != "pause":
+        return {}
+    return signal_process(ep, a["process"], "resume")
+
+
+ACTIONS: dict[str, Action] = {
+    "partition": Action(
+        apply=lambda ep, rng, a: partition(ep, a["target"], a.get("mode", "hard")),
+        heal=lambda ep, a, applied: heal(ep, a["target"])),
+    "toxic": Action(
+        apply=lambda ep, rng, a: toxic(ep, a["target"], a["type"], a.get("attributes", {}),
+                                       a.get("stream", "downstream"),
+                                       float(a.get("toxicity", 1.0))),
+        heal=lambda ep, a, applied: heal(ep, a["target"])),
+    "kill_workers": Action(
+        apply=lambda ep, rng, a: kill_workers(ep, rng, count=a.get("count"),
+                                              fraction=a.get("fraction"))),
+    "pause_workers": Action(
+        apply=lambda ep, rng, a: pause_workers(ep, rng, count=a.get("count"),
+                                               fraction=a.get("fraction")),
+        heal=lambda ep, a, applied: resume_workers(ep, applied.get("paused"))),
+    "degrade_workers": Action(
+        apply=lambda ep, rng, a: degrade_workers(
+            ep, rng, count=a.get("count"), fraction=a.get("fraction"),
+            mode=a.get("mode", "mixed"), ramp_s=a.get("ramp_s", 45.0),
+            limit_mb=float(a.get("limit_mb", 400.0)))),
+    "resume_workers": Action(apply=lambda ep, rng, a: resume_workers(ep)),
+    "signal_process": Action(apply=_signal, heal=_unsignal),
+    "restart_store": Action(
+        apply=lambda ep, rng, a: restart_store(ep, a["target"], a.get("mode"),
+                                               float(a.get("down_s", 2.0))),
+        timed_by_result=True),
+}
+
+
+def action_named(name: str) -> Action:
+    """The action a drill file or the CLI names (`restart-store` and `restart_store` alike)."""
+    action = ACTIONS.get(name.replace("-", "_"))
+    if action is None:
+        raise ActionError(f"unknown action {name!r} (known: {', '.join(sorted(ACTIONS))})")
+    return action

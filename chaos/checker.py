@@ -12,10 +12,21 @@ than its `max_running` (from the executions' lease intervals, as admission count
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from datetime import datetime
 from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+
+from core.contract.keys import Keys
+from core.contract.observe import (
+    CHECKS,
+    CUTOFF_CHECKS,
+    HAS_LIMITS_TABLE,
+    LIMIT_OVERRUNS,
+    LIMIT_OVERRUNS_DESCRIPTION,
+    LIVE_AMONG,
+)
 
 SAMPLE = 10
 
@@ -35,60 +46,17 @@ class Check:
         return {**asdict(self), "ok": self.ok}
 
 
-QUERIES: list[tuple[str, str, str]] = [
-    ("lost_jobs", "accepted jobs not in a terminal state after the drain deadline",
-     "SELECT id::text AS id FROM jobs WHERE status NOT IN ('COMPLETED', 'DEAD', 'CANCELLED')"),
-    ("completed_twice", "jobs with more than one COMPLETED execution",
-     "SELECT job_id::text AS id FROM job_executions WHERE status = 'COMPLETED'"
-     " GROUP BY job_id HAVING count(*) > 1"),
-    ("completed_without_execution", "COMPLETED jobs with no COMPLETED execution",
-     "SELECT j.id::text AS id FROM jobs j WHERE j.status = 'COMPLETED' AND NOT EXISTS ("
-     " SELECT 1 FROM job_executions e WHERE e.job_id = j.id AND e.status = 'COMPLETED')"),
-    ("stuck_leases", "PROCESSING jobs whose lease ran out more than a minute ago",
-     "SELECT id::text AS id FROM jobs WHERE status = 'PROCESSING'"
-     " AND lease_expires_at < clock_timestamp() - interval '60 seconds'"),
-    ("executions_without_job", "execution rows whose job does not exist",
-     "SELECT e.id::text AS id FROM job_executions e"
-     " WHERE NOT EXISTS (SELECT 1 FROM jobs j WHERE j.id = e.job_id)"),
-    ("dlq_without_dead_job", "live dead-letter entries whose job is not DEAD",
-     "SELECT q.job_id::text AS id FROM dead_letter_queue q LEFT JOIN jobs j ON j.id = q.job_id"
-     " WHERE q.requeued_at IS NULL AND (j.id IS NULL OR j.status <> 'DEAD')"),
-]
-
-# Each execution is a lease from started_at to finished_at (still open: to now); at equal
-# instants an end counts before a start. Uses the limits as they stand at check time.
-LIMIT_OVERRUNS = """
-WITH lim AS (
-    SELECT scope, name, max_running FROM job_limits WHERE max_running IS NOT NULL
-), ev AS (
-    SELECT l.scope, l.name, l.max_running, v.t, v.d
-    FROM lim l
-    JOIN jobs j ON (l.scope = 'job_type' AND j.job_type = l.name)
-                OR (l.scope = 'tenant' AND j.tenant = l.name)
-    JOIN job_executions e ON e.job_id = j.id
-    CROSS JOIN LATERAL (VALUES (e.started_at, 1),
-                               (coalesce(e.finished_at, clock_timestamp()), -1)) v(t, d)
-), open_at AS (
-    SELECT scope, name, max_running,
-           sum(d) OVER (PARTITION BY scope, name ORDER BY t, d
-                        ROWS UNBOUNDED PRECEDING) AS open
-    FROM ev
-)
-SELECT scope || ' ' || name || ': ' || max(open) || ' leases at once, limit '
-       || max_running AS id
-FROM open_at GROUP BY scope, name, max_running HAVING max(open) > max_running
-ORDER BY 1
-"""
-
-
-async def check_postgres(conn: asyncpg.Connection) -> list[Check]:
+async def check_postgres(conn: asyncpg.Connection,
+                         created_before: datetime | None = None) -> list[Check]:
+    """Every PostgreSQL check; `created_before`: judge lost jobs among those created by then
+    only (a drill alone against a system still taking load), None: all of them."""
     out = []
-    queries = list(QUERIES)
-    if await conn.fetchval("SELECT to_regclass('job_limits') IS NOT NULL"):
-        queries.append(("limit_overruns", "job types or tenants with more leases open at "
-                        "once than their max_running", LIMIT_OVERRUNS))
+    queries = list(CHECKS)
+    if await conn.fetchval(HAS_LIMITS_TABLE):
+        queries.append(("limit_overruns", LIMIT_OVERRUNS_DESCRIPTION, LIMIT_OVERRUNS))
     for name, description, sql in queries:
-        rows = await conn.fetch(sql)
+        args = (created_before,) if name in CUTOFF_CHECKS else ()
+        rows = await conn.fetch(sql, *args)
         out.append(Check(name=name, description=description, violations=len(rows),
                          examples=[r["id"] for r in rows[:SAMPLE]]))
     return out
@@ -96,25 +64,22 @@ async def check_postgres(conn: asyncpg.Connection) -> list[Check]:
 
 async def check_redis(conn: asyncpg.Connection, client: aioredis.Redis, prefix: str) -> Check:
     """Dispatch entries (queues, delayed, processing) with no PENDING/PROCESSING job behind."""
-    keys = [f"{prefix}:{k}" for k in ("high-priority-queue", "medium-priority-queue",
-                                      "low-priority-queue", "delayed-queue",
-                                      "processing-queue")]
+    k = Keys(prefix)
+    keys = [*k.priority_queues, k.delayed, k.processing]
     members: set[str] = set()
     for key in keys:
         members |= {m.decode() if isinstance(m, bytes) else m
                     for m in await client.zrange(key, 0, -1)}
-    live = {r["id"] for r in await conn.fetch(
-        "SELECT id::text AS id FROM jobs WHERE status IN ('PENDING', 'PROCESSING')"
-        " AND id::text = ANY($1)", sorted(members))} if members else set()
+    live = {r["id"] for r in await conn.fetch(LIVE_AMONG, sorted(members))} if members else set()
     orphans = sorted(members - live)
     return Check(name="orphan_redis_entries",
                  description="Redis dispatch entries with no live job behind them",
                  violations=len(orphans), examples=orphans[:SAMPLE])
 
 
-async def check_all(conn: asyncpg.Connection, client: aioredis.Redis | None, prefix: str
-                    ) -> list[Check]:
-    checks = await check_postgres(conn)
+async def check_all(conn: asyncpg.Connection, client: aioredis.Redis | None, prefix: str,
+                    created_before: datetime | None = None) -> list[Check]:
+    checks = await check_postgres(conn, created_before)
     if client is not None:
         checks.append(await check_redis(conn, client, prefix))
     return checks

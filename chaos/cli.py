@@ -61,29 +61,31 @@ async def _fault(args: argparse.Namespace, settings: Settings) -> Any:
     import random
 
     from chaos import actions
-    from chaos.actions import Endpoints
+    from chaos.actions import Endpoints, action_named
 
     ep = Endpoints(proxy_api=args.proxy_url or settings.toxiproxy_url,
                    control_url=args.control_url or settings.control_url)
     rng = random.Random(args.seed)
     kind = args.fault
+    if kind == "heal":
+        return await actions.heal(ep, args.store)
     if kind == "restart-store":
         return await _restart_store(args, settings, ep)
-    if kind == "partition":
-        done = await actions.partition(ep, args.store, args.mode)
-    elif kind == "latency":
-        done = await actions.toxic(ep, args.store, "latency",
-                                   {"latency": args.ms, "jitter": args.jitter_ms})
-    elif kind == "heal":
-        return await actions.heal(ep, args.store)
-    elif kind in ("kill-workers", "pause-workers"):
-        fn = actions.kill_workers if kind == "kill-workers" else actions.pause_workers
-        return await fn(ep, rng, count=args.count, fraction=args.fraction)
-    else:
-        return await actions.resume_workers(ep)
-    if args.duration_s:
+    name, fault_args = {
+        "partition": ("partition", {"target": args.store, "mode": args.mode}),
+        "latency": ("toxic", {"target": args.store, "type": "latency",
+                              "attributes": {"latency": args.ms, "jitter": args.jitter_ms}}),
+        "kill-workers": ("kill_workers", {"count": args.count, "fraction": args.fraction}),
+        "pause-workers": ("pause_workers", {"count": args.count, "fraction": args.fraction}),
+        "resume-workers": ("resume_workers", {}),
+    }[kind]
+    if "target" in fault_args and args.store is None:
+        raise actions.ActionError(f"{kind} needs --store postgres or --store redis")
+    action = action_named(name)
+    done = await action.apply(ep, rng, fault_args)
+    if args.duration_s and action.heal is not None:
         await asyncio.sleep(args.duration_s)  # the fault lasts this long, then heals
-        done["healed"] = await actions.heal(ep, args.store)
+        done["healed"] = await action.heal(ep, fault_args, done)
     return done
 
 
@@ -141,13 +143,19 @@ def add_fault_parser(ch: Any, common: argparse.ArgumentParser) -> None:
 
 
 async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
+    """The drill against a running system (no load of ours): steady state, method, then up to
+    `settle_s` for every job created before the method ended to finish, then the checks."""
+    import time
+    from datetime import UTC, datetime
+
     import httpx
 
     from chaos.actions import Endpoints
     from chaos.checker import check_all
     from chaos.drill import DrillRunner, load_drill
     from chaos.probes import make_probes
-    from core.errors import JobHarnessError
+    from core.contract.observe import BACKLOG_CREATED_BEFORE
+    from core.errors import JobHarnessError, StoreUnavailable
     from core.service.runtime import create_dispatch
     from core.store.pools import create_pool
 
@@ -161,17 +169,26 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
         runner = DrillRunner(drill, Endpoints(proxy_api=settings.toxiproxy_url,
                                               control_url=settings.control_url),
                              make_probes(pool, settings.api_url, http), seed=args.seed)
-        runner.steady_before = await runner.check_steady_state()
-        await runner.run_method()
-        runner.steady_after = await runner.check_steady_state(wait_s=drill.settle_s)
+        await runner.begin()
+        if runner.method is not None:
+            await runner.method
+        cutoff = datetime.now(UTC)
+        deadline = time.monotonic() + drill.settle_s
+        while time.monotonic() < deadline:  # the jobs the faults hit get to finish
+            try:
+                if not await pool.fetchval(BACKLOG_CREATED_BEFORE, cutoff):
+                    break
+            except StoreUnavailable:
+                pass
+            await asyncio.sleep(1.0)  # polled: the jobs are someone else's
         async with pool.acquire() as conn:
-            checks = [c.as_dict() for c in await check_all(conn, dispatch.client,
-                                                           settings.prefix)]
-        ok = all(r["ok"] for r in runner.steady_before + runner.steady_after) and \
-            all(c["ok"] for c in checks if c["name"] != "lost_jobs")
-        return {"drill": drill.name, "passed": ok, "journal": runner.journal,
-                "steady_before": runner.steady_before, "steady_after": runner.steady_after,
-                "invariants": checks}
+            invariants = [c.as_dict() for c in await check_all(
+                conn, dispatch.client, settings.prefix, created_before=cutoff)]
+        report = await runner.conclude(pool, dispatch, invariants,
+                                       heartbeat_ttl_s=settings.heartbeat_ttl_s)
+        return {"drill": drill.name, "passed": report.passed, "journal": report.journal,
+                "steady_before": report.steady_before, "steady_after": report.steady_after,
+                "invariants": report.checks}
     finally:
         await http.aclose()
         await dispatch.close()

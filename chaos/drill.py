@@ -2,6 +2,12 @@
 before and after), a timed method (actions at offsets, repeated, victims drawn with a seed),
 and rollbacks that always run (every proxy healed, every paused worker resumed). Everything
 done is written to a journal with its time since the drill started.
+
+One runner serves `jobharness drill` (a drill alone against a running system) and
+`jobharness run --drill` (a drill under the run's load): `begin` checks the steady state and
+starts the method; `conclude` waits for it, gives the system `settle_s` to return to its
+steady state, adds the drill's own checks to the invariant checks it is given, and returns a
+report that passes only when every check holds.
 """
 
 from __future__ import annotations
@@ -17,11 +23,13 @@ from typing import Any
 import yaml
 
 from chaos import actions
-from chaos.actions import ActionError, Endpoints
+from chaos.actions import ACTIONS, ActionError, Endpoints, action_named
+from chaos.recovery import fault_windows
+from core.contract.observe import HEARTBEAT_REPLACEMENTS
+from core.errors import ConfigError, DispatchUnavailable, StoreUnavailable
+from core.settings import parse_values
 
 DRILL_DIR = Path(__file__).parent / "drills"
-ACTIONS = ("partition", "toxic", "kill_workers", "pause_workers", "resume_workers",
-           "signal_process", "degrade_workers", "restart_store")
 Probe = Callable[[dict[str, Any]], Awaitable[tuple[bool, Any]]]
 
 
@@ -80,7 +88,8 @@ def load_drill(name_or_path: str) -> Drill:
         if isinstance(action, str):
             action = action.replace("-", "_")  # restart-store as the CLI spells it
         if action not in ACTIONS:
-            raise DrillError(f"{path}: method[{i}].action must be one of {', '.join(ACTIONS)}")
+            raise DrillError(f"{path}: method[{i}].action must be one of "
+                             f"{', '.join(sorted(ACTIONS))}")
         try:
             steps.append(Step(action=action, at_s=float(raw.pop("at_s", 0)),
                               duration_s=raw.pop("duration_s", None),
@@ -91,9 +100,43 @@ def load_drill(name_or_path: str) -> Drill:
         if steps[-1].repeat > 1 and not steps[-1].every_s:
             raise DrillError(f"{path}: method[{i}]: repeat needs every_s")
     try:
+        parse_values(data.get("settings") or {}, f"{path}: settings")
+    except ConfigError as exc:
+        raise DrillError(str(exc)) from exc
+    try:
         return Drill(method=steps, **data)
     except TypeError as exc:
         raise DrillError(f"{path}: {exc}") from exc
+
+
+@dataclass
+class DrillReport:
+    """What a drill did and whether the system kept its promises meanwhile."""
+
+    name: str
+    journal: list[dict[str, Any]]
+    steady_before: list[dict[str, Any]]
+    steady_after: list[dict[str, Any]]
+    windows: list[dict[str, Any]]  # each fault's window, in seconds since the drill began
+    checks: list[dict[str, Any]]  # the drill's own checks and the invariants it was given
+    zombie_results_rejected: int | None = None
+
+    @property
+    def passed(self) -> bool:
+        """The one pass rule: every check holds (an empty list never passes)."""
+        return bool(self.checks) and all(c["ok"] for c in self.checks)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"name": self.name, "passed": self.passed, "journal": self.journal,
+                "steady_before": self.steady_before, "steady_after": self.steady_after,
+                "windows": self.windows, "zombie_results_rejected":
+                self.zombie_results_rejected, "checks": self.checks}
+
+
+def _check(name: str, description: str, violations: int, examples: list[str] | None = None
+           ) -> dict[str, Any]:
+    return {"name": name, "description": description, "violations": violations,
+            "examples": examples or [], "ok": violations == 0}
 
 
 class DrillRunner:
@@ -105,6 +148,8 @@ class DrillRunner:
         self.rng = random.Random(seed)
         self.journal: list[dict[str, Any]] = []
         self.t0 = time.monotonic()
+        self.wall_t0 = time.time()
+        self.method: asyncio.Task[None] | None = None
         self.steady_before: list[dict[str, Any]] = []
         self.steady_after: list[dict[str, Any]] = []
         self.aborted: dict[str, Any] | None = None
@@ -132,42 +177,15 @@ class DrillRunner:
             await asyncio.sleep(1.0)  # probes are polled while the system recovers
 
     async def _apply(self, step: Step) -> Any:
-        args = dict(step.args)
-        if step.action == "partition":
-            return await actions.partition(self.ep, args["target"], args.get("mode", "hard"))
-        if step.action == "toxic":
-            return await actions.toxic(self.ep, args["target"], args["type"],
-                                       args.get("attributes", {}),
-                                       args.get("stream", "downstream"),
-                                       float(args.get("toxicity", 1.0)))
-        if step.action == "kill_workers":
-            return await actions.kill_workers(self.ep, self.rng, count=args.get("count"),
-                                              fraction=args.get("fraction"))
-        if step.action == "pause_workers":
-            return await actions.pause_workers(self.ep, self.rng, count=args.get("count"),
-                                               fraction=args.get("fraction"))
-        if step.action == "degrade_workers":
-            return await actions.degrade_workers(
-                self.ep, self.rng, count=args.get("count"), fraction=args.get("fraction"),
-                mode=args.get("mode", "mixed"), ramp_s=args.get("ramp_s", 45.0),
-                limit_mb=float(args.get("limit_mb", 400.0)))
-        if step.action == "resume_workers":
-            return await actions.resume_workers(self.ep)
-        if step.action == "restart_store":
-            return await actions.restart_store(self.ep, args["target"], args.get("mode"),
-                                               float(args.get("down_s", 2.0)))
-        return actions.signal_process(self.ep, args["process"], args.get("signal", "kill"))
+        return await action_named(step.action).apply(self.ep, self.rng, dict(step.args))
 
     async def _heal(self, step: Step, applied: Any) -> None:
-        if step.action in ("partition", "toxic"):
-            result = await actions.heal(self.ep, step.args["target"])
-        elif step.action == "pause_workers":
-            result = await actions.resume_workers(self.ep, applied.get("paused"))
-        elif step.action == "signal_process" and step.args.get("signal") == "pause":
-            result = actions.signal_process(self.ep, step.args["process"], "resume")
-        else:
+        undo = action_named(step.action).heal
+        if undo is None:
             return
-        self.note("heal", step.action, result=result)
+        result = await undo(self.ep, dict(step.args), applied)
+        if result:
+            self.note("heal", step.action, result=result)
 
     async def _run_step(self, step: Step) -> None:
         for i in range(step.repeat):
@@ -179,7 +197,7 @@ class DrillRunner:
             except (ActionError, KeyError) as exc:
                 self.note("error", step.action, error=str(exc), args=step.args)
                 continue
-            if step.action == "restart_store":
+            if action_named(step.action).timed_by_result:
                 # its window: from the stop until the store answered again
                 self.note("fault", step.action, at=began, args=step.args, result=applied,
                           duration_s=applied["down_s"])
@@ -230,3 +248,60 @@ class DrillRunner:
                 self.note("rollback", name, result=await coro)
             except (ActionError, OSError) as exc:
                 self.note("rollback", name, error=str(exc))
+
+    # -- the whole drill ----------------------------------------------------------------------
+    async def begin(self) -> None:
+        """Check the steady state, then start the method (it runs until `conclude`)."""
+        self.steady_before = await self.check_steady_state()
+        self.wall_t0 = time.time()
+        self.method = asyncio.create_task(self.run_method())
+
+    @property
+    def method_done(self) -> bool:
+        return self.method is None or self.method.done()
+
+    async def conclude(self, pool: Any, dispatch: Any, invariants: list[dict[str, Any]],
+                       *, heartbeat_ttl_s: float) -> DrillReport:
+        """Wait for the method, give the system `settle_s` to return to its steady state,
+        and judge: the drill's checks plus the `invariants` given (one pass rule)."""
+        if self.method is not None:
+            await self.method
+        self.steady_after = await self.check_steady_state(wait_s=self.drill.settle_s)
+        windows = fault_windows(self.journal, 0.0)
+        checks = [
+            _check("drill_not_aborted", "no abort probe failed during the method",
+                   0 if self.aborted is None else 1,
+                   [] if self.aborted is None else [str(self.aborted)]),
+            _check("steady_state_before", "probes held before the faults",
+                   sum(not r["ok"] for r in self.steady_before)),
+            _check("steady_state_after", "probes held again after the faults",
+                   sum(not r["ok"] for r in self.steady_after)),
+            _check("no_replacement_storm", "no worker replaced for a stale heartbeat while a "
+                   "store it heartbeats to was partitioned or restarted",
+                   await self._storm(pool, windows, heartbeat_ttl_s)),
+        ]
+        try:
+            stale: int | None = (await dispatch.event_counts()).get("stale_rejected", 0)
+        except DispatchUnavailable:
+            stale = None
+        return DrillReport(name=self.drill.name, journal=self.journal,
+                           steady_before=self.steady_before, steady_after=self.steady_after,
+                           windows=windows, checks=[*invariants, *checks],
+                           zombie_results_rejected=stale)
+
+    async def _storm(self, pool: Any, windows: list[dict[str, Any]],
+                     heartbeat_ttl_s: float) -> int:
+        """Workers replaced for a stale heartbeat while a store named in
+        `expect_no_replacement_during` was away (and one heartbeat TTL after)."""
+        storm = 0
+        for w in windows:
+            if w["name"] not in ("partition", "restart_store") or \
+                    w["args"].get("target") not in self.drill.expect_no_replacement_during:
+                continue
+            try:
+                storm += int(await pool.fetchval(
+                    HEARTBEAT_REPLACEMENTS, self.wall_t0 + w["start_s"],
+                    self.wall_t0 + w["end_s"] + heartbeat_ttl_s))
+            except StoreUnavailable:
+                storm += 1  # cannot tell: not a pass
+        return storm

@@ -8,6 +8,7 @@ from typing import Any
 import httpx
 
 from chaos.drill import Probe
+from core.contract.observe import ACTIVE_WORKERS, BACKLOG
 from core.errors import StoreUnavailable
 
 
@@ -23,7 +24,7 @@ def make_probes(pool: Any, api_url: str, http: httpx.AsyncClient,
     async def workers_active_at_least(spec: dict[str, Any]) -> tuple[bool, Any]:
         """`count` workers ACTIVE, or a `fraction` of the run's expected workers."""
         try:
-            n = int(await pool.fetchval("SELECT count(*) FROM workers WHERE status = 'ACTIVE'"))
+            n = int(await pool.fetchval(ACTIVE_WORKERS))
         except StoreUnavailable as exc:
             return False, str(exc)
         if "count" in spec or expected_workers is None:
@@ -32,8 +33,7 @@ def make_probes(pool: Any, api_url: str, http: httpx.AsyncClient,
 
     async def backlog_below(spec: dict[str, Any]) -> tuple[bool, Any]:
         try:
-            n = int(await pool.fetchval("SELECT count(*) FROM jobs WHERE status IN"
-                                        " ('WAITING', 'PENDING', 'PROCESSING')"))
+            n = int(await pool.fetchval(BACKLOG))
         except StoreUnavailable as exc:
             return False, str(exc)
         return n < int(spec.get("value", 1000)), n

@@ -1,14 +1,20 @@
-"""Settings: frozen, validated dataclasses built by `load_settings` from
+"""Settings: one frozen, validated dataclass built by `load_settings` from
 flags > environment (`JOBHARNESS_*`) > target YAML file > defaults.
 
-Nothing else in the project reads `os.environ`.
+Every field is declared once in `FIELDS` with its environment variable and its parser, so a
+value is parsed the same way wherever it comes from (flags, environment, a target file, a
+drill's `settings:`), and `to_env` hands every field to a child process (proven field by field
+in tests/unit/test_settings_keys.py). Fields are grouped by area in `AREAS`.
+
+Nothing else in the project reads `os.environ`: the harness's own variables for Locust's
+processes are read here too (`load_run_env`).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -21,12 +27,16 @@ HOUR = 3600.0
 
 @dataclass(frozen=True, kw_only=True)
 class MemoryTtls:
-    """Default TTL per kind of entry (the seed's: 24 h, 24 h, 1 h, 90 days)."""
+    """Default TTL per kind of state-memory entry (the seed's: 24 h, 24 h, 1 h, 90 days)."""
 
     job_state_s: float = 24 * HOUR
     job_result_s: float = 24 * HOUR
     worker_state_s: float = 1 * HOUR
     failure_s: float = 90 * 24 * HOUR
+
+    def __post_init__(self) -> None:
+        if any(getattr(self, f.name) <= 0 for f in fields(self)):
+            raise ConfigError("state-memory TTLs must be > 0")
 
 
 BUILTIN_JOB_TYPES = frozenset({"noop", "sleep", "cpu", "flaky", "leak", "hang"})
@@ -37,28 +47,32 @@ _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 class Settings:
     """Everything a process of the job system needs to know."""
 
+    # -- stores
     pg_dsn: str | None = None  # None: use (and start if needed) the embedded server
     redis_url: str | None = None
     schema: str = "gap006"
     prefix: str = "gap006"
     data_dir: Path = Path(".jobharness")
+    pg_max_connections: int = 400  # the embedded server's max_connections
+    # -- dispatch
+    redis_timeout_s: float = 1.0
+    redis_retry_after_s: float = 2.0  # the Redis breaker stays open this long after a failure
+    pg_fallback: bool = True  # acquire through PostgreSQL while Redis is down (off: drills)
+    reconcile: bool = True  # the supervisor runs the reconciler (off only to drill a broken core)
+    # -- jobs and workers
     lease_s: float = 30.0
     heartbeat_interval_s: float = 30.0
     heartbeat_ttl_s: float = 60.0
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
-    default_max_retries: int = 5
     max_payload_bytes: int = 256 * 1024
     job_types: frozenset[str] = BUILTIN_JOB_TYPES
     dlq_retention_days: float = 30.0
-    redis_timeout_s: float = 1.0
-    redis_retry_after_s: float = 2.0
-    pg_max_connections: int = 400
-    memory: bool = True  # emit write-behind state events for the memory owner
+    # -- API and staging targets
     api_url: str | None = None  # a running job API (staging targets); None: start one
-    reconcile: bool = True  # the supervisor runs the reconciler (off only to drill a broken core)
-    pg_fallback: bool = True  # acquire through PostgreSQL while Redis is down (idem)
     toxiproxy_url: str | None = None  # staging drills: the toxiproxy API in front of the stores
     control_url: str | None = None  # staging drills: the supervisor's control surface
+    # -- state memory
+    memory: bool = True  # emit write-behind state events for the memory owner
     qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
     memory_ttls: MemoryTtls = field(default_factory=MemoryTtls)
 
@@ -71,62 +85,162 @@ class Settings:
             raise ConfigError(f"invalid schema name {self.schema!r}: use [a-z_][a-z0-9_]*")
         if not re.match(r"^[A-Za-z0-9_.\-]{1,64}$", self.prefix):
             raise ConfigError(f"invalid Redis key prefix {self.prefix!r}")
-        for name in ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "redis_timeout_s"):
+        for name in ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "redis_timeout_s",
+                     "redis_retry_after_s", "dlq_retention_days"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
             raise ConfigError("heartbeat_ttl_s must be greater than heartbeat_interval_s")
         if self.max_payload_bytes <= 0:
             raise ConfigError("max_payload_bytes must be > 0")
-        if not 0 <= self.default_max_retries <= 100:
-            raise ConfigError("default_max_retries must be between 0 and 100")
+        if not 10 <= self.pg_max_connections <= 10_000:
+            raise ConfigError("pg_max_connections must be between 10 and 10000")
 
     @property
     def embedded(self) -> bool:
         return self.pg_dsn is None or self.redis_url is None
 
 
-# name -> (environment variable, parser)
-_ENV: dict[str, tuple[str, Any]] = {
-    "pg_dsn": ("JOBHARNESS_PG_DSN", str),
-    "redis_url": ("JOBHARNESS_REDIS_URL", str),
-    "schema": ("JOBHARNESS_SCHEMA", str),
-    "prefix": ("JOBHARNESS_PREFIX", str),
-    "data_dir": ("JOBHARNESS_DATA_DIR", Path),
+AREAS: dict[str, tuple[str, ...]] = {
+    "stores": ("pg_dsn", "redis_url", "schema", "prefix", "data_dir", "pg_max_connections"),
+    "dispatch": ("redis_timeout_s", "redis_retry_after_s", "pg_fallback", "reconcile"),
+    "workers": ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "backoff",
+                "max_payload_bytes", "job_types", "dlq_retention_days"),
+    "api": ("api_url", "toxiproxy_url", "control_url"),
+    "memory": ("memory", "qdrant_url", "memory_ttls"),
+}
+
+
+# -- parsing: one table, one parser per field -------------------------------------------------
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    text = str(raw).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off"):
+        return False
+    raise ValueError("expected true/false, yes/no, on/off or 1/0")
+
+
+def _int(raw: Any) -> int:
+    if isinstance(raw, bool) or (isinstance(raw, float) and not raw.is_integer()):
+        raise ValueError("expected an integer")
+    return int(raw)
+
+
+def _text(raw: Any) -> str:
+    if not isinstance(raw, str | Path) or not str(raw):
+        raise ValueError("expected a non-empty string")
+    return str(raw)
+
+
+def _job_types(raw: Any) -> frozenset[str]:
+    items = raw if isinstance(raw, list | tuple | set | frozenset) else str(raw).split(",")
+    return BUILTIN_JOB_TYPES | frozenset(str(p).strip() for p in items if str(p).strip())
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, bool):
+        return "1" if value else "0"
+    if isinstance(value, frozenset):
+        return ",".join(sorted(value))
+    return str(value)
+
+
+# name -> (environment variable, parser) for every plain field
+FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
+    "pg_dsn": ("JOBHARNESS_PG_DSN", _text),
+    "redis_url": ("JOBHARNESS_REDIS_URL", _text),
+    "schema": ("JOBHARNESS_SCHEMA", _text),
+    "prefix": ("JOBHARNESS_PREFIX", _text),
+    "data_dir": ("JOBHARNESS_DATA_DIR", lambda raw: Path(_text(raw))),
+    "pg_max_connections": ("JOBHARNESS_PG_MAX_CONNECTIONS", _int),
+    "redis_timeout_s": ("JOBHARNESS_REDIS_TIMEOUT_S", float),
+    "redis_retry_after_s": ("JOBHARNESS_REDIS_RETRY_AFTER_S", float),
+    "pg_fallback": ("JOBHARNESS_PG_FALLBACK", _bool),
+    "reconcile": ("JOBHARNESS_RECONCILE", _bool),
     "lease_s": ("JOBHARNESS_LEASE_S", float),
     "heartbeat_interval_s": ("JOBHARNESS_HEARTBEAT_INTERVAL_S", float),
     "heartbeat_ttl_s": ("JOBHARNESS_HEARTBEAT_TTL_S", float),
-    "default_max_retries": ("JOBHARNESS_MAX_RETRIES", int),
-    "max_payload_bytes": ("JOBHARNESS_MAX_PAYLOAD_BYTES", int),
-    "job_types": ("JOBHARNESS_JOB_TYPES", lambda s: BUILTIN_JOB_TYPES | _split(s)),
+    "max_payload_bytes": ("JOBHARNESS_MAX_PAYLOAD_BYTES", _int),
+    "job_types": ("JOBHARNESS_JOB_TYPES", _job_types),
     "dlq_retention_days": ("JOBHARNESS_DLQ_RETENTION_DAYS", float),
-    "redis_timeout_s": ("JOBHARNESS_REDIS_TIMEOUT_S", float),
-    "memory": ("JOBHARNESS_MEMORY", lambda s: str(s).lower() not in ("0", "false", "no", "off")),
-    "qdrant_url": ("JOBHARNESS_QDRANT_URL", str),
-    "api_url": ("JOBHARNESS_API_URL", str),
-    "toxiproxy_url": ("JOBHARNESS_TOXIPROXY_URL", str),
-    "control_url": ("JOBHARNESS_CONTROL_URL", str),
-    "reconcile": ("JOBHARNESS_RECONCILE", lambda s: str(s).lower() not in ("0", "false", "no",
-                                                                            "off")),
-    "pg_fallback": ("JOBHARNESS_PG_FALLBACK", lambda s: str(s).lower() not in ("0", "false",
-                                                                               "no", "off")),
+    "api_url": ("JOBHARNESS_API_URL", _text),
+    "toxiproxy_url": ("JOBHARNESS_TOXIPROXY_URL", _text),
+    "control_url": ("JOBHARNESS_CONTROL_URL", _text),
+    "memory": ("JOBHARNESS_MEMORY", _bool),
+    "qdrant_url": ("JOBHARNESS_QDRANT_URL", _text),
 }
-_TTL_ENV = {"job_state_s": "JOBHARNESS_TTL_JOB_STATE_S",
-            "job_result_s": "JOBHARNESS_TTL_JOB_RESULT_S",
-            "worker_state_s": "JOBHARNESS_TTL_WORKER_STATE_S",
-            "failure_s": "JOBHARNESS_TTL_FAILURE_S"}
-ENV_HELP = {name: var for name, (var, _) in _ENV.items()}
+# fields made of parts: name -> (class, {part: environment variable}); every part a float
+COMPOSITES: dict[str, tuple[type, dict[str, str]]] = {
+    "backoff": (BackoffPolicy, {"base_s": "JOBHARNESS_BACKOFF_BASE_S",
+                                "factor": "JOBHARNESS_BACKOFF_FACTOR",
+                                "max_s": "JOBHARNESS_BACKOFF_MAX_S",
+                                "jitter_s": "JOBHARNESS_BACKOFF_JITTER_S"}),
+    "memory_ttls": (MemoryTtls, {"job_state_s": "JOBHARNESS_TTL_JOB_STATE_S",
+                                 "job_result_s": "JOBHARNESS_TTL_JOB_RESULT_S",
+                                 "worker_state_s": "JOBHARNESS_TTL_WORKER_STATE_S",
+                                 "failure_s": "JOBHARNESS_TTL_FAILURE_S"}),
+}
+ENV_HELP = {name: var for name, (var, _) in FIELDS.items()}
 
 
-def _split(value: str) -> frozenset[str]:
-    return frozenset(p.strip() for p in value.split(",") if p.strip())
-
-
-def _parse(name: str, raw: Any, parser: Any, origin: str) -> Any:
+def _parse(name: str, raw: Any, origin: str) -> Any:
     try:
-        return parser(raw) if not isinstance(raw, list) else parser(",".join(map(str, raw)))
+        return FIELDS[name][1](raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"{origin}: cannot parse {name}={raw!r}: {exc}") from exc
+
+
+def _composite(name: str, raw: Any, base: Any, origin: str) -> Any:
+    cls, parts = COMPOSITES[name]
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin}: {name} must be a mapping of {', '.join(parts)}")
+    unknown = sorted(set(raw) - set(parts))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown {name} key(s) {', '.join(map(str, unknown))}")
+    try:
+        values = {k: float(v) for k, v in raw.items()}
+        return replace(base, **values) if base is not None else cls(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: invalid {name} {dict(raw)!r}: {exc}") from exc
+
+
+def parse_values(raw: Mapping[str, Any], origin: str,
+                 base: Settings | None = None) -> dict[str, Any]:
+    """Typed field values from raw ones (a target file, a drill's `settings:`, flags): unknown
+    names and unparsable values are refused naming the field and where it came from. A
+    composite (backoff, memory_ttls) may give some of its parts; the rest come from `base`."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"{origin}: settings must be a mapping")
+    unknown = sorted(set(raw) - set(FIELDS) - set(COMPOSITES))
+    if unknown:
+        raise ConfigError(f"{origin}: unknown setting(s) {', '.join(map(str, unknown))}")
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        if value is None:
+            continue
+        if name in COMPOSITES:
+            out[name] = _composite(name, value, getattr(base, name, None), origin)
+        else:
+            out[name] = _parse(name, value, origin)
+    return out
+
+
+def with_values(settings: Settings, raw: Mapping[str, Any], origin: str) -> Settings:
+    """`settings` with the raw values of `raw` parsed and applied (validated again)."""
+    values = parse_values(raw, origin, base=settings)
+    return _checked(lambda: replace(settings, **values), origin)
+
+
+def _checked(make: Callable[[], Settings], origin: str) -> Settings:
+    try:
+        return make()
+    except ConfigError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{origin}: invalid settings: {exc}") from exc
 
 
 def _from_target(path: Path) -> dict[str, Any]:
@@ -140,29 +254,19 @@ def _from_target(path: Path) -> dict[str, Any]:
         raise ConfigError(f"target file {path} is not valid YAML: {exc}") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"target file {path} must hold a mapping")
-    known = {f.name for f in fields(Settings)} | {"backoff"}
-    known.discard("memory_ttls")
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"target file {path}: unknown key(s) {', '.join(unknown)}")
-    out: dict[str, Any] = {}
-    for name, raw in data.items():
-        if name == "backoff":
-            if not isinstance(raw, dict):
-                raise ConfigError(f"target file {path}: backoff must be a mapping")
-            out["backoff"] = _backoff(raw, str(path))
-        elif name in _ENV:
-            out[name] = _parse(name, raw, _ENV[name][1], str(path))
-        else:
-            out[name] = raw
-    return out
+    return parse_values(data, f"target file {path}")
 
 
-def _backoff(raw: Mapping[str, Any], origin: str) -> BackoffPolicy:
-    try:
-        return BackoffPolicy(**{k: float(v) for k, v in raw.items()})
-    except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: invalid backoff {dict(raw)!r}: {exc}") from exc
+def _from_env(env: Mapping[str, str], base: dict[str, Any]) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name, (var, _) in FIELDS.items():
+        if env.get(var):
+            values[name] = _parse(name, env[var], f"environment {var}")
+    for name, (_, parts) in COMPOSITES.items():
+        given = {part: env[var] for part, var in parts.items() if env.get(var)}
+        if given:
+            values[name] = _composite(name, given, base.get(name), "environment")
+    return values
 
 
 def load_settings(
@@ -176,54 +280,46 @@ def load_settings(
     if target is None and env.get("JOBHARNESS_TARGET"):
         target = Path(env["JOBHARNESS_TARGET"])
     values: dict[str, Any] = _from_target(target) if target is not None else {}
-    for name, (var, parser) in _ENV.items():
-        if env.get(var):
-            values[name] = _parse(name, env[var], parser, f"environment {var}")
-    backoff_env = {
-        k: env[v]
-        for k, v in (
-            ("base_s", "JOBHARNESS_BACKOFF_BASE_S"),
-            ("max_s", "JOBHARNESS_BACKOFF_MAX_S"),
-            ("jitter_s", "JOBHARNESS_BACKOFF_JITTER_S"),
-        )
-        if env.get(v)
-    }
-    if backoff_env:
-        values["backoff"] = _backoff(backoff_env, "environment")
-    ttl_env = {k: _parse(k, env[v], float, f"environment {v}") for k, v in _TTL_ENV.items()
-               if env.get(v)}
-    if ttl_env:
-        if any(v <= 0 for v in ttl_env.values()):
-            raise ConfigError("state-memory TTLs must be > 0")
-        values["memory_ttls"] = MemoryTtls(**ttl_env)
-    for name, value in (flags or {}).items():
-        if value is not None:
-            values[name] = value
-    try:
-        return Settings(**values)
-    except TypeError as exc:
-        raise ConfigError(f"invalid settings: {exc}") from exc
+    values |= _from_env(env, values)
+    values |= parse_values({k: v for k, v in (flags or {}).items() if v is not None}, "flags")
+    return _checked(lambda: Settings(**values), "settings")
 
 
 def to_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process load these same settings."""
     env = {}
-    for name, (var, _) in _ENV.items():
+    for name, (var, _) in FIELDS.items():
         value = getattr(settings, name)
-        if value is None:
-            continue
-        env[var] = ",".join(sorted(value)) if isinstance(value, frozenset) else str(value)
-    env["JOBHARNESS_BACKOFF_BASE_S"] = str(settings.backoff.base_s)
-    env["JOBHARNESS_BACKOFF_MAX_S"] = str(settings.backoff.max_s)
-    env["JOBHARNESS_BACKOFF_JITTER_S"] = str(settings.backoff.jitter_s)
-    env["JOBHARNESS_MEMORY"] = "1" if settings.memory else "0"
-    env["JOBHARNESS_RECONCILE"] = "1" if settings.reconcile else "0"
-    env["JOBHARNESS_PG_FALLBACK"] = "1" if settings.pg_fallback else "0"
-    for name, var in _TTL_ENV.items():
-        env[var] = str(getattr(settings.memory_ttls, name))
+        if value is not None:
+            env[var] = _show(value)
+    for name, (_, parts) in COMPOSITES.items():
+        for part, var in parts.items():
+            env[var] = repr(float(getattr(getattr(settings, name), part)))
     return env
 
 
-def with_overrides(settings: Settings, **changes: Any) -> Settings:
-    """A copy of `settings` with some fields changed (validated again)."""
-    return replace(settings, **changes)
+@dataclass(frozen=True, kw_only=True)
+class RunEnv:
+    """What `jobharness run` tells each Locust process it starts."""
+
+    scenario: str  # a scenario name or YAML file
+    raw_dir: Path  # where the requests and accepted ids go
+    job_budget: int | None  # jobs this process may create (None: the scenario's)
+
+
+def load_run_env(environ: Mapping[str, str] | None = None) -> RunEnv:
+    env = os.environ if environ is None else environ
+    budget = env.get("JOBHARNESS_JOB_BUDGET")
+    try:
+        job_budget = int(budget) if budget else None
+    except ValueError as exc:
+        raise ConfigError(f"environment JOBHARNESS_JOB_BUDGET: not an integer: {budget!r}"
+                          ) from exc
+    return RunEnv(scenario=env.get("JOBHARNESS_SCENARIO", "smoke"),
+                  raw_dir=Path(env.get("JOBHARNESS_RAW_DIR", ".")), job_budget=job_budget)
+
+
+def run_env(scenario: Path, raw_dir: Path, job_budget: int) -> dict[str, str]:
+    """The environment `load_run_env` reads back (what the run gives Locust)."""
+    return {"JOBHARNESS_SCENARIO": str(scenario), "JOBHARNESS_RAW_DIR": str(raw_dir),
+            "JOBHARNESS_JOB_BUDGET": str(job_budget)}

@@ -21,10 +21,9 @@ from core.jobs.model import JobSpec
 from core.service.reconciler import Reconciler
 from core.service.runtime import open_runtime
 from core.settings import Settings
-from core.store import migrate
-from core.store.pools import connect_admin
 from core.worker.handlers import BUILTIN_HANDLERS
 from core.worker.loop import Worker
+from loadtests.scratch import scratch_schema
 
 LATENCY_SQL = """
 SELECT status, count(*) AS jobs,
@@ -80,16 +79,11 @@ async def run_demo(
 
     settings = replace(settings, backoff=BackoffPolicy(base_s=0.1, max_s=1.0, jitter_s=0.05),
                        lease_s=5.0)
-    conn = await connect_admin(settings)
-    try:  # a clean slate for the demo's schema
-        await migrate.rollback(conn, settings.schema)
-        await migrate.migrate(conn, settings.schema)
-    finally:
-        await conn.close()
     rng = random.Random(seed)
-    async with open_runtime(settings, pool_size=workers + 3,
-                            redis_connections=workers + 3) as rt:
-        await rt.dispatch.flush_prefix()
+    # a clean slate for the demo's schema, kept afterwards to look at
+    async with scratch_schema(settings, settings.schema, keep=True) as settings, open_runtime(
+            settings, pool_size=workers + 3, redis_connections=workers + 3,
+            migrate_first=False) as rt:
         svc = rt.service
         specs = demo_specs(jobs, rng)
         t0 = time.monotonic()

@@ -18,19 +18,20 @@ import random
 import threading
 import time
 from collections import deque
-from pathlib import Path
 from typing import Any
 
 import gevent
 from locust import FastHttpUser, LoadTestShape, between, constant, events, task
 from locust.exception import StopUser
 
+from core.settings import load_run_env
 from loadtests.jobmix import JobFactory
 from loadtests.scenario import load_scenario
 
-SCENARIO = load_scenario(os.environ.get("JOBHARNESS_SCENARIO", "smoke"))
-BUDGET = int(os.environ.get("JOBHARNESS_JOB_BUDGET", SCENARIO.jobs))
-RAW_DIR = Path(os.environ.get("JOBHARNESS_RAW_DIR", "."))
+_ENV = load_run_env()
+SCENARIO = load_scenario(_ENV.scenario)
+BUDGET = SCENARIO.jobs if _ENV.job_budget is None else _ENV.job_budget
+RAW_DIR = _ENV.raw_dir
 RECENT: deque[str] = deque(maxlen=2000)
 _lock = threading.Lock()
 _spent = 0

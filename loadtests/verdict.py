@@ -7,6 +7,7 @@ import csv
 from pathlib import Path
 from typing import Any
 
+from core.contract import runfolder
 from core.contract.figures import percentile
 from loadtests.scenario import Scenario
 
@@ -36,21 +37,21 @@ def accepted_ids(raw_dir: Path) -> set[str]:
 
 def missing_accepted(run_dir: Path) -> dict[str, Any]:
     """Invariant 2 from the client's side: an acknowledged job exists in the store."""
-    known = {j["id"] for j in read_jobs(run_dir / "jobs.csv")}
-    missing = sorted(accepted_ids(run_dir / "raw") - known)
+    known = {j["id"] for j in read_jobs(run_dir / runfolder.JOBS)}
+    missing = sorted(accepted_ids(run_dir / runfolder.RAW) - known)
     return {"name": "accepted_jobs_missing",
             "description": "jobs the API acknowledged (201) that are not in the jobs table",
             "violations": len(missing), "examples": missing[:10], "ok": not missing}
 
 
 def figures(run_dir: Path, scenario: Scenario) -> dict[str, Any]:
-    requests = read_requests(run_dir / "raw")
+    requests = read_requests(run_dir / runfolder.RAW)
     creates = [r for r in requests if r["name"] in CREATE_NAMES]
     intended = [float(r["response_time_ms"]) for r in requests
                 if r["name"].endswith("(from intended start)") and r["ok"] == "1"]
     create_ms = [float(r["response_time_ms"]) for r in creates if r["ok"] == "1"]
     failed = sum(1 for r in requests if r["ok"] != "1")
-    jobs = read_jobs(run_dir / "jobs.csv")
+    jobs = read_jobs(run_dir / runfolder.JOBS)
     done = [float(j["end_to_end_ms"]) for j in jobs if j["status"] == "COMPLETED"
             and j["end_to_end_ms"]]
     by_status: dict[str, int] = {}
@@ -67,7 +68,7 @@ def figures(run_dir: Path, scenario: Scenario) -> dict[str, Any]:
         "create_p99_from_intended_start_ms": percentile(intended, 99),
         "jobs": len(jobs),
         "jobs_requested": scenario.jobs,
-        "jobs_acknowledged": len(accepted_ids(run_dir / "raw")),
+        "jobs_acknowledged": len(accepted_ids(run_dir / runfolder.RAW)),
         "jobs_by_status": by_status,
         "e2e_p50_ms": percentile(done, 50),
         "e2e_p99_ms": percentile(done, 99),

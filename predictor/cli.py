@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from core.contract import runfolder
 from core.errors import JobHarnessError
 from core.settings import Settings
 
@@ -107,18 +108,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 async def _export(settings: Settings, out: Path) -> list[str]:
+    from core.store.exports import export_tables
     from core.store.pools import create_pool
-    from loadtests.export import EXPORTS
 
     pool = await create_pool(settings, min_size=1, max_size=1)
     try:
         async with pool.acquire() as conn:
-            written = []
-            for name in ("worker_health.csv", "workers.csv"):
-                await conn.copy_from_query(EXPORTS[name], output=str(out / name),
-                                           format="csv", header=True)
-                written.append(name)
-            return written
+            return await export_tables(conn, out, only=(runfolder.WORKER_HEALTH, runfolder.WORKERS))
     finally:
         await pool.close()
 

@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from core.contract import runfolder
 from predictor.features import FEATURES, Series, add_fleet, worker_row
 
 HORIZON_S = 30.0
@@ -141,7 +142,7 @@ def _journal_workers(verdict: dict[str, object], key: str) -> set[str]:
 
 def _acted(run_dir: Path) -> dict[str, float]:
     """Workers the predictor replaced (not hold-outs), with the time it acted."""
-    path = run_dir / "predictions.csv"
+    path = run_dir / runfolder.PREDICTIONS
     if not path.exists():
         return {}
     p = pd.read_csv(path)
@@ -156,14 +157,14 @@ def file_hash(path: Path) -> str:
 def run_rows(run_dir: Path, *, horizon_s: float = HORIZON_S, step_s: float = 1.0
              ) -> pd.DataFrame:
     """Labelled rows of one run folder."""
-    health = run_dir / "worker_health.csv"
+    health = run_dir / runfolder.WORKER_HEALTH
     if not health.exists():
         raise DatasetError(f"{run_dir} has no worker_health.csv (not a finished run folder)")
     samples = samples_frame(pd.read_csv(health))
-    workers = pd.read_csv(run_dir / "workers.csv") if (run_dir / "workers.csv").exists() \
+    workers = pd.read_csv(run_dir / runfolder.WORKERS) if (run_dir / runfolder.WORKERS).exists() \
         else pd.DataFrame(columns=["id", "status", "stopped_at", "failure_reason"])
-    verdict = json.loads((run_dir / "verdict.json").read_text()) \
-        if (run_dir / "verdict.json").exists() else {}
+    verdict = json.loads((run_dir / runfolder.VERDICT).read_text()) \
+        if (run_dir / runfolder.VERDICT).exists() else {}
     interval = sampling_interval(samples)
     out = outcomes(samples, workers, interval=interval,
                    abrupt=_journal_workers(verdict, "killed"), acted=_acted(run_dir))
@@ -181,8 +182,8 @@ def build(run_dirs: Iterable[Path], *, horizon_s: float = HORIZON_S) -> tuple[pd
     for run_dir in run_dirs:
         frames.append(run_rows(Path(run_dir), horizon_s=horizon_s))
         sources.append({"run": Path(run_dir).name,
-                        "worker_health.csv": file_hash(Path(run_dir) / "worker_health.csv"),
-                        "workers.csv": file_hash(Path(run_dir) / "workers.csv")})
+                        runfolder.WORKER_HEALTH: file_hash(Path(run_dir) / runfolder.WORKER_HEALTH),
+                        runfolder.WORKERS: file_hash(Path(run_dir) / runfolder.WORKERS)})
     if not frames:
         raise DatasetError("give at least one run folder")
     df = pd.concat(frames, ignore_index=True)

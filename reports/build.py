@@ -10,6 +10,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from core.contract import runfolder
 from reports.data import (
     execution_summary,
     load_run,
@@ -31,7 +32,7 @@ def _fmt(v: Any) -> str:
 def summary(run_dir: Path) -> tuple[dict[str, Any], list[Path]]:
     run = load_run(run_dir)
     ops = operation_table(run.requests)
-    figures, extra = all_figures(run, run_dir / "report")
+    figures, extra = all_figures(run, run_dir / runfolder.REPORT)
     jobs = run.jobs
     done = jobs[jobs["status"] == "COMPLETED"]
     v = run.verdict
@@ -169,10 +170,10 @@ def html_report(data: dict[str, Any], figures: list[Path], md: str) -> str:
 
 def build_report(run_dir: Path) -> dict[str, Any]:
     data, figures = summary(run_dir)
-    out = run_dir / "report"
+    out = run_dir / runfolder.REPORT
     md = markdown(data)
     (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
     (out / "summary.md").write_text(md)
     (out / "report.html").write_text(html_report(data, figures, md))
-    return {"report": str(out / "report.html"), "summary": str(out / "summary.md"),
+    return {runfolder.REPORT: str(out / "report.html"), "summary": str(out / "summary.md"),
             "figures": [str(p) for p in figures]}

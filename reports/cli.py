@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from core.contract import runfolder
 from core.errors import JobHarnessError
 
 
@@ -19,7 +20,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             if len(args.more) != 2:
                 raise JobHarnessError("usage: jobharness report compare BASE CANDIDATE")
             base, cand = (Path(p) for p in args.more)
-            result = compare(base, cand, cand / "report")
+            result = compare(base, cand, cand / runfolder.REPORT)
             print_json(result)
             return 1 if result["regressions"] else 0
         from reports.build import build_report
@@ -28,7 +29,6 @@ def cmd_report(args: argparse.Namespace) -> int:
     except FileNotFoundError as exc:
         raise JobHarnessError(str(exc)) from exc
     return 0
-
 
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:

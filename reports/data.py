@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from core.contract import runfolder
 from core.contract.figures import percentile as nearest_rank
 
 PCTS = (50, 90, 95, 99, 99.9)
@@ -30,23 +31,23 @@ class RunData:
 
 
 def load_run(path: Path) -> RunData:
-    if not (path / "verdict.json").exists():
+    if not (path / runfolder.VERDICT).exists():
         raise FileNotFoundError(f"{path} is not a run folder (no verdict.json)")
-    raw = [pd.read_csv(p) for p in sorted((path / "raw").glob("requests-*.csv"))]
+    raw = [pd.read_csv(p) for p in sorted((path / runfolder.RAW).glob("requests-*.csv"))]
     requests = pd.concat(raw, ignore_index=True) if raw else pd.DataFrame(
         columns=["ts", "method", "name", "response_time_ms", "bytes", "ok", "error"])
-    jobs = pd.read_csv(path / "jobs.csv", parse_dates=["created_at", "started_at",
+    jobs = pd.read_csv(path / runfolder.JOBS, parse_dates=["created_at", "started_at",
                                                         "completed_at"])
-    samples = pd.read_csv(path / "samples.csv")
+    samples = pd.read_csv(path / runfolder.SAMPLES)
     def optional(name: str) -> pd.DataFrame:
         return pd.read_csv(path / name) if (path / name).exists() else pd.DataFrame()
 
-    return RunData(path=path, verdict=json.loads((path / "verdict.json").read_text()),
+    return RunData(path=path, verdict=json.loads((path / runfolder.VERDICT).read_text()),
                    requests=requests, jobs=jobs, samples=samples,
-                   workers=optional("workers.csv"), executions=optional("executions.csv"),
-                   predictions=optional("predictions.csv"),
-                   predictor=json.loads((path / "predictions.json").read_text())
-                   if (path / "predictions.json").exists() else {})
+                   workers=optional(runfolder.WORKERS), executions=optional(runfolder.EXECUTIONS),
+                   predictions=optional(runfolder.PREDICTIONS),
+                   predictor=json.loads((path / runfolder.PREDICTIONS_META).read_text())
+                   if (path / runfolder.PREDICTIONS_META).exists() else {})
 
 
 def percentile(values: pd.Series, pct: float) -> float | None:

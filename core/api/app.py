@@ -9,231 +9,29 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from typing import Any, Literal
 
-import asyncpg
 from fastapi import APIRouter, FastAPI, Query, Request, Response
 from fastapi.responses import JSONResponse
-from prometheus_client import (
-    CONTENT_TYPE_LATEST,
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    generate_latest,
-)
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.api.errors import add_error_handlers, error_response
+from core.api.metrics import MeasureMiddleware, Metrics, refresh
 from core.api.models import BatchIn, CancelIn, CreatedOut, JobIn, LimitIn, PurgeIn
-from core.errors import (
-    DispatchUnavailable,
-    InvalidInput,
-    InvalidTransition,
-    JobNotFound,
-    StaleLease,
-    StoreUnavailable,
-)
+from core.errors import DispatchUnavailable, InvalidInput
 from core.jobs.limits import Limit
 from core.jobs.model import JobStatus
+from core.memory.events import owner_status
 from core.service import limits as sched_limits
 from core.service.runtime import Runtime, open_runtime
 from core.settings import Settings
-from core.store.queries import q
-
-MAX_BODY_BYTES = 64 * 1024 * 1024
-
-
-class Metrics:
-    def __init__(self) -> None:
-        self.registry = CollectorRegistry()
-        r = self.registry
-        self.requests = Counter("jobharness_api_requests", "API requests by route and status",
-                                ["route", "status"], registry=r)
-        self.latency = Histogram("jobharness_api_latency_seconds", "API latency by route",
-                                 ["route"], registry=r,
-                                 buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self.jobs = Gauge("jobharness_jobs", "Jobs by type and status", ["job_type", "status"],
-                          registry=r)
-        self.queue_depth = Gauge("jobharness_queue_depth", "Redis queue depth", ["queue"],
-                                 registry=r)
-        self.workers_active = Gauge("jobharness_workers_active", "ACTIVE workers", registry=r)
-        self.replacements = Gauge("jobharness_worker_replacements",
-                                  "Workers declared FAILED and replaced", registry=r)
-        self.heartbeat_timeouts = Gauge("jobharness_heartbeat_timeouts",
-                                        "Workers replaced for a stale heartbeat", registry=r)
-        self.cluster_events = Gauge("jobharness_cluster_events",
-                                    "Events counted by every process (e.g. stale_rejected)",
-                                    ["event"], registry=r)
-        self.memory_owner = Gauge("jobharness_memory_owner",
-                                  "State-memory owner: buffered, written, dropped, failures",
-                                  ["counter"], registry=r)
-        self.memory_up = Gauge("jobharness_memory_up", "1 when the memory owner writes fine",
-                               registry=r)
-        self.service_events = Gauge("jobharness_service_events",
-                                    "This API process's job-service counters", ["event"],
-                                    registry=r)
-        self.created = Counter("jobharness_jobs_created", "Jobs created through this API "
-                               "process", registry=r)
-        self.db_query = Histogram("jobharness_db_query_seconds", "PostgreSQL query latency "
-                                  "(this API process's pool)", registry=r, buckets=FAST)
-        self.redis_op = Histogram("jobharness_redis_op_seconds", "Redis call latency (this "
-                                  "API process)", registry=r, buckets=FAST)
-        self.store = StoreCollector()
-        r.register(self.store)
-
-
-FAST = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
-
-
-class StoreCollector(Collector):
-    """Figures read from the stores at scrape time (shared by every API replica: aggregate
-    them with max(), not sum())."""
-
-    def __init__(self) -> None:
-        self.outcomes: dict[str, int] = {}
-        self.extra: dict[str, Any] = {}
-        self.pool: dict[str, int] = {}
-        self.redis_memory: int | None = None
-        self.limits: list[dict[str, Any]] = []
-
-    def collect(self) -> Iterator[Metric]:
-        yield from self._limits()
-        ex = CounterMetricFamily("jobharness_executions", "Job attempts by how they ended",
-                                 labels=["status"])
-        for status, n in sorted(self.outcomes.items()):
-            ex.add_metric([status], float(n))
-        yield ex
-        if self.extra.get("retries") is not None:
-            yield CounterMetricFamily("jobharness_retries", "Retries (attempts after a job's "
-                                      "first), summed over jobs",
-                                      value=float(self.extra["retries"]))
-        gauges = {
-            "dlq_size": ("jobharness_dead_letter_jobs", "Jobs in the dead-letter queue"),
-            "worker_slots": ("jobharness_worker_slots", "Job slots of ACTIVE workers "
-                             "(sum of their concurrency)"),
-            "processing": ("jobharness_jobs_processing", "Jobs running now"),
-            "lifespan_s": ("jobharness_worker_lifespan_seconds", "Mean lifespan of workers "
-                           "stopped in the last hour"),
-            "duration_avg_ms": ("jobharness_job_duration_avg_ms", "Mean duration of attempts "
-                                "completed in the last 5 minutes"),
-            "duration_p99_ms": ("jobharness_job_duration_p99_ms", "Duration p99 of attempts "
-                                "completed in the last 5 minutes"),
-            "queue_wait_avg_s": ("jobharness_queue_wait_avg_seconds", "Mean wait from "
-                                 "creation to start of jobs started in the last 5 minutes"),
-        }
-        for key, (name, doc) in gauges.items():
-            family = GaugeMetricFamily(name, doc)  # declared even while there is no value
-            if self.extra.get(key) is not None:
-                family.add_metric([], float(self.extra[key]))
-            yield family
-        pool = GaugeMetricFamily("jobharness_db_pool_connections", "This API process's "
-                                 "PostgreSQL pool", labels=["state"])
-        for state, n in self.pool.items():
-            pool.add_metric([state], float(n))
-        yield pool
-        if self.redis_memory is not None:
-            yield GaugeMetricFamily("jobharness_redis_memory_bytes", "Memory used by Redis",
-                                    value=float(self.redis_memory))
-
-
-    def _limits(self) -> Iterator[Metric]:
-        """Every type's and tenant's limits and what they govern now."""
-        figures = {
-            "max_running": ("jobharness_limit_max_running", "Jobs allowed to run at once"),
-            "rate_per_s": ("jobharness_limit_rate_per_second", "Jobs allowed to start per "
-                           "second"),
-            "burst": ("jobharness_limit_burst", "Starts a rate limit lets accumulate"),
-            "weight": ("jobharness_limit_weight", "Tenant's weight in the fair share of a "
-                       "band"),
-            "running": ("jobharness_limit_running", "Jobs running under the limit now"),
-            "tokens": ("jobharness_limit_tokens", "Rate-limit tokens available now"),
-        }
-        for key, (name, doc) in figures.items():
-            family = GaugeMetricFamily(name, doc, labels=["scope", "name"])
-            for row in self.limits:
-                if row.get(key) is not None:
-                    family.add_metric([row["scope"], row["name"]], float(row[key]))
-            yield family
-        waits = CounterMetricFamily("jobharness_limit_waits", "Acquisitions that passed over "
-                                    "jobs this limit held back", labels=["scope", "name"])
-        enforced = GaugeMetricFamily("jobharness_limit_enforced", "1 when Redis enforces the "
-                                     "limit as stored", labels=["scope", "name"])
-        for row in self.limits:
-            if row.get("waits") is not None:
-                waits.add_metric([row["scope"], row["name"]], float(row["waits"]))
-            enforced.add_metric([row["scope"], row["name"]], 1.0 if row["enforced"] else 0.0)
-        yield waits
-        yield enforced
-
-
-def _error(status: int, field: str, message: str) -> JSONResponse:
-    where = "path" if field == "job_id" else "body"
-    return JSONResponse({"detail": [{"loc": [where, field], "msg": message}]}, status)
-
 
 router = APIRouter()
 
 
-class MeasureMiddleware:
-    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): refuses oversized bodies and
-    records each request's latency and status by route template."""
-
-    def __init__(self, app: Any, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", ()):
-            if name == b"content-length" and value.isdigit() and int(value) > MAX_BODY_BYTES:
-                await _error(413, "body", f"larger than {MAX_BODY_BYTES} bytes")(
-                    scope, receive, send)
-                return
-        status = [500]
-
-        async def send_wrapper(message: Any) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        t0 = time.perf_counter()
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            name = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.latency.labels(name).observe(time.perf_counter() - t0)
-            self.metrics.requests.labels(name, str(status[0])).inc()
-
-
 def _rt(request: Request) -> Runtime:
     return request.app.state.rt  # type: ignore[no-any-return]
-
-
-def _add_error_handlers(app: FastAPI) -> None:
-    """Typed refusals of the core become 4xx naming the field; outages become 503."""
-    statuses: list[tuple[type[Exception], int, Callable[[Any], str]]] = [
-        (InvalidInput, 422, lambda e: e.field),
-        (JobNotFound, 404, lambda e: "job_id"),
-        (InvalidTransition, 409, lambda e: "status"),
-        (StaleLease, 409, lambda e: "token"),
-        (StoreUnavailable, 503, lambda e: "store"),
-    ]
-    async def data_error(request: Request, exc: Exception) -> JSONResponse:
-        # A value PostgreSQL cannot store that validation let through: still the input's
-        # fault, and the failed statement wrote nothing.
-        return _error(422, "input", f"invalid input: {exc}")
-
-    app.add_exception_handler(asyncpg.DataError, data_error)
-    for exc_type, status, field in statuses:
-        def handler(request: Request, exc: Exception, status: int = status,
-                    field: Callable[[Any], str] = field) -> JSONResponse:
-            return _error(status, field(exc), str(exc))
-
-        app.add_exception_handler(exc_type, handler)
 
 
 def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
@@ -251,7 +49,7 @@ def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
     app.state.metrics = metrics = Metrics()
 
     app.add_middleware(MeasureMiddleware, metrics=metrics)
-    _add_error_handlers(app)
+    add_error_handlers(app)
     app.include_router(router)
     return app
 
@@ -357,7 +155,7 @@ async def clear_limit(request: Request, scope: Literal["job_type", "tenant"],
     rt = _rt(request)
     found, enforced = await sched_limits.clear_limit(rt.pool, rt.dispatch, scope, name)
     if not found:
-        return _error(404, "name", f"no limits set for {scope} {name!r}")
+        return error_response(404, "name", f"no limits set for {scope} {name!r}")
     return {"cleared": {"scope": scope, "name": name}, "enforced": enforced}
 
 
@@ -366,10 +164,10 @@ async def health(request: Request) -> JSONResponse:
     """Each store's state: ok, degraded (Redis down: dispatch falls back to PostgreSQL) or
     down (PostgreSQL unreachable: 503)."""
     rt = _rt(request)
-    out: dict[str, Any] = {"qdrant": await _memory_status(rt)}
+    out: dict[str, Any] = {"qdrant": await owner_status(rt.dispatch, enabled=rt.memory is not None)}
     t0 = time.perf_counter()
     try:
-        await rt.pool.fetchval("SELECT 1")
+        await rt.service.check_store()
         out["postgres"] = {"state": "up",
                            "latency_ms": round((time.perf_counter() - t0) * 1000, 2)}
     except Exception as exc:  # a health probe reports failures, it does not raise them
@@ -383,20 +181,6 @@ async def health(request: Request) -> JSONResponse:
     return JSONResponse(out, 200 if pg_up else 503)
 
 
-async def _memory_status(rt: Runtime) -> dict[str, Any]:
-    """The memory owner's published status: up, down (Qdrant failing: events buffered, then
-    dropped), "no owner" (nothing consumes the events), or "off"."""
-    if rt.memory is None:
-        return {"state": "off"}
-    try:
-        raw = await rt.dispatch.client.hgetall(rt.dispatch.keys.memory_owner)
-    except Exception:  # Redis down: the owner's status cannot be read
-        return {"state": "unknown"}
-    if not raw:
-        return {"state": "no owner"}
-    return {str(k): (int(v) if str(v).isdigit() else str(v)) for k, v in raw.items()}
-
-
 @router.get("/state/{namespace}/{key:path}")
 async def state_entry(request: Request,
                       namespace: Literal["job-management", "worker-coordination"],
@@ -408,54 +192,20 @@ async def state_entry(request: Request,
 
     check_namespace(namespace)
     check_key(key)
-    status = await _memory_status(_rt(request))
+    rt = _rt(request)
+    status = await owner_status(rt.dispatch, enabled=rt.memory is not None)
     if not status.get("url"):
-        return _error(503, "memory", f"no memory owner to read from ({status['state']})")
+        return error_response(503, "memory", f"no memory owner to read from ({status['state']})")
     async with httpx.AsyncClient(timeout=10) as http:
         try:
             r = await http.get(f"{status['url']}/memory/{namespace}/{key}")
         except httpx.TransportError as exc:
-            return _error(503, "memory", f"memory owner unreachable: {exc}")
+            return error_response(503, "memory", f"memory owner unreachable: {exc}")
     return JSONResponse(r.json(), r.status_code)
 
 
 @router.get("/metrics")
 async def prometheus(request: Request) -> Response:
-    rt, metrics = _rt(request), request.app.state.metrics
-    with contextlib.suppress(StoreUnavailable, OSError):
-        rows = await rt.pool.fetch(q("metrics_jobs"))
-        metrics.jobs.clear()  # a (type, status) with no jobs left must not keep its last count
-        for row in rows:
-            metrics.jobs.labels(row["job_type"], row["status"]).set(row["n"])
-        w = await rt.pool.fetchrow(q("metrics_workers"))
-        if w is not None:
-            metrics.workers_active.set(w["active"])
-            metrics.replacements.set(w["replaced"])
-            metrics.heartbeat_timeouts.set(w["heartbeat_timeouts"])
-    with contextlib.suppress(StoreUnavailable, OSError, asyncpg.PostgresError):
-        metrics.store.outcomes = {r["status"]: int(r["n"])
-                                  for r in await rt.pool.fetch(q("metrics_outcomes"))}
-        metrics.store.extra = dict(await rt.pool.fetchrow(q("metrics_extra")) or {})
-    metrics.store.pool = {"max": rt.pool.get_max_size(), "open": rt.pool.get_size(),
-                          "idle": rt.pool.get_idle_size(),
-                          "used": rt.pool.get_size() - rt.pool.get_idle_size()}
-    with contextlib.suppress(StoreUnavailable, OSError, asyncpg.PostgresError):
-        metrics.store.limits = await sched_limits.limit_states(rt.pool, rt.dispatch)
-    with contextlib.suppress(DispatchUnavailable):
-        for name, depth in (await rt.dispatch.depths()).items():
-            metrics.queue_depth.labels(name).set(depth)
-        metrics.store.redis_memory = await rt.dispatch.memory_bytes()
-    for event, n in rt.service.stats.items():
-        metrics.service_events.labels(event).set(n)
-    if rt.memory is not None:
-        for event, n in rt.memory.stats.items():
-            metrics.service_events.labels(event).set(n)
-        owner = await _memory_status(rt)
-        for name in ("buffered", "memory_written", "memory_dropped", "memory_write_failures"):
-            if isinstance(owner.get(name), int):
-                metrics.memory_owner.labels(name).set(owner[name])
-        metrics.memory_up.set(1 if owner.get("state") == "up" else 0)
-    with contextlib.suppress(DispatchUnavailable):
-        for event, n in (await rt.dispatch.event_counts()).items():
-            metrics.cluster_events.labels(event).set(n)
-    return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    await refresh(request.app.state.metrics, _rt(request))
+    return Response(generate_latest(request.app.state.metrics.registry),
+                    media_type=CONTENT_TYPE_LATEST)

@@ -47,7 +47,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         return int(run_async(run_worker_process(resolved, opts)))
 
 
-def _predictor(args: argparse.Namespace, settings: Settings) -> Any:
+def load_predictor(args: argparse.Namespace, settings: Settings) -> Any:
     """The worker-health model for proactive replacement, or None (reactive only). A model
     that cannot be used is refused with the reason logged; the supervisor still runs."""
     if not args.model or args.model == "off":
@@ -82,7 +82,7 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
         spawn=args.spawn, worker_nice=args.worker_nice,
     )
-    predictor = _predictor(args, settings)
+    predictor = load_predictor(args, settings)
     stop = stop_on_signals()
     async with open_runtime(settings, pool_size=4, redis_connections=4) as rt:
         sup = Supervisor(rt.service, settings, opts, predictor)

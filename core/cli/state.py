@@ -15,10 +15,11 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from core.contract import runfolder
 from core.errors import JobHarnessError
 from core.settings import Settings
 
-STATE_FILE = "memory-owner.json"
+STATE_FILE = runfolder.MEMORY_OWNER_STATE
 
 
 def open_memory(settings: Settings) -> Any:

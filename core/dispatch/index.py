@@ -346,6 +346,11 @@ class RedisDispatch:
     async def count_event(self, name: str, n: int = 1) -> None:
         await self._call(self._client.hincrby(self.keys.counters, name, n))
 
+    async def memory_owner_status(self) -> dict[str, str]:
+        """What the state-memory owner last published (empty: no owner)."""
+        raw = await self._call(self._client.hgetall(self.keys.memory_owner))
+        return {str(k): str(v) for k, v in (raw or {}).items()}
+
     async def event_counts(self) -> dict[str, int]:
         raw = await self._call(self._client.hgetall(self.keys.counters))
         return {k: int(v) for k, v in raw.items()}

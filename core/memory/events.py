@@ -105,3 +105,18 @@ class MemoryEmitter:
         if self._task is not None:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._task, timeout=5)
+
+
+async def owner_status(dispatch: RedisDispatch, *, enabled: bool = True) -> dict[str, Any]:
+    """The memory owner's published status: up, down (Qdrant failing: events buffered, then
+    dropped), "no owner" (nothing consumes the events), "unknown" (Redis unreachable) or "off"
+    (this process emits no events)."""
+    if not enabled:
+        return {"state": "off"}
+    try:
+        raw = await dispatch.memory_owner_status()
+    except DispatchUnavailable:
+        return {"state": "unknown"}
+    if not raw:
+        return {"state": "no owner"}
+    return {k: (int(v) if v.isdigit() else v) for k, v in raw.items()}

@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from core.contract import runfolder
 from core.supervisor.supervisor import Supervisor
 from core.worker.faults import FaultSpec
 
@@ -137,7 +138,7 @@ def control_app(sup: Supervisor) -> Starlette:
 
 
 def state_file(data_dir: Path, name: str) -> Path:
-    return data_dir / f"supervisor-{name}.json"
+    return runfolder.supervisor_state(data_dir, name)
 
 
 def control_request(

@@ -20,9 +20,11 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
-from core.errors import DispatchUnavailable, StoreUnavailable
+from core.errors import StoreUnavailable
+from core.memory.events import owner_status
 from core.memory.port import WORKER_NS
 from core.service.jobs import JobService
+from core.store.queries import q
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -47,11 +49,8 @@ def save_roster(service: JobService, name: str, entries: list[RosterEntry]) -> N
 
 
 async def _from_memory(service: JobService, name: str) -> list[RosterEntry] | None:
-    try:
-        status = await service.dispatch.client.hgetall(service.dispatch.keys.memory_owner)
-    except Exception:  # Redis unreachable: no owner to ask
-        return None
-    url = str(status.get("url") or "") if status else ""
+    status = await owner_status(service.dispatch)  # Redis unreachable: no owner to ask
+    url = str(status.get("url") or "")
     if not url:
         return None
     path = f"/memory/{WORKER_NS}/{urllib.parse.quote(roster_key(name))}"
@@ -71,9 +70,7 @@ _ID_RE = re.compile(r"^(?P<name>.+)-(?P<slot>\d{3})-g(?P<gen>\d+)$")
 
 
 async def _from_postgres(service: JobService, name: str) -> list[RosterEntry]:
-    rows = await service.pool.fetch(
-        "SELECT id, pid, hostname FROM workers WHERE metadata->>'supervisor' = $1"
-        " AND status IN ('ACTIVE', 'DRAINING', 'STALE')", name)
+    rows = await service.pool.fetch(q("supervisor_workers"), name)
     out = []
     for row in rows:
         m = _ID_RE.match(row["id"])
@@ -100,9 +97,4 @@ def here(entry: RosterEntry) -> bool:
     return entry.hostname == socket.gethostname()
 
 
-def describe(entries: list[RosterEntry]) -> list[dict[str, Any]]:
-    return [e.__dict__ for e in entries]
-
-
-__all__ = ["DispatchUnavailable", "RosterEntry", "describe", "here", "load_roster",
-           "save_roster"]
+__all__ = ["RosterEntry", "here", "load_roster", "save_roster"]

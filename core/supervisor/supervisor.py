@@ -20,12 +20,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import multiprocessing
-import multiprocessing.process
 import os
 import signal
 import socket
-import sys
 import time
 from collections import Counter, deque
 from collections.abc import Mapping
@@ -38,8 +35,10 @@ from core.infra.embedded import pid_alive
 from core.service.jobs import JobService
 from core.service.reconciler import Reconciler
 from core.settings import Settings, to_env
+from core.supervisor.processes import SPAWN_MODES, Child, start_worker
 from core.supervisor.roster import RosterEntry, here, load_roster, save_roster
 from core.worker.faults import FaultSpec, write_fault
+from core.worker.process import WorkerOptions
 
 log = logging.getLogger("jobharness.supervisor")
 
@@ -66,67 +65,14 @@ class SupervisorOptions:
     worker_nice: int = 0
 
     def __post_init__(self) -> None:
-        if self.spawn not in ("forkserver", "exec"):
-            raise ValueError("spawn must be 'forkserver' or 'exec'")
+        if self.spawn not in SPAWN_MODES:
+            raise ValueError(f"spawn must be one of {', '.join(SPAWN_MODES)}")
         if not 1 <= self.workers <= 1000:
             raise ValueError("workers must be between 1 and 1000")
         if self.max_replacements < 1 or self.replacement_window_s <= 0:
             raise ValueError("replacement limits must be positive")
         if not 0 <= self.worker_nice <= 19:
             raise ValueError(f"worker_nice must be between 0 and 19, got {self.worker_nice}")
-
-
-class ForkedProcess:
-    """A worker forked by the multiprocessing fork server, with the small part of the
-    asyncio.subprocess.Process interface the supervisor uses."""
-
-    def __init__(self, proc: multiprocessing.process.BaseProcess) -> None:
-        self._proc = proc
-        self.pid = int(proc.pid or 0)
-
-    @property
-    def returncode(self) -> int | None:
-        return self._proc.exitcode  # negative: killed by that signal, as asyncio reports
-
-    def send_signal(self, sig: int) -> None:
-        if self.returncode is None:
-            os.kill(self.pid, sig)
-
-    def kill(self) -> None:
-        self.send_signal(signal.SIGKILL)
-
-    async def wait(self) -> int:
-        """Wait for the exit without polling: the process's sentinel becomes readable."""
-        if self.returncode is None:
-            loop = asyncio.get_running_loop()
-            exited: asyncio.Future[None] = loop.create_future()
-            fd = self._proc.sentinel
-
-            def readable() -> None:
-                if not exited.done():
-                    exited.set_result(None)
-
-            loop.add_reader(fd, readable)
-            try:
-                await exited
-            finally:
-                loop.remove_reader(fd)
-            self._proc.join()
-        return int(self._proc.exitcode or 0)
-
-
-Child = asyncio.subprocess.Process | ForkedProcess
-_FORKSERVER: Any = None
-
-
-def _forkserver() -> Any:
-    """One fork server per supervisor process, with the worker's modules pre-imported."""
-    global _FORKSERVER
-    if _FORKSERVER is None:
-        ctx = multiprocessing.get_context("forkserver")
-        ctx.set_forkserver_preload(["core.worker.process", "uvloop", "psutil"])
-        _FORKSERVER = ctx
-    return _FORKSERVER
 
 
 @dataclass
@@ -177,41 +123,17 @@ class Supervisor:
     async def _spawn(self, index: int, generation: int) -> Slot:
         wid = self.worker_id(index, generation)
         self._log_dir.mkdir(parents=True, exist_ok=True)
-        log_path = self._log_dir / f"{wid}.log"
         env = {**os.environ, **to_env(self.settings)}
-        proc: Child
-        if self.opts.spawn == "forkserver":
-            from core.worker.process import WorkerOptions, forked_worker_main
-
-            opts = WorkerOptions(worker_id=wid, capabilities=self.opts.capabilities,
-                                 concurrency=self.opts.concurrency,
-                                 handlers=dict(self.opts.handlers),
-                                 drain_timeout_s=self.opts.drain_timeout_s,
-                                 supervisor=self.opts.name, nice=self.opts.worker_nice)
-            child = _forkserver().Process(target=forked_worker_main, name=wid,
-                                          args=(env, opts, str(log_path)), daemon=False)
-            await asyncio.to_thread(child.start)
-            proc = ForkedProcess(child)
-        else:
-            proc = await self._exec(wid, env, log_path)
+        o = self.opts
+        spec = WorkerOptions(worker_id=wid, capabilities=o.capabilities,
+                             concurrency=o.concurrency, handlers=dict(o.handlers),
+                             drain_timeout_s=o.drain_timeout_s, supervisor=o.name,
+                             nice=o.worker_nice)
+        proc = await start_worker(spec, env, self._log_dir / f"{wid}.log", how=o.spawn)
         slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
                     spawned_at=time.monotonic())
         self.slots[index] = slot
         return slot
-
-    async def _exec(self, wid: str, env: dict[str, str], log_path: Path
-                    ) -> asyncio.subprocess.Process:
-        cmd = [sys.executable, "-m", "core.cli", "worker", "--id", wid,
-               "--concurrency", str(self.opts.concurrency),
-               "--drain-timeout-s", str(self.opts.drain_timeout_s),
-               "--supervisor", self.opts.name, "--nice", str(self.opts.worker_nice)]
-        if self.opts.capabilities:
-            cmd += ["--capabilities", ",".join(self.opts.capabilities)]
-        for job_type, path in self.opts.handlers.items():
-            cmd += ["--handler", f"{job_type}={path}"]
-        with open(log_path, "ab") as out:  # noqa: ASYNC230 (instant)
-            return await asyncio.create_subprocess_exec(
-                *cmd, stdout=out, stderr=out, stdin=asyncio.subprocess.DEVNULL, env=env)
 
     async def start(self) -> None:
         """Read the last roster (a restart), start the next generation in every slot, and

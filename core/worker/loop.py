@@ -234,8 +234,3 @@ def _jsonable(value: Any) -> Any:
     except (TypeError, ValueError):
         return {"repr": repr(value)[:MAX_ERROR_CHARS]}
     return value
-
-
-async def run_workers(workers: Sequence[Worker], stop: asyncio.Event) -> None:
-    """Run several workers in this event loop until `stop` is set."""
-    await asyncio.gather(*(w.run(stop) for w in workers))

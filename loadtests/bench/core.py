@@ -13,18 +13,17 @@ import sys
 import tempfile
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from hdrh.histogram import HdrHistogram
 
+from core.contract import runfolder
 from core.jobs.model import JobSpec, Lease
 from core.service.jobs import JobService
 from core.service.runtime import open_runtime
 from core.settings import Settings, to_env
-from core.store import migrate
-from core.store.pools import connect_admin
+from loadtests.scratch import scratch_schema
 
 Progress = Callable[[str, int, int], None]
 
@@ -186,21 +185,6 @@ async def _phases(settings: Settings, *, ops: int, concurrency: int, seed: int, 
     return results, completed
 
 
-@contextlib.asynccontextmanager
-async def _scratch(settings: Settings) -> AsyncIterator[Settings]:
-    tag = f"bench_{os.getpid()}"
-    settings = replace(settings, schema=tag, prefix=tag)
-    conn = await connect_admin(settings)
-    try:
-        await migrate.migrate(conn, tag)
-        yield settings
-    finally:
-        await migrate.rollback(conn, tag)
-        await conn.close()
-        async with open_runtime(settings, migrate_first=False, memory=False) as rt:
-            await rt.dispatch.flush_prefix()
-
-
 async def bench_core(
     settings: Settings, *, ops: int, concurrency: int, seed: int = 1,
     progress: Progress | None = None, memory: str = "off", rate: float | None = None,
@@ -209,7 +193,7 @@ async def bench_core(
     open-loop at that many operations per second offered (`concurrency` then sizes the
     connection pools); with memory="compare", alternate rounds with state memory off and on
     (an owner process consuming the events) and report the p99 ratio."""
-    async with _scratch(settings) as scratch:
+    async with scratch_schema(settings, f"bench_{os.getpid()}") as scratch:
         if memory not in ("compare", "compare-emit"):
             results, completed = await _phases(scratch, ops=ops, concurrency=concurrency,
                                                seed=seed, memory=memory == "on",
@@ -245,7 +229,7 @@ async def bench_batch(
     batches = [[JobSpec(job_type="noop", priority=1 + i % 5, payload={"i": i})
                 for i in range(start, min(start + batch_size, jobs))]
                for start in range(0, jobs, batch_size)]
-    async with _scratch(settings) as scratch, open_runtime(
+    async with scratch_schema(settings, f"bench_{os.getpid()}") as scratch, open_runtime(
             scratch, pool_size=concurrency + 2, redis_connections=concurrency + 2,
             memory=False) as rt:
         await _warm_up(rt.service, concurrency)
@@ -309,7 +293,7 @@ async def _owner_process(settings: Settings, *, start: bool) -> AsyncIterator[No
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "core.cli", "state", "serve", env=env,
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-        state = Path(tmp) / "memory-owner.json"
+        state = Path(tmp) / runfolder.MEMORY_OWNER_STATE
         deadline = time.monotonic() + 60
         while not state.exists():  # the owner writes this file once it serves
             if proc.returncode is not None or time.monotonic() > deadline:

@@ -147,8 +147,10 @@ async def measure_limits(settings: Settings, *, ops: int, concurrency: int) -> d
 
 
 async def bench_limits(settings: Settings, *, ops: int, concurrency: int) -> dict[str, Any]:
-    from loadtests.bench.core import _scratch
+    import os
 
-    async with _scratch(settings) as scratch:
+    from loadtests.scratch import scratch_schema
+
+    async with scratch_schema(settings, f"bench_{os.getpid()}") as scratch:
         limits = await measure_limits(scratch, ops=ops, concurrency=concurrency)
     return {"benchmark": "limits", "ops": ops, "concurrency": concurrency, **limits}

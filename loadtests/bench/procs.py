@@ -21,28 +21,16 @@ import psutil
 from core.infra.embedded import free_port
 from core.service.runtime import Runtime, open_runtime
 from core.settings import Settings, to_env
-from core.store import migrate
-from core.store.pools import connect_admin
+from loadtests.scratch import scratch_schema
 
 Progress = Callable[[str, int, int], None]
 
 
 @contextlib.asynccontextmanager
 async def scratch_runtime(settings: Settings, tag: str) -> AsyncIterator[Runtime]:
-    settings = replace(settings, schema=tag, prefix=tag)
-    try:
-        async with open_runtime(settings, pool_size=6, redis_connections=6) as rt:
-            await rt.dispatch.flush_prefix()
-            try:
-                yield rt
-            finally:
-                await rt.dispatch.flush_prefix()
-    finally:
-        conn = await connect_admin(settings)
-        try:
-            await migrate.rollback(conn, tag)
-        finally:
-            await conn.close()
+    async with scratch_schema(settings, tag) as scratch, open_runtime(
+            scratch, pool_size=6, redis_connections=6, migrate_first=False) as rt:
+        yield rt
 
 
 async def _active(rt: Runtime, ids: list[str]) -> int:

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from core.cli.procs import _predictor
+from core.cli.procs import load_predictor
 from core.service.jobs import JobService
 from core.settings import Settings
 from core.supervisor.control import control_app
@@ -136,19 +136,19 @@ def test_an_unusable_model_leaves_the_supervisor_reactive(
     bad.write_bytes(b"\x00" * 64)
     args = argparse.Namespace(model=str(bad), threshold=None, k=None, holdout=0.1,
                               verdict_log=None)
-    assert _predictor(args, settings) is None
+    assert load_predictor(args, settings) is None
     assert "predictor refused, running reactive-only" in caplog.text
     assert "not a readable skops file" in caplog.text
     # a model trained on 1 s samples, in a fleet heartbeating every 30 s: refused
     loaded = load(tiny_model)
     save(loaded.pipeline, {**loaded.meta, "sampling_interval_s": 1.0}, tiny_model)
     args.model = str(tiny_model)
-    assert _predictor(args, Settings()) is None
+    assert load_predictor(args, Settings()) is None
     assert "trained on health samples every 1 s; this fleet heartbeats every 30 s" \
         in caplog.text
-    assert _predictor(args, settings) is not None
+    assert load_predictor(args, settings) is not None
     args.model = "off"
-    assert _predictor(args, settings) is None
+    assert load_predictor(args, settings) is None
 
 
 @pytest.mark.parametrize(("mode", "reason"), [

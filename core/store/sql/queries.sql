@@ -432,3 +432,9 @@ SELECT r.id, r.job_type, r.tenant, r.priority, r.required_capability,
        AND coalesce((SELECT t.n + r.tenant_rank <= t.max_running FROM running t
                      WHERE t.scope = 'tenant' AND t.name = r.tenant), true) AS admitted
 FROM ranked r ORDER BY r.ord;
+
+-- name: supervisor_workers
+-- The workers a supervisor registered that may still run (its roster, read back from
+-- PostgreSQL when no memory owner has it).
+SELECT id, pid, hostname FROM workers
+WHERE metadata->>'supervisor' = $1 AND status IN ('ACTIVE', 'DRAINING', 'STALE');

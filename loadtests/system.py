@@ -1,0 +1,168 @@
+"""The system under test of a local run, and its child processes: the fault proxy in front of
+both stores (when a drill runs), the job API, the supervisor with its workers, and the
+state-memory owner (when a drill takes it away). Each child writes its log into the run
+folder; `stop` ends them all, newest first.
+
+Against a target (staging) nothing is started: the target's API is driven and its stores
+observed, and faults go to the target's toxiproxy and supervisor control surface."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import httpx
+
+from chaos.actions import Endpoints
+from core.contract import runfolder
+from core.contract.observe import ACTIVE_WORKERS
+from core.errors import JobHarnessError, StoreUnavailable
+from core.infra.embedded import EmbeddedServices, free_port
+from core.service.runtime import embedded_services
+from core.settings import Settings, to_env
+from loadtests.procs import Child
+from loadtests.scenario import Scenario
+
+READY_TIMEOUT_S = 120.0
+
+
+def embedded_of(settings: Settings) -> EmbeddedServices | None:
+    """The embedded servers, when both stores of these settings are theirs (a drill may then
+    restart them)."""
+    services = embedded_services(settings)
+    if settings.pg_dsn == services.pg_url() and settings.redis_url == services.redis_url():
+        return services
+    return None
+
+
+class SystemUnderTest:
+    """The processes a local run starts, and where faults are applied to them."""
+
+    def __init__(self, settings: Settings, scenario: Scenario, run_dir: Path, *,
+                 targeted: bool, services: EmbeddedServices | None,
+                 extra_supervisor_args: list[str] | None = None) -> None:
+        self.settings = settings  # what the harness itself uses (direct to the stores)
+        self.child_settings = settings  # what the children use (through the proxy, if any)
+        self.scenario = scenario
+        self.dir = run_dir
+        self.targeted = targeted
+        self.children: list[Child] = []
+        self.endpoints = Endpoints(proxy_api=settings.toxiproxy_url,
+                                   control_url=settings.control_url,
+                                   services=None if targeted else services)
+        self.extra_supervisor_args = extra_supervisor_args or []
+
+    @property
+    def logs(self) -> Path:
+        return self.dir / runfolder.LOGS
+
+    async def start(self, *, with_proxy: bool, with_memory_owner: bool) -> str:
+        """Start what the run needs; return the API URL to drive."""
+        if self.targeted:
+            if not self.settings.api_url:
+                raise JobHarnessError("the target names no api_url to drive")
+            return self.settings.api_url
+        if with_proxy:
+            await self._start_proxy()
+        env = to_env(self.child_settings)
+        port = free_port()
+        api = await Child.start("api", ["core.cli", "api", "--port", str(port),
+                                        "--pool-size", "10"], env=env,
+                                log=self.logs / "api.log")
+        self.children.append(api)
+        s = self.scenario
+        self.children.append(await Child.start(
+            "supervisor", ["core.cli", "supervisor", "--workers", str(s.workers),
+                           "--concurrency", str(s.worker_concurrency), "--name", "run",
+                           "--worker-nice", str(s.worker_nice),
+                           "--max-replacements", str(max(20, s.workers // 2)),
+                           *self.extra_supervisor_args],
+            env=env, log=self.logs / "supervisor.log"))
+        self.endpoints.pids = {"api": api.proc.pid}
+        if with_memory_owner:
+            owner = await Child.start("memory-owner", ["loadtests.cli", "state", "serve",
+                                                        "--nice", "0"],
+                                      env=env, log=self.logs / "memory-owner.log")
+            self.children.append(owner)
+            self.endpoints.pids["memory-owner"] = owner.proc.pid
+        return f"http://127.0.0.1:{port}"
+
+    async def _start_proxy(self) -> None:
+        """Every child reaches PostgreSQL and Redis through the fault proxy."""
+        port = free_port()
+        self.children.append(await Child.start(
+            "proxy", ["loadtests.cli", "chaos", "proxy", "--port", str(port)], env={},
+            log=self.logs / "proxy.log"))
+        api = f"http://127.0.0.1:{port}"
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    await http.get(f"{api}/version")
+                    break
+                if time.monotonic() > deadline:
+                    raise JobHarnessError("the fault proxy did not start")
+                await asyncio.sleep(0.05)  # polled: a process we cannot be told by
+            pg = urlsplit(self.settings.pg_dsn or "")
+            rd = urlsplit(self.settings.redis_url or "")
+            listen = {}
+            for name, upstream in (("postgres", f"{pg.hostname}:{pg.port}"),
+                                   ("redis", f"{rd.hostname}:{rd.port}")):
+                r = await http.post(f"{api}/proxies", json={
+                    "name": name, "listen": "127.0.0.1:0", "upstream": upstream})
+                listen[name] = r.json()["listen"]
+        self.child_settings = replace(
+            self.settings,
+            pg_dsn=urlunsplit(pg._replace(netloc=pg.netloc.replace(
+                f"{pg.hostname}:{pg.port}", listen["postgres"]))),
+            redis_url=urlunsplit(rd._replace(netloc=rd.netloc.replace(
+                f"{rd.hostname}:{rd.port}", listen["redis"]))))
+        self.endpoints.proxy_api = api
+
+    async def wait_ready(self, api_url: str, pool: Any,
+                         on_workers: Any = None) -> None:
+        """Until the API answers /health and every worker is ACTIVE (and the supervisor's
+        control surface is known); a child that exits meanwhile fails the run."""
+        deadline = time.monotonic() + READY_TIMEOUT_S
+        async with httpx.AsyncClient() as http:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"{api_url}/health")).status_code == 200:
+                        break
+                self.check_children()
+                if time.monotonic() > deadline:
+                    raise JobHarnessError(f"the API did not become ready in "
+                                          f"{READY_TIMEOUT_S:.0f} s")
+                await asyncio.sleep(0.1)  # polled: another process's readiness
+        if self.targeted:
+            return
+        control = runfolder.supervisor_state(self.dir / runfolder.STATE, "run")
+        while True:
+            try:
+                n = int(await pool.fetchval(ACTIVE_WORKERS))
+            except StoreUnavailable:
+                n = 0
+            if on_workers is not None:
+                on_workers(n)
+            if n >= self.scenario.workers and control.exists():
+                self.endpoints.control_url = json.loads(control.read_text())["control_url"]
+                return
+            self.check_children()
+            if time.monotonic() > deadline:
+                raise JobHarnessError(f"only {n} of {self.scenario.workers} workers came up")
+            await asyncio.sleep(0.2)  # polled: workers register in another process
+
+    def check_children(self) -> None:
+        for child in self.children:
+            if not child.running and child.name in ("api", "supervisor"):
+                raise JobHarnessError(f"the {child.name} process exited (see {self.logs})")
+
+    async def stop(self, timeout_s: float) -> None:
+        for child in reversed(self.children):
+            await child.stop(timeout_s=timeout_s)
