@@ -5,14 +5,14 @@ FROM python:3.11.10-slim-bookworm
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
     JOBHARNESS_DATA_DIR=/data
 WORKDIR /app
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md constraints.txt ./
 COPY core ./core
 COPY migrations ./migrations
 COPY loadtests ./loadtests
 COPY chaos ./chaos
 COPY predictor ./predictor
 COPY reports ./reports
-RUN pip install . && useradd --uid 10001 --create-home jobharness \
+RUN pip install -c constraints.txt . && useradd --uid 10001 --create-home jobharness \
     && mkdir -p /data && chown jobharness /data
 USER jobharness
 ENTRYPOINT ["jobharness"]

@@ -47,7 +47,7 @@ def bootstrap_diff(base: np.ndarray, cand: np.ndarray, pct: float, *, n: int = 2
     return float(lo), float(hi)
 
 
-def _latency_row(name: str, base: np.ndarray, cand: np.ndarray, pct: float,
+def latency_row(name: str, base: np.ndarray, cand: np.ndarray, pct: float,
                  min_change: float) -> dict[str, Any]:
     import pandas as pd
 
@@ -99,7 +99,7 @@ def compare(base_dir: Path, cand_dir: Path, out: Path, *, min_change: float = 0.
     for name, values in (("create", (_creates(base), _creates(cand))),
                          ("end_to_end", (_e2e(base), _e2e(cand)))):
         for pct in (50, 99):
-            rows.append(_latency_row(f"{name}_p{pct}_ms", *values, pct, min_change))
+            rows.append(latency_row(f"{name}_p{pct}_ms", *values, pct, min_change))
     rows.append(_error_row(base, cand, min_change))
     rows += _execution_rows(base, cand, min_change)
     tb = base.verdict.get("figures", {}).get("throughput_jobs_s")

@@ -1,70 +1,41 @@
-"""JobService: the job lifecycle over PostgreSQL (truth) and Redis (dispatch index).
-
-Every state change is one PostgreSQL transaction guarded by the job's status and, for leased
-jobs, its fencing token (invariant 3). Redis effects are applied after the commit and are
-best effort: when Redis fails, the reconciler repairs the index later (invariant 2) and
-acquisition falls back to `get_runnable_jobs ... FOR UPDATE SKIP LOCKED` (invariant 4).
+"""JobService: the job lifecycle over PostgreSQL (truth) and Redis (dispatch index): create,
+lease (core/service/leasing.py), complete, fail with retry or dead-letter, release, extend,
+cancel, expire, requeue. Reads and the worker registry are its other parts (reads.py,
+registry.py); what they share is core/service/base.py.
 """
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import random
 import uuid
-from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from core.dispatch.index import EnqueueItem, RedisDispatch
+from core.dispatch.index import RedisDispatch
 from core.errors import (
     DispatchUnavailable,
     InvalidTransition,
     JobNotFound,
     StaleLease,
 )
-from core.jobs.model import ExecutionStatus, JobSpec, JobStatus, Lease, SpecLimits, parse_job_id
+from core.jobs.model import ExecutionStatus, JobSpec, JobStatus, SpecLimits, parse_job_id
 from core.jobs.planning import CreateResult, Plan, is_simple, merge_simple, plan_batch
 from core.memory.events import MemoryEmitter
+from core.service.base import Effects
 from core.service.coalesce import Coalescer
+from core.service.leasing import Leasing
 from core.service.reads import JobReads
 from core.service.registry import WorkerRegistry
 from core.settings import Settings
 from core.store.inserts import insert_plan
-from core.store.outage import Outage
-from core.store.pools import StorePool
 from core.store.queries import Conn, q, store_errors
 
 __all__ = ["CreateResult", "Effects", "FailOutcome", "JobService"]
 
-# a job Redis admitted but PostgreSQL's count refused waits this long before its next try
-REFUSED_DELAY_MS = 200
-
-
-@dataclass
-class Effects:
-    """Redis changes to apply once the PostgreSQL transaction has committed."""
-
-    forget: list[str] = field(default_factory=list)
-    dead: list[str] = field(default_factory=list)
-    undead: list[str] = field(default_factory=list)
-    enqueue: list[EnqueueItem] = field(default_factory=list)
-    reprioritize: list[tuple[str, int]] = field(default_factory=list)
-
-    def add_raised(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
-        """Jobs whose dispatch priority changed (priority inheritance)."""
-        self.reprioritize += [(str(r["id"]), int(r["priority"])) for r in rows]
-
-    def add_ready(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
-        self.enqueue += [
-            EnqueueItem(job_id=str(r["id"]), priority=r["priority"],
-                        capability=r["required_capability"], delay_ms=int(r["delay_ms"]),
-                        job_type=r["job_type"], tenant=r["tenant"])
-            for r in rows
-        ]
 
 
 @dataclass(frozen=True)
@@ -81,12 +52,11 @@ class FailOutcome:
     cancelled_dependents: int = 0
 
 
-class JobService(JobReads, WorkerRegistry):
+class JobService(Leasing, JobReads, WorkerRegistry):
     """The job operations. One instance per process; safe for concurrent use."""
 
     create_flushes = 3  # concurrent INSERTs of merged single creates
     complete_flushes = 2  # concurrent statements of merged completions
-    acquire_flushes = 2  # concurrent pops + lease statements of merged acquires
 
     def __init__(
         self,
@@ -97,74 +67,17 @@ class JobService(JobReads, WorkerRegistry):
         rng: random.Random | None = None,
         memory: MemoryEmitter | None = None,
     ) -> None:
-        self.pool = pool
-        self.dispatch = dispatch
-        self.settings = settings
-        self.memory = memory  # write-behind state memory; None: off
+        super().__init__(pool, dispatch, settings, rng=rng, memory=memory)
         self.spec_limits = SpecLimits(known_job_types=settings.job_types,
                                       max_payload_bytes=settings.max_payload_bytes)
-        self.rng = rng or random.Random()
-        self.stats: Counter[str] = Counter()
-        self._fallback_poll_s = 0.2
         # single creates without dependencies or idempotency keys arriving together share one
         # INSERT and one Redis call
         self._creates: Coalescer[Plan, CreateResult] = Coalescer(
             self._create_merged, max_batch=1000, max_flushes=self.create_flushes)
-        # acquires with the same capabilities and lease share one pop and lease statement
-        self._acquirers: dict[tuple[tuple[str, ...], float],
-                              Coalescer[str, Lease | None]] = {}
         # completions reported together (a worker's slots, a process's workers) share one
         # statement and one Redis call
         self._completions: Coalescer[_Completion, list[asyncpg.Record]] = Coalescer(
             self._complete_merged, max_batch=200, max_flushes=self.complete_flushes)
-        # PostgreSQL outages this process saw: counted here (the API's /metrics shows this
-        # process's counters) and cluster-wide in Redis (every process's, best effort)
-        self._background: set[asyncio.Task[None]] = set()
-        self.store_outage: Outage | None = pool.outage if isinstance(pool, StorePool) else None
-        if self.store_outage is not None:
-            self.store_outage.subscribe(self._on_store_outage)
-
-    def _on_store_outage(self, down: bool) -> None:
-        if not down:
-            return
-        self.stats["store_outages"] += 1
-        try:
-            task = asyncio.get_running_loop().create_task(self._count_outage())
-        except RuntimeError:  # no loop (a test calling in from outside): counted here only
-            return
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
-
-    async def _count_outage(self) -> None:
-        with contextlib.suppress(DispatchUnavailable):
-            await self.dispatch.count_event("store_outages")
-
-    async def check_store(self) -> None:
-        """Raise StoreUnavailable unless PostgreSQL answers now (one round trip)."""
-        await self.pool.fetchval("SELECT 1")
-
-    # -- transactions and Redis effects ----------------------------------------------------
-    @contextlib.asynccontextmanager
-    async def _tx(self) -> AsyncIterator[Conn]:
-        with store_errors():
-            async with self.pool.acquire() as conn, conn.transaction():
-                yield conn
-
-    async def _apply(self, fx: Effects) -> None:
-        try:
-            if fx.forget:
-                await self.dispatch.forget(fx.forget)
-            if fx.dead:
-                await self.dispatch.forget(fx.dead, dead=True)
-            if fx.undead:
-                await self.dispatch.forget_dead(fx.undead)
-            if fx.enqueue:
-                await self.dispatch.enqueue(fx.enqueue)
-            if fx.reprioritize:  # after enqueue: a new job raised by its batch moves too
-                await self.dispatch.reprioritize(fx.reprioritize)
-        except DispatchUnavailable:
-            # PostgreSQL already holds the truth; the reconciler re-indexes later.
-            self.stats["dispatch_deferred"] += 1
 
     # -- create -----------------------------------------------------------------------------
     async def create(self, spec: JobSpec) -> CreateResult:
@@ -190,7 +103,7 @@ class JobService(JobReads, WorkerRegistry):
         with store_errors():
             results = await insert_plan(self.pool, plan, fx.add_ready, fx.add_raised)
         self.stats["created"] += sum(r.created for r in results)
-        await self._apply(fx)
+        await self.apply_effects(fx)
         if self.memory is not None:
             for v, r in zip(plan.validated, results, strict=True):
                 if r.created:
@@ -199,187 +112,13 @@ class JobService(JobReads, WorkerRegistry):
                                                      "priority": v.spec.priority})
         return results
 
-    # -- acquire ----------------------------------------------------------------------------
-    async def acquire(
-        self, worker_id: str, capabilities: Iterable[str] = (), *, lease_s: float | None = None
-    ) -> Lease | None:
-        """Lease the best runnable job this worker may run, or return None. Callers asking
-        at the same moment with the same capabilities share one Redis pop and one lease
-        statement."""
-        lease_s = lease_s or self.settings.lease_s
-        caps = tuple(sorted(set(capabilities)))
-        group = self._acquirers.get((caps, lease_s))
-        if group is None:
-            async def flush(worker_ids: list[str]) -> list[Lease | None]:
-                return await self._lease_batch(worker_ids, list(caps), lease_s)
-
-            group = self._acquirers[(caps, lease_s)] = Coalescer(
-                flush, max_batch=100, max_flushes=self.acquire_flushes)
-        return await group.submit(worker_id)
-
-    async def acquire_many(
-        self, worker_id: str, n: int, capabilities: Iterable[str] = (), *,
-        lease_s: float | None = None,
-    ) -> list[Lease]:
-        """Lease up to `n` jobs for one worker in one round trip to each store (a worker
-        filling its free slots); fewer, or none, when no more may run now."""
-        leases = await self._lease_batch([worker_id] * n, sorted(set(capabilities)),
-                                         lease_s or self.settings.lease_s)
-        return [lease for lease in leases if lease is not None]
-
-    async def _lease_batch(
-        self, worker_ids: list[str], caps: list[str], lease_s: float
-    ) -> list[Lease | None]:
-        if self.store_outage is not None and self.store_outage.down:
-            # Jobs popped from Redis while PostgreSQL cannot lease them would wait in the
-            # processing set until their Redis lease ran out: ask PostgreSQL first.
-            await self.check_store()
-        if self.dispatch.available:
-            try:
-                return await self._acquire_redis(worker_ids, caps, lease_s)
-            except DispatchUnavailable:
-                self.stats["redis_acquire_failed"] += 1
-        leases: list[Lease | None] = [None] * len(worker_ids)
-        if not self.settings.pg_fallback:
-            return leases  # a deliberately broken core, for drills: Redis or nothing
-        with store_errors():  # asked once for the batch, not once per lease
-            limited = bool(await self.pool.fetchval(q("has_admission_limits")))
-        for i, worker_id in enumerate(worker_ids):
-            leases[i] = await self._acquire_postgres(worker_id, caps, lease_s, limited=limited)
-            if leases[i] is None:
-                break
-        return leases
-
-    async def _acquire_redis(
-        self, worker_ids: list[str], caps: list[str], lease_s: float
-    ) -> list[Lease | None]:
-        leases: list[Lease | None] = [None] * len(worker_ids)
-        wanting = list(range(len(worker_ids)))  # callers still without a lease
-        for _ in range(16):
-            res = await self.dispatch.acquire(caps, int(lease_s * 1000),
-                                              count=len(wanting))
-            self._next_due_in_ms = res.next_due_in_ms
-            if not res.job_ids:
-                break
-            takers = wanting[:len(res.job_ids)]
-            refused: set[str] = set()
-            if res.limited:
-                rows, refused = await self._lease_checked(
-                    res.job_ids, [worker_ids[i] for i in takers], res.limited, lease_s)
-            else:
-                with store_errors():
-                    rows = await self.pool.fetch(
-                        q("lease_jobs"), [uuid.UUID(j) for j in res.job_ids],
-                        [worker_ids[i] for i in takers], lease_s, "redis")
-            by_id = {str(r["id"]): r for r in rows}
-            self.stats["acquired_redis"] += len(rows)
-            missed = []
-            for i, job_id in zip(takers, res.job_ids, strict=True):
-                row = by_id.get(job_id)
-                if row is None:
-                    if job_id not in refused:
-                        await self._drop_stale_entry(job_id)
-                    missed.append(i)
-                else:
-                    leases[i] = self._lease(row, worker_ids[i], lease_s, "redis")
-            # callers beyond what Redis returned get nothing: nothing more may run now
-            wanting = missed
-            if not wanting:
-                break
-        return leases
-
-    async def _lease_checked(
-        self, job_ids: list[str], workers: list[str], limited: frozenset[str], lease_s: float
-    ) -> tuple[list[asyncpg.Record], set[str]]:
-        """Lease popped jobs, checking those under a max_running limit against PostgreSQL's
-        count too, under the lock the fallback's leases take. Redis cannot see a lease the
-        fallback took before the reconciler counted it (workers return from the fallback one
-        by one when Redis comes back); this check can. A refused job goes back to wait."""
-        ids = [uuid.UUID(j) for j in job_ids]
-        async with self._tx() as conn:
-            await conn.execute(q("lock_admission"))
-            checked = await conn.fetch(q("admit_limited"),
-                                       [ids[k] for k, j in enumerate(job_ids) if j in limited])
-            refused = {str(r["id"]) for r in checked if not r["admitted"]}
-            keep = [k for k, j in enumerate(job_ids) if j not in refused]
-            rows = await conn.fetch(q("lease_jobs"), [ids[k] for k in keep],
-                                    [workers[k] for k in keep], lease_s, "redis")
-        if refused:
-            self.stats["limit_refused_by_postgres"] += len(refused)
-            fx = Effects(forget=sorted(refused))
-            fx.add_ready({**dict(r), "delay_ms": REFUSED_DELAY_MS}
-                         for r in checked if not r["admitted"])
-            await self._apply(fx)
-        return rows, refused
-
-    async def _drop_stale_entry(self, job_id: str) -> None:
-        """A popped id whose job is not PENDING: keep the index honest, then look further."""
-        self.stats["stale_dispatch_entries"] += 1
-        with store_errors():
-            row = await self.pool.fetchrow(q("job_state"), uuid.UUID(job_id))
-        if row is not None and row["status"] == JobStatus.PROCESSING:
-            return  # the current holder's processing entry is the same member: leave it
-        await self._apply(Effects(forget=[job_id]))
-
-    async def _acquire_postgres(
-        self, worker_id: str, caps: list[str], lease_s: float, *, limited: bool | None = None
-    ) -> Lease | None:
-        """One lease through PostgreSQL alone; `limited`: whether limits exist (None: ask)."""
-        async with self._tx() as conn:
-            if limited is None:
-                limited = bool(await conn.fetchval(q("has_admission_limits")))
-            if limited:
-                # limits apply here too: one fallback lease at a time counts what runs
-                await conn.execute(q("lock_admission"))
-                row = await conn.fetchrow(q("lease_runnable_limited"), caps, worker_id, lease_s)
-            else:
-                row = await conn.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
-        if row is None:
-            return None
-        self.stats["acquired_postgres"] += 1
-        return self._lease(row, worker_id, lease_s, "postgres")
-
-    def _lease(self, row: asyncpg.Record, worker_id: str, lease_s: float, via: str) -> Lease:
-        if self.memory is not None:
-            self.memory.job_state(str(row["id"]), {
-                "status": "PROCESSING", "job_type": row["job_type"], "worker_id": worker_id,
-                "attempt": row["retry_count"] + 1, "lease_token": row["lease_token"]})
-        return Lease(
-            job_id=str(row["id"]),
-            token=row["lease_token"],
-            attempt=row["retry_count"] + 1,
-            job_type=row["job_type"],
-            payload=row["payload"],
-            priority=row["priority"],
-            timeout_s=row["timeout_s"],
-            lease_s=lease_s,
-            worker_id=worker_id,
-            via=via,
-        )
-
-    async def wait_for_work(self, max_wait_s: float) -> None:
-        """Block until work may be available: a wake-up from Redis, a delayed job falling due,
-        or, when Redis is unavailable, the PostgreSQL fallback poll interval."""
-        if not self.dispatch.available:
-            await asyncio.sleep(min(max_wait_s, self._fallback_poll_s))
-            return
-        due = getattr(self, "_next_due_in_ms", None)
-        timeout = max_wait_s if due is None else min(max_wait_s, due / 1000)
-        await self.dispatch.wait_for_work(timeout)
-
     # -- results ----------------------------------------------------------------------------
     async def _stale(self, conn: Conn, job_id: uuid.UUID, token: int) -> Exception:
         row = await conn.fetchrow(q("job_state"), job_id)
         if row is None:
             return JobNotFound(str(job_id))
-        await self._count_stale()
+        await self.count_stale()
         return StaleLease(str(job_id), token, row["status"])
-
-    async def _count_stale(self) -> None:
-        """A zombie's late report was refused: count it here and cluster-wide (best effort)."""
-        self.stats["stale_rejected"] += 1
-        with contextlib.suppress(DispatchUnavailable):
-            await self.dispatch.count_event("stale_rejected")
 
     async def complete(self, job_id: str, token: int, result: Any = None) -> None:
         """Record success; only the current lease's token is accepted. Completions arriving
@@ -390,7 +129,7 @@ class JobService(JobReads, WorkerRegistry):
         if not rows[0]["ok"]:
             if rows[0]["job_status"] is None:
                 raise JobNotFound(job_id)
-            await self._count_stale()
+            await self.count_stale()
             raise StaleLease(job_id, token, rows[0]["job_status"])
         self.stats["completed"] += 1
         if self.memory is not None:
@@ -423,7 +162,7 @@ class JobService(JobReads, WorkerRegistry):
                 fx.forget.append(str(c.job_id))
                 fx.add_ready({**dict(r), "id": r["released_id"]}
                              for r in rows_of if r["released_id"])
-        await self._apply(fx)
+        await self.apply_effects(fx)
         return per
 
     async def _locked(
@@ -435,7 +174,7 @@ class JobService(JobReads, WorkerRegistry):
         if token is not None and (
             row["status"] != JobStatus.PROCESSING or row["lease_token"] != token
         ):
-            await self._count_stale()
+            await self.count_stale()
             raise StaleLease(str(job_id), token, row["status"])
         return row
 
@@ -450,10 +189,10 @@ class JobService(JobReads, WorkerRegistry):
         """Record a failed attempt: retry with backoff, or dead-letter when retries are spent."""
         jid = parse_job_id(job_id)
         fx = Effects()
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             row = await self._locked(conn, jid, token)
             outcome = await self._fail_locked(conn, row, token, error, status, fx)
-        await self._apply(fx)
+        await self.apply_effects(fx)
         self._remember_failure(job_id, row, error, outcome)
         return outcome
 
@@ -528,13 +267,13 @@ class JobService(JobReads, WorkerRegistry):
         """Give a lease back without spending a retry (graceful drain)."""
         jid = parse_job_id(job_id)
         fx = Effects(forget=[job_id])
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             await self._locked(conn, jid, token)
             await conn.execute(q("close_execution"), token, ExecutionStatus.RELEASED.value, reason)
             released = await conn.fetchrow(q("release_job"), jid)
             assert released is not None  # the row is locked and PROCESSING
             fx.add_ready([{**dict(released), "id": jid}])
-        await self._apply(fx)
+        await self.apply_effects(fx)
 
     async def extend(self, job_id: str, token: int, *, lease_s: float | None = None) -> bool:
         """Extend a lease; returns True when the job's cancellation has been requested."""
@@ -555,7 +294,7 @@ class JobService(JobReads, WorkerRegistry):
         worker learns it at its next lease extension; PROCESSING is returned)."""
         jid = parse_job_id(job_id)
         fx = Effects()
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             row = await self._locked(conn, jid, None)
             status = JobStatus(row["status"])
             if status.terminal:
@@ -566,32 +305,32 @@ class JobService(JobReads, WorkerRegistry):
             else:
                 await self._cancel_locked(conn, jid, reason, fx)
                 status = JobStatus.CANCELLED
-        await self._apply(fx)
+        await self.apply_effects(fx)
         return status
 
     async def ack_cancel(self, job_id: str, token: int) -> None:
         """The worker stopped a job whose cancellation was requested."""
         jid = parse_job_id(job_id)
         fx = Effects()
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             row = await self._locked(conn, jid, token)
             await conn.execute(q("close_execution"), token, ExecutionStatus.CANCELLED.value,
                                "cancelled")
             await self._cancel_locked(conn, jid, row["cancel_reason"], fx)
-        await self._apply(fx)
+        await self.apply_effects(fx)
 
     # -- lease expiry and worker loss (used by the reconciler and the supervisor) -----------
     async def expire_lease(self, job_id: uuid.UUID, token: int, reason: str) -> bool:
         """Fail an attempt whose lease ran out; False if it was renewed or finished meanwhile."""
         fx = Effects()
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             row = await conn.fetchrow(q("lock_job"), job_id)
             if row is None or row["lease_token"] != token or not row["lease_expired"]:
                 return False
             outcome = await self._fail_locked(conn, row, token, reason,
                                               ExecutionStatus.LEASE_EXPIRED, fx)
         self.stats["leases_expired"] += 1
-        await self._apply(fx)
+        await self.apply_effects(fx)
         self._remember_failure(str(job_id), row, reason, outcome)
         return True
 
@@ -602,13 +341,13 @@ class JobService(JobReads, WorkerRegistry):
         n = 0
         for lease in leases:
             fx = Effects()
-            async with self._tx() as conn:
+            async with self.transaction() as conn:
                 row = await conn.fetchrow(q("lock_job"), lease["id"])
                 if row is None or row["lease_token"] != lease["lease_token"]:
                     continue
                 outcome = await self._fail_locked(conn, row, lease["lease_token"], reason,
                                                   ExecutionStatus.LEASE_EXPIRED, fx)
-            await self._apply(fx)
+            await self.apply_effects(fx)
             self._remember_failure(str(lease["id"]), row, reason, outcome)
             n += 1
         return n
@@ -618,7 +357,7 @@ class JobService(JobReads, WorkerRegistry):
         """Move a dead job back to PENDING with fresh retries."""
         jid = parse_job_id(job_id)
         fx = Effects(undead=[job_id])
-        async with self._tx() as conn:
+        async with self.transaction() as conn:
             rows = await conn.fetch(q("dlq_requeue"), jid)
             if not rows:
                 row = await conn.fetchrow(q("job_state"), jid)
@@ -627,4 +366,4 @@ class JobService(JobReads, WorkerRegistry):
                 raise InvalidTransition(job_id, row["status"], "requeue (not in the DLQ)")
             fx.add_ready(rows)
         self.stats["dlq_requeued"] += 1
-        await self._apply(fx)
+        await self.apply_effects(fx)

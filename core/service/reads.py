@@ -1,4 +1,5 @@
-"""Reads of jobs and the dead-letter queue's operations. A mixin of JobService."""
+"""Reads of jobs and the dead-letter queue's operations. A part of JobService
+(core/service/base.py has what the parts share)."""
 
 from __future__ import annotations
 
@@ -7,14 +8,11 @@ from typing import Any
 
 from core.errors import DispatchUnavailable, InvalidInput, JobNotFound
 from core.jobs.model import Job, JobStatus, check_text, parse_job_id
+from core.service.base import ServiceBase
 from core.store.queries import q, store_errors
 
 
-class JobReads:
-    pool: Any
-    dispatch: Any
-    settings: Any
-    stats: Any
+class JobReads(ServiceBase):
 
     # -- reads ------------------------------------------------------------------------------
     async def get(self, job_id: str) -> Job:

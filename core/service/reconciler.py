@@ -20,7 +20,8 @@ from typing import Any
 from core.dispatch.index import DispatchSnapshot, flow_of
 from core.errors import DispatchUnavailable, StoreUnavailable
 from core.jobs.model import JobStatus
-from core.service.jobs import Effects, JobService
+from core.service.base import Effects
+from core.service.jobs import JobService
 from core.service.limits import list_limits, mirror_of
 from core.store.queries import q
 
@@ -58,10 +59,10 @@ class Reconciler:
             if await svc.expire_lease(row["id"], row["lease_token"], reason):
                 report.leases_expired += 1
         fx = Effects()
-        async with svc._tx() as conn:
+        async with svc.transaction() as conn:
             fx.add_ready(ready := await conn.fetch(q("release_ready"), None))
         report.released_waiting = len(ready)
-        await svc._apply(fx)
+        await svc.apply_effects(fx)
         try:
             await self._sync_redis(report)
         except DispatchUnavailable:

@@ -1,5 +1,5 @@
 """The worker registry: registration, heartbeats to both stores with health samples, and
-deregistration. A mixin of JobService (it uses its pool, dispatch, settings and memory)."""
+deregistration. A part of JobService (core/service/base.py has what the parts share)."""
 
 from __future__ import annotations
 
@@ -8,14 +8,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from core.errors import DispatchUnavailable, InvalidInput, StoreUnavailable
+from core.service.base import ServiceBase
 from core.store.queries import q, store_errors
 
 
-class WorkerRegistry:
-    pool: Any
-    dispatch: Any
-    settings: Any
-    memory: Any
+class WorkerRegistry(ServiceBase):
 
     # -- workers ----------------------------------------------------------------------------
     async def register_worker(

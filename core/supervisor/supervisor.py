@@ -1,5 +1,8 @@
 """`jobharness supervisor`: spawns N worker processes, watches them, replaces the dead.
 
+Length: one class holds the watch loop and every way a worker is replaced (exited, stale,
+predicted, draining, abandoned), because they share one rate limit and one roster.
+
 A worker is dead when its process exits, or when its heartbeat is stale in *both* stores: the
 Redis key has expired (or Redis is unreachable) and its PostgreSQL `last_heartbeat_at` is older
 than the TTL (or PostgreSQL is unreachable). With both stores unreachable nothing is decided,
@@ -28,7 +31,7 @@ from collections import Counter, deque
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from core.errors import DispatchUnavailable, StoreUnavailable
 from core.infra.embedded import pid_alive
@@ -37,6 +40,7 @@ from core.service.reconciler import Reconciler
 from core.settings import Settings, to_env
 from core.supervisor.processes import SPAWN_MODES, Child, start_worker
 from core.supervisor.roster import RosterEntry, here, load_roster, save_roster
+from core.supervisor.scoring import Predictor
 from core.worker.faults import FaultSpec, write_fault
 from core.worker.process import WorkerOptions
 
@@ -84,16 +88,6 @@ class Slot:
     spawned_at: float
     paused: bool = False
     fault: str | None = None  # a gradual fault injected by a drill
-
-
-class Predictor(Protocol):
-    """What the supervisor needs of a predictor (predictor.serve.LivePredictor)."""
-
-    async def refresh(self, pool: Any, worker_ids: list[str]) -> float: ...
-    def score(self, now: float) -> list[Any]: ...
-    def note_action(self, now: float, wid: str, action: str) -> None: ...
-    def forget(self, wid: str) -> None: ...
-    def close(self) -> None: ...
 
 
 class Supervisor:

@@ -4,6 +4,8 @@ left behind."""
 
 from __future__ import annotations
 
+import os
+
 import asyncpg
 import pytest
 
@@ -28,8 +30,8 @@ async def test_limits_run_every_step_of_a_job_and_clean_up(server_settings: Sett
     assert result["redis_acquire"]["ops_s"] > 0
     conn = await asyncpg.connect(server_settings.pg_dsn)
     try:
-        left = await conn.fetchval(
-            "SELECT count(*) FROM pg_namespace WHERE nspname LIKE 'bench\\_%'")
+        left = await conn.fetchval(  # this process's scratch schema (others may run)
+            "SELECT count(*) FROM pg_namespace WHERE nspname = $1", f"bench_{os.getpid()}")
     finally:
         await conn.close()
     assert left == 0

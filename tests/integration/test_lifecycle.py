@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 import uuid
 from typing import Any
 
@@ -271,16 +272,26 @@ async def test_concurrent_workers_run_each_job_once(service: JobService) -> None
 async def test_priority_order_and_fifo(service: JobService) -> None:
     rng = random.Random(5)
     prios = [rng.randint(1, 5) for _ in range(40)]
-    created = [await service.create(JobSpec(job_type="noop", priority=p)) for p in prios]
+    created, spans = [], []
+    for p in prios:
+        t0 = time.monotonic()
+        created.append(await service.create(JobSpec(job_type="noop", priority=p)))
+        spans.append((t0, time.monotonic()))
     order = []
     while (lease := await service.acquire("w1")) is not None:
         order.append(lease)
     assert [lease.priority for lease in order] == sorted(prios, reverse=True)
-    ids_by_prio: dict[int, list[str]] = {}
-    for c, p in zip(created, prios, strict=True):
-        ids_by_prio.setdefault(p, []).append(c.job_id)
-    for p, ids in ids_by_prio.items():
-        assert [lease.job_id for lease in order if lease.priority == p] == ids
+    # FIFO within a priority, at the dispatch index's clock resolution (1 ms; two jobs queued
+    # in the same millisecond tie and come in id order): a job whose create returned more
+    # than 2 ms before another's began must be leased first.
+    position = {lease.job_id: i for i, lease in enumerate(order)}
+    judged = 0
+    for i, (a, pa) in enumerate(zip(created, prios, strict=True)):
+        for j in range(i + 1, len(created)):
+            if prios[j] == pa and spans[i][1] + 0.002 < spans[j][0]:
+                judged += 1
+                assert position[a.job_id] < position[created[j].job_id]
+    assert judged > 0
 
 
 async def test_capability_matching(service: JobService) -> None:

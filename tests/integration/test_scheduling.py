@@ -146,8 +146,8 @@ async def test_a_rate_limit_spaces_starts_and_wakes_the_worker_when_due(
     assert got == 2  # the burst
     (state,) = await limits.limit_states(service.pool, service.dispatch)
     assert 0 <= state["tokens"] < 1  # spent, refilling at 20/s
-    assert service._next_due_in_ms is not None
-    assert 0 < service._next_due_in_ms <= 50
+    assert service.next_due_in_ms is not None
+    assert 0 < service.next_due_in_ms <= 50
     starts = [time.monotonic() - t0] * 2
     while got < 10:
         await service.wait_for_work(2.0)  # returns when the next token is due

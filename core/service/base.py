@@ -1,0 +1,127 @@
+"""What every part of the job service shares: its stores and settings (typed), the
+transaction every state change runs in, the Redis effects applied once it has committed, and
+the bookkeeping of store outages and refused (stale) reports.
+
+Every state change is one PostgreSQL transaction guarded by the job's status and, for leased
+jobs, its fencing token (invariant 3). Redis effects are applied after the commit and are best
+effort: when Redis fails, the reconciler repairs the index later (invariant 2).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import random
+from collections import Counter
+from collections.abc import AsyncIterator, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import asyncpg
+
+from core.dispatch.index import EnqueueItem, RedisDispatch
+from core.errors import DispatchUnavailable
+from core.memory.events import MemoryEmitter
+from core.settings import Settings
+from core.store.outage import Outage
+from core.store.pools import StorePool
+from core.store.queries import Conn, store_errors
+
+
+@dataclass
+class Effects:
+    """Redis changes to apply once the PostgreSQL transaction has committed."""
+
+    forget: list[str] = field(default_factory=list)
+    dead: list[str] = field(default_factory=list)
+    undead: list[str] = field(default_factory=list)
+    enqueue: list[EnqueueItem] = field(default_factory=list)
+    reprioritize: list[tuple[str, int]] = field(default_factory=list)
+
+    def add_raised(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
+        """Jobs whose dispatch priority changed (priority inheritance)."""
+        self.reprioritize += [(str(r["id"]), int(r["priority"])) for r in rows]
+
+    def add_ready(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
+        self.enqueue += [
+            EnqueueItem(job_id=str(r["id"]), priority=r["priority"],
+                        capability=r["required_capability"], delay_ms=int(r["delay_ms"]),
+                        job_type=r["job_type"], tenant=r["tenant"])
+            for r in rows
+        ]
+
+
+class ServiceBase:
+    """The stores, settings and counters of a job service, and what every operation uses."""
+
+    def __init__(
+        self,
+        pool: asyncpg.Pool,
+        dispatch: RedisDispatch,
+        settings: Settings,
+        *,
+        rng: random.Random | None = None,
+        memory: MemoryEmitter | None = None,
+    ) -> None:
+        self.pool = pool
+        self.dispatch = dispatch
+        self.settings = settings
+        self.memory = memory  # write-behind state memory; None: off
+        self.rng = rng or random.Random()
+        self.stats: Counter[str] = Counter()
+        # PostgreSQL outages this process saw: counted here (the API's /metrics shows this
+        # process's counters) and cluster-wide in Redis (every process's, best effort)
+        self._background: set[asyncio.Task[None]] = set()
+        self.store_outage: Outage | None = pool.outage if isinstance(pool, StorePool) else None
+        if self.store_outage is not None:
+            self.store_outage.subscribe(self._on_store_outage)
+
+    def _on_store_outage(self, down: bool) -> None:
+        if not down:
+            return
+        self.stats["store_outages"] += 1
+        try:
+            task = asyncio.get_running_loop().create_task(self._count_outage())
+        except RuntimeError:  # no loop (a test calling in from outside): counted here only
+            return
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _count_outage(self) -> None:
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.count_event("store_outages")
+
+    async def check_store(self) -> None:
+        """Raise StoreUnavailable unless PostgreSQL answers now (one round trip)."""
+        await self.pool.fetchval("SELECT 1")
+
+    # -- transactions and Redis effects ----------------------------------------------------
+    @contextlib.asynccontextmanager
+    async def transaction(self) -> AsyncIterator[Conn]:
+        """One PostgreSQL transaction on a pooled connection."""
+        with store_errors():
+            async with self.pool.acquire() as conn, conn.transaction():
+                yield conn
+
+    async def apply_effects(self, fx: Effects) -> None:
+        """Apply committed changes to the Redis index; Redis down: the reconciler does it."""
+        try:
+            if fx.forget:
+                await self.dispatch.forget(fx.forget)
+            if fx.dead:
+                await self.dispatch.forget(fx.dead, dead=True)
+            if fx.undead:
+                await self.dispatch.forget_dead(fx.undead)
+            if fx.enqueue:
+                await self.dispatch.enqueue(fx.enqueue)
+            if fx.reprioritize:  # after enqueue: a new job raised by its batch moves too
+                await self.dispatch.reprioritize(fx.reprioritize)
+        except DispatchUnavailable:
+            # PostgreSQL already holds the truth; the reconciler re-indexes later.
+            self.stats["dispatch_deferred"] += 1
+
+    async def count_stale(self) -> None:
+        """A zombie's late report was refused: count it here and cluster-wide (best effort)."""
+        self.stats["stale_rejected"] += 1
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.count_event("stale_rejected")
