@@ -39,6 +39,16 @@ class MemoryTtls:
             raise ConfigError("state-memory TTLs must be > 0")
 
 
+MAX_NICE = 19  # the most a process can lower its own priority (workers' `nice`)
+
+
+def check_nice(value: int, name: str = "nice") -> int:
+    """A niceness a worker may be given (0..19); ValueError naming `name` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= MAX_NICE:
+        raise ValueError(f"{name} must be between 0 and {MAX_NICE}, got {value!r}")
+    return value
+
+
 BUILTIN_JOB_TYPES = frozenset({"noop", "sleep", "cpu", "flaky", "leak", "hang"})
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

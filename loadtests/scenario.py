@@ -11,6 +11,8 @@ from typing import Any
 
 import yaml
 
+from core.settings import check_nice
+
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 MODELS = ("closed", "open")
 
@@ -66,7 +68,10 @@ class Scenario:
         _check(self.jobs >= 1, "jobs must be >= 1")
         _check(1 <= self.workers <= 500, "workers must be 1..500")
         _check(self.model in MODELS, f"model must be one of {MODELS}")
-        _check(0 <= self.worker_nice <= 19, "worker_nice must be 0..19")
+        try:
+            check_nice(self.worker_nice, "worker_nice")
+        except ValueError as exc:
+            raise ScenarioError(str(exc)) from exc
         _check(self.users >= 1 and self.spawn_rate > 0, "users >= 1, spawn_rate > 0")
         _check(self.rate_per_s > 0, "rate_per_s must be > 0")
         _check(0 <= self.batch_fraction <= 1 and 0 <= self.dag_fraction <= 1,

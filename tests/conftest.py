@@ -29,6 +29,20 @@ def with_database(dsn: str, database: str) -> str:
     return urlunsplit(parts._replace(path="/" + database))
 
 
+LAYERS = ("unit", "contract", "integration", "e2e")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Each test carries the marker of its layer (its folder), so `pytest -m unit` (or
+    contract, integration, e2e) runs one layer alone."""
+    for item in items:
+        layer = next((p for p in item.path.parts if p in LAYERS), None)
+        if layer is None:
+            raise pytest.UsageError(f"{item.nodeid}: a test belongs in one of tests/"
+                                    f"{{{','.join(LAYERS)}}}")
+        item.add_marker(getattr(pytest.mark, layer))
+
+
 @pytest.fixture(scope="session")
 def server_settings() -> Iterator[Settings]:
     base = load_settings()

@@ -4,12 +4,15 @@ consoles for progress on stderr, settings from the common flags, and the event l
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 from pathlib import Path
 from typing import Any
 
+from core.infra.serving import run_async
 from core.settings import Settings, load_settings
+
+__all__ = ["EXIT_FAIL", "EXIT_OK", "EXIT_USAGE", "console", "print_json", "run_async",
+           "settings_from_args"]
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -19,15 +22,6 @@ def console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     return Console(stderr=stderr)
-
-
-def run_async(coro: Any) -> Any:
-    """Run a coroutine on uvloop when available (faster asyncpg and redis I/O)."""
-    try:
-        import uvloop
-    except ImportError:
-        return asyncio.run(coro)
-    return uvloop.run(coro)
 
 
 def print_json(data: Any) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import JobHarnessError
-from core.settings import Settings
+from core.settings import Settings, check_nice
 from core.worker.faults import MODES as FAULT_MODES
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -32,8 +32,10 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     if not 1 <= args.concurrency <= 1000:
         raise JobHarnessError("--concurrency must be between 1 and 1000")
-    if not 0 <= args.nice <= 19:
-        raise JobHarnessError("--nice must be between 0 and 19")
+    try:
+        check_nice(args.nice, "--nice")
+    except ValueError as exc:
+        raise JobHarnessError(str(exc)) from exc
     try:
         handlers = parse_handlers(args.handler or [])
     except ValueError as exc:
@@ -113,8 +115,10 @@ def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     from core.service.runtime import endpoints
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    if not 0 <= args.worker_nice <= 19:
-        raise JobHarnessError("--worker-nice must be between 0 and 19")
+    try:
+        check_nice(args.worker_nice, "--worker-nice")
+    except ValueError as exc:
+        raise JobHarnessError(str(exc)) from exc
     with endpoints(settings) as resolved:
         result = run_async(_supervise(args, resolved))
     print_json(result)

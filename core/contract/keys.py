@@ -76,7 +76,7 @@ class Keys:
     @property
     def sched(self) -> str:
         """Base of the scheduling keys (flows, limits, running counts, fair-share passes):
-        see core/lua/sched.lua for the keys under it."""
+        see core/dispatch/lua/sched.lua for the keys under it."""
         return f"{self.prefix}:sched"
 
     def sched_hash(self, name: str) -> str:

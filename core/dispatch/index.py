@@ -38,7 +38,7 @@ def _script(name: str) -> str:
 
 
 def flow_of(job_type: str | None, tenant: str | None, capability: str | None) -> str:
-    """The flow a job waits in (see core/lua/sched.lua): jobs of one flow are
+    """The flow a job waits in (see core/dispatch/lua/sched.lua): jobs of one flow are
     interchangeable for every scheduling decision."""
     return f"{job_type or ''}\0{tenant or ''}\0{capability or ''}"
 

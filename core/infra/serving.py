@@ -1,6 +1,7 @@
-"""Serving a small ASGI app (control surface, memory reads, fault-proxy API) inside a process
-that owns its own SIGTERM/SIGINT handling: the socket is bound first (so the URL is known
-before the app is built), and uvicorn is kept from installing signal handlers of its own."""
+"""Running a process's event loop (`run_async`: uvloop when available), and serving a small ASGI
+app (control surface, memory reads, fault-proxy API) inside a process that owns its own
+SIGTERM/SIGINT handling: the socket is bound first (so the URL is known before the app is
+built), and uvicorn is kept from installing signal handlers of its own."""
 
 from __future__ import annotations
 
@@ -10,6 +11,15 @@ import signal
 import socket
 from collections.abc import AsyncIterator
 from typing import Any
+
+
+def run_async(coro: Any) -> Any:
+    """Run a coroutine on uvloop when available (faster asyncpg and redis I/O)."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    return uvloop.run(coro)
 
 
 def stop_on_signals() -> asyncio.Event:

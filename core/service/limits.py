@@ -5,7 +5,7 @@ default); per tenant, its weight in the fair share of a priority band (1 by defa
 
 PostgreSQL's `job_limits` table holds them (migration 010). A change is written there, then
 mirrored into Redis at once, where the acquire script enforces them atomically for every
-worker (core/lua/acquire.lua); the reconciler re-mirrors the whole table each pass, so a
+worker (core/dispatch/lua/acquire.lua); the reconciler re-mirrors the whole table each pass, so a
 change made while Redis was down, or lost with Redis' data, arrives within one pass. While
 Redis is down, the PostgreSQL fallback enforces them itself (`JobService._acquire_postgres`).
 """

@@ -1,4 +1,4 @@
-"""Named SQL queries loaded once from `core/sql/queries.sql`."""
+"""Named SQL queries loaded once from `core/store/sql/queries.sql`."""
 
 from __future__ import annotations
 

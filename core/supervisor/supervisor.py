@@ -37,7 +37,7 @@ from core.errors import DispatchUnavailable, StoreUnavailable
 from core.infra.embedded import pid_alive
 from core.service.jobs import JobService
 from core.service.reconciler import Reconciler
-from core.settings import Settings, to_env
+from core.settings import Settings, check_nice, to_env
 from core.supervisor.processes import SPAWN_MODES, Child, start_worker
 from core.supervisor.roster import RosterEntry, here, load_roster, save_roster
 from core.supervisor.scoring import Predictor
@@ -75,8 +75,7 @@ class SupervisorOptions:
             raise ValueError("workers must be between 1 and 1000")
         if self.max_replacements < 1 or self.replacement_window_s <= 0:
             raise ValueError("replacement limits must be positive")
-        if not 0 <= self.worker_nice <= 19:
-            raise ValueError(f"worker_nice must be between 0 and 19, got {self.worker_nice}")
+        check_nice(self.worker_nice, "worker_nice")
 
 
 @dataclass

@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from core.errors import StoreUnavailable
-from core.infra.serving import stop_on_signals
+from core.infra.serving import run_async, stop_on_signals
 from core.memory.events import MemoryEmitter
 from core.service.jobs import JobService
 from core.service.runtime import create_dispatch
@@ -123,10 +123,4 @@ def forked_worker_main(env: dict[str, str], opts: WorkerOptions, log_path: str) 
     logging.basicConfig(level=logging.INFO, force=True,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     settings = load_settings(environ=env)
-    try:
-        import uvloop
-
-        code = uvloop.run(run_worker_process(settings, opts))
-    except ImportError:
-        code = asyncio.run(run_worker_process(settings, opts))
-    sys.exit(code)
+    sys.exit(run_async(run_worker_process(settings, opts)))

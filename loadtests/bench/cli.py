@@ -7,7 +7,7 @@ from typing import Any
 
 from core.cli.output import EXIT_OK, console, print_json, run_async, settings_from_args
 from core.errors import JobHarnessError
-from core.settings import Settings
+from core.settings import Settings, check_nice
 
 
 def _bench_limits(args: argparse.Namespace, settings: Settings) -> dict[str, Any] | None:
@@ -68,8 +68,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise JobHarnessError("--ops, --concurrency and --workers must be >= 1, --kills >= 0")
     if not 1 <= args.batch_size <= 10_000:
         raise JobHarnessError("--batch-size must be 1..10000 (the core's batch limit)")
-    if not 0 <= args.worker_nice <= 19:
-        raise JobHarnessError("--worker-nice must be 0..19")
+    try:
+        check_nice(args.worker_nice, "--worker-nice")
+    except ValueError as exc:
+        raise JobHarnessError(str(exc)) from exc
     if not 1 <= args.processes <= 16:
         raise JobHarnessError("--processes must be 1..16")
     if args.rate is not None and not (1 <= args.rate <= 100_000 and args.suite == "core"):

@@ -14,8 +14,6 @@ import pytest
 from core.settings import Settings
 from loadtests.cli import main
 
-pytestmark = pytest.mark.integration
-
 
 def drill_run(server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],
               drill: str, *extra: str, jobs: int = 450, scenario: str = "drill"

@@ -14,8 +14,6 @@ from loadtests.cli import main
 from predictor.model import DEFAULT_MODEL, load
 from tests.e2e.test_run import run_args
 
-pytestmark = pytest.mark.integration
-
 LEAK_DRILL = """
 name: one-leak
 description: one worker leaks memory fast; the run lasts long enough to see it

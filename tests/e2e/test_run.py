@@ -10,14 +10,43 @@ import pytest
 from core.settings import Settings
 from loadtests.cli import main
 
-pytestmark = pytest.mark.integration
-
 
 def run_args(server_settings: Settings, tmp_path: Path, *extra: str) -> list[str]:
     assert server_settings.pg_dsn
     assert server_settings.redis_url
     return ["run", *extra, "--out", str(tmp_path), "--cleanup", "--json",
             "--pg-dsn", server_settings.pg_dsn, "--redis-url", server_settings.redis_url]
+
+
+def read_back_every_file(folder: Path) -> None:
+    """Every file the run folder's names promise (core/contract/runfolder.py) is there and
+    parses: CSV with the header its writer gives, JSON, YAML; the ones a smoke run does not
+    write (a predictor's) are named as such."""
+    import csv as csv_
+
+    import yaml
+
+    from core.contract import runfolder
+    from core.contract.observe import EXPORTS
+    from loadtests.sampler import FIELDS
+
+    optional = {runfolder.PREDICTIONS, runfolder.PREDICTIONS_META}
+    names = {v for k, v in vars(runfolder).items() if k.isupper() and isinstance(v, str)}
+    for name in sorted(names - optional - {runfolder.LOCUST_CSV, runfolder.MEMORY_OWNER_STATE}):
+        path = folder / name
+        assert path.exists(), name
+        if name.endswith(".json"):
+            assert isinstance(json.loads(path.read_text()), dict), name
+        elif name.endswith(".yaml"):
+            assert isinstance(yaml.safe_load(path.read_text()), dict), name
+        elif name.endswith(".csv"):
+            with open(path, newline="") as fh:
+                header = next(csv_.reader(fh))
+            if name in EXPORTS:
+                assert header, name
+            if name == runfolder.SAMPLES:
+                assert header == FIELDS
+    assert not any((folder / name).exists() for name in optional)  # no predictor here
 
 
 def test_run_smoke_passes_and_writes_the_run_folder(
@@ -30,6 +59,7 @@ def test_run_smoke_passes_and_writes_the_run_folder(
     assert verdict["figures"]["jobs"] == verdict["figures"]["jobs_acknowledged"] == 200
     assert any(c["name"] == "accepted_jobs_missing" and c["ok"] for c in verdict["invariants"])
     (folder,) = tmp_path.iterdir()
+    read_back_every_file(folder)
     for name in ("verdict.json", "config.json", "scenario.yaml", "samples.csv", "jobs.csv",
                  "executions.csv", "worker_health.csv", "locust_stats.csv", "locust.html"):
         assert (folder / name).stat().st_size > 0, name

@@ -34,7 +34,7 @@ from core.store import migrate
 from core.store.pools import create_pool
 from tests.conftest import wait_until
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 WORKERS = 4
 TERMINAL = ("COMPLETED", "DEAD", "CANCELLED")

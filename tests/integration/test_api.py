@@ -24,8 +24,6 @@ from core.settings import Settings, to_env
 from core.store.pools import create_pool
 from tests.conftest import fresh_database, settings_for
 
-pytestmark = pytest.mark.integration
-
 
 @dataclass
 class ApiEnv:

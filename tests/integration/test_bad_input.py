@@ -18,8 +18,6 @@ from core.errors import (
 from core.jobs.model import JobSpec
 from core.service.jobs import JobService
 
-pytestmark = pytest.mark.integration
-
 BAD_BATCHES: list[tuple[list[Any], type[Exception], str]] = [
     ([JobSpec(job_type="noop", priority=9)], InvalidInput, "priority"),
     ([JobSpec(job_type="noop"), JobSpec(job_type="nope")], UnknownJobType, "jobs[1].job_type"),

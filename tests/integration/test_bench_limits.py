@@ -13,8 +13,6 @@ from core.settings import Settings
 from loadtests.bench.core import with_limits
 from loadtests.bench.limits import bench_limits
 
-pytestmark = pytest.mark.integration
-
 
 async def test_limits_run_every_step_of_a_job_and_clean_up(server_settings: Settings) -> None:
     result = await bench_limits(server_settings, ops=200, concurrency=2)

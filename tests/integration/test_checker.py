@@ -6,13 +6,10 @@ from __future__ import annotations
 import uuid
 
 import asyncpg
-import pytest
 
 from chaos.checker import check_all
 from core.jobs.model import JobSpec
 from core.service.jobs import JobService
-
-pytestmark = pytest.mark.integration
 
 
 async def run_checks(svc: JobService) -> dict[str, int]:

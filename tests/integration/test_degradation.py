@@ -18,10 +18,6 @@ from core.worker.handlers import BUILTIN_HANDLERS
 from core.worker.loop import Worker
 from tests.conftest import wait_until
 
-pytestmark = pytest.mark.integration
-
-
-
 
 @pytest.fixture
 async def redis_down(service: JobService, settings: Settings) -> AsyncIterator[JobService]:

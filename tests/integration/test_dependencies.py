@@ -9,8 +9,6 @@ import pytest
 from core.jobs.model import JobSpec, JobStatus, Lease
 from core.service.jobs import JobService
 
-pytestmark = pytest.mark.integration
-
 
 async def run_one(service: JobService, job_id: str) -> Lease:
     """Acquire until the given job is leased (it must be the only runnable one)."""

@@ -22,10 +22,6 @@ from toxiproxy.exceptions import NotFound, ProxyExists
 from core.infra.embedded import free_port
 from core.settings import Settings
 
-pytestmark = pytest.mark.integration
-
-
-
 
 @pytest.fixture(scope="module")
 def api_url() -> Iterator[str]:

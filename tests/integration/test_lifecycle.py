@@ -17,8 +17,6 @@ from core.worker.handlers import BUILTIN_HANDLERS
 from core.worker.loop import Worker
 from tests.conftest import wait_until
 
-pytestmark = pytest.mark.integration
-
 
 async def executions(svc: JobService, job_id: str) -> list[dict[str, Any]]:
     rows = await svc.pool.fetch(

@@ -21,8 +21,6 @@ from core.service.jobs import JobService
 from core.service.runtime import create_dispatch
 from core.settings import MemoryTtls, Settings
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 async def mem_service(service: JobService) -> AsyncIterator[JobService]:

@@ -13,8 +13,6 @@ from core.cli.main import main
 from core.settings import Settings
 from core.store import migrate
 
-pytestmark = pytest.mark.integration
-
 
 async def objects_in(conn: asyncpg.Connection, schema: str) -> int:
     return int(await conn.fetchval(

@@ -29,8 +29,6 @@ from predictor.train import make_pipeline
 from tests.conftest import wait_until
 from tests.integration.test_processes import proc_settings, supervising, svc  # noqa: F401
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def tiny_model(tmp_path: Path) -> Path:

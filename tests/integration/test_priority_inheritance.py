@@ -3,12 +3,8 @@ PostgreSQL and in the Redis queues; it falls back when the waiting job is cancel
 
 from __future__ import annotations
 
-import pytest
-
 from core.jobs.model import JobSpec
 from core.service.jobs import JobService
-
-pytestmark = pytest.mark.integration
 
 
 async def prio(service: JobService, job_id: str) -> tuple[int, int | None]:

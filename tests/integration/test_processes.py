@@ -24,8 +24,6 @@ from core.store.pools import create_pool
 from core.supervisor.supervisor import Supervisor, SupervisorOptions
 from tests.conftest import wait_until
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture
 def proc_settings(settings: Settings, tmp_path: Path) -> Settings:

@@ -28,8 +28,6 @@ from tests.conftest import wait_until
 from tests.integration.test_migrations_cli import cli
 from tests.integration.test_processes import supervising
 
-pytestmark = pytest.mark.integration
-
 
 async def set_limit(svc: JobService, scope: str, name: str, **kw: object) -> None:
     _, enforced = await limits.set_limit(svc.pool, svc.dispatch,

@@ -6,7 +6,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.service.jobs import JobService
@@ -15,8 +14,6 @@ from tests.conftest import wait_until
 from tests.integration.test_api import ApiEnv, api_env, api_service  # noqa: F401
 from tests.integration.test_processes import proc_settings, supervising, svc  # noqa: F401
 from tests.unit.test_staging_kit import alert_rules, dashboard_exprs, metric_names
-
-pytestmark = pytest.mark.integration
 
 # Exported by the third-party servers the stack scrapes, not by the job system: Qdrant's own
 # /metrics (state memory runs in local mode here, so there is no server to scrape).

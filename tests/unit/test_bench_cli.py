@@ -12,7 +12,7 @@ from loadtests.cli import main
     (["core", "--rate", "0"], "--rate applies to `bench core` and must be 1..100000"),
     (["batch", "--batch-size", "0"], "--batch-size must be 1..10000"),
     (["batch", "--batch-size", "10001"], "--batch-size must be 1..10000"),
-    (["e2e", "--worker-nice", "20"], "--worker-nice must be 0..19"),
+    (["e2e", "--worker-nice", "20"], "--worker-nice must be between 0 and 19, got 20"),
     (["api", "--processes", "0"], "--processes must be 1..16"),
 ])
 def test_bad_bench_flags_are_refused_by_name(
