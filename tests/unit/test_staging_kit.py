@@ -207,3 +207,17 @@ def test_dashboard_queries_parse() -> None:
 def test_a_broken_expression_is_caught() -> None:
     with pytest.raises(ValueError, match="unclosed left parenthesis"):
         metric_names("max(rate(jobharness_retries_total[5m])")
+
+
+def test_the_docs_name_the_images_the_compose_file_pins() -> None:
+    """docs/operations.md's image table and the compose file cannot drift apart."""
+    doc = (ROOT / "docs" / "operations.md").read_text()
+    named = dict(re.findall(r"^\| ([a-z-]+) \| `([^`]+)` \|$", doc, flags=re.MULTILINE))
+    pinned = {name: s["image"] for name, s in SERVICES.items()
+              if "image" in s and not s["image"].startswith("jobharness")}
+    assert named == pinned
+    assert all(re.search(r":v?\d+\.\d+", image) for image in pinned.values())  # versions
+    base = next(line.split()[1] for line in (ROOT / "Dockerfile").read_text().splitlines()
+                if line.startswith("FROM "))
+    assert f"`{base}`" in doc or base in doc
+    assert "-c constraints.txt" in (ROOT / "Dockerfile").read_text()
