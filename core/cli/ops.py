@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from core.contract.keys import Keys
 from core.errors import InvalidInput, JobHarnessError
 from core.jobs.model import JobSpec
 from core.settings import Settings
@@ -115,10 +116,8 @@ def cmd_queues_workers(args: argparse.Namespace, settings: Settings) -> int:
         _table(out, ["id", "status", "in_flight", "jobs_completed", "jobs_failed",
                      "heartbeat_age_s"], f"{len(out)} worker(s)")
     else:
-        keys = settings.prefix
-        rows = [{"queue": f"{keys}:{name.replace('_', '-')}-queue"
-                 if name not in ("high", "medium", "low") else f"{keys}:{name}-priority-queue",
-                 "depth": n} for name, n in (out["redis"] or {}).items()]
+        queues = Keys(settings.prefix).queues
+        rows = [{"queue": queues[name], "depth": n} for name, n in (out["redis"] or {}).items()]
         if out["redis"] is None:
             rows = [{"queue": "redis", "depth": "unreachable"}]
         _table(rows, ["queue", "depth"], "Redis queues")

@@ -104,6 +104,13 @@ class Keys:
         return f"{self.prefix}:worker:{worker_id}:heartbeat"
 
     @property
+    def queues(self) -> dict[str, str]:
+        """Every sorted set of the index by its short name (what `depths` reports)."""
+        return {"high": self.high, "medium": self.medium, "low": self.low,
+                "delayed": self.delayed, "processing": self.processing,
+                "dead_letter": self.dead_letter}
+
+    @property
     def heartbeat_pattern(self) -> str:
         return f"{self.prefix}:worker:*:heartbeat"
 

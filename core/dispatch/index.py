@@ -311,12 +311,11 @@ class RedisDispatch:
 
     async def depths(self) -> dict[str, int]:
         pipe = self._client.pipeline(transaction=False)
-        names = ["high", "medium", "low", "delayed", "processing", "dead_letter"]
-        for key in (*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
-                    self.keys.dead_letter):
+        queues = self.keys.queues
+        for key in queues.values():
             pipe.zcard(key)
         values = await self._call(pipe.execute())
-        return dict(zip(names, map(int, values), strict=True))
+        return dict(zip(queues, map(int, values), strict=True))
 
     async def snapshot(self) -> DispatchSnapshot:
         pipe = self._client.pipeline(transaction=True)
