@@ -156,16 +156,14 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     from chaos.probes import make_probes
     from core.contract.observe import BACKLOG_CREATED_BEFORE
     from core.errors import JobHarnessError, StoreUnavailable
-    from core.service.runtime import create_dispatch
-    from core.store.pools import create_pool
+    from core.service.runtime import open_runtime
 
     drill = load_drill(args.file)
     if not settings.api_url:
         raise JobHarnessError("a drill alone needs the target's api_url (--target FILE)")
-    pool = await create_pool(settings, max_size=2)
-    dispatch = create_dispatch(settings)
-    http = httpx.AsyncClient()
-    try:
+    async with open_runtime(settings, migrate_first=False, memory=False) as rt, \
+            httpx.AsyncClient() as http:
+        pool, dispatch = rt.pool, rt.dispatch
         runner = DrillRunner(drill, Endpoints(proxy_api=settings.toxiproxy_url,
                                               control_url=settings.control_url),
                              make_probes(pool, settings.api_url, http), seed=args.seed)
@@ -189,10 +187,6 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
         return {"drill": drill.name, "passed": report.passed, "journal": report.journal,
                 "steady_before": report.steady_before, "steady_after": report.steady_after,
                 "invariants": report.checks}
-    finally:
-        await http.aclose()
-        await dispatch.close()
-        await pool.close()
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:

@@ -32,10 +32,9 @@ from chaos.probes import make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder
 from core.errors import JobHarnessError
-from core.service.runtime import create_dispatch
+from core.service.runtime import open_runtime
 from core.settings import Settings, with_values
 from core.store.exports import export_tables
-from core.store.pools import create_pool
 from loadtests.load import Load
 from loadtests.sampler import STATUSES, Sampler, mem_used_mib
 from loadtests.scenario import Scenario, load_scenario
@@ -141,14 +140,13 @@ class Run:
             return await self._with_stores(s)
 
     async def _with_stores(self, settings: Settings) -> dict[str, Any]:
-        pool = await create_pool(settings, max_size=4)
-        dispatch = create_dispatch(settings, max_connections=2)
-        try:
-            return await self._execute(pool, dispatch)
-        finally:
-            await self.system.stop(timeout_s=self.scenario.drain_timeout_s)
-            await dispatch.close()
-            await pool.close()
+        """The harness's own connections (direct to the stores, never through the proxy)."""
+        async with open_runtime(settings, pool_size=4, redis_connections=2,
+                                migrate_first=False, memory=False) as rt:
+            try:
+                return await self._execute(rt.pool, rt.dispatch)
+            finally:
+                await self.system.stop(timeout_s=self.scenario.drain_timeout_s)
 
     async def _execute(self, pool: Any, dispatch: Any) -> dict[str, Any]:
         api_url = await self.system.start(

@@ -88,12 +88,14 @@ async def open_runtime(
     *,
     pool_size: int = 2,
     redis_connections: int = 2,
+    blocking_connections: int | None = None,
     migrate_first: bool = True,
     memory: bool | None = None,
     observe_query: Callable[[float], None] | None = None,
 ) -> AsyncIterator[Runtime]:
-    """Pool + dispatch + service over already-resolved settings (`observe_query`: called
-    with every PostgreSQL query's duration)."""
+    """Pool + dispatch + service over already-resolved settings, the one wiring every process
+    uses (`blocking_connections`: Redis connections parked waiting for work, a worker's;
+    `observe_query`: called with every PostgreSQL query's duration)."""
     if migrate_first:
         conn = await connect_admin(settings)
         try:
@@ -101,7 +103,8 @@ async def open_runtime(
         finally:
             await conn.close()
     pool = await create_pool(settings, min_size=1, max_size=pool_size, observe=observe_query)
-    dispatch = create_dispatch(settings, max_connections=redis_connections)
+    dispatch = create_dispatch(settings, max_connections=redis_connections,
+                               blocking_connections=blocking_connections)
     emitter = None
     if settings.memory if memory is None else memory:
         emitter = MemoryEmitter(dispatch, settings.memory_ttls)

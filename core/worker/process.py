@@ -19,13 +19,11 @@ from dataclasses import dataclass
 
 from core.errors import StoreUnavailable
 from core.infra.serving import run_async, stop_on_signals
-from core.memory.events import MemoryEmitter
 from core.service.jobs import JobService
-from core.service.runtime import create_dispatch
+from core.service.runtime import open_runtime
 from core.settings import Settings
-from core.store.pools import create_pool
 from core.worker.faults import FaultInjector
-from core.worker.handlers import build_registry
+from core.worker.handlers import Handler, build_registry
 from core.worker.loop import Worker
 
 log = logging.getLogger("jobharness.worker")
@@ -65,35 +63,34 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     if opts.nice:
         os.nice(opts.nice)
     handlers = build_registry(opts.handlers)
-    pool = await create_pool(settings, min_size=1, max_size=2)
-    dispatch = create_dispatch(settings, max_connections=1, blocking_connections=1)
-    emitter = MemoryEmitter(dispatch, settings.memory_ttls) if settings.memory else None
-    service = JobService(pool, dispatch, settings, memory=emitter)
+    # the connection budget: two PostgreSQL connections, one Redis connection for commands
+    # and one parked waiting for work
+    async with open_runtime(settings, pool_size=2, redis_connections=1,
+                            blocking_connections=1, migrate_first=False) as rt:
+        return await _serve(rt.service, handlers, opts)
+
+
+async def _serve(service: JobService, handlers: dict[str, Handler],
+                 opts: WorkerOptions) -> int:
     stop = stop_on_signals()
-    FaultInjector(settings.data_dir, opts.worker_id).install()  # drills only: SIGUSR1
+    FaultInjector(service.settings.data_dir, opts.worker_id).install()  # drills: SIGUSR1
     worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
                     concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
-    try:
-        await service.register_worker(
-            opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
-            hostname=socket.gethostname(), pid=os.getpid(),
-            metadata={"supervisor": opts.supervisor} if opts.supervisor else {},
-        )
-        log.info("worker %s started (pid %d)", opts.worker_id, os.getpid())
-        beats = asyncio.create_task(_heartbeats(service, worker, stop))
-        lag = asyncio.create_task(worker.health.watch_loop_lag(stop))
-        await worker.run(stop)
-        stop.set()
-        await asyncio.gather(beats, lag, return_exceptions=True)
-        with contextlib.suppress(StoreUnavailable):
-            await service.deregister_worker(opts.worker_id)
-        log.info("worker %s stopped: %s", opts.worker_id, dict(worker.stats))
-        return 0
-    finally:
-        if emitter is not None:
-            await emitter.close()
-        await dispatch.close()
-        await pool.close()
+    await service.register_worker(
+        opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
+        hostname=socket.gethostname(), pid=os.getpid(),
+        metadata={"supervisor": opts.supervisor} if opts.supervisor else {},
+    )
+    log.info("worker %s started (pid %d)", opts.worker_id, os.getpid())
+    beats = asyncio.create_task(_heartbeats(service, worker, stop))
+    lag = asyncio.create_task(worker.health.watch_loop_lag(stop))
+    await worker.run(stop)
+    stop.set()
+    await asyncio.gather(beats, lag, return_exceptions=True)
+    with contextlib.suppress(StoreUnavailable):
+        await service.deregister_worker(opts.worker_id)
+    log.info("worker %s stopped: %s", opts.worker_id, dict(worker.stats))
+    return 0
 
 
 def parse_handlers(values: Sequence[str]) -> dict[str, str]:
