@@ -180,18 +180,31 @@ async def test_postgres_restarts_under_load_lose_nothing_and_stop_nothing(
         assert sup.returncode == 0, log.read_text()[-3000:]
         text = log.read_text()
         assert "Traceback" not in text, text[-3000:]
-        # one line when an outage starts, one when it ends (a process that did not call
-        # PostgreSQL while it was down, such as a supervisor checking every second, sees none)
-        went = text.count("PostgreSQL unavailable")
-        assert went >= 1, text[-3000:]
-        assert text.count("PostgreSQL available again") == went, text[-3000:]
-        for wlog in (settings.data_dir / "logs").glob("rs-*.log"):
-            assert "Traceback" not in wlog.read_text(), wlog.read_text()[-3000:]
+        # one line when an outage starts and one when it ends, never one per attempt: at most
+        # five outages (one per restart, two for the one killed again while starting up, which
+        # may briefly answer between its kills); a process that did not call PostgreSQL while
+        # it was down, such as a supervisor checking every second, sees fewer, and the last may
+        # end after it stopped
+        for log_text in [text, *(w.read_text() for w in (settings.data_dir / "logs").glob(
+                "rs-*.log"))]:
+            assert "Traceback" not in log_text, log_text[-3000:]
+            went = log_text.count("PostgreSQL unavailable")
+            back = log_text.count("PostgreSQL available again")
+            assert went <= 5, log_text[-3000:]
+            assert went - 1 <= back <= went, log_text[-3000:]
+        assert text.count("PostgreSQL unavailable") >= 1, text[-3000:]
 
         stored = {str(r["id"]) for r in await pool.fetch(
             "SELECT id FROM jobs WHERE id = ANY($1::uuid[])", sorted(producer.accepted))}
         assert stored == producer.accepted  # 0 lost
         assert producer.refused > 0  # the load went on through the outages
+        async def converged() -> bool:  # invariant 2: the index agrees within a bounded time
+            async with pool.acquire() as conn:
+                return all(c.ok for c in await check_all(conn, dispatch.client,
+                                                         settings.prefix))
+
+        # bounded: a Redis lease (4 s) of a job popped while PostgreSQL was away, then a pass
+        await wait_until(converged, timeout_s=30, what="the dispatch index to converge")
         async with pool.acquire() as conn:
             checks = await check_all(conn, dispatch.client, settings.prefix)
         by_name = {c.name: c for c in checks}
