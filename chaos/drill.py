@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 from chaos import actions
@@ -242,11 +243,13 @@ class DrillRunner:
 
     async def rollback(self) -> None:
         """Always: heal every proxy and resume every paused worker."""
-        for name, coro in (("heal", actions.heal(self.ep)),
-                           ("resume_workers", actions.resume_workers(self.ep))):
+        steps: tuple[tuple[str, Callable[[], Awaitable[Any]]], ...] = (
+            ("heal", lambda: actions.heal(self.ep)),
+            ("resume_workers", lambda: actions.resume_workers(self.ep)))
+        for name, step in steps:  # each tried even when the one before failed
             try:
-                self.note("rollback", name, result=await coro)
-            except (ActionError, OSError) as exc:
+                self.note("rollback", name, result=await step())
+            except (ActionError, OSError, httpx.HTTPError) as exc:
                 self.note("rollback", name, error=str(exc))
 
     # -- the whole drill ----------------------------------------------------------------------
@@ -278,7 +281,7 @@ class DrillRunner:
                    sum(not r["ok"] for r in self.steady_after)),
             _check("no_replacement_storm", "no worker replaced for a stale heartbeat while a "
                    "store it heartbeats to was partitioned or restarted",
-                   await self._storm(pool, windows, heartbeat_ttl_s)),
+                   await self.replacement_storm(pool, windows, heartbeat_ttl_s)),
         ]
         try:
             stale: int | None = (await dispatch.event_counts()).get("stale_rejected", 0)
@@ -289,7 +292,7 @@ class DrillRunner:
                            windows=windows, checks=[*invariants, *checks],
                            zombie_results_rejected=stale)
 
-    async def _storm(self, pool: Any, windows: list[dict[str, Any]],
+    async def replacement_storm(self, pool: Any, windows: list[dict[str, Any]],
                      heartbeat_ttl_s: float) -> int:
         """Workers replaced for a stale heartbeat while a store named in
         `expect_no_replacement_during` was away (and one heartbeat TTL after)."""

@@ -31,7 +31,8 @@ from chaos.drill import DrillReport, DrillRunner, load_drill
 from chaos.probes import make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder
-from core.errors import JobHarnessError
+from core.errors import DispatchUnavailable, JobHarnessError
+from core.memory.events import OWNER_GROUP, owner_caught_up, owner_status
 from core.service.runtime import open_runtime
 from core.settings import Settings, with_values
 from core.store.exports import export_tables
@@ -45,6 +46,7 @@ from loadtests.verdict import evaluate, figures, missing_accepted
 CONVERGE_S = 6.0  # > two reconciler passes (2 s) + the Redis breaker's retry delay (2 s)
 BACKLOG = ("WAITING", "PENDING", "PROCESSING")
 SAMPLE_PERIOD_S = 1.0
+MEMORY_CATCH_UP_S = 30.0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -163,6 +165,7 @@ class Run:
                          self.started) as sampler:
                 runner, offset_s = await self._load_and_faults(sampler, api_url, pool, http)
                 await self._drain(sampler, runner)
+                memory = await self._memory_caught_up(dispatch)
                 self.progress.phase = "checking"
                 self._show()
                 async with pool.acquire() as conn:
@@ -175,7 +178,8 @@ class Run:
                     report = await runner.conclude(pool, dispatch, checks,
                                                    heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
                     checks = report.checks
-        return self._verdict(checks, sampler, report, offset_s)
+        verdict = self._verdict(checks, sampler, report, offset_s, memory)
+        return verdict
 
     async def _load_and_faults(self, sampler: Sampler, api_url: str, pool: Any,
                                http: httpx.AsyncClient
@@ -227,10 +231,35 @@ class Run:
             await asyncio.sleep(SAMPLE_PERIOD_S)
         self.timings["drain_s"] = round(time.monotonic() - t_drain, 2)
 
+    async def _memory_caught_up(self, dispatch: Any) -> dict[str, Any] | None:
+        """With state memory on: once the jobs have drained, give the owner up to
+        MEMORY_CATCH_UP_S to take every state event emitted until then, and say whether it
+        did and where it stands."""
+        if not self.settings.memory or self.opts.targeted:
+            return None
+        out: dict[str, Any] = {"caught_up": False}
+        try:
+            upto, _, _ = await dispatch.state_events_position(OWNER_GROUP)
+            out["events_upto"] = upto
+            deadline = time.monotonic() + MEMORY_CATCH_UP_S
+            while time.monotonic() < deadline:
+                if await owner_caught_up(dispatch, upto):
+                    out["caught_up"] = True
+                    break
+                await asyncio.sleep(0.2)
+            _, out["events_delivered"], out["events_pending"] = \
+                await dispatch.state_events_position(OWNER_GROUP)
+        except DispatchUnavailable as exc:
+            out["error"] = str(exc)
+        return {**await owner_status(dispatch), **out}
+
     def _verdict(self, checks: list[dict[str, Any]], sampler: Sampler,
-                 report: DrillReport | None, offset_s: float) -> dict[str, Any]:
+                 report: DrillReport | None, offset_s: float,
+                 memory: dict[str, Any] | None = None) -> dict[str, Any]:
         s = self.scenario
         figs = figures(self.dir, s)
+        if memory is not None:
+            figs["memory_owner"] = memory
         figs["wall_s"] = round(self.elapsed, 2)
         figs["peak_mem_used_mib"] = sampler.peak_mem_used_mib
         figs["mem_used_before_mib"] = self.mem_before

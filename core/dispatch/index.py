@@ -345,6 +345,19 @@ class RedisDispatch:
     async def count_event(self, name: str, n: int = 1) -> None:
         await self._call(self._client.hincrby(self.keys.counters, name, n))
 
+    async def state_events_position(self, group: str) -> tuple[str, str | None, int]:
+        """(the stream's last id, the last id delivered to `group` or None without that group,
+        entries delivered to it but not yet acknowledged)."""
+        key = self.keys.state_events
+        if not await self._call(self._client.exists(key)):
+            return "0-0", None, 0
+        info = await self._call(self._client.xinfo_stream(key))
+        groups = await self._call(self._client.xinfo_groups(key))
+        mine = next((g for g in groups if g["name"] == group), None)
+        return (str(info["last-generated-id"]),
+                None if mine is None else str(mine["last-delivered-id"]),
+                0 if mine is None else int(mine["pending"]))
+
     async def memory_owner_status(self) -> dict[str, str]:
         """What the state-memory owner last published (empty: no owner)."""
         raw = await self._call(self._client.hgetall(self.keys.memory_owner))

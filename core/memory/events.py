@@ -18,6 +18,7 @@ from core.memory.port import JOB_NS, WORKER_NS, StateEvent, encode_batch
 from core.settings import MemoryTtls
 
 STREAM_MAXLEN = 2_000  # entries of up to `batch` events each
+OWNER_GROUP = "memory-owner"  # the owner's consumer group on the stream
 
 
 class MemoryEmitter:
@@ -120,3 +121,17 @@ async def owner_status(dispatch: RedisDispatch, *, enabled: bool = True) -> dict
     if not raw:
         return {"state": "no owner"}
     return {k: (int(v) if v.isdigit() else v) for k, v in raw.items()}
+
+
+def _stream_id(text: str) -> tuple[int, int]:
+    ms, _, seq = text.partition("-")
+    return int(ms), int(seq or 0)
+
+
+async def owner_caught_up(dispatch: RedisDispatch, upto: str, group: str = OWNER_GROUP
+                          ) -> bool:
+    """Whether the memory owner has applied (delivered and acknowledged) every state event up
+    to stream id `upto` (events emitted later, e.g. by heartbeats, do not count)."""
+    _, delivered, pending = await dispatch.state_events_position(group)
+    return delivered is not None and pending == 0 and \
+        _stream_id(delivered) >= _stream_id(upto)

@@ -25,6 +25,7 @@ from redis.exceptions import RedisError, ResponseError
 
 from core.dispatch.index import RedisDispatch
 from core.errors import DispatchUnavailable
+from core.memory.events import OWNER_GROUP
 from core.memory.port import (
     NAMESPACES,
     MemoryUnavailable,
@@ -35,7 +36,9 @@ from core.memory.port import (
 )
 
 log = logging.getLogger("jobharness.memory")
-GROUP = "memory-owner"
+GROUP = OWNER_GROUP
+CLAIM_EVERY_S = 5.0
+CLAIM_IDLE_MS = 5_000
 SNAPSHOT_FORMAT = "jobharness-state-snapshot/1"
 
 
@@ -55,6 +58,7 @@ class MemoryOwner:
         self.last_error = ""
         self._apply_lock = asyncio.Lock()  # snapshots pause the applier
         self._consumer = f"owner-{os.getpid()}"
+        self._claim_due = 0.0  # claim stale pending entries at once, then every CLAIM_EVERY_S
 
     # -- consuming --------------------------------------------------------------------------
     async def _ensure_group(self) -> None:
@@ -66,13 +70,28 @@ class MemoryOwner:
                 raise
 
     async def consume_once(self, block_ms: int = 1000) -> int:
-        """Move up to 20 batches from the stream into the buffer; returns entries read."""
+        """Move up to 20 batches from the stream into the buffer; returns entries read.
+
+        Every `CLAIM_EVERY_S` it first takes over entries delivered but never acknowledged
+        for `CLAIM_IDLE_MS` (a read whose reply was lost while this process was paused or
+        Redis was away, or a previous owner that died holding them): without that they would
+        stay pending and never be applied."""
         client = self.dispatch.client
+        key = self.dispatch.keys.state_events
         try:
             await self._ensure_group()
-            got: Any = await client.xreadgroup(GROUP, self._consumer,
-                                               {self.dispatch.keys.state_events: ">"},
-                                               count=20, block=block_ms)
+            got: Any = None
+            if time.monotonic() >= self._claim_due:
+                self._claim_due = time.monotonic() + CLAIM_EVERY_S
+                claimed = await client.xautoclaim(key, GROUP, self._consumer,
+                                                  min_idle_time=CLAIM_IDLE_MS,
+                                                  start_id="0-0", count=100)
+                if claimed and claimed[1]:
+                    got = [(key, claimed[1])]
+                    self.stats["memory_reclaimed"] += len(claimed[1])
+            if got is None:
+                got = await client.xreadgroup(GROUP, self._consumer, {key: ">"},
+                                              count=20, block=block_ms)
         except (RedisError, OSError) as exc:
             raise DispatchUnavailable(f"cannot read state events: {exc}") from exc
         if not got:

@@ -76,9 +76,11 @@ class _TranslatingAcquire(_AcquireBase):
     async def __aexit__(self, *exc: object) -> None:
         exc_val = exc[1] if len(exc) > 1 else None
         con = self.connection
-        if con is not None and isinstance(exc_val, (*UNAVAILABLE, StoreUnavailable)) \
-                and not con.is_closed():
-            con.terminate()  # it saw the server go: never lend it out again
+        if con is not None and isinstance(exc_val, (*UNAVAILABLE, StoreUnavailable)):
+            # it saw the server go: never lend it out again (asyncpg may have detached it)
+            with contextlib.suppress(asyncpg.InterfaceError):
+                if not con.is_closed():
+                    con.terminate()
         # giving a broken connection back fails: asyncpg has dropped it, and the body's
         # outcome stands
         with contextlib.suppress(*UNAVAILABLE):

@@ -103,6 +103,13 @@ def test_postgres_latency_and_state_memory_outage(
     (pause,) = faults(v, "signal_process")
     assert pause["result"]["signal"] == "pause"
     assert "memory owner at" in (folder / "logs" / "memory-owner.log").read_text()
+    # the owner caught up: what waited in the stream while it was paused was applied, none
+    # of it dropped
+    owner = v["figures"]["memory_owner"]
+    assert owner["caught_up"], owner
+    assert owner["state"] == "up", owner
+    assert owner["memory_written"] > 0
+    assert owner.get("memory_dropped", 0) == 0, owner
 
 
 def test_broken_core_fails_the_redis_partition_with_lost_jobs_named(

@@ -22,7 +22,7 @@ from core.service.jobs import JobService
 from core.service.runtime import create_dispatch
 from core.settings import Settings, to_env
 from core.store.pools import create_pool
-from tests.conftest import fresh_database, settings_for
+from tests.conftest import fresh_database, settings_for, wait_until
 
 
 @dataclass
@@ -126,6 +126,41 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
         assert "jobharness_queue_depth" in metrics
         # the cancelled job's earlier PENDING series is gone, not left at its last count
         assert 'jobharness_jobs{job_type="noop",status="PENDING"}' not in metrics
+
+
+async def test_cancel_of_a_running_job_through_http(api_env: ApiEnv,
+                                                    api_service: JobService) -> None:
+    """POST /jobs/{id}/cancel on a running job answers PROCESSING (asked, not done); the
+    worker learns it at its next lease extension, stops the handler and the job ends
+    CANCELLED with the reason given."""
+    from core.worker.loop import Worker
+
+    started = asyncio.Event()
+
+    async def hang(payload: dict[str, object]) -> None:
+        started.set()
+        await asyncio.Event().wait()
+
+    async with httpx.AsyncClient(base_url=api_env.url) as http:
+        job_id = (await http.post("/jobs", json={"job_type": "hang"})).json()["job_id"]
+        worker = Worker(api_service, "http-canceller", {"hang": hang}, lease_s=0.3)
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        await asyncio.wait_for(started.wait(), 10)
+        r = await http.post(f"/jobs/{job_id}/cancel", json={"reason": "stop it"})
+        assert r.status_code == 200
+        assert r.json()["status"] == "PROCESSING"
+
+        async def cancelled() -> bool:
+            return (await http.get(f"/jobs/{job_id}")).json()["status"] == "CANCELLED"
+
+        await wait_until(cancelled, what="the running job to be cancelled")
+        stop.set()
+        await running
+        body = (await http.get(f"/jobs/{job_id}")).json()
+        assert body["cancel_reason"] == "stop it"
+        assert [e["status"] for e in body["executions"]] == ["CANCELLED"]
+        assert (await http.post(f"/jobs/{job_id}/cancel")).status_code == 409
 
 
 async def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(

@@ -5,6 +5,7 @@ left behind."""
 from __future__ import annotations
 
 import os
+import time
 
 import asyncpg
 import pytest
@@ -49,11 +50,16 @@ async def test_e2e_bench_runs_every_job_through_worker_processes(
         server_settings: Settings) -> None:
     from loadtests.bench.procs import bench_e2e
 
+    t0 = time.monotonic()
     result = await bench_e2e(server_settings, jobs=120, workers=2, concurrency=2, batch=50,
                              worker_nice=5)
+    called_s = time.monotonic() - t0
     assert result["completed"] == 120  # counted in PostgreSQL at the end
     assert result["worker_nice"] == 5
-    assert result["throughput_jobs_s"] == pytest.approx(120 / result["wall_s"], rel=0.05)
+    # measured from outside: the bench's wall time lies within this call, so its throughput
+    # cannot be below 120 jobs over the whole call
+    assert 0 < result["wall_s"] <= called_s
+    assert result["throughput_jobs_s"] >= 120 / called_s
     e2e = result["end_to_end_ms"]
     assert 0 < e2e["p50"] <= e2e["p99"] <= e2e["p99.9"]
 

@@ -120,6 +120,61 @@ async def test_checker_reads_only_the_contract(service: JobService) -> None:
     try:
         from chaos.checker import check_postgres
 
-        assert all(c.ok for c in await check_postgres(conn))
+        checks = await check_postgres(conn)
+        # every check ran (an empty list would pass `all`), limit_overruns included: this
+        # schema has job_limits
+        assert [c.name for c in checks] == [
+            "lost_jobs", "completed_twice", "completed_without_execution", "stuck_leases",
+            "executions_without_job", "dlq_without_dead_job", "limit_overruns"]
+        assert all(c.ok for c in checks)
     finally:
         await conn.close()
+
+
+async def test_lost_job_before_a_cutoff_only(service: JobService) -> None:
+    """A drill alone judges lost jobs among those created before its faults ended."""
+    from datetime import UTC, datetime, timedelta
+
+    await service.create(JobSpec(job_type="noop"))  # never processed
+    async with service.pool.acquire() as conn:
+        before = {c.name: c.violations for c in await check_all(
+            conn, None, service.settings.prefix,
+            created_before=datetime.now(UTC) - timedelta(hours=1))}
+        after = {c.name: c.violations for c in await check_all(
+            conn, None, service.settings.prefix, created_before=datetime.now(UTC))}
+    assert (before["lost_jobs"], after["lost_jobs"]) == (0, 1)
+
+
+async def test_replacement_storm_is_reported(service: JobService) -> None:
+    """A worker replaced for a stale heartbeat while a store it heartbeats to was away is
+    counted against a drill that expected none; one replaced for another reason, or outside
+    the window, is not."""
+    import time
+
+    from chaos.actions import Endpoints
+    from chaos.drill import Drill, DrillRunner
+
+    for wid, reason in (("storm-1", "heartbeat timed out (redis key expired, ...)"),
+                        ("killed-1", "process killed by signal 9")):
+        await service.register_worker(wid, [])
+        await service.deregister_worker(wid, status="FAILED", reason=reason)
+    drill = Drill(name="planted", expect_no_replacement_during=["redis"], settle_s=0)
+    runner = DrillRunner(drill, Endpoints(), {})
+    runner.wall_t0 = time.time() - 5  # the drill began 5 s ago
+    inside = [{"name": "partition", "args": {"target": "redis"}, "start_s": 0, "end_s": 10}]
+    outside = [{"name": "partition", "args": {"target": "redis"}, "start_s": -60,
+                "end_s": -50}]
+    other = [{"name": "partition", "args": {"target": "postgres"}, "start_s": 0, "end_s": 10}]
+    assert await runner.replacement_storm(service.pool, inside, 1.0) == 1
+    assert await runner.replacement_storm(service.pool, outside, 1.0) == 0
+    assert await runner.replacement_storm(service.pool, other, 1.0) == 0
+    # the pass rule: every check holds, the invariants given included
+    planted = {"name": "lost_jobs", "violations": 1, "examples": [], "ok": False}
+    report = await runner.conclude(service.pool, service.dispatch, [planted],
+                                   heartbeat_ttl_s=1.0)
+    assert [c["name"] for c in report.checks] == [
+        "lost_jobs", "drill_not_aborted", "steady_state_before", "steady_state_after",
+        "no_replacement_storm"]
+    assert not report.passed
+    report.checks = []
+    assert not report.passed  # no check at all is not a pass

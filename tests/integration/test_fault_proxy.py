@@ -5,6 +5,7 @@ run unchanged against a real toxiproxy when TOXIPROXY_URL is set; otherwise agai
 from __future__ import annotations
 
 import os
+import select
 import socket
 import subprocess
 import sys
@@ -121,16 +122,78 @@ def test_disable_is_a_hard_partition(client: Toxiproxy, upstream: str) -> None:
         assert ping(s) == b"+PONG\r\n"
 
 
-def test_latency_and_toxicity(client: Toxiproxy, upstream: str) -> None:
+# A toxic that holds data for this long is told apart from one that does not by a window
+# sized to the scheduler: no loaded machine stalls a loopback round trip for 10 s, and no
+# assertion below has to wait the 60 s out.
+HOLD_MS = 60_000
+WINDOW_S = 10.0
+
+
+def held(listen: str, wait_s: float = 1.0) -> bool:
+    """Whether a PING through `listen` gets no answer within `wait_s`."""
+    with connect(listen, timeout_s=wait_s) as s:
+        s.sendall(b"PING\r\n")
+        try:
+            return s.recv(64) == b""
+        except TimeoutError:
+            return True
+
+
+def answered_within(listen: str, window_s: float = WINDOW_S) -> bool:
+    with connect(listen, timeout_s=window_s) as s:
+        return ping(s) == b"+PONG\r\n"
+
+
+def ping_all(listen: str, n: int, wait_s: float) -> list[float | None]:
+    """PING over `n` connections at once; each one's answer time (s), None if none came."""
+    conns = [connect(listen, timeout_s=wait_s) for _ in range(n)]
+    t0 = time.perf_counter()
+    for c in conns:
+        c.sendall(b"PING\r\n")
+    got: dict[socket.socket, float] = {}
+    deadline = t0 + wait_s
+    while len(got) < n and (left := deadline - time.perf_counter()) > 0:
+        ready, _, _ = select.select([c for c in conns if c not in got], [], [], left)
+        for c in ready:
+            if c.recv(64):
+                got[c] = time.perf_counter() - t0
+    for c in conns:
+        c.close()
+    return [got.get(c) for c in conns]
+
+
+def test_latency_is_applied_and_removed(client: Toxiproxy, upstream: str) -> None:
     proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
-    base = timed_ping(proxy.listen)
     proxy.add_toxic(type="latency", stream="downstream", attributes={"latency": 200})
-    assert timed_ping(proxy.listen) >= 0.2
+    assert timed_ping(proxy.listen) >= 0.2  # a lower bound: a loaded machine only adds
     assert set(proxy.toxics()) == {"latency_downstream"}
     proxy.destroy_toxic("latency_downstream")
-    assert timed_ping(proxy.listen) < 0.2
-    proxy.add_toxic(type="latency", name="never", toxicity=0.0, attributes={"latency": 500})
-    assert timed_ping(proxy.listen) < 0.5 + base
+    proxy.add_toxic(type="latency", name="hold", attributes={"latency": HOLD_MS})
+    assert held(proxy.listen)
+    proxy.destroy_toxic("hold")
+    assert answered_within(proxy.listen)  # removed: no 60 s hold any more
+
+
+def test_toxicity_decides_per_connection(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="latency", name="never", toxicity=0.0,
+                    attributes={"latency": HOLD_MS})
+    assert answered_within(proxy.listen)
+    proxy.destroy_toxic("never")
+    proxy.add_toxic(type="latency", name="half", toxicity=0.5,
+                    attributes={"latency": HOLD_MS})
+    times = ping_all(proxy.listen, 24, wait_s=3.0)
+    held_n = sum(t is None for t in times)
+    assert 0 < held_n < 24, times  # some connections got the toxic, others not (p=1e-7)
+
+
+def test_latency_jitter_spreads_the_delays(client: Toxiproxy, upstream: str) -> None:
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    proxy.add_toxic(type="latency", attributes={"latency": 1000, "jitter": 900})
+    times = ping_all(proxy.listen, 12, wait_s=WINDOW_S)
+    assert all(t is not None and t >= 0.09 for t in times), times  # never below 1000 - 900
+    # without jitter every answer takes >= 1 s; with it about half come in under 1 s
+    assert min(t for t in times if t is not None) < 0.9, times
 
 
 def test_black_hole_holds_data_until_removed(client: Toxiproxy, upstream: str) -> None:
@@ -180,15 +243,13 @@ def test_limit_data(client: Toxiproxy, upstream: str) -> None:
         assert got == b"+PO"
 
 
-def test_bandwidth_and_slicer_keep_the_bytes(client: Toxiproxy, upstream: str) -> None:
+def test_bandwidth_keeps_the_bytes(client: Toxiproxy, upstream: str) -> None:
     proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
     key, value = f"bw-{uuid.uuid4().hex}", b"x" * 5000
     with connect(proxy.listen) as s:
         s.sendall(b"SET %s %s\r\n" % (key.encode(), value))
         assert s.recv(64) == b"+OK\r\n"
     proxy.add_toxic(type="bandwidth", stream="downstream", attributes={"rate": 10})
-    proxy.add_toxic(type="slicer", stream="downstream",
-                    attributes={"average_size": 500, "size_variation": 100, "delay": 1000})
     with connect(proxy.listen) as s:
         t0 = time.perf_counter()
         s.sendall(b"GET %s\r\n" % key.encode())
@@ -199,6 +260,36 @@ def test_bandwidth_and_slicer_keep_the_bytes(client: Toxiproxy, upstream: str) -
         assert got == want
         assert time.perf_counter() - t0 >= 0.4  # 5 KB at 10 KB/s
         s.sendall(b"DEL %s\r\n" % key.encode())
+
+
+def test_slicer_cuts_the_stream_into_delayed_slices(client: Toxiproxy, upstream: str) -> None:
+    """The slicer alone (no bandwidth toxic to explain a delay): 2,000 bytes in slices of 100
+    to 200 bytes, 50 ms apart, arrive whole but no sooner than the slices' delays allow, and
+    the first of them well before the rest."""
+    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
+    key, value = f"sl-{uuid.uuid4().hex}", b"y" * 2000
+    with connect(proxy.listen) as s:
+        s.sendall(b"SET %s %s\r\n" % (key.encode(), value))
+        assert s.recv(64) == b"+OK\r\n"
+    proxy.add_toxic(type="slicer", stream="downstream",
+                    attributes={"average_size": 150, "size_variation": 50, "delay": 50_000})
+    want = b"$2000\r\n" + value + b"\r\n"
+    with connect(proxy.listen, timeout_s=WINDOW_S) as s:
+        t0 = time.perf_counter()
+        s.sendall(b"GET %s\r\n" % key.encode())
+        first = s.recv(65536)
+        t_first = time.perf_counter() - t0
+        got = first
+        while len(got) < len(want):
+            got += s.recv(65536)
+        elapsed = time.perf_counter() - t0
+        s.sendall(b"DEL %s\r\n" % key.encode())
+    assert got == want
+    assert len(first) <= 200  # one slice, not the whole reply
+    # at least 2,007 / 200 = 11 slices (from one or two upstream chunks), 50 ms apart: >= 0.4 s
+    # (a lower bound, safe on a loaded machine), and the first slice came before most of them
+    assert elapsed >= 0.4
+    assert t_first < elapsed - 0.2
 
 
 def test_slow_close(client: Toxiproxy, upstream: str) -> None:
@@ -216,13 +307,13 @@ def test_slow_close(client: Toxiproxy, upstream: str) -> None:
 
 def test_reset_heals_everything(client: Toxiproxy, upstream: str, api_url: str) -> None:
     proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
-    proxy.add_toxic(type="latency", attributes={"latency": 1000})
+    proxy.add_toxic(type="latency", attributes={"latency": HOLD_MS})
     proxy.disable()
     assert client.reset()
     raw = httpx.get(f"{api_url}/proxies/redis").json()
     assert raw["enabled"] is True
     assert raw["toxics"] == []
-    assert timed_ping(proxy.listen) < 0.5
+    assert answered_within(proxy.listen)  # the 60 s latency is gone
 
 
 def test_update_populate_and_errors(client: Toxiproxy, upstream: str, api_url: str) -> None:

@@ -6,11 +6,13 @@ import asyncio
 import random
 import time
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import pytest
 
 from core.errors import InvalidInput, InvalidTransition, StaleLease
+from core.jobs.backoff import BackoffPolicy
 from core.jobs.model import ExecutionStatus, JobSpec, JobStatus
 from core.service.jobs import JobService
 from core.worker.handlers import BUILTIN_HANDLERS
@@ -226,18 +228,23 @@ async def test_failure_retry_then_dead_letter(service: JobService) -> None:
 
 
 async def test_backoff_spaces_retries(service: JobService) -> None:
-    await service.create(JobSpec(job_type="flaky", max_retries=1))
-    lease = await service.acquire("w1")
+    # a 30 s backoff: "not runnable yet" holds for far longer than any scheduler stall (the
+    # suite's fast 50 ms backoff would leave a window a loaded machine can miss)
+    slow = JobService(service.pool, service.dispatch, replace(
+        service.settings, backoff=BackoffPolicy(base_s=30.0, max_s=60.0, jitter_s=0.0)))
+    await slow.create(JobSpec(job_type="flaky", max_retries=1))
+    lease = await slow.acquire("w1")
     assert lease is not None
-    outcome = await service.fail(lease.job_id, lease.token, "first")
-    assert outcome.retry_in_s is not None
+    outcome = await slow.fail(lease.job_id, lease.token, "first")
+    assert outcome.retry_in_s == 30.0
     # Not runnable before its backoff elapses (PostgreSQL agrees with Redis).
-    assert await service.acquire("w1") is None
-    row = await service.pool.fetchrow(
-        "SELECT run_at > clock_timestamp() AS later FROM jobs WHERE id = $1",
-        uuid.UUID(lease.job_id),
-    )
+    assert await slow.acquire("w1") is None
+    row = await slow.pool.fetchrow(
+        "SELECT run_at > clock_timestamp() + interval '20 seconds' AS later, status"
+        " FROM jobs WHERE id = $1", uuid.UUID(lease.job_id))
     assert row["later"]
+    assert row["status"] == "PENDING"
+    assert (await slow.dispatch.depths())["delayed"] == 1
 
 
 async def test_concurrent_workers_run_each_job_once(service: JobService) -> None:
@@ -470,3 +477,55 @@ async def test_dead_letter_requeue_and_purge(service: JobService) -> None:
     assert await service.pool.fetchval("SELECT count(*) FROM dead_letter_queue") == 0
     with pytest.raises(InvalidTransition):
         await service.dlq_requeue(created.job_id)
+
+
+async def test_a_worker_lost_after_a_cancel_request_ends_the_job_cancelled(
+        service: JobService) -> None:
+    """The cancel was asked while the job ran; its worker then vanished (no report). When
+    its lease runs out the job is CANCELLED as asked, not retried, and not run again."""
+    from core.service.reconciler import Reconciler
+
+    created = await service.create(JobSpec(job_type="noop", max_retries=5))
+    lease = await service.acquire("w-lost", lease_s=0.2)
+    assert lease is not None
+    assert await service.cancel(created.job_id, "operator said so") == JobStatus.PROCESSING
+
+    async def expired() -> bool:
+        row = await service.pool.fetchrow(
+            "SELECT lease_expires_at < clock_timestamp() AS gone FROM jobs WHERE id = $1",
+            uuid.UUID(created.job_id))
+        return bool(row["gone"])
+
+    await wait_until(expired, what="the lost worker's lease to run out")  # PostgreSQL's clock
+    report = await Reconciler(service).run_once()
+    assert report.leases_expired == 1
+    job = await service.get(created.job_id)
+    assert job.status == JobStatus.CANCELLED
+    assert job.cancel_reason == "operator said so"
+    assert job.retry_count == 0  # no retry was scheduled
+    assert await service.acquire("w2") is None
+    with pytest.raises(StaleLease):  # the lost worker's late report changes nothing
+        await service.complete(lease.job_id, lease.token)
+
+
+async def test_racing_idempotent_creates_with_one_key_make_one_job(
+        service: JobService) -> None:
+    """Twenty creates race with one idempotency key, half of them with another payload: one
+    job exists, the same spec gets it back, a different spec gets a conflict naming the key,
+    and nothing half-written is left."""
+    from core.errors import IdempotencyConflict
+
+    def spec(n: int) -> JobSpec:
+        return JobSpec(job_type="noop", idempotency_key="race", payload={"n": n % 2})
+
+    results = await asyncio.gather(*(service.create(spec(n)) for n in range(20)),
+                                   return_exceptions=True)
+    made = [r for r in results if not isinstance(r, BaseException)]
+    refused = [r for r in results if isinstance(r, BaseException)]
+    assert all(isinstance(r, IdempotencyConflict) for r in refused), refused
+    assert len({r.job_id for r in made}) == 1  # one job, whoever won
+    assert sum(r.created for r in made) == 1
+    assert (len(made), len(refused)) == (10, 10)  # the winner's half, and the other
+    assert all("race" in str(r) for r in refused)
+    rows = await service.pool.fetchval("SELECT count(*) FROM jobs WHERE idempotency_key = 'race'")
+    assert rows == 1

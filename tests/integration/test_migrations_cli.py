@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from pathlib import Path
 
 import asyncpg
@@ -78,7 +79,13 @@ def test_cli_db_verify_and_status(settings: Settings, capsys: pytest.CaptureFixt
     assert out["indexes"] >= 21
     assert out["ok"] is True
     assert main(cli(settings, "db", "verify")) == 0
-    assert "5 tables" in capsys.readouterr().out
+    printed = capsys.readouterr().out.strip()
+    assert "5 tables" in printed
+    # the operations guide quotes this line for the default schema: they must not drift
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "operations.md").read_text()
+    quoted = re.search(r"`schema gap006: ([^`]+)`", doc)
+    assert quoted is not None
+    assert printed.split(": ", 1)[1] == quoted.group(1)
     assert main(cli(settings, "db", "status", "--json")) == 0
     assert len(json.loads(capsys.readouterr().out)) == 10
 

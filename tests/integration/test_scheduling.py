@@ -143,8 +143,10 @@ async def test_a_rate_limit_spaces_starts_and_wakes_the_worker_when_due(
     got = len(await service.acquire_many("w1", 10))
     assert got == 2  # the burst
     (state,) = await limits.limit_states(service.pool, service.dispatch)
-    assert 0 <= state["tokens"] < 1  # spent, refilling at 20/s
-    assert service.next_due_in_ms is not None
+    # spent, and refilling at 20/s since: a stall between the burst and this read adds tokens,
+    # never more than 20 per second elapsed (so the bound holds on a loaded machine)
+    assert 0 <= state["tokens"] <= min(2.0, 20 * (time.monotonic() - t0)) + 1e-6
+    assert service.next_due_in_ms is not None  # computed by the script that spent the burst
     assert 0 < service.next_due_in_ms <= 50
     starts = [time.monotonic() - t0] * 2
     while got < 10:

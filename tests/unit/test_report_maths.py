@@ -5,6 +5,7 @@ which must flag a real change and leave noise alone."""
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -66,3 +67,20 @@ def test_compare_error_rate_needs_significance_and_the_minimum_change() -> None:
     row = proportion_row("e", 10, 1000, 40, 1000, 0.05)
     assert row["counts"] == [10, 40]
     assert row["change_pct"] == 300.0
+
+
+def test_accepted_jobs_missing_names_the_jobs_the_api_acknowledged_but_lost(
+        tmp_path: Path) -> None:
+    """The client-side half of invariant 2, planted: an id Locust saw acknowledged (201) that
+    the exported jobs table does not hold."""
+    from core.contract import runfolder
+    from loadtests.verdict import missing_accepted
+
+    (tmp_path / runfolder.RAW).mkdir()
+    (tmp_path / runfolder.RAW / "accepted-1.txt").write_text("a\nb\n")
+    (tmp_path / runfolder.RAW / "accepted-2.txt").write_text("c\n")
+    (tmp_path / runfolder.JOBS).write_text("id,status\na,COMPLETED\nc,DEAD\n")
+    check = missing_accepted(tmp_path)
+    assert (check["violations"], check["examples"], check["ok"]) == (1, ["b"], False)
+    (tmp_path / runfolder.JOBS).write_text("id,status\na,COMPLETED\nb,PENDING\nc,DEAD\n")
+    assert missing_accepted(tmp_path)["ok"]
