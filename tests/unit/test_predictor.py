@@ -227,3 +227,103 @@ def test_corrupt_and_foreign_model_files_are_refused(tmp_path: Path) -> None:
     save(make_pipeline(max_iter=20).fit(other[cols], other["label"]), {}, wrong)
     with pytest.raises(ModelError, match=r"other features \(missing \['rss_mb'\]"):
         load(wrong)
+
+
+def ramp_rows(run: str, wid: str, fail_at: float | None, ramp_from: float,
+              end: float = 100.0) -> list[dict[str, object]]:
+    """Scored rows of one worker whose p_failing climbs linearly from 0.1 at `ramp_from` to
+    0.95 at `fail_at` (a gradual failure), or stays 0.1 (healthy)."""
+    out: list[dict[str, object]] = []
+    last = fail_at if fail_at is not None else end
+    for t in range(int(last)):
+        if fail_at is None or t < ramp_from:
+            p = 0.1
+        else:
+            p = 0.1 + 0.85 * (t - ramp_from) / (fail_at - ramp_from)
+        out.append({"run": run, "worker_id": wid, "t": float(t),
+                    "failure_at": np.nan if fail_at is None else fail_at,
+                    "kind": "" if fail_at is None else "gradual",
+                    "label": "failing" if fail_at is not None and t >= fail_at - 30
+                    else "healthy", "samples_in_window": 20, "p_failing": p})
+    return out
+
+
+def test_choose_threshold_is_the_strictest_that_still_catches_in_time() -> None:
+    from predictor.train import THRESHOLDS, choose_threshold
+
+    # p_failing climbs from 0.1 at t=20 to 0.95 at the failure (t=80): with k=3 a threshold
+    # th fires at t ~= 20 + (th - 0.1) / 0.85 * 60 + 2, so the lead is ~= 58 - 70.6 (th - 0.1)
+    # and shrinks as th grows: 0.6 gives a lead ~= 22.7 s, 0.7 ~= 15.6 s, 0.8 ~= 8.6 s
+    rows = []
+    for i in range(10):
+        rows += ramp_rows("r1", f"g{i}", 80.0, 20.0)
+        rows += ramp_rows("r1", f"h{i}", None, 0.0)
+    scored = pd.DataFrame(rows)
+    assert choose_threshold(scored, k=3) == 0.7  # the highest with a median lead >= 15 s
+    # warned only 5 s ahead: no threshold catches in time, so the lowest whose firings are
+    # right 95 % of the time (here the lowest tried: nothing healthy ever fires) ...
+    late = pd.DataFrame([{**r, "p_failing": 0.95 if r["kind"] and r["t"] >= 75 else 0.1}
+                         for r in rows])
+    assert choose_threshold(late, k=3) == THRESHOLDS[0]
+    # ... and with no warning at all, nothing fires: the highest tried
+    never = pd.DataFrame([{**r, "p_failing": 0.1} for r in rows])
+    assert choose_threshold(never, k=3) == THRESHOLDS[-1]
+
+
+def training_frame(runs: int = 3, seed: int = 0) -> pd.DataFrame:
+    """Rows of several runs (ordered in time) for cross-validation."""
+    parts = []
+    for r in range(runs):
+        df = tiny_training_rows(seed + r)
+        df["run"] = f"run{r}"
+        df["worker_id"] = [f"w{i % 20}" for i in range(len(df))]
+        df["t"] = np.arange(len(df), dtype=float)
+        df["failure_at"] = np.where(df["label"] == "failing", df["t"] + 10, np.nan)
+        df["samples_in_window"] = 20
+        parts.append(df)
+    out = pd.concat(parts, ignore_index=True)
+    out["run"] = pd.Categorical(out["run"], categories=[f"run{r}" for r in range(runs)],
+                                ordered=True)
+    return out
+
+
+def test_cross_validate_tests_each_run_on_a_model_of_the_runs_before_it() -> None:
+    from predictor.train import cross_validate
+
+    df = training_frame(3)
+    oof, folds = cross_validate(df)
+    assert folds == [{"train": ["run0"], "test": "run1"},
+                     {"train": ["run0", "run1"], "test": "run2"}]
+    assert set(oof["run"].astype(str)) == {"run1", "run2"}  # never the first run
+    assert len(oof) == (df["run"] != "run0").sum()
+    # the rule learnt (a steep memory slope) carries to runs it never saw
+    failing = oof["label"] == "failing"
+    assert oof.loc[failing, "p_failing"].mean() > 0.8
+    assert oof.loc[~failing, "p_failing"].mean() < 0.2
+
+
+def test_train_reports_what_it_validated_and_chose() -> None:
+    from predictor.train import THRESHOLDS, train
+
+    model, report = train(training_frame(3), k=2)
+    assert report["threshold"] in THRESHOLDS
+    assert report["k"] == 2
+    assert report["runs"] == ["run0", "run1", "run2"]
+    assert [f["test"] for f in report["validation"]["folds"]] == ["run1", "run2"]
+    assert report["class_balance"]["failing"] > 0
+    assert list(model.classes_) == sorted(set(training_frame(1)["label"]))
+
+
+def test_predictor_cli_refuses_what_it_cannot_use(tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    from loadtests.cli import main
+
+    assert main(["predictor", "train", str(tmp_path / "no-such-run"), "--out",
+                 str(tmp_path / "m.skops")]) == 1
+    assert "no-such-run" in capsys.readouterr().err
+    assert main(["predictor", "train", str(tmp_path), "--k", "0", "--out",
+                 str(tmp_path / "m.skops")]) == 1
+    assert "--k" in capsys.readouterr().err
+    assert main(["predictor", "evaluate", str(tmp_path / "missing.skops"), str(tmp_path)]) == 1
+    assert capsys.readouterr().err.startswith("error:")
+    assert not (tmp_path / "m.skops").exists()  # nothing written
