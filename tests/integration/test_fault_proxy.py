@@ -165,7 +165,9 @@ def ping_all(listen: str, n: int, wait_s: float) -> list[float | None]:
 def test_latency_is_applied_and_removed(client: Toxiproxy, upstream: str) -> None:
     proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
     proxy.add_toxic(type="latency", stream="downstream", attributes={"latency": 200})
-    assert timed_ping(proxy.listen) >= 0.2  # a lower bound: a loaded machine only adds
+    # a lower bound (a loaded machine only adds), less the event loop's timer resolution: the
+    # proxy's 200 ms sleep may end a millisecond early (seen: 199.8 ms under load)
+    assert timed_ping(proxy.listen) >= 0.19
     assert set(proxy.toxics()) == {"latency_downstream"}
     proxy.destroy_toxic("latency_downstream")
     proxy.add_toxic(type="latency", name="hold", attributes={"latency": HOLD_MS})
