@@ -38,6 +38,10 @@ def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
     if args.suite == "supervisor":
         return dict(run_async(bench_supervisor(settings, workers=args.workers,
                                                kills=args.kills, progress=progress)))
+    if args.suite == "proxy":
+        from loadtests.bench.proxy import bench_proxy
+
+        return dict(run_async(bench_proxy(settings, ops=args.ops, progress=progress)))
     result: dict[str, Any]
     if args.suite == "core":
         result = run_async(bench_core(
@@ -101,7 +105,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("bench", parents=[common], help="benchmarks")
-    p.add_argument("suite", choices=["core", "limits", "batch", "e2e", "supervisor", "api"])
+    p.add_argument("suite", choices=["core", "limits", "batch", "e2e", "supervisor", "api",
+                                     "proxy"])
     p.add_argument("--ops", type=int, default=5000,
                    help="core: operations per phase; api: requests; batch, e2e: jobs (5000)")
     p.add_argument("--batch-size", type=int, default=1000,

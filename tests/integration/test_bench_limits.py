@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -113,3 +114,17 @@ async def test_core_bench_runs_every_operation_closed_and_open_loop(
             assert r["offered_ops_s"] == rate
             assert r["throughput_ops_s"] <= rate * 200 / 199 + 0.1
             assert r["start_late_p99_ms"] <= r["max_ms"]
+
+
+async def test_proxy_bench_measures_both_paths(server_settings: Settings, tmp_path: Path
+                                               ) -> None:
+    from dataclasses import replace
+
+    from loadtests.bench.proxy import bench_proxy
+
+    result = await bench_proxy(replace(server_settings, data_dir=tmp_path), ops=200, rounds=2)
+    assert result["round_trips"] == 200
+    assert result["direct"]["p50_us"] > 0
+    assert result["proxied"]["p50_us"] > 0
+    assert isinstance(result["added_p50_us"], float)
+    assert (tmp_path / "logs" / "bench-proxy.log").exists()  # a real proxy process ran

@@ -1,0 +1,82 @@
+"""`jobharness bench proxy`: what the fault proxy itself adds to a round trip, with no toxic.
+PINGs to Valkey over one connection, straight and through a `jobharness chaos proxy` process
+(as a run's children reach the stores), alternated in rounds so that both see the same
+machine."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+from core.contract.figures import percentile
+from core.infra.embedded import free_port
+from core.settings import Settings
+from loadtests.procs import Child
+
+Progress = Any
+
+
+async def _pings(host: str, port: int, n: int) -> list[float]:
+    """Round-trip times (µs) of `n` PINGs over one connection."""
+    reader, writer = await asyncio.open_connection(host, port)
+    out = []
+    try:
+        for _ in range(n):
+            t0 = time.perf_counter()
+            writer.write(b"PING\r\n")
+            await writer.drain()
+            if await reader.readline() != b"+PONG\r\n":
+                raise RuntimeError("unexpected reply to PING")
+            out.append((time.perf_counter() - t0) * 1e6)
+    finally:
+        writer.close()
+        await writer.wait_closed()
+    return out
+
+
+async def bench_proxy(settings: Settings, *, ops: int, rounds: int = 5,
+                      progress: Progress | None = None) -> dict[str, Any]:
+    """p50/p99 round trip straight to Redis and through the proxy, and the difference."""
+    url = urlsplit(settings.redis_url or "")
+    host, port = url.hostname or "127.0.0.1", int(url.port or 6379)
+    api_port = free_port()
+    child = await Child.start("proxy", ["loadtests.cli", "chaos", "proxy", "--port",
+                                        str(api_port)], env={}, log=settings.data_dir /
+                              "logs" / "bench-proxy.log")
+    direct: list[float] = []
+    proxied: list[float] = []
+    per_round = max(1, ops // rounds)
+    try:
+        api = f"http://127.0.0.1:{api_port}"
+        async with httpx.AsyncClient() as http:
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    await http.get(f"{api}/version")
+                    break
+                except httpx.TransportError:
+                    if time.monotonic() > deadline or not child.running:
+                        raise RuntimeError("the fault proxy did not start") from None
+                    await asyncio.sleep(0.05)  # polled: another process's readiness
+            r = await http.post(f"{api}/proxies", json={
+                "name": "bench", "listen": "127.0.0.1:0", "upstream": f"{host}:{port}"})
+            p_host, p_port = r.json()["listen"].rsplit(":", 1)
+        for k in range(rounds):
+            direct += await _pings(host, port, per_round)
+            proxied += await _pings(p_host, int(p_port), per_round)
+            if progress is not None:
+                progress("round trips", k + 1, rounds)
+    finally:
+        await child.stop()
+
+    def summary(values: list[float]) -> dict[str, float | None]:
+        return {"p50_us": percentile(values, 50), "p99_us": percentile(values, 99)}
+
+    d, p = summary(direct), summary(proxied)
+    added = None if d["p50_us"] is None or p["p50_us"] is None else p["p50_us"] - d["p50_us"]
+    return {"benchmark": "proxy", "round_trips": len(direct), "direct": d, "proxied": p,
+            "added_p50_us": None if added is None else round(added, 1)}
