@@ -153,7 +153,7 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     from chaos.actions import Endpoints
     from chaos.checker import check_all
     from chaos.drill import DrillRunner, load_drill
-    from chaos.probes import make_probes
+    from chaos.probes import deployment_fleet, make_probes
     from core.contract.observe import BACKLOG_CREATED_BEFORE
     from core.errors import JobHarnessError, StoreUnavailable
     from core.service.runtime import open_runtime
@@ -164,9 +164,10 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     async with open_runtime(settings, migrate_first=False, memory=False) as rt, \
             httpx.AsyncClient() as http:
         pool, dispatch = rt.pool, rt.dispatch
+        fleet = await deployment_fleet(pool, http, settings.control_url)
         runner = DrillRunner(drill, Endpoints(proxy_api=settings.toxiproxy_url,
                                               control_url=settings.control_url),
-                             make_probes(pool, settings.api_url, http), seed=args.seed)
+                             make_probes(pool, settings.api_url, http, fleet), seed=args.seed)
         await runner.begin()
         if runner.method is not None:
             await runner.method
@@ -186,7 +187,8 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
                                        heartbeat_ttl_s=settings.heartbeat_ttl_s)
         return {"drill": drill.name, "passed": report.passed, "journal": report.journal,
                 "steady_before": report.steady_before, "steady_after": report.steady_after,
-                "invariants": report.checks}
+                "zombie_results_rejected": report.zombie_results_rejected,
+                "faults": report.windows, "invariants": report.checks}
 
 
 def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
@@ -198,7 +200,18 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
         result = run_async(_drill_alone(args, settings))
     except DrillError as exc:
         raise JobHarnessError(str(exc)) from exc
-    print_json(result)
+    if args.json:
+        print_json(result)
+    else:
+        from rich.console import Console
+
+        from chaos.summary import checks_table, drill_summary, verdict_line
+
+        out = Console()
+        out.print(checks_table([], result["invariants"], title=f"drill {result['drill']}"))
+        out.print(drill_summary({**result, "name": result["drill"]}))
+        out.print(verdict_line(result["passed"], [c["name"] for c in result["invariants"]
+                                                   if not c["ok"]]))
     return 0 if result["passed"] else 1
 
 

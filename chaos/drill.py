@@ -31,7 +31,21 @@ from core.errors import ConfigError, DispatchUnavailable, StoreUnavailable
 from core.settings import parse_values
 
 DRILL_DIR = Path(__file__).parent / "drills"
-Probe = Callable[[dict[str, Any]], Awaitable[tuple[bool, Any]]]
+LOAD_AFTER_S = 10.0  # load kept on after the last fault, so recovery is measured under it
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    """A probe's answer: whether it holds, what it found, what it expected, and (when it does
+    not hold) why."""
+
+    ok: bool
+    found: Any
+    expected: str
+    why: str = ""
+
+
+Probe = Callable[[dict[str, Any]], Awaitable[ProbeResult]]
 
 
 class DrillError(ValueError):
@@ -60,11 +74,23 @@ class Drill:
     slo: dict[str, float] = field(default_factory=dict)  # scenario SLOs relaxed for the fault
     abort: list[dict[str, Any]] = field(default_factory=list)  # probes watched during the method
     memory: bool = False  # run a state-memory owner (for faults that take it away)
+    # under a run's load: how long the load goes on after the method, before the steady
+    # state is checked again (the recovery of the last fault is measured under load)
+    load_after_s: float = LOAD_AFTER_S
 
     @property
     def length_s(self) -> float:
-        return max((s.at_s + (s.every_s or 0) * (s.repeat - 1) + (s.duration_s or 0)
+        """From the drill's start until its last fault heals (a store restart counts its
+        `down_s`)."""
+        return max((s.at_s + (s.every_s or 0) * (s.repeat - 1)
+                    + (s.duration_s or float(s.args.get("down_s", 0) or 0))
                     for s in self.method), default=0.0)
+
+    @property
+    def span_s(self) -> float:
+        """The longest a drill keeps a run's load going: its method, the load after it, and
+        the settle period in which the steady state must hold again."""
+        return self.length_s + self.load_after_s + self.settle_s
 
 
 def available() -> list[str]:
@@ -134,6 +160,12 @@ class DrillReport:
                 self.zombie_results_rejected, "checks": self.checks}
 
 
+def probe_failures(results: list[dict[str, Any]]) -> list[str]:
+    """Each probe that did not hold: what it found against what it expected, and why."""
+    return [f"{r['probe']}: found {r['found']}, expected {r['expected']}"
+            + (f" ({r['why']})" if r.get("why") else "") for r in results if not r["ok"]]
+
+
 def _check(name: str, description: str, violations: int, examples: list[str] | None = None
            ) -> dict[str, Any]:
     return {"name": name, "description": description, "violations": violations,
@@ -154,6 +186,7 @@ class DrillRunner:
         self.steady_before: list[dict[str, Any]] = []
         self.steady_after: list[dict[str, Any]] = []
         self.aborted: dict[str, Any] | None = None
+        self.settled = False
 
     def note(self, kind: str, name: str, *, at: float | None = None, **details: Any) -> None:
         """Journal an event at `at` (monotonic; default now)."""
@@ -170,9 +203,9 @@ class DrillRunner:
                 probe = self.probes.get(spec["probe"])
                 if probe is None:
                     raise DrillError(f"unknown probe {spec['probe']!r}")
-                ok, value = await probe(spec)
-                results.append({"probe": spec["probe"], "ok": ok, "value": value,
-                                "tolerance": {k: v for k, v in spec.items() if k != "probe"}})
+                r = await probe(spec)
+                results.append({"probe": spec["probe"], "ok": r.ok, "found": r.found,
+                                "expected": r.expected, "why": r.why})
             if all(r["ok"] for r in results) or time.monotonic() >= deadline:
                 return results
             await asyncio.sleep(1.0)  # probes are polled while the system recovers
@@ -218,7 +251,8 @@ class DrillRunner:
             done, _ = await asyncio.wait({steps, watch}, return_when=asyncio.FIRST_COMPLETED)
             if watch in done and self.aborted is not None:
                 steps.cancel()
-                self.note("abort", self.aborted["probe"], value=self.aborted["value"])
+                self.note("abort", self.aborted["probe"], found=self.aborted["found"],
+                          why=self.aborted["why"])
             await asyncio.gather(steps, return_exceptions=True)
         finally:
             watch.cancel()
@@ -234,9 +268,10 @@ class DrillRunner:
                 probe = self.probes.get(spec["probe"])
                 if probe is None:
                     raise DrillError(f"unknown probe {spec['probe']!r}")
-                ok, value = await probe(spec)
-                if not ok:
-                    self.aborted = {"probe": spec["probe"], "value": value,
+                r = await probe(spec)
+                if not r.ok:
+                    self.aborted = {"probe": spec["probe"], "found": r.found,
+                                    "expected": r.expected, "why": r.why,
                                     "t_s": round(time.monotonic() - self.t0, 3)}
                     return
             await asyncio.sleep(1.0)  # the probing period
@@ -263,22 +298,36 @@ class DrillRunner:
     def method_done(self) -> bool:
         return self.method is None or self.method.done()
 
-    async def conclude(self, pool: Any, dispatch: Any, invariants: list[dict[str, Any]],
-                       *, heartbeat_ttl_s: float) -> DrillReport:
-        """Wait for the method, give the system `settle_s` to return to its steady state,
-        and judge: the drill's checks plus the `invariants` given (one pass rule)."""
+    async def settle(self, *, after_s: float = 0.0) -> None:
+        """Wait for the method and `after_s` more, then give the system up to `settle_s` to
+        return to its steady state (a run keeps its load going all the while)."""
         if self.method is not None:
             await self.method
+        await asyncio.sleep(after_s)  # the load after the last fault, on the drill's timeline
         self.steady_after = await self.check_steady_state(wait_s=self.drill.settle_s)
+        self.settled = True
+
+    async def conclude(self, pool: Any, dispatch: Any, invariants: list[dict[str, Any]],
+                       *, heartbeat_ttl_s: float,
+                       extra: list[dict[str, Any]] | None = None) -> DrillReport:
+        """Settle (unless done already) and judge: the drill's checks, the `invariants` given
+        and any `extra` checks of the caller's (one pass rule)."""
+        if not self.settled:
+            await self.settle()
         windows = fault_windows(self.journal, 0.0)
         checks = [
             _check("drill_not_aborted", "no abort probe failed during the method",
                    0 if self.aborted is None else 1,
-                   [] if self.aborted is None else [str(self.aborted)]),
+                   [] if self.aborted is None else [
+                       f"{self.aborted['t_s']} s into the method: " + probe_failures(
+                           [{**self.aborted, "ok": False}])[0]]),
             _check("steady_state_before", "probes held before the faults",
-                   sum(not r["ok"] for r in self.steady_before)),
-            _check("steady_state_after", "probes held again after the faults",
-                   sum(not r["ok"] for r in self.steady_after)),
+                   sum(not r["ok"] for r in self.steady_before),
+                   probe_failures(self.steady_before)),
+            _check("steady_state_after", "probes held again after the faults (within "
+                   f"settle_s {self.drill.settle_s:g} s)",
+                   sum(not r["ok"] for r in self.steady_after),
+                   probe_failures(self.steady_after)),
             _check("no_replacement_storm", "no worker replaced for a stale heartbeat while a "
                    "store it heartbeats to was partitioned or restarted",
                    await self.replacement_storm(pool, windows, heartbeat_ttl_s)),
@@ -289,7 +338,7 @@ class DrillRunner:
             stale = None
         return DrillReport(name=self.drill.name, journal=self.journal,
                            steady_before=self.steady_before, steady_after=self.steady_after,
-                           windows=windows, checks=[*invariants, *checks],
+                           windows=windows, checks=[*invariants, *checks, *(extra or [])],
                            zombie_results_rejected=stale)
 
     async def replacement_storm(self, pool: Any, windows: list[dict[str, Any]],

@@ -24,7 +24,6 @@ def _progress_view(console: Any) -> tuple[Any, Any]:
 
 def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from rich.console import Console
-    from rich.table import Table
 
     from chaos.drill import DrillError
     from core.cli.output import run_async
@@ -42,11 +41,14 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     task: dict[str, Any] = {}
 
     def on_progress(p: Progress, s: Scenario, elapsed: float) -> None:
-        stats = (f"created {p.created}/{s.jobs}  done {p.done}  dead {p.dead}  "
-                 f"workers {p.workers}/{s.workers}")
+        # under a drill the load goes on until the drill settles: the total grows with it
+        total = max(s.jobs, p.created)
+        stats = (f"created {p.created}{'' if opts.drill else f'/{s.jobs}'}  done {p.done}  "
+                 f"dead {p.dead}  workers {p.workers}")
         if "id" not in task:
-            task["id"] = bar.add_task("run", total=s.jobs, phase=p.phase, stats=stats)
-        bar.update(task["id"], completed=p.done + p.dead, phase=p.phase, stats=stats)
+            task["id"] = bar.add_task("run", total=total, phase=p.phase, stats=stats)
+        bar.update(task["id"], total=total, completed=p.done + p.dead, phase=p.phase,
+                   stats=stats)
 
     try:
         with endpoints(settings, keep_running=args.target is not None) as resolved, bar:
@@ -62,24 +64,30 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 
         print_json(verdict)
     else:
-        table = Table("check", "value", "limit", "ok", title=f"{verdict['run_id']}")
-        for row in verdict["slos"]:
-            value = row["value"]
-            table.add_row(row["name"], f"{value:.4g}" if isinstance(value, float) else
-                          str(value), str(row["limit"]), "yes" if row["ok"] else "NO")
-        for check in verdict["invariants"]:
-            table.add_row(check["name"], str(check["violations"]), "0",
-                          "yes" if check["ok"] else "NO")
-        out.print(table)
-        figs = verdict["figures"]
-        out.print(f"{figs['jobs']} jobs in {figs['wall_s']} s "
-                  f"({figs['throughput_jobs_s']} jobs/s), timings {verdict['timings']}")
-        out.print(f"run folder: {run.dir}")
-        out.print(f"report: {run.dir / 'report' / 'report.html'}")
-        out.print(f"Locust report: {run.dir / 'locust.html'}")
-        out.print("[green]PASSED[/green]" if verdict["passed"] else
-                  f"[red]FAILED[/red]: {', '.join(verdict['breaches'])}")
+        print_run(out, verdict, run.dir)
     return 0 if verdict["passed"] else 1
+
+
+def print_run(out: Any, verdict: dict[str, Any], run_dir: Path) -> None:
+    """A run's verdict as a person reads it: the checks, the faults and their recovery, the
+    figures that matter, the timings, and where the report is."""
+    from chaos.summary import checks_table, drill_summary, verdict_line
+
+    out.print(checks_table(verdict["slos"], verdict["invariants"], title=verdict["run_id"]))
+    if verdict.get("drill"):
+        out.print(drill_summary(verdict["drill"]))
+    figs, t = verdict["figures"], verdict["timings"]
+    by_check = {c["name"]: c["violations"] for c in verdict["invariants"]}
+    e2e = figs.get("e2e_p99_ms")
+    out.print(f"{figs['jobs']} jobs in {figs['wall_s']:.1f} s ({figs['throughput_jobs_s']} "
+              f"jobs/s), end-to-end p99 {'-' if e2e is None else f'{e2e:.0f} ms'}; "
+              f"lost {by_check.get('lost_jobs', '-')}, completed twice "
+              f"{by_check.get('completed_twice', '-')}")
+    out.print("start-up {startup_s:.1f} s, load {load_s:.1f} s, drain {drain_s:.1f} s".format(
+        **{k: t.get(k, 0.0) for k in ("startup_s", "load_s", "drain_s")}))
+    out.print(f"report: {run_dir / 'report' / 'report.html'}")
+    out.print(f"run folder: {run_dir} (Locust's own report: locust.html)")
+    out.print(verdict_line(verdict["passed"], verdict["breaches"]))
 
 
 def extend(sub: Any, common: argparse.ArgumentParser) -> None:

@@ -20,8 +20,12 @@ LOCUSTFILE = Path(__file__).parent / "locustfile.py"
 
 class Load:
     def __init__(self, scenario: Scenario, run_dir: Path, api_url: str, *,
-                 locust_workers: int = 0) -> None:
+                 locust_workers: int = 0, budget: int | None = None,
+                 duration_s: float | None = None) -> None:
+        """`budget` jobs (the scenario's by default) within `duration_s` (its max_load_s)."""
         self.scenario = scenario
+        self.budget = scenario.jobs if budget is None else budget
+        self.duration_s = scenario.max_load_s if duration_s is None else duration_s
         self.dir = run_dir
         self.api_url = api_url
         self.locust_workers = locust_workers
@@ -34,14 +38,14 @@ class Load:
         s, n = self.scenario, self.locust_workers
         users = (s.users if s.model == "closed" else 1) + s.observers + s.operators
         common = ["-f", str(LOCUSTFILE), "--headless", "--host", self.api_url,
-                  "-u", str(users), "-r", str(s.spawn_rate), "-t", f"{int(s.max_load_s)}s",
+                  "-u", str(users), "-r", str(s.spawn_rate), "-t", f"{math.ceil(self.duration_s)}s",
                   "--csv", str(self.dir / runfolder.LOCUST_CSV),
                   "--html", str(self.dir / runfolder.LOCUST_HTML),
                   "--only-summary", "--stop-timeout", "5"]
         logs = self.dir / runfolder.LOGS
         if n <= 0:
             self.children = [await Child.start("locust", ["locust", *common],
-                                               env=self._env(s.jobs),
+                                               env=self._env(self.budget),
                                                log=logs / "locust.log", cwd=self.dir)]
             return self.children
         port = free_port()
@@ -49,7 +53,7 @@ class Load:
             "locust", ["locust", *common, "--master", "--expect-workers", str(n),
                        "--master-bind-host", "127.0.0.1", "--master-bind-port", str(port)],
             env=self._env(0), log=logs / "locust-master.log", cwd=self.dir)
-        budget = math.ceil(s.jobs / n)
+        budget = math.ceil(self.budget / n)
         workers = [await Child.start(
             f"locust-worker-{i}", ["locust", "-f", str(LOCUSTFILE), "--worker",
                                    "--master-host", "127.0.0.1", "--master-port", str(port)],

@@ -28,7 +28,7 @@ import yaml
 
 from chaos.checker import check_all
 from chaos.drill import DrillReport, DrillRunner, load_drill
-from chaos.probes import make_probes
+from chaos.probes import Fleet, deployment_fleet, make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder
 from core.errors import DispatchUnavailable, JobHarnessError
@@ -41,12 +41,22 @@ from loadtests.sampler import STATUSES, Sampler, mem_used_mib
 from loadtests.scenario import Scenario, load_scenario
 from loadtests.scratch import scratch_schema
 from loadtests.system import SystemUnderTest, embedded_of
-from loadtests.verdict import evaluate, figures, missing_accepted
+from loadtests.verdict import (
+    evaluate,
+    faults_under_load,
+    figures,
+    missing_accepted,
+    read_requests,
+    window_load,
+)
 
 CONVERGE_S = 6.0  # > two reconciler passes (2 s) + the Redis breaker's retry delay (2 s)
 BACKLOG = ("WAITING", "PENDING", "PROCESSING")
 SAMPLE_PERIOD_S = 1.0
 MEMORY_CATCH_UP_S = 30.0
+# Under a drill the load runs until the drill has settled, whatever the scenario's job count;
+# this bounds it in count (time is bounded by max_load_s + the drill's span).
+DRILL_JOB_CAP = 200_000
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -90,6 +100,7 @@ class Run:
             data_dir=self.dir / runfolder.STATE, memory=opts.memory)
         self.drill = load_drill(opts.drill) if opts.drill else None
         if self.drill is not None:
+            self._check_load_covers(self.scenario, self.drill)
             self.settings = with_values(self.settings, self.drill.settings,
                                         f"drill {self.drill.name}")
             if self.drill.slo:
@@ -103,8 +114,22 @@ class Run:
         self.on_progress = on_progress
         self.progress = Progress()
         self.started = time.monotonic()
+        self.started_wall = time.time()
         self.timings: dict[str, float] = {}
         self.mem_before = mem_used_mib()
+
+    @staticmethod
+    def _check_load_covers(scenario: Scenario, drill: Any) -> None:
+        """Refuse, before anything starts, a drill whose faults would outlast the load: a
+        load shape ends when its last stage does, whatever the drill still has to do."""
+        end = scenario.shape_end_s
+        if end is not None and end < drill.span_s:
+            raise JobHarnessError(
+                f"scenario {scenario.name!r} ends its load at {end:g} s (its shape), but drill "
+                f"{drill.name!r} needs load for up to {drill.span_s:g} s (faults until "
+                f"{drill.length_s:g} s, {drill.load_after_s:g} s of load after them, settle_s "
+                f"{drill.settle_s:g} s): run the drill under a scenario without a shape "
+                f"(for example `drill`) or lengthen the shape")
 
     @property
     def elapsed(self) -> float:
@@ -175,8 +200,10 @@ class Run:
                 checks.append(missing_accepted(self.dir))
                 report = None
                 if runner is not None:
+                    under_load = faults_under_load(self._window_load(runner, offset_s))
                     report = await runner.conclude(pool, dispatch, checks,
-                                                   heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
+                                                   heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
+                                                   extra=[under_load])
                     checks = report.checks
         verdict = self._verdict(checks, sampler, report, offset_s, memory)
         return verdict
@@ -188,44 +215,57 @@ class Run:
         has run its course."""
         s = self.scenario
         self.progress.phase = "load"
-        load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers)
+        drill = self.drill
+        if drill is None:
+            load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers)
+            deadline_s = s.max_load_s
+        else:  # the load goes on until the drill has settled, whatever the job count
+            deadline_s = s.max_load_s + drill.span_s
+            load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers,
+                        budget=max(s.jobs, DRILL_JOB_CAP), duration_s=deadline_s)
         self.system.children += await load.start()
         t_load = time.monotonic()
-        runner, offset_s = None, 0.0
-        if self.drill is not None:
-            probes = make_probes(pool, api_url, http, expected_workers=s.workers)
-            runner = DrillRunner(self.drill, self.system.endpoints, probes, seed=s.seed)
+        runner, settling, offset_s = None, None, 0.0
+        if drill is not None:
+            fleet = Fleet(s.workers, f"this run's supervisor (--workers {s.workers})")
+            if self.opts.targeted:
+                fleet = await deployment_fleet(pool, http, self.settings.control_url)
+            probes = make_probes(pool, api_url, http, fleet)
+            runner = DrillRunner(drill, self.system.endpoints, probes, seed=s.seed)
             await runner.begin()
             offset_s = self.elapsed
+            settling = asyncio.create_task(runner.settle(after_s=drill.load_after_s))
+            self.progress.phase = "drill"
         loading = True
-        while True:
+        while loading:
             row = await sampler.sample(self.progress.phase)
+            if runner is not None and not runner.settled and runner.method_done:
+                self.progress.phase = "settle"
             self._show(row)
-            if loading and (self.progress.created >= s.jobs or load.budget_spent()
-                            or not load.running or time.monotonic() - t_load > s.max_load_s):
+            spent = self.progress.created >= s.jobs or load.budget_spent()
+            timed_out = time.monotonic() - t_load > deadline_s
+            settled = runner is None or runner.settled
+            if timed_out or ((spent or not load.running) and settled):
                 self.progress.phase = "stopping load"
                 await load.stop()
                 self.timings["load_s"] = round(time.monotonic() - t_load, 2)
                 loading = False
-                self.progress.phase = "drain" if runner is None or runner.method_done \
-                    else "drill"
-            if not loading and (runner is None or runner.method_done):
-                return runner, offset_s
-            await asyncio.sleep(SAMPLE_PERIOD_S)
+            else:
+                await asyncio.sleep(SAMPLE_PERIOD_S)
+        if settling is not None:
+            await settling
+        return runner, offset_s
 
     async def _drain(self, sampler: Sampler, runner: DrillRunner | None) -> None:
         """Until nothing is left to run, or the scenario's drain timeout. After faults,
         invariant 2 promises convergence within a bounded time: the reconciler and the
         breakers get that long before the backlog is judged."""
-        if runner is not None and runner.method is not None:
-            await runner.method
-        method_end = time.monotonic()
         self.progress.phase = "drain"
         t_drain = time.monotonic()
         while time.monotonic() - t_drain < self.scenario.drain_timeout_s:
             row = await sampler.sample(self.progress.phase)
             self._show(row)
-            converged = runner is None or time.monotonic() - method_end >= CONVERGE_S
+            converged = runner is None or time.monotonic() - t_drain >= CONVERGE_S
             if converged and sum(int(row[k]) for k in BACKLOG) == 0:
                 break
             await asyncio.sleep(SAMPLE_PERIOD_S)
@@ -269,11 +309,14 @@ class Run:
                    "timings": self.timings, "figures": figs, **evaluate(s, figs, checks)}
         if report is not None:
             windows = fault_windows(report.journal, offset_s)
+            loads = window_load(read_requests(self.dir / runfolder.RAW), windows,
+                                self.started_wall)
             verdict["drill"] = {
                 "name": report.name, "journal": report.journal,
                 "steady_before": report.steady_before, "steady_after": report.steady_after,
                 "windows": windows, "zombie_results_rejected": report.zombie_results_rejected,
-                "faults": recovery(sampler.rows, windows)}
+                "faults": [{**f, **w} for f, w in zip(recovery(sampler.rows, windows), loads,
+                                                      strict=True)]}
         (self.dir / runfolder.VERDICT).write_text(json.dumps(verdict, indent=2, default=str))
         (self.dir / runfolder.CONFIG).write_text(json.dumps({
             "scenario": s.to_dict(), "schema": self.settings.schema,
@@ -281,6 +324,11 @@ class Run:
             "locust_workers": self.opts.locust_workers, "predictor": self.opts.predictor,
             "pid": os.getpid()}, indent=2))
         return verdict
+
+    def _window_load(self, runner: DrillRunner, offset_s: float) -> list[dict[str, Any]]:
+        windows = fault_windows(runner.journal, offset_s)
+        return [{**w, **load} for w, load in zip(windows, window_load(
+            read_requests(self.dir / runfolder.RAW), windows, self.started_wall), strict=True)]
 
     async def _set_limits(self, api_url: str, http: httpx.AsyncClient) -> None:
         """The scenario's limits, set through the system's API before any load."""

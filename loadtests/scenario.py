@@ -26,8 +26,7 @@ class Slo:
     create_p99_ms: float = 1_000.0
     error_rate_max: float = 0.01
     e2e_p99_ms: float = 60_000.0
-    lost_jobs_max: int = 0
-    duplicate_completions_max: int = 0
+    # Lost and doubly completed jobs are not SLOs: they are invariants, and must be 0.
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -97,6 +96,16 @@ class Scenario:
             _check(self.shape.get("type") in ("stages", "spike"),
                    "shape.type must be stages or spike")
 
+    @property
+    def shape_end_s(self) -> float | None:
+        """When the load shape sends its users home (None: no shape, the load runs until
+        its job budget is spent or its deadline)."""
+        if self.shape is None:
+            return None
+        if self.shape["type"] == "spike":
+            return float(self.shape["before_s"] + self.shape["spike_s"] + self.shape["after_s"])
+        return float(max(stage["until_s"] for stage in self.shape["stages"]))
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -132,7 +141,8 @@ def load_scenario(name_or_path: str, overrides: dict[str, Any] | None = None) ->
     slo = data.pop("slo", {}) or {}
     slo_known = {f.name for f in fields(Slo)}
     if not isinstance(slo, dict) or set(slo) - slo_known:
-        raise ScenarioError(f"{path}: slo keys must be among {', '.join(sorted(slo_known))}")
+        raise ScenarioError(f"{path}: slo keys must be among {', '.join(sorted(slo_known))}"
+                            " (lost and doubly completed jobs are invariants, always 0)")
     try:
         return Scenario(**data, slo=Slo(**slo))
     except TypeError as exc:

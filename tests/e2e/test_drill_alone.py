@@ -98,7 +98,7 @@ def test_a_drill_alone_judges_with_the_one_pass_rule(
             "heartbeat_interval_s": 1.0, "heartbeat_ttl_s": 4.0, "lease_s": 4.0}))
         holds = write_drill(tmp_path / "holds.yaml",
                             {"probe": "workers_active_at_least", "count": WORKERS})
-        code = main(["drill", str(holds), "--target", str(target), "--seed", "3"])
+        code = main(["drill", str(holds), "--target", str(target), "--seed", "3", "--json"])
         result = json.loads(capsys.readouterr().out)
         checks = {c["name"]: c for c in result["invariants"]}
         assert code == 0, result
@@ -112,7 +112,7 @@ def test_a_drill_alone_judges_with_the_one_pass_rule(
         cannot = write_drill(tmp_path / "cannot.yaml",
                              {"probe": "workers_active_at_least", "count": WORKERS + 5},
                              settle_s=3)
-        code = main(["drill", str(cannot), "--target", str(target), "--seed", "3"])
+        code = main(["drill", str(cannot), "--target", str(target), "--seed", "3", "--json"])
         result = json.loads(capsys.readouterr().out)
         assert code == 1
         assert not result["passed"]

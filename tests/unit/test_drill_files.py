@@ -5,7 +5,7 @@ from typing import Any
 import pytest
 
 from chaos.actions import Endpoints
-from chaos.drill import DrillError, DrillRunner, available, load_drill
+from chaos.drill import DrillError, DrillRunner, ProbeResult, available, load_drill
 from chaos.recovery import fault_windows, recovery
 
 
@@ -36,9 +36,9 @@ def test_abort_probe_stops_the_method_and_rollbacks_still_run(tmp_path: Path) ->
                  "abort:\n  - {probe: always_down}\n")
     calls: list[str] = []
 
-    async def always_down(spec: dict[str, Any]) -> tuple[bool, Any]:
+    async def always_down(spec: dict[str, Any]) -> ProbeResult:
         calls.append("probe")
-        return False, "down"
+        return ProbeResult(False, "down", "up", "it is down")
 
     runner = DrillRunner(load_drill(str(f)), Endpoints(), {"always_down": always_down})
     asyncio.run(asyncio.wait_for(runner.run_method(), 5))  # well before the 30 s step

@@ -65,11 +65,26 @@ def test_verdict_names_each_breach() -> None:
               {"name": "completed_twice", "violations": 0, "ok": True}]
     v = evaluate(s, figs, checks)
     assert not v["passed"]
-    assert v["breaches"] == ["create_p99_ms", "lost_jobs", "lost_jobs"]
+    # each check once, under one name: a lost job is an invariant breach, not also an SLO
+    assert v["breaches"] == ["create_p99_ms", "lost_jobs"]
+    names = [r["name"] for r in v["slos"]] + [c["name"] for c in v["invariants"]]
+    assert len(names) == len(set(names))
     ok = evaluate(s, {**figs, "create_p99_ms": 1.0}, [{"name": "lost_jobs", "violations": 0,
                                                         "ok": True}])
     assert ok["passed"]
     assert ok["breaches"] == []
+
+
+def test_lost_jobs_is_not_an_slo_a_scenario_can_relax(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    f.write_text("name: s\nslo: {lost_jobs_max: 5}\n")
+    with pytest.raises(ScenarioError, match="invariants, always 0"):
+        load_scenario(str(f))
+
+
+def test_a_shape_ends_the_load_when_its_last_stage_does() -> None:
+    assert load_scenario("spike").shape_end_s == 40.0
+    assert load_scenario("smoke").shape_end_s is None
 
 
 def test_tenants_are_drawn_by_weight_and_bad_ones_refused() -> None:
