@@ -187,6 +187,7 @@ class DrillRunner:
         self.steady_after: list[dict[str, Any]] = []
         self.aborted: dict[str, Any] | None = None
         self.settled = False
+        self.ended_at: float | None = None  # monotonic, once the method and rollbacks are done
 
     def note(self, kind: str, name: str, *, at: float | None = None, **details: Any) -> None:
         """Journal an event at `at` (monotonic; default now)."""
@@ -258,6 +259,7 @@ class DrillRunner:
             watch.cancel()
             await asyncio.gather(watch, return_exceptions=True)
             await self.rollback()
+            self.ended_at = time.monotonic()
 
     async def _watch_abort(self) -> None:
         """Check the abort probes every second while the method runs."""

@@ -20,11 +20,15 @@ def _num(v: Any, unit: str = "") -> str:
 
 
 def fault_label(fault: dict[str, Any]) -> str:
-    """`partition redis (hard)`, `kill_workers`: what a fault was and what it hit."""
+    """`partition redis (hard)`, `kill_workers 30%`: what a fault was and what it hit."""
     args = fault.get("args") or {}
     target = args.get("target") or args.get("process")
     how = args.get("mode")
     label = fault["name"] + (f" {target}" if target else "")
+    if "fraction" in args and args["fraction"] is not None:
+        label += f" {float(args['fraction']):.0%}"
+    elif "count" in args and args["count"] is not None:
+        label += f" {args['count']}"
     return label + (f" ({how})" if how else "")
 
 
@@ -43,8 +47,9 @@ def checks_table(slos: list[dict[str, Any]], checks: list[dict[str, Any]],
 
 def faults_table(faults: list[dict[str, Any]]) -> Table:
     """Each fault: when, the load it fell on, throughput before/during, recovery."""
-    table = Table("fault", "window (s)", "creates during (failed)", "jobs/s before",
-                  "jobs/s during", "recovered after heal", title="faults", title_justify="left")
+    table = Table("fault", "when (s)", "creates in it (failed)", "jobs/s before/during",
+                  "recovered", title="faults (recovered: seconds from the heal until "
+                  "throughput was back)", title_justify="left")
     for f in faults:
         window = f"{f['start_s']:.1f}-{f['end_s']:.1f}" if f["end_s"] > f["start_s"] \
             else f"at {f['start_s']:.1f}"
@@ -54,8 +59,9 @@ def faults_table(faults: list[dict[str, Any]]) -> Table:
         # a drill alone samples nothing, so it has no recovery to show (no key at all)
         recovered = "-" if "recovery_s" not in f else (
             "[red]not within the run[/red]" if rec is None else f"{rec:.1f} s")
-        table.add_row(fault_label(f), window, load, _num(f.get("throughput_before_jobs_s")),
-                      _num(f.get("throughput_during_jobs_s")), recovered)
+        rates = f"{_num(f.get('throughput_before_jobs_s'))}/" \
+            f"{_num(f.get('throughput_during_jobs_s'))}"
+        table.add_row(fault_label(f), window, load, rates, recovered)
     return table
 
 

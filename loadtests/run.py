@@ -265,7 +265,8 @@ class Run:
         while time.monotonic() - t_drain < self.scenario.drain_timeout_s:
             row = await sampler.sample(self.progress.phase)
             self._show(row)
-            converged = runner is None or time.monotonic() - t_drain >= CONVERGE_S
+            converged = runner is None or runner.ended_at is None \
+                or time.monotonic() - runner.ended_at >= CONVERGE_S
             if converged and sum(int(row[k]) for k in BACKLOG) == 0:
                 break
             await asyncio.sleep(SAMPLE_PERIOD_S)

@@ -32,7 +32,7 @@ def _fmt(v: Any) -> str:
 def summary(run_dir: Path) -> tuple[dict[str, Any], list[Path]]:
     run = load_run(run_dir)
     ops = operation_table(run.requests)
-    figures, extra = all_figures(run, run_dir / runfolder.REPORT)
+    figs = all_figures(run, run_dir / runfolder.REPORT)
     jobs = run.jobs
     done = jobs[jobs["status"] == "COMPLETED"]
     v = run.verdict
@@ -51,9 +51,41 @@ def summary(run_dir: Path) -> tuple[dict[str, Any], list[Path]]:
         "operations": ops.to_dict(orient="records"),
         "slos": v.get("slos", []), "invariants": v.get("invariants", []),
         "faults": [{**f, "target": fault_target(f)}
-                   for f in (v.get("drill") or {}).get("faults", [])], **extra,
+                   for f in (v.get("drill") or {}).get("faults", [])], **figs.extra,
+        "drill": (v.get("drill") or {}).get("name"),
+        "zombie_results_rejected": (v.get("drill") or {}).get("zombie_results_rejected"),
+        "throughput_jobs_s": (v.get("figures") or {}).get("throughput_jobs_s"),
+        "figures": [{"file": f.path.name, "title": f.title, "series": f.series}
+                    for f in figs.shown],
+        "figures_left_out": figs.left_out,
     }
-    return data, figures
+    return data, [f.path for f in figs.shown]
+
+
+def headline(data: dict[str, Any]) -> list[str]:
+    """What a reader wants first: the verdict and its breaches, the rate and the tail, the
+    two promises, and each fault with the load it fell on and how fast the system
+    recovered."""
+    checks = {c["name"]: c["violations"] for c in data["invariants"]}
+    verdict = "PASSED" if data["passed"] else "FAILED: " + ", ".join(data["breaches"])
+    drill = f", drill `{data['drill']}`" if data.get("drill") else ""
+    lines = [f"**{verdict}** (scenario `{data['scenario']}`, {data['model']} model{drill})",
+             f"{data['jobs']['total']} jobs at {_fmt(data.get('throughput_jobs_s'))} jobs/s, "
+             f"end-to-end p99 {_fmt(data['end_to_end_ms'].get('p99'))} ms; lost "
+             f"{checks.get('lost_jobs', '-')}, completed twice "
+             f"{checks.get('completed_twice', '-')}"
+             + (f", zombie results rejected {data['zombie_results_rejected']}"
+                if data.get("zombie_results_rejected") is not None else "")]
+    for f in data["faults"]:
+        what = f["name"] + (f" {f['target']}" if f.get("target") else "")
+        when = f"{f['start_s']:.1f}-{f['end_s']:.1f} s" if f["end_s"] > f["start_s"] \
+            else f"at {f['start_s']:.1f} s"
+        rec = f.get("recovery_s")
+        after = "the heal" if f["end_s"] > f["start_s"] else "it"
+        lines.append(f"{what} {when}: {f.get('creates_during', '-')} creates in it, "
+                     + ("not recovered within the run" if rec is None
+                        else f"recovered {rec:.1f} s after {after}"))
+    return lines
 
 
 def fault_target(fault: dict[str, Any]) -> str:
@@ -61,6 +93,10 @@ def fault_target(fault: dict[str, Any]) -> str:
     args = fault.get("args") or {}
     target = str(args.get("target") or args.get("process") or "")
     how = args.get("mode")
+    if args.get("fraction") is not None:
+        target = f"{float(args['fraction']):.0%} of the workers"
+    elif args.get("count") is not None:
+        target = f"{args['count']} worker{'s' if args['count'] != 1 else ''}"
     return f"{target} ({how})" if target and how else target
 
 
@@ -80,10 +116,9 @@ def _table(rows: list[dict[str, Any]], cols: list[str]) -> list[str]:
     return out
 
 
-def markdown(data: dict[str, Any]) -> str:
-    verdict = "PASSED" if data["passed"] else "FAILED: " + ", ".join(data["breaches"])
-    lines = [f"# {data['run_id']}", "",
-             f"Scenario `{data['scenario']}` ({data['model']} model): **{verdict}**", "",
+def markdown(data: dict[str, Any], *, with_headline: bool = True) -> str:
+    top = [*(f"{h}  " for h in headline(data)), ""] if with_headline else []
+    lines = [f"# {data['run_id']}", "", *top,
              "Jobs: " + ", ".join(f"{n} {k}" for k, n in data["jobs"].items()), "",
              "| completed jobs (ms) | p50 | p90 | p99 | p99.9 |", "|---|---|---|---|---|",
              *(f"| {label} | " + " | ".join(_fmt(data[key].get(p))
@@ -106,15 +141,28 @@ def markdown(data: dict[str, Any]) -> str:
             "tenant", "jobs", "completed", "share_of_completed", "share_contended",
             "queue_wait_p50_ms",
             "queue_wait_p99_ms"])]
-    lines += ["", "## SLOs", "", *_table(data["slos"], ["name", "value", "limit", "ok"])]
-    lines += ["", "## Invariants", "", *_table(data["invariants"], ["name", "violations", "ok"])]
+    yes = [{**r, "ok": "yes" if r["ok"] else "NO"} for r in data["slos"]]
+    lines += ["", "## SLOs", "", *_table(yes, ["name", "value", "limit", "ok"])]
+    held = [{**c, "ok": "yes" if c["ok"] else "NO",
+             "detail": "; ".join(str(e) for e in c.get("examples", [])[:3])}
+            for c in data["invariants"]]
+    lines += ["", "## Invariants and drill checks", "",
+              *_table(held, ["name", "violations", "ok", "detail"])]
     if data["faults"]:
-        cols = ["name", "target", "start_s", "end_s", "throughput_before_jobs_s",
-                "throughput_during_jobs_s", "recovery_s"]
-        lines += ["", "## Faults", "", *_table(data["faults"], cols)]
+        short = [{"fault": f["name"], "target": f.get("target"), "from s": f["start_s"],
+                  "to s": f["end_s"], "creates in it": f.get("creates_during"),
+                  "failed": f.get("creates_failed_during"),
+                  "jobs/s before": f.get("throughput_before_jobs_s"),
+                  "jobs/s during": f.get("throughput_during_jobs_s"),
+                  "recovery s": f.get("recovery_s")} for f in data["faults"]]
+        lines += ["", "## Faults", "", "Recovery: seconds from the heal (or the instant of a "
+                  "kill) until throughput is back to 90 % of its level before the fault, or "
+                  "nothing is left to run.", "", *_table(short, list(short[0]))]
     if data.get("jain_fairness_index") is not None:
         lines += ["", f"Work per worker: Jain's fairness index "
                       f"{data['jain_fairness_index']:.3f}"]
+    if data["figures_left_out"]:
+        lines += ["", "Not drawn: " + "; ".join(data["figures_left_out"]) + "."]
     return "\n".join(lines) + "\n"
 
 
@@ -154,18 +202,27 @@ def md_to_html(md: str) -> str:
     return "\n".join(out)
 
 
-def html_report(data: dict[str, Any], figures: list[Path], md: str) -> str:
+def html_report(data: dict[str, Any], figures: list[Path]) -> str:
+    """One self-contained page: the headline in a banner (green or red), then the tables,
+    then the figures (embedded), and what was not drawn and why."""
     imgs = "\n".join(
-        f'<figure><img alt="{p.stem}" src="data:image/png;base64,'
+        f'<figure><img alt="{html.escape(p.stem)}" src="data:image/png;base64,'
         f'{base64.b64encode(p.read_bytes()).decode()}"/></figure>' for p in figures)
+    state = "pass" if data["passed"] else "fail"
+    banner = f'<div class="headline {state}">' + "".join(
+        f"<p>{_inline(line)}</p>" for line in headline(data)) + "</div>"
+    body = md_to_html(markdown(data, with_headline=False)).replace("</h1>", "</h1>" + banner, 1)
     style = ("body{font-family:sans-serif;max-width:1000px;margin:auto;padding:0 1em}"
              "table{border-collapse:collapse;margin:.5em 0;font-size:90%}"
              "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}"
              "td:first-child,th:first-child{text-align:left}th{background:#f0f0f0}"
+             ".headline{padding:.4em 1em;border-radius:4px;margin:1em 0}"
+             ".headline p{margin:.3em 0}.pass{background:#e6f4e6;border-left:6px solid #2a2}"
+             ".fail{background:#fbe9e9;border-left:6px solid #c22}"
              "img{max-width:100%}figure{margin:1em 0}")
     return (f"<!doctype html><html><head><meta charset='utf-8'>"
             f"<title>{html.escape(str(data['run_id']))}</title><style>{style}</style></head>"
-            f"<body>{md_to_html(md)}<h2>Figures</h2>{imgs}</body></html>")
+            f"<body>{body}<h2>Figures</h2>{imgs}</body></html>")
 
 
 def build_report(run_dir: Path) -> dict[str, Any]:
@@ -174,6 +231,6 @@ def build_report(run_dir: Path) -> dict[str, Any]:
     md = markdown(data)
     (out / "summary.json").write_text(json.dumps(data, indent=2, default=str))
     (out / "summary.md").write_text(md)
-    (out / "report.html").write_text(html_report(data, figures, md))
+    (out / "report.html").write_text(html_report(data, figures))
     return {runfolder.REPORT: str(out / "report.html"), "summary": str(out / "summary.md"),
             "figures": [str(p) for p in figures]}
