@@ -30,7 +30,7 @@ test: lint
 	$(PY) -m pytest
 
 demo: $(STAMP)
-	$(VENV)/bin/jobharness run smoke
+	$(VENV)/bin/jobharness run demo --drill demo
 
 services-down: $(STAMP)
 	$(VENV)/bin/jobharness services down
