@@ -205,11 +205,13 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
     else:
         from rich.console import Console
 
-        from chaos.summary import checks_table, drill_summary, verdict_line
+        from chaos.summary import checks_table, drill_summary, failures, verdict_line
 
         out = Console()
         out.print(checks_table([], result["invariants"], title=f"drill {result['drill']}"))
         out.print(drill_summary({**result, "name": result["drill"]}))
+        for line in failures(result["invariants"]):
+            out.print(line)
         out.print(verdict_line(result["passed"], [c["name"] for c in result["invariants"]
                                                    if not c["ok"]]))
     return 0 if result["passed"] else 1

@@ -15,6 +15,8 @@ def _num(v: Any, unit: str = "") -> str:
     if v is None:
         return "-"
     if isinstance(v, float):
+        if v.is_integer() and abs(v) < 1e12:
+            return f"{int(v)}{unit}"
         return f"{v:.4g}{unit}"
     return f"{v}{unit}"
 
@@ -34,15 +36,32 @@ def fault_label(fault: dict[str, Any]) -> str:
 
 def checks_table(slos: list[dict[str, Any]], checks: list[dict[str, Any]],
                  title: str | None = None) -> Table:
-    table = Table("check", "found", "limit", "ok", "detail", title=title, title_justify="left")
+    """One row per check: SLOs (found against their limit), then invariants and the drill's
+    checks (violations, limit 0)."""
+    table = Table(title=title, title_justify="left")
+    table.add_column("check", no_wrap=True)
+    for name in ("kind", "found", "limit", "ok"):
+        table.add_column(name, no_wrap=True)
     for row in slos:
-        table.add_row(row["name"], _num(row["value"]), _num(row["limit"]),
-                      "yes" if row["ok"] else "[red]NO[/red]", "SLO")
+        table.add_row(row["name"], "SLO", _num(row["value"]), _num(row["limit"]),
+                      "yes" if row["ok"] else "[red]NO[/red]")
     for c in checks:
-        detail = "; ".join(str(e) for e in c.get("examples", [])[:3]) if not c["ok"] else ""
-        table.add_row(c["name"], str(c["violations"]), "0",
-                      "yes" if c["ok"] else "[red]NO[/red]", Text(detail, overflow="fold"))
+        table.add_row(c["name"], "check", str(c["violations"]), "0",
+                      "yes" if c["ok"] else "[red]NO[/red]")
     return table
+
+
+def failures(checks: list[dict[str, Any]]) -> list[Text]:
+    """Each check that failed, with what it means and its first examples (job ids, probes),
+    on lines of their own so nothing is cut."""
+    out = []
+    for c in checks:
+        if c["ok"]:
+            continue
+        out.append(Text(f"{c['name']}: {c['violations']} — {c.get('description', '')}",
+                        style="bold red"))
+        out += [Text(f"  {e}") for e in c.get("examples", [])[:5]]
+    return out
 
 
 def faults_table(faults: list[dict[str, Any]]) -> Table:
@@ -65,22 +84,15 @@ def faults_table(faults: list[dict[str, Any]]) -> Table:
     return table
 
 
-def probe_lines(name: str, results: list[dict[str, Any]]) -> list[Text]:
-    return [Text(f"{name}: {r['probe']} found {r['found']}, expected {r['expected']}"
-                 + (f" ({r['why']})" if r.get("why") else ""), style="red")
-            for r in results if not r["ok"]]
-
-
 def drill_summary(drill: dict[str, Any]) -> RenderableType:
-    """The faults table, zombie results rejected, and any probe that did not hold."""
+    """The faults table and the zombie results rejected (a probe that did not hold is named
+by its failed check, steady_state_before or steady_state_after)."""
     parts: list[RenderableType] = []
     if drill.get("faults"):
         parts.append(faults_table(drill["faults"]))
     zombies = drill.get("zombie_results_rejected")
     parts.append(Text(f"drill {drill.get('name')}: zombie results rejected "
                       f"{'-' if zombies is None else zombies}"))
-    parts += probe_lines("steady state before", drill.get("steady_before", []))
-    parts += probe_lines("steady state after", drill.get("steady_after", []))
     return Group(*parts)
 
 

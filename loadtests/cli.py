@@ -71,11 +71,13 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
 def print_run(out: Any, verdict: dict[str, Any], run_dir: Path) -> None:
     """A run's verdict as a person reads it: the checks, the faults and their recovery, the
     figures that matter, the timings, and where the report is."""
-    from chaos.summary import checks_table, drill_summary, verdict_line
+    from chaos.summary import checks_table, drill_summary, failures, verdict_line
 
     out.print(checks_table(verdict["slos"], verdict["invariants"], title=verdict["run_id"]))
     if verdict.get("drill"):
         out.print(drill_summary(verdict["drill"]))
+    for line in failures(verdict["invariants"]):
+        out.print(line)
     figs, t = verdict["figures"], verdict["timings"]
     by_check = {c["name"]: c["violations"] for c in verdict["invariants"]}
     e2e = figs.get("e2e_p99_ms")
