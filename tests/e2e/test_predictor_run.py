@@ -31,7 +31,7 @@ def test_run_with_the_default_model_logs_verdicts_and_reports_them(
     drill = tmp_path / "one-leak.yaml"
     drill.write_text(LEAK_DRILL)
     out = tmp_path / "runs"
-    code = main(run_args(server_settings, out, "smoke", "--drill", str(drill),
+    code = main(run_args(server_settings, out, "drill", "--drill", str(drill),
                          "--predictor", "default"))
     verdict = json.loads(capsys.readouterr().out)
     assert code == 0, verdict["breaches"]
