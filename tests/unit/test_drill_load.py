@@ -65,3 +65,22 @@ def test_probe_failures_say_what_was_found_expected_and_why() -> None:
     assert probe_failures(results) == [
         "workers_active_at_least: found 4, expected >= 6 ACTIVE (1 x 6, the fleet of the "
         "supervisor at X) (only 4 of 6 workers ACTIVE)"]
+
+
+def test_make_demo_runs_a_drill_that_kills_pauses_and_partitions_under_load() -> None:
+    """The first thing a user sees shows the product: faults under load, in about a minute."""
+    import re
+    from pathlib import Path
+
+    makefile = (Path(__file__).parents[2] / "Makefile").read_text()
+    demo = re.search(r"^demo:.*\n\t(.+)$", makefile, re.MULTILINE)
+    assert demo is not None
+    args = demo.group(1).split()
+    assert args[1:] == ["run", "demo", "--drill", "demo"]
+    drill, scenario = load_drill("demo"), load_scenario("demo")
+    actions = {(s.action, s.args.get("target")) for s in drill.method}
+    assert actions == {("kill_workers", None), ("pause_workers", None), ("partition", "redis")}
+    assert scenario.model == "open"  # a steady rate the 4 workers keep up with
+    # the load covers the faults and their recovery, and the whole run stays short
+    assert drill.length_s + drill.load_after_s <= 30
+    Run._check_load_covers(scenario, drill)
