@@ -14,9 +14,10 @@ import contextlib
 import random
 import socket
 import struct
+import time
 from typing import Any
 
-from chaos.toxics import Closed, Toxic, ToxicError, make_toxic
+from chaos.toxics import Chan, Chunk, ResetPeer, Stage, Toxic, ToxicError, make_toxic
 
 
 class ProxyError(Exception):
@@ -34,73 +35,134 @@ def split_address(address: str, field: str) -> tuple[str, int]:
     return host or "127.0.0.1", int(port)
 
 
-class _View:
-    """What one toxic sees of one direction of a connection."""
-
-    def __init__(self, direction: Direction, removed: asyncio.Event) -> None:
-        self._d = direction
-        self.removed = removed
-
-    @property
-    def sent(self) -> int:
-        return self._d.sent
-
-    async def write(self, data: bytes) -> None:
-        await self._d.write(data)
-
-    def close(self) -> None:
-        self._d.conn.close()
-
-    def reset(self) -> None:
-        self._d.conn.reset()
-
-    def uniform(self, a: float, b: float) -> float:
-        return self._d.conn.proxy.rng.uniform(a, b)
+def same_listen(a: str, b: str) -> bool:
+    """Two listen addresses name the same socket (hosts resolved, as toxiproxy compares)."""
+    (ha, pa), (hb, pb) = split_address(a, "listen"), split_address(b, "listen")
+    if pa != pb:
+        return False
+    try:
+        return {socket.gethostbyname(ha)} == {socket.gethostbyname(hb)}
+    except OSError:
+        return ha == hb
 
 
 class Direction:
+    """One direction of one connection. With no toxic on its stream the reader writes each
+    chunk straight on (no copy, no task); with toxics, chunks go through one stage per toxic
+    (chaos/toxics.py) to a writer task, in the toxics' order. The chain changes under live
+    traffic as toxiproxy's does: a new toxic is appended, a removed one's stage hands what it
+    holds on, an updated one restarts in place."""
+
     def __init__(self, conn: Connection, stream: str, reader: asyncio.StreamReader,
                  writer: asyncio.StreamWriter) -> None:
         self.conn, self.stream, self.reader, self.writer = conn, stream, reader, writer
         self.sent = 0
-        self._applies: dict[str, bool] = {}
-        self._removed: dict[str, asyncio.Event] = {}
+        self.stages: dict[str, tuple[Toxic, Stage]] = {}  # in chain order
+        self.head: Chan | None = None  # where the reader puts chunks (None: straight on)
+        self.tail: Chan | None = None  # what the writer task writes
+        self.writer_task: asyncio.Task[None] | None = None
+        self.state: dict[str, Any] = {}  # per toxic name, kept across restarts
 
-    def view(self, toxic: Toxic) -> _View | None:
-        """This direction as `toxic` sees it, or None if the toxic skips this connection."""
-        if toxic.name not in self._applies:
-            self._applies[toxic.name] = self.conn.proxy.rng.random() < toxic.toxicity
-            self._removed[toxic.name] = asyncio.Event()
-        return _View(self, self._removed[toxic.name]) if self._applies[toxic.name] else None
+    # -- the chain --------------------------------------------------------------------------
+    def _start(self, toxic: Toxic, stage: Stage) -> None:
+        applies = self.conn.proxy.rng.random() < toxic.toxicity
+        pipe = toxic.pipe if applies else Toxic.pipe.__get__(toxic)
+        stage.interrupted = False
+        stage.task = asyncio.get_running_loop().create_task(pipe(stage))
 
-    def toxic_removed(self, name: str) -> None:
-        event = self._removed.pop(name, None)
-        self._applies.pop(name, None)
-        if event is not None:
-            event.set()
+    def add(self, toxic: Toxic) -> None:
+        if self.tail is None:
+            self.tail = Chan()
+            self.head = self.tail
+            self.writer_task = asyncio.get_running_loop().create_task(self._write_loop())
+        inbox = Chan()
+        last = list(self.stages.values())[-1][1] if self.stages else None
+        if last is None:
+            self.head = inbox
+        else:
+            last.outbox = inbox  # sends are synchronous: nothing is in flight
+        if toxic.name not in self.state:
+            self.state[toxic.name] = toxic.new_state()
+        stage = Stage(inbox, self.tail, self.conn, self.state[toxic.name])
+        self.stages[toxic.name] = (toxic, stage)
+        self._start(toxic, stage)
 
+    async def remove(self, name: str) -> None:
+        entry = self.stages.pop(name, None)
+        if entry is None:
+            return
+        toxic, stage = entry
+        stage.interrupt()
+        if stage.task is not None and not isinstance(toxic, ResetPeer):
+            await stage.task  # returns at once: it was waiting, or it hands its chunk on
+        if toxic.cleanup(stage):
+            return  # it ended the direction (the writer closes the connection)
+        while stage.inbox.items:  # newer than anything in its outbox: keep the order
+            stage.outbox.put(stage.inbox.take())
+        before = [st for n, (_, st) in self.stages.items()
+                  if st.outbox is stage.inbox]
+        for st in before:
+            st.outbox = stage.outbox
+        if self.head is stage.inbox:
+            self.head = stage.outbox
+
+    async def update(self, toxic: Toxic) -> None:
+        _, stage = self.stages[toxic.name]
+        stage.interrupt()
+        if stage.task is not None:
+            await stage.task
+        self.stages[toxic.name] = (toxic, stage)
+        self._start(toxic, stage)
+
+    def stop(self) -> None:
+        for _, stage in self.stages.values():
+            if stage.task is not None:
+                stage.task.cancel()
+        if self.writer_task is not None:
+            self.writer_task.cancel()
+
+    # -- the data -----------------------------------------------------------------------------
     async def write(self, data: bytes) -> None:
         self.writer.write(data)
         await self.writer.drain()
         self.sent += len(data)
 
+    async def _write_loop(self) -> None:
+        tail = self.tail
+        assert tail is not None
+        try:
+            while True:
+                if not tail.items:
+                    if not self.stages and self.head is tail:  # back to straight on
+                        self.head = self.tail = self.writer_task = None
+                        return
+                    tail._getter = asyncio.get_running_loop().create_future()
+                    await tail._getter
+                    continue
+                chunk = tail.take()
+                if chunk is None:  # a toxic or the source ended this direction
+                    self.conn.close()
+                    return
+                await self.write(chunk.data)
+        except (ConnectionError, OSError):
+            self.conn.close()
+
     async def pump(self) -> None:
         try:
             while True:
                 data = await self.reader.read(65536)
-                toxics = self.conn.proxy.toxics_for(self.stream)
-                if not data:
-                    for toxic in toxics:
-                        if (view := self.view(toxic)) is not None:
-                            await toxic.on_close(view)
-                    self.conn.close()
-                    return
-                for toxic in toxics:
-                    if (view := self.view(toxic)) is not None and data:
-                        data = await toxic.on_data(data, view)
-                if data:
+                head = self.head
+                if head is None:
+                    if not data:
+                        self.conn.close()
+                        return
                     await self.write(data)
-        except (Closed, ConnectionError, OSError):
+                    continue
+                head.put(Chunk(data, time.monotonic()) if data else None)
+                if not data:
+                    return
+                await head.room()
+        except (ConnectionError, OSError):
             self.conn.close()
 
 
@@ -115,11 +177,16 @@ class Connection:
     def directions(self) -> tuple[Direction, Direction]:
         return self.up, self.down
 
+    def direction(self, stream: str) -> Direction:
+        return self.up if stream == "upstream" else self.down
+
     def close(self) -> None:
         if not self.closed:
             self.closed = True
             for w in self.writers:
                 w.close()
+            for d in self.directions():
+                d.stop()
 
     def reset(self) -> None:
         """Abort both sockets with a TCP RST (SO_LINGER 0)."""
@@ -130,13 +197,22 @@ class Connection:
                 with contextlib.suppress(OSError):
                     sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             w.transport.abort()
+        for d in self.directions():
+            d.stop()
+
+    def uniform(self, a: float, b: float) -> float:
+        return self.proxy.rng.uniform(a, b)
+
+    def randint(self, a: int, b: int) -> int:
+        return self.proxy.rng.randint(a, b)
 
     async def run(self) -> None:
-        for d in self.directions():
-            for toxic in self.proxy.toxics_for(d.stream):
-                if (view := d.view(toxic)) is not None:
-                    await toxic.on_start(view)
+        for toxic in list(self.proxy.toxics.values()):
+            self.direction(toxic.stream).add(toxic)
         await asyncio.gather(self.up.pump(), self.down.pump(), return_exceptions=True)
+        for d in self.directions():  # the writers finish what the chains hold, then close
+            if d.writer_task is not None:
+                await asyncio.gather(d.writer_task, return_exceptions=True)
 
 
 class Proxy:
@@ -204,37 +280,43 @@ class Proxy:
         except ToxicError as exc:
             raise ProxyError(str(exc), 400) from exc
         if toxic.name in self.toxics:
-            raise ProxyError(f"toxic {toxic.name} already exists", 409)
+            raise ProxyError("toxic already exists", 409)
         self.toxics[toxic.name] = toxic
         for conn in list(self.connections):
-            d = conn.up if toxic.stream == "upstream" else conn.down
-            if (view := d.view(toxic)) is not None:
-                await toxic.on_start(view)
+            conn.direction(toxic.stream).add(toxic)
         return toxic
 
-    def remove_toxic(self, name: str) -> None:
-        if self.toxics.pop(name, None) is None:
-            raise ProxyError(f"toxic not found: {name}", 404)
+    async def remove_toxic(self, name: str) -> None:
+        toxic = self.toxics.pop(name, None)
+        if toxic is None:
+            raise ProxyError("toxic not found", 404)
         for conn in list(self.connections):
-            for d in conn.directions():
-                d.toxic_removed(name)
+            await conn.direction(toxic.stream).remove(name)
 
     async def update_toxic(self, name: str, spec: dict[str, Any]) -> Toxic:
+        """As toxiproxy: only `attributes` (merged) and `toxicity` change; the rest of the
+        body (type, stream, name) is ignored."""
         current = self.toxics.get(name)
         if current is None:
-            raise ProxyError(f"toxic not found: {name}", 404)
-        merged = {**current.as_dict(), **{k: v for k, v in spec.items() if k != "attributes"},
-                  "attributes": {**current.attributes, **(spec.get("attributes") or {})},
-                  "name": name}
+            raise ProxyError("toxic not found", 404)
+        if not isinstance(spec, dict):
+            raise ProxyError("bad request body: a toxic must be a JSON object", 400)
+        attributes = spec.get("attributes") or {}
+        if not isinstance(attributes, dict):
+            raise ProxyError("bad request body: attributes must be an object", 400)
+        merged = {**current.as_dict(), "toxicity": spec.get("toxicity", current.toxicity),
+                  "attributes": {**current.attributes, **attributes}}
         try:
-            make_toxic(merged)
+            toxic = make_toxic(merged)
         except ToxicError as exc:
             raise ProxyError(str(exc), 400) from exc
-        self.remove_toxic(name)
-        return await self.add_toxic(merged)
+        self.toxics[name] = toxic
+        for conn in list(self.connections):
+            await conn.direction(toxic.stream).update(toxic)
+        return toxic
 
     async def reset(self) -> None:
         for name in list(self.toxics):
-            self.remove_toxic(name)
+            await self.remove_toxic(name)
         if not self.enabled:
             await self.start()

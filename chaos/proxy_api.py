@@ -1,7 +1,9 @@
-"""The fault proxy's HTTP API, compatible with toxiproxy's (so its clients and the staging
+"""The fault proxy's HTTP API, compatible with toxiproxy 2.12's (so its clients and the staging
 toxiproxy are interchangeable): proxies list/create/get/update/delete/populate, toxics
-list/create/get/update/delete, POST /reset, GET /version. Errors are JSON
-{"error": ..., "status": ...} with that HTTP status."""
+list/create/get/update/delete, POST /reset, GET /version (`{"version": ...}`). Errors are
+JSON {"error": ..., "status": ...} with that HTTP status and toxiproxy's texts. As toxiproxy
+does, a request whose User-Agent starts with `Mozilla/` gets 403: a web page a browser
+loads cannot drive the API."""
 
 from __future__ import annotations
 
@@ -11,10 +13,10 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from chaos.proxy import Proxy, ProxyError
+from chaos.proxy import Proxy, ProxyError, same_listen, split_address
 
 VERSION = "2.12.0-jobharness"
 
@@ -27,16 +29,26 @@ class ProxyCollection:
     def get(self, name: str) -> Proxy:
         proxy = self.proxies.get(name)
         if proxy is None:
-            raise ProxyError(f"proxy not found: {name}", 404)
+            raise ProxyError("proxy not found", 404)
         return proxy
 
+    @staticmethod
+    def check(spec: Any, where: str = "") -> None:
+        """A proxy's JSON is usable: a name, an upstream, a listen address if given."""
+        if not isinstance(spec, dict):
+            raise ProxyError(f"bad request body: a proxy must be a JSON object{where}", 400)
+        if not isinstance(spec.get("name"), str) or not spec["name"]:
+            raise ProxyError(f"missing required field: name{where}", 400)
+        if not isinstance(spec.get("upstream"), str) or not spec["upstream"]:
+            raise ProxyError(f"missing required field: upstream{where}", 400)
+        split_address(spec["upstream"], "upstream")
+        if spec.get("listen") is not None:
+            split_address(str(spec["listen"]), "listen")
+
     async def create(self, spec: dict[str, Any]) -> Proxy:
-        if not isinstance(spec, dict) or not isinstance(spec.get("name"), str):
-            raise ProxyError("a proxy needs a name", 400)
+        self.check(spec)
         if spec["name"] in self.proxies:
-            raise ProxyError(f"proxy already exists: {spec['name']}", 409)
-        if not isinstance(spec.get("upstream"), str):
-            raise ProxyError("a proxy needs an upstream host:port", 400)
+            raise ProxyError("proxy already exists", 409)
         proxy = Proxy(spec["name"], spec.get("listen") or "127.0.0.1:0", spec["upstream"],
                       rng=random.Random(self.rng.random()))
         if spec.get("enabled", True):
@@ -94,17 +106,25 @@ async def create_proxy(request: Request) -> Response:
 
 
 async def populate(request: Request) -> Response:
+    """As toxiproxy: the whole list is checked before anything changes; a proxy that exists
+    with the same listen address (resolved: localhost:N is 127.0.0.1:N) and upstream is kept,
+    toxics and connections included; one that differs is replaced."""
     specs = await _json(request)
     if not isinstance(specs, list):
-        raise ProxyError("populate takes a list of proxies", 400)
+        raise ProxyError("bad request body: populate takes a list of proxies", 400)
     col, out = _col(request), []
+    for i, spec in enumerate(specs):
+        col.check(spec, f" at proxy {i + 1}")
     for spec in specs:
-        existing = col.proxies.get(spec.get("name")) if isinstance(spec, dict) else None
-        if existing is not None and (existing.upstream != spec.get("upstream") or (
-                spec.get("listen") and existing.listen != spec["listen"])):
+        existing = col.proxies.get(spec["name"])
+        if existing is not None and (existing.upstream != spec["upstream"] or not same_listen(
+                existing.listen, spec.get("listen") or "127.0.0.1:0")):
             await col.delete(existing.name)
             existing = None
-        out.append(existing or await col.create(spec))
+        proxy = existing or await col.create(spec)
+        if existing is None and spec.get("enabled") is False:
+            await proxy.stop()
+        out.append(proxy)
     return JSONResponse({"proxies": [p.as_dict() for p in out]}, 201)
 
 
@@ -136,7 +156,7 @@ async def show_toxic(request: Request) -> Response:
     proxy = _col(request).get(request.path_params["proxy"])
     toxic = proxy.toxics.get(request.path_params["toxic"])
     if toxic is None:
-        raise ProxyError(f"toxic not found: {request.path_params['toxic']}", 404)
+        raise ProxyError("toxic not found", 404)
     return JSONResponse(toxic.as_dict())
 
 
@@ -147,7 +167,8 @@ async def update_toxic(request: Request) -> Response:
 
 
 async def delete_toxic(request: Request) -> Response:
-    _col(request).get(request.path_params["proxy"]).remove_toxic(request.path_params["toxic"])
+    await _col(request).get(request.path_params["proxy"]).remove_toxic(
+        request.path_params["toxic"])
     return Response(status_code=204)
 
 
@@ -157,12 +178,28 @@ async def reset(request: Request) -> Response:
 
 
 async def version(request: Request) -> Response:
-    return PlainTextResponse(VERSION)
+    return JSONResponse({"version": VERSION})
 
 
 async def _error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ProxyError)
     return JSONResponse({"error": str(exc), "status": exc.status}, exc.status)
+
+
+class _NoBrowsers:
+    """403 to a browser (toxiproxy's stopBrowsersMiddleware): a page cannot drive faults."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            agent = dict(scope.get("headers") or []).get(b"user-agent", b"")
+            if agent.startswith(b"Mozilla/"):
+                await Response("User agent not allowed\n", 403,
+                               media_type="text/plain")(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def proxy_app(collection: ProxyCollection) -> Starlette:
@@ -182,5 +219,6 @@ def proxy_app(collection: ProxyCollection) -> Starlette:
         Route("/reset", reset, methods=["POST"]),
         Route("/version", version, methods=["GET"]),
     ], exception_handlers={ProxyError: _error})
+    app.add_middleware(_NoBrowsers)
     app.state.collection = collection
     return app

@@ -1,33 +1,146 @@
-"""Toxics: one small class per fault behind one interface, registered by type name, as in
-Shopify's toxiproxy. A toxic sits on one direction of a connection (`upstream`: client to
-server, `downstream`: server to client) and applies to a given connection with probability
-`toxicity`, drawn once per connection from the proxy's seedable random source."""
+"""Toxics: one small class per fault behind one interface, registered by type name, with the
+semantics of Shopify's toxiproxy 2.12. A toxic sits on one direction of a connection
+(`upstream`: client to server, `downstream`: server to client) as one stage of a pipeline:
+chunks, each stamped with the time it arrived at the proxy, come in from the stage before and
+go on to the next (`Stage.recv` / `Stage.send`), so a slow stage delays what it holds, never
+what arrives behind it. A toxic applies to a given connection with probability `toxicity`,
+drawn when its stage starts from the proxy's seedable random source.
+
+Every stage is interruptible (the toxic updated, removed, or another added): it then returns,
+passing on any chunk it holds, unless its toxic says otherwise (`cleanup`)."""
 
 from __future__ import annotations
 
 import asyncio
+import time
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, Protocol
+
+STREAMS = ("upstream", "downstream")
 
 
 class ToxicError(ValueError):
     """A toxic definition is invalid (HTTP 400)."""
 
 
+@dataclass
+class Chunk:
+    data: bytes
+    t: float  # monotonic: when it arrived at the proxy (moved on by latency it has served)
+
+
+class _Signal:
+    """What `recv` returns instead of a chunk: interrupted, or its timeout passed."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __repr__(self) -> str:
+        return self.name
+
+
+INTERRUPTED = _Signal("INTERRUPTED")
+TIMED_OUT = _Signal("TIMED_OUT")
+EOF = None  # the source closed: a stage passes it on by closing (`Stage.close`)
+
+
+class Chan:
+    """An unbounded FIFO between two stages (one reader); the reader of a connection waits
+    for `room` before it reads more from its socket, which bounds what a direction holds."""
+
+    __slots__ = ("_getter", "_room", "items", "limit")
+
+    def __init__(self, limit: int = 1024) -> None:
+        self.items: deque[Chunk | None] = deque()
+        self.limit = limit
+        self._getter: asyncio.Future[None] | None = None
+        self._room: asyncio.Future[None] | None = None
+
+    def put(self, item: Chunk | None) -> None:
+        self.items.append(item)
+        _wake(self._getter)
+
+    def take(self) -> Chunk | None:
+        item = self.items.popleft()
+        if len(self.items) < self.limit:
+            _wake(self._room)
+        return item
+
+    async def room(self) -> None:
+        while len(self.items) >= self.limit:
+            self._room = asyncio.get_running_loop().create_future()
+            await self._room
+
+
+def _wake(fut: asyncio.Future[None] | None) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)
+
+
 class Link(Protocol):
-    """One direction of one proxied connection, as a toxic sees it."""
+    """The connection a stage belongs to, as a toxic sees it."""
 
-    sent: int  # bytes passed so far in this direction
-    removed: asyncio.Event  # set when the toxic being applied is removed
-
-    async def write(self, data: bytes) -> None: ...
     def close(self) -> None: ...
     def reset(self) -> None: ...
     def uniform(self, a: float, b: float) -> float: ...
+    def randint(self, a: int, b: int) -> int: ...
 
 
-class Closed(Exception):
-    """The toxic closed the connection."""
+class Stage:
+    """One toxic's place in one direction of one connection: its inbox, its outbox (which the
+    direction re-points when the chain changes), its state, and how it is interrupted."""
+
+    def __init__(self, inbox: Chan, outbox: Chan, link: Link, state: Any = None) -> None:
+        self.inbox, self.outbox, self.link, self.state = inbox, outbox, link, state
+        self.interrupted = False
+        self.closed = False
+        self._wait: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def interrupt(self) -> None:
+        self.interrupted = True
+        _wake(self._wait)
+
+    async def recv(self, timeout_s: float | None = None) -> Chunk | _Signal | None:
+        """The next chunk, EOF (None), INTERRUPTED, or TIMED_OUT after `timeout_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout_s is None else loop.time() + timeout_s
+        while True:
+            if self.interrupted:
+                return INTERRUPTED
+            if self.inbox.items:
+                return self.inbox.take()
+            if deadline is not None and loop.time() >= deadline:
+                return TIMED_OUT
+            fut = self._wait = self.inbox._getter = loop.create_future()
+            timer = None if deadline is None else loop.call_at(deadline, _wake, fut)
+            try:
+                await fut
+            finally:
+                if timer is not None:
+                    timer.cancel()
+
+    async def sleep(self, seconds: float) -> bool:
+        """Sleep; False when interrupted meanwhile."""
+        if seconds > 0 and not self.interrupted:
+            loop = asyncio.get_running_loop()
+            fut = self._wait = loop.create_future()
+            timer = loop.call_later(seconds, _wake, fut)
+            try:
+                await fut
+            finally:
+                timer.cancel()
+        return not self.interrupted
+
+    def send(self, chunk: Chunk) -> None:
+        self.outbox.put(chunk)
+
+    def close(self) -> None:
+        """End this direction after what was sent: EOF downstream (the connection closes)."""
+        if not self.closed:
+            self.closed = True
+            self.outbox.put(EOF)
 
 
 @dataclass(kw_only=True)
@@ -40,15 +153,14 @@ class Toxic:
     attributes: dict[str, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        if self.stream not in ("upstream", "downstream"):
-            raise ToxicError(f"stream must be upstream or downstream, got {self.stream!r}")
+        if self.stream not in STREAMS:
+            raise ToxicError("stream was invalid, can be either upstream or downstream")
         if not 0.0 <= float(self.toxicity) <= 1.0:
             raise ToxicError("toxicity must be between 0 and 1")
-        unknown = set(self.attributes) - set(self.defaults)
-        if unknown:
-            raise ToxicError(f"{self.kind}: unknown attribute(s) {', '.join(sorted(unknown))}")
         merged = dict(self.defaults)
         for key, value in self.attributes.items():
+            if key not in self.defaults:
+                continue  # as toxiproxy: attributes a toxic does not have are ignored
             if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
                 raise ToxicError(f"{self.kind}.{key} must be a number >= 0")
             merged[key] = value
@@ -57,123 +169,191 @@ class Toxic:
     def a(self, key: str) -> float:
         return float(self.attributes[key])
 
-    async def on_data(self, data: bytes, link: Link) -> bytes:
-        """Transform (or delay, or hold) one chunk; return what to pass on."""
-        return data
+    def new_state(self) -> Any:
+        """State kept across interruptions of one connection's stage (limit_data's count)."""
+        return None
 
-    async def on_close(self, link: Link) -> None:
-        """The source closed its side."""
+    async def pipe(self, s: Stage) -> None:
+        """Pass every chunk on unchanged (the `noop` toxic, and a toxic that does not apply
+        to this connection)."""
+        while True:
+            c = await s.recv()
+            if c is INTERRUPTED:
+                return
+            if c is None:
+                s.close()
+                return
+            assert isinstance(c, Chunk)
+            s.send(c)
 
-    async def on_start(self, link: Link) -> None:
-        """The connection was established (or the toxic was added to a live one)."""
+    def cleanup(self, s: Stage) -> bool:
+        """On removal, after the stage returned; True when it ended the direction."""
+        return False
 
     def as_dict(self) -> dict[str, Any]:
         return {"name": self.name, "type": self.kind, "stream": self.stream,
                 "toxicity": self.toxicity, "attributes": dict(self.attributes)}
 
 
+class Noop(Toxic):
+    kind = "noop"
+
+
 class Latency(Toxic):
-    """Delay each chunk by `latency` ms plus or minus up to `jitter` ms."""
+    """Each chunk leaves `latency` ms (plus or minus up to `jitter` ms) after it arrived;
+    chunks behind it wait only for their own delay, so throughput is not capped."""
 
     kind = "latency"
     defaults: ClassVar[dict[str, float]] = {"latency": 0, "jitter": 0}
 
-    async def on_data(self, data: bytes, link: Link) -> bytes:
-        jitter = self.a("jitter")
-        delay = self.a("latency") + (link.uniform(-jitter, jitter) if jitter else 0)
-        if delay > 0:
-            await asyncio.sleep(delay / 1000)
-        return data
+    async def pipe(self, s: Stage) -> None:
+        while True:
+            c = await s.recv()
+            if c is INTERRUPTED:
+                return
+            if c is None:
+                s.close()
+                return
+            assert isinstance(c, Chunk)
+            delay_ms = self.a("latency")
+            jitter = int(self.a("jitter"))
+            if jitter > 0:
+                delay_ms += s.link.randint(0, 2 * jitter - 1) - jitter
+            wait = delay_ms / 1000 - (time.monotonic() - c.t)
+            if not await s.sleep(wait):
+                s.send(c)  # interrupted: leave at once, nothing dropped
+                return
+            c.t += wait
+            s.send(c)
 
 
 class Bandwidth(Toxic):
-    """Limit the rate to `rate` KB/s."""
+    """At most `rate` KB/s (1 KB = 1000 bytes); a chunk larger than 100 ms of the rate goes
+    in 100 ms slices."""
 
     kind = "bandwidth"
     defaults: ClassVar[dict[str, float]] = {"rate": 0}
 
-    async def on_data(self, data: bytes, link: Link) -> bytes:
-        rate = self.a("rate")
-        if rate > 0:
-            await asyncio.sleep(len(data) / (rate * 1024))
-        return data
+    async def pipe(self, s: Stage) -> None:
+        rate = int(self.a("rate"))  # bytes per millisecond
+        owed = 0.0  # seconds of sending still to wait for
+        while True:
+            c = await s.recv()
+            if c is INTERRUPTED:
+                return
+            if c is None:
+                s.close()
+                return
+            assert isinstance(c, Chunk)
+            owed = 0.0 if rate <= 0 else owed + len(c.data) / rate / 1000
+            data = c.data
+            while rate > 0 and len(data) > rate * 100:
+                if not await s.sleep(0.1):
+                    s.send(Chunk(data, c.t))
+                    return
+                s.send(Chunk(data[:rate * 100], c.t))
+                data = data[rate * 100:]
+                owed -= 0.1
+            start = time.monotonic()
+            if not await s.sleep(owed):
+                s.send(Chunk(data, c.t))
+                return
+            owed -= time.monotonic() - start
+            s.send(Chunk(data, c.t))
 
 
 class SlowClose(Toxic):
-    """Delay closing the connection by `delay` ms after the source closed."""
+    """Delay the close by `delay` ms after the source closed."""
 
     kind = "slow_close"
     defaults: ClassVar[dict[str, float]] = {"delay": 0}
 
-    async def on_close(self, link: Link) -> None:
-        await asyncio.sleep(self.a("delay") / 1000)
+    async def pipe(self, s: Stage) -> None:
+        while True:
+            c = await s.recv()
+            if c is INTERRUPTED:
+                return
+            if c is None:
+                if await s.sleep(self.a("delay") / 1000):
+                    s.close()
+                return
+            assert isinstance(c, Chunk)
+            s.send(c)
 
 
 class Timeout(Toxic):
-    """Let no data through; close after `timeout` ms, or with 0 hold it until the toxic is
-    removed (a black hole: sockets stay open and hang)."""
+    """Every chunk is dropped. With `timeout` > 0 the connection is closed once no data has
+    arrived for that long (each chunk restarts the timer); with 0 it stays open and silent (a
+    black hole). Removing the toxic closes the connection: what was sent meanwhile is gone."""
 
     kind = "timeout"
     defaults: ClassVar[dict[str, float]] = {"timeout": 0}
 
-    async def _hold(self, link: Link) -> None:
-        timeout = self.a("timeout")
-        try:
-            await asyncio.wait_for(link.removed.wait(), timeout / 1000 if timeout else None)
-        except TimeoutError:
-            link.close()
-            raise Closed() from None
+    async def pipe(self, s: Stage) -> None:
+        timeout = self.a("timeout") / 1000
+        while True:
+            c = await s.recv(timeout if timeout > 0 else None)
+            if c is INTERRUPTED:
+                return
+            if c is None or c is TIMED_OUT:
+                s.close()
+                return
+            # anything else: dropped on the floor
 
-    async def on_data(self, data: bytes, link: Link) -> bytes:
-        await self._hold(link)
-        return data  # removed: the held data flows again
-
-    async def on_start(self, link: Link) -> None:
-        if self.a("timeout"):
-            asyncio.get_running_loop().create_task(self._close_later(link))
-
-    async def _close_later(self, link: Link) -> None:
-        with _suppress_closed():
-            await self._hold(link)
+    def cleanup(self, s: Stage) -> bool:
+        s.close()
+        return True
 
 
 class ResetPeer(Toxic):
-    """Reset the connection (TCP RST) after `timeout` ms, at once with 0."""
+    """On the first data (or the close) after it is in place: drop it, wait `timeout` ms, and
+    reset both sides of the connection (TCP RST)."""
 
     kind = "reset_peer"
     defaults: ClassVar[dict[str, float]] = {"timeout": 0}
 
-    async def on_start(self, link: Link) -> None:
-        asyncio.get_running_loop().create_task(self._reset_later(link))
+    async def pipe(self, s: Stage) -> None:
+        c = await s.recv()
+        if c is INTERRUPTED:
+            return
+        await asyncio.sleep(self.a("timeout") / 1000)  # not interruptible, as toxiproxy's
+        s.closed = True
+        s.link.reset()
 
-    async def _reset_later(self, link: Link) -> None:
-        try:
-            await asyncio.wait_for(link.removed.wait(), self.a("timeout") / 1000 or 0.0)
-        except TimeoutError:
-            link.reset()
 
-    async def on_data(self, data: bytes, link: Link) -> bytes:
-        if not self.a("timeout"):
-            link.reset()
-            raise Closed()
-        return data
+@dataclass
+class _Sent:
+    bytes: int = 0
 
 
 class LimitData(Toxic):
-    """Close the connection once `bytes` bytes have passed."""
+    """Close the connection once `bytes` bytes have passed (the chunk that crosses the limit
+    is cut to it)."""
 
     kind = "limit_data"
     defaults: ClassVar[dict[str, float]] = {"bytes": 0}
 
-    async def on_data(self, data: bytes, link: Link) -> bytes:
-        limit = int(self.a("bytes"))
-        left = limit - link.sent
-        if len(data) < left:
-            return data
-        if left > 0:
-            await link.write(data[:left])
-        link.close()
-        raise Closed()
+    def new_state(self) -> Any:
+        return _Sent()
+
+    async def pipe(self, s: Stage) -> None:
+        limit, sent = int(self.a("bytes")), s.state
+        while True:
+            c = await s.recv()
+            if c is INTERRUPTED:
+                return
+            if c is None:
+                s.close()
+                return
+            assert isinstance(c, Chunk)
+            left = max(0, limit - sent.bytes)
+            data = c.data[:left]
+            if data:
+                s.send(Chunk(data, c.t))
+                sent.bytes += len(data)
+            if limit - sent.bytes <= 0:
+                s.close()
+                return
 
 
 class Slicer(Toxic):
@@ -183,50 +363,58 @@ class Slicer(Toxic):
     kind = "slicer"
     defaults: ClassVar[dict[str, float]] = {"average_size": 0, "size_variation": 0, "delay": 0}
 
-    async def on_data(self, data: bytes, link: Link) -> bytes:
-        avg = int(self.a("average_size"))
-        if avg <= 0:
-            return data
-        var = int(min(self.a("size_variation"), avg - 1))
-        pos = 0
-        while pos < len(data):
-            size = max(1, avg + int(link.uniform(-var, var))) if var else avg
-            await link.write(data[pos:pos + size])
-            pos += size
-            if self.a("delay") and pos < len(data):
-                await asyncio.sleep(self.a("delay") / 1_000_000)
-        return b""
+    def _cuts(self, start: int, end: int, s: Stage) -> list[int]:
+        avg, var = int(self.a("average_size")), int(self.a("size_variation"))
+        if (end - start) - avg <= var:
+            return [start, end]
+        mid = start + (end - start) // 2
+        if var > 0:
+            mid += s.link.randint(0, 2 * var - 1) - var
+        return self._cuts(start, mid, s) + self._cuts(mid, end, s)
+
+    async def pipe(self, s: Stage) -> None:
+        while True:
+            c = await s.recv()
+            if c is INTERRUPTED:
+                return
+            if c is None:
+                s.close()
+                return
+            assert isinstance(c, Chunk)
+            cuts = self._cuts(0, len(c.data), s)
+            for i in range(1, len(cuts), 2):
+                s.send(Chunk(c.data[cuts[i - 1]:cuts[i]], c.t))
+                if not await s.sleep(self.a("delay") / 1_000_000):
+                    s.send(Chunk(c.data[cuts[i]:], c.t))
+                    return
 
 
 REGISTRY: dict[str, type[Toxic]] = {
-    t.kind: t for t in (Latency, Bandwidth, SlowClose, Timeout, ResetPeer, LimitData, Slicer)
+    t.kind: t for t in (Noop, Latency, Bandwidth, SlowClose, Timeout, ResetPeer, LimitData,
+                        Slicer)
 }
 
 
 def make_toxic(spec: dict[str, Any]) -> Toxic:
-    """Build a toxic from its JSON form; unknown types and bad fields raise ToxicError."""
+    """Build a toxic from its JSON form as toxiproxy reads it: stream defaults to downstream
+    and is case-insensitive, the name to TYPE_STREAM; unknown types and bad fields raise
+    ToxicError."""
     if not isinstance(spec, dict):
-        raise ToxicError("a toxic must be a JSON object")
+        raise ToxicError("bad request body: a toxic must be a JSON object")
+    stream = spec.get("stream", "downstream")
+    if not isinstance(stream, str) or stream.lower() not in STREAMS:
+        raise ToxicError("stream was invalid, can be either upstream or downstream")
     kind = spec.get("type")
     if kind not in REGISTRY:
-        raise ToxicError(f"unknown toxic type {kind!r} (known: {', '.join(sorted(REGISTRY))})")
-    stream = spec.get("stream") or "downstream"
+        raise ToxicError(f"invalid toxic type {kind!r} (known: {', '.join(sorted(REGISTRY))})")
     attributes = spec.get("attributes") or {}
     if not isinstance(attributes, dict):
-        raise ToxicError("attributes must be an object")
+        raise ToxicError("bad request body: attributes must be an object")
     toxicity = spec.get("toxicity", 1.0)
     if isinstance(toxicity, bool) or not isinstance(toxicity, int | float):
-        raise ToxicError("toxicity must be a number")
+        raise ToxicError("bad request body: toxicity must be a number")
     name = spec.get("name") or f"{kind}_{stream}"
     if not isinstance(name, str):
-        raise ToxicError("name must be a string")
-    return REGISTRY[kind](name=name, stream=stream, toxicity=float(toxicity),
+        raise ToxicError("bad request body: name must be a string")
+    return REGISTRY[kind](name=name, stream=stream.lower(), toxicity=float(toxicity),
                           attributes=attributes)
-
-
-class _suppress_closed:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: Any) -> bool:
-        return exc[0] is Closed

@@ -198,19 +198,6 @@ def test_latency_jitter_spreads_the_delays(client: Toxiproxy, upstream: str) -> 
     assert min(t for t in times if t is not None) < 0.9, times
 
 
-def test_black_hole_holds_data_until_removed(client: Toxiproxy, upstream: str) -> None:
-    proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
-    proxy.add_toxic(type="timeout", name="hole", stream="upstream", attributes={"timeout": 0})
-    s = connect(proxy.listen, timeout_s=0.5)
-    s.sendall(b"PING\r\n")
-    with pytest.raises(TimeoutError):
-        s.recv(64)  # the socket stays open and nothing comes back
-    proxy.destroy_toxic("hole")
-    s.settimeout(5)
-    assert s.recv(64) == b"+PONG\r\n"  # the held request went through
-    s.close()
-
-
 def test_timeout_closes_after_the_delay(client: Toxiproxy, upstream: str) -> None:
     proxy = client.create(upstream=upstream, name="redis", listen="127.0.0.1:0")
     proxy.add_toxic(type="timeout", stream="downstream", attributes={"timeout": 300})
@@ -333,8 +320,6 @@ def test_update_populate_and_errors(client: Toxiproxy, upstream: str, api_url: s
     assert r.json()["attributes"] == {"latency": 20, "jitter": 0}
     assert httpx.post(f"{api_url}/proxies/a/toxics",
                       json={"type": "earthquake"}).status_code == 400
-    assert httpx.post(f"{api_url}/proxies/a/toxics", json={
-        "type": "latency", "name": "x", "attributes": {"latency": -1}}).status_code == 400
     assert httpx.post(f"{api_url}/proxies/a/toxics",
                       json={"type": "latency"}).status_code == 409
     assert httpx.get(f"{api_url}/proxies/nope").status_code == 404
