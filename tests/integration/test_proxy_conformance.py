@@ -256,7 +256,7 @@ def test_disable_closes_live_connections_and_refuses_new_ones(
     live = connect(proxy["listen"])
     http.post(f"/proxies/{proxy['name']}", json={"enabled": False})
     assert closed(live, 3) in ("eof", "reset")
-    with pytest.raises(OSError):
+    with pytest.raises(ConnectionRefusedError):
         connect(proxy["listen"])
     http.post(f"/proxies/{proxy['name']}", json={"enabled": True})
     with connect(proxy["listen"]) as s:
