@@ -1,12 +1,13 @@
-"""`jobharness bench proxy`: what the fault proxy itself adds to a round trip, with no toxic.
-PINGs to Valkey over one connection, straight and through a `jobharness chaos proxy` process
-(as a run's children reach the stores), alternated in rounds so that both see the same
-machine."""
+"""`jobharness bench proxy`: what the fault proxy itself costs, with no toxic. PINGs to Valkey
+over one connection (round-trip time, round trips per second) and GETs of a 1 MiB value
+(MB/s), straight and through a `jobharness chaos proxy` process (as a run's children reach
+the stores), alternated in rounds so that both see the same machine."""
 
 from __future__ import annotations
 
 import asyncio
 import time
+from statistics import median
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -38,6 +39,40 @@ async def _pings(host: str, port: int, n: int) -> list[float]:
     return out
 
 
+BULK = 1 << 20  # bytes of the value GET reads back
+
+
+async def _bulk(host: str, port: int, n: int) -> float:
+    """MB/s of `n` GETs of the BULK-byte value `bench:bulk` over one connection."""
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        t0 = time.perf_counter()
+        for _ in range(n):
+            writer.write(b"GET bench:bulk\r\n")
+            await writer.drain()
+            header = await reader.readline()
+            if header != f"${BULK}\r\n".encode():
+                raise RuntimeError(f"unexpected reply to GET: {header[:40]!r}")
+            await reader.readexactly(BULK + 2)
+        return n * BULK / (time.perf_counter() - t0) / 1e6
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
+async def _set_bulk(host: str, port: int) -> None:
+    reader, writer = await asyncio.open_connection(host, port)
+    try:
+        writer.write(b"*3\r\n$3\r\nSET\r\n$10\r\nbench:bulk\r\n"
+                     + b"$%d\r\n" % BULK + b"x" * BULK + b"\r\n")
+        await writer.drain()
+        if await reader.readline() != b"+OK\r\n":
+            raise RuntimeError("could not SET the bulk value")
+    finally:
+        writer.close()
+        await writer.wait_closed()
+
+
 async def bench_proxy(settings: Settings, *, ops: int, rounds: int = 5,
                       progress: Progress | None = None) -> dict[str, Any]:
     """p50/p99 round trip straight to Redis and through the proxy, and the difference."""
@@ -65,9 +100,16 @@ async def bench_proxy(settings: Settings, *, ops: int, rounds: int = 5,
             r = await http.post(f"{api}/proxies", json={
                 "name": "bench", "listen": "127.0.0.1:0", "upstream": f"{host}:{port}"})
             p_host, p_port = r.json()["listen"].rsplit(":", 1)
+        await _set_bulk(host, port)
+        rates: dict[str, list[float]] = {"direct": [], "proxied": []}
+        bulk: dict[str, list[float]] = {"direct": [], "proxied": []}
         for k in range(rounds):
-            direct += await _pings(host, port, per_round)
-            proxied += await _pings(p_host, int(p_port), per_round)
+            for name, (h, pt) in (("direct", (host, port)), ("proxied", (p_host, int(p_port)))):
+                t0 = time.perf_counter()
+                times = await _pings(h, pt, per_round)
+                rates[name].append(per_round / (time.perf_counter() - t0))
+                (direct if name == "direct" else proxied).extend(times)
+                bulk[name].append(await _bulk(h, pt, 20))
             if progress is not None:
                 progress("round trips", k + 1, rounds)
     finally:
@@ -77,6 +119,9 @@ async def bench_proxy(settings: Settings, *, ops: int, rounds: int = 5,
         return {"p50_us": percentile(values, 50), "p99_us": percentile(values, 99)}
 
     d, p = summary(direct), summary(proxied)
+    for out, name in ((d, "direct"), (p, "proxied")):
+        out["round_trips_per_s"] = round(float(median(rates[name])))
+        out["mb_per_s"] = round(float(median(bulk[name])), 1)
     added = None if d["p50_us"] is None or p["p50_us"] is None else p["p50_us"] - d["p50_us"]
     return {"benchmark": "proxy", "round_trips": len(direct), "direct": d, "proxied": p,
             "added_p50_us": None if added is None else round(added, 1)}
