@@ -17,7 +17,8 @@ import struct
 import time
 from typing import Any
 
-from chaos.toxics import Chan, Chunk, ResetPeer, Stage, Toxic, ToxicError, make_toxic
+from chaos.stream import Chan, Chunk, Stage
+from chaos.toxics import ResetPeer, Toxic, ToxicError, make_toxic
 
 
 class ProxyError(Exception):

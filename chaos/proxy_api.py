@@ -65,6 +65,13 @@ class ProxyCollection:
 
     async def update(self, name: str, spec: dict[str, Any]) -> Proxy:
         proxy = self.get(name)
+        if not isinstance(spec, dict):
+            raise ProxyError("bad request body: a proxy must be a JSON object", 400)
+        for key in ("listen", "upstream"):
+            if key in spec:
+                split_address(str(spec[key]), key)
+        if "enabled" in spec and not isinstance(spec["enabled"], bool):
+            raise ProxyError("bad request body: enabled must be true or false", 400)
         moved = any(k in spec and spec[k] != getattr(proxy, k) for k in ("listen", "upstream"))
         if moved:
             await proxy.stop()
@@ -86,9 +93,14 @@ class ProxyCollection:
             await proxy.stop()
 
 
+def _finite(token: str) -> Any:
+    raise ValueError(f"{token} is not a number JSON allows")
+
+
 async def _json(request: Request) -> Any:
+    """The body as JSON; NaN and Infinity (which Python's parser would take) refused."""
     try:
-        return json.loads(await request.body() or b"{}")
+        return json.loads(await request.body() or b"{}", parse_constant=_finite)
     except ValueError as exc:
         raise ProxyError(f"bad request body: {exc}", 400) from exc
 

@@ -13,134 +13,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
+
+from chaos.stream import INTERRUPTED, TIMED_OUT, Chunk, Stage
 
 STREAMS = ("upstream", "downstream")
 
 
 class ToxicError(ValueError):
     """A toxic definition is invalid (HTTP 400)."""
-
-
-@dataclass
-class Chunk:
-    data: bytes
-    t: float  # monotonic: when it arrived at the proxy (moved on by latency it has served)
-
-
-class _Signal:
-    """What `recv` returns instead of a chunk: interrupted, or its timeout passed."""
-
-    def __init__(self, name: str) -> None:
-        self.name = name
-
-    def __repr__(self) -> str:
-        return self.name
-
-
-INTERRUPTED = _Signal("INTERRUPTED")
-TIMED_OUT = _Signal("TIMED_OUT")
-EOF = None  # the source closed: a stage passes it on by closing (`Stage.close`)
-
-
-class Chan:
-    """An unbounded FIFO between two stages (one reader); the reader of a connection waits
-    for `room` before it reads more from its socket, which bounds what a direction holds."""
-
-    __slots__ = ("_getter", "_room", "items", "limit")
-
-    def __init__(self, limit: int = 1024) -> None:
-        self.items: deque[Chunk | None] = deque()
-        self.limit = limit
-        self._getter: asyncio.Future[None] | None = None
-        self._room: asyncio.Future[None] | None = None
-
-    def put(self, item: Chunk | None) -> None:
-        self.items.append(item)
-        _wake(self._getter)
-
-    def take(self) -> Chunk | None:
-        item = self.items.popleft()
-        if len(self.items) < self.limit:
-            _wake(self._room)
-        return item
-
-    async def room(self) -> None:
-        while len(self.items) >= self.limit:
-            self._room = asyncio.get_running_loop().create_future()
-            await self._room
-
-
-def _wake(fut: asyncio.Future[None] | None) -> None:
-    if fut is not None and not fut.done():
-        fut.set_result(None)
-
-
-class Link(Protocol):
-    """The connection a stage belongs to, as a toxic sees it."""
-
-    def close(self) -> None: ...
-    def reset(self) -> None: ...
-    def uniform(self, a: float, b: float) -> float: ...
-    def randint(self, a: int, b: int) -> int: ...
-
-
-class Stage:
-    """One toxic's place in one direction of one connection: its inbox, its outbox (which the
-    direction re-points when the chain changes), its state, and how it is interrupted."""
-
-    def __init__(self, inbox: Chan, outbox: Chan, link: Link, state: Any = None) -> None:
-        self.inbox, self.outbox, self.link, self.state = inbox, outbox, link, state
-        self.interrupted = False
-        self.closed = False
-        self._wait: asyncio.Future[None] | None = None
-        self.task: asyncio.Task[None] | None = None
-
-    def interrupt(self) -> None:
-        self.interrupted = True
-        _wake(self._wait)
-
-    async def recv(self, timeout_s: float | None = None) -> Chunk | _Signal | None:
-        """The next chunk, EOF (None), INTERRUPTED, or TIMED_OUT after `timeout_s`."""
-        loop = asyncio.get_running_loop()
-        deadline = None if timeout_s is None else loop.time() + timeout_s
-        while True:
-            if self.interrupted:
-                return INTERRUPTED
-            if self.inbox.items:
-                return self.inbox.take()
-            if deadline is not None and loop.time() >= deadline:
-                return TIMED_OUT
-            fut = self._wait = self.inbox._getter = loop.create_future()
-            timer = None if deadline is None else loop.call_at(deadline, _wake, fut)
-            try:
-                await fut
-            finally:
-                if timer is not None:
-                    timer.cancel()
-
-    async def sleep(self, seconds: float) -> bool:
-        """Sleep; False when interrupted meanwhile."""
-        if seconds > 0 and not self.interrupted:
-            loop = asyncio.get_running_loop()
-            fut = self._wait = loop.create_future()
-            timer = loop.call_later(seconds, _wake, fut)
-            try:
-                await fut
-            finally:
-                timer.cancel()
-        return not self.interrupted
-
-    def send(self, chunk: Chunk) -> None:
-        self.outbox.put(chunk)
-
-    def close(self) -> None:
-        """End this direction after what was sent: EOF downstream (the connection closes)."""
-        if not self.closed:
-            self.closed = True
-            self.outbox.put(EOF)
 
 
 @dataclass(kw_only=True)
@@ -161,7 +43,8 @@ class Toxic:
         for key, value in self.attributes.items():
             if key not in self.defaults:
                 continue  # as toxiproxy: attributes a toxic does not have are ignored
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+            if isinstance(value, bool) or not isinstance(value, int | float) \
+                    or not 0 <= value < 1e12:  # NaN fails both comparisons
                 raise ToxicError(f"{self.kind}.{key} must be a number >= 0")
             merged[key] = value
         self.attributes = merged
@@ -411,7 +294,8 @@ def make_toxic(spec: dict[str, Any]) -> Toxic:
     if not isinstance(attributes, dict):
         raise ToxicError("bad request body: attributes must be an object")
     toxicity = spec.get("toxicity", 1.0)
-    if isinstance(toxicity, bool) or not isinstance(toxicity, int | float):
+    if isinstance(toxicity, bool) or not isinstance(toxicity, int | float) \
+            or toxicity != toxicity:
         raise ToxicError("bad request body: toxicity must be a number")
     name = spec.get("name") or f"{kind}_{stream}"
     if not isinstance(name, str):

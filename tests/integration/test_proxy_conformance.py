@@ -241,6 +241,19 @@ def test_populate_keeps_an_identical_proxy_and_checks_the_whole_list_first(
     assert "fresh" not in http.get("/proxies").json()  # nothing created
 
 
+def test_bad_bodies_are_refused_and_the_list_stays_readable(
+        http: httpx.Client, proxy: dict[str, Any]) -> None:
+    """Every bad body is a 400 (NaN is not JSON) and never reaches the stored state."""
+    base = f"/proxies/{proxy['name']}"
+    nan = b'{"type": "latency", "attributes": {"latency": NaN}}'
+    assert http.post(f"{base}/toxics", content=nan).status_code == 400
+    for body in (b"[1, 2]", b'"text"', b"{not json"):
+        assert http.post(base, content=body).status_code == 400
+        assert http.post(f"{base}/toxics", content=body).status_code == 400
+    assert http.get("/proxies").status_code == 200
+    assert http.get(f"{base}/toxics").json() == []
+
+
 def test_reset_removes_toxics_and_enables(http: httpx.Client, proxy: dict[str, Any]) -> None:
     toxic(http, proxy, type="latency", attributes={"latency": 1000})
     http.post(f"/proxies/{proxy['name']}", json={"enabled": False})

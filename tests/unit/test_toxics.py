@@ -26,6 +26,9 @@ def test_defaults_and_leniencies_follow_toxiproxy() -> None:
     ({"type": "latency", "attributes": {"latency": -1}}, "must be a number >= 0"),
     ({"type": "latency", "attributes": {"latency": "fast"}}, "must be a number >= 0"),
     ({"type": "latency", "toxicity": 2}, "toxicity must be between 0 and 1"),
+    ({"type": "latency", "toxicity": float("nan")}, "toxicity must be a number"),
+    ({"type": "latency", "attributes": {"latency": float("nan")}}, "must be a number >= 0"),
+    ({"type": "latency", "attributes": {"latency": float("inf")}}, "must be a number >= 0"),
     ({"type": "latency", "attributes": [1]}, "attributes must be an object"),
 ])
 def test_bad_toxics_are_refused_with_the_reason(spec: dict[str, object], message: str) -> None:
