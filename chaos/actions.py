@@ -14,12 +14,13 @@ import random
 import signal
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from core.errors import ServiceError
+from core.infra.auth import auth_headers
 from core.infra.embedded import PG_STOP_MODES, EmbeddedServices
 from core.worker.faults import MODES
 
@@ -39,10 +40,11 @@ class Endpoints:
     control_url: str | None = None
     pids: dict[str, int] | None = None
     services: EmbeddedServices | None = None  # the embedded servers, when the run uses them
+    token: str | None = field(default=None, repr=False)  # the surfaces' bearer token
 
 
-async def _call(method: str, url: str, body: Any = None) -> Any:
-    async with httpx.AsyncClient(timeout=10) as http:
+async def _call(ep: Endpoints, method: str, url: str, body: Any = None) -> Any:
+    async with httpx.AsyncClient(timeout=10, headers=auth_headers(ep.token)) as http:
         r = await http.request(method, url, json=body)
     if r.status_code >= 400:
         raise ActionError(f"{method} {url} -> {r.status_code}: {r.text[:200]}")
@@ -66,10 +68,10 @@ async def partition(ep: Endpoints, target: str, mode: str = "hard") -> dict[str,
     both streams (open sockets that hang)."""
     name = _proxy_name(ep, target)
     if mode == "hard":
-        await _call("POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": False})
+        await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": False})
     elif mode == "blackhole":
         for stream in ("upstream", "downstream"):
-            await _call("POST", f"{ep.proxy_api}/proxies/{name}/toxics",
+            await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}/toxics",
                         {"name": f"blackhole_{stream}", "type": "timeout", "stream": stream,
                          "attributes": {"timeout": 0}})
     else:
@@ -83,7 +85,7 @@ async def toxic(ep: Endpoints, target: str, kind: str, attributes: dict[str, Any
     name = _proxy_name(ep, target)
     spec = {"name": f"drill_{kind}_{stream}", "type": kind, "stream": stream,
             "toxicity": toxicity, "attributes": attributes}
-    await _call("POST", f"{ep.proxy_api}/proxies/{name}/toxics", spec)
+    await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}/toxics", spec)
     return {"target": target, "toxic": spec}
 
 
@@ -92,12 +94,12 @@ async def heal(ep: Endpoints, target: str | None = None) -> dict[str, Any]:
     if ep.proxy_api is None:
         return {"healed": []}
     if target is None:
-        await _call("POST", f"{ep.proxy_api}/reset")
+        await _call(ep, "POST", f"{ep.proxy_api}/reset")
         return {"healed": "all"}
     name = _proxy_name(ep, target)
-    for t in await _call("GET", f"{ep.proxy_api}/proxies/{name}/toxics") or []:
-        await _call("DELETE", f"{ep.proxy_api}/proxies/{name}/toxics/{t['name']}")
-    await _call("POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": True})
+    for t in await _call(ep, "GET", f"{ep.proxy_api}/proxies/{name}/toxics") or []:
+        await _call(ep, "DELETE", f"{ep.proxy_api}/proxies/{name}/toxics/{t['name']}")
+    await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": True})
     return {"healed": [name]}
 
 
@@ -109,7 +111,7 @@ def _need_control(ep: Endpoints) -> str:
 
 
 async def _running_workers(ep: Endpoints, *, unfaulted: bool = False) -> list[str]:
-    workers = await _call("GET", f"{_need_control(ep)}/workers") or []
+    workers = await _call(ep, "GET", f"{_need_control(ep)}/workers") or []
     return sorted(w["worker_id"] for w in workers if w["state"] == "running"
                   and not (unfaulted and w.get("fault")))
 
@@ -128,7 +130,7 @@ async def kill_workers(ep: Endpoints, rng: random.Random, *, count: int | None =
                        fraction: float | None = None) -> dict[str, Any]:
     chosen = _choose(await _running_workers(ep), count, fraction, rng)
     for wid in chosen:
-        await _call("POST", f"{_need_control(ep)}/workers/{wid}/kill")
+        await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/kill")
     return {"killed": chosen}
 
 
@@ -136,7 +138,7 @@ async def pause_workers(ep: Endpoints, rng: random.Random, *, count: int | None 
                         fraction: float | None = None) -> dict[str, Any]:
     chosen = _choose(await _running_workers(ep), count, fraction, rng)
     for wid in chosen:
-        await _call("POST", f"{_need_control(ep)}/workers/{wid}/pause")
+        await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/pause")
     return {"paused": chosen}
 
 
@@ -154,20 +156,20 @@ async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | Non
         ramp = rng.uniform(*ramp_s) if isinstance(ramp_s, list) else float(ramp_s)
         spec = {"mode": rng.choice(MODES) if mode == "mixed" else mode,
                 "ramp_s": round(ramp, 1), "limit_mb": limit_mb, "seed": rng.randrange(2**31)}
-        await _call("POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
+        await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
         faults.append({"worker_id": wid, **spec})
     return {"degraded": faults}
 
 
 async def resume_workers(ep: Endpoints, worker_ids: list[str] | None = None) -> dict[str, Any]:
     """Resume the given workers, or every paused (or abandoned) one."""
-    workers = await _call("GET", f"{_need_control(ep)}/workers") or []
+    workers = await _call(ep, "GET", f"{_need_control(ep)}/workers") or []
     targets = worker_ids or [w["worker_id"] for w in workers
                              if w["state"] in ("paused", "abandoned")]
     resumed = []
     for wid in targets:
         try:
-            await _call("POST", f"{_need_control(ep)}/workers/{wid}/resume")
+            await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/resume")
             resumed.append(wid)
         except ActionError:
             continue  # it exited meanwhile

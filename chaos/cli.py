@@ -11,7 +11,8 @@ from typing import Any
 from core.settings import Settings
 
 
-async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]]) -> None:
+async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]],
+                       token: str | None) -> None:
 
     from chaos.proxy_api import ProxyCollection, proxy_app
     from core.infra.serving import bind, serving, stop_on_signals
@@ -19,9 +20,10 @@ async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]]) ->
     collection = ProxyCollection(seed=args.seed)
     for spec in specs:
         await collection.create(spec)
-    sock, url = bind(args.host, args.port)
+    sock, url = bind(args.host, args.port, token=token, insecure=args.insecure,
+                     surface="the fault proxy's API")
     stop = stop_on_signals()
-    async with serving(proxy_app(collection), sock):
+    async with serving(proxy_app(collection), sock, token=token):
         print(f"fault proxy API at {url}", flush=True)
         await stop.wait()
     await collection.close()
@@ -39,7 +41,7 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
             raise JobHarnessError(f"cannot read proxy config {args.config}: {exc}") from exc
         if not isinstance(specs, list):
             raise JobHarnessError(f"{args.config} must hold a JSON list of proxies")
-    run_async(_serve_proxy(args, specs))
+    run_async(_serve_proxy(args, specs, settings.api_token))
     return 0
 
 
@@ -51,6 +53,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     px.add_argument("--host", default="127.0.0.1")
     px.add_argument("--port", type=int, default=8474, help="API port (8474, as toxiproxy)")
     px.add_argument("--seed", type=int, help="seed of the toxicity draws")
+    px.add_argument("--insecure", action="store_true",
+                    help="let the API listen beyond loopback without JOBHARNESS_API_TOKEN")
     px.add_argument("--config", help="JSON list of proxies to create at start")
     px.set_defaults(func=cmd_chaos, needs_settings=True)
     add_fault_parser(ch, common)
@@ -64,7 +68,8 @@ async def _fault(args: argparse.Namespace, settings: Settings) -> Any:
     from chaos.actions import Endpoints, action_named
 
     ep = Endpoints(proxy_api=args.proxy_url or settings.toxiproxy_url,
-                   control_url=args.control_url or settings.control_url)
+                   control_url=args.control_url or settings.control_url,
+                   token=settings.api_token)
     rng = random.Random(args.seed)
     kind = args.fault
     if kind == "heal":
@@ -161,12 +166,15 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     drill = load_drill(args.file)
     if not settings.api_url:
         raise JobHarnessError("a drill alone needs the target's api_url (--target FILE)")
+    from core.infra.auth import auth_headers
+
     async with open_runtime(settings, migrate_first=False, memory=False) as rt, \
-            httpx.AsyncClient() as http:
+            httpx.AsyncClient(headers=auth_headers(settings.api_token)) as http:
         pool, dispatch = rt.pool, rt.dispatch
         fleet = await deployment_fleet(pool, http, settings.control_url)
         runner = DrillRunner(drill, Endpoints(proxy_api=settings.toxiproxy_url,
-                                              control_url=settings.control_url),
+                                              control_url=settings.control_url,
+                                              token=settings.api_token),
                              make_probes(pool, settings.api_url, http, fleet), seed=args.seed)
         await runner.begin()
         if runner.method is not None:

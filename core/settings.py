@@ -81,6 +81,9 @@ class Settings:
     api_url: str | None = None  # a running job API (staging targets); None: start one
     toxiproxy_url: str | None = None  # staging drills: the toxiproxy API in front of the stores
     control_url: str | None = None  # staging drills: the supervisor's control surface
+    # the bearer token every HTTP surface asks for (API, control surface, memory owner, fault
+    # proxy) and every client of ours sends; never printed (repr=False)
+    api_token: str | None = field(default=None, repr=False)
     # -- state memory
     memory: bool = True  # emit write-behind state events for the memory owner
     qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
@@ -116,7 +119,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "dispatch": ("redis_timeout_s", "redis_retry_after_s", "pg_fallback", "reconcile"),
     "workers": ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "backoff",
                 "max_payload_bytes", "job_types", "dlq_retention_days"),
-    "api": ("api_url", "toxiproxy_url", "control_url"),
+    "api": ("api_url", "toxiproxy_url", "control_url", "api_token"),
     "memory": ("memory", "qdrant_url", "memory_ttls"),
 }
 
@@ -179,6 +182,7 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "api_url": ("JOBHARNESS_API_URL", _text),
     "toxiproxy_url": ("JOBHARNESS_TOXIPROXY_URL", _text),
     "control_url": ("JOBHARNESS_CONTROL_URL", _text),
+    "api_token": ("JOBHARNESS_API_TOKEN", _text),
     "memory": ("JOBHARNESS_MEMORY", _bool),
     "qdrant_url": ("JOBHARNESS_QDRANT_URL", _text),
 }

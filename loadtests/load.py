@@ -21,18 +21,20 @@ LOCUSTFILE = Path(__file__).parent / "locustfile.py"
 class Load:
     def __init__(self, scenario: Scenario, run_dir: Path, api_url: str, *,
                  locust_workers: int = 0, budget: int | None = None,
-                 duration_s: float | None = None) -> None:
+                 duration_s: float | None = None, token: str | None = None) -> None:
         """`budget` jobs (the scenario's by default) within `duration_s` (its max_load_s)."""
         self.scenario = scenario
         self.budget = scenario.jobs if budget is None else budget
         self.duration_s = scenario.max_load_s if duration_s is None else duration_s
+        self.token = token
         self.dir = run_dir
         self.api_url = api_url
         self.locust_workers = locust_workers
         self.children: list[Child] = []
 
     def _env(self, budget: int) -> dict[str, str]:
-        return run_env(self.dir / runfolder.SCENARIO, self.dir / runfolder.RAW, budget)
+        env = run_env(self.dir / runfolder.SCENARIO, self.dir / runfolder.RAW, budget)
+        return {**env, "JOBHARNESS_API_TOKEN": self.token} if self.token else env
 
     async def start(self) -> list[Child]:
         s, n = self.scenario, self.locust_workers

@@ -37,6 +37,9 @@ _lock = threading.Lock()
 _spent = 0
 _in_flight = 0
 _rng = random.Random(f"{SCENARIO.seed}:{os.getpid()}")
+# every user sends the API's bearer token when the system under test asks for one
+_TOKEN = os.environ.get("JOBHARNESS_API_TOKEN")
+HEADERS = {"Authorization": f"Bearer {_TOKEN}"} if _TOKEN else None
 
 
 def take(n: int) -> int:
@@ -129,6 +132,8 @@ def _create(user: FastHttpUser, factory: JobFactory) -> None:
 class Producer(FastHttpUser):
     """Closed model: each user creates again as soon as its previous create returns."""
 
+    default_headers = HEADERS
+
     abstract = SCENARIO.model != "closed"  # an abstract user class is never spawned
     weight = 10
     wait_time = constant(0)
@@ -143,6 +148,8 @@ class Producer(FastHttpUser):
 
 class ArrivalProducer(FastHttpUser):
     """Open model: creates at `rate_per_s` on a fixed schedule, each in its own greenlet."""
+
+    default_headers = HEADERS
 
     abstract = SCENARIO.model != "open"
     fixed_count = 1
@@ -200,6 +207,8 @@ class ArrivalProducer(FastHttpUser):
 class Observer(FastHttpUser):
     """Polls the status of recently created jobs."""
 
+    default_headers = HEADERS
+
     abstract = SCENARIO.observers == 0
     fixed_count = max(1, SCENARIO.observers)
     wait_time = between(0.2, 0.5)
@@ -212,6 +221,8 @@ class Observer(FastHttpUser):
 
 class Operator(FastHttpUser):
     """Cancels a recent job now and then, and requeues the dead-letter queue."""
+
+    default_headers = HEADERS
 
     abstract = SCENARIO.operators == 0
     fixed_count = max(1, SCENARIO.operators)

@@ -32,6 +32,7 @@ from chaos.probes import Fleet, deployment_fleet, make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder
 from core.errors import DispatchUnavailable, JobHarnessError
+from core.infra.auth import auth_headers
 from core.memory.events import OWNER_GROUP, owner_caught_up, owner_status
 from core.service.runtime import open_runtime
 from core.settings import Settings, with_values
@@ -184,7 +185,7 @@ class Run:
             await self.system.wait_ready(api_url, pool,
                                          on_workers=lambda n: self._show(workers=n))
         self.timings["startup_s"] = round(time.monotonic() - t0, 2)
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=auth_headers(self.settings.api_token)) as http:
             await self._set_limits(api_url, http)
             with Sampler(self.dir / runfolder.SAMPLES, pool, dispatch, api_url, http,
                          self.started) as sampler:
@@ -217,12 +218,14 @@ class Run:
         self.progress.phase = "load"
         drill = self.drill
         if drill is None:
-            load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers)
+            load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers,
+                        token=self.settings.api_token)
             deadline_s = s.max_load_s
         else:  # the load goes on until the drill has settled, whatever the job count
             deadline_s = s.max_load_s + drill.span_s
             load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers,
-                        budget=max(s.jobs, DRILL_JOB_CAP), duration_s=deadline_s)
+                        budget=max(s.jobs, DRILL_JOB_CAP), duration_s=deadline_s,
+                        token=self.settings.api_token)
         self.system.children += await load.start()
         t_load = time.monotonic()
         runner, settling, offset_s = None, None, 0.0

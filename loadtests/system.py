@@ -23,6 +23,7 @@ from chaos.actions import Endpoints
 from core.contract import runfolder
 from core.contract.observe import ACTIVE_WORKERS
 from core.errors import JobHarnessError, StoreUnavailable
+from core.infra.auth import auth_headers
 from core.infra.embedded import EmbeddedServices, free_port
 from core.service.runtime import embedded_services
 from core.settings import Settings, to_env
@@ -54,7 +55,7 @@ class SystemUnderTest:
         self.targeted = targeted
         self.children: list[Child] = []
         self.endpoints = Endpoints(proxy_api=settings.toxiproxy_url,
-                                   control_url=settings.control_url,
+                                   control_url=settings.control_url, token=settings.api_token,
                                    services=None if targeted else services)
         self.extra_supervisor_args = extra_supervisor_args or []
 
@@ -97,10 +98,11 @@ class SystemUnderTest:
         """Every child reaches PostgreSQL and Redis through the fault proxy."""
         port = free_port()
         self.children.append(await Child.start(
-            "proxy", ["loadtests.cli", "chaos", "proxy", "--port", str(port)], env={},
-            log=self.logs / "proxy.log"))
+            "proxy", ["loadtests.cli", "chaos", "proxy", "--port", str(port)],
+            env={"JOBHARNESS_API_TOKEN": self.settings.api_token} if self.settings.api_token
+            else {}, log=self.logs / "proxy.log"))
         api = f"http://127.0.0.1:{port}"
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=auth_headers(self.settings.api_token)) as http:
             deadline = time.monotonic() + 30
             while True:
                 with contextlib.suppress(httpx.TransportError):

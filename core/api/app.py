@@ -20,6 +20,7 @@ from core.api.errors import add_error_handlers, error_response
 from core.api.metrics import MeasureMiddleware, Metrics, refresh
 from core.api.models import BatchIn, CancelIn, CreatedOut, JobIn, LimitIn, PurgeIn
 from core.errors import DispatchUnavailable, InvalidInput
+from core.infra.auth import TokenGate, auth_headers
 from core.jobs.limits import Limit
 from core.jobs.model import JobStatus
 from core.memory.events import owner_status
@@ -49,6 +50,7 @@ def create_app(settings: Settings, *, pool_size: int = 10) -> FastAPI:
     app.state.metrics = metrics = Metrics()
 
     app.add_middleware(MeasureMiddleware, metrics=metrics)
+    app.add_middleware(TokenGate, token=settings.api_token)  # outermost: 401 before anything
     add_error_handlers(app)
     app.include_router(router)
     return app
@@ -196,7 +198,8 @@ async def state_entry(request: Request,
     status = await owner_status(rt.dispatch, enabled=rt.memory is not None)
     if not status.get("url"):
         return error_response(503, "memory", f"no memory owner to read from ({status['state']})")
-    async with httpx.AsyncClient(timeout=10) as http:
+    async with httpx.AsyncClient(timeout=10,
+                                 headers=auth_headers(rt.service.settings.api_token)) as http:
         try:
             r = await http.get(f"{status['url']}/memory/{namespace}/{key}")
         except httpx.TransportError as exc:

@@ -90,14 +90,15 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         sup = Supervisor(rt.service, settings, opts, predictor)
         if args.model and predictor is None:
             sup.stats["predictor_refused"] = 1
-        sock, url = bind(args.control_host, args.control_port)
+        sock, url = bind(args.control_host, args.control_port, token=settings.api_token,
+                         insecure=args.insecure, surface="the control surface")
         path = state_file(settings.data_dir, opts.name)
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps({"pid": os.getpid(), "control_url": url,
                                     "workers": opts.workers}))
         logging.getLogger("jobharness.supervisor").info("control surface at %s", url)
         t0 = time.monotonic()
-        async with serving(control_app(sup), sock):
+        async with serving(control_app(sup), sock, token=settings.api_token):
             await sup.start()
             if args.duration_s:
                 asyncio.get_running_loop().call_later(args.duration_s, stop.set)
@@ -139,18 +140,21 @@ def cmd_ctl(args: argparse.Namespace, settings: Settings) -> int:
                                   "give --control-url") from exc
     try:
         if args.action in ("list", "stats"):
-            out = control_request(url, "/workers" if args.action == "list" else "/stats")
+            out = control_request(url, "/workers" if args.action == "list" else "/stats",
+                                  token=settings.api_token)
         elif args.action == "kill" and not args.worker_ids:
             body = {"count": args.count} if args.count else {"fraction": args.fraction,
                                                               "seed": args.seed}
-            out = control_request(url, "/kill", method="POST", body=body)
+            out = control_request(url, "/kill", method="POST", body=body,
+                                  token=settings.api_token)
         else:
             if not args.worker_ids:
                 raise JobHarnessError(f"{args.action} needs worker ids")
             fault = ({"mode": args.mode, "ramp_s": args.ramp_s, "limit_mb": args.limit_mb}
                      if args.action == "degrade" else None)
             out = [control_request(url, f"/workers/{w}/{args.action}", method="POST",
-                                   body=fault) for w in args.worker_ids]
+                                   body=fault, token=settings.api_token)
+                   for w in args.worker_ids]
     except (LookupError, OSError) as exc:
         raise JobHarnessError(str(exc)) from exc
     print_json(out)
@@ -161,8 +165,10 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
     import uvicorn
 
     from core.api.app import create_app
+    from core.infra.auth import check_bind
     from core.service.runtime import endpoints
 
+    check_bind(args.host, settings.api_token, insecure=args.insecure, surface="the API")
     with endpoints(settings) as resolved:
         # httptools parses HTTP in C (h11, the fallback, is pure Python and was a third of
         # a create's CPU); no proxy-header rewriting, server or date header per response
@@ -177,6 +183,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("api", parents=[common], help="serve the job service's HTTP API")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without JOBHARNESS_API_TOKEN")
     p.add_argument("--pool-size", type=int, default=10, help="PostgreSQL and Redis connections")
     p.set_defaults(func=cmd_api, needs_settings=True)
 
@@ -198,6 +206,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--handler", action="append", help="type=package.module:function")
     p.add_argument("--control-host", default="127.0.0.1")
+    p.add_argument("--insecure", action="store_true",
+                   help="let the control surface listen beyond loopback without a token")
     p.add_argument("--control-port", type=int, default=0, help="0 picks a free port")
     p.add_argument("--check-interval-s", type=float, default=1.0)
     p.add_argument("--max-replacements", type=int, default=20)

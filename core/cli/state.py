@@ -42,7 +42,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         os.nice(args.nice)
     memory = await open_memory(settings).open()
     dispatch = create_dispatch(settings, max_connections=2)
-    sock, url = bind(args.host, args.port)
+    sock, url = bind(args.host, args.port, token=settings.api_token, insecure=args.insecure,
+                     surface="the memory owner")
     owner = MemoryOwner(memory, dispatch, url=url, max_buffer=args.max_buffer)
     stop = stop_on_signals()
     if args.duration_s:
@@ -53,7 +54,7 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     logging.getLogger("jobharness.memory").info("memory owner at %s over %s", url,
                                                 memory.where)
     try:
-        async with serving(memory_app(owner), sock):
+        async with serving(memory_app(owner), sock, token=settings.api_token):
             await owner.run(stop)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -72,10 +73,14 @@ def owner_url(settings: Settings) -> str | None:
     return str(data["url"]) if data.get("url") else None
 
 
-def owner_request(url: str, path: str, body: dict[str, Any] | None = None) -> Any:
+def ask_owner(url: str, path: str, body: dict[str, Any] | None = None, *,
+                  token: str | None = None) -> Any:
+    from core.infra.auth import auth_headers
+
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url + path, data=data, method="POST" if data else "GET",
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          **auth_headers(token)})
     try:
         with urllib.request.urlopen(req, timeout=60) as resp:
             return json.loads(resp.read())
@@ -132,20 +137,24 @@ def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
         print_json(run_async(_direct(args, settings)))
         return 0
     quoted = urllib.parse.quote
+
+    def owner_request(path: str, body: dict[str, Any] | None = None) -> Any:
+        return ask_owner(url, path, body, token=settings.api_token)
+
     if args.action == "get":
-        out = owner_request(url, f"/memory/{quoted(args.namespace)}/{quoted(args.key)}")
+        out = owner_request(f"/memory/{quoted(args.namespace)}/{quoted(args.key)}")
     elif args.action == "list":
         q = urllib.parse.urlencode({k: v for k, v in (("group", args.group),
                                                       ("limit", args.limit)) if v})
-        out = owner_request(url, f"/memory/{quoted(args.namespace)}?{q}")
+        out = owner_request(f"/memory/{quoted(args.namespace)}?{q}")
     elif args.action == "stats":
-        out = owner_request(url, "/stats")
+        out = owner_request("/stats")
     elif args.action == "purge":
-        out = owner_request(url, "/purge", {})
+        out = owner_request("/purge", {})
     elif args.action == "snapshot":
-        out = owner_request(url, "/snapshot", {"path": str(Path(args.path).resolve())})
+        out = owner_request("/snapshot", {"path": str(Path(args.path).resolve())})
     else:
-        out = owner_request(url, "/restore", {"path": str(Path(args.path).resolve()),
+        out = owner_request("/restore", {"path": str(Path(args.path).resolve()),
                                               "wipe": args.wipe})
     print_json(out)
     return 0
@@ -157,6 +166,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     s = st.add_parser("serve", parents=[common], help="run the memory owner")
     s.add_argument("--host", default="127.0.0.1")
     s.add_argument("--port", type=int, default=0)
+    s.add_argument("--insecure", action="store_true",
+                   help="listen beyond loopback without JOBHARNESS_API_TOKEN")
     s.add_argument("--max-buffer", type=int, default=50_000)
     s.add_argument("--duration-s", type=float)
     s.add_argument("--nice", type=int, default=10,

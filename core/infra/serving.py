@@ -12,6 +12,8 @@ import socket
 from collections.abc import AsyncIterator
 from typing import Any
 
+from core.infra.auth import TokenGate, check_bind
+
 
 def run_async(coro: Any) -> Any:
     """Run a coroutine on uvloop when available (faster asyncpg and redis I/O)."""
@@ -31,16 +33,22 @@ def stop_on_signals() -> asyncio.Event:
     return stop
 
 
-def bind(host: str, port: int) -> tuple[socket.socket, str]:
-    """A listening socket (port 0 picks a free one) and its URL."""
+def bind(host: str, port: int, *, token: str | None = None, insecure: bool = False,
+         surface: str = "this surface") -> tuple[socket.socket, str]:
+    """A listening socket (port 0 picks a free one) and its URL; beyond loopback only with a
+    token or `insecure` (core/infra/auth.py)."""
+    check_bind(host, token, insecure=insecure, surface=surface)
     sock = socket.create_server((host, port))
     return sock, f"http://{host}:{sock.getsockname()[1]}"
 
 
 @contextlib.asynccontextmanager
-async def serving(app: Any, sock: socket.socket) -> AsyncIterator[None]:
-    """Serve `app` on `sock` for the duration of the block."""
+async def serving(app: Any, sock: socket.socket, *, token: str | None
+                  ) -> AsyncIterator[None]:
+    """Serve `app` on `sock` for the duration of the block; with a token, behind the gate."""
     import uvicorn
+
+    app = TokenGate(app, token)
 
     class QuietServer(uvicorn.Server):
         def capture_signals(self) -> Any:  # the process owns SIGTERM/SIGINT

@@ -30,6 +30,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from core.contract import runfolder
+from core.infra.auth import auth_headers
 from core.supervisor.supervisor import Supervisor
 from core.worker.faults import FaultSpec
 
@@ -142,12 +143,14 @@ def state_file(data_dir: Path, name: str) -> Path:
 
 
 def control_request(
-    url: str, path: str, *, method: str = "GET", body: dict[str, Any] | None = None
+    url: str, path: str, *, method: str = "GET", body: dict[str, Any] | None = None,
+    token: str | None = None,
 ) -> Any:
-    """Call a supervisor's control surface (the CLI and the chaos actions use this)."""
+    """Call a supervisor's control surface (the CLI uses this), with the bearer token."""
     data = json.dumps(body).encode() if body is not None else None
     req = urllib.request.Request(url.rstrip("/") + path, data=data, method=method,
-                                 headers={"Content-Type": "application/json"})
+                                 headers={"Content-Type": "application/json",
+                                          **auth_headers(token)})
     try:
         with urllib.request.urlopen(req, timeout=10) as resp:
             return json.loads(resp.read())

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from core.errors import StoreUnavailable
+from core.infra.auth import auth_headers
 from core.memory.events import owner_status
 from core.memory.port import WORKER_NS
 from core.service.jobs import JobService
@@ -56,7 +57,9 @@ async def _from_memory(service: JobService, name: str) -> list[RosterEntry] | No
     path = f"/memory/{WORKER_NS}/{urllib.parse.quote(roster_key(name))}"
 
     def fetch() -> Any:
-        with urllib.request.urlopen(f"{url}{path}", timeout=5) as resp:
+        req = urllib.request.Request(f"{url}{path}",
+                                     headers=auth_headers(service.settings.api_token))
+        with urllib.request.urlopen(req, timeout=5) as resp:
             return json.loads(resp.read())
 
     try:

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import httpx
 
 from core.contract.figures import percentile
+from core.infra.auth import auth_headers
 from core.infra.embedded import free_port
 from core.settings import Settings
 from loadtests.procs import Child
@@ -79,15 +80,17 @@ async def bench_proxy(settings: Settings, *, ops: int, rounds: int = 5,
     url = urlsplit(settings.redis_url or "")
     host, port = url.hostname or "127.0.0.1", int(url.port or 6379)
     api_port = free_port()
+    token = settings.api_token
     child = await Child.start("proxy", ["loadtests.cli", "chaos", "proxy", "--port",
-                                        str(api_port)], env={}, log=settings.data_dir /
-                              "logs" / "bench-proxy.log")
+                                        str(api_port)],
+                              env={"JOBHARNESS_API_TOKEN": token} if token else {},
+                              log=settings.data_dir / "logs" / "bench-proxy.log")
     direct: list[float] = []
     proxied: list[float] = []
     per_round = max(1, ops // rounds)
     try:
         api = f"http://127.0.0.1:{api_port}"
-        async with httpx.AsyncClient() as http:
+        async with httpx.AsyncClient(headers=auth_headers(token)) as http:
             deadline = time.monotonic() + 30
             while True:
                 try:

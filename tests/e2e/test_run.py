@@ -153,3 +153,32 @@ def test_report_compare_flags_a_real_slowdown_only(
     # samples of one distribution, is tests/unit/test_report_maths.py)
     assert main(["report", "compare", str(base), str(base)]) == 0
     assert json.loads(capsys.readouterr().out)["regressions"] == []
+
+
+def test_a_run_against_surfaces_that_ask_for_a_token(
+    server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With JOBHARNESS_API_TOKEN set, the API, the control surface and the fault proxy the run
+    starts all ask for it, and every client of the run (Locust's users, the sampler, the
+    drill's actions and probes) sends it: the run passes, its faults applied."""
+    monkeypatch.setenv("JOBHARNESS_API_TOKEN", "e2e-token")
+    drill = tmp_path / "short.yaml"
+    drill.write_text(
+        "name: short\nsettings: {heartbeat_interval_s: 1, heartbeat_ttl_s: 4, lease_s: 4,"
+        " redis_timeout_s: 0.5}\nsteady_state:\n  - {probe: api_healthy}\n"
+        "  - {probe: workers_active_at_least, fraction: 1.0}\nmethod:\n"
+        "  - {action: kill_workers, at_s: 1, count: 1}\n"
+        "  - {action: partition, at_s: 2, duration_s: 2, target: redis, mode: hard}\n"
+        "expect_no_replacement_during: [redis]\nload_after_s: 3\nsettle_s: 30\n")
+    out = tmp_path / "runs"
+    assert main(run_args(server_settings, out, "demo", "--drill", str(drill))) == 0, \
+        capsys.readouterr().out[-2000:]
+    verdict = json.loads(capsys.readouterr().out)
+    faults = [j for j in verdict["drill"]["journal"] if j["kind"] == "fault"]
+    assert [f["name"] for f in faults] == ["kill_workers", "partition"]
+    assert len(faults[0]["result"]["killed"]) == 1  # the control surface took the token
+    assert verdict["figures"]["requests_failed"] == 0  # every Locust request carried it
+    assert verdict["figures"]["jobs_acknowledged"] > 0
+    (folder,) = out.iterdir()
+    assert "e2e-token" not in (folder / "config.json").read_text()

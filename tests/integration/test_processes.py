@@ -281,14 +281,14 @@ async def test_restarted_supervisor_restores_its_roster(
         await wait_until(lambda: _count_is(old_workers, 2), what="first supervisor's workers")
         old = {r["id"]: r["pid"] for r in await old_workers()}
         if owner is not None:
-            from core.cli.state import owner_request, owner_url
+            from core.cli.state import ask_owner, owner_url
 
             async def roster_saved() -> bool:
                 url = owner_url(proc_settings)
                 if url is None:
                     return False
                 try:
-                    await asyncio.to_thread(owner_request, url,
+                    await asyncio.to_thread(ask_owner, url,
                                             f"/memory/worker-coordination/{roster_key('r1')}")
                 except Exception:
                     return False

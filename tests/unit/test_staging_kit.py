@@ -221,3 +221,21 @@ def test_the_docs_name_the_images_the_compose_file_pins() -> None:
                 if line.startswith("FROM "))
     assert f"`{base}`" in doc or base in doc
     assert "-c constraints.txt" in (ROOT / "Dockerfile").read_text()
+
+
+def test_every_surface_of_ours_gets_the_token_and_it_has_no_default() -> None:
+    """The API and the control surface listen on 0.0.0.0 inside the stack: they start only
+    with a token, which must come from the environment (no default to forget)."""
+    for name in ("api", "supervisor", "memory-owner", "migrate", "locust-master",
+                 "locust-worker"):
+        value = env(name)["JOBHARNESS_API_TOKEN"]
+        assert value.startswith("${JOBHARNESS_API_TOKEN:?"), (name, value)
+    health = " ".join(SERVICES["supervisor"]["healthcheck"]["test"])
+    assert "Authorization" in health  # /stats asks for the token too
+    assert COMPOSE["secrets"]["api_token"] == {"environment": "JOBHARNESS_API_TOKEN"}
+    assert "api_token" in SERVICES["prometheus"]["secrets"]
+    prom = yaml.safe_load((ROOT / "staging" / "prometheus.yml").read_text())
+    for job in prom["scrape_configs"]:
+        if job["job_name"] in ("api", "supervisor"):
+            assert job["authorization"] == {"type": "Bearer",
+                                            "credentials_file": "/run/secrets/api_token"}
