@@ -91,7 +91,7 @@ NON_DEFAULT: dict[str, Any] = {
     "pg_fallback": False, "reconcile": False, "lease_s": 3.5, "heartbeat_interval_s": 0.5,
     "heartbeat_ttl_s": 45.0, "max_payload_bytes": 1234, "job_types": frozenset({"extra"}),
     "dlq_retention_days": 2.5, "api_url": "http://127.0.0.1:1/",
-    "toxiproxy_url": "http://127.0.0.1:2/", "control_url": "http://127.0.0.1:3/",
+    "toxiproxy_url": "http://127.0.0.1:2/", "control_url": "http://127.0.0.1:3/", "api_token": "t0ken",
     "memory": False, "qdrant_url": "http://127.0.0.1:4/",
     "backoff": {"base_s": 0.1, "factor": 3.0, "max_s": 7.0, "jitter_s": 0.01},
     "memory_ttls": {"job_state_s": 11.0, "job_result_s": 12.0, "worker_state_s": 13.0,
