@@ -128,6 +128,9 @@ async def dlq_requeue(request: Request, job_id: str) -> Any:
 async def dlq_purge(request: Request, body: PurgeIn) -> Any:
     if body.all == (body.older_than_days is not None):
         raise InvalidInput("older_than_days", "give either older_than_days or all=true")
+    if body.all and not body.confirm:
+        raise InvalidInput("confirm", "all=true deletes every entry for good (they cannot be "
+                           "requeued afterwards): send confirm=true")
     older = 0.0 if body.all else float(body.older_than_days or 0) * 86_400
     return {"purged": await _rt(request).service.dlq_purge(older_than_s=older)}
 

@@ -68,6 +68,7 @@ class PurgeIn(BaseModel):
 
     older_than_days: float | None = Field(None, ge=0, le=36_500)
     all: bool = False
+    confirm: bool = False  # all=true deletes every entry for good: say so explicitly
 
 
 class LimitIn(BaseModel):

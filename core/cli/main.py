@@ -55,7 +55,13 @@ async def _db(args: argparse.Namespace, settings: Settings) -> int:
             out: Any = {"schema": settings.schema, "applied": done}
             text = f"applied {done or 'nothing (up to date)'} in schema {settings.schema}"
         elif args.action == "rollback":
-            done = await migrate.rollback(conn, settings.schema, to=args.to or 0)
+            applied = [st.version for st in await migrate.status(conn, settings.schema)
+                       if st.applied_at is not None]
+            to = args.to if args.to is not None else max(0, max(applied, default=0) - 1)
+            if to == 0 and applied and not args.yes:
+                raise JobHarnessError(f"rollback to 0 drops every table of schema "
+                                      f"{settings.schema} and the jobs in them; give --yes")
+            done = await migrate.rollback(conn, settings.schema, to=to)
             out = {"schema": settings.schema, "reverted": done}
             text = f"reverted {done or 'nothing'} in schema {settings.schema}"
         elif args.action == "status":
@@ -103,14 +109,16 @@ async def _ops(args: argparse.Namespace, settings: Settings) -> Any:
             for job_id in args.job_ids:
                 await rt.service.dlq_requeue(job_id)
             return {"requeued": args.job_ids}
-        older = 0.0 if args.all else args.older_than_days * 86_400 if args.older_than_days \
-            is not None else None
+        older = 0.0 if args.all else float(args.older_than_days) * 86_400
         return {"purged": await rt.service.dlq_purge(older_than_s=older)}
 
 
 def cmd_ops(args: argparse.Namespace) -> int:
     from core.service.runtime import endpoints
 
+    if getattr(args, "action", None) == "purge" and args.all and not args.yes:
+        raise JobHarnessError("dlq purge --all deletes every entry for good (they cannot be "
+                              "requeued afterwards); give --yes")
     with endpoints(settings_from_args(args)) as settings:
         print_json(run_async(_ops(args, settings)))
     return EXIT_OK
@@ -147,7 +155,10 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
 
     p = sub.add_parser("db", parents=[common], help="schema migrations")
     p.add_argument("action", choices=["migrate", "rollback", "status", "verify"])
-    p.add_argument("--to", type=int, help="target version (migrate: up to, rollback: down to)")
+    p.add_argument("--to", type=int, help="target version (migrate: up to; rollback: down to, "
+                   "default one version back)")
+    p.add_argument("--yes", action="store_true",
+                   help="rollback --to 0: yes, drop the whole schema")
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("reconcile", parents=[common], help="one reconciler pass")
@@ -160,10 +171,12 @@ def build_parser(extend: Extension | None = None) -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=100)
     d = dlq.add_parser("requeue", parents=[common])
     d.add_argument("job_ids", nargs="+")
-    d = dlq.add_parser("purge", parents=[common])
-    g = d.add_mutually_exclusive_group()
-    g.add_argument("--older-than-days", type=float, help="default: the retention (30 days)")
-    g.add_argument("--all", action="store_true")
+    d = dlq.add_parser("purge", parents=[common],
+                       help="delete entries for good (they cannot be requeued afterwards)")
+    g = d.add_mutually_exclusive_group(required=True)
+    g.add_argument("--older-than-days", type=float, help="entries failed more than D days ago")
+    g.add_argument("--all", action="store_true", help="every entry (needs --yes)")
+    d.add_argument("--yes", action="store_true", help="--all: yes, delete every entry")
     p.set_defaults(func=cmd_ops)
 
     from core.cli import ops as opscli

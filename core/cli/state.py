@@ -125,6 +125,9 @@ async def _direct(args: argparse.Namespace, settings: Settings) -> Any:
 def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
     from core.cli.output import print_json, run_async
 
+    if args.action == "restore" and args.wipe and not args.yes:
+        raise JobHarnessError("state restore --wipe empties the memory before it restores; "
+                              "give --yes")
     if args.action == "serve":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         from core.service.runtime import endpoints
@@ -185,5 +188,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     sn.add_argument("path")
     r = st.add_parser("restore", parents=[common])
     r.add_argument("path")
-    r.add_argument("--wipe", action="store_true", help="empty the memory first")
+    r.add_argument("--wipe", action="store_true",
+                   help="empty the memory first (needs --yes: what it held is gone)")
+    r.add_argument("--yes", action="store_true", help="--wipe: yes, empty the memory")
     p.set_defaults(func=cmd_state, needs_settings=True)

@@ -202,6 +202,12 @@ async def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(
             r = await http.post("/jobs", json=body)
             assert r.status_code == 422, (body, r.text)
         assert (await http.get("/jobs/00000000-0000-4000-8000-000000000000")).status_code == 404
+        # purging every dead-letter entry for good needs an explicit confirm
+        r = await http.post("/dlq/purge", json={"all": True})
+        assert r.status_code == 422, r.text
+        assert "confirm" in r.text
+        r = await http.post("/dlq/purge", json={"all": True, "confirm": True})
+        assert r.status_code == 200, r.text
     assert await api_service.pool.fetchval("SELECT count(*) FROM jobs") == before
 
 

@@ -52,9 +52,15 @@ async def test_dlq_cli_lists_requeues_and_purges(
     lease = await service.acquire("w1")  # it dies again
     assert lease is not None
     await service.fail(lease.job_id, lease.token, "boom again")
-    assert await cli(dlq(service, "purge")) == 0  # by age: the default retention keeps it
+    with pytest.raises(SystemExit):  # purge says how much: an age, or --all
+        await cli(dlq(service, "purge"))
+    assert "--older-than-days" in capsys.readouterr().err
+    assert await cli(dlq(service, "purge", "--older-than-days", "30")) == 0  # too young
     assert json.loads(capsys.readouterr().out) == {"purged": 0}
-    assert await cli(dlq(service, "purge", "--all")) == 0
+    assert await cli(dlq(service, "purge", "--all")) == 1  # for good: only with --yes
+    assert "give --yes" in capsys.readouterr().err
+    assert len(await service.dlq_list()) == 1  # nothing deleted
+    assert await cli(dlq(service, "purge", "--all", "--yes")) == 0
     # both entries go: the live one and the first death's, kept as history when requeued
     assert json.loads(capsys.readouterr().out) == {"purged": 2}
     assert await cli(dlq(service, "list")) == 0

@@ -103,6 +103,20 @@ def test_cli_verify_fails_when_an_object_is_missing(
     assert "function mark_stale_workers" in capsys.readouterr().out
 
 
+def test_cli_rollback_undoes_one_step_and_drops_all_only_with_yes(
+        settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(cli(settings, "db", "rollback", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["reverted"] == [10]  # one step, no more
+    assert main(cli(settings, "db", "rollback", "--to", "0")) == 1
+    assert "give --yes" in capsys.readouterr().err
+    assert main(cli(settings, "db", "status", "--json")) == 0
+    applied = [r for r in json.loads(capsys.readouterr().out) if r["applied_at"]]
+    assert len(applied) == 9  # nothing dropped by the refused command
+    assert main(cli(settings, "db", "rollback", "--to", "0", "--yes", "--json")) == 0
+    assert json.loads(capsys.readouterr().out)["reverted"] == list(range(9, 0, -1))
+    assert main(cli(settings, "db", "migrate", "--json")) == 0
+
+
 def test_cli_errors_are_one_line(settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(cli(settings, "db", "status", "--to", "2")) == 1
     err = capsys.readouterr().err
