@@ -65,6 +65,17 @@ async def _jobs(args: argparse.Namespace, settings: Settings) -> Any:
         return [dict(r) for r in await rt.pool.fetch(q("export_jobs"), args.status)]
 
 
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A text cell a spreadsheet would run as a formula (`=HYPERLINK(...)`, `+`, `-`, `@`)
+    gets a leading quote, as OWASP's CSV-injection advice says; numbers stay numbers."""
+    if isinstance(value, str) and value.startswith(FORMULA_START):
+        return "'" + value
+    return value
+
+
 def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     from core.cli.output import print_json, run_async
     from core.service.runtime import endpoints
@@ -76,7 +87,7 @@ def cmd_jobs(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "export" and args.csv:
         writer = csv.DictWriter(sys.stdout, fieldnames=list(out[0]) if out else ["id"])
         writer.writeheader()
-        writer.writerows(out)
+        writer.writerows({k: spreadsheet_safe(v) for k, v in row.items()} for row in out)
     elif args.json or args.action == "get":
         print_json(out)
     elif args.action in ("list", "create"):

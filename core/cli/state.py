@@ -54,7 +54,9 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     logging.getLogger("jobharness.memory").info("memory owner at %s over %s", url,
                                                 memory.where)
     try:
-        async with serving(memory_app(owner), sock, token=settings.api_token):
+        snapshots = settings.data_dir / SNAPSHOTS
+        snapshots.mkdir(parents=True, exist_ok=True)
+        async with serving(memory_app(owner, snapshots), sock, token=settings.api_token):
             await owner.run(stop)
     finally:
         with contextlib.suppress(FileNotFoundError):
@@ -62,6 +64,9 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
         await dispatch.close()
         await memory.close()
     return {"url": url, "memory": memory.where, **owner.status()}
+
+
+SNAPSHOTS = "snapshots"  # the owner's folder of snapshot files, under the data dir
 
 
 def owner_url(settings: Settings) -> str | None:
@@ -154,11 +159,13 @@ def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
         out = owner_request("/stats")
     elif args.action == "purge":
         out = owner_request("/purge", {})
+    elif Path(args.path).name != args.path:
+        raise JobHarnessError(f"a memory owner runs, so snapshots are named: give a file name "
+                              f"(kept in its {settings.data_dir / SNAPSHOTS}), not a path")
     elif args.action == "snapshot":
-        out = owner_request("/snapshot", {"path": str(Path(args.path).resolve())})
+        out = owner_request("/snapshot", {"name": args.path})
     else:
-        out = owner_request("/restore", {"path": str(Path(args.path).resolve()),
-                                              "wipe": args.wipe})
+        out = owner_request("/restore", {"name": args.path, "wipe": args.wipe})
     print_json(out)
     return 0
 

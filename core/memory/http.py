@@ -4,14 +4,17 @@ read state memory, since only the owner may open it.
     GET  /memory/{namespace}/{key}        one live entry (404 when absent or expired)
     GET  /memory/{namespace}?group=&limit= live entries
     GET  /stats                            owner status and counts per namespace
-    POST /snapshot {"path": P}             consistent snapshot to a file
-    POST /restore  {"path": P, "wipe": B}  load a snapshot
+    POST /snapshot {"name": N}             consistent snapshot to a file of the owner's
+                                           snapshots folder (a name, never a path)
+    POST /restore  {"name": N, "wipe": B}  load a snapshot of that folder, checked whole
+                                           before anything is wiped
     POST /purge                            delete expired entries now
 """
 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +75,21 @@ async def stats(request: Request) -> JSONResponse:
     return JSONResponse({**owner.status(), "entries": counts})
 
 
+SNAPSHOT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
 async def _path(request: Request) -> tuple[Path, dict[str, Any]]:
+    """The snapshot file a request names: a plain file name in the owner's snapshots folder.
+    A path is refused, so no request reads or writes anywhere else on the host."""
     body = await _body(request)
-    if not isinstance(body.get("path"), str):
-        raise InvalidInput("path", "give the snapshot file path")
-    return Path(body["path"]), body
+    if "path" in body:
+        raise InvalidInput("path", "snapshots are named, not placed: give name (a file in the "
+                           "owner's snapshots folder)")
+    name = body.get("name")
+    if not isinstance(name, str) or not SNAPSHOT_NAME.match(name) or ".." in name:
+        raise InvalidInput("name", "a file name of letters, digits, '.', '_' and '-' (no "
+                           "folder)")
+    return request.app.state.snapshots / name, body
 
 
 async def snapshot(request: Request) -> JSONResponse:
@@ -86,6 +99,8 @@ async def snapshot(request: Request) -> JSONResponse:
 
 async def restore(request: Request) -> JSONResponse:
     path, body = await _path(request)
+    if not path.is_file():
+        raise InvalidInput("name", "no snapshot of that name in the owner's snapshots folder")
     return JSONResponse(await _owner(request).restore(path, wipe=bool(body.get("wipe"))))
 
 
@@ -102,7 +117,8 @@ async def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     return _err(503, "memory", str(exc))
 
 
-def memory_app(owner: MemoryOwner) -> Starlette:
+def memory_app(owner: MemoryOwner, snapshots: Path) -> Starlette:
+    """The owner's HTTP surface; snapshots are files of `snapshots`, named by requests."""
     app = Starlette(
         routes=[Route("/memory/{namespace}/{key:path}", get_one),
                 Route("/memory/{namespace}", list_ns), Route("/stats", stats),
@@ -111,4 +127,5 @@ def memory_app(owner: MemoryOwner) -> Starlette:
                 Route("/purge", purge, methods=["POST"])],
         exception_handlers={InvalidInput: _invalid, MemoryUnavailable: _unavailable})
     app.state.owner = owner
+    app.state.snapshots = snapshots
     return app

@@ -24,7 +24,7 @@ from typing import Any
 from redis.exceptions import RedisError, ResponseError
 
 from core.dispatch.index import RedisDispatch
-from core.errors import DispatchUnavailable
+from core.errors import DispatchUnavailable, InvalidInput
 from core.memory.events import OWNER_GROUP
 from core.memory.port import (
     NAMESPACES,
@@ -249,8 +249,15 @@ async def restore_snapshot(memory: StateMemory, path: Path, *, wipe: bool,
             rows = [json.loads(line) for line in fh if line.strip()]
     except (OSError, ValueError, EOFError) as exc:
         raise MemoryUnavailable(f"cannot read snapshot {path}: {exc}") from exc
-    if header.get("format") != SNAPSHOT_FORMAT:
-        raise MemoryUnavailable(f"{path} is not a state snapshot ({header.get('format')!r})")
+    if not isinstance(header, dict) or header.get("format") != SNAPSHOT_FORMAT:
+        raise InvalidInput("snapshot", f"{path.name} is not a state snapshot")
+    for i, r in enumerate(rows, start=2):  # all checked before anything is wiped or written
+        if not isinstance(r, dict) or r.get("namespace") not in NAMESPACES \
+                or not isinstance(r.get("key"), str) or not 0 < len(r["key"]) <= 500 \
+                or isinstance(r.get("expires_at"), bool) \
+                or not isinstance(r.get("expires_at"), int | float) or "value" not in r:
+            raise InvalidInput("snapshot", f"{path.name} line {i}: not an entry (namespace, "
+                               "key, value, expires_at); nothing was changed")
     now = time.time()
     items = [(r["namespace"], r["key"], r["value"], r["expires_at"] - now)
              for r in rows if r["expires_at"] > now]

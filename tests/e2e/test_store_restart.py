@@ -214,7 +214,13 @@ async def test_postgres_restarts_under_load_lose_nothing_and_stop_nothing(
                                                          settings.prefix))
 
         # bounded: a Redis lease (4 s) of a job popped while PostgreSQL was away, then a pass
-        await wait_until(converged, timeout_s=30, what="the dispatch index to converge")
+        try:
+            await wait_until(converged, timeout_s=30, what="the dispatch index to converge")
+        except AssertionError:
+            async with pool.acquire() as conn:
+                failing = [c.as_dict() for c in await check_all(conn, dispatch.client,
+                                                                settings.prefix) if not c.ok]
+            raise AssertionError(f"not converged after 30 s: {failing}") from None
         async with pool.acquire() as conn:
             checks = await check_all(conn, dispatch.client, settings.prefix)
         by_name = {c.name: c for c in checks}

@@ -150,3 +150,53 @@ async def test_emitter_drops_and_counts_when_redis_is_down(
     assert emitter.stats["memory_dropped"] == 1
     await emitter.close()
     await broken.close()
+
+
+async def test_snapshots_are_named_files_of_the_owner_and_restore_checks_before_wiping(
+    mem_service: JobService, qdrant: QdrantStateMemory, tmp_path: Path
+) -> None:
+    """Over HTTP a snapshot is a name in the owner's folder: a path anywhere else is refused
+    (nothing written, nothing read), and a restore with one bad entry and wipe=true changes
+    nothing."""
+    import gzip
+    import json
+
+    import httpx
+
+    from core.memory.http import memory_app
+
+    owner = MemoryOwner(qdrant, mem_service.dispatch)
+    await mem_service.create_batch([JobSpec(job_type="noop") for _ in range(5)])
+    await deliver(mem_service, owner)
+    held = await qdrant.count(JOB_NS)
+    assert held == 5
+    snapshots = tmp_path / "snapshots"
+    snapshots.mkdir()
+    app = memory_app(owner, snapshots)
+    outside = tmp_path / "elsewhere" / "x.gz"
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app),
+                                 base_url="http://owner") as http:
+        for body in ({"path": str(outside)}, {"name": "../x.gz"}, {"name": "a/b"},
+                     {"name": "/etc/passwd"}, {"name": ""}, {"name": 7}):
+            r = await http.post("/snapshot", json=body)
+            assert r.status_code == 422, (body, r.text)
+            assert str(outside) not in r.text
+        assert not outside.parent.exists()
+        r = await http.post("/restore", json={"name": "passwd"})  # not in the folder
+        assert r.status_code == 422
+        r = await http.post("/snapshot", json={"name": "good.gz"})
+        assert r.status_code == 200, r.text
+        assert (snapshots / "good.gz").is_file()
+        bad = snapshots / "bad.gz"
+        with gzip.open(snapshots / "good.gz", "rt") as fh:
+            lines = fh.read().splitlines()
+        with gzip.open(bad, "wt") as fh:
+            fh.write("\n".join([*lines, json.dumps({"namespace": "nope", "key": "k",
+                                                    "value": 1, "expires_at": 1e12})]))
+        r = await http.post("/restore", json={"name": "bad.gz", "wipe": True})
+        assert r.status_code == 422, r.text
+        assert "line" in r.text
+        assert await qdrant.count(JOB_NS) == held  # validated before the wipe
+        r = await http.post("/restore", json={"name": "good.gz", "wipe": True})
+        assert r.status_code == 200, r.text
+        assert await qdrant.count(JOB_NS) == held
