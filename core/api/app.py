@@ -22,7 +22,7 @@ from core.api.models import BatchIn, CancelIn, CreatedOut, JobIn, LimitIn, Purge
 from core.errors import DispatchUnavailable, InvalidInput
 from core.infra.auth import TokenGate, auth_headers
 from core.jobs.limits import Limit
-from core.jobs.model import JobStatus
+from core.jobs.model import JobStatus, check_text
 from core.memory.events import owner_status
 from core.service import limits as sched_limits
 from core.service.runtime import Runtime, open_runtime
@@ -92,6 +92,7 @@ async def list_jobs(request: Request, status: JobStatus | None = None,
 @router.post("/jobs/{job_id}/cancel")
 async def cancel_job(request: Request, job_id: str, body: CancelIn | None = None) -> Any:
     reason = body.reason if body else "cancelled through the API"
+    check_text("reason", reason)
     return {"job_id": job_id, "status": await _rt(request).service.cancel(job_id, reason)}
 
 

@@ -8,6 +8,7 @@ from typing import Any
 
 import asyncpg
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 
 from core.errors import (
@@ -40,6 +41,14 @@ def add_error_handlers(app: FastAPI) -> None:
         # fault, and the failed statement wrote nothing.
         return error_response(422, "input", f"invalid input: {exc}")
 
+    async def invalid_request(request: Request, exc: Exception) -> JSONResponse:
+        # where and why only: echoing the input could repeat what cannot even be encoded (a
+        # lone surrogate) or what should not be repeated
+        assert isinstance(exc, RequestValidationError)
+        return JSONResponse({"detail": [{"loc": list(e.get("loc", ())), "msg": e.get("msg"),
+                                         "type": e.get("type")} for e in exc.errors()]}, 422)
+
+    app.add_exception_handler(RequestValidationError, invalid_request)
     app.add_exception_handler(asyncpg.DataError, data_error)
     for exc_type, status, field in statuses:
         def handler(request: Request, exc: Exception, status: int = status,

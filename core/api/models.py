@@ -8,7 +8,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from core.jobs.limits import MAX_RATE, MAX_RUNNING_LIMIT, MAX_WEIGHT
+from core.jobs.limits import MAX_RATE, MAX_RUNNING_LIMIT, MAX_WEIGHT, MIN_RATE
 from core.jobs.model import (
     DEFAULT_PRIORITY,
     MAX_DELAY_S,
@@ -22,16 +22,20 @@ from core.jobs.model import (
 )
 from core.jobs.planning import MAX_BATCH
 
+# every input model: unknown fields refused, NaN and Infinity are not numbers
+INPUT = ConfigDict(extra="forbid", allow_inf_nan=False)
+
 
 class JobIn(BaseModel):
     """A job to create. Every field is checked again by the core (invariant 7)."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
 
     job_type: str = Field(min_length=1, max_length=MAX_TEXT)
     payload: dict[str, Any] = Field(default_factory=dict)
-    priority: int = Field(DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY)
-    max_retries: int = Field(5, ge=0, le=MAX_RETRIES)
+    # strict: "3" and true are not priorities
+    priority: int = Field(DEFAULT_PRIORITY, ge=MIN_PRIORITY, le=MAX_PRIORITY, strict=True)
+    max_retries: int = Field(5, ge=0, le=MAX_RETRIES, strict=True)
     timeout_s: float = Field(300.0, gt=0, le=MAX_TIMEOUT_S)
     run_at: datetime | None = None
     delay_s: float = Field(0.0, ge=0, le=MAX_DELAY_S)
@@ -52,35 +56,36 @@ class JobIn(BaseModel):
 
 
 class BatchIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
 
     jobs: list[JobIn] = Field(min_length=1, max_length=MAX_BATCH)
 
 
 class CancelIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
 
     reason: str = Field("cancelled through the API", min_length=1, max_length=1000)
 
 
 class PurgeIn(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
 
     older_than_days: float | None = Field(None, ge=0, le=36_500)
-    all: bool = False
-    confirm: bool = False  # all=true deletes every entry for good: say so explicitly
+    all: bool = Field(False, strict=True)
+    # all=true deletes every entry for good: say so explicitly
+    confirm: bool = Field(False, strict=True)
 
 
 class LimitIn(BaseModel):
     """The limits of one job type or tenant (replacing what it had). Checked again by the
     core."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = INPUT
 
-    max_running: int | None = Field(None, ge=1, le=MAX_RUNNING_LIMIT)
-    rate_per_s: float | None = Field(None, gt=0, le=MAX_RATE)
-    burst: int | None = Field(None, ge=1, le=MAX_RUNNING_LIMIT)
-    weight: int | None = Field(None, ge=1, le=MAX_WEIGHT)
+    max_running: int | None = Field(None, ge=1, le=MAX_RUNNING_LIMIT, strict=True)
+    rate_per_s: float | None = Field(None, ge=MIN_RATE, le=MAX_RATE)
+    burst: int | None = Field(None, ge=1, le=MAX_RUNNING_LIMIT, strict=True)
+    weight: int | None = Field(None, ge=1, le=MAX_WEIGHT, strict=True)
 
 
 class CreatedOut(BaseModel):

@@ -15,6 +15,9 @@ from core.jobs.model import check_text
 SCOPES = ("job_type", "tenant")
 MAX_RUNNING_LIMIT = 1_000_000
 MAX_RATE = 1_000_000.0
+# one start per 1,000 s: below it a rate limit blocks its jobs for good in practice (a
+# bucket refilling once a month), which is a typo, not a limit
+MIN_RATE = 0.001
 MAX_WEIGHT = 1000
 
 
@@ -62,9 +65,9 @@ def validate_limit(limit: Limit, known_job_types: frozenset[str]) -> Limit:
     rate = limit.rate_per_s
     if rate is not None and (
         isinstance(rate, bool) or not isinstance(rate, int | float) or not math.isfinite(rate)
-        or not 0 < rate <= MAX_RATE
+        or not MIN_RATE <= rate <= MAX_RATE
     ):
-        raise InvalidInput("rate_per_s", f"must be a number above 0 and at most {MAX_RATE:g} "
+        raise InvalidInput("rate_per_s", f"must be a number from {MIN_RATE:g} to {MAX_RATE:g} "
                                          f"(jobs started per second) or null, got {rate!r}")
     _positive_int("burst", limit.burst, MAX_RUNNING_LIMIT)
     if limit.burst is not None and rate is None:

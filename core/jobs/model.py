@@ -133,16 +133,40 @@ def _payload_json(payload: dict[str, Any], limits: SpecLimits) -> str:
         raise InvalidInput("payload", f"not JSON-serialisable: {exc}") from exc
     if "\\u0000" in payload_json:
         raise InvalidInput("payload", "NUL characters (\\u0000) cannot be stored")
+    if "\\ud" in payload_json and _has_lone_surrogate(payload):  # rare: look closer
+        raise InvalidInput("payload", "a lone surrogate (such as \\ud800) cannot be stored")
     size = len(payload_json.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(size, limits.max_payload_bytes)
     return payload_json
 
 
+def _has_lone_surrogate(value: Any) -> bool:
+    """Anywhere in a JSON value (keys included): text UTF-8 cannot encode."""
+    if isinstance(value, str):
+        return _unencodable(value)
+    if isinstance(value, dict):
+        return any(_has_lone_surrogate(k) or _has_lone_surrogate(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_lone_surrogate(v) for v in value)
+    return False
+
+
+def _unencodable(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
 def _check_texts(spec: JobSpec) -> None:
     texts = (spec.job_type, spec.required_capability, spec.idempotency_key, spec.ref,
              spec.tenant)
-    if any(isinstance(t, str) and "\x00" in t for t in texts):  # rare: find which one
+    if any(isinstance(t, str) and ("\x00" in t or _unencodable(t))
+           for t in texts):  # rare: find which one
         for name in ("job_type", "required_capability", "idempotency_key", "ref", "tenant"):
             check_text(name, getattr(spec, name))
     for dep in spec.depends_on if isinstance(spec.depends_on, tuple | list) else ():
@@ -150,9 +174,13 @@ def _check_texts(spec: JobSpec) -> None:
 
 
 def check_text(name: str, value: Any) -> None:
-    """PostgreSQL text cannot hold NUL: refuse it as input instead of failing on write."""
+    """PostgreSQL text cannot hold NUL, nor text UTF-8 cannot encode (a lone surrogate):
+    refuse either as input instead of failing on write."""
     if isinstance(value, str) and "\x00" in value:
         raise InvalidInput(name, "must not contain NUL characters")
+    if isinstance(value, str) and _unencodable(value):
+        raise InvalidInput(name, "must be valid Unicode text (a lone surrogate such as "
+                                 "\\ud800 cannot be stored)")
 
 
 def _check_dependencies(spec: JobSpec, limits: SpecLimits) -> None:

@@ -202,6 +202,31 @@ async def test_bad_input_is_4xx_naming_the_field_and_writes_nothing(
             r = await http.post("/jobs", json=body)
             assert r.status_code == 422, (body, r.text)
         assert (await http.get("/jobs/00000000-0000-4000-8000-000000000000")).status_code == 404
+        # not numbers, not text, not the type: 4xx naming the field, never a 500, no echo
+        for body, field in (
+                (b'{"job_type": "noop", "timeout_s": NaN}', "timeout_s"),
+                (b'{"job_type": "noop", "delay_s": Infinity}', "delay_s"),
+                (b'{"job_type": "noop", "priority": "3"}', "priority"),
+                (b'{"job_type": "noop", "priority": true}', "priority"),
+                (b'{"job_type": "noop", "tenant": "\\udabc"}', "tenant"),
+                (b'{"job_type": "noop", "ref": "a\\udfff"}', "ref"),
+                (b'{"job_type": "noop", "payload": {"k": "\\udabc"}}', "payload"),
+                (b'{"job_type": "noop", "payload": {"x": NaN}}', "payload")):
+            r = await http.post("/jobs", content=body,
+                                headers={"content-type": "application/json"})
+            assert r.status_code == 422, (body, r.text)
+            assert field in r.text, (body, r.text)
+            assert "udabc" not in r.text.lower()  # the input is not echoed
+        for body, field in ((b'{"rate_per_s": 1e-300}', "rate_per_s"),
+                            (b'{"rate_per_s": Infinity}', "rate_per_s"),
+                            (b'{"max_running": "2"}', "max_running")):
+            r = await http.put("/limits/tenant/acme", content=body,
+                               headers={"content-type": "application/json"})
+            assert r.status_code == 422, (body, r.text)
+            assert field in r.text
+        r = await http.post("/dlq/purge", content=b'{"older_than_days": NaN}',
+                            headers={"content-type": "application/json"})
+        assert r.status_code == 422, r.text
         # purging every dead-letter entry for good needs an explicit confirm
         r = await http.post("/dlq/purge", json={"all": True})
         assert r.status_code == 422, r.text
