@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -130,6 +131,10 @@ def load_drill(name_or_path: str) -> Drill:
         parse_values(data.get("settings") or {}, f"{path}: settings")
     except ConfigError as exc:
         raise DrillError(str(exc)) from exc
+    name = data.get("name")
+    if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", name):
+        raise DrillError(f"{path}: name must be 1-64 letters, digits, '.', '_' or '-', "
+                         "starting with a letter or digit")
     try:
         return Drill(method=steps, **data)
     except TypeError as exc:

@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.errors import ConfigError
 from core.jobs.backoff import BackoffPolicy
@@ -148,6 +149,25 @@ def _text(raw: Any) -> str:
     return str(raw)
 
 
+def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
+    """A store's DSN or URL: its scheme one of `schemes`, every port a number (several
+    comma-separated hosts allowed, as libpq and asyncpg take them). Checked here so a typo is
+    one line naming the field, not a traceback from a driver."""
+    def parse(raw: Any) -> str:
+        text = _text(raw)
+        parts = urlsplit(text)
+        if parts.scheme not in schemes:
+            raise ValueError(f"must start with {' or '.join(s + '://' for s in schemes)}")
+        hosts = parts.netloc.rpartition("@")[2]
+        for host in filter(None, hosts.split(",")):
+            port = host.rpartition("]")[2].rpartition(":")[2] if ":" in host.rpartition(
+                "]")[2] else ""
+            if port and not port.isdigit():
+                raise ValueError(f"port {port!r} is not a number")
+        return text
+    return parse
+
+
 def _job_types(raw: Any) -> frozenset[str]:
     items = raw if isinstance(raw, list | tuple | set | frozenset) else str(raw).split(",")
     return BUILTIN_JOB_TYPES | frozenset(str(p).strip() for p in items if str(p).strip())
@@ -163,8 +183,8 @@ def _show(value: Any) -> str:
 
 # name -> (environment variable, parser) for every plain field
 FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
-    "pg_dsn": ("JOBHARNESS_PG_DSN", _text),
-    "redis_url": ("JOBHARNESS_REDIS_URL", _text),
+    "pg_dsn": ("JOBHARNESS_PG_DSN", _url(("postgresql", "postgres"))),
+    "redis_url": ("JOBHARNESS_REDIS_URL", _url(("redis", "rediss", "unix"))),
     "schema": ("JOBHARNESS_SCHEMA", _text),
     "prefix": ("JOBHARNESS_PREFIX", _text),
     "data_dir": ("JOBHARNESS_DATA_DIR", lambda raw: Path(_text(raw))),
@@ -200,11 +220,16 @@ COMPOSITES: dict[str, tuple[type, dict[str, str]]] = {
 ENV_HELP = {name: var for name, (var, _) in FIELDS.items()}
 
 
+# values never repeated in a message: they may hold a password or are one
+SECRET_FIELDS = frozenset({"pg_dsn", "redis_url", "api_token"})
+
+
 def _parse(name: str, raw: Any, origin: str) -> Any:
     try:
         return FIELDS[name][1](raw)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{origin}: cannot parse {name}={raw!r}: {exc}") from exc
+        shown = "" if name in SECRET_FIELDS else f"={raw!r}"
+        raise ConfigError(f"{origin}: cannot parse {name}{shown}: {exc}") from None
 
 
 def _composite(name: str, raw: Any, base: Any, origin: str) -> Any:

@@ -5,6 +5,7 @@ read them."""
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,7 @@ from core.settings import check_nice
 
 SCENARIO_DIR = Path(__file__).parent / "scenarios"
 MODELS = ("closed", "open")
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
 class ScenarioError(ValueError):
@@ -64,6 +66,10 @@ class Scenario:
     slo: Slo = field(default_factory=Slo)
 
     def __post_init__(self) -> None:
+        # the name becomes part of the run folder's name: a plain name, never a path
+        _check(isinstance(self.name, str) and bool(NAME_RE.match(self.name)),
+               "name must be 1-64 letters, digits, '.', '_' or '-', starting with a letter "
+               "or digit (it names the run folder)")
         _check(self.jobs >= 1, "jobs must be >= 1")
         _check(1 <= self.workers <= 500, "workers must be 1..500")
         _check(self.model in MODELS, f"model must be one of {MODELS}")

@@ -20,6 +20,7 @@ import shutil
 import tempfile
 import time
 from typing import Any
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.dispatch.index import EnqueueItem
 from core.infra.embedded import pg_bin
@@ -78,14 +79,27 @@ def _pgbench() -> str:
     return on_path
 
 
+def without_password(dsn: str) -> tuple[str, str | None]:
+    """The DSN with its password taken out, and the password (None when it had none)."""
+    parts = urlsplit(dsn)
+    if parts.password is None:
+        return dsn, None
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}@{host}")), unquote(parts.password)
+
+
 async def _run_pgbench(settings: Settings, step: str, ops: int, concurrency: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as fh:
         fh.write(SCRIPTS[step])
         script = fh.name
     clients = max(1, min(concurrency, ops))
-    env = {**os.environ, "PGOPTIONS": f"-c search_path={settings.schema}"}
+    dsn, password = without_password(settings.pg_dsn or "")
+    # the password goes through the environment: a command line is visible to every user (ps)
+    env = {**os.environ, "PGOPTIONS": f"-c search_path={settings.schema}",
+           **({"PGPASSWORD": password} if password else {})}
     cmd = [_pgbench(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
-           "-t", str(max(1, ops // clients)), "-f", script, settings.pg_dsn or ""]
+           "-t", str(max(1, ops // clients)), "-f", script, dsn]
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -1,0 +1,54 @@
+"""Input that becomes a connection or a path is checked first, with one line that names the
+field and never repeats a secret: a malformed DSN or URL, a scenario or drill name that would
+leave the run folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from chaos.drill import DrillError, load_drill
+from core.errors import ConfigError
+from core.settings import load_settings
+from loadtests.scenario import ScenarioError, load_scenario
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"JOBHARNESS_PG_DSN": "postgresql://u:hunter2@127.0.0.1:notaport/db"},
+     "pg_dsn: port 'notaport' is not a number"),
+    ({"JOBHARNESS_PG_DSN": "mysql://u:hunter2@h/db"}, "pg_dsn: must start with postgresql://"),
+    ({"JOBHARNESS_REDIS_URL": "redis://:hunter2@h:x/0"}, "redis_url: port 'x' is not a number"),
+    ({"JOBHARNESS_REDIS_URL": "http://h:6379"}, "redis_url: must start with redis://"),
+])
+def test_a_malformed_dsn_is_one_line_without_the_password(env: dict[str, str],
+                                                          message: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        load_settings(environ=env)
+    assert message in str(exc.value)
+    assert "hunter2" not in str(exc.value)
+    assert "\n" not in str(exc.value)
+
+
+def test_good_dsns_pass_including_several_hosts() -> None:
+    s = load_settings(environ={"JOBHARNESS_PG_DSN": "postgresql://u:p@h1:5432,h2:5433/db",
+                               "JOBHARNESS_REDIS_URL": "rediss://[::1]:6380/0"})
+    assert s.pg_dsn == "postgresql://u:p@h1:5432,h2:5433/db"
+
+
+def test_scenario_and_drill_names_cannot_become_paths(tmp_path: Path) -> None:
+    f = tmp_path / "s.yaml"
+    for bad in ("../../etc/x", "a/b", ".hidden", ""):
+        f.write_text(f"name: '{bad}'\n")
+        with pytest.raises(ScenarioError, match="name must be"):
+            load_scenario(str(f))
+        f.write_text(f"name: '{bad}'\nmethod: []\n")
+        with pytest.raises(DrillError, match="name must be"):
+            load_drill(str(f))
+
+
+def test_pgbench_gets_the_password_through_the_environment() -> None:
+    from loadtests.bench.limits import without_password
+
+    assert without_password("postgresql://u:p%40ss@h:5/db") == ("postgresql://u@h:5/db", "p@ss")
+    assert without_password("postgresql://u@h/db") == ("postgresql://u@h/db", None)
