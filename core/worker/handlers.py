@@ -7,6 +7,7 @@ import asyncio
 import importlib
 import inspect
 import random
+import threading
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
@@ -26,8 +27,8 @@ async def noop(payload: dict[str, Any]) -> dict[str, Any]:
 
 async def sleep(payload: dict[str, Any]) -> dict[str, Any]:
     """Sleep `ms`, or a draw from {"dist": "uniform"|"exp"|"lognormal", ...} in ms."""
-    ms = _duration_ms(payload)
-    await asyncio.sleep(ms / 1000)
+    ms = _bounded_ms("sleep duration", _duration_ms(payload))
+    await asyncio.sleep(ms / 1000)  # the job's timeout cancels it
     return {"slept_ms": ms}
 
 
@@ -45,18 +46,39 @@ def _duration_ms(payload: dict[str, Any]) -> float:
     raise HandlerError(f"unknown sleep distribution {dist!r}")
 
 
-def _burn(ms: float) -> int:
+MAX_SYNTHETIC_MS = 600_000.0  # a synthetic job's own duration: at most 10 minutes
+
+
+def _bounded_ms(name: str, value: Any) -> float:
+    """A synthetic duration: a number from 0 to MAX_SYNTHETIC_MS (NaN and Infinity are not)."""
+    try:
+        ms = float(value)
+    except (TypeError, ValueError):
+        raise HandlerError(f"{name} must be a number of milliseconds") from None
+    if not 0 <= ms <= MAX_SYNTHETIC_MS:
+        raise HandlerError(f"{name} must be from 0 to {MAX_SYNTHETIC_MS:g} ms")
+    return ms
+
+
+def _burn(ms: float, stop: threading.Event) -> int:
     end = time.perf_counter() + ms / 1000
     n = 0
-    while time.perf_counter() < end:
+    while time.perf_counter() < end and not stop.is_set():
         n += 1
     return n
 
 
 async def cpu(payload: dict[str, Any]) -> dict[str, Any]:
-    """Burn `ms` of CPU in a thread (the event loop keeps heartbeating)."""
-    ms = float(payload.get("ms", 10))
-    loops = await asyncio.to_thread(_burn, ms)
+    """Burn `ms` of CPU in a thread (the event loop keeps heartbeating). The job's timeout
+    stops it: the thread checks a flag the cancellation sets, so a timed-out job does not go
+    on burning a worker's CPU."""
+    ms = _bounded_ms("cpu.ms", payload.get("ms", 10))
+    stop = threading.Event()
+    try:
+        loops = await asyncio.to_thread(_burn, ms, stop)
+    except asyncio.CancelledError:
+        stop.set()
+        raise
     return {"burned_ms": ms, "loops": loops}
 
 

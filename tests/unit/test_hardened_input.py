@@ -52,3 +52,28 @@ def test_pgbench_gets_the_password_through_the_environment() -> None:
 
     assert without_password("postgresql://u:p%40ss@h:5/db") == ("postgresql://u@h:5/db", "p@ss")
     assert without_password("postgresql://u@h/db") == ("postgresql://u@h/db", None)
+
+
+def test_cpu_stops_burning_when_its_job_times_out() -> None:
+    """The cpu handler runs in a thread the job timeout cannot kill: the cancellation sets a
+    flag the thread checks, so a timed-out job stops using the worker's CPU."""
+    import asyncio
+    import time
+
+    from core.worker.handlers import HandlerError, cpu
+
+    async def timed_out() -> None:
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(cpu({"ms": 5000}), 0.2)
+
+    loop = asyncio.new_event_loop()  # not asyncio.run: it would wait for the thread to end
+    try:
+        loop.run_until_complete(timed_out())
+        before = time.process_time()
+        time.sleep(0.4)  # measuring this process's CPU use over a span, not awaiting an event
+        assert time.process_time() - before < 0.15  # the 5 s burn did not go on
+    finally:
+        loop.close()
+    for bad in (float("nan"), float("inf"), -1, 1e9, "lots"):
+        with pytest.raises(HandlerError, match="cpu.ms"):
+            asyncio.run(cpu({"ms": bad}))
