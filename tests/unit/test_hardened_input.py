@@ -75,5 +75,5 @@ def test_cpu_stops_burning_when_its_job_times_out() -> None:
     finally:
         loop.close()
     for bad in (float("nan"), float("inf"), -1, 1e9, "lots"):
-        with pytest.raises(HandlerError, match="cpu.ms"):
+        with pytest.raises(HandlerError, match=r"cpu\.ms"):
             asyncio.run(cpu({"ms": bad}))
