@@ -41,6 +41,11 @@ def spec_hash(v: ValidatedSpec) -> str:
              s.required_capability or "", ",".join(sorted(s.depends_on))]
     if s.tenant is not None:  # appended only when set: hashes stored before tenants still match
         parts.append(s.tenant)
+    # when the job may start changes the job too (appended only when set, as above)
+    if s.run_at is not None:
+        parts.append(f"run_at={s.run_at.isoformat()}")
+    if s.delay_s:
+        parts.append(f"delay_s={float(s.delay_s)!r}")
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()
 
 
@@ -55,7 +60,7 @@ class Plan:
 def _check_unique(validated: list[ValidatedSpec]) -> dict[str, int]:
     """Refs and idempotency keys must be unique within a batch; returns ref -> index."""
     refs: dict[str, int] = {}
-    keys: set[str] = set()
+    keys: set[tuple[str, str]] = set()  # (tenant, key): keys are a tenant's own
     for i, v in enumerate(validated):
         if v.spec.ref is not None:
             if v.spec.ref in refs:
@@ -63,9 +68,10 @@ def _check_unique(validated: list[ValidatedSpec]) -> dict[str, int]:
             refs[v.spec.ref] = i
         key = v.spec.idempotency_key
         if key is not None:
-            if key in keys:
+            scoped = (v.spec.tenant or "", key)
+            if scoped in keys:
                 raise _prefixed(InvalidInput("idempotency_key", f"{key!r} used twice"), i)
-            keys.add(key)
+            keys.add(scoped)
     return refs
 
 

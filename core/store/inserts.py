@@ -55,10 +55,12 @@ async def _idempotent_hits(
     """Specs whose idempotency key already names a job (same spec) are not inserted again."""
     existing: dict[int, uuid.UUID] = {}
     existing_status: dict[int, str] = {}
-    keys = {x.spec.idempotency_key: i for i, x in enumerate(v) if x.spec.idempotency_key}
+    keys = {(x.spec.tenant or "", x.spec.idempotency_key): i for i, x in enumerate(v)
+            if x.spec.idempotency_key}
     if keys:
-        for row in await conn.fetch(q("find_idempotent"), list(keys)):
-            i = keys[row["idempotency_key"]]
+        scopes, ikeys = zip(*keys, strict=True)
+        for row in await conn.fetch(q("find_idempotent"), list(scopes), list(ikeys)):
+            i = keys[(row["scope"], row["idempotency_key"])]
             if row["idempotency_hash"] != hashes[i]:
                 raise IdempotencyConflict(row["idempotency_key"], str(row["id"]))
             existing[i] = row["id"]

@@ -7,6 +7,7 @@ import random
 import time
 import uuid
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -194,8 +195,14 @@ async def test_a_job_keeps_its_tenant_and_an_idempotent_retry_must_name_the_same
     assert (await service.get(keyed.job_id)).tenant == "acme"
     again = await service.create(JobSpec(job_type="noop", tenant="acme", idempotency_key="k"))
     assert (again.job_id, again.created) == (keyed.job_id, False)
-    with pytest.raises(IdempotencyConflict):
-        await service.create(JobSpec(job_type="noop", tenant="globex", idempotency_key="k"))
+    with pytest.raises(IdempotencyConflict):  # the same key, another spec: acme's own job
+        await service.create(JobSpec(job_type="noop", tenant="acme", idempotency_key="k",
+                                     payload={"other": 1}))
+    # keys are a tenant's own: globex's "k" is another job, and never reveals acme's
+    theirs = await service.create(JobSpec(job_type="noop", tenant="globex", idempotency_key="k",
+                                          payload={"other": 1}))
+    assert theirs.created
+    assert theirs.job_id != keyed.job_id
     untagged = await service.create(JobSpec(job_type="noop"))
     assert (await service.get(untagged.job_id)).tenant is None
 
@@ -444,7 +451,18 @@ async def test_idempotency_key(service: JobService) -> None:
     assert not b.created
     with pytest.raises(IdempotencyConflict):
         await service.create(JobSpec(job_type="noop", payload={"x": 2}, idempotency_key="k1"))
-    assert await service.pool.fetchval("SELECT count(*) FROM jobs") == 1
+    # when the job may start is part of what the key names
+    with pytest.raises(IdempotencyConflict):
+        await service.create(JobSpec(job_type="noop", payload={"x": 1}, idempotency_key="k1",
+                                     delay_s=60))
+    later = datetime.now(UTC) + timedelta(hours=1)
+    c = await service.create(JobSpec(job_type="noop", idempotency_key="k2", run_at=later))
+    with pytest.raises(IdempotencyConflict):
+        await service.create(JobSpec(job_type="noop", idempotency_key="k2",
+                                     run_at=later + timedelta(minutes=1)))
+    same = await service.create(JobSpec(job_type="noop", idempotency_key="k2", run_at=later))
+    assert (same.job_id, same.created) == (c.job_id, False)
+    assert await service.pool.fetchval("SELECT count(*) FROM jobs") == 2
 
 
 async def test_concurrent_idempotent_creates_make_one_job(service: JobService) -> None:

@@ -14,14 +14,19 @@ FROM unnest($1::uuid[], $2::text[], $3::text[], $4::smallint[], $5::text[], $6::
             $12::float8[], $13::text[])
      AS u(id, job_type, payload, priority, status, cap, ikey, ihash, max_retries, timeout_s,
           run_at, delay_s, tenant)
-ON CONFLICT (idempotency_key) WHERE idempotency_key IS NOT NULL DO NOTHING
+ON CONFLICT ((coalesce(tenant, '')), idempotency_key) WHERE idempotency_key IS NOT NULL
+DO NOTHING
 RETURNING id, status, priority, required_capability, job_type, tenant,
           greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
               AS delay_ms;
 
 -- name: find_idempotent
-SELECT id, idempotency_key, idempotency_hash, status FROM jobs
-WHERE idempotency_key = ANY($1::text[]);
+-- Keys are scoped by tenant ('' for none): ($1 tenants, $2 keys) pairwise.
+SELECT j.id, j.idempotency_key, coalesce(j.tenant, '') AS scope, j.idempotency_hash,
+       j.status
+FROM unnest($1::text[], $2::text[]) AS k(scope, ikey)
+JOIN jobs j ON coalesce(j.tenant, '') = k.scope AND j.idempotency_key = k.ikey
+WHERE j.idempotency_key IS NOT NULL;
 
 -- name: lock_dependencies
 -- FOR SHARE makes a concurrent completion of a dependency wait for this create to commit,
