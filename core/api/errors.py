@@ -22,9 +22,14 @@ from core.errors import (
 MAX_BODY_BYTES = 64 * 1024 * 1024
 
 
+RETRY_AFTER_S = 1  # what a 503 tells a client to wait before trying again
+
+
 def error_response(status: int, field: str, message: str) -> JSONResponse:
     where = "path" if field == "job_id" else "body"
-    return JSONResponse({"detail": [{"loc": [where, field], "msg": message}]}, status)
+    headers = {"Retry-After": str(RETRY_AFTER_S)} if status == 503 else None
+    return JSONResponse({"detail": [{"loc": [where, field], "msg": message}]}, status,
+                        headers=headers)
 
 
 def add_error_handlers(app: FastAPI) -> None:

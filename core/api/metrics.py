@@ -4,12 +4,15 @@ scrape time (shared by every API replica: aggregate those with max(), not sum())
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import asyncpg
+from fastapi import HTTPException
+from fastapi.responses import JSONResponse
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
@@ -186,9 +189,29 @@ async def refresh(metrics: Metrics, rt: Runtime) -> None:
             metrics.cluster_events.labels(event).set(n)
 
 
+BODY_READ_TIMEOUT_S = 30.0  # between two parts of a body: a client that stalls is dropped
+
+
+class _BodyTooLarge(HTTPException):
+    """Raised from `receive`: the framework answers it (413) wherever the body is read."""
+
+    def __init__(self) -> None:
+        super().__init__(413, [{"loc": ["body", "body"],
+                                "msg": f"larger than {MAX_BODY_BYTES} bytes"}])
+
+
+class _BodyTooSlow(HTTPException):
+    def __init__(self) -> None:
+        super().__init__(408, [{"loc": ["body", "body"],
+                                "msg": f"no part of the body for {BODY_READ_TIMEOUT_S:g} s"}])
+
+
+
+
 class MeasureMiddleware:
-    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): refuses oversized bodies and
-    records each request's latency and status by route template."""
+    """Pure ASGI middleware (cheaper than BaseHTTPMiddleware): refuses oversized bodies (by
+    their declared length at once, and while they stream, chunked ones included), drops a
+    body that stalls, and records each request's latency and status by route template."""
 
     def __init__(self, app: Any, metrics: Metrics) -> None:
         self.app = app
@@ -204,15 +227,33 @@ class MeasureMiddleware:
                     scope, receive, send)
                 return
         status = [500]
+        started = [False]
+        received = [0]
 
         async def send_wrapper(message: Any) -> None:
             if message["type"] == "http.response.start":
                 status[0] = message["status"]
+                started[0] = True
             await send(message)
+
+        async def limited_receive() -> Any:
+            try:
+                message = await asyncio.wait_for(receive(), BODY_READ_TIMEOUT_S)
+            except TimeoutError:
+                raise _BodyTooSlow() from None
+            if message["type"] == "http.request":
+                received[0] += len(message.get("body", b""))
+                if received[0] > MAX_BODY_BYTES:
+                    raise _BodyTooLarge()
+            return message
 
         t0 = time.perf_counter()
         try:
-            await self.app(scope, receive, send_wrapper)
+            await self.app(scope, limited_receive, send_wrapper)
+        except (_BodyTooLarge, _BodyTooSlow) as exc:  # read outside the framework's handlers
+            if not started[0]:
+                await JSONResponse({"detail": exc.detail}, exc.status_code)(
+                    scope, receive, send_wrapper)
         finally:
             name = getattr(scope.get("route"), "path", "unmatched")
             self.metrics.latency.labels(name).observe(time.perf_counter() - t0)

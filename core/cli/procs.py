@@ -175,7 +175,8 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         uvicorn.run(create_app(resolved, pool_size=args.pool_size), host=args.host,
                     port=args.port, log_level="warning", loop="uvloop", http="httptools",
                     access_log=False, proxy_headers=False, server_header=False,
-                    date_header=False)
+                    date_header=False, limit_concurrency=args.max_concurrency,
+                    timeout_keep_alive=5)
     return 0
 
 
@@ -186,6 +187,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--insecure", action="store_true",
                    help="listen beyond loopback without JOBHARNESS_API_TOKEN")
     p.add_argument("--pool-size", type=int, default=10, help="PostgreSQL and Redis connections")
+    p.add_argument("--max-concurrency", type=int, default=1000,
+                   help="connections and requests at once; beyond it 503 (1000)")
     p.set_defaults(func=cmd_api, needs_settings=True)
 
     p = sub.add_parser("worker", parents=[common], help="run one worker process")

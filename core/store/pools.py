@@ -106,6 +106,9 @@ class _DriverOutageFilter(logging.Filter):
 _DRIVER_FILTER = _DriverOutageFilter()
 
 
+STATEMENT_TIMEOUT_MS = 60_000
+
+
 async def create_pool(
     settings: Settings, *, min_size: int = 1, max_size: int = 2, schema: str | None = None,
     observe: Callable[[float], None] | None = None,
@@ -138,6 +141,9 @@ async def create_pool(
         server_settings={
             "search_path": schema or settings.schema,
             "application_name": "jobharness",
+            # the server ends any statement of ours that runs this long (the client's
+            # command_timeout only stops waiting for it)
+            "statement_timeout": str(STATEMENT_TIMEOUT_MS),
         },
     )
     try:

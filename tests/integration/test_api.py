@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import httpx
 import hypothesis
@@ -316,3 +317,34 @@ def test_fuzz_every_endpoint_has_no_5xx(api_env: ApiEnv) -> None:
     assert len(seen) == len(operations)
     assert statuses[2] > 0
     assert statuses[4] > 0
+
+
+async def test_bodies_are_limited_while_they_stream(api_env: ApiEnv) -> None:
+    """A chunked body has no length to refuse it by: it is counted as it arrives and cut off
+    with 413 once past the limit, without the server reading (or holding) the rest."""
+    from core.api.errors import MAX_BODY_BYTES
+
+    sent = [0]
+
+    async def chunks() -> AsyncIterator[bytes]:
+        part = b"x" * (1 << 20)
+        while sent[0] < 2 * MAX_BODY_BYTES:
+            sent[0] += len(part)
+            yield part
+
+    def rss_mib() -> float:
+        status = Path(f"/proc/{api_env.process.pid}/status").read_text()
+        return int(status.split("VmRSS:")[1].split()[0]) / 1024
+
+    before = rss_mib()
+    async with httpx.AsyncClient(base_url=api_env.url, timeout=60) as http:
+        try:
+            r = await http.post("/jobs/batch", content=chunks(),
+                                headers={"content-type": "application/json"})
+        except httpx.HTTPError:  # the server may close before the client finished sending
+            r = None
+        if r is not None:
+            assert r.status_code == 413, r.text[:200]
+        assert (await http.get("/health")).status_code == 200  # and the server is fine
+    # the server held at most the limit, never the 128 MiB the client sent
+    assert rss_mib() - before < MAX_BODY_BYTES / 2**20 + 32
