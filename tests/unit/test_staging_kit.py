@@ -30,14 +30,16 @@ LONG_RUNNING = {"postgres", "redis", "qdrant", "toxiproxy", "api", "supervisor",
 
 
 def default(value: str) -> str:
-    """`${VAR:-default}` -> default (what the stack uses when the environment is silent)."""
-    return re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+    """`${VAR:-default}` -> default (what the stack uses when the environment is silent);
+    `${VAR:?message}` (a secret with no default) -> a stand-in the caller must provide."""
+    value = re.sub(r"\$\{[A-Z_]+:-([^}]*)\}", r"\1", str(value))
+    return re.sub(r"\$\{[A-Z_]+:\?[^}]*\}", "given", value)
 
 
 def host_ports(service: str) -> list[int]:
     out = []
     for mapping in SERVICES[service].get("ports", []):
-        host = default(mapping).rsplit(":", 1)[0]
+        host = default(mapping).rsplit(":", 1)[0].rsplit(":", 1)[-1]  # 127.0.0.1:HOST:C
         lo, _, hi = host.partition("-")
         out += list(range(int(lo), int(hi or lo) + 1))
     return out
@@ -116,8 +118,8 @@ def test_environment_agrees_with_the_config_and_the_target() -> None:
 def test_every_endpoint_of_the_target_is_a_service_of_the_stack() -> None:
     pg = env("postgres")
     dsn = urlsplit(TARGET.pg_dsn or "")
-    assert (dsn.username, dsn.password, dsn.path.lstrip("/")) == (
-        pg["POSTGRES_USER"], pg["POSTGRES_PASSWORD"], pg["POSTGRES_DB"])
+    assert (dsn.username, dsn.path.lstrip("/")) == (pg["POSTGRES_USER"], pg["POSTGRES_DB"])
+    assert dsn.password is None  # secrets stay in the environment (PGPASSWORD)
     for url, service in ((TARGET.pg_dsn, "postgres"), (TARGET.redis_url, "redis"),
                          (TARGET.qdrant_url, "qdrant"), (TARGET.api_url, "api"),
                          (TARGET.toxiproxy_url, "toxiproxy"), (TARGET.control_url,
@@ -228,7 +230,7 @@ def test_every_surface_of_ours_gets_the_token_and_it_has_no_default() -> None:
     with a token, which must come from the environment (no default to forget)."""
     for name in ("api", "supervisor", "memory-owner", "migrate", "locust-master",
                  "locust-worker"):
-        value = env(name)["JOBHARNESS_API_TOKEN"]
+        value = SERVICES[name]["environment"]["JOBHARNESS_API_TOKEN"]
         assert value.startswith("${JOBHARNESS_API_TOKEN:?"), (name, value)
     health = " ".join(SERVICES["supervisor"]["healthcheck"]["test"])
     assert "Authorization" in health  # /stats asks for the token too
@@ -239,3 +241,20 @@ def test_every_surface_of_ours_gets_the_token_and_it_has_no_default() -> None:
         if job["job_name"] in ("api", "supervisor"):
             assert job["authorization"] == {"type": "Bearer",
                                             "credentials_file": "/run/secrets/api_token"}
+
+
+def test_ports_on_loopback_only_and_no_default_secret() -> None:
+    """A published port without 127.0.0.1 exposes the service to the network; a secret with
+    a default is a known password."""
+    raw = (ROOT / "docker-compose.yml").read_text()
+    for name, service in SERVICES.items():
+        for mapping in service.get("ports", []):
+            assert str(mapping).startswith("127.0.0.1:"), (name, mapping)
+    secret = re.compile(r"\$\{([A-Z_]*(?:PASSWORD|TOKEN|SECRET|API_KEY)[A-Z_]*)(:?[-?])")
+    found = secret.findall(raw)
+    assert {var for var, _ in found} >= {"POSTGRES_PASSWORD", "REDIS_PASSWORD",
+                                         "GRAFANA_ADMIN_PASSWORD", "JOBHARNESS_API_TOKEN"}
+    assert all(op == ":?" for _, op in found), [v for v, op in found if op != ":?"]
+    assert env("grafana")["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    redis = [default(c) for c in SERVICES["redis"]["command"]]
+    assert "--requirepass" in redis
