@@ -17,7 +17,7 @@ async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]],
     from chaos.proxy_api import ProxyCollection, proxy_app
     from core.infra.serving import bind, serving, stop_on_signals
 
-    collection = ProxyCollection(seed=args.seed)
+    collection = ProxyCollection(seed=args.seed, allow_remote=args.allow_remote)
     for spec in specs:
         await collection.create(spec)
     sock, url = bind(args.host, args.port, token=token, insecure=args.insecure,
@@ -55,6 +55,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     px.add_argument("--seed", type=int, help="seed of the toxicity draws")
     px.add_argument("--insecure", action="store_true",
                     help="let the API listen beyond loopback without JOBHARNESS_API_TOKEN")
+    px.add_argument("--allow-remote", action="store_true",
+                    help="let proxies listen beyond loopback (each relays to a store)")
     px.add_argument("--config", help="JSON list of proxies to create at start")
     px.set_defaults(func=cmd_chaos, needs_settings=True)
     add_fault_parser(ch, common)

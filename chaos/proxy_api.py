@@ -17,14 +17,25 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from chaos.proxy import Proxy, ProxyError, same_listen, split_address
+from core.infra.auth import is_loopback
 
 VERSION = "2.12.0-jobharness"
 
 
 class ProxyCollection:
-    def __init__(self, seed: int | None = None) -> None:
+    def __init__(self, seed: int | None = None, *, allow_remote: bool = False) -> None:
         self.proxies: dict[str, Proxy] = {}
         self.rng = random.Random(seed)
+        # a proxy relays to a store (PostgreSQL with trust auth, say): listening beyond
+        # loopback hands that store to the network, so only when the operator says so
+        self.allow_remote = allow_remote
+
+    def _check_listen(self, listen: str) -> None:
+        host, _ = split_address(listen, "listen")
+        if not self.allow_remote and not is_loopback(host):
+            raise ProxyError(f"refusing to listen on {listen}: a proxy relays to a store; "
+                             "start the fault proxy with --allow-remote to listen beyond "
+                             "loopback", 400)
 
     def get(self, name: str) -> Proxy:
         proxy = self.proxies.get(name)
@@ -47,6 +58,7 @@ class ProxyCollection:
 
     async def create(self, spec: dict[str, Any]) -> Proxy:
         self.check(spec)
+        self._check_listen(str(spec.get("listen") or "127.0.0.1:0"))
         if spec["name"] in self.proxies:
             raise ProxyError("proxy already exists", 409)
         proxy = Proxy(spec["name"], spec.get("listen") or "127.0.0.1:0", spec["upstream"],
@@ -70,6 +82,8 @@ class ProxyCollection:
         for key in ("listen", "upstream"):
             if key in spec:
                 split_address(str(spec[key]), key)
+        if "listen" in spec:
+            self._check_listen(str(spec["listen"]))
         if "enabled" in spec and not isinstance(spec["enabled"], bool):
             raise ProxyError("bad request body: enabled must be true or false", 400)
         moved = any(k in spec and spec[k] != getattr(proxy, k) for k in ("listen", "upstream"))
@@ -127,6 +141,7 @@ async def populate(request: Request) -> Response:
     col, out = _col(request), []
     for i, spec in enumerate(specs):
         col.check(spec, f" at proxy {i + 1}")
+        col._check_listen(str(spec.get("listen") or "127.0.0.1:0"))
     for spec in specs:
         existing = col.proxies.get(spec["name"])
         if existing is not None and (existing.upstream != spec["upstream"] or not same_listen(

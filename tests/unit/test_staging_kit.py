@@ -141,7 +141,11 @@ async def test_the_fault_proxy_loads_the_toxiproxy_config() -> None:
         host, port = spec["upstream"].rsplit(":", 1)
         assert host in SERVICES
         assert int(port) in {5432, 6379, 6333}
-    collection = ProxyCollection(seed=1)
+    from chaos.proxy import ProxyError
+
+    with pytest.raises(ProxyError, match="--allow-remote"):  # 0.0.0.0: only when told
+        await ProxyCollection(seed=1).create({**specs[0], "enabled": False})
+    collection = ProxyCollection(seed=1, allow_remote=True)
     for spec in specs:  # loaded as toxiproxy would, without binding the container addresses
         proxy = await collection.create({**spec, "enabled": False})
         assert proxy.upstream == spec["upstream"]
