@@ -192,6 +192,8 @@ async def state_entry(request: Request,
                       namespace: Literal["job-management", "worker-coordination"],
                       key: str) -> Any:
     """One state-memory entry, read through the memory owner."""
+    from urllib.parse import quote
+
     import httpx
 
     from core.memory.port import check_key, check_namespace
@@ -205,7 +207,8 @@ async def state_entry(request: Request,
     async with httpx.AsyncClient(timeout=10,
                                  headers=auth_headers(rt.service.settings.api_token)) as http:
         try:
-            r = await http.get(f"{status['url']}/memory/{namespace}/{key}")
+            # the key is one path segment, encoded: "../stats" reads a key, never a route
+            r = await http.get(f"{status['url']}/memory/{namespace}/{quote(key, safe='')}")
         except httpx.TransportError as exc:
             return error_response(503, "memory", f"memory owner unreachable: {exc}")
     return JSONResponse(r.json(), r.status_code)
