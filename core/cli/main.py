@@ -12,6 +12,7 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from core.cli.output import EXIT_FAIL, EXIT_OK, print_json, run_async, settings_from_args
 from core.errors import JobHarnessError
@@ -32,6 +33,7 @@ def cmd_services(args: argparse.Namespace) -> int:
     rows = services.describe()
     for row in rows:
         row["started_now"] = started.get(str(row["name"]), False)
+        row["url"] = without_password(row["url"])  # the password stays in secrets.json
     if args.json:
         print_json(rows)
     else:
@@ -41,6 +43,18 @@ def cmd_services(args: argparse.Namespace) -> int:
     if args.action == "status":
         return EXIT_OK if all(r["running"] for r in rows) else EXIT_FAIL
     return EXIT_OK
+
+
+def without_password(url: object) -> object:
+    """A store URL as printed: its password replaced by `***`."""
+    if not isinstance(url, str):
+        return url
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
 
 
 # -- db -------------------------------------------------------------------------------------

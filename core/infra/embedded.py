@@ -13,6 +13,7 @@ import fcntl
 import importlib.util
 import json
 import os
+import secrets
 import shutil
 import signal
 import socket
@@ -125,6 +126,28 @@ class EmbeddedServices:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
+    # -- generated passwords (mode 0600, never printed) ---------------------------------------
+    @property
+    def secrets_file(self) -> Path:
+        return self.root / "secrets.json"
+
+    def _secrets(self) -> dict[str, str]:
+        try:
+            return dict(json.loads(self.secrets_file.read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def _new_secret(self, name: str) -> str:
+        """A fresh password for `name`, kept for the next start (made when its server is
+        first set up: a server set up before passwords existed keeps running without one)."""
+        secrets_ = self._secrets()
+        secrets_[name] = secrets.token_urlsafe(24)
+        fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            json.dump(secrets_, fh)
+        os.chmod(self.secrets_file, 0o600)
+        return secrets_[name]
+
     def _ports(self) -> dict[str, int]:
         if self.state_file.exists():
             return dict(json.loads(self.state_file.read_text()))
@@ -137,11 +160,15 @@ class EmbeddedServices:
 
     def pg_url(self, database: str = PG_DATABASE) -> str | None:
         port = self._ports().get("postgres")
-        return f"postgresql://postgres@127.0.0.1:{port}/{database}" if port else None
+        password = self._secrets().get("postgres")
+        auth = f"postgres:{password}" if password else "postgres"
+        return f"postgresql://{auth}@127.0.0.1:{port}/{database}" if port else None
 
     def redis_url(self) -> str | None:
         port = self._ports().get("valkey")
-        return f"redis://127.0.0.1:{port}/0" if port else None
+        password = self._secrets().get("valkey")
+        auth = f":{password}@" if password else ""
+        return f"redis://{auth}127.0.0.1:{port}/0" if port else None
 
     # -- status -----------------------------------------------------------------------------
     def _pg_pid(self) -> int | None:
@@ -246,11 +273,24 @@ class EmbeddedServices:
             self.pg_data.mkdir(parents=True, exist_ok=True)
             if user:
                 self._grant(user)
-            self._run_pg(
-                ["initdb", "-D", str(self.pg_data), "-U", "postgres", "--auth=trust",
-                 "--encoding=UTF8", "--no-instructions"],
-                user,
-            )
+            # scram-sha-256 with a generated password: a relay or a port forward in front of
+            # this server must not hand out a superuser that needs no password
+            password = self._new_secret("postgres")
+            pwfile = self.root / ".pgpass-init"
+            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w") as fh:
+                fh.write(password + "\n")
+            if user:
+                shutil.chown(pwfile, user, user)
+            try:
+                self._run_pg(
+                    ["initdb", "-D", str(self.pg_data), "-U", "postgres",
+                     "--auth=scram-sha-256", f"--pwfile={pwfile}", "--encoding=UTF8",
+                     "--no-instructions"],
+                    user,
+                )
+            finally:
+                pwfile.unlink(missing_ok=True)
         port = self._ports().get("postgres") or free_port()
         if _port_open(port):
             port = free_port()
@@ -273,13 +313,15 @@ class EmbeddedServices:
     def _ensure_database(self, port: int) -> None:
         psql = [str(pg_bin("psql")), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                 "-d", "postgres", "-tAc"]
+        password = self._secrets().get("postgres")
+        env = {**os.environ, **({"PGPASSWORD": password} if password else {})}
         out = subprocess.run(
             [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
-            capture_output=True, text=True, check=True,
+            capture_output=True, text=True, check=True, env=env,
         )
         if out.stdout.strip() != "1":
             subprocess.run([*psql, f"CREATE DATABASE {PG_DATABASE}"], check=True,
-                           capture_output=True)
+                           capture_output=True, env=env)
 
     def _redis_up(self) -> bool:
         if self._redis_pid() is not None:
@@ -290,8 +332,14 @@ class EmbeddedServices:
             port = free_port()
         pidfile = self.redis_dir / "valkey.pid"
         pidfile.unlink(missing_ok=True)
+        # the password in a 0600 config file, not on the command line (`ps` shows that)
+        password = self._secrets().get("valkey") or self._new_secret("valkey")
+        conf = self.redis_dir / "valkey.conf"
+        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"requirepass {password}\n")
         cmd = [
-            str(valkey_bin()), "--port", str(port), "--bind", "127.0.0.1",
+            str(valkey_bin()), str(conf), "--port", str(port), "--bind", "127.0.0.1",
             "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(self.redis_dir),
             "--logfile", str(self.redis_dir / "valkey.log"), "--save", "", "--appendonly", "no",
             "--maxmemory-policy", "noeviction", "--maxclients", "10000",

@@ -133,8 +133,24 @@ def test_services_up_reuse_status_down(tmp_path: Path, capsys: pytest.CaptureFix
     assert main(["services", "up", "--data-dir", data, "--json"]) == 0
     first = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
     assert all(r["running"] and r["started_now"] for r in first.values())
-    assert first["postgres"]["url"].startswith("postgresql://postgres@127.0.0.1:")
-    assert first["valkey"]["url"].startswith("redis://127.0.0.1:")
+    # each server has a generated password, kept 0600 in the services folder, never printed
+    assert first["postgres"]["url"].startswith("postgresql://postgres:***@127.0.0.1:")
+    assert first["valkey"]["url"].startswith("redis://:***@127.0.0.1:")
+    secrets_file = Path(data) / "services" / "secrets.json"
+    assert secrets_file.stat().st_mode & 0o777 == 0o600
+    secret = json.loads(secrets_file.read_text())
+    assert set(secret) == {"postgres", "valkey"}
+    assert not any(pw in json.dumps(first) for pw in secret.values())
+    port = first["postgres"]["url"].rsplit(":", 1)[1].split("/")[0]
+
+    async def connect(password: str | None) -> None:
+        conn = await asyncpg.connect(host="127.0.0.1", port=int(port), user="postgres",
+                                     password=password, database="postgres")
+        await conn.close()
+
+    with pytest.raises(asyncpg.InvalidPasswordError):  # no password, no superuser
+        asyncio.run(connect("wrong"))
+    asyncio.run(connect(secret["postgres"]))
     try:
         assert main(["services", "up", "--data-dir", data, "--json"]) == 0
         again = {r["name"]: r for r in json.loads(capsys.readouterr().out)}
