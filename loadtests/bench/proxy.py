@@ -22,9 +22,23 @@ from loadtests.procs import Child
 Progress = Any
 
 
-async def _pings(host: str, port: int, n: int) -> list[float]:
-    """Round-trip times (µs) of `n` PINGs over one connection."""
+async def _open(host: str, port: int, password: str | None
+                ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A raw connection to Valkey, authenticated when the server has a password."""
     reader, writer = await asyncio.open_connection(host, port)
+    if password:
+        secret = password.encode()
+        writer.write(b"*2\r\n$4\r\nAUTH\r\n$%d\r\n%s\r\n" % (len(secret), secret))
+        await writer.drain()
+        if await reader.readline() != b"+OK\r\n":
+            writer.close()
+            raise RuntimeError("Valkey refused the password of the configured URL")
+    return reader, writer
+
+
+async def _pings(host: str, port: int, n: int, password: str | None = None) -> list[float]:
+    """Round-trip times (µs) of `n` PINGs over one connection."""
+    reader, writer = await _open(host, port, password)
     out = []
     try:
         for _ in range(n):
@@ -43,9 +57,9 @@ async def _pings(host: str, port: int, n: int) -> list[float]:
 BULK = 1 << 20  # bytes of the value GET reads back
 
 
-async def _bulk(host: str, port: int, n: int) -> float:
+async def _bulk(host: str, port: int, n: int, password: str | None = None) -> float:
     """MB/s of `n` GETs of the BULK-byte value `bench:bulk` over one connection."""
-    reader, writer = await asyncio.open_connection(host, port)
+    reader, writer = await _open(host, port, password)
     try:
         t0 = time.perf_counter()
         for _ in range(n):
@@ -61,8 +75,8 @@ async def _bulk(host: str, port: int, n: int) -> float:
         await writer.wait_closed()
 
 
-async def _set_bulk(host: str, port: int) -> None:
-    reader, writer = await asyncio.open_connection(host, port)
+async def _set_bulk(host: str, port: int, password: str | None = None) -> None:
+    reader, writer = await _open(host, port, password)
     try:
         writer.write(b"*3\r\n$3\r\nSET\r\n$10\r\nbench:bulk\r\n"
                      + b"$%d\r\n" % BULK + b"x" * BULK + b"\r\n")
@@ -103,16 +117,16 @@ async def bench_proxy(settings: Settings, *, ops: int, rounds: int = 5,
             r = await http.post(f"{api}/proxies", json={
                 "name": "bench", "listen": "127.0.0.1:0", "upstream": f"{host}:{port}"})
             p_host, p_port = r.json()["listen"].rsplit(":", 1)
-        await _set_bulk(host, port)
+        await _set_bulk(host, port, url.password)
         rates: dict[str, list[float]] = {"direct": [], "proxied": []}
         bulk: dict[str, list[float]] = {"direct": [], "proxied": []}
         for k in range(rounds):
             for name, (h, pt) in (("direct", (host, port)), ("proxied", (p_host, int(p_port)))):
                 t0 = time.perf_counter()
-                times = await _pings(h, pt, per_round)
+                times = await _pings(h, pt, per_round, url.password)
                 rates[name].append(per_round / (time.perf_counter() - t0))
                 (direct if name == "direct" else proxied).extend(times)
-                bulk[name].append(await _bulk(h, pt, 20))
+                bulk[name].append(await _bulk(h, pt, 20, url.password))
             if progress is not None:
                 progress("round trips", k + 1, rounds)
     finally:
