@@ -139,9 +139,10 @@ class _HttpConnection:
         self.writer.close()
 
 
-def _post(path: str, body: bytes) -> bytes:
+def _post(path: str, body: bytes, token: str | None = None) -> bytes:
+    auth = f"Authorization: Bearer {token}\r\n" if token else ""
     return (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n\r\n").encode() + body
+            f"{auth}Content-Length: {len(body)}\r\n\r\n").encode() + body
 
 
 async def _start_api(settings: Settings, pool_size: int) -> tuple[asyncio.subprocess.Process,
@@ -186,8 +187,8 @@ async def bench_api(settings: Settings, *, requests: int, concurrency: int,
             conns = [await _HttpConnection.open(apis[k % processes][1])
                      for k in range(concurrency)]
             bodies = [_post("/jobs", json.dumps(
-                {"job_type": "noop", "priority": 1 + i % 5, "payload": {"i": i}}).encode())
-                for i in range(min(requests, 1000))]
+                {"job_type": "noop", "priority": 1 + i % 5, "payload": {"i": i}}).encode(),
+                settings.api_token) for i in range(min(requests, 1000))]
             for conn in conns:  # one request per connection before timing
                 await conn.send(bodies[0])
             todo = iter(range(requests))
