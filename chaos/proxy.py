@@ -267,6 +267,10 @@ class Proxy:
         except OSError:
             writer.close()
             return
+        if not self.enabled:  # disabled while the upstream connection was being made
+            writer.close()
+            up_writer.close()
+            return
         conn = Connection(self, (reader, writer), (up_reader, up_writer))
         self.connections.add(conn)
         try:

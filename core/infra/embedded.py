@@ -4,6 +4,11 @@ Both run as detached processes in a data folder, listen on 127.0.0.1 only, are r
 already running and stopped cleanly by `down`. As root, PostgreSQL (which refuses to run as
 root) runs as a dedicated system user. Valkey runs with `maxmemory-policy noeviction` and no
 persistence: Redis is only the dispatch index, and the reconciler rebuilds it from PostgreSQL.
+Both are set up with generated passwords (core/infra/passwords.py).
+
+Length: one class owns both servers' whole lifecycle (set up, start, stop, restart with a
+chosen stop mode, status), because every step shares one lock, one ports file and one
+passwords file.
 """
 
 from __future__ import annotations
@@ -13,7 +18,6 @@ import fcntl
 import importlib.util
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -26,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import ServiceError
+from core.infra.passwords import Passwords, write_private
 
 PG_DATABASE = "jobharness"
 PG_SYSTEM_USER = "jobharness-pg"
@@ -126,27 +131,9 @@ class EmbeddedServices:
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
-    # -- generated passwords (mode 0600, never printed) ---------------------------------------
     @property
-    def secrets_file(self) -> Path:
-        return self.root / "secrets.json"
-
-    def _secrets(self) -> dict[str, str]:
-        try:
-            return dict(json.loads(self.secrets_file.read_text()))
-        except (OSError, ValueError):
-            return {}
-
-    def _new_secret(self, name: str) -> str:
-        """A fresh password for `name`, kept for the next start (made when its server is
-        first set up: a server set up before passwords existed keeps running without one)."""
-        secrets_ = self._secrets()
-        secrets_[name] = secrets.token_urlsafe(24)
-        fd = os.open(self.secrets_file, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            json.dump(secrets_, fh)
-        os.chmod(self.secrets_file, 0o600)
-        return secrets_[name]
+    def passwords(self) -> Passwords:
+        return Passwords(self.root)
 
     def _ports(self) -> dict[str, int]:
         if self.state_file.exists():
@@ -160,13 +147,13 @@ class EmbeddedServices:
 
     def pg_url(self, database: str = PG_DATABASE) -> str | None:
         port = self._ports().get("postgres")
-        password = self._secrets().get("postgres")
+        password = self.passwords.get("postgres")
         auth = f"postgres:{password}" if password else "postgres"
         return f"postgresql://{auth}@127.0.0.1:{port}/{database}" if port else None
 
     def redis_url(self) -> str | None:
         port = self._ports().get("valkey")
-        password = self._secrets().get("valkey")
+        password = self.passwords.get("valkey")
         auth = f":{password}@" if password else ""
         return f"redis://{auth}127.0.0.1:{port}/0" if port else None
 
@@ -275,11 +262,9 @@ class EmbeddedServices:
                 self._grant(user)
             # scram-sha-256 with a generated password: a relay or a port forward in front of
             # this server must not hand out a superuser that needs no password
-            password = self._new_secret("postgres")
+            password = self.passwords.new("postgres")
             pwfile = self.root / ".pgpass-init"
-            fd = os.open(pwfile, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w") as fh:
-                fh.write(password + "\n")
+            write_private(pwfile, password + "\n")
             if user:
                 shutil.chown(pwfile, user, user)
             try:
@@ -313,7 +298,7 @@ class EmbeddedServices:
     def _ensure_database(self, port: int) -> None:
         psql = [str(pg_bin("psql")), "-h", "127.0.0.1", "-p", str(port), "-U", "postgres",
                 "-d", "postgres", "-tAc"]
-        password = self._secrets().get("postgres")
+        password = self.passwords.get("postgres")
         env = {**os.environ, **({"PGPASSWORD": password} if password else {})}
         out = subprocess.run(
             [*psql, f"SELECT 1 FROM pg_database WHERE datname = '{PG_DATABASE}'"],
@@ -333,11 +318,9 @@ class EmbeddedServices:
         pidfile = self.redis_dir / "valkey.pid"
         pidfile.unlink(missing_ok=True)
         # the password in a 0600 config file, not on the command line (`ps` shows that)
-        password = self._secrets().get("valkey") or self._new_secret("valkey")
+        password = self.passwords.get("valkey") or self.passwords.new("valkey")
         conf = self.redis_dir / "valkey.conf"
-        fd = os.open(conf, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as fh:
-            fh.write(f"requirepass {password}\n")
+        write_private(conf, f"requirepass {password}\n")
         cmd = [
             str(valkey_bin()), str(conf), "--port", str(port), "--bind", "127.0.0.1",
             "--daemonize", "yes", "--pidfile", str(pidfile), "--dir", str(self.redis_dir),
