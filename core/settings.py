@@ -88,6 +88,7 @@ class Settings:
     # -- state memory
     memory: bool = True  # emit write-behind state events for the memory owner
     qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
+    qdrant_api_key: str | None = field(default=None, repr=False)  # a Qdrant server's key
     memory_ttls: MemoryTtls = field(default_factory=MemoryTtls)
 
     @property
@@ -121,7 +122,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "workers": ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "backoff",
                 "max_payload_bytes", "job_types", "dlq_retention_days"),
     "api": ("api_url", "toxiproxy_url", "control_url", "api_token"),
-    "memory": ("memory", "qdrant_url", "memory_ttls"),
+    "memory": ("memory", "qdrant_url", "qdrant_api_key", "memory_ttls"),
 }
 
 
@@ -205,6 +206,7 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "api_token": ("JOBHARNESS_API_TOKEN", _text),
     "memory": ("JOBHARNESS_MEMORY", _bool),
     "qdrant_url": ("JOBHARNESS_QDRANT_URL", _text),
+    "qdrant_api_key": ("JOBHARNESS_QDRANT_API_KEY", _text),
 }
 # fields made of parts: name -> (class, {part: environment variable}); every part a float
 COMPOSITES: dict[str, tuple[type, dict[str, str]]] = {
@@ -221,7 +223,7 @@ ENV_HELP = {name: var for name, (var, _) in FIELDS.items()}
 
 
 # values never repeated in a message: they may hold a password or are one
-SECRET_FIELDS = frozenset({"pg_dsn", "redis_url", "api_token"})
+SECRET_FIELDS = frozenset({"pg_dsn", "redis_url", "api_token", "qdrant_api_key"})
 
 
 def _parse(name: str, raw: Any, origin: str) -> Any:

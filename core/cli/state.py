@@ -26,7 +26,8 @@ def open_memory(settings: Settings) -> Any:
     from core.memory.qdrant import QdrantStateMemory
 
     if settings.qdrant_url:
-        return QdrantStateMemory(url=settings.qdrant_url, prefix=settings.prefix)
+        return QdrantStateMemory(url=settings.qdrant_url, prefix=settings.prefix,
+                                 api_key=settings.qdrant_api_key)
     return QdrantStateMemory(path=settings.qdrant_path, prefix=settings.prefix)
 
 

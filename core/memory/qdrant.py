@@ -48,10 +48,11 @@ def _entry(namespace: str, payload: dict[str, Any]) -> Entry:
 class QdrantStateMemory:
     def __init__(self, *, path: Path | None = None, url: str | None = None,
                  prefix: str = "gap006", clock: Clock | None = None,
-                 timeout_s: float = 2.0) -> None:
+                 timeout_s: float = 2.0, api_key: str | None = None) -> None:
         if (path is None) == (url is None):
             raise ValueError("give exactly one of path (local mode) or url (server)")
         self.path, self.url, self.prefix = path, url, prefix
+        self._api_key = api_key  # a Qdrant server's API key (never in a repr or a log)
         self.clock = clock or WallClock()
         self.timeout_s = timeout_s
         self._client: AsyncQdrantClient | None = None
@@ -72,7 +73,8 @@ class QdrantStateMemory:
                 self._client = AsyncQdrantClient(path=str(self.path))
             else:
                 self._client = AsyncQdrantClient(url=self.url, timeout=int(max(1, self.timeout_s)),
-                                                 check_compatibility=False)
+                                                 check_compatibility=False,
+                                                 api_key=self._api_key)
             for ns in NAMESPACES:
                 await self._ensure(self.collection(ns))
         except RuntimeError as exc:  # local mode: folder locked by another process

@@ -257,7 +257,10 @@ def test_ports_on_loopback_only_and_no_default_secret() -> None:
     secret = re.compile(r"\$\{([A-Z_]*(?:PASSWORD|TOKEN|SECRET|API_KEY)[A-Z_]*)(:?[-?])")
     found = secret.findall(raw)
     assert {var for var, _ in found} >= {"POSTGRES_PASSWORD", "REDIS_PASSWORD",
-                                         "GRAFANA_ADMIN_PASSWORD", "JOBHARNESS_API_TOKEN"}
+                                         "GRAFANA_ADMIN_PASSWORD", "JOBHARNESS_API_TOKEN",
+                                         "QDRANT_API_KEY"}
+    assert env("qdrant")["QDRANT__SERVICE__API_KEY"] == "given"
+    assert env("api")["JOBHARNESS_QDRANT_API_KEY"] == "given"
     assert all(op == ":?" for _, op in found), [v for v, op in found if op != ":?"]
     assert env("grafana")["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     redis = [default(c) for c in SERVICES["redis"]["command"]]
