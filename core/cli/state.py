@@ -45,6 +45,8 @@ async def _serve(args: argparse.Namespace, settings: Settings) -> dict[str, Any]
     dispatch = create_dispatch(settings, max_connections=2)
     sock, url = bind(args.host, args.port, token=settings.api_token, insecure=args.insecure,
                      surface="the memory owner")
+    # the URL others reach it by: in a container network not its own bind address
+    url = args.advertise_url or url
     owner = MemoryOwner(memory, dispatch, url=url, max_buffer=args.max_buffer)
     stop = stop_on_signals()
     if args.duration_s:
@@ -179,6 +181,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     s.add_argument("--port", type=int, default=0)
     s.add_argument("--insecure", action="store_true",
                    help="listen beyond loopback without JOBHARNESS_API_TOKEN")
+    s.add_argument("--advertise-url",
+                   help="the URL the API and supervisors reach this owner by (default: the "
+                   "address it listens on), e.g. http://memory-owner:8070 in compose")
     s.add_argument("--max-buffer", type=int, default=50_000)
     s.add_argument("--duration-s", type=float)
     s.add_argument("--nice", type=int, default=10,

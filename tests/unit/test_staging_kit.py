@@ -265,3 +265,12 @@ def test_ports_on_loopback_only_and_no_default_secret() -> None:
     assert env("grafana")["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     redis = [default(c) for c in SERVICES["redis"]["command"]]
     assert "--requirepass" in redis
+
+
+def test_the_memory_owner_is_reachable_from_the_api_in_the_stack() -> None:
+    command = SERVICES["memory-owner"]["command"]
+    url = command[command.index("--advertise-url") + 1]
+    port = command[command.index("--port") + 1]
+    assert url == f"http://memory-owner:{port}"  # a name the api container resolves
+    assert command[command.index("--host") + 1] == "0.0.0.0"
+    assert "jobharness" in SERVICES["memory-owner"]["networks"]
