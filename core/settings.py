@@ -89,6 +89,9 @@ class Settings:
     memory: bool = True  # emit write-behind state events for the memory owner
     qdrant_url: str | None = None  # None: local mode in data_dir/qdrant
     qdrant_api_key: str | None = field(default=None, repr=False)  # a Qdrant server's key
+    # where the memory owner is, when not on this machine (compose); None: the address it
+    # advertises in Redis, followed only on loopback
+    memory_owner_url: str | None = None
     memory_ttls: MemoryTtls = field(default_factory=MemoryTtls)
 
     @property
@@ -122,7 +125,7 @@ AREAS: dict[str, tuple[str, ...]] = {
     "workers": ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "backoff",
                 "max_payload_bytes", "job_types", "dlq_retention_days"),
     "api": ("api_url", "toxiproxy_url", "control_url", "api_token"),
-    "memory": ("memory", "qdrant_url", "qdrant_api_key", "memory_ttls"),
+    "memory": ("memory", "qdrant_url", "qdrant_api_key", "memory_owner_url", "memory_ttls"),
 }
 
 
@@ -207,6 +210,7 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "memory": ("JOBHARNESS_MEMORY", _bool),
     "qdrant_url": ("JOBHARNESS_QDRANT_URL", _text),
     "qdrant_api_key": ("JOBHARNESS_QDRANT_API_KEY", _text),
+    "memory_owner_url": ("JOBHARNESS_MEMORY_OWNER_URL", _text),
 }
 # fields made of parts: name -> (class, {part: environment variable}); every part a float
 COMPOSITES: dict[str, tuple[type, dict[str, str]]] = {

@@ -23,7 +23,7 @@ from core.errors import DispatchUnavailable, InvalidInput
 from core.infra.auth import TokenGate, auth_headers
 from core.jobs.limits import Limit
 from core.jobs.model import JobStatus, check_text
-from core.memory.events import owner_status
+from core.memory.events import owner_status, owner_target
 from core.service import limits as sched_limits
 from core.service.runtime import Runtime, open_runtime
 from core.settings import Settings
@@ -202,13 +202,17 @@ async def state_entry(request: Request,
     check_key(key)
     rt = _rt(request)
     status = await owner_status(rt.dispatch, enabled=rt.memory is not None)
-    if not status.get("url"):
-        return error_response(503, "memory", f"no memory owner to read from ({status['state']})")
-    async with httpx.AsyncClient(timeout=10,
-                                 headers=auth_headers(rt.service.settings.api_token)) as http:
+    settings = rt.service.settings
+    url = owner_target(status.get("url"), settings.memory_owner_url)
+    if url is None:
+        why = (f"it advertises {status['url']}, not on this machine: set "
+               "JOBHARNESS_MEMORY_OWNER_URL to say where it is") if status.get("url") \
+            else f"none ({status['state']})"
+        return error_response(503, "memory", f"no memory owner to read from: {why}")
+    async with httpx.AsyncClient(timeout=10, headers=auth_headers(settings.api_token)) as http:
         try:
             # the key is one path segment, encoded: "../stats" reads a key, never a route
-            r = await http.get(f"{status['url']}/memory/{namespace}/{quote(key, safe='')}")
+            r = await http.get(f"{url}/memory/{namespace}/{quote(key, safe='')}")
         except httpx.TransportError as exc:
             return error_response(503, "memory", f"memory owner unreachable: {exc}")
     return JSONResponse(r.json(), r.status_code)

@@ -11,9 +11,11 @@ import asyncio
 import contextlib
 from collections import Counter, deque
 from typing import Any
+from urllib.parse import urlsplit
 
 from core.dispatch.index import RedisDispatch
 from core.errors import DispatchUnavailable
+from core.infra.auth import is_loopback
 from core.memory.port import JOB_NS, WORKER_NS, StateEvent, encode_batch
 from core.settings import MemoryTtls
 
@@ -121,6 +123,21 @@ async def owner_status(dispatch: RedisDispatch, *, enabled: bool = True) -> dict
     if not raw:
         return {"state": "no owner"}
     return {k: (int(v) if v.isdigit() else v) for k, v in raw.items()}
+
+
+def owner_target(advertised: Any, configured: str | None) -> str | None:
+    """Where a request for the memory owner goes (with the bearer token): the configured URL
+    (`JOBHARNESS_MEMORY_OWNER_URL`) when there is one; else the URL the owner advertised in
+    Redis, but only on this machine (loopback): an address anyone with Redis could write is
+    never handed the token."""
+    if configured:
+        return configured.rstrip("/")
+    if not isinstance(advertised, str) or not advertised:
+        return None
+    parts = urlsplit(advertised)
+    if parts.scheme not in ("http", "https") or not is_loopback(parts.hostname or ""):
+        return None
+    return advertised.rstrip("/")
 
 
 def _stream_id(text: str) -> tuple[int, int]:

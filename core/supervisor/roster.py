@@ -22,7 +22,7 @@ from typing import Any
 
 from core.errors import StoreUnavailable
 from core.infra.auth import auth_headers
-from core.memory.events import owner_status
+from core.memory.events import owner_status, owner_target
 from core.memory.port import WORKER_NS
 from core.service.jobs import JobService
 from core.store.queries import q
@@ -51,8 +51,8 @@ def save_roster(service: JobService, name: str, entries: list[RosterEntry]) -> N
 
 async def _from_memory(service: JobService, name: str) -> list[RosterEntry] | None:
     status = await owner_status(service.dispatch)  # Redis unreachable: no owner to ask
-    url = str(status.get("url") or "")
-    if not url:
+    url = owner_target(status.get("url"), service.settings.memory_owner_url)
+    if url is None:
         return None
     path = f"/memory/{WORKER_NS}/{urllib.parse.quote(roster_key(name))}"
 

@@ -77,3 +77,18 @@ def test_cpu_stops_burning_when_its_job_times_out() -> None:
     for bad in (float("nan"), float("inf"), -1, 1e9, "lots"):
         with pytest.raises(HandlerError, match=r"cpu\.ms"):
             asyncio.run(cpu({"ms": bad}))
+
+
+def test_the_token_goes_only_to_an_owner_on_this_machine_or_a_configured_one() -> None:
+    """The memory owner's address is read from Redis, which is not trusted with the bearer
+    token: followed only on loopback, unless the operator configured where the owner is."""
+    from core.memory.events import owner_target
+
+    assert owner_target("http://127.0.0.1:8070", None) == "http://127.0.0.1:8070"
+    assert owner_target("http://localhost:8070/", None) == "http://localhost:8070"
+    assert owner_target("http://10.9.8.7:8070", None) is None
+    assert owner_target("http://evil.example:80", None) is None
+    assert owner_target("file:///etc/passwd", None) is None
+    assert owner_target(None, None) is None
+    assert owner_target("http://10.9.8.7:8070", "http://memory-owner:8070/") == \
+        "http://memory-owner:8070"

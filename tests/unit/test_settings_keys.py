@@ -94,6 +94,7 @@ NON_DEFAULT: dict[str, Any] = {
     "toxiproxy_url": "http://127.0.0.1:2/", "control_url": "http://127.0.0.1:3/",
     "api_token": "t0ken",
     "memory": False, "qdrant_url": "http://127.0.0.1:4/", "qdrant_api_key": "k3y",
+    "memory_owner_url": "http://127.0.0.1:5/",
     "backoff": {"base_s": 0.1, "factor": 3.0, "max_s": 7.0, "jitter_s": 0.01},
     "memory_ttls": {"job_state_s": 11.0, "job_result_s": 12.0, "worker_state_s": 13.0,
                     "failure_s": 14.0},

@@ -272,5 +272,7 @@ def test_the_memory_owner_is_reachable_from_the_api_in_the_stack() -> None:
     url = command[command.index("--advertise-url") + 1]
     port = command[command.index("--port") + 1]
     assert url == f"http://memory-owner:{port}"  # a name the api container resolves
+    for name in ("api", "supervisor"):  # where they send the token: configured, not Redis's
+        assert env(name)["JOBHARNESS_MEMORY_OWNER_URL"] == url
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert "jobharness" in SERVICES["memory-owner"]["networks"]
