@@ -9,6 +9,7 @@ deployment knows nothing about."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,7 +70,7 @@ def make_probes(pool: Any, api_url: str, http: httpx.AsyncClient,
             need, basis = 1, "at least one (the fleet size is unknown)"
         else:
             fraction = float(spec.get("fraction", 1.0))
-            need = max(1, int(-(-fraction * fleet.size // 1)))  # ceil
+            need = max(1, math.ceil(fraction * fleet.size))
             basis = f"{fraction:g} x {fleet.size}, the fleet of {fleet.source}"
         try:
             n = int(await pool.fetchval(ACTIVE_WORKERS))

@@ -67,9 +67,9 @@ class Direction:
     # -- the chain --------------------------------------------------------------------------
     def _start(self, toxic: Toxic, stage: Stage) -> None:
         applies = self.conn.proxy.rng.random() < toxic.toxicity
-        pipe = toxic.pipe if applies else Toxic.pipe.__get__(toxic)
-        stage.interrupted = False
-        stage.task = asyncio.get_running_loop().create_task(pipe(stage))
+        stage.interrupted = False  # a toxic that does not apply passes chunks on (Toxic.pipe)
+        stage.task = asyncio.get_running_loop().create_task(
+            toxic.pipe(stage) if applies else Toxic.pipe(toxic, stage))
 
     def add(self, toxic: Toxic) -> None:
         if self.tail is None:

@@ -108,6 +108,15 @@ class Stage:
                 if timer is not None:
                     timer.cancel()
 
+    async def next(self) -> Chunk | None:
+        """The next chunk, or None when the stage is done: interrupted, or the source closed
+        (passed on by closing)."""
+        c = await self.recv()
+        if c is None:
+            self.close()
+            return None
+        return c if isinstance(c, Chunk) else None
+
     async def sleep(self, seconds: float) -> bool:
         """Sleep; False when interrupted meanwhile."""
         if seconds > 0 and not self.interrupted:

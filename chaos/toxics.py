@@ -60,13 +60,9 @@ class Toxic:
         """Pass every chunk on unchanged (the `noop` toxic, and a toxic that does not apply
         to this connection)."""
         while True:
-            c = await s.recv()
-            if c is INTERRUPTED:
-                return
+            c = await s.next()
             if c is None:
-                s.close()
                 return
-            assert isinstance(c, Chunk)
             s.send(c)
 
     def cleanup(self, s: Stage) -> bool:
@@ -91,13 +87,9 @@ class Latency(Toxic):
 
     async def pipe(self, s: Stage) -> None:
         while True:
-            c = await s.recv()
-            if c is INTERRUPTED:
-                return
+            c = await s.next()
             if c is None:
-                s.close()
                 return
-            assert isinstance(c, Chunk)
             delay_ms = self.a("latency")
             jitter = int(self.a("jitter"))
             if jitter > 0:
@@ -121,13 +113,9 @@ class Bandwidth(Toxic):
         rate = int(self.a("rate"))  # bytes per millisecond
         owed = 0.0  # seconds of sending still to wait for
         while True:
-            c = await s.recv()
-            if c is INTERRUPTED:
-                return
+            c = await s.next()
             if c is None:
-                s.close()
                 return
-            assert isinstance(c, Chunk)
             owed = 0.0 if rate <= 0 else owed + len(c.data) / rate / 1000
             data = c.data
             while rate > 0 and len(data) > rate * 100:
@@ -222,13 +210,9 @@ class LimitData(Toxic):
     async def pipe(self, s: Stage) -> None:
         limit, sent = int(self.a("bytes")), s.state
         while True:
-            c = await s.recv()
-            if c is INTERRUPTED:
-                return
+            c = await s.next()
             if c is None:
-                s.close()
                 return
-            assert isinstance(c, Chunk)
             left = max(0, limit - sent.bytes)
             data = c.data[:left]
             if data:
@@ -257,13 +241,9 @@ class Slicer(Toxic):
 
     async def pipe(self, s: Stage) -> None:
         while True:
-            c = await s.recv()
-            if c is INTERRUPTED:
-                return
+            c = await s.next()
             if c is None:
-                s.close()
                 return
-            assert isinstance(c, Chunk)
             cuts = self._cuts(0, len(c.data), s)
             for i in range(1, len(cuts), 2):
                 s.send(Chunk(c.data[cuts[i - 1]:cuts[i]], c.t))

@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.errors import ConfigError
 from core.jobs.backoff import BackoffPolicy
@@ -170,6 +170,16 @@ def _url(schemes: tuple[str, ...]) -> Callable[[Any], str]:
                 raise ValueError(f"port {port!r} is not a number")
         return text
     return parse
+
+
+def split_password(url: str) -> tuple[str, str | None]:
+    """A store URL without its password, and the password (None when it had none)."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url, None
+    host = parts.netloc.rpartition("@")[2]
+    return (urlunsplit(parts._replace(netloc=f"{parts.username or ''}@{host}")),
+            unquote(parts.password))
 
 
 def _job_types(raw: Any) -> frozenset[str]:

@@ -199,14 +199,19 @@ class Run:
                     checks = [c.as_dict() for c in await check_all(conn, dispatch.client,
                                                                    self.settings.prefix)]
                 checks.append(missing_accepted(self.dir))
-                report = None
+                report, loads = None, []
                 if runner is not None:
-                    under_load = faults_under_load(self._window_load(runner, offset_s))
+                    windows = fault_windows(runner.journal, offset_s)
+                    # the raw requests read once: the check and the verdict share the result
+                    loads = window_load(read_requests(self.dir / runfolder.RAW), windows,
+                                        self.started_wall)
+                    under_load = faults_under_load(
+                        [{**w, **load} for w, load in zip(windows, loads, strict=True)])
                     report = await runner.conclude(pool, dispatch, checks,
                                                    heartbeat_ttl_s=self.settings.heartbeat_ttl_s,
                                                    extra=[under_load])
                     checks = report.checks
-        verdict = self._verdict(checks, sampler, report, offset_s, memory)
+        verdict = self._verdict(checks, sampler, report, offset_s, loads, memory)
         return verdict
 
     async def _load_and_faults(self, sampler: Sampler, api_url: str, pool: Any,
@@ -298,7 +303,7 @@ class Run:
         return {**await owner_status(dispatch), **out}
 
     def _verdict(self, checks: list[dict[str, Any]], sampler: Sampler,
-                 report: DrillReport | None, offset_s: float,
+                 report: DrillReport | None, offset_s: float, loads: list[dict[str, Any]],
                  memory: dict[str, Any] | None = None) -> dict[str, Any]:
         s = self.scenario
         figs = figures(self.dir, s)
@@ -313,8 +318,6 @@ class Run:
                    "timings": self.timings, "figures": figs, **evaluate(s, figs, checks)}
         if report is not None:
             windows = fault_windows(report.journal, offset_s)
-            loads = window_load(read_requests(self.dir / runfolder.RAW), windows,
-                                self.started_wall)
             verdict["drill"] = {
                 "name": report.name, "journal": report.journal,
                 "steady_before": report.steady_before, "steady_after": report.steady_after,
@@ -328,11 +331,6 @@ class Run:
             "locust_workers": self.opts.locust_workers, "predictor": self.opts.predictor,
             "pid": os.getpid()}, indent=2))
         return verdict
-
-    def _window_load(self, runner: DrillRunner, offset_s: float) -> list[dict[str, Any]]:
-        windows = fault_windows(runner.journal, offset_s)
-        return [{**w, **load} for w, load in zip(windows, window_load(
-            read_requests(self.dir / runfolder.RAW), windows, self.started_wall), strict=True)]
 
     async def _set_limits(self, api_url: str, http: httpx.AsyncClient) -> None:
         """The scenario's limits, set through the system's API before any load."""

@@ -237,8 +237,9 @@ class MeasureMiddleware:
             await send(message)
 
         async def limited_receive() -> Any:
-            try:
-                message = await asyncio.wait_for(receive(), BODY_READ_TIMEOUT_S)
+            try:  # a timer handle, not a task per message (this is every request's path)
+                async with asyncio.timeout(BODY_READ_TIMEOUT_S):
+                    message = await receive()
             except TimeoutError:
                 raise _BodyTooSlow() from None
             if message["type"] == "http.request":

@@ -12,11 +12,10 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from core.cli.output import EXIT_FAIL, EXIT_OK, print_json, run_async, settings_from_args
 from core.errors import JobHarnessError
-from core.settings import ENV_HELP, Settings
+from core.settings import ENV_HELP, Settings, split_password
 
 
 # -- services -------------------------------------------------------------------------------
@@ -49,12 +48,8 @@ def without_password(url: object) -> object:
     """A store URL as printed: its password replaced by `***`."""
     if not isinstance(url, str):
         return url
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    stripped, password = split_password(url)
+    return url if password is None else stripped.replace("@", ":***@", 1)
 
 
 # -- db -------------------------------------------------------------------------------------

@@ -20,12 +20,11 @@ import shutil
 import tempfile
 import time
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from core.dispatch.index import EnqueueItem
 from core.infra.embedded import pg_bin
 from core.service.runtime import open_runtime
-from core.settings import Settings
+from core.settings import Settings, split_password
 
 SCRIPTS = {
     "insert": """
@@ -79,22 +78,12 @@ def _pgbench() -> str:
     return on_path
 
 
-def without_password(dsn: str) -> tuple[str, str | None]:
-    """The DSN with its password taken out, and the password (None when it had none)."""
-    parts = urlsplit(dsn)
-    if parts.password is None:
-        return dsn, None
-    user = parts.username or ""
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"{user}@{host}")), unquote(parts.password)
-
-
 async def _run_pgbench(settings: Settings, step: str, ops: int, concurrency: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as fh:
         fh.write(SCRIPTS[step])
         script = fh.name
     clients = max(1, min(concurrency, ops))
-    dsn, password = without_password(settings.pg_dsn or "")
+    dsn, password = split_password(settings.pg_dsn or "")
     # the password goes through the environment: a command line is visible to every user (ps)
     env = {**os.environ, "PGOPTIONS": f"-c search_path={settings.schema}",
            **({"PGPASSWORD": password} if password else {})}

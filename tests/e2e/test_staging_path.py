@@ -14,7 +14,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import replace
@@ -31,17 +30,10 @@ from core.contract import runfolder
 from core.infra.embedded import free_port
 from core.settings import Settings, to_env
 from loadtests.cli import main
+from tests.e2e.test_drill_alone import wait_for
 
 WORKERS = 3  # the scenario (`drill`) says 6: the probes must expect the deployment's 3
 LIVENESS = {"heartbeat_interval_s": 1.0, "heartbeat_ttl_s": 4.0, "lease_s": 4.0}
-
-
-def wait_for(check: Any, what: str, timeout_s: float = 60.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)  # polled: other processes' state
 
 
 def hostport(url: str) -> str:

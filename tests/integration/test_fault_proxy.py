@@ -23,14 +23,15 @@ from toxiproxy.exceptions import NotFound, ProxyExists
 from core.infra.embedded import free_port
 
 
-@pytest.fixture(scope="module")
-def api_url() -> Iterator[str]:
+def fault_proxy_api(seed: int) -> Iterator[str]:
+    """The API URL of the proxy under test: TOXIPROXY_URL's toxiproxy when set, else
+    `jobharness chaos proxy` in its own process (stopped when the generator closes)."""
     if os.environ.get("TOXIPROXY_URL"):
         yield os.environ["TOXIPROXY_URL"].rstrip("/")
         return
     port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "loadtests.cli", "chaos", "proxy",
-                             "--port", str(port), "--seed", "7"],
+                             "--port", str(port), "--seed", str(seed)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 30
@@ -41,12 +42,17 @@ def api_url() -> Iterator[str]:
         except httpx.TransportError:
             if proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError("the fault proxy did not start") from None
-            time.sleep(0.05)
+            time.sleep(0.05)  # polled: another process's readiness
     try:
         yield url
     finally:
         proc.terminate()
         proc.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def api_url() -> Iterator[str]:
+    yield from fault_proxy_api(seed=7)
 
 
 @pytest.fixture

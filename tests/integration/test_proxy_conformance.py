@@ -15,8 +15,6 @@ from __future__ import annotations
 import os
 import socket
 import socketserver
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,6 +25,7 @@ import httpx
 import pytest
 
 from core.infra.embedded import free_port
+from tests.integration.test_fault_proxy import fault_proxy_api
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -66,28 +65,7 @@ class EchoServer(socketserver.ThreadingTCPServer):
 
 @pytest.fixture(scope="module")
 def api() -> Iterator[str]:
-    if os.environ.get("TOXIPROXY_URL"):
-        yield os.environ["TOXIPROXY_URL"].rstrip("/")
-        return
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "loadtests.cli", "chaos", "proxy",
-                             "--port", str(port), "--seed", "11"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            httpx.get(f"{url}/version", timeout=1)
-            break
-        except httpx.TransportError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise AssertionError("the fault proxy did not start") from None
-            time.sleep(0.05)  # polled: another process's readiness
-    try:
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    yield from fault_proxy_api(seed=11)
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def test_scenario_and_drill_names_cannot_become_paths(tmp_path: Path) -> None:
 
 
 def test_pgbench_gets_the_password_through_the_environment() -> None:
-    from loadtests.bench.limits import without_password
+    from core.settings import split_password as without_password
 
     assert without_password("postgresql://u:p%40ss@h:5/db") == ("postgresql://u@h:5/db", "p@ss")
     assert without_password("postgresql://u@h/db") == ("postgresql://u@h/db", None)
