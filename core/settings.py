@@ -51,6 +51,9 @@ def check_nice(value: int, name: str = "nice") -> int:
 
 
 BUILTIN_JOB_TYPES = frozenset({"noop", "sleep", "cpu", "flaky", "leak", "hang"})
+# the built-ins that spend a worker's time, CPU or memory on a caller's say: on for embedded
+# runs, off against a target unless it turns them on (JOBHARNESS_SYNTHETIC_HANDLERS)
+SYNTHETIC_JOB_TYPES = BUILTIN_JOB_TYPES - {"noop"}
 _SCHEMA_RE = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
 
@@ -77,6 +80,9 @@ class Settings:
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     max_payload_bytes: int = 256 * 1024
     job_types: frozenset[str] = BUILTIN_JOB_TYPES
+    # None: on while the stores are the embedded servers (resolve_endpoints says so to the
+    # processes it configures), off against stores given by DSN/URL
+    synthetic_handlers: bool | None = None
     dlq_retention_days: float = 30.0
     # -- API and staging targets
     api_url: str | None = None  # a running job API (staging targets); None: start one
@@ -118,12 +124,22 @@ class Settings:
     def embedded(self) -> bool:
         return self.pg_dsn is None or self.redis_url is None
 
+    @property
+    def synthetic_on(self) -> bool:
+        """Whether the synthetic handlers run and their job types are accepted."""
+        return self.embedded if self.synthetic_handlers is None else self.synthetic_handlers
+
+    @property
+    def accepted_job_types(self) -> frozenset[str]:
+        """The job types the API takes and workers run: the synthetic ones only when on."""
+        return self.job_types if self.synthetic_on else self.job_types - SYNTHETIC_JOB_TYPES
+
 
 AREAS: dict[str, tuple[str, ...]] = {
     "stores": ("pg_dsn", "redis_url", "schema", "prefix", "data_dir", "pg_max_connections"),
     "dispatch": ("redis_timeout_s", "redis_retry_after_s", "pg_fallback", "reconcile"),
     "workers": ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "backoff",
-                "max_payload_bytes", "job_types", "dlq_retention_days"),
+                "max_payload_bytes", "job_types", "synthetic_handlers", "dlq_retention_days"),
     "api": ("api_url", "toxiproxy_url", "control_url", "api_token"),
     "memory": ("memory", "qdrant_url", "qdrant_api_key", "memory_owner_url", "memory_ttls"),
 }
@@ -212,6 +228,7 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "heartbeat_ttl_s": ("JOBHARNESS_HEARTBEAT_TTL_S", float),
     "max_payload_bytes": ("JOBHARNESS_MAX_PAYLOAD_BYTES", _int),
     "job_types": ("JOBHARNESS_JOB_TYPES", _job_types),
+    "synthetic_handlers": ("JOBHARNESS_SYNTHETIC_HANDLERS", _bool),
     "dlq_retention_days": ("JOBHARNESS_DLQ_RETENTION_DAYS", float),
     "api_url": ("JOBHARNESS_API_URL", _text),
     "toxiproxy_url": ("JOBHARNESS_TOXIPROXY_URL", _text),

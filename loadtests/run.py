@@ -35,7 +35,7 @@ from core.errors import DispatchUnavailable, JobHarnessError
 from core.infra.auth import auth_headers
 from core.memory.events import OWNER_GROUP, owner_caught_up, owner_status
 from core.service.runtime import open_runtime
-from core.settings import Settings, with_values
+from core.settings import SYNTHETIC_JOB_TYPES, Settings, with_values
 from core.store.exports import export_tables
 from loadtests.load import Load
 from loadtests.sampler import STATUSES, Sampler, mem_used_mib
@@ -96,9 +96,14 @@ class Run:
         self.dir = (opts.out / self.run_id).resolve()
         self.opts = opts
         self.tag = f"run_{stamp}"
+        if opts.targeted:
+            self._check_target_runs(self.scenario, settings)
+        # the processes a local run starts are its own: the synthetic handlers are on there
         self.settings = settings if opts.targeted else replace(
             settings, schema=self.tag, prefix=self.tag,
-            data_dir=self.dir / runfolder.STATE, memory=opts.memory)
+            data_dir=self.dir / runfolder.STATE, memory=opts.memory,
+            synthetic_handlers=(True if settings.synthetic_handlers is None
+                                else settings.synthetic_handlers))
         self.drill = load_drill(opts.drill) if opts.drill else None
         if self.drill is not None:
             self._check_load_covers(self.scenario, self.drill)
@@ -118,6 +123,19 @@ class Run:
         self.started_wall = time.time()
         self.timings: dict[str, float] = {}
         self.mem_before = mem_used_mib()
+
+    @staticmethod
+    def _check_target_runs(scenario: Scenario, settings: Settings) -> None:
+        """Refuse, before anything starts, a scenario of synthetic job types against a target
+        that has not said its API and workers run them."""
+        wanted = sorted(t for t, share in scenario.mix.items()
+                        if share > 0 and t in SYNTHETIC_JOB_TYPES)
+        if wanted and not settings.synthetic_on:
+            raise JobHarnessError(
+                f"scenario {scenario.name!r} submits synthetic job types ({', '.join(wanted)}), "
+                "which a target's API refuses unless its API and workers run with "
+                "JOBHARNESS_SYNTHETIC_HANDLERS=1; once they do, say synthetic_handlers: true "
+                "in the target file (docs/security.md)")
 
     @staticmethod
     def _check_load_covers(scenario: Scenario, drill: Any) -> None:

@@ -166,14 +166,18 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
 
     from core.api.app import create_app
     from core.infra.auth import check_bind
+    from core.infra.serving import http_protocol
     from core.service.runtime import endpoints
 
     check_bind(args.host, settings.api_token, insecure=args.insecure, surface="the API")
+    if not 0 < args.header_timeout_s <= 3600:
+        raise JobHarnessError("--header-timeout-s must be > 0 and at most 3600")
     with endpoints(settings) as resolved:
         # httptools parses HTTP in C (h11, the fallback, is pure Python and was a third of
-        # a create's CPU); no proxy-header rewriting, server or date header per response
+        # a create's CPU), with a deadline for a request's headers; no proxy-header
+        # rewriting, server or date header per response
         uvicorn.run(create_app(resolved, pool_size=args.pool_size), host=args.host,
-                    port=args.port, log_level="warning", loop="uvloop", http="httptools",
+                    port=args.port, log_level="warning", loop="uvloop", http=http_protocol(args.header_timeout_s),
                     access_log=False, proxy_headers=False, server_header=False,
                     date_header=False, limit_concurrency=args.max_concurrency,
                     timeout_keep_alive=5)
@@ -189,6 +193,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--pool-size", type=int, default=10, help="PostgreSQL and Redis connections")
     p.add_argument("--max-concurrency", type=int, default=1000,
                    help="connections and requests at once; beyond it 503 (1000)")
+    p.add_argument("--header-timeout-s", type=float, default=10.0,
+                   help="a request's headers must arrive within this; else 408 and close (10)")
     p.set_defaults(func=cmd_api, needs_settings=True)
 
     p = sub.add_parser("worker", parents=[common], help="run one worker process")

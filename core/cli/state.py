@@ -136,6 +136,9 @@ def cmd_state(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "restore" and args.wipe and not args.yes:
         raise JobHarnessError("state restore --wipe empties the memory before it restores; "
                               "give --yes")
+    if args.action == "purge" and not args.yes:
+        raise JobHarnessError("state purge deletes the expired entries for good (reads and "
+                              "snapshots already leave them out); give --yes")
     if args.action == "serve":
         logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
         from core.service.runtime import endpoints
@@ -196,7 +199,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     ls.add_argument("--group", help="e.g. job:ID or worker:ID")
     ls.add_argument("--limit", type=int, default=100)
     st.add_parser("stats", parents=[common])
-    st.add_parser("purge", parents=[common], help="delete expired entries now")
+    pu = st.add_parser("purge", parents=[common], help="delete expired entries now (--yes)")
+    pu.add_argument("--yes", action="store_true", help="yes, delete the expired entries")
     sn = st.add_parser("snapshot", parents=[common])
     sn.add_argument("path")
     r = st.add_parser("restore", parents=[common])

@@ -81,6 +81,7 @@ class ValidatedSpec:
 class SpecLimits:
     known_job_types: frozenset[str]
     max_payload_bytes: int
+    disabled_job_types: frozenset[str] = frozenset()  # known, but turned off here
     max_retries_limit: int = MAX_RETRIES
     max_timeout_s: float = MAX_TIMEOUT_S
     max_dependencies: int = MAX_DEPENDENCIES
@@ -93,6 +94,10 @@ def validate_spec(spec: Any, limits: SpecLimits) -> ValidatedSpec:
     if not isinstance(spec.job_type, str) or not spec.job_type:
         raise InvalidInput("job_type", "must be a non-empty string")
     _check_texts(spec)
+    if spec.job_type in limits.disabled_job_types:
+        raise InvalidInput("job_type", f"job type {spec.job_type!r} is a synthetic handler, "
+                           "off on this deployment (JOBHARNESS_SYNTHETIC_HANDLERS=1 on its API "
+                           "and workers turns them on)")
     if spec.job_type not in limits.known_job_types:
         raise UnknownJobType(spec.job_type, sorted(limits.known_job_types))
     _check_int("priority", spec.priority, MIN_PRIORITY, MAX_PRIORITY)

@@ -68,8 +68,10 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         memory: MemoryEmitter | None = None,
     ) -> None:
         super().__init__(pool, dispatch, settings, rng=rng, memory=memory)
-        self.spec_limits = SpecLimits(known_job_types=settings.job_types,
-                                      max_payload_bytes=settings.max_payload_bytes)
+        self.spec_limits = SpecLimits(
+            known_job_types=settings.accepted_job_types,
+            disabled_job_types=settings.job_types - settings.accepted_job_types,
+            max_payload_bytes=settings.max_payload_bytes)
         # single creates without dependencies or idempotency keys arriving together share one
         # INSERT and one Redis call
         self._creates: Coalescer[Plan, CreateResult] = Coalescer(

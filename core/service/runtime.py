@@ -41,6 +41,10 @@ def resolve_endpoints(settings: Settings) -> tuple[Settings, dict[str, bool]]:
             settings,
             pg_dsn=settings.pg_dsn or services.pg_url(),
             redis_url=settings.redis_url or services.redis_url(),
+            # both stores embedded: a local run, where the synthetic handlers are on
+            synthetic_handlers=(not settings.pg_dsn and not settings.redis_url
+                                if settings.synthetic_handlers is None
+                                else settings.synthetic_handlers),
         ),
         started,
     )

@@ -131,12 +131,14 @@ def load_handler(path: str) -> Handler:
 ENTRY_POINT_GROUP = "jobharness.handlers"
 
 
-def build_registry(extra: Mapping[str, str] | None = None) -> dict[str, Handler]:
-    """Built-ins, then handlers installed under the `jobharness.handlers` entry-point group
-    (name = job type), then user handlers given as {job_type: 'module:function'}."""
+def build_registry(extra: Mapping[str, str] | None = None, *,
+                   synthetic: bool = True) -> dict[str, Handler]:
+    """Built-ins (`noop` only unless `synthetic`), then handlers installed under the
+    `jobharness.handlers` entry-point group (name = job type), then user handlers given as
+    {job_type: 'module:function'}."""
     from importlib.metadata import entry_points
 
-    registry = dict(BUILTIN_HANDLERS)
+    registry = dict(BUILTIN_HANDLERS) if synthetic else {"noop": noop}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             registry[ep.name] = ep.load()

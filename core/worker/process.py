@@ -62,7 +62,7 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the process exit code."""
     if opts.nice:
         os.nice(opts.nice)
-    handlers = build_registry(opts.handlers)
+    handlers = build_registry(opts.handlers, synthetic=settings.synthetic_on)
     # the connection budget: two PostgreSQL connections, one Redis connection for commands
     # and one parked waiting for work
     async with open_runtime(settings, pool_size=2, redis_connections=1,

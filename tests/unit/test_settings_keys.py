@@ -90,6 +90,7 @@ NON_DEFAULT: dict[str, Any] = {
     "pg_max_connections": 77, "redis_timeout_s": 0.25, "redis_retry_after_s": 0.75,
     "pg_fallback": False, "reconcile": False, "lease_s": 3.5, "heartbeat_interval_s": 0.5,
     "heartbeat_ttl_s": 45.0, "max_payload_bytes": 1234, "job_types": frozenset({"extra"}),
+    "synthetic_handlers": True,
     "dlq_retention_days": 2.5, "api_url": "http://127.0.0.1:1/",
     "toxiproxy_url": "http://127.0.0.1:2/", "control_url": "http://127.0.0.1:3/",
     "api_token": "t0ken",
