@@ -177,10 +177,10 @@ def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
         # a create's CPU), with a deadline for a request's headers; no proxy-header
         # rewriting, server or date header per response
         uvicorn.run(create_app(resolved, pool_size=args.pool_size), host=args.host,
-                    port=args.port, log_level="warning", loop="uvloop", http=http_protocol(args.header_timeout_s),
-                    access_log=False, proxy_headers=False, server_header=False,
-                    date_header=False, limit_concurrency=args.max_concurrency,
-                    timeout_keep_alive=5)
+                    port=args.port, log_level="warning", loop="uvloop",
+                    http=http_protocol(args.header_timeout_s), access_log=False,
+                    proxy_headers=False, server_header=False, date_header=False,
+                    limit_concurrency=args.max_concurrency, timeout_keep_alive=5)
     return 0
 
 

@@ -72,7 +72,7 @@ def http_protocol(header_timeout_s: float = HEADER_READ_TIMEOUT_S) -> type:
                                      b"connection: close\r\n\r\n")
                 self.transport.close()
 
-        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        def connection_made(self, transport: Any) -> None:
             super().connection_made(transport)
             self._arm()
 

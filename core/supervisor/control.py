@@ -40,7 +40,9 @@ ACTIONS = ("kill", "pause", "resume", "terminate")
 async def _degrade(sup: Supervisor, request: Request, wid: str) -> JSONResponse:
     try:
         body = json.loads(await request.body() or b"{}")
-        spec = FaultSpec.from_dict(body if isinstance(body, dict) else {})
+        if not isinstance(body, dict):
+            raise ValueError("the body must be a JSON object")
+        spec = FaultSpec.from_dict(body)
     except (ValueError, TypeError) as exc:
         return JSONResponse({"error": f"bad fault: {exc}"}, 400)
     try:
@@ -78,14 +80,20 @@ class SupervisorCollector(Collector):
 
 def _kill_count(body: Any, running: int) -> int | str:
     """How many workers a kill request asks for, or what is wrong with it."""
+    if not isinstance(body, dict):
+        return "the body must be a JSON object"
     count, fraction = body.get("count"), body.get("fraction")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
+        return "seed must be an integer"
     if (count is None) == (fraction is None):
         return "give exactly one of count or fraction"
     if fraction is not None:
-        if not isinstance(fraction, int | float) or not 0 < fraction <= 1:
+        if isinstance(fraction, bool) or not isinstance(fraction, int | float) \
+                or not 0 < fraction <= 1:
             return "fraction must be in (0, 1]"
         count = max(1, round(fraction * running))
-    if not isinstance(count, int) or not 1 <= count <= running:
+    if isinstance(count, bool) or not isinstance(count, int) or not 1 <= count <= running:
         return f"count must be 1..{running}"
     return count
 

@@ -138,7 +138,7 @@ def build_registry(extra: Mapping[str, str] | None = None, *,
     {job_type: 'module:function'}."""
     from importlib.metadata import entry_points
 
-    registry = dict(BUILTIN_HANDLERS) if synthetic else {"noop": noop}
+    registry: dict[str, Handler] = dict(BUILTIN_HANDLERS) if synthetic else {"noop": noop}
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         try:
             registry[ep.name] = ep.load()

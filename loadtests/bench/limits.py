@@ -78,17 +78,24 @@ def _pgbench() -> str:
     return on_path
 
 
+def pgbench_command(settings: Settings, script: str, *, clients: int, ops: int
+                    ) -> tuple[list[str], dict[str, str]]:
+    """pgbench's command line and environment: the password goes through the environment,
+    as a command line is visible to every user of the machine (ps)."""
+    dsn, password = split_password(settings.pg_dsn or "")
+    env = {**os.environ, "PGOPTIONS": f"-c search_path={settings.schema}",
+           **({"PGPASSWORD": password} if password else {})}
+    cmd = [_pgbench(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
+           "-t", str(max(1, ops // clients)), "-f", script, dsn]
+    return cmd, env
+
+
 async def _run_pgbench(settings: Settings, step: str, ops: int, concurrency: int) -> dict[str, Any]:
     with tempfile.NamedTemporaryFile("w", suffix=".sql", delete=False) as fh:
         fh.write(SCRIPTS[step])
         script = fh.name
     clients = max(1, min(concurrency, ops))
-    dsn, password = split_password(settings.pg_dsn or "")
-    # the password goes through the environment: a command line is visible to every user (ps)
-    env = {**os.environ, "PGOPTIONS": f"-c search_path={settings.schema}",
-           **({"PGPASSWORD": password} if password else {})}
-    cmd = [_pgbench(), "-n", "-M", "prepared", "-c", str(clients), "-j", str(min(clients, 2)),
-           "-t", str(max(1, ops // clients)), "-f", script, dsn]
+    cmd, env = pgbench_command(settings, script, clients=clients, ops=ops)
     try:
         proc = await asyncio.create_subprocess_exec(
             *cmd, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)

@@ -102,7 +102,8 @@ def deployment(settings: Settings, root: Path) -> Iterator[dict[str, Any]]:
         yield {"pg_dsn": settings.pg_dsn, "redis_url": settings.redis_url,
                "schema": settings.schema, "prefix": settings.prefix, "api_url": api,
                "toxiproxy_url": toxiproxy,
-               "control_url": json.loads(state.read_text())["control_url"], **LIVENESS}
+               "control_url": json.loads(state.read_text())["control_url"],
+               "synthetic_handlers": True, **LIVENESS}  # as the compose stack says
     finally:
         for p in procs[::-1]:
             p.send_signal(signal.SIGTERM)

@@ -92,3 +92,42 @@ def test_the_token_goes_only_to_an_owner_on_this_machine_or_a_configured_one() -
     assert owner_target(None, None) is None
     assert owner_target("http://10.9.8.7:8070", "http://memory-owner:8070/") == \
         "http://memory-owner:8070"
+
+
+def test_synthetic_job_types_follow_the_stores_unless_told() -> None:
+    from core.errors import InvalidInput
+    from core.jobs.model import JobSpec, SpecLimits, validate_spec
+    from core.settings import SYNTHETIC_JOB_TYPES, Settings
+    from core.worker.handlers import build_registry
+
+    given = {"pg_dsn": "postgresql://u@127.0.0.1:5/db", "redis_url": "redis://127.0.0.1:6/0"}
+    assert Settings().synthetic_on  # embedded stores: a local run
+    staging = Settings(**given)  # type: ignore[arg-type]
+    assert not staging.synthetic_on
+    assert staging.accepted_job_types == {"noop"}
+    assert Settings(**given, synthetic_handlers=True).synthetic_on  # type: ignore[arg-type]
+    assert not Settings(synthetic_handlers=False).synthetic_on
+    assert set(build_registry(synthetic=False)) == {"noop"}
+    assert set(build_registry()) >= SYNTHETIC_JOB_TYPES
+    limits = SpecLimits(known_job_types=staging.accepted_job_types, max_payload_bytes=1024,
+                        disabled_job_types=staging.job_types - staging.accepted_job_types)
+    with pytest.raises(InvalidInput, match="synthetic handler, off") as exc:
+        validate_spec(JobSpec(job_type="cpu"), limits)
+    assert exc.value.field == "job_type"
+    with pytest.raises(InvalidInput, match="unknown job type"):
+        validate_spec(JobSpec(job_type="nope"), limits)
+
+
+def test_a_targeted_run_refuses_synthetic_types_the_target_has_not_turned_on() -> None:
+    from core.errors import JobHarnessError
+    from core.settings import Settings
+    from loadtests.run import Run
+
+    given = {"pg_dsn": "postgresql://u@127.0.0.1:5/db", "redis_url": "redis://127.0.0.1:6/0"}
+    demo = load_scenario("demo")
+    assert set(demo.mix) - {"noop"}  # it submits synthetic types
+    with pytest.raises(JobHarnessError, match="synthetic_handlers: true"):
+        Run._check_target_runs(demo, Settings(**given))  # type: ignore[arg-type]
+    Run._check_target_runs(demo, Settings(**given, synthetic_handlers=True))  # type: ignore[arg-type]
+    Run._check_target_runs(load_scenario("demo", {"mix": {"noop": 1.0}}),
+                           Settings(**given))  # type: ignore[arg-type]
