@@ -6,17 +6,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import itertools
+import json
+import math
 import os
 import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 import hypothesis
 import pytest
 import schemathesis
+from hypothesis import strategies as st
 
 from core.infra.embedded import free_port
 from core.service.jobs import JobService
@@ -317,6 +321,54 @@ def test_fuzz_every_endpoint_has_no_5xx(api_env: ApiEnv) -> None:
     assert len(seen) == len(operations)
     assert statuses[2] > 0
     assert statuses[4] > 0
+
+
+POISON = (math.nan, math.inf, -math.inf, "\ud800", "a\udfffb", "\x00")
+
+
+def _plant(body: Any, path: list[int], poison: Any) -> Any:
+    """`body` with one value replaced by `poison`: the one `path` leads to through the
+    containers (each step an index into a container's items, taken modulo its size)."""
+    if not path or not isinstance(body, dict | list) or not body:
+        return poison
+    step, rest = path[0], path[1:]
+    if isinstance(body, dict):
+        key = list(body)[step % len(body)]
+        return {**body, key: _plant(body[key], rest, poison)}
+    i = step % len(body)
+    return [*body[:i], _plant(body[i], rest, poison), *body[i + 1:]]
+
+
+def test_fuzz_nan_infinity_and_surrogates_are_4xx_never_5xx(api_env: ApiEnv) -> None:
+    """Valid bodies generated from the schema, each with one value (at any depth) replaced by
+    NaN, Infinity, a lone surrogate or NUL, sent as JSON text (Python writes NaN and escapes a
+    surrogate as \\ud800): every one is refused with a 4xx that does not echo it."""
+    schema = schemathesis.openapi.from_url(f"{api_env.url}/openapi.json")
+    with_body = [op for op in (r.ok() for r in schema.get_all_operations())
+                 if op.method.upper() in ("POST", "PUT") and op.body]
+    assert len(with_body) >= 3
+    statuses: collections.Counter[int] = collections.Counter()
+    for operation in with_body:
+        @hypothesis.given(case=operation.as_strategy(
+                              generation_mode=schemathesis.GenerationMode.POSITIVE),
+                          path=st.lists(st.integers(0, 50), max_size=4),
+                          poison=st.sampled_from(POISON))
+        @hypothesis.settings(max_examples=30, deadline=None, database=None,
+                             suppress_health_check=list(hypothesis.HealthCheck))
+        def check(case: schemathesis.Case, path: list[int], poison: Any) -> None:
+            body = _plant(case.body, path, poison)
+            raw = json.dumps(body, allow_nan=True).encode()
+            r = httpx.request(case.method, f"{api_env.url}{case.formatted_path}",
+                              params=case.query, content=raw, timeout=30,
+                              headers={"content-type": "application/json"})
+            statuses[r.status_code] += 1
+            assert 400 <= r.status_code < 500, (case.method, case.formatted_path, raw[:300],
+                                                r.status_code, r.text[:300])
+            for echoed in ("ud800", "udfff"):
+                assert echoed not in r.text, r.text[:300]
+
+        check()
+    assert sum(statuses.values()) >= 30 * len(with_body) // 2
 
 
 async def test_bodies_are_limited_while_they_stream(api_env: ApiEnv) -> None:
