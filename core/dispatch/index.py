@@ -139,6 +139,7 @@ class RedisDispatch:
         self._reprioritize = self._client.register_script(_script("reprioritize"))
         self._enqueue = self._client.register_script(_script("enqueue"))
         self._sched_sync = self._client.register_script(_script("sched_sync"))
+        self._limit = self._client.register_script(_script("limit"))
         self._down_until = 0.0
         self.failures = 0
         self.observe: Callable[[float], None] | None = None  # seconds per call (metrics)
@@ -269,12 +270,10 @@ class RedisDispatch:
         return (recorded.split(",") if recorded else []), int(dropped)
 
     async def set_limit(self, field: str, value: str | None) -> None:
-        """Mirror one limit (None: removed) at once; the reconciler re-mirrors them all."""
-        key = self.keys.sched_hash("limits")
-        if value is None:
-            await self._call(self._client.hdel(key, field))
-        else:
-            await self._call(self._client.hset(key, field, value))
+        """Mirror one limit (None: removed) at once, and give back what it parked (see
+        limit.lua); the reconciler re-mirrors them all."""
+        await self._call(self._limit(keys=[self.keys.wakeup, self.keys.sched],
+                                     args=[field, value or "", WAKEUP_CAP]))
 
     async def sched_state(self) -> SchedState:
         pipe = self._client.pipeline(transaction=True)

@@ -9,9 +9,11 @@
 -- Per band, best first: the tenants with a flow this worker may serve and whose limits admit
 -- it take turns by weighted fair share (stride scheduling: the tenant with the lowest pass
 -- goes next and its pass grows by 1/weight; a tenant that was idle comes back at the band's
--- virtual time, without credit). Inside a tenant, its admissible flow with the lowest head
--- score goes: priority, then age. A flow held back by a limit is passed over whole, so jobs
--- over quota never block the jobs behind them.
+-- virtual time, without credit; equal passes go by name). Inside a tenant, its admissible
+-- flow with the lowest head score goes: priority, then age. A tenant or flow held back by a
+-- limit is parked (sched.lua), so jobs over quota never block the jobs behind them, and are
+-- not looked at again until their limit can admit them: each step is O(log n) in the number
+-- of tenants and flows.
 SCHED = KEYS[7]
 local lease_ms = tonumber(ARGV[1])
 local promote_limit = tonumber(ARGV[2])
@@ -88,103 +90,140 @@ local function take(field)
   end
 end
 
+-- Parked entries whose limit can admit again: tenants whose rate bucket has refilled, and
+-- as many flows of each held-back type as it has room for (lowest pass first).
+local refilled = redis.call('ZRANGEBYSCORE', SCHED .. ':ptimer', '-inf', now, 'LIMIT', 0, 100)
+for _, field in ipairs(refilled) do unpark_tenant(field) end
+for _, field in ipairs(redis.call('SMEMBERS', SCHED .. ':parkedtypes')) do
+  local st = state_of(field)
+  local room = count
+  if st.running then room = math.min(room, st.lim.max - st.running) end
+  if st.tokens then
+    room = math.min(room, math.floor(st.tokens))
+    if st.tokens < 1 then
+      local ms = math.ceil((1 - st.tokens) * 1000 / st.lim.rate)
+      if rate_wait < 0 or ms < rate_wait then rate_wait = ms end
+    end
+  end
+  if room > 0 and unpark(field, room) < room then
+    redis.call('SREM', SCHED .. ':parkedtypes', field)
+  end
+end
+
+-- Held back by its tenant's limit: park the tenant's turn (a rate limit says when its next
+-- token comes; a max_running limit gives the turn back when a lease ends).
+local function park_tenant(tq, band, cap, tenant, field, pass)
+  park(field, band, cap, tenant, '', pass, false)
+  redis.call('ZREM', tq, tenant)
+  local st = state_of(field)
+  if not (st.running and st.running >= st.lim.max) and st.tokens and st.tokens < 1 then
+    local ms = math.ceil((1 - st.tokens) * 1000 / st.lim.rate)
+    redis.call('ZADD', SCHED .. ':ptimer', string.format('%.0f', now + ms), field)
+  end
+end
+
+-- The tenant's flow to serve in (band, cap): the lowest head its type's limit admits. Stale
+-- scores are corrected, empty flows dropped, flows of a held-back type parked on the way.
+local function pick_flow(band, cap, tenant, tf, pass)
+  while true do
+    local fh = redis.call('ZRANGE', tf, 0, 0, 'WITHSCORES')
+    if #fh == 0 then return nil end
+    local sha = fh[1]
+    local key = SCHED .. ':flow:' .. band .. ':' .. sha
+    local qh = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local flow = #qh > 0 and redis.call('HGET', SCHED .. ':flows:' .. band, sha)
+    if not flow then
+      redis.call('ZREM', tf, sha)
+    elseif qh[2] ~= fh[2] and tonumber(qh[2]) ~= tonumber(fh[2]) then
+      redis.call('ZADD', tf, qh[2], sha)
+    else
+      local jt = split_flow(flow)
+      local field = 'job_type' .. NUL .. jt
+      if admits(field) then
+        return {key = key, sha = sha, flow = flow, field = field, id = qh[1]}
+      end
+      park(field, band, cap, tenant, sha, pass, true)
+      redis.call('ZREM', tf, sha)
+    end
+  end
+end
+
+local caplist = {''}
+for c in string.gmatch(caps, '[^,]+') do caplist[#caplist + 1] = c end
+
 local found, limited = {}, {}
 for b = 1, #bands do
   if #found >= count then break end
   local band = string.sub(bands, b, b)
-  local registry = SCHED .. ':flows:' .. band
   local pass_key = SCHED .. ':pass:' .. band
-  -- tenant -> its flows this worker may serve: {key, type, flow, id, score}
-  local tenants, ntenants = {}, 0
-  local all = redis.call('HGETALL', registry)
-  for i = 1, #all, 2 do
-    local sha, flow = all[i], all[i + 1]
-    local jt, tenant, cap = split_flow(flow)
-    if cap == '' or string.find(caps, ',' .. cap .. ',', 1, true) then
-      local key = SCHED .. ':flow:' .. band .. ':' .. sha
-      local head = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-      if #head == 0 then
-        redis.call('HDEL', registry, sha)
+  local sets = {}
+  for i, c in ipairs(caplist) do sets[i] = {key = tq_key(band, c), cap = c} end
+  local vt = tonumber(redis.call('HGET', pass_key, NUL .. 'vt') or '0')
+  local vt_moved = false
+  while #found < count do
+    -- whose turn: the lowest pass at the heads of the worker's capability sets
+    local tenant, pass, set
+    for _, s in ipairs(sets) do
+      local head = redis.call('ZRANGE', s.key, 0, 0, 'WITHSCORES')
+      if #head > 0 and (not tenant or tonumber(head[2]) < pass) then
+        tenant, pass, set = head[1], tonumber(head[2]), s
+      end
+    end
+    if not tenant then break end
+    local stored = tonumber(redis.call('HGET', pass_key, tenant) or '0')
+    local tfield = 'tenant' .. NUL .. tenant
+    local tf = tf_key(band, tenant, set.cap)
+    if stored > pass then
+      -- served through another capability set since it joined this one: its place is later
+      redis.call('ZADD', set.key, 'XX', fmt_pass(stored), tenant)
+    elseif not admits(tfield) then
+      park_tenant(set.key, band, set.cap, tenant, tfield, pass)
+    else
+      local pick = pick_flow(band, set.cap, tenant, tf, pass)
+      if not pick then
+        redis.call('ZREM', set.key, tenant)
+        if stored <= vt then redis.call('HDEL', pass_key, tenant) end
       else
-        local t = tenants[tenant]
-        if not t then
-          t = {flows = {}, field = 'tenant' .. NUL .. tenant}
-          tenants[tenant] = t
-          ntenants = ntenants + 1
+        local id = pick.id
+        redis.call('ZREM', pick.key, id)
+        redis.call('ZREM', queues[band], id)
+        if redis.call('HEXISTS', KEYS[2], id) == 1 then
+          redis.call('ZADD', KEYS[3], string.format('%.0f', now + lease_ms), id)
+          -- an id already held (a stale duplicate entry) is not counted twice
+          if redis.call('HSETNX', SCHED .. ':held', id, pick.flow) == 1 then
+            take(tfield)
+            take(pick.field)
+          end
+          found[#found + 1] = id
+          if state_of(tfield).running or state_of(pick.field).running then
+            limited[#limited + 1] = id
+          end
+          local lim = limit_of(tfield)
+          local next_pass = pass + 1 / ((lim and lim.weight) or 1)
+          redis.call('HSET', pass_key, tenant, fmt_pass(next_pass))
+          redis.call('ZADD', set.key, 'XX', fmt_pass(next_pass), tenant)
+          vt, vt_moved = pass, true
+        end  -- else: no live job behind it; dropped
+        local head = redis.call('ZRANGE', pick.key, 0, 0, 'WITHSCORES')
+        if #head > 0 then
+          redis.call('ZADD', tf, head[2], pick.sha)
+        else
+          redis.call('ZREM', tf, pick.sha)
+          if redis.call('ZCARD', tf) == 0 then redis.call('ZREM', set.key, tenant) end
         end
-        t.flows[#t.flows + 1] = {key = key, field = 'job_type' .. NUL .. jt, flow = flow,
-                                 id = head[1], score = tonumber(head[2])}
       end
     end
   end
-  if ntenants > 0 then
-    -- passes matter only between tenants: one alone in the band is served without them (a
-    -- tenant arriving later starts from the band's virtual time, as any returning one does)
-    local shared = ntenants > 1
-    local vt = shared and tonumber(redis.call('HGET', pass_key, NUL .. 'vt') or '0') or 0
-    local passes = {}
-    while #found < count do
-      local best, best_flow, best_pass
-      for tenant, t in pairs(tenants) do
-        if admits(t.field) then
-          local pick
-          for _, f in ipairs(t.flows) do
-            if f.id and (not pick or f.score < pick.score) and admits(f.field) then pick = f end
-          end
-          if pick then
-            local p = passes[tenant]
-            if p == nil then
-              p = shared and math.max(tonumber(redis.call('HGET', pass_key, tenant) or '0'), vt)
-                  or 0
-              passes[tenant] = p
-            end
-            if not best or p < best_pass or (p == best_pass and pick.score < best_flow.score) then
-              best, best_flow, best_pass = tenant, pick, p
-            end
-          end
-        end
-      end
-      if not best then break end
-      local id = best_flow.id
-      redis.call('ZREM', best_flow.key, id)
-      redis.call('ZREM', queues[band], id)
-      if redis.call('HEXISTS', KEYS[2], id) == 1 then
-        redis.call('ZADD', KEYS[3], string.format('%.0f', now + lease_ms), id)
-        -- an id already held (a stale duplicate entry) is not counted twice
-        if redis.call('HSETNX', SCHED .. ':held', id, best_flow.flow) == 1 then
-          take(tenants[best].field)
-          take(best_flow.field)
-        end
-        found[#found + 1] = id
-        if state_of(tenants[best].field).running or state_of(best_flow.field).running then
-          limited[#limited + 1] = id
-        end
-        local lim = limit_of(tenants[best].field)
-        local weight = (lim and lim.weight) or 1
-        passes[best] = best_pass + 1 / weight
-        vt = best_pass
-      end  -- else: no live job behind it; dropped
-      local head = redis.call('ZRANGE', best_flow.key, 0, 0, 'WITHSCORES')
-      if #head == 0 then
-        best_flow.id = nil
-      else
-        best_flow.id, best_flow.score = head[1], tonumber(head[2])
-      end
-    end
-    if shared then
-      for tenant, p in pairs(passes) do
-        redis.call('HSET', pass_key, tenant, string.format('%.9f', p))
-      end
-      redis.call('HSET', pass_key, NUL .. 'vt', string.format('%.9f', vt))
-    end
-  end
+  if vt_moved then redis.call('HSET', pass_key, NUL .. 'vt', fmt_pass(vt)) end
 end
 for field in pairs(waited) do redis.call('HINCRBY', SCHED .. ':waits', field, 1) end
 
 local next_due = rate_wait
-local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-if #first > 0 then
-  local ms = math.max(0, tonumber(first[2]) - now)
-  if next_due < 0 or ms < next_due then next_due = ms end
+for _, key in ipairs({KEYS[1], SCHED .. ':ptimer'}) do  -- a delayed job, a parked rate
+  local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+  if #first > 0 then
+    local ms = math.max(0, tonumber(first[2]) - now)
+    if next_due < 0 or ms < next_due then next_due = ms end
+  end
 end
 return {table.concat(found, ','), string.format('%.0f', next_due), table.concat(limited, ',')}

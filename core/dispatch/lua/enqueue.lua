@@ -36,10 +36,9 @@ for id in string.gmatch(ARGV[2], '[^,]+') do
     local sha = redis.sha1hex(flow)
     local fkey = SCHED .. ':flow:' .. band .. ':' .. sha
     if not flowed[fkey] then
-      flowed[fkey] = {}
-      redis.call('HSET', SCHED .. ':flows:' .. band, sha, flow)
+      flowed[fkey] = {band = band, flow = flow, sha = sha, args = {}}
     end
-    local fargs = flowed[fkey]
+    local fargs = flowed[fkey].args
     fargs[#fargs + 1] = score
     fargs[#fargs + 1] = id
     wakeups = wakeups + 1
@@ -59,6 +58,9 @@ end
 send('HSET', KEYS[2], nil, meta)
 send('ZADD', KEYS[1], nil, delayed)
 for q, args in pairs(queued) do send('ZADD', q, 'NX', args) end
-for fkey, args in pairs(flowed) do send('ZADD', fkey, 'NX', args) end
+for fkey, f in pairs(flowed) do
+  send('ZADD', fkey, 'NX', f.args)
+  flow_join(f.band, f.flow, f.sha)  -- once per flow: its tenant's sets learn its head
+end
 push_wakeups(KEYS[3], wakeups, ARGV[1])
 return wakeups

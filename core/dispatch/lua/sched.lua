@@ -4,8 +4,25 @@
 -- "job_type \0 tenant \0 capability" (NUL never occurs in these texts: they are refused on
 -- input). Jobs of one flow are interchangeable for every scheduling decision, so besides its
 -- priority queue (the seed's key, kept as the index of record) each due job also waits in
--- its flow's queue, {sched}:flow:{band}:{sha1 of flow}, with the same score. The flows of a
--- band are registered in the hash {sched}:flows:{band} (sha1 -> flow).
+-- its flow's queue, {sched}:flow:{band}:{sha1 of flow}, with the same score; the hash
+-- {sched}:flows:{band} maps each flow's sha1 to the flow.
+--
+-- Every step of an acquisition costs O(log n) whatever the number of tenants, types and
+-- flows, because nothing is scanned:
+--   {sched}:tq:{band}:{sha1 of capability}  the tenants with a queued flow of that
+--       capability ('' for none) in the band, scored by their fair-share pass: the head is
+--       the tenant whose turn it is;
+--   {sched}:tf:{band}:{sha1 of tenant \0 capability}  that tenant's flows, scored by the
+--       score of their head job (priority, then age): the head is the flow to serve.
+-- A score there is never above the truth (a removal may leave it below: the acquisition
+-- corrects it when it meets it). A tenant or flow held back by a limit is not passed over
+-- again and again: it is parked, moved out of these sets into {sched}:pk:{sha1 of the limit's
+-- field} ("band \0 capability \0 tenant \0 flow sha1", '' for a tenant's whole turn), and
+-- comes back when the limit can admit again: a tenant's when one of its leases ends
+-- (release_held), its limit changes, or its rate bucket refills ({sched}:ptimer, field ->
+-- ms); a type's flows by the acquisitions themselves, as many as the type has room for
+-- ({sched}:parkedtypes lists the type fields with parked flows; there are few types).
+--
 -- Limits live in {sched}:limits ("scope \0 name" -> "max_running,rate_per_s,burst,weight",
 -- empty when unset); {sched}:running counts leased jobs per scope; {sched}:held records the
 -- flow each leased job was counted under; {sched}:buckets holds token buckets
@@ -40,11 +57,90 @@ local function flow_key(band, flow)
   return SCHED .. ':flow:' .. band .. ':' .. redis.sha1hex(flow)
 end
 
+local function tq_key(band, cap)
+  return SCHED .. ':tq:' .. band .. ':' .. redis.sha1hex(cap)
+end
+
+local function tf_key(band, tenant, cap)
+  return SCHED .. ':tf:' .. band .. ':' .. redis.sha1hex(tenant .. NUL .. cap)
+end
+
+local function pk_key(field)
+  return SCHED .. ':pk:' .. redis.sha1hex(field)
+end
+
+local function fmt_pass(p)
+  return string.format('%.9f', p)
+end
+
+-- a tenant with a queued flow of capability `cap` in the band waits for its turn there,
+-- from its own pass or the band's virtual time, whichever is later (an idle tenant comes
+-- back without credit)
+local function tenant_join(band, tenant, cap)
+  local tq = tq_key(band, cap)
+  if redis.call('ZSCORE', tq, tenant) then return end
+  local pass_key = SCHED .. ':pass:' .. band
+  local p = tonumber(redis.call('HGET', pass_key, tenant) or '0')
+  local vt = tonumber(redis.call('HGET', pass_key, NUL .. 'vt') or '0')
+  redis.call('ZADD', tq, fmt_pass(math.max(p, vt)), tenant)
+end
+
+-- the flow (sha1 `sha`) has queued jobs: its tenant's flow set gets its head's exact score
+local function flow_join(band, flow, sha)
+  local head = redis.call('ZRANGE', SCHED .. ':flow:' .. band .. ':' .. sha, 0, 0, 'WITHSCORES')
+  if #head == 0 then return end
+  redis.call('HSET', SCHED .. ':flows:' .. band, sha, flow)
+  local _, tenant, cap = split_flow(flow)
+  redis.call('ZADD', tf_key(band, tenant, cap), head[2], sha)
+  tenant_join(band, tenant, cap)
+end
+
 -- queue a due job in its flow (NX: a job already queued keeps its place)
 local function flow_add(band, flow, score, id)
   local sha = redis.sha1hex(flow)
   redis.call('ZADD', SCHED .. ':flow:' .. band .. ':' .. sha, 'NX', score, id)
-  redis.call('HSET', SCHED .. ':flows:' .. band, sha, flow)
+  flow_join(band, flow, sha)
+end
+
+-- park an entry under a limit's field until the limit can admit it again
+local function park(field, band, cap, tenant, sha, pass, is_type)
+  redis.call('ZADD', pk_key(field), fmt_pass(pass),
+             band .. NUL .. cap .. NUL .. tenant .. NUL .. sha)
+  if is_type then redis.call('SADD', SCHED .. ':parkedtypes', field) end
+end
+
+-- bring parked entries back into the sets (`n` of them, lowest pass first; nil: all)
+local function unpark(field, n)
+  local key = pk_key(field)
+  local entries
+  if n then
+    entries = redis.call('ZPOPMIN', key, n)
+  else
+    entries = redis.call('ZRANGE', key, 0, -1)
+    redis.call('DEL', key)
+  end
+  local step = n and 2 or 1
+  for i = 1, #entries, step do
+    local e = entries[i]
+    local a = string.find(e, NUL, 1, true)
+    local b = string.find(e, NUL, a + 1, true)
+    local c = string.find(e, NUL, b + 1, true)
+    local band, cap, tenant, sha = string.sub(e, 1, a - 1), string.sub(e, a + 1, b - 1),
+        string.sub(e, b + 1, c - 1), string.sub(e, c + 1)
+    if sha ~= '' then
+      local flow = redis.call('HGET', SCHED .. ':flows:' .. band, sha)
+      if flow then flow_join(band, flow, sha) end
+    elseif redis.call('ZCARD', tf_key(band, tenant, cap)) > 0 then
+      tenant_join(band, tenant, cap)
+    end
+  end
+  return #entries / step
+end
+
+-- a tenant's parked turns come back (its limit changed or a place was freed)
+local function unpark_tenant(field)
+  unpark(field, nil)
+  redis.call('ZREM', SCHED .. ':ptimer', field)
 end
 
 local function flow_remove(flow, id)
@@ -90,12 +186,17 @@ local function release_held(id)
   redis.call('HDEL', SCHED .. ':held', id)
   local jt, tenant = split_flow(flow)
   local limited = false
-  for _, field in ipairs({'job_type' .. NUL .. jt, 'tenant' .. NUL .. tenant}) do
+  for k, field in ipairs({'job_type' .. NUL .. jt, 'tenant' .. NUL .. tenant}) do
     if redis.call('HINCRBY', SCHED .. ':running', field, -1) <= 0 then
       redis.call('HDEL', SCHED .. ':running', field)
     end
     local lim = limit_of(field)
-    if lim and lim.max then limited = true end
+    if lim and lim.max then
+      limited = true
+      -- the tenant's parked turns come back now; a type's flows come back through the
+      -- acquisitions, as many as it has room for
+      if k == 2 then unpark_tenant(field) end
+    end
   end
   return limited
 end

@@ -13,6 +13,8 @@
 -- Returns {ids of the leases recorded joined by ",", held records dropped}.
 SCHED = KEYS[2]
 local n = tonumber(ARGV[1])
+local old_limits = redis.call('HGETALL', SCHED .. ':limits')
+local old_running = redis.call('HGETALL', SCHED .. ':running')
 redis.call('DEL', SCHED .. ':limits')
 for k = 0, n - 1 do
   redis.call('HSET', SCHED .. ':limits', ARGV[2 + 2 * k], ARGV[3 + 2 * k])
@@ -50,4 +52,21 @@ for k = 1, #held, 2 do
 end
 redis.call('DEL', SCHED .. ':running')
 for field, c in pairs(counts) do redis.call('HSET', SCHED .. ':running', field, c) end
+-- a tenant whose limit changed or whose count went down gets its parked turns back (the
+-- acquisitions park them again if it is still held back; a type's flows come back through
+-- the acquisitions, which read the new limit and counts)
+local changed = {}
+for k = 1, #old_limits, 2 do
+  if redis.call('HGET', SCHED .. ':limits', old_limits[k]) ~= old_limits[k + 1] then
+    changed[old_limits[k]] = true
+  end
+end
+for k = 1, #old_running, 2 do
+  if (counts[old_running[k]] or 0) < tonumber(old_running[k + 1]) then
+    changed[old_running[k]] = true
+  end
+end
+for field in pairs(changed) do
+  if string.sub(field, 1, 7) == 'tenant' .. NUL then unpark_tenant(field) end
+end
 return {table.concat(recorded, ','), dropped}
