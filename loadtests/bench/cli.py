@@ -38,6 +38,12 @@ def _bench_suite(args: argparse.Namespace, settings: Settings, progress: Any,
     if args.suite == "supervisor":
         return dict(run_async(bench_supervisor(settings, workers=args.workers,
                                                kills=args.kills, progress=progress)))
+    if args.suite == "dispatch":
+        from loadtests.bench.dispatch import bench_dispatch
+
+        return dict(run_async(bench_dispatch(
+            settings, tenants=args.tenants, jobs=args.ops, acquires=args.acquires,
+            concurrency=args.concurrency, rounds=args.rounds, progress=progress)))
     if args.suite == "proxy":
         from loadtests.bench.proxy import bench_proxy
 
@@ -78,6 +84,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         raise JobHarnessError(str(exc)) from exc
     if not 1 <= args.processes <= 16:
         raise JobHarnessError("--processes must be 1..16")
+    if not (1 <= args.acquires <= 100_000 and 1 <= args.rounds <= 10):
+        raise JobHarnessError("--acquires must be 1..100000 and --rounds 1..10")
     if args.rate is not None and not (1 <= args.rate <= 100_000 and args.suite == "core"):
         raise JobHarnessError("--rate applies to `bench core` and must be 1..100000 ops/s")
     with endpoints(settings_from_args(args)) as settings, Progress(console=console(True)) as bar:
@@ -106,7 +114,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("bench", parents=[common], help="benchmarks")
     p.add_argument("suite", choices=["core", "limits", "batch", "e2e", "supervisor", "api",
-                                     "proxy"])
+                                     "proxy", "dispatch"])
     p.add_argument("--ops", type=int, default=5000,
                    help="core: operations per phase; api: requests; batch, e2e: jobs (5000)")
     p.add_argument("--batch-size", type=int, default=1000,
@@ -130,5 +138,23 @@ def add_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--limits", action="store_true",
                    help="core, batch, e2e, api: measure `limits` in the same run and give "
                    "the ratio")
+    p.add_argument("--tenants", type=_tenant_counts, default=[1, 100, 10_000, 100_000],
+                   help="dispatch: tenant counts, comma-separated, the first the baseline "
+                   "(1,100,10000,100000); the jobs are at least the largest count")
+    p.add_argument("--acquires", type=int, default=1000,
+                   help="dispatch: single acquisitions timed per row (1000)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="dispatch: interleaved rounds, medians reported (1)")
     p.set_defaults(func=cmd_bench)
+
+
+def _tenant_counts(text: str) -> list[int]:
+    try:
+        counts = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--tenants: {text!r} is not a list of whole "
+                                         "numbers") from None
+    if not counts or not all(1 <= c <= 1_000_000 for c in counts):
+        raise argparse.ArgumentTypeError("--tenants: each count must be 1..1000000")
+    return counts
 

@@ -33,12 +33,12 @@ async def scratch_runtime(settings: Settings, tag: str) -> AsyncIterator[Runtime
         yield rt
 
 
-async def _active(rt: Runtime, ids: list[str]) -> int:
+async def active_count(rt: Runtime, ids: list[str]) -> int:
     return int(await rt.pool.fetchval(
         "SELECT count(*) FROM workers WHERE id = ANY($1) AND status = 'ACTIVE'", ids))
 
 
-async def _wait(pred: Callable[[], Any], timeout_s: float, what: str) -> None:
+async def wait_until(pred: Callable[[], Any], timeout_s: float, what: str) -> None:
     deadline = time.monotonic() + timeout_s
     while not await pred():
         if time.monotonic() > deadline:
@@ -63,13 +63,13 @@ async def bench_supervisor(settings: Settings, *, workers: int, kills: int,
         ids = [s.worker_id for s in sup.slots.values()]
 
         async def registered() -> bool:
-            n = await _active(rt, ids)
+            n = await active_count(rt, ids)
             if progress:
                 progress("workers registered", n, workers)
             return n == workers
 
         try:
-            await _wait(registered, 300, "workers to register")
+            await wait_until(registered, 300, "workers to register")
             startup_s = time.perf_counter() - t0
             rss, uss = [], []
             for slot in sup.slots.values():
@@ -85,9 +85,9 @@ async def bench_supervisor(settings: Settings, *, workers: int, kills: int,
                 new_ids = [sup.worker_id(slot.index, slot.generation + 1)]
 
                 async def replaced(ids: list[str] = new_ids) -> bool:
-                    return await _active(rt, ids) == 1
+                    return await active_count(rt, ids) == 1
 
-                await _wait(replaced, 60, "a replacement")
+                await wait_until(replaced, 60, "a replacement")
                 replace_s.append(time.perf_counter() - t1)
                 if progress:
                     progress("kill -> replacement", k + 1, kills)
@@ -166,7 +166,7 @@ async def _start_api(settings: Settings, pool_size: int) -> tuple[asyncio.subpro
         finally:
             conn.close()
 
-    await _wait(ready, 60, "the API to start")
+    await wait_until(ready, 60, "the API to start")
     return api, port
 
 
@@ -249,14 +249,14 @@ async def bench_e2e(settings: Settings, *, jobs: int, workers: int, concurrency:
         runner = asyncio.create_task(sup.run(stop))
         ids = [s.worker_id for s in sup.slots.values()]
         try:
-            await _wait(lambda: _all_active(rt, ids), 300, "workers to register")
+            await wait_until(lambda: all_active(rt, ids), 300, "workers to register")
             t0 = time.perf_counter()
             for start in range(0, jobs, batch):
                 await rt.service.create_batch(
                     [JobSpec(job_type="noop") for _ in range(min(batch, jobs - start))])
             created_s = time.perf_counter() - t0
             deadline = time.monotonic() + 600
-            while (done := await _completed(rt)) < jobs:
+            while (done := await completed_count(rt)) < jobs:
                 if progress:
                     progress("jobs completed", done, jobs)
                 if time.monotonic() > deadline:
@@ -279,11 +279,11 @@ async def bench_e2e(settings: Settings, *, jobs: int, workers: int, concurrency:
             "end_to_end_ms": {"p50": p50, "p99": p99, "p99.9": p999}}
 
 
-async def _all_active(rt: Runtime, ids: list[str]) -> bool:
-    return await _active(rt, ids) == len(ids)
+async def all_active(rt: Runtime, ids: list[str]) -> bool:
+    return await active_count(rt, ids) == len(ids)
 
 
-async def _completed(rt: Runtime) -> int:
+async def completed_count(rt: Runtime) -> int:
     return int(await rt.pool.fetchval("SELECT count(*) FROM jobs WHERE status = 'COMPLETED'"))
 
 

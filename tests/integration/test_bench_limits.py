@@ -128,3 +128,22 @@ async def test_proxy_bench_measures_both_paths(server_settings: Settings, tmp_pa
     assert result["proxied"]["p50_us"] > 0
     assert isinstance(result["added_p50_us"], float)
     assert (tmp_path / "logs" / "bench-proxy.log").exists()  # a real proxy process ran
+
+
+async def test_dispatch_rows_drain_every_job_and_compare_with_one_tenant(
+        server_settings: Settings) -> None:
+    from loadtests.bench.dispatch import bench_dispatch
+
+    seen: list[tuple[str, int, int]] = []
+    result = await bench_dispatch(server_settings, tenants=[1, 300], jobs=200, acquires=30,
+                                  concurrency=5, rounds=1,
+                                  progress=lambda n, d, t: seen.append((n, d, t)))
+    assert result["jobs"] == 300  # raised to the largest tenant count: each has a job
+    one, many = result["rows"]
+    assert (one["tenants"], many["tenants"]) == (1, 300)
+    assert one["drain_ratio"] == 1.0
+    for row in (one, many):
+        assert row["drain_jobs_s"] > 0
+        assert row["redis_us_per_acquire"] > 0
+        assert row["acquire_p50_ms"] <= row["acquire_p99_ms"]
+    assert ("drain over 300 tenants", 300, 300) in seen  # every job ran
