@@ -67,6 +67,9 @@ class Metrics:
 FAST = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
 
 
+MAX_TENANT_SERIES = 50  # tenants' limits shown one by one in /metrics; the rest summed
+
+
 class StoreCollector(Collector):
     """Figures read from the stores at scrape time (shared by every API replica: aggregate
     them with max(), not sum())."""
@@ -118,8 +121,28 @@ class StoreCollector(Collector):
                                     value=float(self.redis_memory))
 
 
+    def _limit_rows(self) -> list[dict[str, Any]]:
+        """The limits shown one by one: every type's, and the tenants' busiest (running, then
+        waits) up to MAX_TENANT_SERIES; the other tenants' limits are summed into one row
+        named "(other tenants)", so a scrape stays small whatever the number of tenants."""
+        types = [r for r in self.limits if r["scope"] != "tenant"]
+        tenants = sorted((r for r in self.limits if r["scope"] == "tenant"),
+                         key=lambda r: (-(r.get("running") or 0), -(r.get("waits") or 0),
+                                        r["name"]))
+        shown, rest = tenants[:MAX_TENANT_SERIES], tenants[MAX_TENANT_SERIES:]
+        if not rest:
+            return types + shown
+        other: dict[str, Any] = {"scope": "tenant", "name": "(other tenants)",
+                                 "enforced": all(r["enforced"] for r in rest)}
+        for key in ("running", "waits", "tokens", "max_running", "rate_per_s", "burst"):
+            values = [r[key] for r in rest if r.get(key) is not None]
+            other[key] = sum(values) if values else None
+        return types + shown + [other]
+
     def _limits(self) -> Iterator[Metric]:
-        """Every type's and tenant's limits and what they govern now."""
+        """Every type's and tenant's limits and what they govern now (tenants bounded:
+        _limit_rows)."""
+        rows = self._limit_rows()
         figures = {
             "max_running": ("jobharness_limit_max_running", "Jobs allowed to run at once"),
             "rate_per_s": ("jobharness_limit_rate_per_second", "Jobs allowed to start per "
@@ -132,7 +155,7 @@ class StoreCollector(Collector):
         }
         for key, (name, doc) in figures.items():
             family = GaugeMetricFamily(name, doc, labels=["scope", "name"])
-            for row in self.limits:
+            for row in rows:
                 if row.get(key) is not None:
                     family.add_metric([row["scope"], row["name"]], float(row[key]))
             yield family
@@ -140,7 +163,7 @@ class StoreCollector(Collector):
                                     "jobs this limit held back", labels=["scope", "name"])
         enforced = GaugeMetricFamily("jobharness_limit_enforced", "1 when Redis enforces the "
                                      "limit as stored", labels=["scope", "name"])
-        for row in self.limits:
+        for row in rows:
             if row.get("waits") is not None:
                 waits.add_metric([row["scope"], row["name"]], float(row["waits"]))
             enforced.add_metric([row["scope"], row["name"]], 1.0 if row["enforced"] else 0.0)

@@ -45,3 +45,24 @@ def test_bad_limits_name_the_field(limit: Limit, field: str) -> None:
     with pytest.raises(InvalidInput) as err:
         validate_limit(limit, TYPES)
     assert err.value.field == field
+
+
+def test_metrics_show_every_type_and_the_busiest_tenants_and_sum_the_rest() -> None:
+    from core.api.metrics import MAX_TENANT_SERIES, StoreCollector
+
+    store = StoreCollector()
+    store.limits = [{"scope": "job_type", "name": "sleep", "max_running": 3, "running": 1,
+                     "waits": 0, "enforced": True}]
+    store.limits += [{"scope": "tenant", "name": f"t{i}", "max_running": 2, "running": i % 3,
+                      "waits": i, "enforced": True} for i in range(100_000)]
+    rows = store._limit_rows()
+    assert len(rows) == 1 + MAX_TENANT_SERIES + 1
+    assert rows[0]["name"] == "sleep"
+    shown = rows[1:-1]
+    assert all(r["running"] == 2 for r in shown)  # the busiest first
+    other = rows[-1]
+    assert other["name"] == "(other tenants)"
+    total = sum(i % 3 for i in range(100_000))
+    assert other["running"] + sum(r["running"] for r in shown) == total
+    families = {m.name: len(m.samples) for m in store._limits()}
+    assert max(families.values()) <= MAX_TENANT_SERIES + 2

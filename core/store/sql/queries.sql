@@ -425,6 +425,9 @@ WITH c AS (
               AND ((l.scope = 'job_type' AND j.job_type = l.name)
                    OR (l.scope = 'tenant' AND j.tenant = l.name))) AS n
     FROM job_limits l WHERE l.max_running IS NOT NULL
+      -- only the limits of these jobs' types and tenants (looked up by key), not every one
+      AND ((l.scope = 'job_type' AND l.name IN (SELECT job_type FROM c))
+           OR (l.scope = 'tenant' AND l.name IN (SELECT tenant FROM c)))
 ), ranked AS (
     SELECT c.*,
            row_number() OVER (PARTITION BY c.job_type ORDER BY c.ord) AS type_rank,
