@@ -1,0 +1,172 @@
+"""jobharness beside two peers, same machine, same run, same workload (docs/performance.md):
+
+    .venv/bin/python benchmarks/peers/compare.py --rounds 3 --jobs 10000
+
+Each system, in turn within a round (interleaved, so a drift of the machine spreads over all):
+a client loop of N single creates, each awaited and durable where the system is (latency per
+call), then one worker process with 100 concurrent slots drains those N no-op jobs (~200-byte
+JSON payload), timed from the first job's start to the last one's end. jobharness also drains
+with 10 processes x 10. Medians over the rounds, and ratios to pgqueuer's.
+
+The peers (pgqueuer, dramatiq; pinned in requirements.txt) go into an environment of their
+own, made here on first use (.jobharness/peers-venv): the project never depends on them. All
+of them use this machine's embedded servers (started if needed)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import venv
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT))
+
+from core.jobs.model import JobSpec  # noqa: E402
+from core.service.runtime import endpoints, open_runtime  # noqa: E402
+from core.settings import Settings, load_settings  # noqa: E402
+from loadtests.scratch import scratch_schema  # noqa: E402
+
+PAYLOAD = {"blob": "x" * 180}  # ~200 bytes as JSON
+
+
+def peers_python(data_dir: Path) -> Path:
+    """The peers' environment, made (and filled from requirements.txt) when missing."""
+    home = data_dir / "peers-venv"
+    python = home / "bin" / "python"
+    stamp = home / ".installed"
+    wanted = (HERE / "requirements.txt").read_text()
+    if not stamp.exists() or stamp.read_text() != wanted:
+        venv.create(home, with_pip=True, clear=True)
+        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r",
+                        str(HERE / "requirements.txt")], check=True)
+        stamp.write_text(wanted)
+    return python
+
+
+async def ours(settings: Settings, jobs: int, processes: int, slots: int) -> dict[str, Any]:
+    from core.supervisor.supervisor import Supervisor, SupervisorOptions
+
+    tag = f"peers_{os.getpid()}"
+    settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0, memory=False)
+    async with scratch_schema(settings, tag) as scratch, open_runtime(
+            scratch, pool_size=4, redis_connections=4, migrate_first=False) as rt:
+        took = []
+        t0 = time.perf_counter()
+        for _ in range(jobs):
+            s = time.perf_counter()
+            await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
+            took.append(time.perf_counter() - s)
+        enqueue_s = time.perf_counter() - t0
+        sup = Supervisor(rt.service, rt.settings, SupervisorOptions(
+            workers=processes, concurrency=slots, name="peers", check_interval_s=0.5,
+            reconcile_interval_s=None))
+        stop = asyncio.Event()
+        await sup.start()
+        runner = asyncio.create_task(sup.run(stop))
+        try:
+            deadline = time.monotonic() + 600
+            while await rt.pool.fetchval(
+                    "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") < jobs:
+                if time.monotonic() > deadline:
+                    raise SystemExit("jobharness did not drain in 600 s")
+                await asyncio.sleep(0.1)  # sampling the drain, not synchronising with it
+            span = await rt.pool.fetchval(
+                "SELECT extract(epoch FROM max(finished_at) - min(started_at)) "
+                "FROM job_executions")
+        finally:
+            stop.set()
+            await runner
+    took.sort()
+    return {"system": f"jobharness {processes}x{slots}", "jobs": jobs,
+            "drain_jobs_s": jobs / float(span), "enqueue_per_s": jobs / enqueue_s,
+            "enqueue_p99_ms": took[int(0.99 * (len(took) - 1))] * 1000}
+
+
+async def pgqueuer(python: Path, settings: Settings, jobs: int) -> dict[str, Any]:
+    import asyncpg
+
+    assert settings.pg_dsn
+    base = settings.pg_dsn.rsplit("/", 1)[0]
+    name = f"peer_pgqueuer_{os.getpid()}"
+    admin = await asyncpg.connect(settings.pg_dsn)
+    try:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        await admin.execute(f"CREATE DATABASE {name}")
+        return _peer(python, "peer_pgqueuer.py", {"PEER_DSN": f"{base}/{name}"}, jobs)
+    finally:
+        await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+        await admin.close()
+
+
+def _peer(python: Path, script: str, env: dict[str, str], jobs: int) -> dict[str, Any]:
+    out = subprocess.run([str(python), str(HERE / script)], check=True, capture_output=True,
+                         text=True, timeout=1200,
+                         env={**os.environ, **env, "PEER_JOBS": str(jobs), "PEER_SLOTS": "100"})
+    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def table(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Medians per system, each with its ratios to pgqueuer's."""
+    med = {name: {k: statistics.median(r[k] for r in runs)
+                  for k in ("drain_jobs_s", "enqueue_per_s", "enqueue_p99_ms")}
+           for name, runs in rows.items()}
+    ref = med.get("pgqueuer")
+    out = []
+    for name, m in med.items():
+        row: dict[str, Any] = {"system": name, "rounds": len(rows[name]),
+                               **{k: round(v, 2) for k, v in m.items()}}
+        if ref:
+            row["drain_vs_pgqueuer"] = round(m["drain_jobs_s"] / ref["drain_jobs_s"], 3)
+            row["enqueue_vs_pgqueuer"] = round(m["enqueue_per_s"] / ref["enqueue_per_s"], 3)
+        out.append(row)
+    return out
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--jobs", type=int, default=10_000)
+    parser.add_argument("--only", default="ours1,ours10,pgqueuer,dramatiq",
+                        help="systems to run, comma-separated")
+    parser.add_argument("--out", type=Path, help="write the medians and every round as JSON")
+    args = parser.parse_args()
+    if not (1 <= args.rounds <= 10 and 100 <= args.jobs <= 100_000):
+        parser.error("--rounds must be 1..10 and --jobs 100..100000")
+    only = set(args.only.split(","))
+    with endpoints(load_settings(), keep_running=True) as settings:
+        python = peers_python(settings.data_dir) if only & {"pgqueuer", "dramatiq"} else None
+        rows: dict[str, list[dict[str, Any]]] = {}
+        for r in range(args.rounds):
+            runs = []
+            if "ours1" in only:
+                runs.append(await ours(settings, args.jobs, 1, 100))
+            if "ours10" in only:
+                runs.append(await ours(settings, args.jobs, 10, 10))
+            if "pgqueuer" in only and python:
+                runs.append(await pgqueuer(python, settings, args.jobs))
+            if "dramatiq" in only and python and settings.redis_url:
+                runs.append(_peer(python, "peer_dramatiq.py",
+                                  {"PEER_REDIS_URL": settings.redis_url}, args.jobs))
+            for run in runs:
+                rows.setdefault(run["system"], []).append(run)
+                print(f"round {r + 1}: {run['system']:<18} drain {run['drain_jobs_s']:8.0f}/s"
+                      f"  enqueue {run['enqueue_per_s']:7.0f}/s"
+                      f"  p99 {run['enqueue_p99_ms']:6.2f} ms", flush=True)
+    result = table(rows)
+    print(json.dumps(result, indent=2))
+    if args.out:
+        args.out.write_text(json.dumps({"medians": result, "rounds": rows}, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
