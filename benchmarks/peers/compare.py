@@ -46,9 +46,12 @@ def peers_python(data_dir: Path) -> Path:
     stamp = home / ".installed"
     wanted = (HERE / "requirements.txt").read_text()
     if not stamp.exists() or stamp.read_text() != wanted:
+        print(f"making the peers' environment in {home} ...", flush=True)
         venv.create(home, with_pip=True, clear=True)
-        subprocess.run([str(python), "-m", "pip", "install", "-q", "-r",
-                        str(HERE / "requirements.txt")], check=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "-q", "-r",
+                               str(HERE / "requirements.txt")], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"installing the peers failed:\n{done.stderr[-2000:]}")
         stamp.write_text(wanted)
     return python
 
