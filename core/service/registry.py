@@ -67,7 +67,8 @@ class WorkerRegistry(ServiceBase):
         return str(status) if status is not None else None
 
     async def heartbeat_ages(self, worker_ids: list[str]) -> dict[str, float | None]:
-        """Seconds since each worker's PostgreSQL heartbeat (None: not registered)."""
+        """Seconds since each worker's PostgreSQL heartbeat (None: not registered, or only a
+        stopped or failed row of an earlier process under that id)."""
         with store_errors():
             rows = await self.pool.fetch(q("worker_heartbeat_ages"), worker_ids)
         ages: dict[str, float | None] = {w: None for w in worker_ids}

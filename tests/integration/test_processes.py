@@ -345,3 +345,25 @@ async def test_workers_run_at_the_niceness_asked(svc: JobService, spawn: str) ->
 
 async def job_done(svc: JobService, job_id: str) -> bool:
     return (await job_row(svc, job_id))["status"] == JobStatus.COMPLETED
+
+
+async def test_a_supervisor_restarted_under_its_name_keeps_its_new_workers(
+        svc: JobService) -> None:
+    """After a clean stop the workers' rows stay STOPPED with an old heartbeat; a supervisor
+    started again under the same name reuses the ids, and its new workers are not taken for
+    dead before they register (the old rows' heartbeat age is not theirs)."""
+    async with supervising(svc, workers=2, name="again") as first:
+        ids = sorted(s.worker_id for s in first.slots.values())
+
+    async def old_enough() -> bool:  # the stopped rows' heartbeats are past the TTL
+        ages = await svc.pool.fetch(
+            "SELECT extract(epoch FROM clock_timestamp() - last_heartbeat_at) AS age "
+            "FROM workers WHERE id = ANY($1)", ids)
+        return len(ages) == 2 and all(r["age"] > 2 * svc.settings.heartbeat_ttl_s
+                                      for r in ages)
+
+    await wait_until(old_enough, what="the stopped workers' heartbeats to age")
+    async with supervising(svc, workers=2, name="again") as second:
+        assert sorted(s.worker_id for s in second.slots.values()) == ids  # the same ids
+        assert second.stats["heartbeat_timeouts"] == 0, (second.stats, second.events)
+        assert second.stats["replacements"] == 0

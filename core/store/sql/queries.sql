@@ -264,8 +264,11 @@ INSERT INTO worker_health_samples (worker_id, rss_bytes, cpu_percent, loop_lag_m
 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb);
 
 -- name: worker_heartbeat_ages
+-- Only rows of a live registration: a STOPPED or FAILED row is a previous process's under the
+-- same id (a supervisor restarted under its name), whose old heartbeat says nothing about the
+-- process starting now (it counts as not registered yet, within the start-up grace).
 SELECT id, status, extract(epoch FROM clock_timestamp() - last_heartbeat_at) AS age_s
-FROM workers WHERE id = ANY($1::text[]);
+FROM workers WHERE id = ANY($1::text[]) AND status IN ('ACTIVE', 'DRAINING', 'STALE');
 
 -- name: list_workers
 SELECT w.id, w.hostname, w.pid, w.capabilities, w.concurrency, w.status, w.registered_at,
