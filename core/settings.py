@@ -77,6 +77,7 @@ class Settings:
     lease_s: float = 30.0
     heartbeat_interval_s: float = 30.0
     heartbeat_ttl_s: float = 60.0
+    health_sample_s: float = 1.0  # workers' health samples (the predictor's), any heartbeat
     backoff: BackoffPolicy = field(default_factory=BackoffPolicy)
     max_payload_bytes: int = 256 * 1024
     job_types: frozenset[str] = BUILTIN_JOB_TYPES
@@ -110,7 +111,7 @@ class Settings:
         if not re.match(r"^[A-Za-z0-9_.\-]{1,64}$", self.prefix):
             raise ConfigError(f"invalid Redis key prefix {self.prefix!r}")
         for name in ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "redis_timeout_s",
-                     "redis_retry_after_s", "dlq_retention_days"):
+                     "redis_retry_after_s", "dlq_retention_days", "health_sample_s"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0")
         if self.heartbeat_ttl_s <= self.heartbeat_interval_s:
@@ -138,8 +139,9 @@ class Settings:
 AREAS: dict[str, tuple[str, ...]] = {
     "stores": ("pg_dsn", "redis_url", "schema", "prefix", "data_dir", "pg_max_connections"),
     "dispatch": ("redis_timeout_s", "redis_retry_after_s", "pg_fallback", "reconcile"),
-    "workers": ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "backoff",
-                "max_payload_bytes", "job_types", "synthetic_handlers", "dlq_retention_days"),
+    "workers": ("lease_s", "heartbeat_interval_s", "heartbeat_ttl_s", "health_sample_s",
+                "backoff", "max_payload_bytes", "job_types", "synthetic_handlers",
+                "dlq_retention_days"),
     "api": ("api_url", "toxiproxy_url", "control_url", "api_token"),
     "memory": ("memory", "qdrant_url", "qdrant_api_key", "memory_owner_url", "memory_ttls"),
 }
@@ -226,6 +228,7 @@ FIELDS: dict[str, tuple[str, Callable[[Any], Any]]] = {
     "lease_s": ("JOBHARNESS_LEASE_S", float),
     "heartbeat_interval_s": ("JOBHARNESS_HEARTBEAT_INTERVAL_S", float),
     "heartbeat_ttl_s": ("JOBHARNESS_HEARTBEAT_TTL_S", float),
+    "health_sample_s": ("JOBHARNESS_HEALTH_SAMPLE_S", float),
     "max_payload_bytes": ("JOBHARNESS_MAX_PAYLOAD_BYTES", _int),
     "job_types": ("JOBHARNESS_JOB_TYPES", _job_types),
     "synthetic_handlers": ("JOBHARNESS_SYNTHETIC_HANDLERS", _bool),

@@ -69,7 +69,7 @@ class LivePredictor:
 
     @classmethod
     def from_path(cls, path: str, *, threshold: float | None, k: int | None, holdout: float,
-                  log_path: Path | None, heartbeat_interval_s: float | None = None
+                  log_path: Path | None, sample_interval_s: float | None = None
                   ) -> LivePredictor:
         """Load the model (`default`: the one shipped in predictor/); ModelError if unusable,
         including a model trained on samples taken at a very different interval (its window
@@ -83,12 +83,12 @@ class LivePredictor:
         threadpool_limits(1)
         model = load(DEFAULT_MODEL if path == "default" else path)
         trained = model.meta.get("sampling_interval_s")
-        if trained and heartbeat_interval_s and not \
-                0.5 <= heartbeat_interval_s / float(trained) <= 2.0:
+        if trained and sample_interval_s and not \
+                0.5 <= sample_interval_s / float(trained) <= 2.0:
             raise ModelError(
                 f"model {model.path} was trained on health samples every {trained:g} s; this "
-                f"fleet heartbeats every {heartbeat_interval_s:g} s: retrain it on samples "
-                "of this fleet (docs/predictor.md)")
+                f"fleet samples every {sample_interval_s:g} s (JOBHARNESS_HEALTH_SAMPLE_S): "
+                "retrain it on samples of this fleet (docs/predictor.md)")
         policy = Policy(threshold=threshold or model.threshold, k=k or model.k, holdout=holdout)
         return cls(model, policy, log_path)
 

@@ -61,7 +61,7 @@ def load_predictor(args: argparse.Namespace, settings: Settings) -> Any:
         return serve.LivePredictor.from_path(
             args.model, threshold=args.threshold, k=args.k, holdout=args.holdout,
             log_path=Path(args.verdict_log) if args.verdict_log else None,
-            heartbeat_interval_s=settings.heartbeat_interval_s)
+            sample_interval_s=settings.health_sample_s)
     except (serve.ModelError, ValueError) as exc:
         logging.getLogger("jobharness.supervisor").error(
             "predictor refused, running reactive-only: %s", exc)

@@ -40,7 +40,8 @@ class WorkerRegistry(ServiceBase):
 
     async def heartbeat(self, worker_id: str, value: str = "alive",
                         sample: dict[str, Any] | None = None) -> str | None:
-        """Refresh liveness in both stores (and record a health sample); returns the worker's
+        """Refresh liveness in both stores (the latest health sample goes to the state
+        memory; samples themselves are recorded by `record_health`); returns the worker's
         PostgreSQL status, None if unknown. Each store may fail independently (invariant 5)."""
         redis_ok = True
         try:
@@ -50,14 +51,6 @@ class WorkerRegistry(ServiceBase):
         try:
             with store_errors():
                 status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
-                if sample is not None:
-                    await self.pool.execute(
-                        q("insert_health_sample"), worker_id, sample["rss_bytes"],
-                        sample["cpu_percent"], sample["loop_lag_ms"], sample["in_flight"],
-                        sample["completed"], sample["failed"], sample["duration_p50_ms"],
-                        sample["duration_p99_ms"], sample["error_rate"],
-                        {"timed_out": sample.get("timed_out", 0)},
-                    )
         except StoreUnavailable:
             if not redis_ok:
                 raise
@@ -65,6 +58,20 @@ class WorkerRegistry(ServiceBase):
         if self.memory is not None:
             self.memory.worker_state(worker_id, {"status": status, **(sample or {})})
         return str(status) if status is not None else None
+
+    async def record_health(self, worker_id: str,
+                            samples: list[tuple[float, dict[str, Any]]]) -> None:
+        """Store health samples, each with its age in seconds (taken that long ago), in one
+        round trip: they are taken every `health_sample_s` whatever the heartbeat interval,
+        and sent a few at a time."""
+        if not samples:
+            return
+        with store_errors():
+            await self.pool.executemany(q("insert_health_sample"), [
+                (worker_id, s["rss_bytes"], s["cpu_percent"], s["loop_lag_ms"], s["in_flight"],
+                 s["completed"], s["failed"], s["duration_p50_ms"], s["duration_p99_ms"],
+                 s["error_rate"], {"timed_out": s.get("timed_out", 0)}, max(0.0, age))
+                for age, s in samples])
 
     async def heartbeat_ages(self, worker_ids: list[str]) -> dict[str, float | None]:
         """Seconds since each worker's PostgreSQL heartbeat (None: not registered, or only a

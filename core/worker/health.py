@@ -49,6 +49,7 @@ class HealthMonitor:
         self.in_flight = 0
         self._lag_ms = 0.0
         self._lag_interval_s = lag_interval_s
+        self.latest: HealthSample | None = None  # the last sample taken (heartbeats show it)
 
     def job_finished(self, duration_s: float, ok: bool, *, timed_out: bool = False) -> None:
         self._durations.append(duration_s * 1000)
@@ -72,9 +73,10 @@ class HealthMonitor:
                 self._lag_ms, worst, last_reset = worst, 0.0, time.monotonic()
 
     def sample(self) -> HealthSample:
+        """A new sample (CPU since the previous one); kept as `latest`."""
         durations = list(self._durations)
         outcomes = list(self._outcomes)
-        return HealthSample(
+        self.latest = HealthSample(
             rss_bytes=self._proc.memory_info().rss,
             cpu_percent=self._proc.cpu_percent(None),
             loop_lag_ms=round(self._lag_ms, 3),
@@ -86,3 +88,4 @@ class HealthMonitor:
             duration_p99_ms=percentile(durations, 99),
             error_rate=(outcomes.count(False) / len(outcomes)) if outcomes else 0.0,
         )
+        return self.latest

@@ -14,8 +14,11 @@ import json
 import logging
 import os
 import socket
+import time
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from core.errors import StoreUnavailable
 from core.infra.serving import run_async, stop_on_signals
@@ -41,10 +44,39 @@ class WorkerOptions:
     nice: int = 0  # added to the process's niceness: > 0 yields the CPU to the API and stores
 
 
+FLUSH_S = 2.0  # health samples reach PostgreSQL (and the predictor) at most this late
+MAX_BUFFERED = 600  # samples kept (the newest) while PostgreSQL cannot take them
+
+
+async def _health_samples(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
+    """A health sample every `health_sample_s` (1 s), whatever the heartbeat interval (the
+    seed's 30 s is far too coarse for the failure predictor), sent a few at a time in one
+    round trip."""
+    every = service.settings.health_sample_s
+    buffered: deque[tuple[float, dict[str, Any]]] = deque(maxlen=MAX_BUFFERED)
+    sent = time.monotonic()
+    while True:
+        buffered.append((time.monotonic(), worker.health.sample().as_dict()))
+        now = time.monotonic()
+        if now - sent >= FLUSH_S or stop.is_set():
+            try:
+                await service.record_health(worker.worker_id,
+                                            [(now - t, s) for t, s in buffered])
+                buffered.clear()
+            except StoreUnavailable:
+                pass  # kept (the newest MAX_BUFFERED) for the next try
+            sent = now
+        if stop.is_set():
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=every)
+
+
 async def _heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
     interval = service.settings.heartbeat_interval_s
     while not stop.is_set():
-        sample = worker.health.sample().as_dict()
+        latest = worker.health.latest or worker.health.sample()
+        sample = latest.as_dict()
         try:
             status = await service.heartbeat(worker.worker_id, json.dumps(sample), sample)
         except StoreUnavailable:
@@ -82,11 +114,12 @@ async def _serve(service: JobService, handlers: dict[str, Handler],
         metadata={"supervisor": opts.supervisor} if opts.supervisor else {},
     )
     log.info("worker %s started (pid %d)", opts.worker_id, os.getpid())
+    samples = asyncio.create_task(_health_samples(service, worker, stop))
     beats = asyncio.create_task(_heartbeats(service, worker, stop))
     lag = asyncio.create_task(worker.health.watch_loop_lag(stop))
     await worker.run(stop)
     stop.set()
-    await asyncio.gather(beats, lag, return_exceptions=True)
+    await asyncio.gather(samples, beats, lag, return_exceptions=True)
     with contextlib.suppress(StoreUnavailable):
         await service.deregister_worker(opts.worker_id)
     log.info("worker %s stopped: %s", opts.worker_id, dict(worker.stats))

@@ -137,13 +137,14 @@ def test_an_unusable_model_leaves_the_supervisor_reactive(
     assert load_predictor(args, settings) is None
     assert "predictor refused, running reactive-only" in caplog.text
     assert "not a readable skops file" in caplog.text
-    # a model trained on 1 s samples, in a fleet heartbeating every 30 s: refused
+    # a model trained on 1 s samples, in a fleet sampling every 30 s: refused; the default
+    # settings (heartbeats every 30 s, samples every 1 s) suit it
     loaded = load(tiny_model)
     save(loaded.pipeline, {**loaded.meta, "sampling_interval_s": 1.0}, tiny_model)
     args.model = str(tiny_model)
-    assert load_predictor(args, Settings()) is None
-    assert "trained on health samples every 1 s; this fleet heartbeats every 30 s" \
-        in caplog.text
+    assert load_predictor(args, Settings(health_sample_s=30.0)) is None
+    assert "trained on health samples every 1 s; this fleet samples every 30 s" in caplog.text
+    assert load_predictor(args, Settings()) is not None
     assert load_predictor(args, settings) is not None
     args.model = "off"
     assert load_predictor(args, settings) is None
@@ -174,3 +175,34 @@ async def test_gradual_faults_end_in_the_failure_they_model(
             assert samples[-1]["rss_bytes"] > samples[0]["rss_bytes"] + 50 * 2**20
         else:
             assert max(s["loop_lag_ms"] for s in samples) > 200
+
+
+async def test_the_shipped_model_scores_a_fleet_on_the_default_heartbeat(
+        svc: JobService, tmp_path: Path) -> None:  # noqa: F811
+    """With the seed's 30 s heartbeat the workers still sample their health every second, so
+    the shipped model loads and scores every worker from fresh samples."""
+    from dataclasses import replace
+
+    settings = replace(svc.settings, heartbeat_interval_s=30.0, heartbeat_ttl_s=60.0)
+    assert settings.health_sample_s == Settings().health_sample_s == 1.0
+    slow = JobService(svc.pool, svc.dispatch, settings)
+    args = argparse.Namespace(model="default", threshold=None, k=None, holdout=0.0,
+                              verdict_log=str(tmp_path / "verdicts.csv"))
+    live = load_predictor(args, settings)
+    assert live is not None  # not refused: reactive-only would be None
+    async with supervising(slow, live, workers=2) as sup:
+        ids = [s.worker_id for s in sup.slots.values()]
+
+        async def sampled() -> bool:
+            now = await live.refresh(svc.pool, ids)
+            return all(len(live.samples.get(w, ())) >= 5 for w in ids) and bool(now)
+
+        await wait_until(sampled, timeout_s=30, what="five health samples per worker")
+        beats = await svc.pool.fetchval(
+            "SELECT max(extract(epoch FROM last_heartbeat_at - registered_at)) FROM workers "
+            "WHERE id = ANY($1)", ids)
+        assert beats < 30  # no second heartbeat yet: the samples did not come with them
+        now = await live.refresh(svc.pool, ids)
+        verdicts = live.score(now)
+        assert sorted(v.worker_id for v in verdicts) == sorted(ids)
+        assert sup.stats["predictor_errors"] == 0

@@ -259,9 +259,12 @@ UPDATE workers SET status = $2, stopped_at = clock_timestamp(), failure_reason =
 WHERE id = $1 AND (status <> 'FAILED' OR $2 = 'FAILED');
 
 -- name: insert_health_sample
+-- One of a worker's health samples, sent in batches: dated on this server's clock, `$12`
+-- seconds before now (when the worker took it), so every sample shares one clock.
 INSERT INTO worker_health_samples (worker_id, rss_bytes, cpu_percent, loop_lag_ms, in_flight,
-    completed, failed, duration_p50_ms, duration_p99_ms, error_rate, extra)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb);
+    completed, failed, duration_p50_ms, duration_p99_ms, error_rate, extra, sampled_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11::jsonb,
+        clock_timestamp() - make_interval(secs => $12::float8));
 
 -- name: worker_heartbeat_ages
 -- Only rows of a live registration: a STOPPED or FAILED row is a previous process's under the
