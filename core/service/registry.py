@@ -63,7 +63,7 @@ class WorkerRegistry(ServiceBase):
                             samples: list[tuple[float, dict[str, Any]]]) -> None:
         """Store health samples, each with its age in seconds (taken that long ago), in one
         round trip: they are taken every `health_sample_s` whatever the heartbeat interval,
-        and sent a few at a time."""
+        and sent as taken (several after PostgreSQL was unreachable)."""
         if not samples:
             return
         with store_errors():

@@ -44,28 +44,24 @@ class WorkerOptions:
     nice: int = 0  # added to the process's niceness: > 0 yields the CPU to the API and stores
 
 
-FLUSH_S = 2.0  # health samples reach PostgreSQL (and the predictor) at most this late
 MAX_BUFFERED = 600  # samples kept (the newest) while PostgreSQL cannot take them
 
 
 async def _health_samples(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
     """A health sample every `health_sample_s` (1 s), whatever the heartbeat interval (the
-    seed's 30 s is far too coarse for the failure predictor), sent a few at a time in one
-    round trip."""
+    seed's 30 s is far too coarse for the failure predictor), sent as it is taken: the
+    predictor's features read a late sample as a stalled worker. Samples PostgreSQL could not
+    take go with the next one, each dated by its age."""
     every = service.settings.health_sample_s
     buffered: deque[tuple[float, dict[str, Any]]] = deque(maxlen=MAX_BUFFERED)
-    sent = time.monotonic()
     while True:
         buffered.append((time.monotonic(), worker.health.sample().as_dict()))
         now = time.monotonic()
-        if now - sent >= FLUSH_S or stop.is_set():
-            try:
-                await service.record_health(worker.worker_id,
-                                            [(now - t, s) for t, s in buffered])
-                buffered.clear()
-            except StoreUnavailable:
-                pass  # kept (the newest MAX_BUFFERED) for the next try
-            sent = now
+        try:
+            await service.record_health(worker.worker_id, [(now - t, s) for t, s in buffered])
+            buffered.clear()
+        except StoreUnavailable:
+            pass  # kept (the newest MAX_BUFFERED) for the next try
         if stop.is_set():
             return
         with contextlib.suppress(TimeoutError):
