@@ -110,10 +110,18 @@ def _need_control(ep: Endpoints) -> str:
     return ep.control_url
 
 
-async def _running_workers(ep: Endpoints, *, unfaulted: bool = False) -> list[str]:
-    workers = await _call(ep, "GET", f"{_need_control(ep)}/workers") or []
+def running_ids(workers: list[dict[str, Any]], *, unfaulted: bool) -> list[str]:
+    """The running workers of a control surface's list, without those carrying a gradual
+    fault when `unfaulted` (a kill or pause must not land on a worker already degrading: its
+    failure would count as abrupt, and the predictor's labels would lie)."""
     return sorted(w["worker_id"] for w in workers if w["state"] == "running"
                   and not (unfaulted and w.get("fault")))
+
+
+async def _running_workers(ep: Endpoints) -> list[str]:
+    """Workers a kill, pause or new fault may land on: running, not already degrading."""
+    workers = await _call(ep, "GET", f"{_need_control(ep)}/workers") or []
+    return running_ids(workers, unfaulted=True)
 
 
 def _choose(ids: list[str], count: int | None, fraction: float | None,
@@ -148,7 +156,7 @@ async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | Non
                           ) -> dict[str, Any]:
     """Start a gradual fault (core.worker.faults) in chosen workers. `mode` "mixed" draws leak, slow
     or stall per worker; a [low, high] `ramp_s` draws each ramp from that range."""
-    chosen = _choose(await _running_workers(ep, unfaulted=True), count, fraction, rng)
+    chosen = _choose(await _running_workers(ep), count, fraction, rng)
     if mode != "mixed" and mode not in MODES:
         raise ActionError(f"degrade mode must be mixed or one of {', '.join(MODES)}")
     faults = []

@@ -88,3 +88,14 @@ def test_fault_specs_name_what_is_wrong() -> None:
                        ({"mode": "leak", "speed": 2}, "unknown fault fields: speed")):
         with pytest.raises(ValueError, match=words):
             FaultSpec.from_dict(bad)
+
+
+def test_kills_and_pauses_never_pick_a_degrading_worker() -> None:
+    from chaos.actions import running_ids
+
+    workers = [{"worker_id": "w1", "state": "running", "fault": {"mode": "leak"}},
+               {"worker_id": "w2", "state": "running", "fault": None},
+               {"worker_id": "w3", "state": "paused", "fault": None},
+               {"worker_id": "w4", "state": "running"}]
+    assert running_ids(workers, unfaulted=True) == ["w2", "w4"]
+    assert running_ids(workers, unfaulted=False) == ["w1", "w2", "w4"]
