@@ -153,14 +153,22 @@ def test_no_surface_answers_without_the_token(stack: Stack, tmp_path: Path) -> N
             assert time.monotonic() < deadline
             time.sleep(0.05)  # polled: the supervisor writes its state file when it listens
         control = json.loads(state.read_text())["control_url"]
-        before = httpx.get(f"{control}/workers", headers=AUTH).json()
+
+        def fleet() -> list[tuple[str, int]]:
+            return [(w["worker_id"], w["pid"]) for w in httpx.get(
+                f"{control}/workers", headers=AUTH).json() if w["state"] == "running"]
+
+        while not (before := fleet()):  # the worker process is spawned after the listen
+            assert sup.poll() is None, log.read_text()
+            assert time.monotonic() < deadline
+            time.sleep(0.05)  # polled: another process's start
         assert httpx.post(f"{control}/kill", json={"count": True}).status_code == 401
         assert httpx.post(f"{control}/kill", json={"count": 1}).status_code == 401
-        assert httpx.get(f"{control}/workers", headers=AUTH).json() == before  # none killed
+        assert fleet() == before  # none killed: same worker, same process
         for body in ({"count": True}, {"fraction": True}, {"count": 1, "seed": [1]}):
             r = httpx.post(f"{control}/kill", json=body, headers=AUTH)  # strict types
             assert r.status_code == 400, (body, r.text)
-        assert httpx.get(f"{control}/workers", headers=AUTH).json() == before
+        assert fleet() == before
         # a body that is not an object is 4xx naming it, never a 500
         for raw in (b"[1]", b"7", b"not json"):
             r = httpx.post(f"{control}/kill", content=raw, headers=AUTH)
