@@ -340,7 +340,12 @@ class EmbeddedServices:
 
     # -- down -------------------------------------------------------------------------------
     def down(self, only: set[str] | None = None) -> dict[str, bool]:
-        """Stop the running servers (or those in `only`); return {name: stopped_now}."""
+        """Stop the running servers (or those in `only`: "postgres", "valkey"); return
+        {name: stopped_now}."""
+        unknown = sorted((only or set()) - {"postgres", "valkey"})
+        if unknown:
+            raise ValueError(f"no embedded server named {', '.join(unknown)} "
+                             "(there are postgres and valkey)")
         result: dict[str, bool] = {}
         with self._locked():
             if only is None or "postgres" in only:

@@ -268,7 +268,7 @@ def test_the_stores_need_passwords_and_the_proxy_stays_on_loopback(tmp_path: Pat
         assert kept.file.stat().st_mode & 0o777 == 0o600
         assert len(kept.all()) >= 2  # one per server
     finally:
-        services.down({"postgres", "redis"})
+        services.down()
 
     port = free_port()
     log = tmp_path / "proxy.log"

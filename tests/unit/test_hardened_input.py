@@ -131,3 +131,10 @@ def test_a_targeted_run_refuses_synthetic_types_the_target_has_not_turned_on() -
     Run._check_target_runs(demo, Settings(**given, synthetic_handlers=True))  # type: ignore[arg-type]
     Run._check_target_runs(load_scenario("demo", {"mix": {"noop": 1.0}}),
                            Settings(**given))  # type: ignore[arg-type]
+
+
+def test_stopping_an_embedded_server_by_a_wrong_name_is_refused(tmp_path: Path) -> None:
+    from core.infra.embedded import EmbeddedServices
+
+    with pytest.raises(ValueError, match="no embedded server named redis"):
+        EmbeddedServices(tmp_path).down({"redis"})
