@@ -20,7 +20,7 @@ from core.errors import (
 )
 
 # a request body's cap: a batch of 10,000 jobs of 1.6 KB payloads, or 60 of the largest; a
-# body at the cap parses in about 0.1 s on one core, so no request holds the loop for long
+# body near the cap holds the event loop about 0.3 s (measured: /health waited 308 ms, median)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
