@@ -64,6 +64,16 @@ local function state_of(field)
   return st
 end
 
+-- ms until a rate-limited field with under one token has one again
+local function token_wait_ms(st)
+  return math.ceil((1 - st.tokens) * 1000 / st.lim.rate)
+end
+
+local function note_rate_wait(st)
+  local ms = token_wait_ms(st)
+  if rate_wait < 0 or ms < rate_wait then rate_wait = ms end
+end
+
 local function admits(field)
   local st = state_of(field)
   if not st.lim then return true end
@@ -73,8 +83,7 @@ local function admits(field)
   end
   if st.tokens and st.tokens < 1 then
     waited[field] = true
-    local ms = math.ceil((1 - st.tokens) * 1000 / st.lim.rate)
-    if rate_wait < 0 or ms < rate_wait then rate_wait = ms end
+    note_rate_wait(st)
     return false
   end
   return true
@@ -100,10 +109,7 @@ for _, field in ipairs(redis.call('SMEMBERS', SCHED .. ':parkedtypes')) do
   if st.running then room = math.min(room, st.lim.max - st.running) end
   if st.tokens then
     room = math.min(room, math.floor(st.tokens))
-    if st.tokens < 1 then
-      local ms = math.ceil((1 - st.tokens) * 1000 / st.lim.rate)
-      if rate_wait < 0 or ms < rate_wait then rate_wait = ms end
-    end
+    if st.tokens < 1 then note_rate_wait(st) end
   end
   if room > 0 and unpark(field, room) < room then
     redis.call('SREM', SCHED .. ':parkedtypes', field)
@@ -117,8 +123,8 @@ local function park_tenant(tq, band, cap, tenant, field, pass)
   redis.call('ZREM', tq, tenant)
   local st = state_of(field)
   if not (st.running and st.running >= st.lim.max) and st.tokens and st.tokens < 1 then
-    local ms = math.ceil((1 - st.tokens) * 1000 / st.lim.rate)
-    redis.call('ZADD', SCHED .. ':ptimer', string.format('%.0f', now + ms), field)
+    redis.call('ZADD', SCHED .. ':ptimer', string.format('%.0f', now + token_wait_ms(st)),
+               field)
   end
 end
 
@@ -129,12 +135,12 @@ local function pick_flow(band, cap, tenant, tf, pass)
     local fh = redis.call('ZRANGE', tf, 0, 0, 'WITHSCORES')
     if #fh == 0 then return nil end
     local sha = fh[1]
-    local key = SCHED .. ':flow:' .. band .. ':' .. sha
+    local key = flow_key(band, sha)
     local qh = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     local flow = #qh > 0 and redis.call('HGET', SCHED .. ':flows:' .. band, sha)
     if not flow then
       redis.call('ZREM', tf, sha)
-    elseif qh[2] ~= fh[2] and tonumber(qh[2]) ~= tonumber(fh[2]) then
+    elseif tonumber(qh[2]) ~= tonumber(fh[2]) then
       redis.call('ZADD', tf, qh[2], sha)
     else
       local jt = split_flow(flow)

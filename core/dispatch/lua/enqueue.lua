@@ -34,7 +34,7 @@ for id in string.gmatch(ARGV[2], '[^,]+') do
     args[#args + 1] = score
     args[#args + 1] = id
     local sha = redis.sha1hex(flow)
-    local fkey = SCHED .. ':flow:' .. band .. ':' .. sha
+    local fkey = flow_key(band, sha)
     if not flowed[fkey] then
       flowed[fkey] = {band = band, flow = flow, sha = sha, args = {}}
     end

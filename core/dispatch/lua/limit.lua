@@ -11,6 +11,6 @@ if value == '' then
 else
   redis.call('HSET', SCHED .. ':limits', field, value)
 end
-if string.sub(field, 1, 7) == 'tenant' .. NUL then unpark_tenant(field) end
+unpark_tenant(field)
 push_wakeups(KEYS[1], 4, ARGV[3])
 return 1

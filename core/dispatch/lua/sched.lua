@@ -53,8 +53,9 @@ local function split_flow(flow)
   return string.sub(flow, 1, a - 1), string.sub(flow, a + 1, b - 1), string.sub(flow, b + 1)
 end
 
-local function flow_key(band, flow)
-  return SCHED .. ':flow:' .. band .. ':' .. redis.sha1hex(flow)
+-- a flow's queue, by the sha1 of the flow
+local function flow_key(band, sha)
+  return SCHED .. ':flow:' .. band .. ':' .. sha
 end
 
 local function tq_key(band, cap)
@@ -87,7 +88,7 @@ end
 
 -- the flow (sha1 `sha`) has queued jobs: its tenant's flow set gets its head's exact score
 local function flow_join(band, flow, sha)
-  local head = redis.call('ZRANGE', SCHED .. ':flow:' .. band .. ':' .. sha, 0, 0, 'WITHSCORES')
+  local head = redis.call('ZRANGE', flow_key(band, sha), 0, 0, 'WITHSCORES')
   if #head == 0 then return end
   redis.call('HSET', SCHED .. ':flows:' .. band, sha, flow)
   local _, tenant, cap = split_flow(flow)
@@ -98,7 +99,7 @@ end
 -- queue a due job in its flow (NX: a job already queued keeps its place)
 local function flow_add(band, flow, score, id)
   local sha = redis.sha1hex(flow)
-  redis.call('ZADD', SCHED .. ':flow:' .. band .. ':' .. sha, 'NX', score, id)
+  redis.call('ZADD', flow_key(band, sha), 'NX', score, id)
   flow_join(band, flow, sha)
 end
 
@@ -137,8 +138,10 @@ local function unpark(field, n)
   return #entries / step
 end
 
--- a tenant's parked turns come back (its limit changed or a place was freed)
+-- a tenant's parked turns come back (its limit changed or a place was freed); a type's
+-- field is left to the acquisitions, which bring back as many flows as it has room for
 local function unpark_tenant(field)
+  if string.sub(field, 1, 7) ~= 'tenant' .. NUL then return end
   unpark(field, nil)
   redis.call('ZREM', SCHED .. ':ptimer', field)
 end
@@ -146,7 +149,7 @@ end
 local function flow_remove(flow, id)
   local sha = redis.sha1hex(flow)
   for _, band in ipairs({'h', 'm', 'l'}) do
-    redis.call('ZREM', SCHED .. ':flow:' .. band .. ':' .. sha, id)
+    redis.call('ZREM', flow_key(band, sha), id)
   end
 end
 
@@ -186,16 +189,14 @@ local function release_held(id)
   redis.call('HDEL', SCHED .. ':held', id)
   local jt, tenant = split_flow(flow)
   local limited = false
-  for k, field in ipairs({'job_type' .. NUL .. jt, 'tenant' .. NUL .. tenant}) do
+  for _, field in ipairs({'job_type' .. NUL .. jt, 'tenant' .. NUL .. tenant}) do
     if redis.call('HINCRBY', SCHED .. ':running', field, -1) <= 0 then
       redis.call('HDEL', SCHED .. ':running', field)
     end
     local lim = limit_of(field)
     if lim and lim.max then
       limited = true
-      -- the tenant's parked turns come back now; a type's flows come back through the
-      -- acquisitions, as many as it has room for
-      if k == 2 then unpark_tenant(field) end
+      unpark_tenant(field)  -- the tenant's parked turns come back now
     end
   end
   return limited

@@ -66,7 +66,5 @@ for k = 1, #old_running, 2 do
     changed[old_running[k]] = true
   end
 end
-for field in pairs(changed) do
-  if string.sub(field, 1, 7) == 'tenant' .. NUL then unpark_tenant(field) end
-end
+for field in pairs(changed) do unpark_tenant(field) end
 return {table.concat(recorded, ','), dropped}
