@@ -99,11 +99,11 @@ class Run:
         if opts.targeted:
             self._check_target_runs(self.scenario, settings)
         # the processes a local run starts are its own: the synthetic handlers are on there
+        # unless the settings turn them off
         self.settings = settings if opts.targeted else replace(
             settings, schema=self.tag, prefix=self.tag,
             data_dir=self.dir / runfolder.STATE, memory=opts.memory,
-            synthetic_handlers=(True if settings.synthetic_handlers is None
-                                else settings.synthetic_handlers))
+            synthetic_handlers=settings.synthetic_handlers is not False)
         self.drill = load_drill(opts.drill) if opts.drill else None
         if self.drill is not None:
             self._check_load_covers(self.scenario, self.drill)

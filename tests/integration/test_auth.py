@@ -54,6 +54,17 @@ def answering(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
         time.sleep(0.05)  # polled: another process's readiness
 
 
+def control_url(proc: subprocess.Popen[bytes], data_dir: Path, name: str, log: Path) -> str:
+    """The control surface of the supervisor `proc` runs as `name`, once it listens."""
+    state = runfolder.supervisor_state(data_dir, name)
+    deadline = time.monotonic() + 60
+    while not state.exists():
+        assert proc.poll() is None, log.read_text()
+        assert time.monotonic() < deadline
+        time.sleep(0.05)  # polled: the supervisor writes its state file when it listens
+    return str(json.loads(state.read_text())["control_url"])
+
+
 @pytest.fixture
 def env(settings: Settings, tmp_path: Path) -> dict[str, str]:
     return {**os.environ, **to_env(replace(settings, data_dir=tmp_path, api_token=TOKEN))}
@@ -84,13 +95,7 @@ def test_the_control_surface_and_the_memory_owner_ask_for_it(env: dict[str, str]
                                                             tmp_path: Path) -> None:
     log = tmp_path / "sup.log"
     with process(["core.cli", "supervisor", "--workers", "1", "--name", "auth"], env, log) as p:
-        state = runfolder.supervisor_state(tmp_path, "auth")
-        deadline = time.monotonic() + 60
-        while not state.exists():
-            assert p.poll() is None, log.read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)  # polled: the supervisor writes its state file when it listens
-        control = json.loads(state.read_text())["control_url"]
+        control = control_url(p, tmp_path, "auth", log)
         assert httpx.get(f"{control}/workers").status_code == 401
         assert httpx.post(f"{control}/kill", json={"count": 1}).status_code == 401
         assert httpx.get(f"{control}/workers", headers=AUTH).status_code == 200

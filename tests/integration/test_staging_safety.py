@@ -23,6 +23,7 @@ from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import asyncpg
 import httpx
@@ -31,14 +32,13 @@ import redis
 import yaml
 
 from core.cli.main import main
-from core.contract import runfolder
 from core.infra.embedded import EmbeddedServices, free_port
 from core.infra.passwords import Passwords
 from core.settings import Settings, split_password, to_env
 from loadtests.bench.limits import pgbench_command
 from loadtests.scenario import ScenarioError, load_scenario
 from tests.conftest import fresh_database, settings_for
-from tests.integration.test_auth import answering, process
+from tests.integration.test_auth import answering, control_url, process
 
 TOKEN = "staging-safety-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -78,28 +78,6 @@ async def stack(server_settings: Settings, template_db: str,
             yield Stack(api=f"http://127.0.0.1:{api_port}",
                         owner=f"http://127.0.0.1:{owner_port}", settings=settings,
                         data_dir=tmp, env=env)
-
-
-async def _template(server: Settings) -> str:
-    from core.store import migrate
-    from tests.conftest import with_database
-
-    assert server.pg_dsn
-    name = f"jh_safety_{os.getpid()}_{int(time.time() * 1000) % 10**8}"
-    admin = await asyncpg.connect(server.pg_dsn)
-    await admin.execute(f"CREATE DATABASE {name}")
-    await admin.close()
-    conn = await asyncpg.connect(with_database(server.pg_dsn, name))
-    await migrate.migrate(conn, server.schema)
-    await conn.close()
-    return name
-
-
-async def _drop(server: Settings, name: str) -> None:
-    assert server.pg_dsn
-    admin = await asyncpg.connect(server.pg_dsn)
-    await admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-    await admin.close()
 
 
 def api(stack: Stack, method: str, path: str, *, headers: dict[str, str] | None = None,
@@ -146,13 +124,8 @@ def test_no_surface_answers_without_the_token(stack: Stack, tmp_path: Path) -> N
     env = {**stack.env, **to_env(replace(stack.settings, data_dir=tmp_path))}
     with process(["core.cli", "supervisor", "--workers", "1", "--name", "safety"], env,
                  log) as sup:
-        state = runfolder.supervisor_state(tmp_path, "safety")
+        control = control_url(sup, tmp_path, "safety", log)
         deadline = time.monotonic() + 60
-        while not state.exists():
-            assert sup.poll() is None, log.read_text()
-            assert time.monotonic() < deadline
-            time.sleep(0.05)  # polled: the supervisor writes its state file when it listens
-        control = json.loads(state.read_text())["control_url"]
 
         def fleet() -> list[tuple[str, int]]:
             return [(w["worker_id"], w["pid"]) for w in httpx.get(
@@ -232,7 +205,8 @@ def _owner_files(owner: httpx.Client, stack: Stack, tmp_path: Path) -> None:
 
 
 # -- row 5: the fault proxy and the embedded servers' passwords --------------------------------
-def test_the_stores_need_passwords_and_the_proxy_stays_on_loopback(tmp_path: Path) -> None:
+def test_the_stores_need_passwords_and_the_proxy_stays_on_loopback(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Embedded servers set up now (not the session's, which may predate passwords)."""
     services = EmbeddedServices(tmp_path / "services", pg_max_connections=20)
     services.up()
@@ -250,14 +224,13 @@ def test_the_stores_need_passwords_and_the_proxy_stays_on_loopback(tmp_path: Pat
             await conn.close()
             return "connected"
 
-        env_without = {k: v for k, v in os.environ.items()
-                       if k not in ("PGPASSWORD", "PGPASSFILE")}
-        with _environ(env_without):
-            assert asyncio.run(connect(f"postgresql://postgres@{host_port}/postgres")) != \
-                "connected"
-            assert asyncio.run(connect(f"postgresql://postgres:wrong@{host_port}/postgres")) \
-                != "connected"
-            assert asyncio.run(connect(pg_url)) == "connected"
+        monkeypatch.delenv("PGPASSWORD", raising=False)
+        monkeypatch.delenv("PGPASSFILE", raising=False)
+        assert asyncio.run(connect(f"postgresql://postgres@{host_port}/postgres")) != \
+            "connected"
+        assert asyncio.run(connect(f"postgresql://postgres:wrong@{host_port}/postgres")) != \
+            "connected"
+        assert asyncio.run(connect(pg_url)) == "connected"
         redis_host_port = redis_url.rpartition("@")[2]
         with contextlib.closing(redis.Redis.from_url(f"redis://{redis_host_port}")) as anon, \
                 pytest.raises(redis.AuthenticationError):
@@ -281,18 +254,6 @@ def test_the_stores_need_passwords_and_the_proxy_stays_on_loopback(tmp_path: Pat
         assert r.status_code == 400, r.text
         assert "--allow-remote" in r.text
         assert httpx.get(f"{url}/proxies", headers=AUTH).json() == {}
-
-
-@contextlib.contextmanager
-def _environ(env: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
 
 
 # -- rows 6 and 7: destructive commands -----------------------------------------------------
@@ -374,57 +335,49 @@ def _answer(sock: socket.socket, within_s: float) -> bytes:
 
 
 # -- row 10: pool exhaustion ------------------------------------------------------------------
-def test_a_pool_that_cannot_connect_is_503_and_health_says_so(
-        server_settings: Settings, tmp_path: Path) -> None:
+async def test_a_pool_that_cannot_connect_is_503_and_health_says_so(
+        server_settings: Settings, template_db: str, tmp_path: Path) -> None:
     """The API as a role limited to its connections: once they are cut, every new one is
     refused (too many connections), and the API says 503 with Retry-After, /health too."""
     role = f"jh_limited_{os.getpid()}"
-    loop = asyncio.new_event_loop()
-    template = loop.run_until_complete(_template(server_settings))
-    assert server_settings.pg_dsn
-
-    async def sql(statement: str) -> None:
-        assert server_settings.pg_dsn
-        from tests.conftest import with_database
-
-        conn = await asyncpg.connect(with_database(server_settings.pg_dsn, template))
-        try:
-            await conn.execute(statement)
-        finally:
-            await conn.close()
-
     schema = server_settings.schema
-    loop.run_until_complete(sql(
-        f"CREATE ROLE {role} LOGIN PASSWORD 'limited' CONNECTION LIMIT 4; "
-        f"GRANT CREATE ON DATABASE {template} TO {role}; "
-        f"GRANT ALL ON SCHEMA {schema} TO {role}; "
-        f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}; "
-        f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; "
-        f"GRANT ALL ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}"))
-    host_port = server_settings.pg_dsn.rpartition("@")[2].split("/")[0]
-    dsn = f"postgresql://{role}:limited@{host_port}/{template}"
-    settings = replace(settings_for(server_settings, dsn), data_dir=tmp_path, memory=False)
-    port = free_port()
-    log = tmp_path / "api.log"
     try:
-        with process(["core.cli", "api", "--port", str(port), "--pool-size", "2"],
-                     {**os.environ, **to_env(settings)}, log) as p:
-            url = f"http://127.0.0.1:{port}"
-            answering(f"{url}/health", p, log)
-            assert httpx.get(f"{url}/jobs").status_code == 200
-            loop.run_until_complete(sql(
-                f"ALTER ROLE {role} CONNECTION LIMIT 0; SELECT pg_terminate_backend(pid) "
-                f"FROM pg_stat_activity WHERE usename = '{role}'"))
-            r = httpx.get(f"{url}/jobs")
-            assert r.status_code == 503, r.text
-            assert r.headers["retry-after"] == "1"
-            health = httpx.get(f"{url}/health")
-            assert health.status_code == 503
-            assert health.json()["postgres"]["state"] == "down"
+        async with fresh_database(server_settings, template_db) as admin_dsn:
+            parts = urlsplit(admin_dsn)
+            dsn = parts._replace(netloc=f"{role}:limited@{parts.hostname}:{parts.port}").geturl()
+            admin = await asyncpg.connect(admin_dsn)
+            try:
+                await admin.execute(
+                    f"CREATE ROLE {role} LOGIN PASSWORD 'limited' CONNECTION LIMIT 4; "
+                    f"GRANT CREATE ON DATABASE {parts.path.lstrip('/')} TO {role}; "
+                    f"GRANT ALL ON SCHEMA {schema} TO {role}; "
+                    f"GRANT ALL ON ALL TABLES IN SCHEMA {schema} TO {role}; "
+                    f"GRANT ALL ON ALL SEQUENCES IN SCHEMA {schema} TO {role}; "
+                    f"GRANT ALL ON ALL FUNCTIONS IN SCHEMA {schema} TO {role}")
+                settings = replace(settings_for(server_settings, dsn), data_dir=tmp_path,
+                                   memory=False)
+                log = tmp_path / "api.log"
+                port = free_port()
+                with process(["core.cli", "api", "--port", str(port), "--pool-size", "2"],
+                             {**os.environ, **to_env(settings)}, log) as p:
+                    url = f"http://127.0.0.1:{port}"
+                    await asyncio.to_thread(answering, f"{url}/health", p, log)
+                    async with httpx.AsyncClient(base_url=url) as http:
+                        assert (await http.get("/jobs")).status_code == 200
+                        await admin.execute(
+                            f"ALTER ROLE {role} CONNECTION LIMIT 0; SELECT "
+                            f"pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"WHERE usename = '{role}'")
+                        r = await http.get("/jobs")
+                        health = await http.get("/health")
+                    assert r.status_code == 503, r.text
+                    assert r.headers["retry-after"] == "1"
+                    assert health.status_code == 503
+                    assert health.json()["postgres"]["state"] == "down"
+            finally:
+                await admin.close()
     finally:
-        loop.run_until_complete(_drop(server_settings, template))
-        loop.run_until_complete(_drop_role(server_settings, role))
-        loop.close()
+        await _drop_role(server_settings, role)  # after its database: nothing granted left
 
 
 async def _drop_role(server: Settings, role: str) -> None:
