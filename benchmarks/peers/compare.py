@@ -31,6 +31,8 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+from peer_result import result  # noqa: E402  (this folder, on the path as the script's own)
+
 from core.jobs.model import JobSpec  # noqa: E402
 from core.service.runtime import endpoints, open_runtime  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
@@ -89,10 +91,8 @@ async def ours(settings: Settings, jobs: int, processes: int, slots: int) -> dic
         finally:
             stop.set()
             await runner
-    took.sort()
-    return {"system": f"jobharness {processes}x{slots}", "jobs": jobs,
-            "drain_jobs_s": jobs / float(span), "enqueue_per_s": jobs / enqueue_s,
-            "enqueue_p99_ms": took[int(0.99 * (len(took) - 1))] * 1000}
+    return result(f"jobharness {processes}x{slots}", jobs, drained=jobs, drain_s=float(span),
+                  enqueue_s=enqueue_s, enqueue_latencies_s=took)
 
 
 async def pgqueuer(python: Path, settings: Settings, jobs: int) -> dict[str, Any]:

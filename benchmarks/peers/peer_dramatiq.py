@@ -13,6 +13,7 @@ import time
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
+from peer_result import result
 
 PAYLOAD = {"blob": "x" * 180}  # ~200 bytes, as the others
 
@@ -57,11 +58,8 @@ def main() -> None:
         for key in client.scan_iter(match=f"{namespace}*", count=1000):
             client.delete(key)
         client.close()
-    took.sort()
-    print(json.dumps({"system": "dramatiq", "jobs": jobs, "drained": done[0],
-                      "drain_jobs_s": done[0] / (last[0] - first[0]),
-                      "enqueue_per_s": jobs / enqueue_s,
-                      "enqueue_p99_ms": took[int(0.99 * (len(took) - 1))] * 1000}))
+    print(json.dumps(result("dramatiq", jobs, drained=done[0], drain_s=last[0] - first[0],
+                            enqueue_s=enqueue_s, enqueue_latencies_s=took)))
 
 
 if __name__ == "__main__":

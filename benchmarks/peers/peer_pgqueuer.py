@@ -12,6 +12,7 @@ import time
 from datetime import timedelta
 
 import asyncpg
+from peer_result import result
 from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
 from pgqueuer.domain.types import QueueExecutionMode
 
@@ -45,11 +46,8 @@ async def main() -> None:
 
     await qm.run(dequeue_timeout=timedelta(seconds=1), batch_size=slots // 2,
                  mode=QueueExecutionMode.drain, max_concurrent_tasks=slots)
-    took.sort()
-    print(json.dumps({"system": "pgqueuer", "jobs": jobs, "drained": done[0],
-                      "drain_jobs_s": done[0] / (last[0] - first[0]),
-                      "enqueue_per_s": jobs / enqueue_s,
-                      "enqueue_p99_ms": took[int(0.99 * (len(took) - 1))] * 1000}))
+    print(json.dumps(result("pgqueuer", jobs, drained=done[0], drain_s=last[0] - first[0],
+                            enqueue_s=enqueue_s, enqueue_latencies_s=took)))
 
 
 if __name__ == "__main__":

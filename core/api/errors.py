@@ -20,7 +20,7 @@ from core.errors import (
 )
 
 # a request body's cap: a batch of 10,000 jobs of 1.6 KB payloads, or 60 of the largest; a
-# body near the cap holds the event loop about 0.3 s (measured: /health waited 308 ms, median)
+# body near the cap holds the event loop about 0.3 s (benchmarks/body_stall.py)
 MAX_BODY_BYTES = 16 * 1024 * 1024
 
 
