@@ -36,6 +36,7 @@ from peer_result import result  # noqa: E402  (this folder, on the path as the s
 from core.jobs.model import JobSpec  # noqa: E402
 from core.service.runtime import endpoints, open_runtime  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
+from loadtests.bench.dispatch import drain  # noqa: E402
 from loadtests.scratch import scratch_schema  # noqa: E402
 
 PAYLOAD = {"blob": "x" * 180}  # ~200 bytes as JSON
@@ -59,8 +60,6 @@ def peers_python(data_dir: Path) -> Path:
 
 
 async def ours(settings: Settings, jobs: int, processes: int, slots: int) -> dict[str, Any]:
-    from core.supervisor.supervisor import Supervisor, SupervisorOptions
-
     tag = f"peers_{os.getpid()}"
     settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0, memory=False)
     async with scratch_schema(settings, tag) as scratch, open_runtime(
@@ -72,27 +71,9 @@ async def ours(settings: Settings, jobs: int, processes: int, slots: int) -> dic
             await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
             took.append(time.perf_counter() - s)
         enqueue_s = time.perf_counter() - t0
-        sup = Supervisor(rt.service, rt.settings, SupervisorOptions(
-            workers=processes, concurrency=slots, name="peers", check_interval_s=0.5,
-            reconcile_interval_s=None))
-        stop = asyncio.Event()
-        await sup.start()
-        runner = asyncio.create_task(sup.run(stop))
-        try:
-            deadline = time.monotonic() + 600
-            while await rt.pool.fetchval(
-                    "SELECT count(*) FROM jobs WHERE status = 'COMPLETED'") < jobs:
-                if time.monotonic() > deadline:
-                    raise SystemExit("jobharness did not drain in 600 s")
-                await asyncio.sleep(0.1)  # sampling the drain, not synchronising with it
-            span = await rt.pool.fetchval(
-                "SELECT extract(epoch FROM max(finished_at) - min(started_at)) "
-                "FROM job_executions")
-        finally:
-            stop.set()
-            await runner
-    return result(f"jobharness {processes}x{slots}", jobs, drained=jobs, drain_s=float(span),
-                  enqueue_s=enqueue_s, enqueue_latencies_s=took)
+        drain_jobs_s = await drain(rt, jobs, processes=processes, concurrency=slots)
+    return result(f"jobharness {processes}x{slots}", jobs, drained=jobs,
+                  drain_s=jobs / drain_jobs_s, enqueue_s=enqueue_s, enqueue_latencies_s=took)
 
 
 async def pgqueuer(python: Path, settings: Settings, jobs: int) -> dict[str, Any]:

@@ -65,21 +65,24 @@ async def _acquire_phase(rt: Runtime, acquires: int) -> dict[str, float]:
             "acquired": len(leases)}
 
 
-async def _drain_phase(rt: Runtime, jobs: int, concurrency: int,
-                       progress: Progress | None, label: str) -> float:
+async def drain(rt: Runtime, jobs: int, *, processes: int = 1, concurrency: int,
+                progress: Progress | None = None, label: str = "drain") -> float:
+    """Jobs per second `processes` worker processes x `concurrency` complete until `jobs`
+    are COMPLETED, from the first start to the last end of the executions they ran
+    (PostgreSQL's clock)."""
     from core.supervisor.supervisor import Supervisor, SupervisorOptions
 
     before = await completed_count(rt)
     started = await rt.pool.fetchval("SELECT clock_timestamp()")
     sup = Supervisor(rt.service, rt.settings, SupervisorOptions(
-        workers=1, concurrency=concurrency, name="dispatch", check_interval_s=0.5,
+        workers=processes, concurrency=concurrency, name="drain", check_interval_s=0.5,
         reconcile_interval_s=None))
     stop = asyncio.Event()
     await sup.start()
     runner = asyncio.create_task(sup.run(stop))
     try:
         await wait_until(lambda: all_active(rt, [s.worker_id for s in sup.slots.values()]), 120,
-                    "the worker to register")
+                         "the workers to register")
         deadline = time.monotonic() + 1200
         while (done := await completed_count(rt)) < jobs:
             if progress:
@@ -106,8 +109,9 @@ async def _row(settings: Settings, *, tenants: int, jobs: int, acquires: int,
     async with scratch_runtime(settings, tag) as rt:
         await _queue(rt, jobs, tenants, progress)
         row = await _acquire_phase(rt, acquires)
-        row["drain_jobs_s"] = round(await _drain_phase(
-            rt, jobs, concurrency, progress, f"drain over {tenants} tenants"), 1)
+        row["drain_jobs_s"] = round(await drain(
+            rt, jobs, concurrency=concurrency, progress=progress,
+            label=f"drain over {tenants} tenants"), 1)
     return row
 
 
