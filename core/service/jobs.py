@@ -139,25 +139,13 @@ class JobService(Leasing, JobReads, WorkerRegistry):
 
     async def _complete_merged(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
         """Run completions as one statement, then apply their Redis effects in one go."""
-        if len(batch) == 1:
-            c = batch[0]
-            per: list[list[asyncpg.Record]] = [
-                await self.pool.fetch(q("complete_job"), c.job_id, c.token, c.result)]
-        else:
-            try:
-                rows = await self.pool.fetch(
-                    q("complete_jobs"), [c.job_id for c in batch], [c.token for c in batch],
-                    [c.result for c in batch])
-            except asyncpg.DeadlockDetectedError:
-                # two batches released shared dependents in opposite orders: one was rolled
-                # back whole; its completions go one by one
-                self.stats["complete_batch_deadlocks"] += 1
-                per = [await self.pool.fetch(q("complete_job"), c.job_id, c.token, c.result)
-                       for c in batch]
-            else:
-                per = [[] for _ in batch]
-                for r in rows:
-                    per[r["ord"] - 1].append(r)
+        try:
+            per = await self._complete_rows(batch)
+        except asyncpg.DeadlockDetectedError:
+            # two batches released shared dependents in opposite orders: one was rolled
+            # back whole; its completions go one by one
+            self.stats["complete_batch_deadlocks"] += 1
+            per = [(await self._complete_rows([c]))[0] for c in batch]
         fx = Effects()
         for c, rows_of in zip(batch, per, strict=True):
             if rows_of[0]["ok"]:
@@ -165,6 +153,15 @@ class JobService(Leasing, JobReads, WorkerRegistry):
                 fx.add_ready({**dict(r), "id": r["released_id"]}
                              for r in rows_of if r["released_id"])
         await self.apply_effects(fx)
+        return per
+
+    async def _complete_rows(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
+        """complete_jobs' rows grouped per completion, each completion's own row first."""
+        rows = await self.pool.fetch(q("complete_jobs"), [c.job_id for c in batch],
+                                     [c.token for c in batch], [c.result for c in batch])
+        per: list[list[asyncpg.Record]] = [[] for _ in batch]
+        for r in rows:
+            per[r["ord"] - 1].append(r)
         return per
 
     async def _locked(

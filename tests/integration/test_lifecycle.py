@@ -115,6 +115,29 @@ async def test_concurrent_completions_share_a_statement(service: JobService) -> 
     assert (await service.dispatch.depths())["processing"] == 2  # the stale one's and this
 
 
+async def test_one_batch_completing_a_job_twice_records_it_once(service: JobService) -> None:
+    from core.errors import JobNotFound
+
+    await service.create_batch([JobSpec(job_type="noop", payload={"n": i}) for i in range(3)])
+    leases = [lease for lease in [await service.acquire("w1") for _ in range(3)] if lease]
+    twice = leases[0]
+    outcomes = await asyncio.gather(
+        service.complete(twice.job_id, twice.token, {"call": 1}),
+        service.complete(twice.job_id, twice.token, {"call": 2}),
+        service.complete(str(uuid.uuid4()), 7),
+        *(service.complete(lease.job_id, lease.token) for lease in leases[1:]),
+        return_exceptions=True)
+    assert sorted(type(o).__name__ for o in outcomes[:2]) == ["NoneType", "StaleLease"]
+    assert isinstance(outcomes[2], JobNotFound)
+    assert outcomes[3:] == [None, None]
+    job = await service.get(twice.job_id)
+    assert job.status == JobStatus.COMPLETED
+    assert job.result == ({"call": 1} if outcomes[0] is None else {"call": 2})
+    rows = await service.pool.fetch("SELECT status FROM job_executions WHERE job_id = $1::uuid",
+                                    twice.job_id)
+    assert [r["status"] for r in rows] == ["COMPLETED"]
+
+
 async def test_acquire_many_fills_free_slots_best_first(service: JobService) -> None:
     created = await service.create_batch(
         [JobSpec(job_type="noop", payload={"n": i}, priority=1 + i % 5) for i in range(10)]

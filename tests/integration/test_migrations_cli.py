@@ -14,6 +14,8 @@ from core.cli.main import main
 from core.settings import Settings
 from core.store import migrate
 
+LATEST = max(m.version for m in migrate.load_migrations())
+
 
 async def objects_in(conn: asyncpg.Connection, schema: str) -> int:
     return int(await conn.fetchval(
@@ -36,7 +38,7 @@ async def test_migrate_rollback_migrate(test_db: str, settings: Settings) -> Non
         assert report.counts()["triggers"] == 1
         assert await migrate.migrate(conn, schema) == []  # idempotent
 
-        assert await migrate.rollback(conn, schema, to=3) == [11, 10, 9, 8, 7, 6, 5, 4]
+        assert await migrate.rollback(conn, schema, to=3) == list(range(LATEST, 3, -1))
         tables = await conn.fetch("SELECT tablename FROM pg_tables WHERE schemaname = $1", schema)
         assert {r["tablename"] for r in tables} == {"jobs", "workers", "job_executions",
                                                     "schema_migrations"}
@@ -46,7 +48,7 @@ async def test_migrate_rollback_migrate(test_db: str, settings: Settings) -> Non
         assert reverted == [3, 2, 1]
         assert await objects_in(conn, schema) == 0  # nothing left behind
 
-        assert await migrate.migrate(conn, schema) == list(range(1, 12))
+        assert await migrate.migrate(conn, schema) == list(range(1, LATEST + 1))
         assert (await migrate.verify(conn, schema)).ok
         states = await migrate.status(conn, schema)
         assert all(s.applied_at is not None for s in states)
@@ -87,7 +89,7 @@ def test_cli_db_verify_and_status(settings: Settings, capsys: pytest.CaptureFixt
     assert quoted is not None
     assert printed.split(": ", 1)[1] == quoted.group(1)
     assert main(cli(settings, "db", "status", "--json")) == 0
-    assert len(json.loads(capsys.readouterr().out)) == 11
+    assert len(json.loads(capsys.readouterr().out)) == LATEST
 
 
 def test_cli_verify_fails_when_an_object_is_missing(
@@ -106,14 +108,14 @@ def test_cli_verify_fails_when_an_object_is_missing(
 def test_cli_rollback_undoes_one_step_and_drops_all_only_with_yes(
         settings: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(cli(settings, "db", "rollback", "--json")) == 0
-    assert json.loads(capsys.readouterr().out)["reverted"] == [11]  # one step, no more
+    assert json.loads(capsys.readouterr().out)["reverted"] == [LATEST]  # one step, no more
     assert main(cli(settings, "db", "rollback", "--to", "0")) == 1
     assert "give --yes" in capsys.readouterr().err
     assert main(cli(settings, "db", "status", "--json")) == 0
     applied = [r for r in json.loads(capsys.readouterr().out) if r["applied_at"]]
-    assert len(applied) == 10  # nothing dropped by the refused command
+    assert len(applied) == LATEST - 1  # nothing dropped by the refused command
     assert main(cli(settings, "db", "rollback", "--to", "0", "--yes", "--json")) == 0
-    assert json.loads(capsys.readouterr().out)["reverted"] == list(range(10, 0, -1))
+    assert json.loads(capsys.readouterr().out)["reverted"] == list(range(LATEST - 1, 0, -1))
     assert main(cli(settings, "db", "migrate", "--json")) == 0
 
 

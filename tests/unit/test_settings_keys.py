@@ -79,7 +79,7 @@ def test_bad_target_file(tmp_path: Path) -> None:
 
 def test_every_named_query_is_non_empty() -> None:
     qs = queries()
-    assert {"insert_jobs", "lease_jobs", "lease_runnable", "complete_job"} <= set(qs)
+    assert {"insert_jobs", "lease_jobs", "lease_runnable", "complete_jobs"} <= set(qs)
     assert all(sql.strip() for sql in qs.values())
 
 

@@ -76,17 +76,11 @@ WITH candidate AS (
 )
 SELECT * FROM leased;
 
--- name: complete_job
--- One round trip: see migration 007.
-SELECT * FROM complete_job($1, $2, $3::jsonb);
-
 -- name: complete_jobs
--- Many completions in one statement and transaction (callers batched together); each row of
--- the result belongs to the completion at position `ord` (1-based).
-SELECT u.ord, c.*
-FROM unnest($1::uuid[], $2::bigint[], $3::jsonb[]) WITH ORDINALITY AS u(id, token, result, ord)
-CROSS JOIN LATERAL complete_job(u.id, u.token, u.result) c
-ORDER BY u.ord;
+-- Completions in one statement and transaction (callers batched together, or one alone);
+-- each row of the result belongs to the completion at position `ord` (1-based), its own row
+-- first: see migration 012.
+SELECT * FROM complete_jobs($1::uuid[], $2::bigint[], $3::jsonb[]);
 
 -- name: job_state
 SELECT id, status, lease_token FROM jobs WHERE id = $1;
