@@ -68,6 +68,15 @@ def load_predictor(args: argparse.Namespace, settings: Settings) -> Any:
         return None
 
 
+def _storm(args: argparse.Namespace) -> Any:
+    """Proactive replacement's guards from the flags (ValueError naming a bad one)."""
+    from core.supervisor.storm import StormLimits
+
+    per_hour = args.proactive_per_hour
+    return StormLimits(per_hour=max(4, args.workers) if per_hour is None else per_hour,
+                       horizon_s=args.breaker_horizon_s)
+
+
 async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     from core.infra.serving import bind, serving, stop_on_signals
     from core.service.runtime import open_runtime
@@ -83,6 +92,7 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         drain_timeout_s=args.drain_timeout_s,
         reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
         spawn=args.spawn, worker_nice=args.worker_nice,
+        storm=_storm(args),
     )
     predictor = load_predictor(args, settings)
     stop = stop_on_signals()
@@ -118,6 +128,7 @@ def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         check_nice(args.worker_nice, "--worker-nice")
+        _storm(args)
     except ValueError as exc:
         raise JobHarnessError(str(exc)) from exc
     with endpoints(settings) as resolved:
@@ -238,6 +249,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--holdout", type=float, default=0.1,
                    help="share of workers scored but never acted on (0.1)")
     p.add_argument("--verdict-log", help="CSV file every verdict is appended to")
+    p.add_argument("--proactive-per-hour", type=int,
+                   help="budget of proactive replacements in any hour (one per worker, >= 4)")
+    p.add_argument("--breaker-horizon-s", type=float, default=120.0,
+                   help="a flagged worker not replaced and still alive after this long was a "
+                   "false alarm; mostly false alarms open the breaker (120)")
     p.add_argument("--no-reconcile", action="store_true",
                    help="another process runs the reconciler")
     p.set_defaults(func=cmd_supervisor, needs_settings=True)

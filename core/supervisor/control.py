@@ -76,6 +76,14 @@ class SupervisorCollector(Collector):
         for state in ("running", "paused", "exited", "abandoned", "draining"):
             states.add_metric([state], float(counts.get(state, 0)))
         yield states
+        storm = self.sup.storm
+        yield GaugeMetricFamily("jobharness_supervisor_proactive_breaker_open",
+                                "1 while proactive replacement is stopped because most of its "
+                                "recent judged firings were false alarms",
+                                value=float(storm.open))
+        yield GaugeMetricFamily("jobharness_supervisor_proactive_budget_spent",
+                                "Proactive replacements in the last hour (the budget is "
+                                f"{storm.limits.per_hour})", value=float(storm.spent))
 
 
 def _kill_count(body: Any, running: int) -> int | str:

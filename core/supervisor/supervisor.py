@@ -1,7 +1,7 @@
 """`jobharness supervisor`: spawns N worker processes, watches them, replaces the dead.
 
 Length: one class holds the watch loop and every way a worker is replaced (exited, stale,
-predicted, draining, abandoned), because they share one rate limit and one roster.
+predicted, draining, abandoned): they share one rate limit and one roster.
 
 A worker is dead when its process exits, or when its heartbeat is stale in *both* stores: the
 Redis key has expired (or Redis is unreachable) and its PostgreSQL `last_heartbeat_at` is older
@@ -15,7 +15,8 @@ With a predictor (a worker-health model, see predictor/), every live worker is a
 each round; a worker the policy flags is replaced proactively: its successor starts first,
 then the old worker is asked to drain (SIGTERM) and finishes its jobs; one that does not exit
 within the drain timeout is killed and its leases released. Workers the policy holds out are
-scored and logged but never acted on. The predictor shares the rate limit.
+scored and logged but never acted on. The predictor shares the rate limit and has guards of
+its own (a budget per hour and a breaker, storm.py).
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from core.settings import Settings, check_nice, to_env
 from core.supervisor.processes import SPAWN_MODES, Child, start_worker
 from core.supervisor.roster import RosterEntry, here, load_roster, save_roster
 from core.supervisor.scoring import Predictor
+from core.supervisor.storm import StormGuard, StormLimits
 from core.worker.faults import FaultSpec, write_fault
 from core.worker.process import WorkerOptions
 
@@ -67,6 +69,7 @@ class SupervisorOptions:
     # stores, 10 lets those answer first; the workers then find deeper queues and batch
     # more (phase2 on 2 cores: 296 -> 484 jobs/s, worker CPU per job halved).
     worker_nice: int = 0
+    storm: StormLimits | None = None  # proactive guards; None: one per worker per hour, >= 4
 
     def __post_init__(self) -> None:
         if self.spawn not in SPAWN_MODES:
@@ -108,6 +111,7 @@ class Supervisor:
         self._log_dir = opts.log_dir or (settings.data_dir / "logs")
         self.roster_source = "none"
         self._retiring: asyncio.Task[None] | None = None
+        self.storm = StormGuard(opts.storm or StormLimits(per_hour=max(4, opts.workers)))
 
     # -- processes --------------------------------------------------------------------------
     def worker_id(self, index: int, generation: int) -> str:
@@ -241,6 +245,7 @@ class Supervisor:
         self._recent.append(time.monotonic())
         if slot.worker_id in self._held_flagged:
             self.stats["held_out_flagged_failed"] += 1
+        self.storm.failed(slot.worker_id)
         if slot.proc.returncode is None:  # hung, paused or partitioned: ask it to go
             with contextlib.suppress(ProcessLookupError):
                 slot.proc.send_signal(signal.SIGTERM)
@@ -279,17 +284,26 @@ class Supervisor:
                 if v.worker_id not in self._held_flagged:
                     self._held_flagged.add(v.worker_id)
                     self.stats["held_out_flagged"] += 1
+                self.storm.watch(v.worker_id, time.monotonic())
                 continue
             await self._replace_proactively(predictor, slot, v, now)
+        for name, n in self.storm.counters().items():
+            self.stats[name] = n
 
     async def _replace_proactively(self, predictor: Predictor, slot: Slot, v: Any,
                                    now: float) -> None:
-        # a model gone wrong must not churn the fleet: at most a tenth of it draining at once
-        if not self._allowed() or len(self.draining) >= max(1, self.opts.workers // 10):
-            self.stats["proactive_deferred"] += 1
-            predictor.note_action(now, slot.worker_id, "deferred")
+        # a model gone wrong must not churn the fleet: at most a tenth of it draining at once,
+        # a budget per hour, and a breaker when its judged firings were mostly false
+        clock = time.monotonic()
+        held = self.storm.check(clock) or ("deferred" if not self._allowed() or len(
+            self.draining) >= max(1, self.opts.workers // 10) else None)
+        if held is not None:
+            self.stats["proactive_deferred" if held == "deferred" else f"proactive_{held}"] += 1
+            self.storm.watch(slot.worker_id, clock)
+            predictor.note_action(now, slot.worker_id, held)
             return
-        self._recent.append(time.monotonic())
+        self._recent.append(clock)
+        self.storm.replaced(clock)
         reason = f"predicted failing (p={v.p_failing:.2f})"
         new = await self._spawn(slot.index, slot.generation + 1)  # the successor first
         with contextlib.suppress(ProcessLookupError):
@@ -316,6 +330,7 @@ class Supervisor:
                 continue
             if code == 0:
                 continue
+            self.storm.drain_failed()
             if code is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()

@@ -19,6 +19,7 @@ from core.cli.procs import load_predictor
 from core.service.jobs import JobService
 from core.settings import Settings
 from core.supervisor.control import control_app
+from core.supervisor.storm import StormLimits
 from core.supervisor.supervisor import Supervisor
 from core.worker.faults import FaultSpec
 from predictor.features import FEATURES
@@ -95,6 +96,31 @@ async def test_a_flagged_worker_is_replaced_before_it_fails(
     assert {sick.worker_id, well.worker_id} <= scored
     assert [r["worker_id"] for r in rows if r["action"] == "replace"] == [sick.worker_id]
     assert all(r["verdict"] != "failing" for r in rows if r["worker_id"] == well.worker_id)
+
+
+async def test_the_budget_and_the_breaker_hold_back_a_model_that_flags_everyone(
+        svc: JobService, tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    verdicts = tmp_path / "verdicts.csv"
+    # a budget of one per hour; two held-back flags still alive after 0.5 s open the breaker
+    storm = StormLimits(per_hour=1, window=2, min_false=2, horizon_s=0.5)
+    async with supervising(svc, predictor(tiny_model, verdicts), workers=3,
+                           storm=storm) as sup:
+        for slot in list(sup.slots.values()):
+            leak(sup, slot.worker_id)
+        await wait_until(until(lambda: sup.stats["proactive_breaker"] >= 1),
+                         what="the breaker holding a replacement back")
+        assert sup.stats["proactive_replacements"] == 1  # the budget let one through
+        assert sup.stats["proactive_budget"] >= 2
+        assert sup.stats["proactive_judged_false"] >= 2
+        assert sup.storm.open
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=control_app(sup)),
+                                     base_url="http://control") as http:
+            text = (await http.get("/metrics")).text
+        assert "jobharness_supervisor_proactive_breaker_open 1.0" in text
+        assert "jobharness_supervisor_proactive_budget_spent 1.0" in text
+        assert 'jobharness_supervisor_events_total{event="proactive_breaker_trips"} 1.0' in text
+    actions = {r["action"] for r in log_rows(verdicts)}
+    assert {"replace", "budget", "breaker"} <= actions
 
 
 def _names_splitting_holdout(policy: Policy) -> str:
