@@ -82,6 +82,7 @@ def _print_summary(res: dict[str, Any] | None, title: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from predictor.card import write_card
+    from predictor.dataset import used_in_training
     from predictor.model import ModelError, load
     from predictor.policy import Policy
     from predictor.train import evaluate
@@ -90,6 +91,15 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         model = load(args.model)
     except ModelError as exc:
         raise JobHarnessError(str(exc)) from exc
+    used = used_in_training(model.meta, [Path(r) for r in args.runs])
+    if used and not args.in_sample:
+        raise JobHarnessError(
+            f"these runs trained {model.path.name}: {', '.join(used)}; scores on them say "
+            "nothing about data it never saw (give --in-sample to score them anyway, "
+            "labelled as such)")
+    if used and args.update_card:
+        raise JobHarnessError("--update-card records a held-out evaluation: it cannot be "
+                              f"made on runs that trained the model ({', '.join(used)})")
     horizon = float(model.meta.get("horizon_s", 30.0))
     df, sources = _dataset(args.runs, horizon)
     policy = Policy(threshold=args.threshold or model.threshold, k=args.k or model.k,
@@ -97,10 +107,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate(model.pipeline, df, policy, horizon)
     result["runs"] = [s["run"] for s in sources]
     result["policy"] = {"threshold": policy.threshold, "k": policy.k}
+    result["in_sample"] = [Path(u).name for u in used]
     if args.json:
         print(json.dumps(result, indent=2))
     else:
-        _print_summary(result, "held-out")
+        _print_summary(result, "in-sample (runs it was trained on)" if used else "held-out")
     if args.update_card:
         meta = {**model.meta, "evaluation": result}
         write_card(meta, model.path)
@@ -154,6 +165,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     e.add_argument("--k", type=int, help="override the model's k")
     e.add_argument("--update-card", action="store_true",
                    help="write the result into the model card as its held-out evaluation")
+    e.add_argument("--in-sample", action="store_true",
+                   help="score runs the model was trained on (refused otherwise), labelled so")
     e.set_defaults(func=cmd_evaluate, needs_settings=False)
     x = ps.add_parser("export", parents=[common],
                       help="a target's health samples and workers as a folder to train on")

@@ -22,6 +22,7 @@ import hashlib
 import json
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -173,6 +174,20 @@ def run_rows(run_dir: Path, *, horizon_s: float = HORIZON_S, step_s: float = 1.0
     df["sampling_interval_s"] = interval
     df.insert(0, "run", run_dir.name)
     return df
+
+
+def used_in_training(meta: dict[str, Any], run_dirs: Iterable[Path]) -> list[str]:
+    """The run folders among `run_dirs` that trained the model whose card is `meta`: the same
+    health samples (by hash, whatever the folder is called now) or the same run name."""
+    trained = meta.get("sources") or []
+    hashes = {s.get(runfolder.WORKER_HEALTH) for s in trained} - {None}
+    names = set(meta.get("runs") or []) | {s.get("run") for s in trained}
+    used = []
+    for run_dir in map(Path, run_dirs):
+        samples = run_dir / runfolder.WORKER_HEALTH
+        if run_dir.name in names or (samples.is_file() and file_hash(samples) in hashes):
+            used.append(str(run_dir))
+    return used
 
 
 def build(run_dirs: Iterable[Path], *, horizon_s: float = HORIZON_S) -> tuple[pd.DataFrame,

@@ -327,3 +327,31 @@ def test_predictor_cli_refuses_what_it_cannot_use(tmp_path: Path,
     assert main(["predictor", "evaluate", str(tmp_path / "missing.skops"), str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error:")
     assert not (tmp_path / "m.skops").exists()  # nothing written
+
+
+def test_evaluate_refuses_runs_the_model_was_trained_on(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from core.contract import runfolder
+    from loadtests.cli import main
+    from predictor.dataset import file_hash, used_in_training
+
+    trained, renamed, fresh = (tmp_path / n for n in ("run-a", "copy-of-a", "run-b"))
+    for folder, text in ((trained, "a"), (renamed, "a"), (fresh, "b")):
+        folder.mkdir()
+        (folder / runfolder.WORKER_HEALTH).write_text(f"worker_id,sampled_at\n{text},0\n")
+    meta = {"threshold": 0.7, "k": 2, "runs": ["run-a"],
+            "sources": [{"run": "run-a", runfolder.WORKER_HEALTH:
+                         file_hash(trained / runfolder.WORKER_HEALTH)}]}
+    # by name, and by content whatever the folder is called now
+    assert used_in_training(meta, [trained, renamed, fresh]) == [str(trained), str(renamed)]
+    model = tmp_path / "m.skops"
+    save(fit(tiny_training_rows(), max_iter=20), meta, model)
+    card = model.with_suffix(".card.json")
+    assert main(["predictor", "evaluate", str(model), str(fresh), str(renamed)]) == 1
+    err = capsys.readouterr().err
+    assert str(renamed) in err and str(fresh) not in err
+    assert "--in-sample" in err
+    assert main(["predictor", "evaluate", str(model), str(trained), "--in-sample",
+                 "--update-card"]) == 1
+    assert "--update-card" in capsys.readouterr().err
+    assert not card.exists()  # nothing written
