@@ -349,7 +349,8 @@ def test_evaluate_refuses_runs_the_model_was_trained_on(
     card = model.with_suffix(".card.json")
     assert main(["predictor", "evaluate", str(model), str(fresh), str(renamed)]) == 1
     err = capsys.readouterr().err
-    assert str(renamed) in err and str(fresh) not in err
+    assert str(renamed) in err
+    assert str(fresh) not in err
     assert "--in-sample" in err
     assert main(["predictor", "evaluate", str(model), str(trained), "--in-sample",
                  "--update-card"]) == 1
