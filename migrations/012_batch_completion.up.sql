@@ -15,6 +15,10 @@ RETURNS TABLE (ord bigint, ok boolean, job_status text, released_id uuid, priori
                required_capability text, delay_ms bigint, job_type text, tenant text)
 LANGUAGE plpgsql
 SET search_path FROM CURRENT
+-- Every row is reached by key. Statistics taken while the tables were small (a fresh schema,
+-- few executions) would otherwise plan sequential scans of job_executions that grow with
+-- history; this makes the planner take the indexes whatever the statistics say.
+SET enable_seqscan = off
 AS $$
 DECLARE
     v_ids uuid[];
@@ -30,13 +34,14 @@ BEGIN
         SET status = 'COMPLETED', completed_at = clock_timestamp(), result = u.result,
             lease_token = NULL, lease_expires_at = NULL
         FROM u
-        WHERE j.id = u.id AND j.lease_token = u.token AND j.status = 'PROCESSING'
+        WHERE j.id = ANY (p_ids) AND j.id = u.id AND j.lease_token = u.token
+          AND (j.status = 'PROCESSING') IS TRUE
         RETURNING j.id, j.worker_id, u.token, u.ord
     ), closed AS (
         UPDATE job_executions e
         SET status = 'COMPLETED', finished_at = clock_timestamp(),
             duration_ms = extract(epoch FROM clock_timestamp() - e.started_at) * 1000
-        FROM done WHERE e.lease_token = done.token
+        FROM done WHERE e.lease_token = ANY (p_tokens) AND e.lease_token = done.token
     ), counted AS (
         UPDATE workers w SET jobs_completed = w.jobs_completed + c.n
         FROM (SELECT done.worker_id, count(*) AS n FROM done GROUP BY done.worker_id) c
