@@ -1,10 +1,12 @@
 """Batching across concurrent callers ("smart batching", as in group commit).
 
 A caller submits one item and awaits its own result. While fewer than `max_flushes` flushes
-are running, a submission starts one at once with everything waiting (so an idle system adds
-no delay); when all are busy, submissions queue up and the next free flush takes them all
-(up to `max_batch`) in one call. Under load a round trip is shared by many callers; at rest
-each caller gets its own. No timer is involved.
+are running, a submission starts one at once (so an idle system adds no delay); the flush
+takes what is waiting when it first runs, one pass of the event loop later, so callers
+submitting in the same pass (a worker's jobs finishing together) share it. When all flushes
+are busy, submissions queue up and the next free flush takes them all (up to `max_batch`) in
+one call. Under load a round trip is shared by many callers; at rest each caller gets its
+own. No timer is involved.
 
 A flush that raises fails every caller in its batch with that exception (the batch is one
 statement: all of it happened or none of it). A caller that gave up before its batch was
@@ -31,31 +33,34 @@ class Coalescer(Generic[T, R]):
         self.max_flushes = max_flushes
         self._waiting: list[tuple[T, asyncio.Future[R]]] = []
         self._running: set[asyncio.Task[None]] = set()
+        self._starting = False  # a flush was started and has not taken its batch yet
         self.batches = 0  # flushes done, and items through them: their ratio is the mean batch
         self.items = 0
 
     async def submit(self, item: T) -> R:
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
-        if len(self._running) < self.max_flushes:
+        if not self._starting and len(self._running) < self.max_flushes:
             self._start()
         return await future
 
     def _start(self) -> None:
-        batch = [(i, f) for i, f in self._waiting[:self.max_batch] if not f.done()]
-        del self._waiting[:self.max_batch]
-        if not batch:
-            return
-        task = asyncio.create_task(self._run(batch))
+        self._starting = True  # until it runs, the new flush gathers every submission
+        task = asyncio.create_task(self._run())
         self._running.add(task)
         task.add_done_callback(self._finished)
 
     def _finished(self, task: asyncio.Task[None]) -> None:
         self._running.discard(task)
-        if self._waiting:
+        if self._waiting and not self._starting:
             self._start()
 
-    async def _run(self, batch: list[tuple[T, asyncio.Future[R]]]) -> None:
+    async def _run(self) -> None:
+        self._starting = False
+        batch = [(i, f) for i, f in self._waiting[:self.max_batch] if not f.done()]
+        del self._waiting[:self.max_batch]
+        if not batch:
+            return
         self.batches += 1
         self.items += len(batch)
         try:

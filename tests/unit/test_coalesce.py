@@ -34,6 +34,14 @@ async def test_at_rest_each_caller_gets_its_own_flush() -> None:
     assert gate.batches == [[0], [1], [2]]
 
 
+async def test_callers_submitting_in_the_same_pass_share_a_flush_even_at_rest() -> None:
+    gate = Gate()
+    c = Coalescer(gate.flush, max_flushes=2)
+    # a worker's jobs finishing together: all submit before the loop runs the flush
+    assert await asyncio.gather(*(c.submit(i) for i in range(5))) == [0, 10, 20, 30, 40]
+    assert gate.batches == [[0, 1, 2, 3, 4]]  # one flush, although two were free
+
+
 async def test_callers_arriving_during_a_flush_share_the_next_one_in_order() -> None:
     gate = Gate()
     gate.open.clear()
