@@ -69,7 +69,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _print_summary(res: dict[str, Any] | None, title: str) -> None:
     if not res:
-        print(f"{title}: not available (needs at least two runs with failures)")
+        print(f"{title}: not available (needs at least three runs with failures: each fold is "
+              "scored at a threshold chosen on the folds before it)")
         return
     ev = res["events"]
     g = ev["gradual"]

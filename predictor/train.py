@@ -15,6 +15,7 @@ is seen in training. Scores are reported on two levels:
 from __future__ import annotations
 
 import platform
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,13 @@ from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.metrics import average_precision_score, precision_recall_fscore_support
 from sklearn.pipeline import Pipeline
 
+from predictor.baselines import (
+    HAND_RULE_K,
+    HAND_RULE_TEXT,
+    at_threshold,
+    hand_rule_scores,
+    make_logistic,
+)
 from predictor.dataset import CLASSES, HORIZON_S
 from predictor.features import FEATURES
 from predictor.policy import Policy, first_firing
@@ -43,12 +51,17 @@ def trainable(df: pd.DataFrame) -> pd.DataFrame:
     return df[df["kind"] != "abrupt"]
 
 
-def fit(df: pd.DataFrame, seed: int = 0, max_iter: int = 200) -> Pipeline:
+Maker = Callable[..., Pipeline]
+
+
+def fit(df: pd.DataFrame, seed: int = 0, max_iter: int | None = None,
+        make: Maker = make_pipeline) -> Pipeline:
     rows = trainable(df)
     if rows["label"].nunique() < 2:
         raise ValueError("the training rows hold a single class: run a drill with faults "
                          "(degrading-workers) to get failures to learn from")
-    return make_pipeline(seed, max_iter).fit(rows[list(FEATURES)], rows["label"])
+    model = make(seed) if max_iter is None else make(seed, max_iter)
+    return model.fit(rows[list(FEATURES)], rows["label"])
 
 
 def time_splits(df: pd.DataFrame) -> list[tuple[list[str], str]]:
@@ -83,9 +96,11 @@ def _row_metrics(scored: pd.DataFrame) -> dict[str, Any]:
 
 
 def event_metrics(scored: pd.DataFrame, policy: Policy, horizon_s: float = HORIZON_S,
-                  step_s: float = 1.0) -> dict[str, Any]:
-    """Replay the policy over scored rows (see the module text for the definitions)."""
-    fired = first_firing(scored, policy)
+                  step_s: float = 1.0, fired: pd.DataFrame | None = None) -> dict[str, Any]:
+    """Replay the policy over scored rows (see the module text for the definitions); or,
+    given `fired` (first_firing's frame), score those firings."""
+    if fired is None:
+        fired = first_firing(scored, policy)
     lives = scored.groupby(["run", "worker_id"], observed=True).agg(
         failure_at=("failure_at", "first"), kind=("kind", "first")).reset_index()
     ev = lives.merge(fired, on=["run", "worker_id"], how="left")
@@ -127,7 +142,8 @@ def evaluate(model: Pipeline, df: pd.DataFrame, policy: Policy,
     return {"rows": _row_metrics(scored), "events": event_metrics(scored, policy, horizon_s)}
 
 
-def cross_validate(df: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
+def cross_validate(df: pd.DataFrame, seed: int = 0, make: Maker = make_pipeline
+                   ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Out-of-fold scores of every run after the first, and which runs each fold used."""
     parts, folds = [], []
     for train_runs, test_run in time_splits(df):
@@ -135,7 +151,7 @@ def cross_validate(df: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, list[
         test = df[df["run"] == test_run]
         if trainable(train)["label"].nunique() < 2:
             continue
-        parts.append(score(fit(train, seed), test))
+        parts.append(score(fit(train, seed, make=make), test))
         folds.append({"train": train_runs, "test": test_run})
     if not parts:
         return df.iloc[:0], folds
@@ -174,21 +190,82 @@ def versions() -> dict[str, str]:
             "skops": skops.__version__, "pandas": pd.__version__, "numpy": np.__version__}
 
 
+def nested(oof: pd.DataFrame, folds: list[dict[str, Any]], k: int,
+           horizon_s: float = HORIZON_S) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """Each outer fold scored at a threshold chosen on the folds before it only (the inner
+    folds), so no fold's threshold saw its own scores: the rows of every fold that has an
+    earlier one (with the threshold it got), their firings, and the thresholds."""
+    rows, fired, chosen = [], [], []
+    tests = [f["test"] for f in folds]
+    for i in range(1, len(tests)):
+        th = choose_threshold(oof[oof["run"].isin(tests[:i])], k, horizon_s)
+        part = oof[oof["run"] == tests[i]].assign(threshold=th)
+        rows.append(part)
+        fired.append(first_firing(part, Policy(threshold=th, k=k, holdout=0)))
+        chosen.append({"test": tests[i], "threshold": th})
+    if not rows:
+        return oof.iloc[:0], pd.DataFrame(columns=["run", "worker_id", "fired_at"]), chosen
+    return pd.concat(rows, ignore_index=True), pd.concat(fired, ignore_index=True), chosen
+
+
+def _judged(rows: pd.DataFrame, fired: pd.DataFrame, horizon_s: float) -> dict[str, Any]:
+    scored = trainable(rows)
+    y = scored["label"] == "failing"
+    return {"pr_auc_failing": round(float(average_precision_score(y, scored["p_failing"])), 3)
+            if y.any() else None,
+            "at_threshold": at_threshold(scored, scored["threshold"].to_numpy()),
+            "events": event_metrics(rows, Policy(), horizon_s, fired=fired)}
+
+
+def event_f1(ev: dict[str, Any]) -> float:
+    """One number for a scorer's events: the harmonic mean of its firing precision and its
+    gradual recall (0 when either is missing or zero)."""
+    p, r = ev.get("precision") or 0.0, ev["gradual"].get("recall") or 0.0
+    return 2 * p * r / (p + r) if p + r else 0.0
+
+
+def compare_baselines(df: pd.DataFrame, oof: pd.DataFrame, folds: list[dict[str, Any]], *,
+                      k: int, seed: int = 0, horizon_s: float = HORIZON_S
+                      ) -> dict[str, Any] | None:
+    """The model, a logistic regression and the hand rule on the same outer-fold rows, the
+    learnt ones at thresholds chosen on earlier folds only; None with fewer than three runs."""
+    rows, fired, chosen = nested(oof, folds, k, horizon_s)
+    if not len(rows):
+        return None
+    lr_oof, lr_folds = cross_validate(df, seed, make=make_logistic)
+    lr_rows, lr_fired, lr_chosen = nested(lr_oof, lr_folds, k, horizon_s)
+    hand = hand_rule_scores(rows).assign(threshold=0.5)
+    scorers = {"model": {**_judged(rows, fired, horizon_s), "thresholds": chosen},
+               "logistic": {**_judged(lr_rows, lr_fired, horizon_s), "thresholds": lr_chosen},
+               "hand_rule": {**_judged(hand, first_firing(hand, Policy(
+                   threshold=0.5, k=HAND_RULE_K, holdout=0)), horizon_s),
+                   "rule": HAND_RULE_TEXT}}
+    f1 = {name: round(event_f1(s["events"]), 3) for name, s in scorers.items()}
+    return {"runs": [c["test"] for c in chosen], "rows": len(rows), "scorers": scorers,
+            "event_f1": f1, "model_beats_hand_rule": f1["model"] > f1["hand_rule"]}
+
+
 def train(df: pd.DataFrame, *, k: int = 5, seed: int = 0,
           horizon_s: float = HORIZON_S) -> tuple[Pipeline, dict[str, Any]]:
-    """Validate (time-ordered, grouped by run), pick the threshold, fit on everything."""
+    """Validate (time-ordered, grouped by run), pick the threshold, fit on everything. The
+    validation's events are scored at thresholds chosen on earlier folds only (nested); the
+    threshold shipped is then chosen on every fold."""
     oof, folds = cross_validate(df, seed)
     threshold = choose_threshold(oof, k, horizon_s) if len(oof) else 0.6
-    policy = Policy(threshold=threshold, k=k, holdout=0)
     validation: dict[str, Any] | None = None
-    if len(oof):
+    baselines = compare_baselines(df, oof, folds, k=k, seed=seed, horizon_s=horizon_s) \
+        if len(oof) else None
+    if baselines is not None:
+        model_scores = baselines["scorers"]["model"]
         validation = {"folds": folds, "rows": _row_metrics(oof),
-                      "events": event_metrics(oof, policy, horizon_s)}
+                      "events": model_scores["events"],
+                      "thresholds": model_scores["thresholds"],
+                      "at_threshold": model_scores["at_threshold"]}
     model = fit(df, seed)
     report = {"horizon_s": horizon_s, "threshold": threshold, "k": k, "seed": seed,
               "sampling_interval_s": round(float(df["sampling_interval_s"].median()), 3)
               if "sampling_interval_s" in df else None,
               "features": list(FEATURES), "class_balance": class_balance(df),
               "rows": len(df), "runs": [str(r) for r in pd.unique(df["run"])],
-              "validation": validation, "versions": versions()}
+              "validation": validation, "baselines": baselines, "versions": versions()}
     return model, report

@@ -356,3 +356,66 @@ def test_evaluate_refuses_runs_the_model_was_trained_on(
                  "--update-card"]) == 1
     assert "--update-card" in capsys.readouterr().err
     assert not card.exists()  # nothing written
+
+
+def test_nested_thresholds_never_see_the_fold_they_score() -> None:
+    from predictor.train import choose_threshold, nested
+
+    def run(name: str, ramp_from: float) -> list[dict[str, object]]:
+        rows: list[dict[str, object]] = []
+        for i in range(10):
+            rows += ramp_rows(name, f"g{i}", 80.0, ramp_from)
+            rows += ramp_rows(name, f"h{i}", None, 0.0)
+        return rows
+
+    folds = [{"train": [], "test": t} for t in ("r1", "r2", "r3")]
+    oof = pd.DataFrame(run("r1", 20.0) + run("r2", 20.0) + run("r3", 50.0))
+    rows, fired, chosen = nested(oof, folds, k=3)
+    assert [c["test"] for c in chosen] == ["r2", "r3"]  # r1 has no earlier fold
+    assert chosen[0]["threshold"] == choose_threshold(oof[oof["run"] == "r1"], k=3) == 0.7
+    assert set(rows["run"]) == {"r2", "r3"}
+    assert set(fired["run"]) == {"r2", "r3"}
+    # r3's own scores do not move r3's threshold (a late ramp there would pick another one)
+    assert choose_threshold(oof[oof["run"] == "r3"], k=3) != chosen[1]["threshold"]
+    flat = oof.assign(p_failing=np.where(oof["run"] == "r3", 0.1, oof["p_failing"]))
+    assert nested(flat, folds, k=3)[2] == chosen
+
+
+def test_the_hand_rule_and_the_wilson_interval() -> None:
+    from predictor.baselines import at_threshold, hand_rule_scores, wilson
+
+    df = pd.DataFrame({"rss_slope_mb_s": [0.5, 3.5, 0.0, 0.0, 0.0],
+                       "lag_max_ms": [10.0, 10.0, 300.0, 10.0, 10.0],
+                       "hb_gap_max_s": [1.0, 1.0, 1.0, 2.5, 1.0],
+                       "label": ["healthy", "failing", "failing", "healthy", "failing"]})
+    scored = hand_rule_scores(df)
+    assert scored["p_failing"].tolist() == [0.0, 1.0, 1.0, 1.0, 0.0]
+    assert (scored["p_healthy"] + scored["p_failing"]).eq(1.0).all()
+    at = at_threshold(scored, 0.5)
+    assert (at["precision"], at["recall"]) == (round(2 / 3, 3), round(2 / 3, 3))
+    assert wilson(5, 10) == (0.237, 0.763)
+    assert wilson(0, 10) == (0.0, 0.278)
+    assert wilson(0, 0) is None
+
+
+def test_training_compares_the_model_with_the_baselines_on_the_same_rows() -> None:
+    from predictor.card import card_markdown
+    from predictor.train import train
+
+    df = training_frame(4)
+    _, report = train(df, k=2)
+    b = report["baselines"]
+    assert b["runs"] == ["run2", "run3"]  # outer folds with an earlier fold to tune on
+    assert set(b["scorers"]) == {"model", "logistic", "hand_rule"}
+    assert report["validation"]["events"] == b["scorers"]["model"]["events"]
+    assert [t["test"] for t in report["validation"]["thresholds"]] == ["run2", "run3"]
+    for sc in b["scorers"].values():
+        assert sc["events"]["gradual"]["failures"] == b["scorers"]["model"]["events"][
+            "gradual"]["failures"]  # the same workers judged
+    assert isinstance(b["model_beats_hand_rule"], bool)
+    text = card_markdown({**report, "sources": [], "trained_at": "now", "command": "c"})
+    assert "## Against the baselines" in text
+    assert "| hand rule |" in text
+    _, small = train(training_frame(2), k=2)
+    assert small["baselines"] is None
+    assert "Not available" in card_markdown({**small, "sources": []})
