@@ -65,6 +65,7 @@ def card_markdown(meta: dict[str, Any]) -> str:
             continue
         lines += _result_lines(res)
     lines += _baseline_lines(meta.get("baselines"))
+    lines += _frozen_test_lines(meta.get("frozen_test"))
     lines += ["", "## Library versions", ""] + [f"- {k} {v}" for k, v in
                                                meta["versions"].items()]
     return "\n".join(lines) + "\n"
@@ -129,6 +130,27 @@ def _baseline_lines(b: dict[str, Any] | None) -> list[str]:
             "The model beats the hand rule here (event F1)." if b["model_beats_hand_rule"]
             else "**The model does not beat the hand rule here (event F1)**: prefer the rule, "
                  "or more varied training data."]
+    return out
+
+
+def _frozen_test_lines(ft: dict[str, Any] | None) -> list[str]:
+    if not ft:
+        return []
+    out = ["", "## Frozen test set (scored once)", "",
+           "| run | worker_health.csv (sha256, first 16) |", "|---|---|"]
+    out += [f"| {s['run']} | `{s['worker_health.csv']}` |" for s in ft["sources"]]
+    out += ["", "| scorer | gradual caught | firing precision | median lead (s) | "
+            "false per 100 worker-hours | event F1 |", "|---|---|---|---|---|---|"]
+    names = {"new": "this model", "current": f"current ({ft.get('current_model')})",
+             "hand_rule": "hand rule"}
+    for key, res in ft["scores"].items():
+        ev = res["events"]
+        g = ev["gradual"]
+        lead = (g.get("lead_s") or {}).get("p50")
+        out.append(f"| {names.get(key, key)} | {g['caught']} of {g['failures']} | "
+                   f"{_pct(ev['precision'])} | {lead if lead is not None else 'n/a'} | "
+                   f"{ev['false_per_100_worker_hours']} | {res['event_f1']:.3f} |")
+    out += ["", f"Ship it: {'yes' if ft['ship'] else 'no'} ({'; '.join(ft['reasons'])})."]
     return out
 
 

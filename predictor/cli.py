@@ -119,6 +119,85 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_retrain(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from predictor.card import write_card
+    from predictor.dataset import DatasetError
+    from predictor.model import DEFAULT_MODEL, ModelError, load, save
+    from predictor.policy import Policy
+    from predictor.retrain import Collect, check_test_set, collect, decide, judge
+    from predictor.train import train
+
+    if not 0 <= args.collect <= 50:
+        raise JobHarnessError("--collect must be 0..50 runs")
+    if args.k < 1:
+        raise JobHarnessError("--k must be at least 1")
+    current = None
+    if args.current != "none":
+        try:
+            current = load(DEFAULT_MODEL if args.current == "default" else args.current)
+        except ModelError as exc:
+            raise JobHarnessError(f"--current: {exc}") from exc
+    runs, tests = [Path(r) for r in args.runs], [Path(t) for t in args.test]
+    steps = ["collect"] * args.collect + ["dataset", "train", "test", "write"]
+    console = Console(stderr=True)
+    with Progress(SpinnerColumn(), TextColumn("{task.description}"), BarColumn(),
+                  TextColumn("{task.completed}/{task.total}"), TimeElapsedColumn(),
+                  TextColumn("{task.fields[eta]}"), console=console) as bar:
+        task = bar.add_task("retrain", total=len(steps), eta="")
+
+        def step(text: str, left_s: float | None = None) -> None:
+            bar.update(task, description=text,
+                       eta=f"~{left_s / 60:.0f} min of runs left" if left_s else "")
+
+        try:
+            if args.collect:
+                def on_run(done: int, text: str, left_s: float) -> None:
+                    bar.update(task, completed=done)
+                    step(f"collecting: {text}", left_s)
+                made = collect(Collect(runs=args.collect, seed=args.seed, drill=args.drill,
+                                       out=Path(args.collect_out)), on_run)
+                runs += made
+                bar.update(task, completed=args.collect)
+            check_test_set(runs, tests)
+            if len(runs) < 3:
+                raise JobHarnessError(f"{len(runs)} training run(s): nested validation needs "
+                                      "at least three (give more, or --collect N)")
+            step("building the datasets")
+            df, sources = _dataset([str(r) for r in runs], args.horizon_s)
+            test_df, test_sources = _dataset([str(t) for t in tests], args.horizon_s)
+            bar.advance(task)
+            step(f"training on {len(df)} rows of {len(runs)} runs, with nested validation")
+            model, meta = train(df, k=args.k, seed=args.seed, horizon_s=args.horizon_s)
+            bar.advance(task)
+            step(f"scoring once on the frozen test set ({len(tests)} runs)")
+            scores = judge(test_df, args.horizon_s, current=current,
+                           new=(model, Policy(threshold=meta["threshold"], k=args.k, holdout=0)))
+            bar.advance(task)
+        except (DatasetError, ValueError) as exc:
+            raise JobHarnessError(str(exc)) from exc
+        ship, reasons = decide(scores)
+        meta.update(sources=sources, trained_at=datetime.now(UTC).isoformat(timespec="seconds"),
+                    command="jobharness predictor retrain " + " ".join(
+                        shlex.quote(a) for a in (sys.argv[3:] if len(sys.argv) > 3 else [])),
+                    frozen_test={"sources": test_sources, "scores": scores,
+                                 "current_model": args.current if current else None,
+                                 "ship": ship, "reasons": reasons})
+        out = Path(args.out)
+        save(model, meta, out)
+        md, _ = write_card(meta, out)
+        bar.advance(task)
+        step("done")
+    print(f"model -> {out}\ncard  -> {md}")
+    _print_summary(meta.get("validation"), "validation (nested)")
+    for line in reasons:
+        print(f"  {line}")
+    print(f"ship it: {'yes' if ship else 'no'}")
+    return 0
+
+
 async def _export(settings: Settings, out: Path) -> list[str]:
     from core.store.exports import export_tables
     from core.store.pools import create_pool
@@ -169,6 +248,23 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     e.add_argument("--in-sample", action="store_true",
                    help="score runs the model was trained on (refused otherwise), labelled so")
     e.set_defaults(func=cmd_evaluate, needs_settings=False)
+    r = ps.add_parser("retrain", parents=[common],
+                      help="collect or take runs, train, validate, test once, say whether to ship")
+    r.add_argument("runs", nargs="*", help="training run folders (more with --collect)")
+    r.add_argument("--test", nargs="+", default=[], required=True,
+                   help="the frozen test set: run folders never used in training")
+    r.add_argument("--collect", type=int, default=0,
+                   help="also make N training runs here with the drill (0)")
+    r.add_argument("--drill", default="degrading-workers", help="drill of collected runs")
+    r.add_argument("--seed", type=int, default=100, help="first seed of collected runs (100)")
+    r.add_argument("--collect-out", default="out/retrain", help="where collected runs go")
+    r.add_argument("--current", default="default",
+                   help="the model to compare with: a file, `default` (the shipped one) or "
+                   "`none`")
+    r.add_argument("--out", default=str(DEFAULT_OUT), help=f"model file ({DEFAULT_OUT})")
+    r.add_argument("--k", type=int, default=5, help="consecutive failing scores to act (5)")
+    r.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
+    r.set_defaults(func=cmd_retrain, needs_settings=False)
     x = ps.add_parser("export", parents=[common],
                       help="a target's health samples and workers as a folder to train on")
     x.add_argument("out")
