@@ -22,7 +22,7 @@ import httpx
 from core.errors import ServiceError
 from core.infra.auth import auth_headers
 from core.infra.embedded import PG_STOP_MODES, EmbeddedServices
-from core.worker.faults import MODES
+from core.worker.faults import BENIGN_MODES, FATAL_MODES, MODES
 
 
 class ActionError(RuntimeError):
@@ -151,22 +151,35 @@ async def pause_workers(ep: Endpoints, rng: random.Random, *, count: int | None 
 
 
 async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
-                          fraction: float | None = None, mode: str = "mixed",
+                          fraction: float | None = None, mode: str | list[str] = "mixed",
                           ramp_s: float | list[float] = 45.0, limit_mb: float = 400.0
                           ) -> dict[str, Any]:
-    """Start a gradual fault (core.worker.faults) in chosen workers. `mode` "mixed" draws leak, slow
-    or stall per worker; a [low, high] `ramp_s` draws each ramp from that range."""
+    """Start a gradual fault (core.worker.faults) in chosen workers. `mode`: one mode, a list
+    to draw from per worker, "mixed" (a fatal one: leak, slow or stall) or "benign" (one that
+    ends without a failure); a [low, high] `ramp_s` draws each ramp from that range."""
+    pool = fault_modes(mode)
     chosen = _choose(await _running_workers(ep), count, fraction, rng)
-    if mode != "mixed" and mode not in MODES:
-        raise ActionError(f"degrade mode must be mixed or one of {', '.join(MODES)}")
     faults = []
     for wid in chosen:
         ramp = rng.uniform(*ramp_s) if isinstance(ramp_s, list) else float(ramp_s)
-        spec = {"mode": rng.choice(MODES) if mode == "mixed" else mode,
-                "ramp_s": round(ramp, 1), "limit_mb": limit_mb, "seed": rng.randrange(2**31)}
+        spec = {"mode": rng.choice(pool), "ramp_s": round(ramp, 1), "limit_mb": limit_mb,
+                "seed": rng.randrange(2**31)}
         await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
         faults.append({"worker_id": wid, **spec})
     return {"degraded": faults}
+
+
+def fault_modes(mode: str | list[str]) -> tuple[str, ...]:
+    """The modes a degrade step draws from (ActionError naming a bad one)."""
+    named = {"mixed": FATAL_MODES, "benign": BENIGN_MODES}
+    pool = named.get(mode) if isinstance(mode, str) else None
+    if pool is None:
+        pool = tuple(mode) if isinstance(mode, list) else (mode,)
+    bad = [m for m in pool if m not in MODES]
+    if bad or not pool:
+        raise ActionError(f"degrade mode must be mixed, benign, one of {', '.join(MODES)} or "
+                          f"a list of those, got {mode!r}")
+    return pool
 
 
 async def resume_workers(ep: Endpoints, worker_ids: list[str] | None = None) -> dict[str, Any]:

@@ -26,6 +26,8 @@ def fault_label(fault: dict[str, Any]) -> str:
     args = fault.get("args") or {}
     target = args.get("target") or args.get("process")
     how = args.get("mode")
+    if isinstance(how, list):  # a degrade step drawing from several modes
+        how = "/".join(map(str, how))
     label = fault["name"] + (f" {target}" if target else "")
     if "fraction" in args and args["fraction"] is not None:
         label += f" {float(args['fraction']):.0%}"

@@ -108,7 +108,7 @@ class Supervisor:
         self.events: list[dict[str, Any]] = []  # replacement journal
         self._recent: deque[float] = deque()
         self._pending: dict[int, str] = {}  # slot -> reason, waiting for the rate limiter
-        self._log_dir = opts.log_dir or (settings.data_dir / "logs")
+        self.log_dir = opts.log_dir or (settings.data_dir / "logs")
         self.roster_source = "none"
         self._retiring: asyncio.Task[None] | None = None
         self.storm = StormGuard(opts.storm or StormLimits(per_hour=max(4, opts.workers)))
@@ -119,14 +119,14 @@ class Supervisor:
 
     async def _spawn(self, index: int, generation: int) -> Slot:
         wid = self.worker_id(index, generation)
-        self._log_dir.mkdir(parents=True, exist_ok=True)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **to_env(self.settings)}
         o = self.opts
         spec = WorkerOptions(worker_id=wid, capabilities=o.capabilities,
                              concurrency=o.concurrency, handlers=dict(o.handlers),
                              drain_timeout_s=o.drain_timeout_s, supervisor=o.name,
                              nice=o.worker_nice)
-        proc = await start_worker(spec, env, self._log_dir / f"{wid}.log", how=o.spawn)
+        proc = await start_worker(spec, env, self.log_dir / f"{wid}.log", how=o.spawn)
         slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
                     spawned_at=time.monotonic())
         self.slots[index] = slot

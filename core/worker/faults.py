@@ -1,7 +1,7 @@
 """Gradual faults injected into a running worker, for drills that train and test the
 worker-failure predictor. A worker has no fault until told: its supervisor writes a spec to
 `<data_dir>/faults/<worker_id>.json` and sends SIGUSR1; the worker reads it and starts the
-fault in its own event loop. Each fault ramps over `ramp_s` seconds and ends in a failure:
+fault in its own event loop. The fatal modes ramp over `ramp_s` seconds and end in a failure:
 
 - ``leak``: memory grows linearly to `limit_mb`, then the process is killed with SIGKILL (what
   a container's memory limit and the kernel's OOM killer do);
@@ -11,6 +11,14 @@ fault in its own event loop. Each fault ramps over `ramp_s` seconds and ends in 
   dependency), until one never ends.
 
 After the ramp a hung worker stays hung (it cannot drain) until its supervisor kills it.
+
+The benign modes show symptoms for `ramp_s` seconds and end without a failure (a predictor
+that reads every symptom as the end is wrong on them):
+
+- ``plateau``: memory grows to `limit_mb` and stays there (a cache warming up);
+- ``transient``: stalls as in ``stall``, then they stop (a dependency that recovers);
+- ``gc``: short pauses (50-250 ms) every 1-3 s, then none (a collector working hard);
+- ``neighbour``: a busy thread competes for the interpreter (a noisy neighbour), then stops.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import logging
 import os
 import random
 import signal
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -29,7 +38,9 @@ from typing import Any
 import psutil
 
 log = logging.getLogger("jobharness.faults")
-MODES = ("leak", "slow", "stall")
+FATAL_MODES = ("leak", "slow", "stall")
+BENIGN_MODES = ("plateau", "transient", "gc", "neighbour")
+MODES = FATAL_MODES + BENIGN_MODES
 TICK_S = 0.25
 
 
@@ -74,6 +85,13 @@ def write_fault(data_dir: Path, worker_id: str, spec: FaultSpec) -> Path:
     return path
 
 
+def _burn(stop: threading.Event, until: float) -> None:
+    """A noisy neighbour inside the process: pure-Python work that holds the interpreter lock
+    in short slices until `until` or `stop`."""
+    while not stop.is_set() and time.monotonic() < until:
+        sum(i * i for i in range(20_000))
+
+
 def _block(seconds: float) -> None:
     """Hold the event loop (the fault itself: nothing else in the worker runs meanwhile)."""
     time.sleep(seconds)
@@ -102,6 +120,10 @@ class FaultInjector:
         self.task = asyncio.create_task(self.run(spec))
 
     async def run(self, spec: FaultSpec) -> None:
+        if spec.mode in BENIGN_MODES:
+            await self._benign(spec)
+            log.warning("fault %s: over, the worker recovers", spec.mode)
+            return
         rng = random.Random(spec.seed)
         start = time.monotonic()
         base_mb = psutil.Process().memory_info().rss / 2**20
@@ -124,10 +146,35 @@ class FaultInjector:
                 next_stall = time.monotonic() + rng.expovariate(1 / mean_gap)
             await asyncio.sleep(TICK_S)
 
-    def _leak(self, spec: FaultSpec, base_mb: float, progress: float) -> None:
+    async def _benign(self, spec: FaultSpec) -> None:
+        rng = random.Random(spec.seed)
+        start = time.monotonic()
+        end = start + spec.ramp_s
+        base_mb = psutil.Process().memory_info().rss / 2**20
+        busy = threading.Event()
+        if spec.mode == "neighbour":
+            threading.Thread(target=_burn, args=(busy, end), daemon=True).start()
+        next_pause = start + rng.uniform(0.2, 1.0)
+        while (now := time.monotonic()) < end:
+            progress = (now - start) / spec.ramp_s
+            if spec.mode == "plateau":
+                self._grow(spec, base_mb, min(1.0, 2 * progress))  # full by half time
+            elif spec.mode in ("transient", "gc") and now >= next_pause:
+                stall = spec.mode == "transient"
+                _block(rng.uniform(0.1, 0.3 + 1.5 * progress) if stall
+                       else rng.uniform(0.05, 0.25))
+                next_pause = time.monotonic() + (rng.expovariate(1 / 1.5) if stall
+                                                 else rng.uniform(1.0, 3.0))
+            await asyncio.sleep(TICK_S)
+        busy.set()
+
+    def _grow(self, spec: FaultSpec, base_mb: float, progress: float) -> None:
         grow_mb = int((spec.limit_mb - base_mb) * progress) - len(self._ballast)
         for _ in range(max(0, grow_mb)):
             self._ballast.append(os.urandom(1) * 2**20)  # written, so it is resident
+
+    def _leak(self, spec: FaultSpec, base_mb: float, progress: float) -> None:
+        self._grow(spec, base_mb, progress)
         if psutil.Process().memory_info().rss / 2**20 >= spec.limit_mb or progress >= 1.0:
             log.error("fault leak: memory limit %.0f MiB reached, killed", spec.limit_mb)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -203,6 +203,33 @@ async def test_gradual_faults_end_in_the_failure_they_model(
             assert max(s["loop_lag_ms"] for s in samples) > 200
 
 
+async def test_benign_faults_show_symptoms_and_end_without_a_failure(
+        svc: JobService) -> None:  # noqa: F811
+    from core.worker.faults import BENIGN_MODES
+
+    async with supervising(svc, workers=len(BENIGN_MODES)) as sup:
+        victims = dict(zip(BENIGN_MODES, list(sup.slots.values()), strict=True))
+        for mode, slot in victims.items():
+            sup.inject_fault(slot.worker_id, FaultSpec(mode=mode, ramp_s=5, limit_mb=150,
+                                                       seed=1))
+
+        def over() -> bool:
+            return all(f"fault {mode}: over" in (sup.log_dir / f"{slot.worker_id}.log")
+                       .read_text() for mode, slot in victims.items())
+
+        await wait_until(until(over), timeout_s=30, what="every benign fault to end")
+        assert sup.stats["replacements"] == 0
+        assert all(slot.proc.returncode is None for slot in victims.values())
+        peak = {mode: await svc.pool.fetchrow(
+            "SELECT max(rss_bytes) - min(rss_bytes) AS grew, max(loop_lag_ms) AS lag,"
+            " max(cpu_percent) AS cpu FROM worker_health_samples WHERE worker_id = $1",
+            slot.worker_id) for mode, slot in victims.items()}
+        assert peak["plateau"]["grew"] > 50 * 2**20  # memory grew and stayed: no kill
+        assert peak["transient"]["lag"] > 100  # stalls, then none
+        assert peak["gc"]["lag"] > 40  # 50-250 ms pauses
+        assert peak["neighbour"]["cpu"] > 30  # a busy thread in the process
+
+
 async def test_the_shipped_model_scores_a_fleet_on_the_default_heartbeat(
         svc: JobService, tmp_path: Path) -> None:  # noqa: F811
     """With the seed's 30 s heartbeat the workers still sample their health every second, so

@@ -77,6 +77,23 @@ def test_worker_drills_load() -> None:
     assert load_drill("no-faults").method == []
 
 
+def test_harder_and_unseen_drills_draw_fatal_and_benign_faults() -> None:
+    from chaos.actions import ActionError, fault_modes
+    from core.worker.faults import BENIGN_MODES, FATAL_MODES
+
+    harder = {s.action: s for s in load_drill("degrading-harder").method}["degrade_workers"]
+    assert set(fault_modes(harder.args["mode"])) == set(FATAL_MODES) | set(BENIGN_MODES)
+    unseen = {s.action: s for s in load_drill("degrading-unseen").method}["degrade_workers"]
+    assert set(fault_modes(unseen.args["mode"])) & set(BENIGN_MODES)
+    assert min(unseen.args["ramp_s"]) > max(harder.args["ramp_s"]) / 2  # slower than training
+    assert fault_modes("mixed") == FATAL_MODES  # as before: every mixed fault is fatal
+    assert fault_modes("benign") == BENIGN_MODES
+    assert fault_modes("gc") == ("gc",)
+    for bad in ("melt", ["leak", "melt"], []):
+        with pytest.raises(ActionError, match="degrade mode must be mixed, benign"):
+            fault_modes(bad)  # type: ignore[arg-type]
+
+
 def test_fault_specs_name_what_is_wrong() -> None:
     from core.worker.faults import FaultSpec
 
