@@ -60,6 +60,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     px.add_argument("--config", help="JSON list of proxies to create at start")
     px.set_defaults(func=cmd_chaos, needs_settings=True)
     add_fault_parser(ch, common)
+    add_nemesis_parser(ch, common)
     add_drill_parser(sub, common)
 
 
@@ -149,6 +150,24 @@ def add_fault_parser(ch: Any, common: argparse.ArgumentParser) -> None:
     f.set_defaults(func=cmd_fault, needs_settings=True)
 
 
+def cmd_nemesis(args: argparse.Namespace) -> int:
+    from chaos.nemesis import random_drill, schedule
+
+    drill = random_drill(args.seed, args.intensity)
+    print(f"{drill.name}: {drill.description}; span {drill.span_s:.0f} s")
+    for line in schedule(drill):
+        print(line)
+    return 0
+
+
+def add_nemesis_parser(ch: Any, common: argparse.ArgumentParser) -> None:
+    n = ch.add_parser("nemesis", parents=[common],
+                      help="print the faults `--drill random --seed S` would run, in order")
+    n.add_argument("--seed", type=int, required=True)
+    n.add_argument("--intensity", choices=["low", "high"], default="low")
+    n.set_defaults(func=cmd_nemesis, needs_settings=False)
+
+
 async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str, Any]:
     """The drill against a running system (no load of ours): steady state, method, then up to
     `settle_s` for every job created before the method ended to finish, then the checks."""
@@ -159,13 +178,13 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
 
     from chaos.actions import Endpoints
     from chaos.checker import check_all
-    from chaos.drill import DrillRunner, load_drill
+    from chaos.drill import DrillRunner, find_drill
     from chaos.probes import deployment_fleet, make_probes
     from core.contract.observe import BACKLOG_CREATED_BEFORE
     from core.errors import JobHarnessError, StoreUnavailable
     from core.service.runtime import open_runtime
 
-    drill = load_drill(args.file)
+    drill = find_drill(args.file, seed=args.seed, intensity=args.intensity)
     if not settings.api_url:
         raise JobHarnessError("a drill alone needs the target's api_url (--target FILE)")
     from core.infra.auth import auth_headers
@@ -230,6 +249,8 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> int:
 def add_drill_parser(sub: Any, common: argparse.ArgumentParser) -> None:
     d = sub.add_parser("drill", parents=[common],
                        help="run one drill alone against a target (no load; see run --drill)")
-    d.add_argument("file", help="a drill name or YAML file")
+    d.add_argument("file", help="a drill name or YAML file; `random`: drawn from --seed")
     d.add_argument("--seed", type=int, default=1)
+    d.add_argument("--intensity", choices=["low", "high"], default="low",
+                   help="of the random drill (chaos/nemesis.py)")
     d.set_defaults(func=cmd_drill, needs_settings=True)

@@ -36,7 +36,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       rate_per_s=args.rate, seed=args.seed,
                       out=Path(args.out), targeted=args.target is not None,
                       locust_workers=args.locust_workers, memory=args.memory,
-                      cleanup=args.cleanup, drill=args.drill, predictor=args.predictor)
+                      cleanup=args.cleanup, drill=args.drill, predictor=args.predictor,
+                      intensity=args.intensity)
     bar, _ = _progress_view(err)
     task: dict[str, Any] = {}
 
@@ -53,6 +54,12 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     try:
         with endpoints(settings, keep_running=args.target is not None) as resolved, bar:
             run = Run(resolved, opts, on_progress)
+            if opts.drill == "random" and run.drill is not None:
+                from chaos.nemesis import schedule
+
+                err.print(f"{run.drill.name}: {run.drill.description}")
+                for line in schedule(run.drill):
+                    err.print(line, highlight=False)
             verdict = run_async(run.execute())
     except (ScenarioError, DrillError) as exc:
         raise JobHarnessError(str(exc)) from exc
@@ -117,7 +124,10 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
                    help="run Locust as a master and N worker processes")
     p.add_argument("--memory", action="store_true",
                    help="emit state-memory events during the run")
-    p.add_argument("--drill", help="a chaos drill (name or YAML file) to run under the load")
+    p.add_argument("--drill", help="a chaos drill (name or YAML file) to run under the load; "
+                   "`random`: one drawn from --seed (chaos/nemesis.py)")
+    p.add_argument("--intensity", choices=["low", "high"], default="low",
+                   help="of --drill random: 5 faults one at a time, or 10 overlapping")
     p.add_argument("--predictor", default="off",
                    help="worker-health model for proactive replacement: off (default), "
                         "default (the shipped model) or a model file")

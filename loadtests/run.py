@@ -27,7 +27,7 @@ import httpx
 import yaml
 
 from chaos.checker import check_all
-from chaos.drill import DrillReport, DrillRunner, load_drill
+from chaos.drill import DrillReport, DrillRunner, find_drill
 from chaos.probes import Fleet, deployment_fleet, make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder
@@ -74,6 +74,7 @@ class RunOptions:
     cleanup: bool = False  # drop the run's schema and keys once the folder is written
     drill: str | None = None
     predictor: str = "off"  # off, default (the shipped model) or a model file
+    intensity: str = "low"  # of `--drill random` (chaos/nemesis.py)
 
 
 @dataclass
@@ -104,7 +105,8 @@ class Run:
             settings, schema=self.tag, prefix=self.tag,
             data_dir=self.dir / runfolder.STATE, memory=opts.memory,
             synthetic_handlers=settings.synthetic_handlers is not False)
-        self.drill = load_drill(opts.drill) if opts.drill else None
+        self.drill = find_drill(opts.drill, seed=self.scenario.seed,
+                                intensity=opts.intensity) if opts.drill else None
         if self.drill is not None:
             self._check_load_covers(self.scenario, self.drill)
             self.settings = with_values(self.settings, self.drill.settings,
