@@ -43,18 +43,27 @@ class WorkerRegistry(ServiceBase):
         """Refresh liveness in both stores (the latest health sample goes to the state
         memory; samples themselves are recorded by `record_health`); returns the worker's
         PostgreSQL status, None if unknown. Each store may fail independently (invariant 5)."""
-        redis_ok = True
+        redis_ok = await self.heartbeat_redis(worker_id, value)
         try:
-            await self.dispatch.set_heartbeat(worker_id, self.settings.heartbeat_ttl_s, value)
-        except DispatchUnavailable:
-            redis_ok = False
-        try:
-            with store_errors():
-                status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
+            return await self.heartbeat_postgres(worker_id, sample)
         except StoreUnavailable:
             if not redis_ok:
                 raise
             return None
+
+    async def heartbeat_redis(self, worker_id: str, value: str = "alive") -> bool:
+        """The Redis half of a heartbeat (the key with its TTL); False if Redis failed."""
+        try:
+            await self.dispatch.set_heartbeat(worker_id, self.settings.heartbeat_ttl_s, value)
+        except DispatchUnavailable:
+            return False
+        return True
+
+    async def heartbeat_postgres(self, worker_id: str,
+                                 sample: dict[str, Any] | None = None) -> str | None:
+        """The PostgreSQL half: `last_heartbeat_at`, and the worker's status (None: no row)."""
+        with store_errors():
+            status = await self.pool.fetchval(q("heartbeat_worker"), worker_id)
         if self.memory is not None:
             self.memory.worker_state(worker_id, {"status": status, **(sample or {})})
         return str(status) if status is not None else None

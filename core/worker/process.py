@@ -68,22 +68,33 @@ async def _health_samples(service: JobService, worker: Worker, stop: asyncio.Eve
             await asyncio.wait_for(stop.wait(), timeout=every)
 
 
-async def _heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
+async def heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
+    """Beat both stores every interval. The PostgreSQL half runs as a task of its own, one at
+    a time: a call that hangs (a connection caught in a partition) must not hold back the
+    Redis key, or a PostgreSQL fault alone would get a live worker replaced (invariant 5)."""
     interval = service.settings.heartbeat_interval_s
-    while not stop.is_set():
-        latest = worker.health.latest or worker.health.sample()
-        sample = latest.as_dict()
-        try:
-            status = await service.heartbeat(worker.worker_id, json.dumps(sample), sample)
-        except StoreUnavailable:
-            status = None  # both stores unreachable: keep working, try again next beat
-        if status in DECLARED_DEAD:
-            log.warning("worker %s was declared %s: exiting", worker.worker_id, status)
-            worker.stats["declared_dead"] += 1
-            stop.set()
-            return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=interval)
+    pg: asyncio.Task[str | None] | None = None
+    try:
+        while not stop.is_set():
+            latest = worker.health.latest or worker.health.sample()
+            sample = latest.as_dict()
+            await service.heartbeat_redis(worker.worker_id, json.dumps(sample))
+            if pg is not None and pg.done():
+                status = None if pg.cancelled() or pg.exception() else pg.result()
+                pg = None
+                if status in DECLARED_DEAD:
+                    log.warning("worker %s was declared %s: exiting", worker.worker_id, status)
+                    worker.stats["declared_dead"] += 1
+                    stop.set()
+                    return
+            if pg is None:  # else the last one is still out: this beat is Redis only
+                pg = asyncio.create_task(service.heartbeat_postgres(worker.worker_id, sample))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=interval)
+    finally:
+        if pg is not None:
+            pg.cancel()
+            await asyncio.gather(pg, return_exceptions=True)
 
 
 async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
@@ -111,7 +122,7 @@ async def _serve(service: JobService, handlers: dict[str, Handler],
     )
     log.info("worker %s started (pid %d)", opts.worker_id, os.getpid())
     samples = asyncio.create_task(_health_samples(service, worker, stop))
-    beats = asyncio.create_task(_heartbeats(service, worker, stop))
+    beats = asyncio.create_task(heartbeats(service, worker, stop))
     lag = asyncio.create_task(worker.health.watch_loop_lag(stop))
     await worker.run(stop)
     stop.set()
