@@ -101,8 +101,8 @@ def random_drill(seed: int, intensity: str = "low") -> Drill:
         steady_state=[{"probe": "api_healthy"},
                       {"probe": "workers_active_at_least", "fraction": 0.9}],
         method=steps, settle_s=120.0, expect_no_replacement_during=["redis", "postgres"],
-        slo={"error_rate_max": 0.6, "create_p99_ms": 15000},
-        abort=[{"probe": "api_healthy"}])
+        # no abort probe: the API rightly answers 503 on /health while PostgreSQL is away
+        slo={"error_rate_max": 0.6, "create_p99_ms": 15000})
 
 
 def schedule(drill: Drill) -> list[str]:
