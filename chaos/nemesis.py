@@ -101,8 +101,10 @@ def random_drill(seed: int, intensity: str = "low") -> Drill:
         steady_state=[{"probe": "api_healthy"},
                       {"probe": "workers_active_at_least", "fraction": 0.9}],
         method=steps, settle_s=120.0, expect_no_replacement_during=["redis", "postgres"],
-        # no abort probe: the API rightly answers 503 on /health while PostgreSQL is away
-        slo={"error_rate_max": 0.6, "create_p99_ms": 15000})
+        # no abort probe: the API rightly answers 503 on /health while PostgreSQL is away.
+        # The nemesis judges the invariants; its SLOs are loose bounds only: ten overlapping
+        # faults (stacked latency, a partition) build a backlog that takes a while to drain.
+        slo={"error_rate_max": 0.6, "create_p99_ms": 15000, "e2e_p99_ms": 300_000})
 
 
 def schedule(drill: Drill) -> list[str]:
