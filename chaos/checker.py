@@ -4,7 +4,9 @@ implementation of that schema.
 
 Checks: lost jobs (accepted, not terminal after the drain deadline), jobs completed more than
 once, stuck leases, orphan Redis entries, executions without a job, DLQ entries without a
-DEAD job, COMPLETED jobs without a COMPLETED execution; and, where the schema has limits
+DEAD job, COMPLETED jobs without a COMPLETED execution, fencing tokens that do not rise from
+one lease of a job to the next, a job leased again after its completion was accepted; and,
+where the schema has limits
 (migration 010), limits overrun: more leases of a job type or tenant open at one instant
 than its `max_running` (from the executions' lease intervals, as admission counts them).
 """

@@ -56,6 +56,16 @@ CHECKS: list[tuple[str, str, str]] = [
     ("dlq_without_dead_job", "live dead-letter entries whose job is not DEAD",
      "SELECT q.job_id::text AS id FROM dead_letter_queue q LEFT JOIN jobs j ON j.id = q.job_id"
      " WHERE q.requeued_at IS NULL AND (j.id IS NULL OR j.status <> 'DEAD')"),
+    # fencing: a job's leases follow one another, each with a larger token than the last
+    ("fencing_out_of_order", "jobs whose lease tokens do not rise with their leases' starts",
+     "SELECT DISTINCT job_id::text AS id FROM ("
+     " SELECT job_id, lease_token, lag(lease_token) OVER (PARTITION BY job_id"
+     " ORDER BY started_at, id) AS before FROM job_executions) x"
+     " WHERE before IS NOT NULL AND lease_token <= before"),
+    ("lease_after_completion", "jobs leased again after a completion was accepted (or a "
+     "completion accepted from a lease a later one had superseded)",
+     "SELECT DISTINCT a.job_id::text AS id FROM job_executions a JOIN job_executions b"
+     " ON b.job_id = a.job_id AND b.lease_token > a.lease_token WHERE a.status = 'COMPLETED'"),
 ]
 
 # Each execution is a lease from started_at to finished_at (still open: to now); at equal

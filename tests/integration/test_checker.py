@@ -45,6 +45,29 @@ async def test_double_completion_is_reported(service: JobService) -> None:
     assert (await run_checks(service))["completed_twice"] == 1
 
 
+async def test_fencing_violations_are_reported(service: JobService) -> None:
+    job_id = await finished_job(service)
+    token = await service.pool.fetchval("SELECT lease_token FROM job_executions"
+                                        " WHERE job_id = $1", uuid.UUID(job_id))
+    clean = await run_checks(service)
+    assert (clean["fencing_out_of_order"], clean["lease_after_completion"]) == (0, 0)
+    # a later lease with a smaller token, and (being after the completion) a lease too many
+    await service.pool.execute(
+        "INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, status,"
+        " started_at, finished_at) VALUES ($1, 'ghost', 2, $2, 'LEASE_EXPIRED',"
+        " clock_timestamp(), clock_timestamp())",
+        uuid.UUID(job_id), token - 1)
+    found = await run_checks(service)
+    assert found["fencing_out_of_order"] == 1
+    assert found["lease_after_completion"] == 0  # its token is smaller: not a later lease
+    await service.pool.execute(
+        "INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, status,"
+        " started_at, finished_at) VALUES ($1, 'ghost', 3, $2, 'LEASE_EXPIRED',"
+        " clock_timestamp(), clock_timestamp())",
+        uuid.UUID(job_id), token + 100)
+    assert (await run_checks(service))["lease_after_completion"] == 1
+
+
 async def test_completed_without_execution_is_reported(service: JobService) -> None:
     job_id = await finished_job(service)
     await service.pool.execute("DELETE FROM job_executions WHERE job_id = $1", uuid.UUID(job_id))
@@ -125,7 +148,8 @@ async def test_checker_reads_only_the_contract(service: JobService) -> None:
         # schema has job_limits
         assert [c.name for c in checks] == [
             "lost_jobs", "completed_twice", "completed_without_execution", "stuck_leases",
-            "executions_without_job", "dlq_without_dead_job", "limit_overruns"]
+            "executions_without_job", "dlq_without_dead_job", "fencing_out_of_order",
+            "lease_after_completion", "limit_overruns"]
         assert all(c.ok for c in checks)
     finally:
         await conn.close()
