@@ -178,7 +178,8 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
 
     from chaos.actions import Endpoints
     from chaos.checker import check_all
-    from chaos.drill import DrillRunner, find_drill
+    from chaos.drill import DrillRunner
+    from chaos.nemesis import find_drill
     from chaos.probes import deployment_fleet, make_probes
     from core.contract.observe import BACKLOG_CREATED_BEFORE
     from core.errors import JobHarnessError, StoreUnavailable

@@ -98,19 +98,6 @@ def available() -> list[str]:
     return sorted([*(p.stem for p in DRILL_DIR.glob("*.yaml")), "random"])
 
 
-def find_drill(name_or_path: str, *, seed: int = 1, intensity: str = "low") -> Drill:
-    """A drill by name or file (load_drill); `random` is the nemesis's draw from `seed` at
-    `intensity` (chaos/nemesis.py)."""
-    if name_or_path != "random":
-        return load_drill(name_or_path)
-    from chaos.nemesis import random_drill
-
-    try:
-        return random_drill(seed, intensity)
-    except ValueError as exc:
-        raise DrillError(str(exc)) from exc
-
-
 def load_drill(name_or_path: str) -> Drill:
     path = Path(name_or_path)
     if not path.suffix:

@@ -25,7 +25,7 @@ import random
 from dataclasses import dataclass
 from typing import Any
 
-from chaos.drill import Drill, Step
+from chaos.drill import Drill, DrillError, Step, load_drill
 
 INTENSITIES = ("low", "high")
 HEARTBEAT_TTL_S = 4.0
@@ -105,6 +105,17 @@ def random_drill(seed: int, intensity: str = "low") -> Drill:
         # The nemesis judges the invariants; its SLOs are loose bounds only: ten overlapping
         # faults (stacked latency, a partition) build a backlog that takes a while to drain.
         slo={"error_rate_max": 0.6, "create_p99_ms": 15000, "e2e_p99_ms": 300_000})
+
+
+def find_drill(name_or_path: str, *, seed: int = 1, intensity: str = "low") -> Drill:
+    """A drill by name or file (chaos.drill.load_drill), or, for `random`, the one drawn from
+    `seed` at `intensity` (DrillError naming a bad intensity)."""
+    if name_or_path != "random":
+        return load_drill(name_or_path)
+    try:
+        return random_drill(seed, intensity)
+    except ValueError as exc:
+        raise DrillError(str(exc)) from exc
 
 
 def schedule(drill: Drill) -> list[str]:

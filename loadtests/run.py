@@ -27,7 +27,8 @@ import httpx
 import yaml
 
 from chaos.checker import check_all
-from chaos.drill import DrillReport, DrillRunner, find_drill
+from chaos.drill import DrillReport, DrillRunner
+from chaos.nemesis import find_drill
 from chaos.probes import Fleet, deployment_fleet, make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from chaos.actions import ACTIONS
-from chaos.drill import DrillError, Step, find_drill
-from chaos.nemesis import HEARTBEAT_TTL_S, random_drill, schedule
+from chaos.drill import DrillError, Step
+from chaos.nemesis import HEARTBEAT_TTL_S, find_drill, random_drill, schedule
 
 
 def window(s: Step) -> tuple[float, float]:
