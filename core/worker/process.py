@@ -80,7 +80,10 @@ async def heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -
             sample = latest.as_dict()
             await service.heartbeat_redis(worker.worker_id, json.dumps(sample))
             if pg is not None and pg.done():
-                status = None if pg.cancelled() or pg.exception() else pg.result()
+                try:
+                    status = pg.result()
+                except StoreUnavailable:
+                    status = None  # PostgreSQL unreachable: the Redis key carries the beat
                 pg = None
                 if status in DECLARED_DEAD:
                     log.warning("worker %s was declared %s: exiting", worker.worker_id, status)
