@@ -1,0 +1,115 @@
+"""Where a drain's CPU goes (docs/performance.md), in a throw-away schema on this machine's
+embedded servers:
+
+    .venv/bin/python benchmarks/drain_cpu.py --jobs 20000 --processes 1 --slots 100
+
+Queues N no-op jobs (~200-byte payload), then P worker processes x S slots drain them
+(loadtests.bench.dispatch.drain). Meanwhile the CPU time of each process group (PostgreSQL's
+processes, Valkey, the worker processes, this one) is sampled with psutil every 0.1 s; printed
+per drained job, with PostgreSQL commits and Redis script calls per job."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import psutil
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core.jobs.model import JobSpec
+from core.service.runtime import endpoints, open_runtime
+from core.settings import load_settings
+from loadtests.bench.dispatch import drain
+from loadtests.scratch import scratch_schema
+
+COMMITS = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
+
+
+class CpuSampler:
+    """Last seen CPU seconds of every process of interest, by group (a process that exits
+    keeps its last sample)."""
+
+    def __init__(self) -> None:
+        self.seen: dict[tuple[int, float], tuple[str, float]] = {}
+        self.stop = threading.Event()
+        self.me = psutil.Process()
+
+    def group(self, p: psutil.Process) -> str:
+        name = p.name()
+        if "postgres" in name:
+            return "postgres"
+        if "valkey" in name:
+            return "valkey"
+        return "bench" if p.pid == self.me.pid else "workers"
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            procs = [p for p in psutil.process_iter(["name"])
+                     if "postgres" in p.info["name"] or "valkey" in p.info["name"]]
+            for p in [*procs, *self.me.children(recursive=True), self.me]:
+                try:
+                    t = p.cpu_times()
+                    self.seen[(p.pid, p.create_time())] = (self.group(p), t.user + t.system)
+                except psutil.Error:
+                    continue
+            time.sleep(0.1)  # the sampling period
+
+    def totals(self) -> collections.Counter[str]:
+        out: collections.Counter[str] = collections.Counter()
+        for group, cpu in list(self.seen.values()):
+            out[group] += cpu
+        return out
+
+
+async def main(jobs: int, processes: int, slots: int) -> None:
+    with endpoints(load_settings(), keep_running=True) as settings:
+        settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0,
+                           memory=False)
+        async with scratch_schema(settings, f"drain_cpu_{os.getpid()}") as scratch, \
+                open_runtime(scratch, pool_size=4, redis_connections=4,
+                             migrate_first=False) as rt:
+            for start in range(0, jobs, 1000):
+                await rt.service.create_batch([JobSpec(job_type="noop",
+                                                       payload={"blob": "x" * 180})
+                                               for _ in range(min(1000, jobs - start))])
+            sampler = CpuSampler()
+            thread = threading.Thread(target=sampler.run, daemon=True)
+            thread.start()
+            await asyncio.sleep(0.3)  # one sample of every process before the drain
+            before, commits0 = sampler.totals(), await rt.pool.fetchval(COMMITS)
+            calls0 = (await rt.dispatch.client.info("commandstats")).get(
+                "cmdstat_evalsha", {}).get("calls", 0)
+            rate = await drain(rt, jobs, processes=processes, concurrency=slots)
+            await asyncio.sleep(0.3)  # the exited workers' last samples
+            sampler.stop.set()
+            thread.join()
+            after, commits1 = sampler.totals(), await rt.pool.fetchval(COMMITS)
+            calls1 = (await rt.dispatch.client.info("commandstats")).get(
+                "cmdstat_evalsha", {}).get("calls", 0)
+    print(json.dumps({
+        "layout": f"{processes}x{slots}", "jobs": jobs, "drain_jobs_s": round(rate),
+        "cpu_us_per_job": {g: round((after[g] - before.get(g, 0.0)) / jobs * 1e6)
+                           for g in sorted(after)},
+        "commits_per_job": round((commits1 - commits0) / jobs, 3),
+        "redis_scripts_per_job": round((calls1 - calls0) / jobs, 3)}))
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--jobs", type=int, default=20_000)
+    parser.add_argument("--processes", type=int, default=1)
+    parser.add_argument("--slots", type=int, default=100)
+    args = parser.parse_args()
+    if not (1000 <= args.jobs <= 200_000 and 1 <= args.processes <= 100
+            and 1 <= args.slots <= 1000):
+        parser.error("--jobs must be 1000..200000, --processes 1..100, --slots 1..1000")
+    asyncio.run(main(args.jobs, args.processes, args.slots))
