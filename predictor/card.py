@@ -104,6 +104,16 @@ def _ci(v: Any, ci: Any) -> str:
     return "n/a" if v is None else f"{v:.3f} [{ci[0]:.2f}, {ci[1]:.2f}]"
 
 
+def _event_cells(ev: dict[str, Any], f1: float) -> str:
+    """A scorer's event columns: gradual caught, firing precision, median lead, false
+    replacements per 100 worker-hours, event F1 (the row's end)."""
+    g = ev["gradual"]
+    lead = (g.get("lead_s") or {}).get("p50")
+    return (f"{g['caught']} of {g['failures']} | {_pct(ev['precision'])} | "
+            f"{lead if lead is not None else 'n/a'} | {ev['false_per_100_worker_hours']} | "
+            f"{f1:.3f} |")
+
+
 def _baseline_lines(b: dict[str, Any] | None) -> list[str]:
     out = ["", "## Against the baselines", ""]
     if not b:
@@ -117,14 +127,11 @@ def _baseline_lines(b: dict[str, Any] | None) -> list[str]:
             "firing precision | median lead (s) | false per 100 worker-hours | event F1 |",
             "|---|---|---|---|---|---|---|---|---|"]
     for name, sc in b["scorers"].items():
-        ev, at = sc["events"], sc["at_threshold"]
-        g = ev["gradual"]
-        lead = (g.get("lead_s") or {}).get("p50")
+        at = sc["at_threshold"]
         out.append(f"| {name.replace('_', ' ')} | {_pct(sc['pr_auc_failing'])} | "
                    f"{_ci(at['precision'], at['precision_ci'])} | "
-                   f"{_ci(at['recall'], at['recall_ci'])} | {g['caught']} of {g['failures']} "
-                   f"| {_pct(ev['precision'])} | {lead if lead is not None else 'n/a'} | "
-                   f"{ev['false_per_100_worker_hours']} | {b['event_f1'][name]:.3f} |")
+                   f"{_ci(at['recall'], at['recall_ci'])} | "
+                   f"{_event_cells(sc['events'], b['event_f1'][name])}")
     rule = b["scorers"]["hand_rule"].get("rule", "")
     out += ["", f"Hand rule: {rule}.", "",
             "The model beats the hand rule here (event F1)." if b["model_beats_hand_rule"]
@@ -144,12 +151,7 @@ def _frozen_test_lines(ft: dict[str, Any] | None) -> list[str]:
     names = {"new": "this model", "current": f"current ({ft.get('current_model')})",
              "hand_rule": "hand rule"}
     for key, res in ft["scores"].items():
-        ev = res["events"]
-        g = ev["gradual"]
-        lead = (g.get("lead_s") or {}).get("p50")
-        out.append(f"| {names.get(key, key)} | {g['caught']} of {g['failures']} | "
-                   f"{_pct(ev['precision'])} | {lead if lead is not None else 'n/a'} | "
-                   f"{ev['false_per_100_worker_hours']} | {res['event_f1']:.3f} |")
+        out.append(f"| {names.get(key, key)} | {_event_cells(res['events'], res['event_f1'])}")
     out += ["", f"Ship it: {'yes' if ft['ship'] else 'no'} ({'; '.join(ft['reasons'])})."]
     return out
 
