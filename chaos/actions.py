@@ -29,14 +29,23 @@ class ActionError(RuntimeError):
     """A fault could not be applied."""
 
 
+STORES = ("redis", "postgres")
+
+
+def default_proxies() -> dict[str, dict[str, str]]:
+    """One proxy per store for every client (toxiproxy's `redis` and `postgres`, staging)."""
+    return {"all": {store: store for store in STORES}}
+
+
 @dataclass
 class Endpoints:
-    """Where faults are applied: the proxy API and proxy names, the supervisor's control URL,
-    and pids of processes started by this run (API, memory owner)."""
+    """Where faults are applied: the proxy API and, per client group, the proxy of each store
+    (a local run gives the API, the supervisor and each worker group their own, so a fault can
+    hit some clients only), the supervisor's control URL, and pids of processes started by
+    this run (API replicas, memory owner)."""
 
     proxy_api: str | None = None
-    redis_proxy: str = "redis"
-    postgres_proxy: str = "postgres"
+    proxies: dict[str, dict[str, str]] = field(default_factory=default_proxies)
     control_url: str | None = None
     pids: dict[str, int] | None = None
     services: EmbeddedServices | None = None  # the embedded servers, when the run uses them
@@ -52,55 +61,74 @@ async def _call(ep: Endpoints, method: str, url: str, body: Any = None) -> Any:
         "application/json") else None
 
 
-def _proxy_name(ep: Endpoints, target: str) -> str:
+def proxy_names(ep: Endpoints, target: str, clients: list[str] | None = None) -> list[str]:
+    """The proxies through which `clients` (client groups; None: every client) reach the
+    store `target` (ActionError naming a bad target or group)."""
     if ep.proxy_api is None:
         raise ActionError("no fault proxy configured for network faults")
-    if target == "redis":
-        return ep.redis_proxy
-    if target == "postgres":
-        return ep.postgres_proxy
-    raise ActionError(f"unknown network target {target!r} (redis or postgres)")
+    if target not in STORES:
+        raise ActionError(f"unknown network target {target!r} (redis or postgres)")
+    if clients is not None and (not isinstance(clients, list) or not clients):
+        raise ActionError(f"clients must be a non-empty list of client groups, got {clients!r}")
+    unknown = [c for c in clients or [] if c not in ep.proxies]
+    if unknown:
+        raise ActionError(f"unknown client group {unknown[0]!r} (this run has: "
+                          f"{', '.join(sorted(ep.proxies))})")
+    return [ep.proxies[c][target] for c in (clients or sorted(ep.proxies))]
+
+
+def _named(target: str, clients: list[str] | None, names: list[str]) -> dict[str, Any]:
+    return {"target": target, **({"clients": clients} if clients else {}), "proxies": names}
 
 
 # -- network faults -------------------------------------------------------------------------
-async def partition(ep: Endpoints, target: str, mode: str = "hard") -> dict[str, Any]:
+async def partition(ep: Endpoints, target: str, mode: str = "hard",
+                    clients: list[str] | None = None) -> dict[str, Any]:
     """hard: the proxy is disabled (refused and closed connections); blackhole: timeout 0 on
-    both streams (open sockets that hang)."""
-    name = _proxy_name(ep, target)
-    if mode == "hard":
-        await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": False})
-    elif mode == "blackhole":
+    both streams (open sockets that hang). `clients`: only those client groups lose the
+    store; the others keep it."""
+    if mode not in ("hard", "blackhole"):
+        raise ActionError(f"partition mode must be hard or blackhole, got {mode!r}")
+    names = proxy_names(ep, target, clients)
+    for name in names:
+        if mode == "hard":
+            await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": False})
+            continue
         for stream in ("upstream", "downstream"):
             await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}/toxics",
                         {"name": f"blackhole_{stream}", "type": "timeout", "stream": stream,
                          "attributes": {"timeout": 0}})
-    else:
-        raise ActionError(f"partition mode must be hard or blackhole, got {mode!r}")
-    return {"target": target, "mode": mode, "proxy": name}
+    return {**_named(target, clients, names), "mode": mode}
 
 
 async def toxic(ep: Endpoints, target: str, kind: str, attributes: dict[str, Any],
-                stream: str = "downstream", toxicity: float = 1.0) -> dict[str, Any]:
-    """Add a toxic (latency, bandwidth, reset_peer, ...) to a store's proxy."""
-    name = _proxy_name(ep, target)
+                stream: str = "downstream", toxicity: float = 1.0,
+                clients: list[str] | None = None) -> dict[str, Any]:
+    """Add a toxic (latency, bandwidth, reset_peer, ...) to a store's proxies (those of
+    `clients` only, when given)."""
+    names = proxy_names(ep, target, clients)
     spec = {"name": f"drill_{kind}_{stream}", "type": kind, "stream": stream,
             "toxicity": toxicity, "attributes": attributes}
-    await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}/toxics", spec)
-    return {"target": target, "toxic": spec}
+    for name in names:
+        await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}/toxics", spec)
+    return {**_named(target, clients, names), "toxic": spec}
 
 
-async def heal(ep: Endpoints, target: str | None = None) -> dict[str, Any]:
-    """Enable the proxy (or every proxy) and remove its toxics."""
+async def heal(ep: Endpoints, target: str | None = None,
+               clients: list[str] | None = None) -> dict[str, Any]:
+    """Enable the store's proxies (of `clients`, or all; every proxy with no target) and
+    remove their toxics."""
     if ep.proxy_api is None:
         return {"healed": []}
     if target is None:
         await _call(ep, "POST", f"{ep.proxy_api}/reset")
         return {"healed": "all"}
-    name = _proxy_name(ep, target)
-    for t in await _call(ep, "GET", f"{ep.proxy_api}/proxies/{name}/toxics") or []:
-        await _call(ep, "DELETE", f"{ep.proxy_api}/proxies/{name}/toxics/{t['name']}")
-    await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": True})
-    return {"healed": [name]}
+    names = proxy_names(ep, target, clients)
+    for name in names:
+        for t in await _call(ep, "GET", f"{ep.proxy_api}/proxies/{name}/toxics") or []:
+            await _call(ep, "DELETE", f"{ep.proxy_api}/proxies/{name}/toxics/{t['name']}")
+        await _call(ep, "POST", f"{ep.proxy_api}/proxies/{name}", {"enabled": True})
+    return {"healed": names}
 
 
 # -- process faults -------------------------------------------------------------------------
@@ -118,9 +146,16 @@ def running_ids(workers: list[dict[str, Any]], *, unfaulted: bool) -> list[str]:
                   and not (unfaulted and w.get("fault")))
 
 
-async def _running_workers(ep: Endpoints) -> list[str]:
-    """Workers a kill, pause or new fault may land on: running, not already degrading."""
+async def _running_workers(ep: Endpoints, group: str | None = None) -> list[str]:
+    """Workers a kill, pause or new fault may land on: running, not already degrading (and in
+    `group`, when given)."""
     workers = await _call(ep, "GET", f"{_need_control(ep)}/workers") or []
+    if group is not None:
+        groups = sorted({str(w.get("group")) for w in workers if w.get("group")})
+        if group not in groups:
+            raise ActionError(f"unknown worker group {group!r} (the supervisor has: "
+                              f"{', '.join(groups) or 'none'})")
+        workers = [w for w in workers if w.get("group") == group]
     return running_ids(workers, unfaulted=True)
 
 
@@ -135,16 +170,18 @@ def _choose(ids: list[str], count: int | None, fraction: float | None,
 
 
 async def kill_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
-                       fraction: float | None = None) -> dict[str, Any]:
-    chosen = _choose(await _running_workers(ep), count, fraction, rng)
+                       fraction: float | None = None, group: str | None = None
+                       ) -> dict[str, Any]:
+    chosen = _choose(await _running_workers(ep, group), count, fraction, rng)
     for wid in chosen:
         await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/kill")
     return {"killed": chosen}
 
 
 async def pause_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
-                        fraction: float | None = None) -> dict[str, Any]:
-    chosen = _choose(await _running_workers(ep), count, fraction, rng)
+                        fraction: float | None = None, group: str | None = None
+                        ) -> dict[str, Any]:
+    chosen = _choose(await _running_workers(ep, group), count, fraction, rng)
     for wid in chosen:
         await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/pause")
     return {"paused": chosen}
@@ -283,19 +320,22 @@ async def _unsignal(ep: Endpoints, a: Args, applied: Result) -> Result:
 
 ACTIONS: dict[str, Action] = {
     "partition": Action(
-        apply=lambda ep, rng, a: partition(ep, a["target"], a.get("mode", "hard")),
-        heal=lambda ep, a, applied: heal(ep, a["target"])),
+        apply=lambda ep, rng, a: partition(ep, a["target"], a.get("mode", "hard"),
+                                           a.get("clients")),
+        heal=lambda ep, a, applied: heal(ep, a["target"], a.get("clients"))),
     "toxic": Action(
         apply=lambda ep, rng, a: toxic(ep, a["target"], a["type"], a.get("attributes", {}),
                                        a.get("stream", "downstream"),
-                                       float(a.get("toxicity", 1.0))),
-        heal=lambda ep, a, applied: heal(ep, a["target"])),
+                                       float(a.get("toxicity", 1.0)), a.get("clients")),
+        heal=lambda ep, a, applied: heal(ep, a["target"], a.get("clients"))),
     "kill_workers": Action(
         apply=lambda ep, rng, a: kill_workers(ep, rng, count=a.get("count"),
-                                              fraction=a.get("fraction"))),
+                                              fraction=a.get("fraction"),
+                                              group=a.get("group"))),
     "pause_workers": Action(
         apply=lambda ep, rng, a: pause_workers(ep, rng, count=a.get("count"),
-                                               fraction=a.get("fraction")),
+                                               fraction=a.get("fraction"),
+                                               group=a.get("group")),
         heal=lambda ep, a, applied: resume_workers(ep, applied.get("paused"))),
     "degrade_workers": Action(
         apply=lambda ep, rng, a: degrade_workers(

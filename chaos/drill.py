@@ -30,6 +30,7 @@ from chaos.recovery import fault_windows
 from core.contract.observe import HEARTBEAT_REPLACEMENTS
 from core.errors import ConfigError, DispatchUnavailable, StoreUnavailable
 from core.settings import parse_values
+from core.worker.clock import check_skew
 
 DRILL_DIR = Path(__file__).parent / "drills"
 LOAD_AFTER_S = 10.0  # load kept on after the last fault, so recovery is measured under it
@@ -75,6 +76,8 @@ class Drill:
     slo: dict[str, float] = field(default_factory=dict)  # scenario SLOs relaxed for the fault
     abort: list[dict[str, Any]] = field(default_factory=list)  # probes watched during the method
     memory: bool = False  # run a state-memory owner (for faults that take it away)
+    # a worker group's clock runs this far off for the whole run (core.worker.clock)
+    clock_skew_s: dict[str, float] = field(default_factory=dict)
     # under a run's load: how long the load goes on after the method, before the steady
     # state is checked again (the recovery of the last fault is measured under load)
     load_after_s: float = LOAD_AFTER_S
@@ -131,6 +134,7 @@ def load_drill(name_or_path: str) -> Drill:
         parse_values(data.get("settings") or {}, f"{path}: settings")
     except ConfigError as exc:
         raise DrillError(str(exc)) from exc
+    _check_skews(data.get("clock_skew_s") or {}, path)
     name = data.get("name")
     if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$", name):
         raise DrillError(f"{path}: name must be 1-64 letters, digits, '.', '_' or '-', "
@@ -138,6 +142,16 @@ def load_drill(name_or_path: str) -> Drill:
     try:
         return Drill(method=steps, **data)
     except TypeError as exc:
+        raise DrillError(f"{path}: {exc}") from exc
+
+
+def _check_skews(skew: Any, path: Path) -> None:
+    try:
+        if not isinstance(skew, dict):
+            raise ValueError("clock_skew_s must map worker groups to seconds")
+        for group, offset in skew.items():
+            check_skew(float(offset), f"clock_skew_s.{group}")
+    except (TypeError, ValueError) as exc:
         raise DrillError(f"{path}: {exc}") from exc
 
 

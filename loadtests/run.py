@@ -119,7 +119,9 @@ class Run:
                 self.settings = replace(self.settings, memory=True)
         self.system = SystemUnderTest(self.settings, self.scenario, self.dir,
                                       targeted=opts.targeted, services=embedded_of(settings),
-                                      extra_supervisor_args=self._predictor_args())
+                                      extra_supervisor_args=self._predictor_args(),
+                                      clock_skew_s=self.drill.clock_skew_s if self.drill
+                                      else None)
         self.on_progress = on_progress
         self.progress = Progress()
         self.started = time.monotonic()

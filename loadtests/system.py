@@ -3,6 +3,12 @@ both stores (when a drill runs), the job API, the supervisor with its workers, a
 state-memory owner (when a drill takes it away). Each child writes its log into the run
 folder; `stop` ends them all, newest first.
 
+With the fault proxy, each client group reaches each store through a proxy of its own
+(`redis-api`, `postgres-workers-a`, ...): the API (and the memory owner), the supervisor, and
+the two halves of the workers (even slots `workers-a`, odd slots `workers-b`, groups.py). A
+fault names the groups it hits (`clients: [workers-a]`) or, by default, hits them all, as one
+proxy per store would. A drill may also run a worker group's clock off (`clock_skew_s`).
+
 Against a target (staging) nothing is started: the target's API is driven and its stores
 observed, and faults go to the target's toxiproxy and supervisor control surface."""
 
@@ -27,10 +33,14 @@ from core.infra.auth import auth_headers
 from core.infra.embedded import EmbeddedServices, free_port
 from core.service.runtime import embedded_services
 from core.settings import Settings, to_env
+from core.supervisor.groups import GROUPS_ENV
+from core.worker.clock import SKEW_ENV
 from loadtests.procs import Child
 from loadtests.scenario import Scenario
 
 READY_TIMEOUT_S = 120.0
+WORKER_GROUPS = ("workers-a", "workers-b")
+CLIENT_GROUPS = ("api", "supervisor", *WORKER_GROUPS)
 
 
 def embedded_of(settings: Settings) -> EmbeddedServices | None:
@@ -47,9 +57,12 @@ class SystemUnderTest:
 
     def __init__(self, settings: Settings, scenario: Scenario, run_dir: Path, *,
                  targeted: bool, services: EmbeddedServices | None,
-                 extra_supervisor_args: list[str] | None = None) -> None:
+                 extra_supervisor_args: list[str] | None = None,
+                 clock_skew_s: dict[str, float] | None = None) -> None:
         self.settings = settings  # what the harness itself uses (direct to the stores)
-        self.child_settings = settings  # what the children use (through the proxy, if any)
+        # what each client group uses (through its proxies, if any)
+        self.client_settings = dict.fromkeys(CLIENT_GROUPS, settings)
+        self.clock_skew_s = clock_skew_s or {}
         self.scenario = scenario
         self.dir = run_dir
         self.targeted = targeted
@@ -71,7 +84,7 @@ class SystemUnderTest:
             return self.settings.api_url
         if with_proxy:
             await self._start_proxy()
-        env = to_env(self.child_settings)
+        env = to_env(self.client_settings["api"])
         port = free_port()
         api = await Child.start("api", ["core.cli", "api", "--port", str(port),
                                         "--pool-size", "10"], env=env,
@@ -84,7 +97,7 @@ class SystemUnderTest:
                            "--worker-nice", str(s.worker_nice),
                            "--max-replacements", str(max(20, s.workers // 2)),
                            *self.extra_supervisor_args],
-            env=env, log=self.logs / "supervisor.log"))
+            env=self._supervisor_env(), log=self.logs / "supervisor.log"))
         self.endpoints.pids = {"api": api.proc.pid}
         if with_memory_owner:
             owner = await Child.start("memory-owner", ["loadtests.cli", "state", "serve",
@@ -94,14 +107,29 @@ class SystemUnderTest:
             self.endpoints.pids["memory-owner"] = owner.proc.pid
         return f"http://127.0.0.1:{port}"
 
+    def _supervisor_env(self) -> dict[str, str]:
+        """The supervisor's own store URLs, and its workers' groups: their URLs and clocks."""
+        groups = []
+        for name in WORKER_GROUPS:
+            own = to_env(self.client_settings[name])
+            env = {k: own[k] for k in ("JOBHARNESS_PG_DSN", "JOBHARNESS_REDIS_URL") if k in own}
+            if self.clock_skew_s.get(name):
+                env[SKEW_ENV] = repr(float(self.clock_skew_s[name]))
+            groups.append({"name": name, "env": env})
+        return {**to_env(self.client_settings["supervisor"]), GROUPS_ENV: json.dumps(groups)}
+
     async def _start_proxy(self) -> None:
-        """Every child reaches PostgreSQL and Redis through the fault proxy."""
+        """Every child reaches PostgreSQL and Redis through the fault proxy: each client group
+        through proxies of its own."""
         port = free_port()
         self.children.append(await Child.start(
             "proxy", ["loadtests.cli", "chaos", "proxy", "--port", str(port)],
             env={"JOBHARNESS_API_TOKEN": self.settings.api_token} if self.settings.api_token
             else {}, log=self.logs / "proxy.log"))
         api = f"http://127.0.0.1:{port}"
+        pg = urlsplit(self.settings.pg_dsn or "")
+        rd = urlsplit(self.settings.redis_url or "")
+        upstreams = {"postgres": f"{pg.hostname}:{pg.port}", "redis": f"{rd.hostname}:{rd.port}"}
         async with httpx.AsyncClient(headers=auth_headers(self.settings.api_token)) as http:
             deadline = time.monotonic() + 30
             while True:
@@ -111,21 +139,23 @@ class SystemUnderTest:
                 if time.monotonic() > deadline:
                     raise JobHarnessError("the fault proxy did not start")
                 await asyncio.sleep(0.05)  # polled: a process we cannot be told by
-            pg = urlsplit(self.settings.pg_dsn or "")
-            rd = urlsplit(self.settings.redis_url or "")
-            listen = {}
-            for name, upstream in (("postgres", f"{pg.hostname}:{pg.port}"),
-                                   ("redis", f"{rd.hostname}:{rd.port}")):
-                r = await http.post(f"{api}/proxies", json={
-                    "name": name, "listen": "127.0.0.1:0", "upstream": upstream})
-                listen[name] = r.json()["listen"]
-        self.child_settings = replace(
-            self.settings,
-            pg_dsn=urlunsplit(pg._replace(netloc=pg.netloc.replace(
-                f"{pg.hostname}:{pg.port}", listen["postgres"]))),
-            redis_url=urlunsplit(rd._replace(netloc=rd.netloc.replace(
-                f"{rd.hostname}:{rd.port}", listen["redis"]))))
+            proxies: dict[str, dict[str, str]] = {}
+            for group in CLIENT_GROUPS:
+                listen = {}
+                for store, upstream in upstreams.items():
+                    r = await http.post(f"{api}/proxies", json={
+                        "name": f"{store}-{group}", "listen": "127.0.0.1:0",
+                        "upstream": upstream})
+                    listen[store] = r.json()["listen"]
+                proxies[group] = {store: f"{store}-{group}" for store in upstreams}
+                self.client_settings[group] = replace(
+                    self.settings,
+                    pg_dsn=urlunsplit(pg._replace(netloc=pg.netloc.replace(
+                        upstreams["postgres"], listen["postgres"]))),
+                    redis_url=urlunsplit(rd._replace(netloc=rd.netloc.replace(
+                        upstreams["redis"], listen["redis"]))))
         self.endpoints.proxy_api = api
+        self.endpoints.proxies = proxies
 
     async def wait_ready(self, api_url: str, pool: Any,
                          on_workers: Any = None) -> None:

@@ -27,6 +27,7 @@ def _caps(value: str | None) -> tuple[str, ...]:
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from core.cli.output import run_async
     from core.service.runtime import endpoints
+    from core.worker.clock import skew_from_env
     from core.worker.process import WorkerOptions, parse_handlers, run_worker_process
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
@@ -40,10 +41,14 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         handlers = parse_handlers(args.handler or [])
     except ValueError as exc:
         raise JobHarnessError(str(exc)) from exc
+    try:
+        skew = skew_from_env(os.environ)
+    except ValueError as exc:
+        raise JobHarnessError(str(exc)) from exc
     opts = WorkerOptions(
         worker_id=args.id or f"worker-{os.getpid()}", capabilities=_caps(args.capabilities),
         concurrency=args.concurrency, handlers=handlers, drain_timeout_s=args.drain_timeout_s,
-        supervisor=args.supervisor, nice=args.nice,
+        supervisor=args.supervisor, nice=args.nice, clock_skew_s=skew,
     )
     with endpoints(settings, keep_running=True) as resolved:
         return int(run_async(run_worker_process(resolved, opts)))
@@ -81,6 +86,7 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
     from core.infra.serving import bind, serving, stop_on_signals
     from core.service.runtime import open_runtime
     from core.supervisor.control import control_app, state_file
+    from core.supervisor.groups import GROUPS_ENV, parse_groups
     from core.supervisor.supervisor import Supervisor, SupervisorOptions
     from core.worker.process import parse_handlers
 
@@ -92,7 +98,7 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
         drain_timeout_s=args.drain_timeout_s,
         reconcile_interval_s=None if args.no_reconcile or not settings.reconcile else 2.0,
         spawn=args.spawn, worker_nice=args.worker_nice,
-        storm=_storm(args),
+        storm=_storm(args), groups=parse_groups(os.environ.get(GROUPS_ENV)),
     )
     predictor = load_predictor(args, settings)
     stop = stop_on_signals()
@@ -126,9 +132,12 @@ def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     from core.service.runtime import endpoints
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    from core.supervisor.groups import GROUPS_ENV, parse_groups
+
     try:
         check_nice(args.worker_nice, "--worker-nice")
         _storm(args)
+        parse_groups(os.environ.get(GROUPS_ENV))
     except ValueError as exc:
         raise JobHarnessError(str(exc)) from exc
     with endpoints(settings) as resolved:

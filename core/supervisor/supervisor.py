@@ -1,5 +1,4 @@
 """`jobharness supervisor`: spawns N worker processes, watches them, replaces the dead.
-
 Length: one class holds the watch loop and every way a worker is replaced (exited, stale,
 predicted, draining, abandoned): they share one rate limit and one roster.
 
@@ -8,16 +7,14 @@ Redis key has expired (or Redis is unreachable) and its PostgreSQL `last_heartbe
 than the TTL (or PostgreSQL is unreachable). With both stores unreachable nothing is decided,
 so a store outage alone never triggers replacement (invariant 5). Replacement marks the old
 worker FAILED with the reason, releases its leases at once, asks a still-running process to
-exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker with the same capabilities.
-Replacements are rate-limited to `max_replacements` per `replacement_window_s`.
+exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker with the same capabilities
+(and group, groups.py). Replacements are limited to `max_replacements` per window.
 
 With a predictor (a worker-health model, see predictor/), every live worker is also scored
 each round; a worker the policy flags is replaced proactively: its successor starts first,
-then the old worker is asked to drain (SIGTERM) and finishes its jobs; one that does not exit
-within the drain timeout is killed and its leases released. Workers the policy holds out are
-scored and logged but never acted on. The predictor shares the rate limit and has guards of
-its own (a budget per hour and a breaker, storm.py).
-"""
+then the old worker drains (SIGTERM); one that does not exit within the drain timeout is
+killed and its leases released. Workers the policy holds out are scored and logged but never
+acted on. The predictor shares the rate limit and has guards of its own (storm.py)."""
 
 from __future__ import annotations
 
@@ -39,10 +36,12 @@ from core.infra.embedded import pid_alive
 from core.service.jobs import JobService
 from core.service.reconciler import Reconciler
 from core.settings import Settings, check_nice, to_env
+from core.supervisor.groups import WorkerGroup, group_of
 from core.supervisor.processes import SPAWN_MODES, Child, start_worker
 from core.supervisor.roster import RosterEntry, here, load_roster, save_roster
 from core.supervisor.scoring import Predictor
 from core.supervisor.storm import StormGuard, StormLimits
+from core.worker.clock import skew_from_env
 from core.worker.faults import FaultSpec, write_fault
 from core.worker.process import WorkerOptions
 
@@ -70,6 +69,7 @@ class SupervisorOptions:
     # more (phase2 on 2 cores: 296 -> 484 jobs/s, worker CPU per job halved).
     worker_nice: int = 0
     storm: StormLimits | None = None  # proactive guards; None: one per worker per hour, >= 4
+    groups: tuple[WorkerGroup, ...] = ()  # slot i in groups[i % n]: own store URLs, clock
 
     def __post_init__(self) -> None:
         if self.spawn not in SPAWN_MODES:
@@ -90,6 +90,7 @@ class Slot:
     spawned_at: float
     paused: bool = False
     fault: str | None = None  # a gradual fault injected by a drill
+    group: str | None = None
 
 
 class Supervisor:
@@ -120,15 +121,16 @@ class Supervisor:
     async def _spawn(self, index: int, generation: int) -> Slot:
         wid = self.worker_id(index, generation)
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, **to_env(self.settings)}
         o = self.opts
+        group = group_of(o.groups, index)
+        env = {**os.environ, **to_env(self.settings), **(group.env if group else {})}
         spec = WorkerOptions(worker_id=wid, capabilities=o.capabilities,
                              concurrency=o.concurrency, handlers=dict(o.handlers),
                              drain_timeout_s=o.drain_timeout_s, supervisor=o.name,
-                             nice=o.worker_nice)
+                             nice=o.worker_nice, clock_skew_s=skew_from_env(env))
         proc = await start_worker(spec, env, self.log_dir / f"{wid}.log", how=o.spawn)
         slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
-                    spawned_at=time.monotonic())
+                    spawned_at=time.monotonic(), group=group.name if group else None)
         self.slots[index] = slot
         return slot
 
@@ -435,16 +437,12 @@ class Supervisor:
         return slot.proc.pid
 
     def describe(self) -> list[dict[str, Any]]:
-        out = []
-        for s in sorted(self.slots.values(), key=lambda s: s.index):
-            state = "exited" if s.proc.returncode is not None else (
-                "paused" if s.paused else "running")
-            out.append({"worker_id": s.worker_id, "slot": s.index, "generation": s.generation,
-                        "pid": s.proc.pid, "state": state, "fault": s.fault,
-                        "capabilities": list(self.opts.capabilities)})
+        caps = list(self.opts.capabilities)
+        out = [{"worker_id": s.worker_id, "slot": s.index, "generation": s.generation,
+                "pid": s.proc.pid, "state": "exited" if s.proc.returncode is not None else (
+                    "paused" if s.paused else "running"), "fault": s.fault, "group": s.group,
+                "capabilities": caps} for s in sorted(self.slots.values(), key=lambda s: s.index)]
         for state, procs in (("abandoned", self.abandoned), ("draining", self.draining)):
-            for proc, _, wid in procs:
-                out.append({"worker_id": wid, "slot": None, "generation": None,
-                            "pid": proc.pid, "state": state,
-                            "capabilities": list(self.opts.capabilities)})
+            out += [{"worker_id": wid, "slot": None, "generation": None, "pid": proc.pid,
+                     "state": state, "capabilities": caps} for proc, _, wid in procs]
         return out

@@ -25,6 +25,7 @@ from core.infra.serving import run_async, stop_on_signals
 from core.service.jobs import JobService
 from core.service.runtime import open_runtime
 from core.settings import Settings
+from core.worker.clock import install_skew
 from core.worker.faults import FaultInjector
 from core.worker.handlers import Handler, build_registry
 from core.worker.loop import Worker
@@ -42,6 +43,7 @@ class WorkerOptions:
     drain_timeout_s: float = 10.0
     supervisor: str | None = None
     nice: int = 0  # added to the process's niceness: > 0 yields the CPU to the API and stores
+    clock_skew_s: float = 0.0  # drills: this process's time of day runs that far off
 
 
 MAX_BUFFERED = 600  # samples kept (the newest) while PostgreSQL cannot take them
@@ -104,6 +106,8 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     """Run one worker until SIGTERM/SIGINT; returns the process exit code."""
     if opts.nice:
         os.nice(opts.nice)
+    if opts.clock_skew_s:
+        install_skew(opts.clock_skew_s)
     handlers = build_registry(opts.handlers, synthetic=settings.synthetic_on)
     # the connection budget: two PostgreSQL connections, one Redis connection for commands
     # and one parked waiting for work
@@ -121,9 +125,11 @@ async def _serve(service: JobService, handlers: dict[str, Handler],
     await service.register_worker(
         opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
         hostname=socket.gethostname(), pid=os.getpid(),
-        metadata={"supervisor": opts.supervisor} if opts.supervisor else {},
+        metadata={k: v for k, v in (("supervisor", opts.supervisor),
+                                    ("clock_skew_s", opts.clock_skew_s)) if v},
     )
-    log.info("worker %s started (pid %d)", opts.worker_id, os.getpid())
+    log.info("worker %s started (pid %d%s)", opts.worker_id, os.getpid(),
+             f", clock {opts.clock_skew_s:+g} s off" if opts.clock_skew_s else "")
     samples = asyncio.create_task(_health_samples(service, worker, stop))
     beats = asyncio.create_task(heartbeats(service, worker, stop))
     lag = asyncio.create_task(worker.health.watch_loop_lag(stop))

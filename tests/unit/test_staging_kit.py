@@ -136,7 +136,7 @@ async def test_the_fault_proxy_loads_the_toxiproxy_config() -> None:
     specs = json.loads((ROOT / "staging" / "toxiproxy.json").read_text())
     names = {s["name"] for s in specs}
     ep = Endpoints()
-    assert {ep.postgres_proxy, ep.redis_proxy} <= names  # what drills address
+    assert set(ep.proxies["all"].values()) <= names  # what drills address
     for spec in specs:
         host, port = spec["upstream"].rsplit(":", 1)
         assert host in SERVICES
