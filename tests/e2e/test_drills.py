@@ -135,3 +135,25 @@ def test_broken_core_fails_the_redis_partition_with_lost_jobs_named(
     assert lost["violations"] > 0
     assert lost["examples"]
     assert "lost_jobs" in v["breaches"]
+
+
+def test_partial_partitions_hit_only_the_clients_they_name(
+    server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code, v, folder = drill_run(server_settings, tmp_path, capsys, "partial-partitions")
+    assert code == 0, v["breaches"]
+    cuts = faults(v, "partition")
+    assert [(f["args"]["target"], f["result"]["proxies"]) for f in cuts] == [
+        ("redis", ["redis-workers-a"]), ("postgres", ["postgres-workers-b"]),
+        ("postgres", ["postgres-api"])]
+    workers = rows(folder, "workers.csv")
+    assert not [w for w in workers if w["status"] == "FAILED"]  # nobody was replaced
+    group_of = {w["id"]: int(w["id"].split("-")[-2]) % 2 for w in workers}
+    execs = rows(folder, "executions.csv")
+    # the half cut from Redis carried jobs through PostgreSQL, the other half through Redis
+    assert {e["acquired_via"] for e in execs if group_of.get(e["worker_id"]) == 0} >= \
+        {"postgres"}
+    assert {e["acquired_via"] for e in execs if group_of.get(e["worker_id"]) == 1} >= {"redis"}
+    api_cut = v["drill"]["faults"][2]
+    assert api_cut["creates_failed_during"] > 0  # the API refused what it could not commit
+    assert api_cut["throughput_during_jobs_s"] > 0  # while the workers kept completing
