@@ -4,19 +4,24 @@ hand, so interleavings nobody thought of get tried, and a failing seed replays e
 `jobharness run stress --drill random --seed S [--intensity low|high]` draws, from seed S, a
 schedule of faults over every fault the harness can make today: worker kills, worker pauses
 (zombies), hard and black-hole partitions of Redis, hard partitions of PostgreSQL, latency on
-either store, and restarts of either store (PostgreSQL fast, immediate or SIGKILL; Redis killed,
-coming back empty). The run checks what every run checks (nothing lost, nothing completed
-twice, leases and fencing tokens in order, no replacement storm while a store was away) and
-measures each fault's recovery. The same seed and intensity give the same schedule and, with
-the drill runner seeded from the same seed, the same victims.
+either store, restarts of either store (PostgreSQL fast, immediate or SIGKILL; Redis killed,
+coming back empty), partial partitions (one client group, the API, the supervisor or half the
+workers, cut from one store while the others keep it), and a clock offset for half the
+workers (`workers-b`, 30 s to an hour either way, for the whole run). The run checks what
+every run checks (nothing lost, nothing completed twice, leases and fencing tokens in order,
+no replacement storm while a store was away) and measures each fault's recovery. The same
+seed and intensity give the same schedule and, with the drill runner seeded from the same
+seed, the same victims.
 
 - `low`: 5 faults, one at a time, 6-14 s apart (after the previous one healed);
 - `high`: 10 faults, starting 2-6 s apart, overlapping where their targets differ.
 
-Two rules keep a verdict meaningful: a fault never starts on a target (workers, Redis,
-PostgreSQL) that another fault still holds, and worker pauses never overlap a store partition
+Three rules keep a verdict meaningful: a fault never starts on a target (workers, Redis,
+PostgreSQL) that another fault still holds; worker pauses never overlap a store partition
 or restart (plus a heartbeat TTL): a paused worker is rightly replaced for its stale
-heartbeat, which would read as a replacement storm caused by the store.
+heartbeat, which would read as a replacement storm caused by the store; and a partial
+partition holds both stores, so no client group ever loses both (a worker that reaches
+neither store is indistinguishable from a dead one, and is rightly replaced).
 """
 
 from __future__ import annotations
@@ -46,7 +51,9 @@ SHAPES = {"low": Shape(5, (6.0, 14.0), overlap=False), "high": Shape(10, (2.0, 6
 # (weight, kind): what the nemesis draws from, and how often
 MENU = ((3, "kill"), (2, "pause"), (2, "partition-redis"), (1, "blackhole-redis"),
         (2, "partition-postgres"), (2, "latency-redis"), (2, "latency-postgres"),
-        (1, "restart-postgres"), (1, "restart-redis"))
+        (1, "restart-postgres"), (1, "restart-redis"), (2, "cut-redis"), (2, "cut-postgres"))
+CLIENT_GROUPS = ("api", "supervisor", "workers-a", "workers-b")  # loadtests.system's
+SKEWED_GROUP = "workers-b"
 
 
 def _draw(kind: str, rng: random.Random) -> tuple[str, dict[str, Any], float | None, float,
@@ -60,6 +67,11 @@ def _draw(kind: str, rng: random.Random) -> tuple[str, dict[str, Any], float | N
         return "pause_workers", {"count": rng.randint(1, 2)}, d, d + HEARTBEAT_TTL_S + 2, \
             {"workers", "storm"}
     store = kind.rsplit("-", 1)[1]
+    if kind.startswith("cut"):  # a partial partition: one client group loses one store
+        d = round(rng.uniform(3, 10), 1)
+        mode = rng.choice(("hard", "blackhole")) if store == "redis" else "hard"
+        args = {"target": store, "mode": mode, "clients": [rng.choice(CLIENT_GROUPS)]}
+        return "partition", args, d, d + HEARTBEAT_TTL_S + 2, {"redis", "postgres", "storm"}
     if kind.startswith(("partition", "blackhole")):
         d = round(rng.uniform(3, 12) if store == "redis" else rng.uniform(2, 6), 1)
         mode = "blackhole" if kind.startswith("blackhole") else "hard"
@@ -94,10 +106,11 @@ def random_drill(seed: int, intensity: str = "low") -> Drill:
             free_at[t] = at + hold + 1.0
         # one at a time: the next starts after everything healed; else after this one started
         cursor = max(free_at.values()) if not shape.overlap else at
+    skew = rng.choice((-1, 1)) * round(rng.uniform(30, 3600))
     return Drill(
         name=f"random-{intensity}-{seed}",
         description=f"{shape.faults} faults drawn from seed {seed} ({intensity} intensity)",
-        settings=dict(SETTINGS),
+        settings=dict(SETTINGS), clock_skew_s={SKEWED_GROUP: skew},
         steady_state=[{"probe": "api_healthy"},
                       {"probe": "workers_active_at_least", "fraction": 0.9}],
         method=steps, settle_s=120.0, expect_no_replacement_during=["redis", "postgres"],
@@ -119,8 +132,9 @@ def find_drill(name_or_path: str, *, seed: int = 1, intensity: str = "low") -> D
 
 
 def schedule(drill: Drill) -> list[str]:
-    """The drill's faults, one line each, in the order they start."""
-    lines = []
+    """The drill's faults, one line each, in the order they start (a clock offset first)."""
+    lines = [f"{0.0:7.1f} s  clock of {group} {offset:+g} s (the whole run)"
+             for group, offset in sorted(drill.clock_skew_s.items())]
     for s in sorted(drill.method, key=lambda s: s.at_s):
         args = ", ".join(f"{k}={v}" for k, v in s.args.items() if k != "attributes")
         if "attributes" in s.args:

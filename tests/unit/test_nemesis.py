@@ -31,7 +31,10 @@ def test_a_seed_draws_the_same_schedule_and_seeds_differ() -> None:
     assert random_drill(7, "low").method != random_drill(7, "high").method
     drill = find_drill("random", seed=7, intensity="high")
     assert drill.name == "random-high-7"
-    lines = schedule(drill)
+    clock, *lines = schedule(drill)
+    skew = drill.clock_skew_s["workers-b"]
+    assert clock == f"    0.0 s  clock of workers-b {skew:+g} s (the whole run)"
+    assert 30 <= abs(drill.clock_skew_s["workers-b"]) <= 3600
     assert len(lines) == 10
     assert [float(line.split()[0]) for line in lines] == sorted(s.at_s for s in drill.method)
 
@@ -51,11 +54,21 @@ def test_every_schedule_keeps_the_rules(seed: int) -> None:
                     assert wa[1] <= wb[0], (a, b)  # one fault at a time
                 if target(a) == target(b) and a.action != "kill_workers" != b.action:
                     assert not overlap(wa, wb), (a, b)
+                if "clients" in a.args and b.action in ("partition", "restart_store", "toxic"):
+                    # a partial partition holds both stores: no client group loses both
+                    assert not overlap(wa, wb), (a, b)
                 stores = {"partition", "restart_store"}
                 if {a.action, b.action} == {"pause_workers"} | (stores & {a.action, b.action}) \
                         and len({a.action, b.action}) == 2:
                     # a paused worker's rightful replacement must not read as a storm
                     assert not overlap(wa, wb, HEARTBEAT_TTL_S), (a, b)
+
+
+def test_the_menu_draws_partial_partitions_of_every_client_group() -> None:
+    cuts = [(s.args["target"], s.args["clients"][0]) for seed in range(40)
+            for s in random_drill(seed, "high").method if "clients" in s.args]
+    assert {c for _, c in cuts} == {"api", "supervisor", "workers-a", "workers-b"}
+    assert {t for t, _ in cuts} == {"redis", "postgres"}
 
 
 def test_a_bad_intensity_is_refused_by_name() -> None:
