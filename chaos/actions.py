@@ -19,7 +19,7 @@ from typing import Any
 
 import httpx
 
-from core.errors import ServiceError
+from core.errors import JobHarnessError, ServiceError
 from core.infra.auth import auth_headers
 from core.infra.embedded import PG_STOP_MODES, EmbeddedServices
 from core.worker.faults import BENIGN_MODES, FATAL_MODES, MODES
@@ -48,6 +48,8 @@ class Endpoints:
     proxies: dict[str, dict[str, str]] = field(default_factory=default_proxies)
     control_url: str | None = None
     pids: dict[str, int] | None = None
+    # starts a process this run started again once it has exited (API replicas), -> new pid
+    respawn: Callable[[str], Awaitable[int]] | None = None
     services: EmbeddedServices | None = None  # the embedded servers, when the run uses them
     token: str | None = field(default=None, repr=False)  # the surfaces' bearer token
 
@@ -248,6 +250,31 @@ def signal_process(ep: Endpoints, name: str, sig: str) -> dict[str, Any]:
     return {"process": name, "pid": pid, "signal": sig}
 
 
+async def restart_process(ep: Endpoints, rng: random.Random, process: str,
+                          down_s: float = 2.0) -> dict[str, Any]:
+    """SIGKILL a process this run started and start it again after `down_s`, as a platform
+    restarts a crashed container. `process` names one (`api-1`) or a family (`api`: one of
+    its replicas, drawn from `rng`)."""
+    if not 0 <= float(down_s) <= 120:
+        raise ActionError(f"restart_process down_s must be between 0 and 120, got {down_s!r}")
+    pids = ep.pids or {}
+    family = sorted(k for k in pids if k.startswith(f"{process}-") and k[len(process) + 1:]
+                    .isdigit())
+    name = rng.choice(family) if family else process
+    if name not in pids or ep.respawn is None:
+        raise ActionError(f"no process {process!r} this run can restart "
+                          f"(it has: {', '.join(sorted(pids)) or 'none'})")
+    t0 = time.monotonic()
+    old = pids[name]
+    signal_process(ep, name, "kill")
+    await asyncio.sleep(float(down_s))  # the outage lasts this long
+    try:
+        pid = await ep.respawn(name)
+    except JobHarnessError as exc:
+        raise ActionError(f"restart_process {name}: {exc}") from exc
+    return {"process": name, "old_pid": old, "pid": pid, "down_s": round(time.monotonic() - t0, 2)}
+
+
 # -- store restarts ------------------------------------------------------------------------
 RESTART_MODES = {"postgres": PG_STOP_MODES, "redis": ("kill",)}
 DEFAULT_RESTART_MODE = {"postgres": "immediate", "redis": "kill"}
@@ -344,6 +371,10 @@ ACTIONS: dict[str, Action] = {
             limit_mb=float(a.get("limit_mb", 400.0)))),
     "resume_workers": Action(apply=lambda ep, rng, a: resume_workers(ep)),
     "signal_process": Action(apply=_signal, heal=_unsignal),
+    "restart_process": Action(
+        apply=lambda ep, rng, a: restart_process(ep, rng, a["process"],
+                                                 float(a.get("down_s", 2.0))),
+        timed_by_result=True),
     "restart_store": Action(
         apply=lambda ep, rng, a: restart_store(ep, a["target"], a.get("mode"),
                                                float(a.get("down_s", 2.0))),

@@ -37,7 +37,7 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       out=Path(args.out), targeted=args.target is not None,
                       locust_workers=args.locust_workers, memory=args.memory,
                       cleanup=args.cleanup, drill=args.drill, predictor=args.predictor,
-                      intensity=args.intensity)
+                      intensity=args.intensity, api_replicas=args.api_replicas)
     bar, _ = _progress_view(err)
     task: dict[str, Any] = {}
 
@@ -131,6 +131,9 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor", default="off",
                    help="worker-health model for proactive replacement: off (default), "
                         "default (the shipped model) or a model file")
+    p.add_argument("--api-replicas", type=int, default=1,
+                   help="API processes (1-8); Locust deals its users out over them, and a "
+                        "drill may restart one (restart_process process: api)")
     p.add_argument("--cleanup", action="store_true",
                    help="drop the run's schema and Redis keys after writing the run folder")
     p.set_defaults(func=cmd_run, needs_settings=True)

@@ -21,8 +21,10 @@ LOCUSTFILE = Path(__file__).parent / "locustfile.py"
 class Load:
     def __init__(self, scenario: Scenario, run_dir: Path, api_url: str, *,
                  locust_workers: int = 0, budget: int | None = None,
-                 duration_s: float | None = None, token: str | None = None) -> None:
-        """`budget` jobs (the scenario's by default) within `duration_s` (its max_load_s)."""
+                 duration_s: float | None = None, token: str | None = None,
+                 replicas: list[str] | None = None) -> None:
+        """`budget` jobs (the scenario's by default) within `duration_s` (its max_load_s);
+        with `replicas` (API URLs), users are dealt out over them (locustfile.py)."""
         self.scenario = scenario
         self.budget = scenario.jobs if budget is None else budget
         self.duration_s = scenario.max_load_s if duration_s is None else duration_s
@@ -30,10 +32,13 @@ class Load:
         self.dir = run_dir
         self.api_url = api_url
         self.locust_workers = locust_workers
+        self.replicas = replicas or []
         self.children: list[Child] = []
 
     def _env(self, budget: int) -> dict[str, str]:
         env = run_env(self.dir / runfolder.SCENARIO, self.dir / runfolder.RAW, budget)
+        if len(self.replicas) > 1:
+            env["JOBHARNESS_API_URLS"] = ",".join(self.replicas)
         return {**env, "JOBHARNESS_API_TOKEN": self.token} if self.token else env
 
     async def start(self) -> list[Child]:

@@ -8,11 +8,17 @@ dead-letter queue. The open model (`model: open`) creates at a target rate whate
 response times, and also reports each create's latency from its *intended* start, so a slow
 server cannot hide its queueing (coordinated omission). Every request is also written raw to
 `$JOBHARNESS_RAW_DIR/requests-<pid>.csv`: Locust's own percentiles are rounded.
+
+With several API replicas (`JOBHARNESS_API_URLS`, comma-separated; `run --api-replicas N`)
+users are dealt out over them in turn, and a user whose replica stops answering (connection
+refused or reset: no HTTP status at all) moves on to the next one, as a load balancer takes a
+dead backend out of rotation.
 """
 
 from __future__ import annotations
 
 import csv
+import itertools
 import os
 import random
 import threading
@@ -40,6 +46,9 @@ _rng = random.Random(f"{SCENARIO.seed}:{os.getpid()}")
 # every user sends the API's bearer token when the system under test asks for one
 _TOKEN = os.environ.get("JOBHARNESS_API_TOKEN")
 HEADERS = {"Authorization": f"Bearer {_TOKEN}"} if _TOKEN else None
+API_URLS = [u.strip() for u in os.environ.get("JOBHARNESS_API_URLS", "").split(",")
+            if u.strip()]
+_dealt = itertools.count()
 
 
 def take(n: int) -> int:
@@ -82,22 +91,51 @@ class _RawWriter:
         RAW_DIR.mkdir(parents=True, exist_ok=True)
         self._fh = open(RAW_DIR / f"requests-{os.getpid()}.csv", "w", newline="")  # noqa: SIM115
         self._w = csv.writer(self._fh)
-        self._w.writerow(["ts", "method", "name", "response_time_ms", "bytes", "ok", "error"])
+        self._w.writerow(["ts", "method", "name", "response_time_ms", "bytes", "ok", "error",
+                          "replica"])
 
     def row(self, request_type: str, name: str, response_time: float, response_length: int,
-            exception: Any, **_: Any) -> None:
+            exception: Any, context: Any = None, **_: Any) -> None:
+        user = (context or {}).get("replica_user")
         self._w.writerow([f"{time.time():.6f}", request_type, name, f"{response_time:.3f}",
                           response_length or 0, 0 if exception else 1,
-                          str(exception)[:200] if exception else ""])
+                          str(exception)[:200] if exception else "",
+                          user.replica if user is not None else ""])
 
     def close(self, **_: Any) -> None:
         self._fh.flush()
         self._fh.close()
 
 
+class ReplicaUser(FastHttpUser):
+    """A user bound to one API replica (the --host when there is only one)."""
+
+    abstract = True
+    default_headers = HEADERS
+
+    def __init__(self, environment: Any) -> None:
+        super().__init__(environment)
+        self.replica = next(_dealt) % len(API_URLS) if API_URLS else 0
+        if API_URLS:
+            self.client.base_url = API_URLS[self.replica]
+
+    def context(self) -> dict[str, Any]:
+        return {"replica_user": self}
+
+
+def _fail_over(response: Any = None, context: Any = None, **_: Any) -> None:
+    """A request that got no HTTP answer at all: its user moves to the next replica."""
+    user = (context or {}).get("replica_user")
+    if user is None or len(API_URLS) < 2 or getattr(response, "status_code", None) != 0:
+        return
+    user.replica = (user.replica + 1) % len(API_URLS)
+    user.client.base_url = API_URLS[user.replica]
+
+
 _raw = _RawWriter()
 _accepted = open(RAW_DIR / f"accepted-{os.getpid()}.txt", "w")  # noqa: SIM115
 events.request.add_listener(_raw.row)
+events.request.add_listener(_fail_over)
 events.quitting.add_listener(_raw.close)
 events.quitting.add_listener(lambda **_: _accepted.close())
 
@@ -111,7 +149,7 @@ def _fit(factory: JobFactory, path: str, body: Any, n: int, granted: int) -> tup
     return "/jobs/batch", {"jobs": [factory.job() for _ in range(granted)]}
 
 
-def _create(user: FastHttpUser, factory: JobFactory) -> None:
+def _create(user: ReplicaUser, factory: JobFactory) -> None:
     path, body, n = factory.next_request(BUDGET - _spent)
     granted = take(n)
     if granted == 0:
@@ -129,10 +167,8 @@ def _create(user: FastHttpUser, factory: JobFactory) -> None:
         sent()
 
 
-class Producer(FastHttpUser):
+class Producer(ReplicaUser):
     """Closed model: each user creates again as soon as its previous create returns."""
-
-    default_headers = HEADERS
 
     abstract = SCENARIO.model != "closed"  # an abstract user class is never spawned
     weight = 10
@@ -146,10 +182,8 @@ class Producer(FastHttpUser):
         _create(self, self.factory)
 
 
-class ArrivalProducer(FastHttpUser):
+class ArrivalProducer(ReplicaUser):
     """Open model: creates at `rate_per_s` on a fixed schedule, each in its own greenlet."""
-
-    default_headers = HEADERS
 
     abstract = SCENARIO.model != "open"
     fixed_count = 1
@@ -204,10 +238,8 @@ class ArrivalProducer(FastHttpUser):
         raise StopUser()
 
 
-class Observer(FastHttpUser):
+class Observer(ReplicaUser):
     """Polls the status of recently created jobs."""
-
-    default_headers = HEADERS
 
     abstract = SCENARIO.observers == 0
     fixed_count = max(1, SCENARIO.observers)
@@ -219,10 +251,8 @@ class Observer(FastHttpUser):
             self.client.get(f"/jobs/{random.choice(RECENT)}", name="GET /jobs/{id}")
 
 
-class Operator(FastHttpUser):
+class Operator(ReplicaUser):
     """Cancels a recent job now and then, and requeues the dead-letter queue."""
-
-    default_headers = HEADERS
 
     abstract = SCENARIO.operators == 0
     fixed_count = max(1, SCENARIO.operators)

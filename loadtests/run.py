@@ -76,6 +76,7 @@ class RunOptions:
     drill: str | None = None
     predictor: str = "off"  # off, default (the shipped model) or a model file
     intensity: str = "low"  # of `--drill random` (chaos/nemesis.py)
+    api_replicas: int = 1  # API processes; Locust deals its users out over them
 
 
 @dataclass
@@ -121,7 +122,7 @@ class Run:
                                       targeted=opts.targeted, services=embedded_of(settings),
                                       extra_supervisor_args=self._predictor_args(),
                                       clock_skew_s=self.drill.clock_skew_s if self.drill
-                                      else None)
+                                      else None, api_replicas=opts.api_replicas)
         self.on_progress = on_progress
         self.progress = Progress()
         self.started = time.monotonic()
@@ -247,13 +248,13 @@ class Run:
         drill = self.drill
         if drill is None:
             load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers,
-                        token=self.settings.api_token)
+                        token=self.settings.api_token, replicas=self.system.api_urls)
             deadline_s = s.max_load_s
         else:  # the load goes on until the drill has settled, whatever the job count
             deadline_s = s.max_load_s + drill.span_s
             load = Load(s, self.dir, api_url, locust_workers=self.opts.locust_workers,
                         budget=max(s.jobs, DRILL_JOB_CAP), duration_s=deadline_s,
-                        token=self.settings.api_token)
+                        token=self.settings.api_token, replicas=self.system.api_urls)
         self.system.children += await load.start()
         t_load = time.monotonic()
         runner, settling, offset_s = None, None, 0.0
@@ -352,6 +353,7 @@ class Run:
             "scenario": s.to_dict(), "schema": self.settings.schema,
             "prefix": self.settings.prefix, "targeted": self.opts.targeted,
             "locust_workers": self.opts.locust_workers, "predictor": self.opts.predictor,
+            "api_replicas": self.opts.api_replicas,
             "pid": os.getpid()}, indent=2))
         return verdict
 

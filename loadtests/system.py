@@ -39,6 +39,7 @@ from loadtests.procs import Child
 from loadtests.scenario import Scenario
 
 READY_TIMEOUT_S = 120.0
+MAX_API_REPLICAS = 8
 WORKER_GROUPS = ("workers-a", "workers-b")
 CLIENT_GROUPS = ("api", "supervisor", *WORKER_GROUPS)
 
@@ -58,11 +59,20 @@ class SystemUnderTest:
     def __init__(self, settings: Settings, scenario: Scenario, run_dir: Path, *,
                  targeted: bool, services: EmbeddedServices | None,
                  extra_supervisor_args: list[str] | None = None,
-                 clock_skew_s: dict[str, float] | None = None) -> None:
+                 clock_skew_s: dict[str, float] | None = None, api_replicas: int = 1) -> None:
+        if targeted and api_replicas != 1:
+            raise JobHarnessError("--api-replicas applies to local runs: a target's API is "
+                                  "its own (run several behind its load balancer)")
+        if not 1 <= api_replicas <= MAX_API_REPLICAS:
+            raise JobHarnessError(f"--api-replicas must be between 1 and {MAX_API_REPLICAS}, "
+                                  f"got {api_replicas}")
         self.settings = settings  # what the harness itself uses (direct to the stores)
         # what each client group uses (through its proxies, if any)
         self.client_settings = dict.fromkeys(CLIENT_GROUPS, settings)
         self.clock_skew_s = clock_skew_s or {}
+        self.api_replicas = api_replicas
+        self.api_urls: list[str] = []  # the replicas' URLs, in order
+        self._api_args: dict[str, list[str]] = {}  # replica name -> its command line
         self.scenario = scenario
         self.dir = run_dir
         self.targeted = targeted
@@ -85,11 +95,16 @@ class SystemUnderTest:
         if with_proxy:
             await self._start_proxy()
         env = to_env(self.client_settings["api"])
-        port = free_port()
-        api = await Child.start("api", ["core.cli", "api", "--port", str(port),
-                                        "--pool-size", "10"], env=env,
-                                log=self.logs / "api.log")
-        self.children.append(api)
+        # each replica its own pool: together they keep the one API's connection budget
+        pool = str(max(2, 10 // self.api_replicas))
+        self.endpoints.pids = {}
+        for i in range(self.api_replicas):
+            name = f"api-{i}" if self.api_replicas > 1 else "api"
+            port = free_port()
+            self._api_args[name] = ["core.cli", "api", "--port", str(port), "--pool-size", pool]
+            await self._start_api(name)
+            self.api_urls.append(f"http://127.0.0.1:{port}")
+        self.endpoints.respawn = self.respawn
         s = self.scenario
         self.children.append(await Child.start(
             "supervisor", ["core.cli", "supervisor", "--workers", str(s.workers),
@@ -98,14 +113,45 @@ class SystemUnderTest:
                            "--max-replacements", str(max(20, s.workers // 2)),
                            *self.extra_supervisor_args],
             env=self._supervisor_env(), log=self.logs / "supervisor.log"))
-        self.endpoints.pids = {"api": api.proc.pid}
         if with_memory_owner:
             owner = await Child.start("memory-owner", ["loadtests.cli", "state", "serve",
                                                         "--nice", "0"],
                                       env=env, log=self.logs / "memory-owner.log")
             self.children.append(owner)
             self.endpoints.pids["memory-owner"] = owner.proc.pid
-        return f"http://127.0.0.1:{port}"
+        return self.api_urls[0]
+
+    async def _start_api(self, name: str) -> Child:
+        child = await Child.start(name, self._api_args[name],
+                                  env=to_env(self.client_settings["api"]),
+                                  log=self.logs / f"{name}.log")
+        self.children.append(child)
+        assert self.endpoints.pids is not None
+        self.endpoints.pids[name] = child.proc.pid
+        if name == "api-0":
+            self.endpoints.pids["api"] = child.proc.pid  # what drills for one API name
+        return child
+
+    async def respawn(self, name: str) -> int:
+        """Start an API replica again on its port once its process has exited (a restart
+        by the platform); return the new pid once it answers /health."""
+        if name not in self._api_args:
+            raise JobHarnessError(f"no API replica {name!r} to restart "
+                                  f"(this run has {', '.join(self._api_args)})")
+        old = next(c for c in reversed(self.children) if c.name == name)
+        await old.proc.wait()
+        self.children.remove(old)
+        child = await self._start_api(name)
+        url = self.api_urls[list(self._api_args).index(name)]
+        deadline = time.monotonic() + 30
+        async with httpx.AsyncClient() as http:
+            while True:
+                with contextlib.suppress(httpx.TransportError):
+                    if (await http.get(f"{url}/health")).status_code == 200:
+                        return child.proc.pid
+                if not child.running or time.monotonic() > deadline:
+                    raise JobHarnessError(f"API replica {name} did not come back")
+                await asyncio.sleep(0.1)  # polled: another process's readiness
 
     def _supervisor_env(self) -> dict[str, str]:
         """The supervisor's own store URLs, and its workers' groups: their URLs and clocks."""
@@ -192,7 +238,7 @@ class SystemUnderTest:
 
     def check_children(self) -> None:
         for child in self.children:
-            if not child.running and child.name in ("api", "supervisor"):
+            if not child.running and (child.name == "supervisor" or child.name in self._api_args):
                 raise JobHarnessError(f"the {child.name} process exited (see {self.logs})")
 
     async def stop(self, timeout_s: float) -> None:

@@ -96,3 +96,22 @@ def test_a_drill_skew_that_is_not_a_clock_offset_is_refused(tmp_path: Path) -> N
     good = tmp_path / "ok.yaml"
     good.write_text("name: ok\nclock_skew_s: {workers-b: -600}\nmethod: []\n")
     assert load_drill(str(good)).clock_skew_s == {"workers-b": -600}
+
+
+async def test_restart_process_picks_a_replica_of_a_family_and_refuses_the_unknown() -> None:
+    import random
+
+    from chaos.actions import restart_process
+
+    started: list[str] = []
+
+    async def respawn(name: str) -> int:
+        started.append(name)
+        return 4242
+
+    ep = Endpoints(pids={"memory-owner": 2**22 + 1}, respawn=respawn)
+    with pytest.raises(ActionError, match="no process 'api' this run can restart"):
+        await restart_process(ep, random.Random(1), "api", 0)
+    with pytest.raises(ActionError, match="down_s must be between 0 and 120"):
+        await restart_process(ep, random.Random(1), "memory-owner", 500)
+    assert started == []  # refused before anything was killed
