@@ -18,7 +18,7 @@ def window(s: Step) -> tuple[float, float]:
 
 
 def target(s: Step) -> str:
-    return str(s.args.get("target", "workers"))
+    return str(s.args.get("target") or s.args.get("process") or "workers")
 
 
 def overlap(a: tuple[float, float], b: tuple[float, float], margin: float = 0.0) -> bool:
