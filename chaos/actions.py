@@ -22,7 +22,7 @@ import httpx
 from core.errors import JobHarnessError, ServiceError
 from core.infra.auth import auth_headers
 from core.infra.embedded import PG_STOP_MODES, EmbeddedServices
-from core.worker.faults import BENIGN_MODES, FATAL_MODES, MODES
+from core.worker.faults import BENIGN_MODES, BYZANTINE_MODES, FATAL_MODES, MODES
 
 
 class ActionError(RuntimeError):
@@ -208,6 +208,25 @@ async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | Non
     return {"degraded": faults}
 
 
+async def byzantine_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
+                            fraction: float | None = None, mode: str | list[str] = "forge",
+                            capability: str = "gpu") -> dict[str, Any]:
+    """Turn chosen workers Byzantine for the rest of their lives (core.worker.faults): `forge`
+    (forged lease tokens), `idle` (leases dropped on the floor) or `liar` (takes jobs of
+    `capability` it cannot serve); a list draws one per worker. They should be quarantined."""
+    pool = tuple(mode) if isinstance(mode, list) else (mode,)
+    if not pool or any(m not in BYZANTINE_MODES for m in pool):
+        raise ActionError(f"byzantine mode must be one of {', '.join(BYZANTINE_MODES)} or a "
+                          f"list of those, got {mode!r}")
+    chosen = _choose(await _running_workers(ep), count, fraction, rng)
+    turned = []
+    for wid in chosen:
+        spec = {"mode": rng.choice(pool), "capability": capability}
+        await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
+        turned.append({"worker_id": wid, **spec})
+    return {"byzantine": turned}
+
+
 def fault_modes(mode: str | list[str]) -> tuple[str, ...]:
     """The modes a degrade step draws from (ActionError naming a bad one)."""
     named = {"mixed": FATAL_MODES, "benign": BENIGN_MODES}
@@ -369,6 +388,9 @@ ACTIONS: dict[str, Action] = {
             ep, rng, count=a.get("count"), fraction=a.get("fraction"),
             mode=a.get("mode", "mixed"), ramp_s=a.get("ramp_s", 45.0),
             limit_mb=float(a.get("limit_mb", 400.0)))),
+    "byzantine_workers": Action(apply=lambda ep, rng, a: byzantine_workers(
+        ep, rng, count=a.get("count"), fraction=a.get("fraction"), mode=a.get("mode", "forge"),
+        capability=a.get("capability", "gpu"))),
     "resume_workers": Action(apply=lambda ep, rng, a: resume_workers(ep)),
     "signal_process": Action(apply=_signal, heal=_unsignal),
     "restart_process": Action(

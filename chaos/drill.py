@@ -27,7 +27,7 @@ import yaml
 from chaos import actions
 from chaos.actions import ACTIONS, ActionError, Endpoints, action_named
 from chaos.recovery import fault_windows
-from core.contract.observe import HEARTBEAT_REPLACEMENTS
+from core.contract.observe import HEARTBEAT_REPLACEMENTS, QUARANTINED_AMONG
 from core.errors import ConfigError, DispatchUnavailable, StoreUnavailable
 from core.settings import parse_values
 from core.worker.clock import check_skew
@@ -353,6 +353,12 @@ class DrillRunner:
                    "store it heartbeats to was partitioned or restarted",
                    await self.replacement_storm(pool, windows, heartbeat_ttl_s)),
         ]
+        turned = [t["worker_id"] for j in self.journal if j["kind"] == "fault"
+                  and j["name"] == "byzantine_workers" for t in j["result"]["byzantine"]]
+        if turned:
+            left = await self.not_quarantined(pool, turned)
+            checks.append(_check("byzantine_quarantined", "every worker turned Byzantine was "
+                                 "quarantined", len(left), left))
         try:
             stale: int | None = (await dispatch.event_counts()).get("stale_rejected", 0)
         except DispatchUnavailable:
@@ -361,6 +367,17 @@ class DrillRunner:
                            steady_before=self.steady_before, steady_after=self.steady_after,
                            windows=windows, checks=[*invariants, *checks, *(extra or [])],
                            zombie_results_rejected=stale)
+
+    @staticmethod
+    async def not_quarantined(pool: Any, worker_ids: list[str]) -> list[str]:
+        """Those of `worker_ids` whose row is not QUARANTINED (one that could not be read
+        counts as not quarantined)."""
+        try:
+            rows = await pool.fetch(QUARANTINED_AMONG, worker_ids)
+        except StoreUnavailable:
+            return list(worker_ids)
+        done = {r["id"] for r in rows}
+        return [f"{w} is not quarantined" for w in worker_ids if w not in done]
 
     async def replacement_storm(self, pool: Any, windows: list[dict[str, Any]],
                      heartbeat_ttl_s: float) -> int:

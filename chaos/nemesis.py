@@ -6,7 +6,8 @@ schedule of faults over every fault the harness can make today: worker kills, wo
 (zombies), hard and black-hole partitions of Redis, hard partitions of PostgreSQL, latency on
 either store, restarts of either store (PostgreSQL fast, immediate or SIGKILL; Redis killed,
 coming back empty), an API process killed and started again (one replica, with
-`--api-replicas`), partial partitions (one client group, the API, the supervisor or half the
+`--api-replicas`), a Byzantine worker (forged lease tokens, or leases dropped while it
+heartbeats), partial partitions (one client group, the API, the supervisor or half the
 workers, cut from one store while the others keep it), and a clock offset for half the
 workers (`workers-b`, 30 s to an hour either way, for the whole run). The run checks what
 every run checks (nothing lost, nothing completed twice, leases and fencing tokens in order,
@@ -53,7 +54,7 @@ SHAPES = {"low": Shape(5, (6.0, 14.0), overlap=False), "high": Shape(10, (2.0, 6
 MENU = ((3, "kill"), (2, "pause"), (2, "partition-redis"), (1, "blackhole-redis"),
         (2, "partition-postgres"), (2, "latency-redis"), (2, "latency-postgres"),
         (1, "restart-postgres"), (1, "restart-redis"), (2, "cut-redis"), (2, "cut-postgres"),
-        (1, "restart-api"))
+        (1, "restart-api"), (1, "byzantine"))
 CLIENT_GROUPS = ("api", "supervisor", "workers-a", "workers-b")  # loadtests.system's
 SKEWED_GROUP = "workers-b"
 
@@ -68,6 +69,9 @@ def _draw(kind: str, rng: random.Random) -> tuple[str, dict[str, Any], float | N
         d = round(rng.uniform(4, 10), 1)
         return "pause_workers", {"count": rng.randint(1, 2)}, d, d + HEARTBEAT_TTL_S + 2, \
             {"workers", "storm"}
+    if kind == "byzantine":  # a worker turns liar for good; it must end up quarantined
+        mode = rng.choice(("forge", "idle"))
+        return "byzantine_workers", {"count": 1, "mode": mode}, None, 2.0, {"workers"}
     if kind == "restart-api":  # one API process (a replica, with --api-replicas) restarted
         down = round(rng.uniform(1, 4), 1)
         return "restart_process", {"process": "api", "down_s": down}, None, down + 2, {"api"}

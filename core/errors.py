@@ -124,3 +124,11 @@ class StoreUnavailable(JobHarnessError):
 
 class DispatchUnavailable(JobHarnessError):
     """The Redis dispatch index cannot be reached."""
+
+
+class WorkerIdInUse(JobHarnessError):
+    """A worker tried to register under the id of another live worker."""
+
+    def __init__(self, worker_id: str, holder: str) -> None:
+        super().__init__(f"worker id {worker_id!r} belongs to a live worker ({holder}); "
+                         "refusing to take it over", worker_id=worker_id)

@@ -241,6 +241,7 @@ class Lease:
     lease_s: float
     worker_id: str
     via: str  # "redis" or "postgres": which path acquired it
+    capability: str | None = None  # the job's required capability, if any
 
 
 @dataclass(frozen=True, kw_only=True)

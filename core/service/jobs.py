@@ -122,9 +122,12 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         await self.count_stale()
         return StaleLease(str(job_id), token, row["status"])
 
-    async def complete(self, job_id: str, token: int, result: Any = None) -> None:
+    async def complete(self, job_id: str, token: int, result: Any = None, *,
+                       worker_id: str | None = None) -> None:
         """Record success; only the current lease's token is accepted. Completions arriving
-        together are recorded in one statement; each caller gets its own outcome."""
+        together are recorded in one statement; each caller gets its own outcome. A refused
+        completion from `worker_id` with a token no lease of this job ever gave that worker
+        is recorded as evidence against it (forged, not merely stale)."""
         jid = parse_job_id(job_id)
         with store_errors():
             rows = await self._completions.submit(_Completion(jid, token, result))
@@ -132,10 +135,22 @@ class JobService(Leasing, JobReads, WorkerRegistry):
             if rows[0]["job_status"] is None:
                 raise JobNotFound(job_id)
             await self.count_stale()
+            if worker_id is not None:
+                await self._check_token(worker_id, jid, token)
             raise StaleLease(job_id, token, rows[0]["job_status"])
         self.stats["completed"] += 1
         if self.memory is not None:
             self.memory.job_completed(job_id, result)
+
+    async def _check_token(self, worker_id: str, jid: uuid.UUID, token: int) -> None:
+        with store_errors():
+            owner = await self.pool.fetchrow(q("token_owner"), token)
+        if owner is not None and owner["job_id"] == jid and owner["worker_id"] == worker_id:
+            return  # its own lease, superseded: a zombie's late result, not a forgery
+        whose = "no lease ever had it" if owner is None else (
+            f"it was worker {owner['worker_id']}'s lease of job {owner['job_id']}")
+        await self.record_evidence(worker_id, "forged_token", f"completed job {jid} with lease "
+                                   f"token {token}: {whose}", jid)
 
     async def _complete_merged(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
         """Run completions as one statement, then apply their Redis effects in one go."""

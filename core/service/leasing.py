@@ -193,6 +193,7 @@ class Leasing(ServiceBase):
             priority=row["priority"],
             timeout_s=row["timeout_s"],
             lease_s=lease_s,
+            capability=row["required_capability"],
             worker_id=worker_id,
             via=via,
         )

@@ -1,6 +1,7 @@
 """The reconciler of invariant 2: it makes Redis agree with PostgreSQL again after any fault.
 
-One pass: expire leases past their deadline (PostgreSQL clock), release WAITING jobs whose
+One pass: expire leases past their deadline (PostgreSQL clock; a holder that let one lapse
+while heartbeating is recorded as making no progress), release WAITING jobs whose
 dependencies are done, re-index PENDING jobs that Redis lost, drop Redis entries with no live
 job behind them, mirror the scheduling limits and recount what runs under them (recording
 leases PostgreSQL holds that Redis lacks), mark workers with stale PostgreSQL heartbeats, and
@@ -54,10 +55,15 @@ class Reconciler:
     async def run_once(self) -> ReconcileReport:
         report = ReconcileReport()
         svc = self.service
-        for row in await svc.pool.fetch(q("expired_leases"), EXPIRE_BATCH):
+        fresh_s = svc.settings.heartbeat_ttl_s / 2
+        for row in await svc.pool.fetch(q("expired_leases"), EXPIRE_BATCH, fresh_s):
             reason = f"lease expired (worker {row['worker_id']})"
             if await svc.expire_lease(row["id"], row["lease_token"], reason):
                 report.leases_expired += 1
+                if row["heartbeating"]:  # alive and reachable, yet it let the lease lapse
+                    await svc.record_evidence(
+                        row["worker_id"], "no_progress", f"let the lease of job {row['id']} "
+                        f"expire while heartbeating (younger than {fresh_s:g} s)", row["id"])
         fx = Effects()
         async with svc.transaction() as conn:
             fx.add_ready(ready := await conn.fetch(q("release_ready"), None))

@@ -1,15 +1,27 @@
-"""The worker registry: registration, heartbeats to both stores with health samples, and
-deregistration. A part of JobService (core/service/base.py has what the parts share)."""
+"""The worker registry: registration, heartbeats to both stores with health samples,
+deregistration, and evidence against misbehaving workers (migration 013). A part of
+JobService (core/service/base.py has what the parts share).
+
+Registration never displaces a live worker: an id whose row is ACTIVE or DRAINING with a
+heartbeat younger than the TTL, held by another host or pid, is refused (WorkerIdInUse) and
+the attempt recorded as `id_taken` evidence. Evidence is one row per misbehaviour, with a
+warning naming the worker and what it did; a supervisor reads its workers' recent evidence
+and quarantines the ones that keep misbehaving (core/supervisor/byzantine.py)."""
 
 from __future__ import annotations
 
 import contextlib
+import logging
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
-from core.errors import DispatchUnavailable, InvalidInput, StoreUnavailable
+from core.errors import DispatchUnavailable, InvalidInput, StoreUnavailable, WorkerIdInUse
 from core.service.base import ServiceBase
 from core.store.queries import q, store_errors
+
+EVIDENCE_KINDS = ("forged_token", "no_progress", "false_capability", "id_taken")
+log = logging.getLogger("jobharness.workers")
 
 
 class WorkerRegistry(ServiceBase):
@@ -30,8 +42,16 @@ class WorkerRegistry(ServiceBase):
         if not 1 <= concurrency <= 1000:
             raise InvalidInput("concurrency", "must be between 1 and 1000")
         with store_errors():
-            await self.pool.execute(q("register_worker"), worker_id, hostname, pid,
-                                    list(capabilities), concurrency, metadata or {})
+            took = await self.pool.fetchval(q("register_worker"), worker_id, hostname, pid,
+                                            list(capabilities), concurrency, metadata or {},
+                                            self.settings.heartbeat_ttl_s)
+            if took is None:
+                row = await self.pool.fetchrow(q("worker_holder"), worker_id)
+                holder = f"pid {row['pid']} on {row['hostname'] or '?'}" if row else "gone"
+                await self.record_evidence(worker_id, "id_taken", f"pid {pid} on "
+                                           f"{hostname or '?'} tried to register as the live "
+                                           f"worker ({holder})")
+                raise WorkerIdInUse(worker_id, holder)
         if self.memory is not None:
             self.memory.worker_config(worker_id, {
                 "capabilities": list(capabilities), "concurrency": concurrency,
@@ -90,6 +110,33 @@ class WorkerRegistry(ServiceBase):
         ages: dict[str, float | None] = {w: None for w in worker_ids}
         ages.update({r["id"]: float(r["age_s"]) for r in rows})
         return ages
+
+    async def record_evidence(self, worker_id: str, kind: str, detail: str,
+                              job_id: uuid.UUID | str | None = None) -> None:
+        """One piece of evidence against a worker: logged, counted, and stored if PostgreSQL
+        can take it (a store outage loses evidence, never a job operation)."""
+        if kind not in EVIDENCE_KINDS:
+            raise InvalidInput("kind", f"must be one of {', '.join(EVIDENCE_KINDS)}")
+        log.warning("evidence against worker %s: %s: %s", worker_id, kind, detail)
+        self.stats[f"evidence_{kind}"] += 1
+        jid = uuid.UUID(str(job_id)) if job_id is not None else None
+        with contextlib.suppress(StoreUnavailable), store_errors():
+            await self.pool.execute(q("record_evidence"), worker_id, kind, jid, detail)
+
+    async def recent_evidence(self, worker_ids: list[str], window_s: float
+                              ) -> list[dict[str, Any]]:
+        """Evidence against these workers within the window, by worker and kind (`id_taken`
+        left out: it names the victim's id, not a misbehaviour of the victim)."""
+        with store_errors():
+            rows = await self.pool.fetch(q("recent_evidence"), worker_ids, window_s)
+        return [dict(r) for r in rows]
+
+    async def quarantine_worker(self, worker_id: str, reason: str) -> None:
+        """No more leases for this worker (lease_jobs and lease_runnable refuse it)."""
+        with store_errors():
+            await self.pool.execute(q("quarantine_worker"), worker_id, reason)
+        with contextlib.suppress(DispatchUnavailable):
+            await self.dispatch.clear_heartbeat(worker_id)
 
     async def set_worker_status(self, worker_id: str, status: str) -> None:
         with store_errors():

@@ -11,17 +11,23 @@ process is gone is marked FAILED and its leases released at once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import re
+import signal
 import socket
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
 from core.errors import StoreUnavailable
 from core.infra.auth import auth_headers
+from core.infra.embedded import pid_alive
 from core.memory.events import owner_status, owner_target
 from core.memory.port import WORKER_NS
 from core.service.jobs import JobService
@@ -101,3 +107,28 @@ def here(entry: RosterEntry) -> bool:
 
 
 __all__ = ["RosterEntry", "here", "load_roster", "save_roster"]
+
+
+async def retire(service: JobService, previous: list[RosterEntry], grace_s: float,
+                 stats: Counter[str]) -> None:
+    """Drain the workers of a previous supervisor run (SIGTERM, SIGKILL after `grace_s`);
+    fail and release what cannot drain."""
+    reason = "supervisor restarted"
+    for entry in previous:
+        if here(entry) and entry.pid and pid_alive(entry.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(entry.pid, signal.SIGCONT)
+                os.kill(entry.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for entry in previous:
+        # Not our child (its parent was the previous supervisor): no exit to await, so poll.
+        while here(entry) and entry.pid and pid_alive(entry.pid) and \
+                time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+        if here(entry) and entry.pid and pid_alive(entry.pid):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(entry.pid, signal.SIGKILL)
+        with contextlib.suppress(StoreUnavailable):
+            await service.deregister_worker(entry.worker_id, status="FAILED", reason=reason)
+            await service.release_worker(entry.worker_id, f"worker lost: {reason}")
+        stats["workers_retired"] += 1

@@ -1,20 +1,19 @@
 """`jobharness supervisor`: spawns N worker processes, watches them, replaces the dead.
 Length: one class holds the watch loop and every way a worker is replaced (exited, stale,
-predicted, draining, abandoned): they share one rate limit and one roster.
+predicted, quarantined, draining, abandoned): they share one rate limit and one roster.
 
-A worker is dead when its process exits, or when its heartbeat is stale in *both* stores: the
-Redis key has expired (or Redis is unreachable) and its PostgreSQL `last_heartbeat_at` is older
-than the TTL (or PostgreSQL is unreachable). With both stores unreachable nothing is decided,
-so a store outage alone never triggers replacement (invariant 5). Replacement marks the old
-worker FAILED with the reason, releases its leases at once, asks a still-running process to
-exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker with the same capabilities
-(and group, groups.py). Replacements are limited to `max_replacements` per window.
+A worker is dead when its process exits, or when its heartbeat is stale in *both* stores (the
+Redis key expired or Redis unreachable, and `last_heartbeat_at` older than the TTL or
+PostgreSQL unreachable). With both stores unreachable nothing is decided, so a store outage
+alone never triggers replacement (invariant 5). Replacement marks the old worker FAILED with
+the reason (QUARANTINED for a misbehaving one, byzantine.py), releases its leases, asks a
+still-running process to exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker in
+the same slot and group (groups.py). Replacements are limited to `max_replacements` per window.
 
-With a predictor (a worker-health model, see predictor/), every live worker is also scored
-each round; a worker the policy flags is replaced proactively: its successor starts first,
-then the old worker drains (SIGTERM); one that does not exit within the drain timeout is
-killed and its leases released. Workers the policy holds out are scored and logged but never
-acted on. The predictor shares the rate limit and has guards of its own (storm.py)."""
+With a predictor (predictor/), every live worker is also scored each round; a worker the
+policy flags is replaced proactively: its successor starts first, then the old worker drains
+(SIGTERM), and is killed past the drain timeout. Held-out workers are scored and logged only.
+The predictor shares the rate limit and has guards of its own (storm.py)."""
 
 from __future__ import annotations
 
@@ -32,13 +31,13 @@ from pathlib import Path
 from typing import Any
 
 from core.errors import DispatchUnavailable, StoreUnavailable
-from core.infra.embedded import pid_alive
 from core.service.jobs import JobService
 from core.service.reconciler import Reconciler
 from core.settings import Settings, check_nice, to_env
+from core.supervisor.byzantine import misbehaving
 from core.supervisor.groups import WorkerGroup, group_of
 from core.supervisor.processes import SPAWN_MODES, Child, start_worker
-from core.supervisor.roster import RosterEntry, here, load_roster, save_roster
+from core.supervisor.roster import RosterEntry, load_roster, retire, save_roster
 from core.supervisor.scoring import Predictor
 from core.supervisor.storm import StormGuard, StormLimits
 from core.worker.clock import skew_from_env
@@ -145,36 +144,14 @@ class Supervisor:
         self._save_roster()
         if previous:
             self.stats["workers_inherited"] += len(previous)
-            self._retiring = asyncio.create_task(self._retire(previous))
+            self._retiring = asyncio.create_task(retire(
+                self.service, previous, self.opts.drain_timeout_s + 5, self.stats))
 
     def _save_roster(self) -> None:
         save_roster(self.service, self.opts.name, [
             RosterEntry(slot=s.index, generation=s.generation, worker_id=s.worker_id,
                         pid=s.proc.pid, hostname=socket.gethostname())
             for s in self.slots.values()])
-
-    async def _retire(self, previous: list[RosterEntry]) -> None:
-        """Drain workers of a previous supervisor run; fail and release what cannot drain."""
-        reason = "supervisor restarted"
-        for entry in previous:
-            if here(entry) and entry.pid and pid_alive(entry.pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(entry.pid, signal.SIGCONT)
-                    os.kill(entry.pid, signal.SIGTERM)
-        deadline = time.monotonic() + self.opts.drain_timeout_s + 5
-        for entry in previous:
-            # Not our child (its parent was the previous supervisor): no exit to await, so poll.
-            while here(entry) and entry.pid and pid_alive(entry.pid) and \
-                    time.monotonic() < deadline:  # noqa: ASYNC110
-                await asyncio.sleep(0.1)
-            if here(entry) and entry.pid and pid_alive(entry.pid):
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.kill(entry.pid, signal.SIGKILL)
-            with contextlib.suppress(StoreUnavailable):
-                await self.service.deregister_worker(entry.worker_id, status="FAILED",
-                                                     reason=reason)
-                await self.service.release_worker(entry.worker_id, f"worker lost: {reason}")
-            self.stats["workers_retired"] += 1
 
     # -- watching ---------------------------------------------------------------------------
     async def check(self) -> None:
@@ -189,6 +166,10 @@ class Supervisor:
         for slot, reason in await self._stale_heartbeats():
             self.stats["heartbeat_timeouts"] += 1
             await self._replace(slot, reason)
+        live = self._live()
+        for wid, reason in await misbehaving(self.service, list(live), self.stats):
+            log.warning("quarantining %s, %s", wid, reason)
+            await self._replace(live[wid], reason, status="QUARANTINED")
         for index, reason in list(self._pending.items()):
             if index in self.slots:
                 await self._replace(self.slots[index], reason)
@@ -237,7 +218,9 @@ class Supervisor:
             self._recent.popleft()
         return len(self._recent) < self.opts.max_replacements
 
-    async def _replace(self, slot: Slot, reason: str) -> None:
+    async def _replace(self, slot: Slot, reason: str, status: str = "FAILED") -> None:
+        if status == "QUARANTINED":  # no more leases at once, whatever the rate limit says
+            await self.service.quarantine_worker(slot.worker_id, reason)
         if not self._allowed():
             if slot.index not in self._pending:
                 self.stats["replacements_deferred"] += 1
@@ -255,7 +238,7 @@ class Supervisor:
                                    slot.worker_id))
         released = 0
         with contextlib.suppress(StoreUnavailable):
-            await self.service.deregister_worker(slot.worker_id, status="FAILED", reason=reason)
+            await self.service.deregister_worker(slot.worker_id, status=status, reason=reason)
             released = await self.service.release_worker(slot.worker_id, f"worker lost: {reason}")
         new = await self._spawn(slot.index, slot.generation + 1)
         self._save_roster()
@@ -266,9 +249,12 @@ class Supervisor:
                     new.worker_id, reason, released)
 
     # -- prediction ---------------------------------------------------------------------------
-    async def _predict(self, predictor: Predictor) -> None:
-        live = {s.worker_id: s for s in self.slots.values()
+    def _live(self) -> dict[str, Slot]:
+        return {s.worker_id: s for s in self.slots.values()
                 if s.proc.returncode is None and s.index not in self._pending}
+
+    async def _predict(self, predictor: Predictor) -> None:
+        live = self._live()
         try:
             now = await predictor.refresh(self.service.pool, list(live))
             verdicts = predictor.score(now)

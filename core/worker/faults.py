@@ -19,6 +19,13 @@ that reads every symptom as the end is wrong on them):
 - ``transient``: stalls as in ``stall``, then they stop (a dependency that recovers);
 - ``gc``: short pauses (50-250 ms) every 1-3 s, then none (a collector working hard);
 - ``neighbour``: a busy thread competes for the interpreter (a noisy neighbour), then stops.
+
+The Byzantine modes turn the worker's job loop into a liar for the rest of its life (its
+heartbeats stay honest, so only the evidence gives it away):
+
+- ``forge``: completions carry a lease token no lease ever had (the job is not completed);
+- ``idle``: it leases jobs and forgets them: never runs them, never extends their leases;
+- ``liar``: it also takes jobs of `capability`, which it has no handler for.
 """
 
 from __future__ import annotations
@@ -40,7 +47,8 @@ import psutil
 log = logging.getLogger("jobharness.faults")
 FATAL_MODES = ("leak", "slow", "stall")
 BENIGN_MODES = ("plateau", "transient", "gc", "neighbour")
-MODES = FATAL_MODES + BENIGN_MODES
+BYZANTINE_MODES = ("forge", "idle", "liar")
+MODES = FATAL_MODES + BENIGN_MODES + BYZANTINE_MODES
 TICK_S = 0.25
 
 
@@ -50,6 +58,7 @@ class FaultSpec:
     ramp_s: float = 45.0
     limit_mb: float = 400.0  # leak: the memory limit that ends it
     seed: int | None = None
+    capability: str = "gpu"  # liar: the capability it claims without serving it
 
     def __post_init__(self) -> None:
         if self.mode not in MODES:
@@ -61,7 +70,7 @@ class FaultSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FaultSpec:
-        unknown = set(data) - {"mode", "ramp_s", "limit_mb", "seed"}
+        unknown = set(data) - {"mode", "ramp_s", "limit_mb", "seed", "capability"}
         if unknown:
             raise ValueError(f"unknown fault fields: {', '.join(sorted(unknown))}")
         if "mode" not in data:
@@ -100,8 +109,9 @@ def _block(seconds: float) -> None:
 class FaultInjector:
     """Lives in a worker process; SIGUSR1 starts the fault its spec file describes."""
 
-    def __init__(self, data_dir: Path, worker_id: str) -> None:
+    def __init__(self, data_dir: Path, worker_id: str, worker: Any = None) -> None:
         self.path = fault_path(data_dir, worker_id)
+        self.worker = worker  # core.worker.loop.Worker: what a Byzantine mode corrupts
         self.task: asyncio.Task[None] | None = None
         self._ballast: list[bytes] = []
 
@@ -120,6 +130,12 @@ class FaultInjector:
         self.task = asyncio.create_task(self.run(spec))
 
     async def run(self, spec: FaultSpec) -> None:
+        if spec.mode in BYZANTINE_MODES:
+            if self.worker is not None:
+                self.worker.byzantine = spec.mode
+                if spec.mode == "liar":
+                    self.worker.capabilities = (*self.worker.capabilities, spec.capability)
+            return
         if spec.mode in BENIGN_MODES:
             await self._benign(spec)
             log.warning("fault %s: over, the worker recovers", spec.mode)

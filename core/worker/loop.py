@@ -16,6 +16,7 @@ import time
 import traceback
 from collections import Counter
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import Any
 
 from core.errors import JobHarnessError, StaleLease, StoreUnavailable
@@ -29,6 +30,7 @@ MAX_ERROR_CHARS = 4000
 # jittered pause (first pause, cap): a restart takes seconds, and 100 workers asking every
 # few milliseconds would only slow its recovery.
 STORE_RETRY_S = (0.1, 2.0)
+FORGED_TOKEN_OFFSET = 1 << 40  # what a "forge" worker adds to its tokens: none was ever issued
 
 
 class Worker:
@@ -60,6 +62,8 @@ class Worker:
         self._handlers_running: dict[str, asyncio.Task[Any]] = {}
         self._releasing = False
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
+        # drills: a misbehaviour turned on in this worker (core/worker/faults.py BYZANTINE_MODES)
+        self.byzantine: str | None = None
 
     def store_retry_s(self, failures: int) -> float:
         """Pause before the next try after `failures` consecutive store failures."""
@@ -142,6 +146,16 @@ class Worker:
 
     async def _run_job(self, lease: Lease) -> None:
         handler = self.handlers.get(lease.job_type)
+        if self.byzantine == "idle":  # drops the lease on the floor: never runs or extends it
+            return
+        if handler is None and lease.capability in self.capabilities:
+            # it claimed the job's capability and cannot serve it: the job goes back without
+            # spending a retry, and the claim is evidence against this worker
+            await self.service.record_evidence(
+                self.worker_id, "false_capability", f"claimed {lease.capability!r} but has no "
+                f"handler for job type {lease.job_type!r}", lease.job_id)
+            await self._report(self.service.release, lease, "no handler on this worker")
+            return
         if handler is None:
             await self._report(self.service.fail, lease,
                                f"no handler for job type {lease.job_type!r} on this worker")
@@ -187,7 +201,10 @@ class Worker:
             await self._report(self.service.fail, lease, text)
         else:
             self.health.job_finished(time.monotonic() - started, ok=True)
-            await self._report(self.service.complete, lease, _jsonable(result))
+            if self.byzantine == "forge":  # a token no lease ever had
+                lease = replace(lease, token=lease.token + FORGED_TOKEN_OFFSET)
+            await self._report(self.service.complete, lease, _jsonable(result),
+                               worker_id=self.worker_id)
 
     async def _keep_lease(self, lease: Lease, job: asyncio.Task[Any]) -> str:
         """Extend the lease every third of it; cancel the job if told to or if it is lost."""

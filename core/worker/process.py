@@ -3,7 +3,8 @@
 It registers, heartbeats to Redis and PostgreSQL with its health metrics (each heartbeat is
 also stored as a sample), runs jobs, and drains on SIGTERM. Connection budget: two PostgreSQL
 connections and two Redis connections (one for commands, one parked on BLPOP). A worker told
-by its heartbeat that it was declared FAILED (replaced while paused or partitioned) exits.
+by its heartbeat that it was declared FAILED (replaced while paused or partitioned) or
+QUARANTINED exits.
 """
 
 from __future__ import annotations
@@ -31,7 +32,7 @@ from core.worker.handlers import Handler, build_registry
 from core.worker.loop import Worker
 
 log = logging.getLogger("jobharness.worker")
-DECLARED_DEAD = ("FAILED", "STOPPED")
+DECLARED_DEAD = ("FAILED", "STOPPED", "QUARANTINED")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -119,9 +120,9 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
 async def _serve(service: JobService, handlers: dict[str, Handler],
                  opts: WorkerOptions) -> int:
     stop = stop_on_signals()
-    FaultInjector(service.settings.data_dir, opts.worker_id).install()  # drills: SIGUSR1
     worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
                     concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
+    FaultInjector(service.settings.data_dir, opts.worker_id, worker).install()  # SIGUSR1
     await service.register_worker(
         opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
         hostname=socket.gethostname(), pid=os.getpid(),

@@ -50,8 +50,11 @@ WITH leased AS (
         started_at = coalesce(j.started_at, clock_timestamp())
     WHERE j.id = ANY ($1::uuid[]) AND (j.status = 'PENDING') IS TRUE
       AND j.cancel_requested_at IS NULL
+      AND NOT EXISTS (SELECT 1 FROM workers w  -- a quarantined worker gets no lease
+                      WHERE w.id = ($2::text[])[array_position($1::uuid[], j.id)]
+                        AND w.status = 'QUARANTINED')
     RETURNING j.id, j.worker_id, j.job_type, j.payload, j.priority, j.timeout_s,
-              j.lease_token, j.retry_count
+              j.lease_token, j.retry_count, j.required_capability
 ), opened AS (
     INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
     SELECT id, worker_id, retry_count + 1, lease_token, $4 FROM leased
@@ -62,6 +65,7 @@ SELECT * FROM leased;
 -- PostgreSQL fallback acquisition (Redis unreachable): get_runnable_jobs with SKIP LOCKED.
 WITH candidate AS (
     SELECT id FROM get_runnable_jobs($1::text[], 1)
+    WHERE NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $2 AND w.status = 'QUARANTINED')
 ), leased AS (
     UPDATE jobs j
     SET status = 'PROCESSING', worker_id = $2, lease_token = nextval('lease_token_seq'),
@@ -69,7 +73,8 @@ WITH candidate AS (
         started_at = coalesce(j.started_at, clock_timestamp())
     FROM candidate c
     WHERE j.id = c.id
-    RETURNING j.id, j.job_type, j.payload, j.priority, j.timeout_s, j.lease_token, j.retry_count
+    RETURNING j.id, j.job_type, j.payload, j.priority, j.timeout_s, j.lease_token, j.retry_count,
+              j.required_capability
 ), opened AS (
     INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
     SELECT id, $2, retry_count + 1, lease_token, 'postgres' FROM leased
@@ -172,7 +177,13 @@ WHERE id = $1 AND lease_token = $2 AND status = 'PROCESSING'
 RETURNING cancel_requested_at IS NOT NULL AS cancel_requested;
 
 -- name: expired_leases
-SELECT id, lease_token, worker_id FROM jobs
+-- `heartbeating`: the holder's PostgreSQL heartbeat is younger than $2 seconds, so it let the
+-- lease lapse while alive and reachable (evidence of no progress).
+SELECT id, lease_token, worker_id,
+       coalesce((SELECT w.status = 'ACTIVE'
+                        AND w.last_heartbeat_at > clock_timestamp() - make_interval(secs => $2)
+                 FROM workers w WHERE w.id = jobs.worker_id), false) AS heartbeating
+FROM jobs
 WHERE status = 'PROCESSING' AND lease_expires_at < clock_timestamp()
 ORDER BY lease_expires_at LIMIT $1;
 
@@ -227,12 +238,22 @@ WHERE failed_at < clock_timestamp() - make_interval(secs => $1::float8)
 RETURNING job_id;
 
 -- name: register_worker
+-- A worker takes over its id's row unless another live process holds it: an ACTIVE or
+-- DRAINING row with a heartbeat younger than $7 seconds from another host or pid. Then no
+-- row is returned and nothing changes (no live worker is displaced).
 INSERT INTO workers (id, hostname, pid, capabilities, concurrency, status, metadata)
 VALUES ($1, $2, $3, $4::text[], $5, 'ACTIVE', $6::jsonb)
 ON CONFLICT (id) DO UPDATE
 SET hostname = EXCLUDED.hostname, pid = EXCLUDED.pid, capabilities = EXCLUDED.capabilities,
     concurrency = EXCLUDED.concurrency, status = 'ACTIVE', stopped_at = NULL,
-    failure_reason = NULL, last_heartbeat_at = clock_timestamp(), metadata = EXCLUDED.metadata;
+    failure_reason = NULL, last_heartbeat_at = clock_timestamp(), metadata = EXCLUDED.metadata
+WHERE workers.status NOT IN ('ACTIVE', 'DRAINING')
+   OR workers.last_heartbeat_at < clock_timestamp() - make_interval(secs => $7::float8)
+   OR (workers.hostname = EXCLUDED.hostname AND workers.pid IS NOT DISTINCT FROM EXCLUDED.pid)
+RETURNING id;
+
+-- name: worker_holder
+SELECT hostname, pid, status FROM workers WHERE id = $1;
 
 -- name: heartbeat_worker
 -- A worker marked STALE only because its PostgreSQL heartbeat lagged comes back to ACTIVE;
@@ -248,9 +269,11 @@ RETURNING status;
 UPDATE workers SET status = $2 WHERE id = $1 AND status IN ('ACTIVE', 'DRAINING', 'STALE');
 
 -- name: stop_worker
--- Never overwrites FAILED: a replaced worker that exits later stays FAILED with its reason.
+-- Never overwrites FAILED or QUARANTINED: a replaced worker that exits later stays so, with
+-- its reason (a FAILED one may still be quarantined).
 UPDATE workers SET status = $2, stopped_at = clock_timestamp(), failure_reason = $3
-WHERE id = $1 AND (status <> 'FAILED' OR $2 = 'FAILED');
+WHERE id = $1 AND (status NOT IN ('FAILED', 'QUARANTINED') OR $2 = 'QUARANTINED'
+                   OR ($2 = 'FAILED' AND status = 'FAILED'));
 
 -- name: insert_health_sample
 -- One of a worker's health samples, sent in batches: dated on this server's clock, `$12`
@@ -391,6 +414,7 @@ WITH lim AS (
       AND (j.required_capability IS NULL OR j.required_capability = ANY ($1::text[]))
       AND j.job_type NOT IN (SELECT name FROM blocked WHERE scope = 'job_type')
       AND (j.tenant IS NULL OR j.tenant NOT IN (SELECT name FROM blocked WHERE scope = 'tenant'))
+      AND NOT EXISTS (SELECT 1 FROM workers w WHERE w.id = $2 AND w.status = 'QUARANTINED')
     ORDER BY j.priority DESC, j.run_at, j.created_at
     LIMIT 1
     FOR UPDATE SKIP LOCKED
@@ -401,7 +425,8 @@ WITH lim AS (
         started_at = coalesce(j.started_at, clock_timestamp())
     FROM candidate c
     WHERE j.id = c.id
-    RETURNING j.id, j.job_type, j.payload, j.priority, j.timeout_s, j.lease_token, j.retry_count
+    RETURNING j.id, j.job_type, j.payload, j.priority, j.timeout_s, j.lease_token, j.retry_count,
+              j.required_capability
 ), opened AS (
     INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
     SELECT id, $2, retry_count + 1, lease_token, 'postgres' FROM leased
@@ -446,3 +471,24 @@ FROM ranked r ORDER BY r.ord;
 -- PostgreSQL when no memory owner has it).
 SELECT id, pid, hostname FROM workers
 WHERE metadata->>'supervisor' = $1 AND status IN ('ACTIVE', 'DRAINING', 'STALE');
+
+-- name: record_evidence
+INSERT INTO worker_evidence (worker_id, kind, job_id, detail) VALUES ($1, $2, $3, $4);
+
+-- name: token_owner
+-- Whose lease a token was: a completion's token that no execution of this job issued to this
+-- worker is forged.
+SELECT job_id, worker_id FROM job_executions WHERE lease_token = $1;
+
+-- name: recent_evidence
+-- Evidence against the given workers since $2 seconds ago, by worker and kind (one index range
+-- per worker: bounded by the fleet and its misbehaviour, not by history).
+SELECT worker_id, kind, count(*) AS n, max(detail) AS detail
+FROM worker_evidence
+WHERE worker_id = ANY($1::text[]) AND at > clock_timestamp() - make_interval(secs => $2)
+  AND kind <> 'id_taken'
+GROUP BY worker_id, kind;
+
+-- name: quarantine_worker
+UPDATE workers SET status = 'QUARANTINED', failure_reason = $2, stopped_at = clock_timestamp()
+WHERE id = $1;
