@@ -35,6 +35,7 @@ from core.service.jobs import JobService
 from core.service.reconciler import Reconciler
 from core.settings import Settings, check_nice, to_env
 from core.supervisor.byzantine import misbehaving
+from core.supervisor.crashloop import CrashLoop
 from core.supervisor.groups import WorkerGroup, group_of
 from core.supervisor.processes import SPAWN_MODES, Child, start_worker
 from core.supervisor.roster import RosterEntry, load_roster, retire, save_roster
@@ -112,6 +113,7 @@ class Supervisor:
         self.roster_source = "none"
         self._retiring: asyncio.Task[None] | None = None
         self.storm = StormGuard(opts.storm or StormLimits(per_hour=max(4, opts.workers)))
+        self.crash_loop = CrashLoop()  # restarts of a slot dying at once, held back
 
     # -- processes --------------------------------------------------------------------------
     def worker_id(self, index: int, generation: int) -> str:
@@ -159,10 +161,13 @@ class Supervisor:
         self.stats["checks"] += 1
         for slot in list(self.slots.values()):
             code = slot.proc.returncode
-            if code is not None:
+            if code is not None and not self.crash_loop.hold(
+                    slot.index, slot.worker_id, slot.spawned_at, time.monotonic()):
                 how = f"killed by signal {-code}" if code < 0 else f"exited with code {code}"
                 self.stats["process_deaths"] += 1
                 await self._replace(slot, f"process {how}")
+        if self.crash_loop.backoffs:
+            self.stats["crash_loop_backoffs"] = self.crash_loop.backoffs
         for slot, reason in await self._stale_heartbeats():
             self.stats["heartbeat_timeouts"] += 1
             await self._replace(slot, reason)

@@ -72,16 +72,23 @@ async def _health_samples(service: JobService, worker: Worker, stop: asyncio.Eve
 
 
 async def heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -> None:
-    """Beat both stores every interval. The PostgreSQL half runs as a task of its own, one at
-    a time: a call that hangs (a connection caught in a partition) must not hold back the
-    Redis key, or a PostgreSQL fault alone would get a live worker replaced (invariant 5)."""
+    """Beat both stores every interval, each half as a task of its own, one at a time per
+    store: a call that hangs in one store (a connection caught in a partition, a Redis
+    connection queued behind slow commands) must not hold back the other half, or a fault of
+    one store would get a live worker replaced (invariant 5). A beat whose previous one in
+    the same store is still out is skipped for that store."""
     interval = service.settings.heartbeat_interval_s
+    redis: asyncio.Task[bool] | None = None
     pg: asyncio.Task[str | None] | None = None
     try:
         while not stop.is_set():
             latest = worker.health.latest or worker.health.sample()
             sample = latest.as_dict()
-            await service.heartbeat_redis(worker.worker_id, json.dumps(sample))
+            if redis is None or redis.done():
+                if redis is not None:
+                    redis.result()  # False: Redis unreachable; anything unexpected is raised
+                redis = asyncio.create_task(
+                    service.heartbeat_redis(worker.worker_id, json.dumps(sample)))
             if pg is not None and pg.done():
                 try:
                     status = pg.result()
@@ -93,14 +100,16 @@ async def heartbeats(service: JobService, worker: Worker, stop: asyncio.Event) -
                     worker.stats["declared_dead"] += 1
                     stop.set()
                     return
-            if pg is None:  # else the last one is still out: this beat is Redis only
+            if pg is None:
                 pg = asyncio.create_task(service.heartbeat_postgres(worker.worker_id, sample))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=interval)
     finally:
-        if pg is not None:
-            pg.cancel()
-            await asyncio.gather(pg, return_exceptions=True)
+        for task in (redis, pg):
+            if task is not None:
+                task.cancel()
+        await asyncio.gather(*(t for t in (redis, pg) if t is not None),
+                             return_exceptions=True)
 
 
 async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
@@ -110,25 +119,50 @@ async def run_worker_process(settings: Settings, opts: WorkerOptions) -> int:
     if opts.clock_skew_s:
         install_skew(opts.clock_skew_s)
     handlers = build_registry(opts.handlers, synthetic=settings.synthetic_on)
+    stop = stop_on_signals()
     # the connection budget: two PostgreSQL connections, one Redis connection for commands
     # and one parked waiting for work
-    async with open_runtime(settings, pool_size=2, redis_connections=1,
-                            blocking_connections=1, migrate_first=False) as rt:
-        return await _serve(rt.service, handlers, opts)
+    async with contextlib.AsyncExitStack() as stack:
+        rt = await when_ready(stop, "PostgreSQL at start", lambda: stack.enter_async_context(
+            open_runtime(settings, pool_size=2, redis_connections=1, blocking_connections=1,
+                         migrate_first=False)))
+        return 0 if rt is None else await _serve(rt.service, handlers, opts, stop)
+
+
+async def when_ready(stop: asyncio.Event, what: str, op: Any) -> Any:
+    """`await op()` until it gets past a store outage (None if `stop` is set first): a worker
+    started while PostgreSQL is away waits for it, with backoff, instead of exiting and being
+    restarted in a loop (a PostgreSQL outage is not a worker outage)."""
+    delay, waited = 0.25, 0.0
+    while not stop.is_set():
+        try:
+            return await op()
+        except StoreUnavailable as exc:
+            if not waited:
+                log.warning("%s unavailable (%s): waiting for it", what, exc)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=delay)
+        waited += delay
+        delay = min(5.0, delay * 2)
+    return None
 
 
 async def _serve(service: JobService, handlers: dict[str, Handler],
-                 opts: WorkerOptions) -> int:
-    stop = stop_on_signals()
+                 opts: WorkerOptions, stop: asyncio.Event) -> int:
     worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
                     concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
     FaultInjector(service.settings.data_dir, opts.worker_id, worker).install()  # SIGUSR1
-    await service.register_worker(
-        opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
-        hostname=socket.gethostname(), pid=os.getpid(),
-        metadata={k: v for k, v in (("supervisor", opts.supervisor),
-                                    ("clock_skew_s", opts.clock_skew_s)) if v},
-    )
+
+    async def register() -> bool:
+        await service.register_worker(
+            opts.worker_id, opts.capabilities, concurrency=opts.concurrency,
+            hostname=socket.gethostname(), pid=os.getpid(),
+            metadata={k: v for k, v in (("supervisor", opts.supervisor),
+                                        ("clock_skew_s", opts.clock_skew_s)) if v})
+        return True
+
+    if await when_ready(stop, "PostgreSQL for registration", register) is None:
+        return 0
     log.info("worker %s started (pid %d%s)", opts.worker_id, os.getpid(),
              f", clock {opts.clock_skew_s:+g} s off" if opts.clock_skew_s else "")
     samples = asyncio.create_task(_health_samples(service, worker, stop))

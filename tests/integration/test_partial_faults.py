@@ -5,6 +5,7 @@ stores."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator
@@ -181,3 +182,37 @@ async def test_workers_with_skewed_clocks_stamp_nothing_with_their_own_time(
     assert all(before <= r["sampled_at"] <= after for r in samples)
     assert await _doubly_completed(svc) == 0
 
+
+
+async def test_a_worker_started_while_postgres_is_away_waits_for_it(
+        svc: JobService) -> None:  # noqa: F811
+    """Not exited and restarted once a second for as long as the outage lasts (a crash loop):
+    the same process registers once PostgreSQL answers."""
+    from core.supervisor.supervisor import SupervisorOptions
+    from tests.integration.test_processes import all_registered
+
+    async with group_proxies(svc.settings, ["late"]) as (proxies, groups):
+        await proxies.update("postgres-late", {"enabled": False})
+        opts = SupervisorOptions(workers=1, groups=tuple(groups), check_interval_s=0.2,
+                                 reconcile_interval_s=0.5, drain_timeout_s=2.0)
+        sup = Supervisor(svc, svc.settings, opts)
+        stop = asyncio.Event()
+        await sup.start()
+        runner = asyncio.create_task(sup.run(stop))
+        try:
+            wid = sup.slots[0].worker_id
+            log = sup.log_dir / f"{wid}.log"
+
+            async def waiting() -> bool:
+                return log.exists() and "waiting for it" in log.read_text()
+
+            await wait_until(waiting, what="the worker to say it waits for PostgreSQL")
+            await proxies.update("postgres-late", {"enabled": True})
+            await wait_until(lambda: all_registered(svc, sup), what="the worker registered")
+            assert sup.slots[0].worker_id == wid  # the same process, never restarted
+            assert sup.stats["process_deaths"] == 0
+            ids = await _create(svc, 3, 50)
+            await wait_until(lambda: _all_completed_once(svc, ids), what="its jobs done")
+        finally:
+            stop.set()
+            await runner
