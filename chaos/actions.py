@@ -4,6 +4,9 @@ control surface (locally and in staging) or, for processes we started, by signal
 
 Each action returns what it did (for the journal) and has a heal that undoes it; heals are
 idempotent so rollbacks may run them again safely.
+
+Length: every fault a drill may name (network, process, store and Byzantine) and the registry
+that maps drill files to them live together, so a drill file's vocabulary is one module.
 """
 
 from __future__ import annotations

@@ -27,7 +27,7 @@ import yaml
 from chaos import actions
 from chaos.actions import ACTIONS, ActionError, Endpoints, action_named
 from chaos.recovery import fault_windows
-from core.contract.observe import HEARTBEAT_REPLACEMENTS, QUARANTINED_AMONG
+from core.contract.observe import HEARTBEAT_REPLACEMENTS, QUARANTINED
 from core.errors import ConfigError, DispatchUnavailable, StoreUnavailable
 from core.settings import parse_values
 from core.worker.clock import check_skew
@@ -355,8 +355,12 @@ class DrillRunner:
         ]
         turned = [t["worker_id"] for j in self.journal if j["kind"] == "fault"
                   and j["name"] == "byzantine_workers" for t in j["result"]["byzantine"]]
+        quarantined = await self.quarantined(pool)
+        wrong = sorted(f"{w} was quarantined and never turned" for w in quarantined - set(turned))
+        checks.append(_check("honest_not_quarantined", "no worker the drill left honest was "
+                             "quarantined", len(wrong), wrong))
         if turned:
-            left = await self.not_quarantined(pool, turned)
+            left = [f"{w} is not quarantined" for w in turned if w not in quarantined]
             checks.append(_check("byzantine_quarantined", "every worker turned Byzantine was "
                                  "quarantined", len(left), left))
         try:
@@ -369,15 +373,12 @@ class DrillRunner:
                            zombie_results_rejected=stale)
 
     @staticmethod
-    async def not_quarantined(pool: Any, worker_ids: list[str]) -> list[str]:
-        """Those of `worker_ids` whose row is not QUARANTINED (one that could not be read
-        counts as not quarantined)."""
+    async def quarantined(pool: Any) -> set[str]:
+        """The quarantined workers (one that could not be read: a check fails on its name)."""
         try:
-            rows = await pool.fetch(QUARANTINED_AMONG, worker_ids)
+            return {r["id"] for r in await pool.fetch(QUARANTINED)}
         except StoreUnavailable:
-            return list(worker_ids)
-        done = {r["id"] for r in rows}
-        return [f"{w} is not quarantined" for w in worker_ids if w not in done]
+            return {"(workers could not be read)"}
 
     async def replacement_storm(self, pool: Any, windows: list[dict[str, Any]],
                      heartbeat_ttl_s: float) -> int:

@@ -22,13 +22,16 @@ def _num(v: Any, unit: str = "") -> str:
 
 
 def fault_label(fault: dict[str, Any]) -> str:
-    """`partition redis (hard)`, `kill_workers 30%`: what a fault was and what it hit."""
+    """`partition redis (hard)`, `partition redis@workers-a (hard)`, `kill_workers 30%`: what
+    a fault was and what it hit (`@`: only those client groups)."""
     args = fault.get("args") or {}
     target = args.get("target") or args.get("process")
     how = args.get("mode")
     if isinstance(how, list):  # a degrade step drawing from several modes
         how = "/".join(map(str, how))
     label = fault["name"] + (f" {target}" if target else "")
+    if args.get("clients"):
+        label += "@" + ",".join(map(str, args["clients"]))
     if "fraction" in args and args["fraction"] is not None:
         label += f" {float(args['fraction']):.0%}"
     elif "count" in args and args["count"] is not None:

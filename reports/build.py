@@ -92,6 +92,8 @@ def fault_target(fault: dict[str, Any]) -> str:
     """What a fault hit, as the report names it: a store (and how), or a process."""
     args = fault.get("args") or {}
     target = str(args.get("target") or args.get("process") or "")
+    if args.get("clients"):  # some client groups only
+        target += " of " + ", ".join(map(str, args["clients"]))
     how = args.get("mode")
     if args.get("fraction") is not None:
         target = f"{float(args['fraction']):.0%} of the workers"

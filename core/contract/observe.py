@@ -113,5 +113,5 @@ BACKLOG_CREATED_BEFORE = BACKLOG + " AND created_at <= $1"
 HEARTBEAT_REPLACEMENTS = ("SELECT count(*) FROM workers WHERE status = 'FAILED'"
                           " AND failure_reason LIKE 'heartbeat timed out%'"
                           " AND stopped_at BETWEEN to_timestamp($1) AND to_timestamp($2)")
-# which of the workers $1 are quarantined (migration 013)
-QUARANTINED_AMONG = "SELECT id FROM workers WHERE id = ANY($1::text[]) AND status = 'QUARANTINED'"
+# the workers quarantined (migration 013)
+QUARANTINED = "SELECT id FROM workers WHERE status = 'QUARANTINED'"

@@ -51,7 +51,11 @@ async def _quarantined_and_replaced(js: JobService, sup: Supervisor, bad: str, k
     async def quarantined() -> bool:
         return await _status(js, bad) == "QUARANTINED"
 
+    async def replaced() -> bool:
+        return any(e["old"] == bad for e in sup.events)
+
     await wait_until(quarantined, timeout_s=40, what=f"{bad} quarantined")
+    await wait_until(replaced, what=f"{bad} replaced")
     event = next(e for e in sup.events if e["old"] == bad)
     assert event["reason"].startswith("quarantined:")
     assert kind in event["reason"]

@@ -115,3 +115,36 @@ async def test_restart_process_picks_a_replica_of_a_family_and_refuses_the_unkno
     with pytest.raises(ActionError, match="down_s must be between 0 and 120"):
         await restart_process(ep, random.Random(1), "memory-owner", 500)
     assert started == []  # refused before anything was killed
+
+
+def test_a_fault_on_some_clients_is_labelled_with_them() -> None:
+    from chaos.summary import fault_label
+    from reports.build import fault_target
+
+    cut = {"name": "partition", "args": {"target": "redis", "mode": "hard",
+                                         "clients": ["workers-a"]}}
+    assert fault_label(cut) == "partition redis@workers-a (hard)"
+    assert fault_target(cut) == "redis of workers-a (hard)"
+    whole = {"name": "partition", "args": {"target": "redis", "mode": "hard"}}
+    assert fault_label(whole) == "partition redis (hard)"
+
+
+def test_a_slot_dying_at_once_again_and_again_is_restarted_after_growing_pauses() -> None:
+    from core.supervisor.crashloop import MAX_S, CrashLoop
+
+    loop, t = CrashLoop(), 100.0
+    assert not loop.hold(0, "w-g0", spawned_at=t - 1, now=t)  # the first quick death: at once
+    waits = []
+    for gen in range(1, 8):  # each successor dies a second after its start
+        t += 1
+        assert loop.hold(0, f"w-g{gen}", spawned_at=t - 1, now=t)
+        held = 0.0
+        while loop.hold(0, f"w-g{gen}", spawned_at=t - 1, now=t + held):
+            held += 0.5
+        waits.append(held)
+    assert waits == [1.0, 2.0, 4.0, 8.0, 16.0, MAX_S, MAX_S]
+    assert loop.backoffs == 7
+    # a process that lived long resets the count; other slots are not affected
+    assert not loop.hold(0, "w-g9", spawned_at=t - 60, now=t + 100)
+    assert not loop.hold(0, "w-g10", spawned_at=t + 199, now=t + 200)
+    assert not loop.hold(1, "x-g0", spawned_at=t, now=t + 1)
