@@ -25,14 +25,15 @@ from typing import Any
 
 import httpx
 import yaml
+from redis.exceptions import RedisError
 
-from chaos.checker import check_all
+from chaos.checker import check_all, check_redis
 from chaos.drill import DrillReport, DrillRunner
 from chaos.nemesis import find_drill
 from chaos.probes import Fleet, deployment_fleet, make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder
-from core.errors import DispatchUnavailable, JobHarnessError
+from core.errors import DispatchUnavailable, JobHarnessError, StoreUnavailable
 from core.infra.auth import auth_headers
 from core.memory.events import OWNER_GROUP, owner_caught_up, owner_status
 from core.service.runtime import open_runtime
@@ -54,10 +55,6 @@ from loadtests.verdict import (
 
 CONVERGE_S = 6.0  # > two reconciler passes (2 s) + the Redis breaker's retry delay (2 s)
 BACKLOG = ("WAITING", "PENDING", "PROCESSING")
-# Redis's dispatch index, empty once nothing is left to run: a lease a worker recorded there
-# and could not remove (its Redis calls failing) stays until its deadline, then the reconciler
-# drops it, so the index converges within a lease and a pass
-REDIS_INDEX = ("high", "medium", "low", "delayed", "processing")
 SAMPLE_PERIOD_S = 1.0
 MEMORY_CATCH_UP_S = 30.0
 # Under a drill the load runs until the drill has settled, whatever the scenario's job count;
@@ -293,9 +290,11 @@ class Run:
         return runner, offset_s
 
     async def _drain(self, sampler: Sampler, runner: DrillRunner | None) -> None:
-        """Until nothing is left to run and Redis's index agrees (empty too), or the
+        """Until nothing is left to run and Redis's index agrees (no orphan entry), or the
         scenario's drain timeout. After faults, invariant 2 promises convergence within a
-        bounded time: the reconciler and the breakers get that long before it is judged."""
+        bounded time: the reconciler and the breakers get that long before it is judged (a
+        lease a worker recorded in Redis while its calls were failing stays until its
+        deadline, then the reconciler drops it)."""
         self.progress.phase = "drain"
         t_drain = time.monotonic()
         while time.monotonic() - t_drain < self.scenario.drain_timeout_s:
@@ -303,12 +302,20 @@ class Run:
             self._show(row)
             converged = runner is None or runner.ended_at is None \
                 or time.monotonic() - runner.ended_at >= CONVERGE_S
-            agreed = self.opts.targeted or (  # a deployment's index holds others' work too
-                row["redis_up"] == 1 and sum(int(row[k]) for k in REDIS_INDEX) == 0)
-            if converged and agreed and sum(int(row[k]) for k in BACKLOG) == 0:
+            if converged and sum(int(row[k]) for k in BACKLOG) == 0 and \
+                    await self._redis_agrees(sampler):
                 break
             await asyncio.sleep(SAMPLE_PERIOD_S)
         self.timings["drain_s"] = round(time.monotonic() - t_drain, 2)
+
+    async def _redis_agrees(self, sampler: Sampler) -> bool:
+        """No entry of Redis's dispatch index lacks a live job (what the checker judges)."""
+        try:
+            async with sampler.pool.acquire() as conn:
+                check = await check_redis(conn, sampler.dispatch.client, self.settings.prefix)
+        except (DispatchUnavailable, StoreUnavailable, OSError, RedisError):
+            return False
+        return check.violations == 0
 
     async def _memory_caught_up(self, dispatch: Any) -> dict[str, Any] | None:
         """With state memory on: once the jobs have drained, give the owner up to

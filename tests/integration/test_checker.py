@@ -192,13 +192,18 @@ async def test_replacement_storm_is_reported(service: JobService) -> None:
     assert await runner.replacement_storm(service.pool, inside, 1.0) == 1
     assert await runner.replacement_storm(service.pool, outside, 1.0) == 0
     assert await runner.replacement_storm(service.pool, other, 1.0) == 0
+    # a worker quarantined that the drill never turned Byzantine is counted too
+    await service.register_worker("honest-1", [])
+    await service.quarantine_worker("honest-1", "planted")
     # the pass rule: every check holds, the invariants given included
     planted = {"name": "lost_jobs", "violations": 1, "examples": [], "ok": False}
     report = await runner.conclude(service.pool, service.dispatch, [planted],
                                    heartbeat_ttl_s=1.0)
     assert [c["name"] for c in report.checks] == [
         "lost_jobs", "drill_not_aborted", "steady_state_before", "steady_state_after",
-        "no_replacement_storm"]
+        "no_replacement_storm", "honest_not_quarantined"]
+    honest = next(c for c in report.checks if c["name"] == "honest_not_quarantined")
+    assert honest["examples"] == ["honest-1 was quarantined and never turned"]
     assert not report.passed
     report.checks = []
     assert not report.passed  # no check at all is not a pass
