@@ -66,6 +66,29 @@ async def _call(ep: Endpoints, method: str, url: str, body: Any = None) -> Any:
         "application/json") else None
 
 
+def client_groups(names: list[str]) -> dict[str, dict[str, str]]:
+    """The client groups a proxy API's proxy names reveal: `redis-workers-a` and
+    `postgres-workers-a` make group `workers-a` (a run's proxies, loadtests/system.py); plain
+    `redis` and `postgres` make `all` (toxiproxy's one proxy per store)."""
+    groups: dict[str, dict[str, str]] = {}
+    for name in names:
+        for store in STORES:
+            if name == store:
+                groups.setdefault("all", {})[store] = name
+            elif name.startswith(f"{store}-") and len(name) > len(store) + 1:
+                groups.setdefault(name[len(store) + 1:], {})[store] = name
+    return {g: p for g, p in groups.items() if set(p) == set(STORES)}
+
+
+async def discover_proxies(ep: Endpoints) -> None:
+    """Point `ep` at the client groups its proxy API has (a fault by hand during a run)."""
+    listed = await _call(ep, "GET", f"{ep.proxy_api}/proxies") or {}
+    names = list(listed) if isinstance(listed, dict) else [p["name"] for p in listed]
+    found = client_groups(names)
+    if found:
+        ep.proxies = found
+
+
 def proxy_names(ep: Endpoints, target: str, clients: list[str] | None = None) -> list[str]:
     """The proxies through which `clients` (client groups; None: every client) reach the
     store `target` (ActionError naming a bad target or group)."""

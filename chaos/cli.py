@@ -89,6 +89,11 @@ async def _fault(args: argparse.Namespace, settings: Settings) -> Any:
     }[kind]
     if "target" in fault_args and args.store is None:
         raise actions.ActionError(f"{kind} needs --store postgres or --store redis")
+    if args.clients:
+        if "target" not in fault_args:
+            raise actions.ActionError(f"--clients applies to network faults, not {kind}")
+        await actions.discover_proxies(ep)
+        fault_args["clients"] = [c.strip() for c in args.clients.split(",") if c.strip()]
     action = action_named(name)
     done = await action.apply(ep, rng, fault_args)
     if args.duration_s and action.heal is not None:
@@ -134,6 +139,8 @@ def add_fault_parser(ch: Any, common: argparse.ArgumentParser) -> None:
                                      "pause-workers", "resume-workers", "restart-store"])
     f.add_argument("--store", choices=["redis", "postgres"], help="which proxy to fault")
     f.add_argument("--mode", choices=["hard", "blackhole"], default="hard")
+    f.add_argument("--clients", help="partition/latency: only these client groups, comma-"
+                   "separated (a run's proxies: api, supervisor, workers-a, workers-b)")
     f.add_argument("--ms", type=float, default=100.0, help="latency: delay per reply")
     f.add_argument("--jitter-ms", type=float, default=0.0)
     f.add_argument("--count", type=int)

@@ -351,3 +351,25 @@ def test_update_populate_and_errors(client: Toxiproxy, upstream: str, api_url: s
     assert httpx.delete(f"{api_url}/proxies/a/toxics/nope").status_code == 404
     assert httpx.post(f"{api_url}/proxies", content=b"{not json").status_code == 400
     assert httpx.post(f"{api_url}/proxies/b", json={"enabled": False}).json()["enabled"] is False
+
+
+async def test_a_fault_by_hand_finds_the_client_groups_and_hits_only_those(
+        client: Toxiproxy, upstream: str, api_url: str) -> None:
+    """`chaos fault partition --clients workers-a` during a run: the groups are read from
+    the proxy API's names, and only that group's proxy is cut."""
+    from chaos.actions import Endpoints, discover_proxies, heal, partition
+
+    for group in ("api", "workers-a"):
+        for store in ("redis", "postgres"):
+            client.create(upstream=upstream, name=f"{store}-{group}", listen="127.0.0.1:0")
+    ep = Endpoints(proxy_api=api_url)
+    await discover_proxies(ep)
+    assert ep.proxies == {g: {"redis": f"redis-{g}", "postgres": f"postgres-{g}"}
+                          for g in ("api", "workers-a")}
+    done = await partition(ep, "redis", "hard", clients=["workers-a"])
+    assert done["proxies"] == ["redis-workers-a"]
+    enabled = {name: p.enabled for name, p in client.proxies().items()}
+    assert enabled == {"redis-workers-a": False, "postgres-workers-a": True,
+                       "redis-api": True, "postgres-api": True}
+    await heal(ep, "redis", ["workers-a"])
+    assert all(p.enabled for p in client.proxies().values())

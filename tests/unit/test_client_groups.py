@@ -148,3 +148,14 @@ def test_a_slot_dying_at_once_again_and_again_is_restarted_after_growing_pauses(
     assert not loop.hold(0, "w-g9", spawned_at=t - 60, now=t + 100)
     assert not loop.hold(0, "w-g10", spawned_at=t + 199, now=t + 200)
     assert not loop.hold(1, "x-g0", spawned_at=t, now=t + 1)
+
+
+def test_client_groups_are_read_from_proxy_names() -> None:
+    from chaos.actions import client_groups
+
+    names = ["redis-api", "postgres-api", "redis-workers-a", "postgres-workers-a",
+             "redis-lonely", "qdrant", "redis", "postgres", "redis-"]
+    assert client_groups(names) == {
+        "api": {"redis": "redis-api", "postgres": "postgres-api"},
+        "workers-a": {"redis": "redis-workers-a", "postgres": "postgres-workers-a"},
+        "all": {"redis": "redis", "postgres": "postgres"}}  # a group needs both stores
