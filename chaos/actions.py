@@ -223,15 +223,19 @@ async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | Non
     to draw from per worker, "mixed" (a fatal one: leak, slow or stall) or "benign" (one that
     ends without a failure); a [low, high] `ramp_s` draws each ramp from that range."""
     pool = fault_modes(mode)
-    chosen = _choose(await _running_workers(ep), count, fraction, rng)
     faults = []
-    for wid in chosen:
+    for wid in _choose(await _running_workers(ep), count, fraction, rng):
         ramp = rng.uniform(*ramp_s) if isinstance(ramp_s, list) else float(ramp_s)
-        spec = {"mode": rng.choice(pool), "ramp_s": round(ramp, 1), "limit_mb": limit_mb,
-                "seed": rng.randrange(2**31)}
-        await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
-        faults.append({"worker_id": wid, **spec})
+        faults.append(await _inject(ep, wid, {
+            "mode": rng.choice(pool), "ramp_s": round(ramp, 1), "limit_mb": limit_mb,
+            "seed": rng.randrange(2**31)}))
     return {"degraded": faults}
+
+
+async def _inject(ep: Endpoints, worker_id: str, spec: dict[str, Any]) -> dict[str, Any]:
+    """Start the fault `spec` in one worker through its supervisor; what the journal keeps."""
+    await _call(ep, "POST", f"{_need_control(ep)}/workers/{worker_id}/degrade", spec)
+    return {"worker_id": worker_id, **spec}
 
 
 async def byzantine_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,
@@ -244,12 +248,10 @@ async def byzantine_workers(ep: Endpoints, rng: random.Random, *, count: int | N
     if not pool or any(m not in BYZANTINE_MODES for m in pool):
         raise ActionError(f"byzantine mode must be one of {', '.join(BYZANTINE_MODES)} or a "
                           f"list of those, got {mode!r}")
-    chosen = _choose(await _running_workers(ep), count, fraction, rng)
     turned = []
-    for wid in chosen:
-        spec = {"mode": rng.choice(pool), "capability": capability}
-        await _call(ep, "POST", f"{_need_control(ep)}/workers/{wid}/degrade", spec)
-        turned.append({"worker_id": wid, **spec})
+    for wid in _choose(await _running_workers(ep), count, fraction, rng):
+        turned.append(await _inject(ep, wid, {"mode": rng.choice(pool),
+                                              "capability": capability}))
     return {"byzantine": turned}
 
 

@@ -19,6 +19,7 @@ from typing import Any
 
 import asyncpg
 import redis.asyncio as aioredis
+from redis.exceptions import RedisError
 
 from core.contract.keys import Keys
 from core.contract.observe import (
@@ -29,6 +30,7 @@ from core.contract.observe import (
     LIMIT_OVERRUNS_DESCRIPTION,
     LIVE_AMONG,
 )
+from core.errors import DispatchUnavailable, StoreUnavailable
 
 SAMPLE = 10
 
@@ -77,6 +79,18 @@ async def check_redis(conn: asyncpg.Connection, client: aioredis.Redis, prefix: 
     return Check(name="orphan_redis_entries",
                  description="Redis dispatch entries with no live job behind them",
                  violations=len(orphans), examples=orphans[:SAMPLE])
+
+
+async def redis_agrees(pool: Any, client: aioredis.Redis, prefix: str) -> bool:
+    """No entry of Redis's dispatch index lacks a live job (what `check_redis` judges); a
+    store that cannot be read does not agree yet. Runs and drills wait for this before they
+    judge: a lease a worker recorded in Redis while its calls were failing stays until its
+    deadline, then the reconciler drops it."""
+    try:
+        async with pool.acquire() as conn:
+            return (await check_redis(conn, client, prefix)).violations == 0
+    except (DispatchUnavailable, StoreUnavailable, OSError, RedisError):
+        return False
 
 
 async def check_all(conn: asyncpg.Connection, client: aioredis.Redis | None, prefix: str,

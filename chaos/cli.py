@@ -183,15 +183,14 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
     from datetime import UTC, datetime
 
     import httpx
-    from redis.exceptions import RedisError
 
     from chaos.actions import Endpoints
-    from chaos.checker import check_all, check_redis
+    from chaos.checker import check_all, redis_agrees
     from chaos.drill import DrillRunner
     from chaos.nemesis import find_drill
     from chaos.probes import deployment_fleet, make_probes
     from core.contract.observe import BACKLOG_CREATED_BEFORE
-    from core.errors import DispatchUnavailable, JobHarnessError, StoreUnavailable
+    from core.errors import JobHarnessError, StoreUnavailable
     from core.service.runtime import open_runtime
 
     drill = find_drill(args.file, seed=args.seed, intensity=args.intensity)
@@ -213,14 +212,11 @@ async def _drill_alone(args: argparse.Namespace, settings: Settings) -> dict[str
         cutoff = datetime.now(UTC)
         deadline = time.monotonic() + drill.settle_s
         while time.monotonic() < deadline:  # the jobs the faults hit get to finish, and
-            try:  # Redis's index to agree (a lease recorded while Redis calls failed stays
-                # until its deadline, then the reconciler drops it)
-                if not await pool.fetchval(BACKLOG_CREATED_BEFORE, cutoff):
-                    async with pool.acquire() as conn:
-                        if not (await check_redis(conn, dispatch.client,
-                                                  settings.prefix)).violations:
-                            break
-            except (StoreUnavailable, DispatchUnavailable, OSError, RedisError):
+            try:  # Redis's index to agree
+                if not await pool.fetchval(BACKLOG_CREATED_BEFORE, cutoff) and \
+                        await redis_agrees(pool, dispatch.client, settings.prefix):
+                    break
+            except StoreUnavailable:
                 pass
             await asyncio.sleep(1.0)  # polled: the jobs are someone else's
         async with pool.acquire() as conn:

@@ -25,15 +25,14 @@ from typing import Any
 
 import httpx
 import yaml
-from redis.exceptions import RedisError
 
-from chaos.checker import check_all, check_redis
+from chaos.checker import check_all, redis_agrees
 from chaos.drill import DrillReport, DrillRunner
 from chaos.nemesis import find_drill
 from chaos.probes import Fleet, deployment_fleet, make_probes
 from chaos.recovery import fault_windows, recovery
 from core.contract import runfolder
-from core.errors import DispatchUnavailable, JobHarnessError, StoreUnavailable
+from core.errors import DispatchUnavailable, JobHarnessError
 from core.infra.auth import auth_headers
 from core.memory.events import OWNER_GROUP, owner_caught_up, owner_status
 from core.service.runtime import open_runtime
@@ -292,9 +291,7 @@ class Run:
     async def _drain(self, sampler: Sampler, runner: DrillRunner | None) -> None:
         """Until nothing is left to run and Redis's index agrees (no orphan entry), or the
         scenario's drain timeout. After faults, invariant 2 promises convergence within a
-        bounded time: the reconciler and the breakers get that long before it is judged (a
-        lease a worker recorded in Redis while its calls were failing stays until its
-        deadline, then the reconciler drops it)."""
+        bounded time: the reconciler and the breakers get that long before it is judged."""
         self.progress.phase = "drain"
         t_drain = time.monotonic()
         while time.monotonic() - t_drain < self.scenario.drain_timeout_s:
@@ -302,20 +299,11 @@ class Run:
             self._show(row)
             converged = runner is None or runner.ended_at is None \
                 or time.monotonic() - runner.ended_at >= CONVERGE_S
-            if converged and sum(int(row[k]) for k in BACKLOG) == 0 and \
-                    await self._redis_agrees(sampler):
+            if converged and sum(int(row[k]) for k in BACKLOG) == 0 and await redis_agrees(
+                    sampler.pool, sampler.dispatch.client, self.settings.prefix):
                 break
             await asyncio.sleep(SAMPLE_PERIOD_S)
         self.timings["drain_s"] = round(time.monotonic() - t_drain, 2)
-
-    async def _redis_agrees(self, sampler: Sampler) -> bool:
-        """No entry of Redis's dispatch index lacks a live job (what the checker judges)."""
-        try:
-            async with sampler.pool.acquire() as conn:
-                check = await check_redis(conn, sampler.dispatch.client, self.settings.prefix)
-        except (DispatchUnavailable, StoreUnavailable, OSError, RedisError):
-            return False
-        return check.violations == 0
 
     async def _memory_caught_up(self, dispatch: Any) -> dict[str, Any] | None:
         """With state memory on: once the jobs have drained, give the owner up to

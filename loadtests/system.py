@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import json
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,21 @@ READY_TIMEOUT_S = 120.0
 MAX_API_REPLICAS = 8
 WORKER_GROUPS = ("workers-a", "workers-b")
 CLIENT_GROUPS = ("api", "supervisor", *WORKER_GROUPS)
+
+
+async def until_healthy(url: str, timeout_s: float, check: Callable[[], None]) -> bool:
+    """True once `url`/health answers 200, False after `timeout_s`; `check` runs between tries
+    (it raises when the process that should answer has died)."""
+    deadline = time.monotonic() + timeout_s
+    async with httpx.AsyncClient() as http:
+        while True:
+            with contextlib.suppress(httpx.TransportError):
+                if (await http.get(f"{url}/health")).status_code == 200:
+                    return True
+            check()
+            if time.monotonic() > deadline:
+                return False
+            await asyncio.sleep(0.1)  # polled: another process's readiness
 
 
 def embedded_of(settings: Settings) -> EmbeddedServices | None:
@@ -142,16 +158,14 @@ class SystemUnderTest:
         await old.proc.wait()
         self.children.remove(old)
         child = await self._start_api(name)
-        url = self.api_urls[list(self._api_args).index(name)]
-        deadline = time.monotonic() + 30
-        async with httpx.AsyncClient() as http:
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"{url}/health")).status_code == 200:
-                        return child.proc.pid
-                if not child.running or time.monotonic() > deadline:
-                    raise JobHarnessError(f"API replica {name} did not come back")
-                await asyncio.sleep(0.1)  # polled: another process's readiness
+
+        def alive() -> None:
+            if not child.running:
+                raise JobHarnessError(f"API replica {name} did not come back")
+
+        if not await until_healthy(self.api_urls[list(self._api_args).index(name)], 30, alive):
+            raise JobHarnessError(f"API replica {name} did not come back")
+        return child.proc.pid
 
     def _supervisor_env(self) -> dict[str, str]:
         """The supervisor's own store URLs, and its workers' groups: their URLs and clocks."""
@@ -208,16 +222,8 @@ class SystemUnderTest:
         """Until the API answers /health and every worker is ACTIVE (and the supervisor's
         control surface is known); a child that exits meanwhile fails the run."""
         deadline = time.monotonic() + READY_TIMEOUT_S
-        async with httpx.AsyncClient() as http:
-            while True:
-                with contextlib.suppress(httpx.TransportError):
-                    if (await http.get(f"{api_url}/health")).status_code == 200:
-                        break
-                self.check_children()
-                if time.monotonic() > deadline:
-                    raise JobHarnessError(f"the API did not become ready in "
-                                          f"{READY_TIMEOUT_S:.0f} s")
-                await asyncio.sleep(0.1)  # polled: another process's readiness
+        if not await until_healthy(api_url, READY_TIMEOUT_S, self.check_children):
+            raise JobHarnessError(f"the API did not become ready in {READY_TIMEOUT_S:.0f} s")
         if self.targeted:
             return
         control = runfolder.supervisor_state(self.dir / runfolder.STATE, "run")

@@ -130,10 +130,9 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
 def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     from core.cli.output import print_json, run_async
     from core.service.runtime import endpoints
-
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     from core.supervisor.groups import GROUPS_ENV, parse_groups
 
+    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
     try:
         check_nice(args.worker_nice, "--worker-nice")
         _storm(args)

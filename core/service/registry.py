@@ -133,10 +133,7 @@ class WorkerRegistry(ServiceBase):
 
     async def quarantine_worker(self, worker_id: str, reason: str) -> None:
         """No more leases for this worker (lease_jobs and lease_runnable refuse it)."""
-        with store_errors():
-            await self.pool.execute(q("quarantine_worker"), worker_id, reason)
-        with contextlib.suppress(DispatchUnavailable):
-            await self.dispatch.clear_heartbeat(worker_id)
+        await self.deregister_worker(worker_id, status="QUARANTINED", reason=reason)
 
     async def set_worker_status(self, worker_id: str, status: str) -> None:
         with store_errors():

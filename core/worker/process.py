@@ -133,16 +133,15 @@ async def when_ready(stop: asyncio.Event, what: str, op: Any) -> Any:
     """`await op()` until it gets past a store outage (None if `stop` is set first): a worker
     started while PostgreSQL is away waits for it, with backoff, instead of exiting and being
     restarted in a loop (a PostgreSQL outage is not a worker outage)."""
-    delay, waited = 0.25, 0.0
+    delay = 0.25
     while not stop.is_set():
         try:
             return await op()
         except StoreUnavailable as exc:
-            if not waited:
+            if delay == 0.25:  # said once per wait
                 log.warning("%s unavailable (%s): waiting for it", what, exc)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=delay)
-        waited += delay
         delay = min(5.0, delay * 2)
     return None
 

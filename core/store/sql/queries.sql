@@ -489,6 +489,3 @@ WHERE worker_id = ANY($1::text[]) AND at > clock_timestamp() - make_interval(sec
   AND kind <> 'id_taken'
 GROUP BY worker_id, kind;
 
--- name: quarantine_worker
-UPDATE workers SET status = 'QUARANTINED', failure_reason = $2, stopped_at = clock_timestamp()
-WHERE id = $1;
