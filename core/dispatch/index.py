@@ -87,6 +87,15 @@ class DispatchSnapshot:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Presence:
+    """Where Redis holds some jobs, for the reconciler's bounded sweeps."""
+
+    now_ms: int
+    indexed: set[str]  # queued in a priority band or delayed
+    processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
+
+
+@dataclass(frozen=True, kw_only=True)
 class SchedState:
     """The scheduling state in Redis: per "scope\0name" field."""
 
@@ -332,6 +341,47 @@ class RedisDispatch:
             processing={j: int(s) for j, s in processing},
             meta=set(meta),
         )
+
+    async def stale_leases(self, limit: int) -> list[str]:
+        """Up to `limit` jobs of the processing set whose lease deadline (Redis' clock) has
+        passed, earliest first: the sorted set's order, so the cost is the answer's size."""
+        sec, usec = await self._call(self._client.time())
+        now_ms = int(sec) * 1000 + int(usec) // 1000
+        return list(await self._call(self._client.zrangebyscore(
+            self.keys.processing, "-inf", now_ms, start=0, num=limit)))
+
+    async def presence(self, job_ids: Sequence[str]) -> Presence:
+        """Which of `job_ids` Redis indexes and which it holds as leased: one score lookup
+        per id and set, nothing else read."""
+        ids = list(job_ids)
+        if not ids:
+            return Presence(now_ms=0, indexed=set(), processing={})
+        pipe = self._client.pipeline(transaction=True)
+        pipe.time()
+        for key in (*self.keys.priority_queues, self.keys.delayed, self.keys.processing):
+            pipe.zmscore(key, ids)
+        (sec, usec), *found = await self._call(pipe.execute())
+        *index_scores, leased = found
+        return Presence(
+            now_ms=int(sec) * 1000 + int(usec) // 1000,
+            indexed={j for scores in index_scores
+                     for j, s in zip(ids, scores, strict=True) if s is not None},
+            processing={j: int(s) for j, s in zip(ids, leased, strict=True) if s is not None},
+        )
+
+    def sweep_keys(self) -> tuple[str, ...]:
+        """What the reconciler's Redis sweep walks, in turn: the priority bands, the delayed
+        set, then the job metadata hash (last)."""
+        return (*self.keys.priority_queues, self.keys.delayed, self.keys.job_meta)
+
+    async def scan_step(self, key: str, cursor: int, count: int) -> tuple[int, list[str]]:
+        """One SCAN step of a sweep key: (the next cursor, 0 when the key is done; the ids
+        seen). About `count` entries, whatever the key's size."""
+        if key == self.keys.job_meta:
+            nxt, fields = await self._call(self._client.hscan(key, cursor, count=count))
+            return int(nxt), list(fields)
+        nxt, members = await self._call(self._client.zscan(key, cursor, count=count))
+        return int(nxt), [m for m, _ in members]
 
     async def forget_meta(self, job_ids: Sequence[str]) -> None:
         if job_ids:

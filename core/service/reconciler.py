@@ -7,6 +7,13 @@ job behind them, mirror the scheduling limits and recount what runs under them (
 leases PostgreSQL holds that Redis lacks), mark workers with stale PostgreSQL heartbeats, and
 purge old DLQ entries. Redis is read before PostgreSQL, so an entry enqueued after its job's
 commit is never mistaken for an orphan.
+
+What a pass reads is bounded by pages, not by the backlog or the history (invariant 8): the
+PENDING jobs are swept a page of `sweep` ids at a time in id order (idx_jobs_status is (status,
+id)), the Redis sets and the metadata hash with SCAN cursors, each side looked up by key on
+the other; the sweeps resume where the last pass stopped. A page that is mostly repairs (Redis
+lost its data) lets the sweep go on within the pass, so a rebuild takes one pass whatever its
+size. `benchmarks/reconcile_cost.py` measures a pass at 1 and at 100,000 jobs queued.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.dispatch.index import DispatchSnapshot, flow_of
+from core.dispatch.index import flow_of
 from core.errors import DispatchUnavailable, StoreUnavailable
 from core.jobs.model import JobStatus
 from core.service.base import Effects
@@ -27,6 +34,9 @@ from core.service.limits import list_limits, mirror_of
 from core.store.queries import q
 
 EXPIRE_BATCH = 500
+SWEEP = 1000  # jobs a sweep step reads on one side (and looks up by key on the other)
+ZERO_ID = uuid.UUID(int=0)
+LIVE = (JobStatus.PENDING, JobStatus.PROCESSING)
 log = logging.getLogger("jobharness.reconciler")
 
 
@@ -40,6 +50,7 @@ class ReconcileReport:
     dlq_purged: int = 0
     leases_recorded: int = 0  # leases the processing set lacked (counted against limits)
     held_dropped: int = 0  # limit records of leases no longer held
+    swept: int = 0  # entries the sweeps read this pass (bounded: pages of `sweep`)
     redis_reachable: bool = True
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -47,8 +58,16 @@ class ReconcileReport:
 
 
 class Reconciler:
-    def __init__(self, service: JobService) -> None:
+    def __init__(self, service: JobService, *, sweep: int = SWEEP) -> None:
+        if sweep < 1:
+            raise ValueError(f"sweep must be at least 1, got {sweep}")
         self.service = service
+        self.sweep = sweep
+        self._pending_after = ZERO_ID  # where the sweep of PENDING jobs goes on
+        self._repairing = False  # this pass: a page of the sweep was mostly repairs
+        self._came_round = False  # this pass: the sweep went on from the start once
+        self._redis_key = 0  # which of dispatch.sweep_keys() the Redis sweep is in
+        self._redis_cursor = 0
         self.passes = 0
         self.failed_passes = 0
 
@@ -80,44 +99,123 @@ class Reconciler:
         return report
 
     async def _sync_redis(self, report: ReconcileReport) -> None:
+        """Bounded sweeps (invariant 8): each step reads one page of `sweep` jobs (or so) from
+        one side and looks each up by key on the other, so a pass costs pages, not the
+        backlog or the history. A sweep goes on within the pass while its pages are mostly
+        repairs (Redis lost its data: the cost is the repair's) and otherwise resumes where it
+        stopped at the next pass."""
         svc = self.service
         svc.dispatch.reset_breaker()
-        snap: DispatchSnapshot = await svc.dispatch.snapshot()
-        live: dict[str, Any] = {str(r["id"]): r for r in await svc.pool.fetch(q("live_jobs"))}
-        fx = Effects()
-        indexed = snap.queued | snap.delayed
-        for job_id, row in live.items():
-            if row["status"] != JobStatus.PENDING or job_id in indexed:
-                continue
-            deadline = snap.processing.get(job_id)
-            if deadline is not None and deadline > snap.now_ms:
-                continue  # being leased right now (popped, PostgreSQL update in flight)
-            fx.add_ready([row])
-        stale_processing = [
-            j for j, deadline in snap.processing.items()
-            if deadline <= snap.now_ms
-            and (j not in live or live[j]["status"] != JobStatus.PROCESSING)
-        ]
-        orphans = [j for j in indexed if j not in live or live[j]["status"] != JobStatus.PENDING]
-        fx.forget = sorted(set(orphans) | {j for j in stale_processing if j not in live})
-        leftover_processing = [j for j in stale_processing if j in live]
-        if leftover_processing:
-            await svc.dispatch.release_processing(leftover_processing)
-        meta_orphans = [j for j in snap.meta - live.keys() if j not in indexed]
-        if meta_orphans:
-            await svc.dispatch.forget_meta(meta_orphans)
-        report.reindexed = len(fx.enqueue)
-        report.orphans_removed = len(fx.forget) + len(leftover_processing)
+        await self._expired_in_redis(report)
+        self._repairing = self._came_round = False
+        while await self._pending_step(report):
+            pass
+        read, keys_done = 0, 0
+        while keys_done < len(svc.dispatch.sweep_keys()):
+            n, key_done, repairing = await self._redis_step(report)
+            read, keys_done = read + n, keys_done + key_done
+            if read >= self.sweep and not repairing:
+                break
+        await self._limits(report)
+
+    async def _rows(self, ids: list[str]) -> dict[str, Any]:
+        rows = await self.service.pool.fetch(q("jobs_by_id"), [uuid.UUID(j) for j in ids])
+        return {r["id"]: r for r in rows}
+
+    async def _reindex(self, report: ReconcileReport, rows: list[Any]) -> None:
         # Raise instead of deferring: this pass must know whether Redis took the repair.
-        if fx.forget:
-            await svc.dispatch.forget(fx.forget)
+        fx = Effects()
+        fx.add_ready(rows)
         if fx.enqueue:
-            await svc.dispatch.enqueue(fx.enqueue)
-        # limits mirrored as stored; leases PostgreSQL holds (fallback, or lost with Redis'
-        # data) counted against them; running counts recounted
-        leased = [(j, int(r["lease_ms"] or 0), r["lease_via"] == "postgres",
+            await self.service.dispatch.enqueue(fx.enqueue)
+            report.reindexed += len(fx.enqueue)
+
+    async def _expired_in_redis(self, report: ReconcileReport) -> None:
+        """Leases in the processing set past their deadline: a job gone or finished is
+        forgotten; one PENDING again (popped, never leased) gets its place back and is
+        queued again."""
+        dispatch = self.service.dispatch
+        stale = await dispatch.stale_leases(self.sweep)
+        report.swept += len(stale)
+        if not stale:
+            return
+        rows = await self._rows(stale)
+        gone = [j for j in stale if j not in rows or rows[j]["status"] not in LIVE]
+        back = [j for j in stale if j in rows and rows[j]["status"] == JobStatus.PENDING]
+        if gone:
+            await dispatch.forget(gone)
+        if back:
+            await dispatch.release_processing(back)
+            where = await dispatch.presence(back)
+            await self._reindex(report, [rows[j] for j in back if j not in where.indexed])
+        report.orphans_removed += len(gone) + len(back)
+
+    async def _pending_step(self, report: ReconcileReport) -> bool:
+        """One page of PENDING jobs (id order, from where the last page ended): those Redis
+        neither indexes nor holds under a live lease, still PENDING when read again, are
+        indexed again. True: go on with the next page now (this one was mostly repairs, or
+        the sweep came round at the end after repairs and goes on from the start, once)."""
+        svc = self.service
+        began = self._pending_after
+        ids = [r["id"] for r in await svc.pool.fetch(q("pending_page"), began, self.sweep)]
+        report.swept += len(ids)
+        full = len(ids) == self.sweep
+        self._pending_after = uuid.UUID(ids[-1]) if full else ZERO_ID
+        missing: list[str] = []
+        if ids:
+            where = await svc.dispatch.presence(ids)
+            missing = [j for j in ids if j not in where.indexed
+                       and where.processing.get(j, 0) <= where.now_ms]
+        if missing:  # read again after Redis: a job leased or finished since is left alone
+            rows = await self._rows(missing)
+            await self._reindex(report, [rows[j] for j in missing if j in rows
+                                         and rows[j]["status"] == JobStatus.PENDING])
+        repairing = bool(ids) and 2 * len(missing) >= len(ids)
+        self._repairing |= repairing
+        if full:
+            return repairing
+        if began != ZERO_ID and self._repairing and not self._came_round:
+            self._came_round = True
+            return True
+        return False
+
+    async def _redis_step(self, report: ReconcileReport) -> tuple[int, bool, bool]:
+        """One SCAN step of the sweep's key: entries whose job is gone, finished or leased
+        (not PENDING) are forgotten; metadata of jobs neither live nor indexed is dropped.
+        Redis is read before PostgreSQL, so an entry enqueued after its job's commit is never
+        mistaken for an orphan. Returns (entries read, whether the key is done, whether the
+        step was mostly repairs)."""
+        svc = self.service
+        keys = svc.dispatch.sweep_keys()
+        key = keys[self._redis_key % len(keys)]
+        cursor, ids = await svc.dispatch.scan_step(key, self._redis_cursor, self.sweep)
+        self._redis_cursor = cursor
+        if cursor == 0:
+            self._redis_key = (self._redis_key + 1) % len(keys)
+        report.swept += len(ids)
+        if not ids:
+            return 0, cursor == 0, False
+        rows = await self._rows(ids)
+        if key == keys[-1]:  # job metadata
+            dead = [j for j in ids if j not in rows or rows[j]["status"] not in LIVE]
+            where = await svc.dispatch.presence(dead)
+            meta_orphans = [j for j in dead if j not in where.indexed]
+            if meta_orphans:
+                await svc.dispatch.forget_meta(meta_orphans)
+            return len(ids), cursor == 0, 2 * len(meta_orphans) >= len(ids)
+        orphans = [j for j in ids if j not in rows or rows[j]["status"] != JobStatus.PENDING]
+        if orphans:
+            await svc.dispatch.forget(orphans)
+            report.orphans_removed += len(orphans)
+        return len(ids), cursor == 0, 2 * len(orphans) >= len(ids)
+
+    async def _limits(self, report: ReconcileReport) -> None:
+        """Limits mirrored as stored; leases PostgreSQL holds (fallback, or lost with Redis'
+        data) counted against them; running counts recounted."""
+        svc = self.service
+        leased = [(r["id"], int(r["lease_ms"] or 0), r["lease_via"] == "postgres",
                    flow_of(r["job_type"], r["tenant"], r["required_capability"]))
-                  for j, r in live.items() if r["status"] == JobStatus.PROCESSING]
+                  for r in await svc.pool.fetch(q("processing_jobs"))]
         recorded, report.held_dropped = await svc.dispatch.sched_sync(
             mirror_of(await list_limits(svc.pool)), leased)
         if recorded:

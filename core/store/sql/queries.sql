@@ -190,16 +190,28 @@ ORDER BY lease_expires_at LIMIT $1;
 -- name: worker_leases
 SELECT id, lease_token FROM jobs WHERE status = 'PROCESSING' AND worker_id = $1;
 
--- name: live_jobs
-SELECT id, status, priority, required_capability, job_type, tenant,
+-- name: jobs_by_id
+-- The reconciler's view of jobs it met in Redis or in a page of the sweep: by key, any status.
+SELECT id::text AS id, status, priority, required_capability, job_type, tenant,
        greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
-           AS delay_ms,
+           AS delay_ms
+FROM jobs WHERE id = ANY($1::uuid[]);
+
+-- name: pending_page
+-- The reconciler's sweep of PENDING jobs, one page in id order after $1 (idx_jobs_status is
+-- (status, id) since migration 014): a page costs its size, whatever the backlog.
+SELECT id::text AS id FROM jobs
+WHERE status = 'PENDING' AND id > $1::uuid ORDER BY id LIMIT $2;
+
+-- name: processing_jobs
+-- Leases PostgreSQL holds, for the limits' running counts: as many as jobs run now (the work),
+-- read through the partial indexes on PROCESSING jobs.
+SELECT id::text AS id, job_type, tenant, required_capability,
        greatest(0, ceil(extract(epoch FROM lease_expires_at - clock_timestamp()) * 1000))::bigint
            AS lease_ms,
-       CASE WHEN status = 'PROCESSING' THEN (
-           SELECT e.acquired_via FROM job_executions e WHERE e.lease_token = jobs.lease_token)
-       END AS lease_via
-FROM jobs WHERE status IN ('PENDING', 'PROCESSING');
+       (SELECT e.acquired_via FROM job_executions e WHERE e.lease_token = jobs.lease_token)
+           AS lease_via
+FROM jobs WHERE status = 'PROCESSING';
 
 -- name: still_processing
 SELECT id::text AS id FROM jobs WHERE id = ANY($1::uuid[]) AND status = 'PROCESSING';

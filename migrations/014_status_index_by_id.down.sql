@@ -1,0 +1,4 @@
+-- Back to the seed's idx_jobs_status on (status) alone (the reconciler's page query then sorts
+-- every PENDING job for each page).
+DROP INDEX idx_jobs_status;
+CREATE INDEX idx_jobs_status ON jobs (status);
