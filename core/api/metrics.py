@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -19,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from core.api.errors import MAX_BODY_BYTES, error_response
 from core.errors import DispatchUnavailable, StoreUnavailable
+from core.jobs.model import JobStatus
 from core.memory.events import owner_status
 from core.service import limits as sched_limits
 from core.service.runtime import Runtime
@@ -34,15 +36,21 @@ class Metrics:
         self.latency = Histogram("jobharness_api_latency_seconds", "API latency by route",
                                  ["route"], registry=r,
                                  buckets=(.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5))
-        self.jobs = Gauge("jobharness_jobs", "Jobs by type and status", ["job_type", "status"],
+        self.jobs = Gauge("jobharness_jobs", "Jobs by status (exact up to "
+                          f"{COUNT_CAP:,}, the planner's estimate above)", ["status"],
                           registry=r)
+        self.jobs_estimated = Gauge("jobharness_jobs_estimated", "1 when jobharness_jobs of "
+                                    "the status is the planner's estimate", ["status"],
+                                    registry=r)
         self.queue_depth = Gauge("jobharness_queue_depth", "Redis queue depth", ["queue"],
                                  registry=r)
         self.workers_active = Gauge("jobharness_workers_active", "ACTIVE workers", registry=r)
         self.replacements = Gauge("jobharness_worker_replacements",
-                                  "Workers declared FAILED and replaced", registry=r)
+                                  "Workers declared FAILED and replaced in the last hour",
+                                  registry=r)
         self.heartbeat_timeouts = Gauge("jobharness_heartbeat_timeouts",
-                                        "Workers replaced for a stale heartbeat", registry=r)
+                                        "Workers replaced for a stale heartbeat in the last "
+                                        "hour", registry=r)
         self.cluster_events = Gauge("jobharness_cluster_events",
                                     "Events counted by every process (e.g. stale_rejected)",
                                     ["event"], registry=r)
@@ -64,6 +72,11 @@ class Metrics:
         r.register(self.store)
 
 
+# Counts a scrape makes stop here (an index-only read of at most this many entries each);
+# a larger one is shown as the planner's estimate, as Oban's dashboard does for big tables.
+COUNT_CAP = 10_000
+COUNTED = "executions:"  # cluster counters of how attempts ended (Effects.ended)
+
 FAST = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5)
 
 
@@ -83,28 +96,31 @@ class StoreCollector(Collector):
 
     def collect(self) -> Iterator[Metric]:
         yield from self._limits()
-        ex = CounterMetricFamily("jobharness_executions", "Job attempts by how they ended",
-                                 labels=["status"])
+        ex = CounterMetricFamily("jobharness_executions", "Job attempts by how they ended "
+                                 "(counted in Redis as they end: a Redis that lost its data "
+                                 "starts again from 0, a counter reset)", labels=["status"])
         for status, n in sorted(self.outcomes.items()):
             ex.add_metric([status], float(n))
         yield ex
         if self.extra.get("retries") is not None:
-            yield CounterMetricFamily("jobharness_retries", "Retries (attempts after a job's "
-                                      "first), summed over jobs",
+            yield CounterMetricFamily("jobharness_retries", "Retries scheduled (counted in "
+                                      "Redis, as the attempts are)",
                                       value=float(self.extra["retries"]))
         gauges = {
-            "dlq_size": ("jobharness_dead_letter_jobs", "Jobs in the dead-letter queue"),
+            "dlq_size": ("jobharness_dead_letter_jobs", "Jobs in the dead-letter queue (exact "
+                         f"up to {COUNT_CAP:,}, the planner's estimate above)"),
             "worker_slots": ("jobharness_worker_slots", "Job slots of ACTIVE workers "
                              "(sum of their concurrency)"),
             "processing": ("jobharness_jobs_processing", "Jobs running now"),
             "lifespan_s": ("jobharness_worker_lifespan_seconds", "Mean lifespan of workers "
                            "stopped in the last hour"),
             "duration_avg_ms": ("jobharness_job_duration_avg_ms", "Mean duration of attempts "
-                                "completed in the last 5 minutes"),
+                                "completed in the last 5 minutes (started within the hour)"),
             "duration_p99_ms": ("jobharness_job_duration_p99_ms", "Duration p99 of attempts "
-                                "completed in the last 5 minutes"),
+                                "completed in the last 5 minutes (started within the hour)"),
             "queue_wait_avg_s": ("jobharness_queue_wait_avg_seconds", "Mean wait from "
-                                 "creation to start of jobs started in the last 5 minutes"),
+                                 "creation to first start of jobs started in the last 5 "
+                                 "minutes"),
         }
         for key, (name, doc) in gauges.items():
             family = GaugeMetricFamily(name, doc)  # declared even while there is no value
@@ -174,20 +190,8 @@ class StoreCollector(Collector):
 async def refresh(metrics: Metrics, rt: Runtime) -> None:
     """Read what a scrape shows from the stores and this process; a store that cannot be
     read leaves its figures as they were."""
-    with contextlib.suppress(StoreUnavailable, OSError):
-        rows = await rt.pool.fetch(q("metrics_jobs"))
-        metrics.jobs.clear()  # a (type, status) with no jobs left must not keep its last count
-        for row in rows:
-            metrics.jobs.labels(row["job_type"], row["status"]).set(row["n"])
-        w = await rt.pool.fetchrow(q("metrics_workers"))
-        if w is not None:
-            metrics.workers_active.set(w["active"])
-            metrics.replacements.set(w["replaced"])
-            metrics.heartbeat_timeouts.set(w["heartbeat_timeouts"])
     with contextlib.suppress(StoreUnavailable, OSError, asyncpg.PostgresError):
-        metrics.store.outcomes = {r["status"]: int(r["n"])
-                                  for r in await rt.pool.fetch(q("metrics_outcomes"))}
-        metrics.store.extra = dict(await rt.pool.fetchrow(q("metrics_extra")) or {})
+        await read_postgres(metrics, rt)
     metrics.store.pool = {"max": rt.pool.get_max_size(), "open": rt.pool.get_size(),
                           "idle": rt.pool.get_idle_size(),
                           "used": rt.pool.get_size() - rt.pool.get_idle_size()}
@@ -208,8 +212,42 @@ async def refresh(metrics: Metrics, rt: Runtime) -> None:
                 metrics.memory_owner.labels(name).set(owner[name])
         metrics.memory_up.set(1 if owner.get("state") == "up" else 0)
     with contextlib.suppress(DispatchUnavailable):
-        for event, n in (await rt.dispatch.event_counts()).items():
-            metrics.cluster_events.labels(event).set(n)
+        counts = await rt.dispatch.event_counts()
+        metrics.store.outcomes = {k.removeprefix(COUNTED): n for k, n in counts.items()
+                                  if k.startswith(COUNTED)}
+        metrics.store.extra["retries"] = counts.get("retries", 0)
+        for event, n in counts.items():
+            if not event.startswith(COUNTED) and event != "retries":
+                metrics.cluster_events.labels(event).set(n)
+
+
+async def read_postgres(metrics: Metrics, rt: Runtime) -> None:
+    """Jobs by status, workers, and the rest of the store figures: each read bounded (counts
+    stop at COUNT_CAP, windows on indexed times)."""
+    rows = await rt.pool.fetch(q("metrics_job_counts"), COUNT_CAP, [s.value for s in JobStatus])
+    for row in rows:
+        n, estimated = int(row["n"]), False
+        if n >= COUNT_CAP:
+            n, estimated = await _estimate(rt, f"jobs WHERE status = '{row['status']}'"), True
+        metrics.jobs.labels(row["status"]).set(n)
+        metrics.jobs_estimated.labels(row["status"]).set(int(estimated))
+    w = await rt.pool.fetchrow(q("metrics_workers"))
+    if w is not None:
+        metrics.workers_active.set(w["active"])
+        metrics.replacements.set(w["replaced"])
+        metrics.heartbeat_timeouts.set(w["heartbeat_timeouts"])
+    extra = dict(await rt.pool.fetchrow(q("metrics_extra"), COUNT_CAP) or {})
+    if (extra.get("dlq_size") or 0) >= COUNT_CAP:
+        extra["dlq_size"] = await _estimate(rt, "dead_letter_queue WHERE requeued_at IS NULL")
+    metrics.store.extra = {**extra, "lifespan_s": w["lifespan_s"] if w else None,
+                           "retries": metrics.store.extra.get("retries")}
+
+
+async def _estimate(rt: Runtime, relation_where: str) -> int:
+    """The planner's row estimate for `SELECT 1 FROM <relation_where>` (statistics, no scan);
+    the text is the caller's own constant, never input."""
+    plan = await rt.pool.fetchval(f"EXPLAIN (FORMAT JSON) SELECT 1 FROM {relation_where}")
+    return int((json.loads(plan) if isinstance(plan, str) else plan)[0]["Plan"]["Plan Rows"])
 
 
 BODY_READ_TIMEOUT_S = 30.0  # between two parts of a body: a client that stalls is dropped

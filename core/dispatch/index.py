@@ -3,20 +3,30 @@
 Redis may be lost, stale or unreachable at any time (invariant 1): every call either succeeds
 or raises DispatchUnavailable quickly, and after a failure the adapter stays "open" for
 `retry_after_s` so callers do not pay a timeout per operation while Redis is down.
+
+Length: one class is the only code that talks to the dispatch keys, one short method per
+script or command group (enqueue, acquire, forget, limits, the reconciler's reads); the
+values it takes and gives are in core/dispatch/records.py.
 """
 
 from __future__ import annotations
 
 import importlib.resources
 import time
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core.contract.keys import Keys
+from core.dispatch.records import (
+    AcquireResult,
+    DispatchSnapshot,
+    EnqueueItem,
+    Presence,
+    SchedState,
+)
 from core.errors import DispatchUnavailable
 
 WAKEUP_CAP = 10_000
@@ -37,73 +47,11 @@ def _script(name: str) -> str:
     return lua.joinpath("sched.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
 
 
-def flow_of(job_type: str | None, tenant: str | None, capability: str | None) -> str:
-    """The flow a job waits in (see core/dispatch/lua/sched.lua): jobs of one flow are
-    interchangeable for every scheduling decision."""
-    return f"{job_type or ''}\0{tenant or ''}\0{capability or ''}"
-
-
 def _indexed(flows: Iterable[str]) -> tuple[str, list[str]]:
     """Each flow's 1-based position among the distinct ones (joined), and those."""
     distinct: dict[str, int] = {}
     which = [str(distinct.setdefault(f, len(distinct) + 1)) for f in flows]
     return ",".join(which), list(distinct)
-
-
-@dataclass(frozen=True, kw_only=True)
-class EnqueueItem:
-    job_id: str
-    priority: int
-    capability: str | None
-    delay_ms: int
-    job_type: str | None = None
-    tenant: str | None = None
-
-    @property
-    def flow(self) -> str:
-        return flow_of(self.job_type, self.tenant, self.capability)
-
-
-@dataclass(frozen=True, kw_only=True)
-class AcquireResult:
-    job_ids: list[str]  # best first; fewer than asked when no more may run now
-    next_due_in_ms: int | None  # until the earliest delayed job is due, if any
-    limited: frozenset[str] = frozenset()  # ids counted under a max_running limit
-
-    @property
-    def job_id(self) -> str | None:
-        return self.job_ids[0] if self.job_ids else None
-
-
-@dataclass(frozen=True, kw_only=True)
-class DispatchSnapshot:
-    """What Redis holds, for the reconciler."""
-
-    now_ms: int
-    queued: set[str]
-    delayed: set[str]
-    processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
-    meta: set[str]
-
-
-@dataclass(frozen=True, kw_only=True)
-class Presence:
-    """Where Redis holds some jobs, for the reconciler's bounded sweeps."""
-
-    now_ms: int
-    indexed: set[str]  # queued in a priority band or delayed
-    processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
-
-
-@dataclass(frozen=True, kw_only=True)
-class SchedState:
-    """The scheduling state in Redis: per "scope\0name" field."""
-
-    limits: dict[str, str]
-    running: dict[str, int]
-    waits: dict[str, int]
-    buckets: dict[str, tuple[float, int]]  # tokens and Redis ms at the last start
-    now_ms: int  # Redis' clock when read
 
 
 class RedisDispatch:
@@ -231,16 +179,22 @@ class RedisDispatch:
         await self._call(self._client.zadd(self.keys.processing, {job_id: now_ms + lease_ms},
                                            xx=True))
 
-    async def forget(self, job_ids: Sequence[str], *, dead: bool = False) -> None:
-        """Remove jobs from every dispatch set (and record them dead if `dead`)."""
-        await self._forget_ids("dead" if dead else "forget", job_ids)
+    async def forget(self, job_ids: Sequence[str], *, dead: bool = False,
+                     counts: Mapping[str, int] | None = None) -> None:
+        """Remove jobs from every dispatch set (and record them dead if `dead`); `counts` are
+        added to the cluster counters in the same call."""
+        await self._forget_ids("dead" if dead else "forget", job_ids, counts)
 
-    async def _forget_ids(self, mode: str, job_ids: Sequence[str]) -> None:
+    async def _forget_ids(self, mode: str, job_ids: Sequence[str],
+                          counts: Mapping[str, int] | None = None) -> None:
         if not job_ids:
             return
         keys = [*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
-                self.keys.job_meta, self.keys.dead_letter, self.keys.wakeup, self.keys.sched]
-        await self._call(self._forget(keys=keys, args=[mode, ",".join(job_ids), WAKEUP_CAP]))
+                self.keys.job_meta, self.keys.dead_letter, self.keys.wakeup, self.keys.sched,
+                self.keys.counters]
+        bumps = ",".join(f"{k}={n}" for k, n in (counts or {}).items() if n > 0)
+        await self._call(self._forget(keys=keys, args=[mode, ",".join(job_ids), WAKEUP_CAP,
+                                                       bumps]))
 
     async def reprioritize(self, items: Sequence[tuple[str, int]]) -> int:
         """Move queued jobs to the queue of their new priority (keeping their place in
@@ -393,6 +347,12 @@ class RedisDispatch:
 
     async def count_event(self, name: str, n: int = 1) -> None:
         await self._call(self._client.hincrby(self.keys.counters, name, n))
+
+    async def count_events(self, counts: Mapping[str, int]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for name, n in counts.items():
+            pipe.hincrby(self.keys.counters, name, n)
+        await self._call(pipe.execute())
 
     async def state_events_position(self, group: str) -> tuple[str, str | None, int]:
         """(the stream's last id, the last id delivered to `group` or None without that group,

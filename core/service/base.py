@@ -19,7 +19,8 @@ from typing import Any
 
 import asyncpg
 
-from core.dispatch.index import EnqueueItem, RedisDispatch
+from core.dispatch.index import RedisDispatch
+from core.dispatch.records import EnqueueItem
 from core.errors import DispatchUnavailable
 from core.memory.events import MemoryEmitter
 from core.settings import Settings
@@ -37,6 +38,12 @@ class Effects:
     undead: list[str] = field(default_factory=list)
     enqueue: list[EnqueueItem] = field(default_factory=list)
     reprioritize: list[tuple[str, int]] = field(default_factory=list)
+    # cluster counters ("executions:<status>" per attempt ended, "retries" per retry
+    # scheduled): sent with the forget, /metrics' counters of how attempts ended
+    counts: Counter[str] = field(default_factory=Counter)
+
+    def ended(self, status: str, n: int = 1) -> None:
+        self.counts[f"executions:{status}"] += n
 
     def add_raised(self, rows: Iterable[Mapping[str, Any] | asyncpg.Record]) -> None:
         """Jobs whose dispatch priority changed (priority inheritance)."""
@@ -106,10 +113,15 @@ class ServiceBase:
     async def apply_effects(self, fx: Effects) -> None:
         """Apply committed changes to the Redis index; Redis down: the reconciler does it."""
         try:
+            counts = fx.counts or None
             if fx.forget:
-                await self.dispatch.forget(fx.forget)
+                await self.dispatch.forget(fx.forget, counts=counts)
+                counts = None
             if fx.dead:
-                await self.dispatch.forget(fx.dead, dead=True)
+                await self.dispatch.forget(fx.dead, dead=True, counts=counts)
+                counts = None
+            if counts:
+                await self.dispatch.count_events(counts)
             if fx.undead:
                 await self.dispatch.forget_dead(fx.undead)
             if fx.enqueue:

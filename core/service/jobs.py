@@ -165,6 +165,7 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         for c, rows_of in zip(batch, per, strict=True):
             if rows_of[0]["ok"]:
                 fx.forget.append(str(c.job_id))
+                fx.ended(ExecutionStatus.COMPLETED)
                 fx.add_ready({**dict(r), "id": r["released_id"]}
                              for r in rows_of if r["released_id"])
         await self.apply_effects(fx)
@@ -236,6 +237,7 @@ class JobService(Leasing, JobReads, WorkerRegistry):
     ) -> FailOutcome:
         jid, job_id = row["id"], str(row["id"])
         await conn.execute(q("close_execution"), token, exec_status.value, error)
+        fx.ended(exec_status)
         await conn.execute(q("count_failure"), row["worker_id"])
         if row["cancel_requested_at"] is not None:
             return await self._cancel_locked(conn, jid, row["cancel_reason"], fx)
@@ -245,6 +247,7 @@ class JobService(Leasing, JobReads, WorkerRegistry):
             assert retry is not None  # the row is locked
             fx.forget.append(job_id)
             fx.add_ready([{"id": jid, **dict(retry)}])
+            fx.counts["retries"] += 1
             self.stats["retried"] += 1
             return FailOutcome(status=JobStatus.PENDING, retry_in_s=delay_s)
         await conn.execute(q("mark_dead"), jid, error)
@@ -284,6 +287,7 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         async with self.transaction() as conn:
             await self._locked(conn, jid, token)
             await conn.execute(q("close_execution"), token, ExecutionStatus.RELEASED.value, reason)
+            fx.ended(ExecutionStatus.RELEASED)
             released = await conn.fetchrow(q("release_job"), jid)
             assert released is not None  # the row is locked and PROCESSING
             fx.add_ready([{**dict(released), "id": jid}])
@@ -330,6 +334,7 @@ class JobService(Leasing, JobReads, WorkerRegistry):
             row = await self._locked(conn, jid, token)
             await conn.execute(q("close_execution"), token, ExecutionStatus.CANCELLED.value,
                                "cancelled")
+            fx.ended(ExecutionStatus.CANCELLED)
             await self._cancel_locked(conn, jid, row["cancel_reason"], fx)
         await self.apply_effects(fx)
 

@@ -18,7 +18,8 @@ from typing import Any
 import asyncpg
 
 from core.contract.keys import limit_field
-from core.dispatch.index import RedisDispatch, SchedState
+from core.dispatch.index import RedisDispatch
+from core.dispatch.records import SchedState
 from core.errors import DispatchUnavailable, InvalidInput
 from core.jobs.limits import SCOPES, Limit, validate_limit
 from core.jobs.model import check_text

@@ -25,7 +25,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from core.dispatch.index import flow_of
+from core.dispatch.records import flow_of
 from core.errors import DispatchUnavailable, StoreUnavailable
 from core.jobs.model import JobStatus
 from core.service.base import Effects

@@ -21,7 +21,7 @@ import tempfile
 import time
 from typing import Any
 
-from core.dispatch.index import EnqueueItem
+from core.dispatch.records import EnqueueItem
 from core.infra.embedded import pg_bin
 from core.service.runtime import open_runtime
 from core.settings import Settings, split_password

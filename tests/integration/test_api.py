@@ -115,7 +115,8 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
         r = await http.post("/jobs", json={"job_type": "noop"})
         queued = r.json()["job_id"]
         before = (await http.get("/metrics")).text
-        assert 'jobharness_jobs{job_type="noop",status="PENDING"} 1.0' in before
+        assert 'jobharness_jobs{status="PENDING"} 2.0' in before  # with the requeued one
+        assert 'jobharness_jobs_estimated{status="PENDING"} 0.0' in before
         r = await http.post(f"/jobs/{queued}/cancel", json={"reason": "no longer needed"})
         assert r.json()["status"] == "CANCELLED"
         assert (await http.post(f"/jobs/{queued}/cancel")).status_code == 409
@@ -127,10 +128,34 @@ async def test_lifecycle_through_http(api_env: ApiEnv, api_service: JobService) 
         assert health["status"] == "ok"
         assert health["postgres"]["state"] == "up"
         metrics = (await http.get("/metrics")).text
-        assert 'jobharness_jobs{job_type="noop",status="COMPLETED"} 1.0' in metrics
+        assert 'jobharness_jobs{status="COMPLETED"} 1.0' in metrics
         assert "jobharness_queue_depth" in metrics
-        # the cancelled job's earlier PENDING series is gone, not left at its last count
-        assert 'jobharness_jobs{job_type="noop",status="PENDING"}' not in metrics
+        # the cancelled job no longer counts as PENDING
+        assert 'jobharness_jobs{status="PENDING"} 1.0' in metrics
+        assert 'jobharness_jobs{status="CANCELLED"} 2.0' in metrics  # and the DLQ's child
+        # how attempts ended, counted as they end (not by reading the executions table)
+        assert 'jobharness_executions_total{status="FAILED"} 1.0' in metrics
+
+
+async def test_a_count_past_the_cap_is_the_planners_estimate(
+        service: JobService, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrape reads at most COUNT_CAP index entries per status; past it the gauge is the
+    planner's estimate, and says so."""
+    from types import SimpleNamespace
+
+    from core.api import metrics as metrics_mod
+    from core.jobs.model import JobSpec
+
+    await service.create_batch([JobSpec(job_type="noop") for _ in range(12)])
+    await service.pool.execute("ANALYZE jobs")
+    monkeypatch.setattr(metrics_mod, "COUNT_CAP", 5)
+    m = metrics_mod.Metrics()
+    await metrics_mod.read_postgres(m, SimpleNamespace(pool=service.pool))  # type: ignore[arg-type]
+    value = m.registry.get_sample_value
+    assert value("jobharness_jobs", {"status": "PENDING"}) == 12  # ANALYZE read every row
+    assert value("jobharness_jobs_estimated", {"status": "PENDING"}) == 1
+    assert value("jobharness_jobs", {"status": "COMPLETED"}) == 0
+    assert value("jobharness_jobs_estimated", {"status": "COMPLETED"}) == 0
 
 
 async def test_cancel_of_a_running_job_through_http(api_env: ApiEnv,

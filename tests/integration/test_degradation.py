@@ -56,7 +56,7 @@ async def test_flushed_redis_is_rebuilt_by_the_reconciler(service: JobService) -
 
 
 async def test_orphan_entries_are_removed(service: JobService) -> None:
-    from core.dispatch.index import EnqueueItem
+    from core.dispatch.records import EnqueueItem
 
     ghost = "00000000-0000-4000-8000-000000000001"
     await service.dispatch.enqueue([EnqueueItem(job_id=ghost, priority=3, capability=None,
@@ -131,7 +131,7 @@ async def test_a_pass_reads_pages_not_the_backlog_and_a_lost_index_is_rebuilt_at
     reads about three pages; single lost entries and orphans are found as the sweeps come
     round; a Redis that lost everything is rebuilt within one pass (its pages are all
     repairs)."""
-    from core.dispatch.index import EnqueueItem
+    from core.dispatch.records import EnqueueItem
 
     created = await service.create_batch([JobSpec(job_type="noop", priority=3)
                                           for _ in range(1200)])

@@ -3,8 +3,10 @@
 -- (scored by Redis' clock, ms); "unlease": from the processing set only. A leased job stops
 -- counting against its limits; when one of them caps how many may run, an idle worker is
 -- woken to take the freed place.
--- KEYS: high, medium, low, delayed, processing, job-meta, dead-letter, wakeup, sched
--- ARGV: mode; job ids joined by ","; wakeup_cap
+-- Counters of how attempts ended, when given, go into the cluster counters hash in the same
+-- call (no round trip of their own on a completion).
+-- KEYS: high, medium, low, delayed, processing, job-meta, dead-letter, wakeup, sched, counters
+-- ARGV: mode; job ids joined by ","; wakeup_cap; counter increments "field=n,field=n" or ""
 -- One script call instead of a MULTI/EXEC of many commands: cheaper for the client to send.
 SCHED = KEYS[9]
 local mode = ARGV[1]
@@ -41,4 +43,7 @@ for s = 1, #ids, 500 do
   end
 end
 push_wakeups(KEYS[8], wake, ARGV[3])
+for field, n in string.gmatch(ARGV[4] or '', '([^,=]+)=(%d+)') do
+  redis.call('HINCRBY', KEYS[10], field, tonumber(n))
+end
 return #ids

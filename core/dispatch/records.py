@@ -1,0 +1,67 @@
+"""The values the dispatch index takes and gives (core/dispatch/index.py)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+def flow_of(job_type: str | None, tenant: str | None, capability: str | None) -> str:
+    """The flow a job waits in (see core/dispatch/lua/sched.lua): jobs of one flow are
+    interchangeable for every scheduling decision."""
+    return f"{job_type or ''}\0{tenant or ''}\0{capability or ''}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnqueueItem:
+    job_id: str
+    priority: int
+    capability: str | None
+    delay_ms: int
+    job_type: str | None = None
+    tenant: str | None = None
+
+    @property
+    def flow(self) -> str:
+        return flow_of(self.job_type, self.tenant, self.capability)
+
+
+@dataclass(frozen=True, kw_only=True)
+class AcquireResult:
+    job_ids: list[str]  # best first; fewer than asked when no more may run now
+    next_due_in_ms: int | None  # until the earliest delayed job is due, if any
+    limited: frozenset[str] = frozenset()  # ids counted under a max_running limit
+
+    @property
+    def job_id(self) -> str | None:
+        return self.job_ids[0] if self.job_ids else None
+
+
+@dataclass(frozen=True, kw_only=True)
+class DispatchSnapshot:
+    """What Redis holds, for the reconciler."""
+
+    now_ms: int
+    queued: set[str]
+    delayed: set[str]
+    processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
+    meta: set[str]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Presence:
+    """Where Redis holds some jobs, for the reconciler's bounded sweeps."""
+
+    now_ms: int
+    indexed: set[str]  # queued in a priority band or delayed
+    processing: dict[str, int]  # job id -> lease deadline (Redis clock, ms)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SchedState:
+    """The scheduling state in Redis: per "scope\0name" field."""
+
+    limits: dict[str, str]
+    running: dict[str, int]
+    waits: dict[str, int]
+    buckets: dict[str, tuple[float, int]]  # tokens and Redis ms at the last start
+    now_ms: int  # Redis' clock when read
