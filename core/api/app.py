@@ -137,11 +137,26 @@ async def dlq_purge(request: Request, body: PurgeIn) -> Any:
 
 
 @router.get("/limits")
-async def list_limits(request: Request) -> Any:
-    """Every type's and tenant's limits, with the jobs running under each now, how often each
-    held jobs back, tokens now, and whether Redis enforces it as stored."""
+async def list_limits(request: Request,
+                      scope: Literal["job_type", "tenant"] | None = None,
+                      after: str | None = Query(None, max_length=220, description=(
+                          "the `next` of the previous page")),
+                      limit: int = Query(sched_limits.PAGE, ge=1, le=sched_limits.PAGE)) -> Any:
+    """Types' and tenants' limits a page at a time in (scope, name) order, with the jobs
+    running under each now, how often each held jobs back, tokens now, and whether Redis
+    enforces it as stored. `next` names where the following page starts (null: no more)."""
     rt = _rt(request)
-    return {"limits": await sched_limits.limit_states(rt.pool, rt.dispatch)}
+    cursor = ("", "")
+    if after is not None:
+        a_scope, sep, a_name = after.partition(":")
+        if not sep or a_scope not in ("job_type", "tenant"):
+            raise InvalidInput("after", "must be the `next` of a previous page "
+                               f"(\"scope:name\"), got {after!r}")
+        cursor = (a_scope, a_name)
+    page = await sched_limits.limit_states(rt.pool, rt.dispatch, scope=scope, after=cursor,
+                                           size=limit)
+    last = page[-1] if len(page) == limit else None
+    return {"limits": page, "next": f"{last['scope']}:{last['name']}" if last else None}
 
 
 @router.put("/limits/{scope}/{name:path}")

@@ -196,7 +196,8 @@ async def refresh(metrics: Metrics, rt: Runtime) -> None:
                           "idle": rt.pool.get_idle_size(),
                           "used": rt.pool.get_size() - rt.pool.get_idle_size()}
     with contextlib.suppress(StoreUnavailable, OSError, asyncpg.PostgresError):
-        metrics.store.limits = await sched_limits.limit_states(rt.pool, rt.dispatch)
+        metrics.store.limits = await sched_limits.busiest_limit_states(
+            rt.pool, rt.dispatch, MAX_TENANT_SERIES)
     with contextlib.suppress(DispatchUnavailable):
         for name, depth in (await rt.dispatch.depths()).items():
             metrics.queue_depth.labels(name).set(depth)

@@ -156,7 +156,14 @@ async def _limits(args: argparse.Namespace, settings: Settings) -> Any:
             if not found:
                 raise InvalidInput("name", f"no limits set for {args.scope} {args.name!r}")
             return {"cleared": {"scope": args.scope, "name": args.name}, "enforced": enforced}
-        return await limits.limit_states(rt.pool, rt.dispatch)
+        out: list[dict[str, Any]] = []
+        while True:  # every limit, a page at a time
+            page = await limits.limit_states(
+                rt.pool, rt.dispatch,
+                after=(out[-1]["scope"], out[-1]["name"]) if out else ("", ""))
+            out += page
+            if len(page) < limits.PAGE:
+                return out
 
 
 def cmd_limits(args: argparse.Namespace, settings: Settings) -> int:

@@ -80,8 +80,9 @@ class Keys:
         return f"{self.prefix}:sched"
 
     def sched_hash(self, name: str) -> str:
-        """One of the scheduling hashes: limits, running, held, buckets, waits."""
-        if name not in ("limits", "running", "held", "buckets", "waits"):
+        """One of the scheduling keys: the hashes limits, running, held, buckets, waits, and
+        limits_version (the table version the limits mirror holds)."""
+        if name not in ("limits", "running", "held", "buckets", "waits", "limits_version"):
             raise ValueError(f"no scheduling hash {name!r}")
         return f"{self.sched}:{name}"
 

@@ -215,16 +215,19 @@ class RedisDispatch:
         await self._forget_ids("unlease", job_ids)
 
     async def sched_sync(
-        self, limits: dict[str, str], leased: Sequence[tuple[str, int, bool, str]]
+        self, limits: dict[str, str] | None, leased: Sequence[tuple[str, int, bool, str]],
+        *, version: int = 0,
     ) -> tuple[list[str], int]:
-        """Replace the limits mirror with `limits` (field -> "max,rate,burst,weight"), record
-        leases `(job id, remaining ms, taken by the fallback, flow)` the processing set lacks
-        (see sched_sync.lua), recount what runs. Returns (ids recorded, held records
-        dropped)."""
+        """Replace the limits mirror with `limits` (field -> "max,rate,burst,weight") of the
+        table's `version`, or keep it (None); record leases `(job id, remaining ms, taken by
+        the fallback, flow)` the processing set lacks (see sched_sync.lua), recount what runs.
+        Returns (ids recorded, held records dropped)."""
         which, flows = _indexed(f for *_, f in leased)
-        args: list[Any] = [len(limits)]
-        for field, value in limits.items():
-            args += [field, value]
+        args: list[Any] = [-1 if limits is None else len(limits)]
+        if limits is not None:
+            for field, value in limits.items():
+                args += [field, value]
+            args.append(version)
         args += [",".join(j for j, *_ in leased),
                  ",".join(str(max(1, ms)) for _, ms, _, _ in leased),
                  "".join("1" if fb else "0" for _, _, fb, _ in leased), which, *flows]
@@ -232,11 +235,43 @@ class RedisDispatch:
             keys=[self.keys.processing, self.keys.sched], args=args))
         return (recorded.split(",") if recorded else []), int(dropped)
 
+    async def limits_version(self) -> int | None:
+        """The version of the limits table the mirror holds (None: never mirrored, or lost)."""
+        v = await self._call(self._client.get(self.keys.sched_hash("limits_version")))
+        return None if v is None else int(v)
+
     async def set_limit(self, field: str, value: str | None) -> None:
         """Mirror one limit (None: removed) at once, and give back what it parked (see
         limit.lua); the reconciler re-mirrors them all."""
         await self._call(self._limit(keys=[self.keys.wakeup, self.keys.sched],
                                      args=[field, value or "", WAKEUP_CAP]))
+
+    async def sched_state_of(self, fields: Sequence[str]) -> SchedState:
+        """The scheduling state of the given "scope\0name" fields only (one HMGET per hash)."""
+        if not fields:
+            return SchedState(limits={}, running={}, waits={}, buckets={},
+                              now_ms=await self.now_ms())
+        pipe = self._client.pipeline(transaction=True)
+        for name in ("limits", "running", "waits", "buckets"):
+            pipe.hmget(self.keys.sched_hash(name), list(fields))
+        pipe.time()
+        limits, running, waits, buckets, (sec, usec) = await self._call(pipe.execute())
+
+        def present(values: list[str | None]) -> dict[str, str]:
+            return {f: v for f, v in zip(fields, values, strict=True) if v is not None}
+
+        return SchedState(
+            limits=present(limits), running={k: int(v) for k, v in present(running).items()},
+            waits={k: int(v) for k, v in present(waits).items()},
+            buckets={k: (float(v.split(",")[0]), int(v.split(",")[1]))
+                     for k, v in present(buckets).items()},
+            now_ms=int(sec) * 1000 + int(usec) // 1000)
+
+    async def running_counts(self) -> dict[str, int]:
+        """Jobs running per limited "scope\0name" (fields leave the hash at 0: its size is
+        the work running now)."""
+        raw = await self._call(self._client.hgetall(self.keys.sched_hash("running")))
+        return {k: int(v) for k, v in raw.items()}
 
     async def sched_state(self) -> SchedState:
         pipe = self._client.pipeline(transaction=True)

@@ -5,8 +5,11 @@ default); per tenant, its weight in the fair share of a priority band (1 by defa
 
 PostgreSQL's `job_limits` table holds them (migration 010). A change is written there, then
 mirrored into Redis at once, where the acquire script enforces them atomically for every
-worker (core/dispatch/lua/acquire.lua); the reconciler re-mirrors the whole table each pass, so a
-change made while Redis was down, or lost with Redis' data, arrives within one pass. While
+worker (core/dispatch/lua/acquire.lua); the reconciler mirrors the whole table again when its
+version (bumped by every change, migration 014) differs from the one Redis holds, so a change
+made while Redis was down, or lost with Redis' data, arrives within one pass, and a quiet pass
+reads no limit. Listings go a page at a time; /metrics reads the types' first page and the
+tenants with jobs running under a limit, never every limit. While
 Redis is down, the PostgreSQL fallback enforces them itself (`JobService._acquire_postgres`).
 """
 
@@ -85,18 +88,57 @@ def mirror_of(limits: list[Limit]) -> dict[str, str]:
     return {lim.field: lim.mirror for lim in limits}
 
 
-async def limit_states(pool: asyncpg.Pool, dispatch: RedisDispatch) -> list[dict[str, Any]]:
-    """Each limit with what it governs now: jobs running under it, times it held jobs back,
-    tokens now (rate limits), and whether Redis mirrors it as stored. Running counts come
-    from PostgreSQL while Redis is unreachable."""
-    limits = await list_limits(pool)
+PAGE = 1000  # limits per page of GET /limits and `jobharness limits list`
+
+
+async def limits_page(pool: asyncpg.Pool, *, scope: str | None = None,
+                      after: tuple[str, str] = ("", ""), size: int = PAGE) -> list[Limit]:
+    """One page of limits in (scope, name) order after `after`."""
+    if scope is not None and scope not in SCOPES:
+        raise InvalidInput("scope", f"must be one of {', '.join(SCOPES)}, got {scope!r}")
+    with store_errors():
+        return [_from_row(r) for r in await pool.fetch(q("limits_page"), scope, *after, size)]
+
+
+async def limit_states(pool: asyncpg.Pool, dispatch: RedisDispatch, *, scope: str | None = None,
+                       after: tuple[str, str] = ("", ""), size: int = PAGE,
+                       ) -> list[dict[str, Any]]:
+    """A page of limits, each with what it governs now: jobs running under it, times it held
+    jobs back, tokens now (rate limits), and whether Redis mirrors it as stored. Running
+    counts come from PostgreSQL while Redis is unreachable. Reads the page's limits only."""
+    return await _states(pool, dispatch,
+                         await limits_page(pool, scope=scope, after=after, size=size))
+
+
+async def busiest_limit_states(pool: asyncpg.Pool, dispatch: RedisDispatch,
+                               n: int) -> list[dict[str, Any]]:
+    """What /metrics shows: the first `n` types' limits and the `n` tenants with the most jobs
+    running under theirs (read from the running counts, whose size is the work running now),
+    never every limit."""
+    types = await limits_page(pool, scope="job_type", size=n)
+    try:
+        running = await dispatch.running_counts()
+    except DispatchUnavailable:
+        with store_errors():
+            running = {limit_field(r["scope"], r["name"]): int(r["n"])
+                       for r in await pool.fetch(q("running_by_scope"))}
+    busy = sorted((f for f in running if f.startswith("tenant\0")),
+                  key=lambda f: (-running[f], f))[:n]
+    keys = [f.split("\0", 1) for f in busy]
+    with store_errors():
+        rows = await pool.fetch(q("limits_by_key"), [k[0] for k in keys], [k[1] for k in keys])
+    return await _states(pool, dispatch, types + [_from_row(r) for r in rows])
+
+
+async def _states(pool: asyncpg.Pool, dispatch: RedisDispatch,
+                  limits: list[Limit]) -> list[dict[str, Any]]:
     state: SchedState | None
     try:
-        state = await dispatch.sched_state()
+        state = await dispatch.sched_state_of([lim.field for lim in limits])
     except DispatchUnavailable:
         state = None
     running_pg: dict[str, int] = {}
-    if state is None:
+    if state is None and limits:
         with store_errors():
             for r in await pool.fetch(q("running_by_scope")):
                 running_pg[limit_field(r["scope"], r["name"])] = int(r["n"])

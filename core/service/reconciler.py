@@ -51,6 +51,7 @@ class ReconcileReport:
     leases_recorded: int = 0  # leases the processing set lacked (counted against limits)
     held_dropped: int = 0  # limit records of leases no longer held
     swept: int = 0  # entries the sweeps read this pass (bounded: pages of `sweep`)
+    limits_mirrored: int = 0  # limits written to Redis (only when the table changed)
     redis_reachable: bool = True
 
     def as_dict(self) -> dict[str, int | bool]:
@@ -216,8 +217,15 @@ class Reconciler:
         leased = [(r["id"], int(r["lease_ms"] or 0), r["lease_via"] == "postgres",
                    flow_of(r["job_type"], r["tenant"], r["required_capability"]))
                   for r in await svc.pool.fetch(q("processing_jobs"))]
+        # the limits are mirrored again only when the table changed since the version Redis
+        # holds (or Redis lost it): a quiet pass does not read every limit
+        version = int(await svc.pool.fetchval(q("limits_version")))
+        mirror = None
+        if await svc.dispatch.limits_version() != version:
+            mirror = mirror_of(await list_limits(svc.pool))
+            report.limits_mirrored = len(mirror)
         recorded, report.held_dropped = await svc.dispatch.sched_sync(
-            mirror_of(await list_limits(svc.pool)), leased)
+            mirror, leased, version=version)
         if recorded:
             # a lease that ended between reading PostgreSQL and the script (its forget came
             # first) must not stay recorded: give its place back now

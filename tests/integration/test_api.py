@@ -287,6 +287,17 @@ async def test_limits_change_at_run_time_and_show_in_metrics(
         assert 'jobharness_limit_waits_total{name="acme",scope="tenant"}' in metrics
         (row,) = (await http.get("/limits")).json()["limits"]
         assert (row["name"], row["max_running"], row["running"]) == ("acme", 1, 1)
+        # a page at a time: `next` names where the following page starts
+        assert (await http.put("/limits/tenant/zeta", json={"max_running": 3})).status_code == 200
+        first = (await http.get("/limits", params={"limit": 1})).json()
+        assert ([r["name"] for r in first["limits"]], first["next"]) == (["acme"], "tenant:acme")
+        second = (await http.get("/limits", params={"limit": 1, "after": first["next"]})).json()
+        assert [r["name"] for r in second["limits"]] == ["zeta"]
+        third = (await http.get("/limits", params={"limit": 1, "after": second["next"]})).json()
+        assert third == {"limits": [], "next": None}
+        r = await http.get("/limits", params={"after": "acme"})
+        assert r.status_code == 422 and "after" in str(r.json()["detail"][0]["loc"]), r.text
+        assert (await http.delete("/limits/tenant/zeta")).status_code == 200
         # bad input: 422 naming the field, nothing changed
         for path, body, field in (
                 ("/limits/job_type/noop", {"weight": 2}, "weight"),

@@ -254,6 +254,24 @@ async def test_the_reconciler_restores_limits_and_counts_after_redis_lost_them(
     assert await service.acquire("w3") is not None
 
 
+async def test_a_quiet_pass_mirrors_no_limit_and_a_change_redis_missed_arrives_next(
+        service: JobService) -> None:
+    """The limits are mirrored into Redis again only when the table's version moved (or Redis
+    lost the mirror): a pass costs the leases, not the number of limits."""
+    rec = Reconciler(service)
+    await set_limit(service, "tenant", "acme", max_running=2)
+    assert (await rec.run_once()).limits_mirrored == 1  # Redis held no version yet
+    assert (await rec.run_once()).limits_mirrored == 0
+    # written to PostgreSQL only, as a change made while Redis was away
+    await service.pool.execute("UPDATE job_limits SET max_running = 5 WHERE name = 'acme'")
+    assert (await rec.run_once()).limits_mirrored == 1
+    state = await service.dispatch.sched_state()
+    assert state.limits[limit_field("tenant", "acme")] == "5,,,"
+    assert (await rec.run_once()).limits_mirrored == 0
+    await service.dispatch.flush_prefix()
+    assert (await rec.run_once()).limits_mirrored == 1
+
+
 def test_cli_sets_lists_and_clears_limits(settings: Settings,
                                           capsys: pytest.CaptureFixture[str]) -> None:
     assert main(cli(settings, "limits", "set", "tenant", "acme", "--max-running", "4",

@@ -5,21 +5,30 @@
 -- {sched}:epoch is gone); held records without a lease are dropped; the running counts are
 -- recounted from the held records. (A Redis lease missing from the processing set while
 -- Redis kept its data was given back after the reconciler read PostgreSQL: not recorded.)
+-- The mirror is rewritten only when the caller sends it (n >= 0: the table changed since the
+-- version Redis holds, or Redis lost it); n = -1 keeps it, so a quiet pass costs the leases,
+-- not the number of limits.
 -- KEYS: processing, sched
--- ARGV: n, then n limit fields and values alternating; then the leased jobs' ids joined by
+-- ARGV: n, then n limit fields and values alternating, then the table's version (n >= 0
+--       only); then the leased jobs' ids joined by
 --       ","; their remaining lease in ms joined by ","; per job "1" when leased through the
 --       fallback else "0", one character each; the positions of their flows among the flows
 --       that follow, joined by ","; then the distinct flows.
 -- Returns {ids of the leases recorded joined by ",", held records dropped}.
 SCHED = KEYS[2]
 local n = tonumber(ARGV[1])
-local old_limits = redis.call('HGETALL', SCHED .. ':limits')
+local old_limits = {}
 local old_running = redis.call('HGETALL', SCHED .. ':running')
-redis.call('DEL', SCHED .. ':limits')
-for k = 0, n - 1 do
-  redis.call('HSET', SCHED .. ':limits', ARGV[2 + 2 * k], ARGV[3 + 2 * k])
+local base = 2
+if n >= 0 then
+  old_limits = redis.call('HGETALL', SCHED .. ':limits')
+  redis.call('DEL', SCHED .. ':limits')
+  for k = 0, n - 1 do
+    redis.call('HSET', SCHED .. ':limits', ARGV[2 + 2 * k], ARGV[3 + 2 * k])
+  end
+  redis.call('SET', SCHED .. ':limits_version', ARGV[2 + 2 * n])
+  base = 3 + 2 * n
 end
-local base = 2 + 2 * n
 local now = now_ms()
 local lost = redis.call('EXISTS', SCHED .. ':epoch') == 0
 redis.call('SET', SCHED .. ':epoch', now)

@@ -375,6 +375,23 @@ SELECT
        FROM job_executions e JOIN jobs j ON j.id = e.job_id
       WHERE e.started_at > now() - interval '5 minutes' AND e.attempt = 1) AS queue_wait_avg_s;
 
+-- name: limits_version
+-- Bumped by every change of job_limits (migration 014's trigger): the reconciler mirrors the
+-- limits into Redis again only when this differs from the version Redis holds.
+SELECT CASE WHEN is_called THEN last_value ELSE 0 END FROM job_limits_version_seq;
+
+-- name: limits_page
+-- One page of limits in (scope, name) order after ($2, $3), of one scope or both: the primary
+-- key serves it, so a page costs its size however many limits there are.
+SELECT scope, name, max_running, rate_per_s, burst, weight, updated_at FROM job_limits
+WHERE ($1::text IS NULL OR scope = $1) AND (scope, name) > ($2, $3)
+ORDER BY scope, name LIMIT $4;
+
+-- name: limits_by_key
+SELECT l.scope, l.name, l.max_running, l.rate_per_s, l.burst, l.weight, l.updated_at
+FROM unnest($1::text[], $2::text[]) AS k(scope, name)
+JOIN job_limits l ON l.scope = k.scope AND l.name = k.name;
+
 -- name: list_limits
 SELECT scope, name, max_running, rate_per_s, burst, weight, updated_at
 FROM job_limits ORDER BY scope, name;
