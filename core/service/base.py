@@ -76,6 +76,7 @@ class ServiceBase:
         self.memory = memory  # write-behind state memory; None: off
         self.rng = rng or random.Random()
         self.stats: Counter[str] = Counter()
+        self._rate_window: tuple[int, float] | None = None  # (limits version, seconds)
         # PostgreSQL outages this process saw: counted here (the API's /metrics shows this
         # process's counters) and cluster-wide in Redis (every process's, best effort)
         self._background: set[asyncio.Task[None]] = set()

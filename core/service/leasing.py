@@ -18,7 +18,7 @@ from core.errors import DispatchUnavailable
 from core.jobs.model import JobStatus, Lease
 from core.service.base import Effects, ServiceBase
 from core.service.coalesce import Coalescer
-from core.store.queries import q, store_errors
+from core.store.queries import Conn, q, store_errors
 
 # a job Redis admitted but PostgreSQL's count refused waits this long before its next try
 REFUSED_DELAY_MS = 200
@@ -171,13 +171,22 @@ class Leasing(ServiceBase):
             if limited:
                 # limits apply here too: one fallback lease at a time counts what runs
                 await conn.execute(q("lock_admission"))
-                row = await conn.fetchrow(q("lease_runnable_limited"), caps, worker_id, lease_s)
+                row = await conn.fetchrow(q("lease_runnable_limited"), caps, worker_id, lease_s,
+                                          await self._rate_window_s(conn))
             else:
                 row = await conn.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
         if row is None:
             return None
         self.stats["acquired_postgres"] += 1
         return self._lease(row, worker_id, lease_s, "postgres")
+
+    async def _rate_window_s(self, conn: Conn) -> float:
+        """The widest rate-limit window, read again only when the limits' version moved (so a
+        fallback lease does not read every limit)."""
+        version = int(await conn.fetchval(q("limits_version")))
+        if self._rate_window is None or self._rate_window[0] != version:
+            self._rate_window = (version, float(await conn.fetchval(q("max_rate_window"))))
+        return self._rate_window[1]
 
     def _lease(self, row: asyncpg.Record, worker_id: str, lease_s: float, via: str) -> Lease:
         if self.memory is not None:

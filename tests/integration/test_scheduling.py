@@ -205,6 +205,25 @@ async def test_the_postgres_fallback_keeps_the_limits(service: JobService) -> No
     assert [lease.job_type for lease in more] == ["noop", "noop"]  # no sleep: 3 run already
 
 
+async def test_the_fallback_keeps_rate_and_tenant_limits_among_10000_others(
+        service: JobService) -> None:
+    """The fallback counts the work (jobs running, recent starts) and looks limits up by key:
+    10,000 other tenants' limits change nothing, a rate limit and a max_running hold."""
+    await service.pool.execute(
+        "INSERT INTO job_limits (scope, name, max_running) "
+        "SELECT 'tenant', 'other-' || g, 1 FROM generate_series(1, 10000) g")
+    await set_limit(service, "tenant", "r", rate_per_s=0.5, burst=2)  # 2 starts per 4 s
+    await set_limit(service, "tenant", "m", max_running=1)
+    created = await service.create_batch([JobSpec(job_type="noop", tenant=t)
+                                          for t in ("r", "m", "free") for _ in range(4)])
+    tenant_of = {c.job_id: t for c, t in zip(
+        created, [t for t in ("r", "m", "free") for _ in range(4)], strict=True)}
+    got = [lease for i in range(12)
+           if (lease := await service._acquire_postgres(f"w{i}", [], 30.0)) is not None]
+    assert collections.Counter(tenant_of[lease.job_id] for lease in got) == {
+        "r": 2, "m": 1, "free": 4}
+
+
 async def test_redis_admissions_count_a_fallback_lease_redis_has_not_seen(
         service: JobService) -> None:
     """Redis comes back while a worker still holds a lease it took through the fallback: the

@@ -418,6 +418,12 @@ WHERE status = 'PROCESSING' AND tenant IS NOT NULL GROUP BY tenant;
 SELECT EXISTS (SELECT 1 FROM job_limits
                WHERE max_running IS NOT NULL OR rate_per_s IS NOT NULL);
 
+-- name: max_rate_window
+-- The widest sliding window of any rate limit (burst / rate seconds): how far back the
+-- fallback counts starts. Read again only when the limits' version moved.
+SELECT coalesce(max(coalesce(burst, greatest(1, floor(rate_per_s))::int) / rate_per_s), 0)
+FROM job_limits WHERE rate_per_s IS NOT NULL;
+
 -- name: lock_admission
 -- Serialises PostgreSQL-fallback leases while limits exist: each one counts what runs
 -- after the previous one committed (a statement's snapshot is taken after the lock).
@@ -427,22 +433,34 @@ SELECT pg_advisory_xact_lock(hashtext('jobharness.admission'));
 -- The PostgreSQL fallback under limits (run after lock_admission, in its transaction): a type
 -- or tenant at its max_running, or with `burst` starts within the last burst/rate seconds
 -- (the token bucket's sliding-window equivalent), is passed over. No fair share here: the
--- fallback keeps priority then age.
-WITH lim AS (
-    SELECT scope, name, max_running, rate_per_s,
-           coalesce(burst, greatest(1, floor(rate_per_s))::int) AS burst
-    FROM job_limits WHERE max_running IS NOT NULL OR rate_per_s IS NOT NULL
+-- fallback keeps priority then age. What it counts is the work, never the limits: the jobs
+-- running now and the starts of the last $4 seconds (the widest rate window of any limit,
+-- from the caller), each looked up in job_limits by key.
+WITH running AS (
+    SELECT 'job_type' AS scope, job_type AS name, count(*) AS n
+    FROM jobs WHERE status = 'PROCESSING' GROUP BY job_type
+    UNION ALL
+    SELECT 'tenant', tenant, count(*) FROM jobs
+    WHERE status = 'PROCESSING' AND tenant IS NOT NULL GROUP BY tenant
+), started AS (
+    SELECT j.job_type, j.tenant, e.started_at
+    FROM job_executions e JOIN jobs j ON j.id = e.job_id
+    WHERE e.started_at > clock_timestamp() - make_interval(secs => $4::float8)
+), recent AS (
+    SELECT 'job_type' AS scope, job_type AS name, started_at FROM started
+    UNION ALL
+    SELECT 'tenant', tenant, started_at FROM started WHERE tenant IS NOT NULL
 ), blocked AS (
-    SELECT l.scope, l.name FROM lim l
-    WHERE l.max_running <= (
-              SELECT count(*) FROM jobs j WHERE j.status = 'PROCESSING'
-                AND ((l.scope = 'job_type' AND j.job_type = l.name)
-                     OR (l.scope = 'tenant' AND j.tenant = l.name)))
-       OR l.burst <= (
-              SELECT count(*) FROM job_executions e JOIN jobs j ON j.id = e.job_id
-              WHERE e.started_at > clock_timestamp() - make_interval(secs => l.burst / l.rate_per_s)
-                AND ((l.scope = 'job_type' AND j.job_type = l.name)
-                     OR (l.scope = 'tenant' AND j.tenant = l.name)))
+    SELECT l.scope, l.name FROM running r
+    JOIN job_limits l ON l.scope = r.scope AND l.name = r.name
+    WHERE l.max_running <= r.n
+    UNION
+    SELECT l.scope, l.name FROM recent x
+    JOIN job_limits l ON l.scope = x.scope AND l.name = x.name AND l.rate_per_s IS NOT NULL
+    WHERE x.started_at > clock_timestamp() - make_interval(
+              secs => coalesce(l.burst, greatest(1, floor(l.rate_per_s))::int) / l.rate_per_s)
+    GROUP BY l.scope, l.name, l.burst, l.rate_per_s
+    HAVING count(*) >= coalesce(l.burst, greatest(1, floor(l.rate_per_s))::int)
 ), candidate AS (
     SELECT j.id FROM jobs j
     WHERE j.status = 'PENDING' AND j.run_at <= clock_timestamp()
