@@ -37,7 +37,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
                       out=Path(args.out), targeted=args.target is not None,
                       locust_workers=args.locust_workers, memory=args.memory,
                       cleanup=args.cleanup, drill=args.drill, predictor=args.predictor,
-                      intensity=args.intensity, api_replicas=args.api_replicas)
+                      intensity=args.intensity, api_replicas=args.api_replicas,
+                      holdout=args.holdout)
     bar, _ = _progress_view(err)
     task: dict[str, Any] = {}
 
@@ -131,6 +132,9 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--predictor", default="off",
                    help="worker-health model for proactive replacement: off (default), "
                         "default (the shipped model) or a model file")
+    p.add_argument("--holdout", type=float, default=0.1,
+                   help="with --predictor: the share of workers scored but never acted on "
+                        "(0-0.9; 0.5 makes an A/B of treated and hold-out workers in one run)")
     p.add_argument("--api-replicas", type=int, default=1,
                    help="API processes (1-8); Locust deals its users out over them, and a "
                         "drill may restart one (restart_process process: api)")

@@ -77,6 +77,7 @@ class RunOptions:
     predictor: str = "off"  # off, default (the shipped model) or a model file
     intensity: str = "low"  # of `--drill random` (chaos/nemesis.py)
     api_replicas: int = 1  # API processes; Locust deals its users out over them
+    holdout: float = 0.1  # with a predictor: workers scored but never acted on (the A/B arm)
 
 
 @dataclass
@@ -93,6 +94,8 @@ class Run:
                  on_progress: Callable[[Progress, Scenario, float], None]) -> None:
         overrides = {"workers": opts.workers, "jobs": opts.jobs, "rate_per_s": opts.rate_per_s,
                      "seed": opts.seed}
+        if not 0 <= opts.holdout <= 0.9:
+            raise JobHarnessError(f"--holdout must be between 0 and 0.9, got {opts.holdout:g}")
         self.scenario = load_scenario(opts.scenario, overrides)
         stamp = time.strftime("%Y%m%d_%H%M%S") + "_" + secrets.token_hex(2)
         self.run_id = f"{self.scenario.name}-{stamp}"
@@ -168,7 +171,8 @@ class Run:
             model = str(Path(model).resolve())
             if not Path(model).is_file():
                 raise JobHarnessError(f"--predictor: no model file {model}")
-        return ["--model", model, "--verdict-log", str(self.dir / runfolder.PREDICTIONS)]
+        return ["--model", model, "--verdict-log", str(self.dir / runfolder.PREDICTIONS),
+                "--holdout", str(self.opts.holdout)]
 
     def _show(self, row: dict[str, Any] | None = None, workers: int | None = None) -> None:
         p = self.progress
@@ -354,7 +358,7 @@ class Run:
             "scenario": s.to_dict(), "schema": self.settings.schema,
             "prefix": self.settings.prefix, "targeted": self.opts.targeted,
             "locust_workers": self.opts.locust_workers, "predictor": self.opts.predictor,
-            "api_replicas": self.opts.api_replicas,
+            "api_replicas": self.opts.api_replicas, "holdout": self.opts.holdout,
             "pid": os.getpid()}, indent=2))
         return verdict
 

@@ -222,6 +222,22 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def cmd_ab(args: argparse.Namespace) -> int:
+    from predictor.ab import ABError, run_ab, write
+
+    try:
+        runs = [run_ab(Path(r)) for r in args.runs]
+    except (ABError, OSError, KeyError) as exc:
+        raise JobHarnessError(f"A/B: {exc}") from exc
+    summary = write(runs, Path(args.out))
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print((Path(args.out) / "ab.md").read_text())
+        print(f"written: {Path(args.out) / 'ab.json'}, {Path(args.out) / 'ab.md'}")
+    return 0
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("predictor", parents=[common], help="the worker-failure predictor")
     ps = p.add_subparsers(dest="action", required=True)
@@ -265,6 +281,11 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--k", type=int, default=5, help="consecutive failing scores to act (5)")
     r.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
     r.set_defaults(func=cmd_retrain, needs_settings=False)
+    a = ps.add_parser("ab", parents=[common],
+                      help="treated against hold-out workers over runs made with --holdout")
+    a.add_argument("runs", nargs="+", help="run folders made with --predictor and --holdout")
+    a.add_argument("--out", default="out/ab", help="where ab.json and ab.md go (out/ab)")
+    a.set_defaults(func=cmd_ab, needs_settings=False)
     x = ps.add_parser("export", parents=[common],
                       help="a target's health samples and workers as a folder to train on")
     x.add_argument("out")

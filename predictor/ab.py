@@ -1,0 +1,242 @@
+"""The A/B of proactive replacement: treated workers against hold-out workers of the same runs.
+
+A run with a predictor and a hold-out share (`jobharness run ... --predictor default --holdout
+0.5`) splits its workers by a hash of their id (`Policy.held_out`): the supervisor acts on the
+firings of treated workers and only logs those of hold-out ones, so both arms meet the same
+load, the same faults and the same machine at the same moments. Per run and arm:
+
+- `fatal`: workers a drill gave a fault that ends in a failure (leak, slow, stall);
+- `abandoned`: attempts cut off by their worker's loss (`LEASE_EXPIRED`), not counting workers
+  a drill killed outright (nothing predicts a SIGKILL; counted apart as `abandoned_abrupt`);
+- `caught`: fatal workers replaced on a prediction (treated) or flagged (hold-out);
+- `false_drains`: workers without a fatal fault replaced on a prediction (treated), or flagged
+  (hold-out: what acting would have cost); each is a spawn the fleet did not need;
+- `worker_hours`: from registration to stop (or last heartbeat).
+
+The effect is the drop in abandoned attempts per fatal fault, treated against hold-out, pooled
+over runs; its 95 % interval comes from resampling whole runs (a bootstrap: runs are the
+independent units, workers of one run are not). `jobs_saved` is what the treated arm's fatal
+workers would have abandoned at the hold-out rate, minus what they did abandon.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from core.contract import runfolder
+from core.worker.faults import FATAL_MODES
+from predictor.dataset import epoch_s
+from predictor.policy import Policy
+
+ARMS = ("treated", "holdout")
+BOOTSTRAP = 2000
+
+
+class ABError(ValueError):
+    """A run folder cannot take part in the A/B (no predictor, no hold-out share)."""
+
+
+@dataclass
+class Arm:
+    workers: int = 0
+    worker_hours: float = 0.0
+    fatal: int = 0
+    abandoned: int = 0
+    abandoned_abrupt: int = 0
+    caught: int = 0
+    flagged: int = 0
+    false_drains: int = 0
+    executions: int = 0
+
+
+@dataclass
+class RunAB:
+    run: str
+    drill: str
+    seed: int | None
+    holdout: float
+    arms: dict[str, Arm] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"run": self.run, "drill": self.drill, "seed": self.seed, "holdout": self.holdout,
+                "arms": {k: asdict(v) for k, v in self.arms.items()}}
+
+
+def _rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _journal(verdict: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
+    """(worker -> fault mode it was given, workers killed outright) from the drill's journal."""
+    modes: dict[str, str] = {}
+    killed: set[str] = set()
+    drill = verdict.get("drill") or {}
+    for entry in drill.get("journal", []) if isinstance(drill, dict) else []:
+        result = entry.get("result") or {}
+        if not isinstance(result, dict):
+            continue
+        for d in result.get("degraded", []) or []:
+            modes[str(d["worker_id"])] = str(d["mode"])
+        killed.update(str(w) for w in result.get("killed", []) or [])
+    return modes, killed
+
+
+def run_ab(run_dir: Path) -> RunAB:
+    """One run's two arms (ABError when the run had no predictor or no hold-out share)."""
+    meta_path = run_dir / "predictions.json"
+    if not meta_path.is_file():
+        raise ABError(f"{run_dir.name}: no predictions.json (run it with --predictor)")
+    meta = json.loads(meta_path.read_text())
+    holdout = float(meta.get("holdout", 0))
+    if not 0 < holdout < 1:
+        raise ABError(f"{run_dir.name}: hold-out share {holdout:g}, so no hold-out arm "
+                      "(run it with --holdout 0.5)")
+    policy = Policy(threshold=float(meta["threshold"]), k=int(meta["k"]), holdout=holdout)
+    verdict = json.loads((run_dir / runfolder.VERDICT).read_text())
+    config = json.loads((run_dir / runfolder.CONFIG).read_text())
+    modes, killed = _journal(verdict)
+    drill = verdict.get("drill") or {}
+    out = RunAB(run=run_dir.name, drill=str(drill.get("name", "")) if drill else "",
+                seed=(config.get("scenario") or {}).get("seed"), holdout=holdout,
+                arms={a: Arm() for a in ARMS})
+
+    def arm_of(wid: str) -> Arm:
+        return out.arms["holdout" if policy.held_out(wid) else "treated"]
+
+    workers = pd.read_csv(run_dir / "workers.csv", dtype=str, keep_default_na=False)
+    ends = workers["stopped_at"].where(workers["stopped_at"] != "", workers["last_heartbeat_at"])
+    hours = ((epoch_s(ends) - epoch_s(workers["registered_at"])).clip(lower=0) / 3600).fillna(0)
+    for wid, h in zip(workers["id"], hours, strict=True):
+        arm = arm_of(wid)
+        arm.workers += 1
+        arm.worker_hours += float(h)
+        if modes.get(wid) in FATAL_MODES:
+            arm.fatal += 1
+    _count_firings(run_dir, modes, arm_of)
+    _count_abandoned(run_dir, killed, arm_of)
+    return out
+
+
+def _count_firings(run_dir: Path, modes: dict[str, str], arm_of: Callable[[str], Arm]) -> None:
+    """Workers the policy fired on (treated: replaced; hold-out: only logged), right when the
+    worker had a fatal fault."""
+    acted: dict[str, str] = {}
+    for p in _rows(run_dir / runfolder.PREDICTIONS):
+        if p.get("action") in ("fire", "holdout"):
+            acted.setdefault(p["worker_id"], p["action"])
+    for wid in acted:
+        arm = arm_of(wid)
+        arm.flagged += 1
+        if modes.get(wid) in FATAL_MODES:
+            arm.caught += 1
+        else:
+            arm.false_drains += 1
+
+
+def _count_abandoned(run_dir: Path, killed: set[str], arm_of: Callable[[str], Arm]) -> None:
+    for e in _rows(run_dir / "executions.csv"):
+        arm = arm_of(e["worker_id"])
+        arm.executions += 1
+        if e["status"] == "LEASE_EXPIRED":
+            if e["worker_id"] in killed:
+                arm.abandoned_abrupt += 1
+            else:
+                arm.abandoned += 1
+
+
+def _pooled(runs: Sequence[RunAB]) -> dict[str, Arm]:
+    total = {a: Arm() for a in ARMS}
+    for r in runs:
+        for a in ARMS:
+            for k, v in asdict(r.arms[a]).items():
+                setattr(total[a], k, getattr(total[a], k) + v)
+    return total
+
+
+def _reduction(arms: dict[str, Arm]) -> float | None:
+    """1 - (treated abandoned per fatal fault) / (hold-out abandoned per fatal fault)."""
+    t, h = arms["treated"], arms["holdout"]
+    if not t.fatal or not h.fatal or not h.abandoned:
+        return None
+    return 1 - (t.abandoned / t.fatal) / (h.abandoned / h.fatal)
+
+
+def summarize(runs: Sequence[RunAB], *, seed: int = 0) -> dict[str, Any]:
+    """Pooled arms, the reduction of abandoned attempts per fatal fault with its bootstrap
+    95 % interval over runs, and the jobs saved."""
+    pooled = _pooled(runs)
+    rng = random.Random(seed)
+    draws = []
+    for _ in range(BOOTSTRAP if len(runs) > 1 else 0):
+        r = _reduction(_pooled([runs[rng.randrange(len(runs))] for _ in runs]))
+        if r is not None:
+            draws.append(r)
+    draws.sort()
+    interval = ([round(draws[int(0.025 * (len(draws) - 1))], 3),
+                 round(draws[int(0.975 * (len(draws) - 1))], 3)] if draws else None)
+    t, h = pooled["treated"], pooled["holdout"]
+    saved = (round(h.abandoned / h.fatal * t.fatal - t.abandoned, 1)
+             if h.fatal else None)
+    reduction = _reduction(pooled)
+    return {
+        "runs": len(runs),
+        "arms": {a: {**asdict(pooled[a]), "worker_hours": round(pooled[a].worker_hours, 2),
+                     "abandoned_per_fatal": round(pooled[a].abandoned / pooled[a].fatal, 3)
+                     if pooled[a].fatal else None,
+                     "false_drains_per_100_worker_hours":
+                         round(100 * pooled[a].false_drains / pooled[a].worker_hours, 1)
+                         if pooled[a].worker_hours else None}
+                 for a in ARMS},
+        "reduction": None if reduction is None else round(reduction, 3),
+        "reduction_95": interval,
+        "bootstrap": {"draws": len(draws), "seed": seed, "unit": "run"},
+        "jobs_saved": saved,
+    }
+
+
+def write(runs: Sequence[RunAB], out_dir: Path) -> dict[str, Any]:
+    """ab.json (every run's arms and the summary) and ab.md (the tables) in `out_dir`."""
+    summary = summarize(runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / "ab.json").write_text(json.dumps(
+        {"summary": summary, "runs": [r.as_dict() for r in runs]}, indent=2) + "\n")
+    (out_dir / "ab.md").write_text(markdown(runs, summary))
+    return summary
+
+
+def markdown(runs: Iterable[RunAB], summary: dict[str, Any]) -> str:
+    lines = ["# Proactive replacement: treated against hold-out workers", "",
+             "| run | drill | seed | arm | workers | worker-hours | fatal | caught | "
+             "abandoned | abrupt | false drains |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in runs:
+        for a in ARMS:
+            m = r.arms[a]
+            lines.append(f"| {r.run} | {r.drill} | {r.seed} | {a} | {m.workers} | "
+                         f"{m.worker_hours:.2f} | {m.fatal} | {m.caught} | {m.abandoned} | "
+                         f"{m.abandoned_abrupt} | {m.false_drains} |")
+    lines += ["", "| arm | fatal | caught | abandoned | per fatal fault | false drains | "
+              "per 100 worker-hours |", "|---|---|---|---|---|---|---|"]
+    for a in ARMS:
+        m = summary["arms"][a]
+        lines.append(f"| {a} | {m['fatal']} | {m['caught']} | {m['abandoned']} | "
+                     f"{m['abandoned_per_fatal']} | {m['false_drains']} | "
+                     f"{m['false_drains_per_100_worker_hours']} |")
+    ci = summary["reduction_95"]
+    lines += ["", f"Abandoned attempts per fatal fault, treated against hold-out: "
+              f"{_pct(summary['reduction'])} fewer (95 % interval over runs: "
+              f"{_pct(ci[0]) if ci else 'n/a'} to {_pct(ci[1]) if ci else 'n/a'}); jobs saved "
+              f"{summary['jobs_saved']}; {summary['runs']} runs.", ""]
+    return "\n".join(lines)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None else f"{100 * x:.0f} %"
