@@ -94,7 +94,8 @@ def _result_lines(res: dict[str, Any]) -> list[str]:
                                    if lead else "n/a"),
             f"- false replacements: {ev['false_replacements']} in "
             f"{ev['healthy_worker_hours']} worker-hours "
-            f"({ev['false_per_100_worker_hours']} per 100 worker-hours)",
+            f"({ev['false_per_100_worker_hours']} per 100 worker-hours, 95 % upper bound "
+            f"{ev.get('false_per_100_upper95', 'n/a')})",
             f"- abrupt failures (not predictable, scored apart): {a['caught']} of "
             f"{a['failures']} caught"]
     return out

@@ -78,18 +78,19 @@ def _print_summary(res: dict[str, Any] | None, title: str) -> None:
     print(f"{title}: failing PR-AUC {res['rows']['pr_auc_failing']}, gradual recall "
           f"{g['recall']} ({g['caught']}/{g['failures']}), firing precision {ev['precision']}, "
           f"median lead {lead} s, false replacements {ev['false_replacements']} in "
-          f"{ev['healthy_worker_hours']} worker-hours")
+          f"{ev['healthy_worker_hours']} worker-hours ({ev['false_per_100_worker_hours']} per "
+          f"100, 95 % upper bound {ev.get('false_per_100_upper95')})")
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from predictor.card import write_card
     from predictor.dataset import used_in_training
-    from predictor.model import ModelError, load
+    from predictor.model import DEFAULT_MODEL, ModelError, load
     from predictor.policy import Policy
     from predictor.train import evaluate
 
     try:
-        model = load(args.model)
+        model = load(DEFAULT_MODEL if args.model == "default" else args.model)
     except ModelError as exc:
         raise JobHarnessError(str(exc)) from exc
     used = used_in_training(model.meta, [Path(r) for r in args.runs])
@@ -255,7 +256,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--data-command", help="how the run folders were made (for the card)")
     t.set_defaults(func=cmd_train, needs_settings=False)
     e = ps.add_parser("evaluate", parents=[common], help="score held-out run folders")
-    e.add_argument("model")
+    e.add_argument("model", help="a model file, or `default` (the shipped one)")
     e.add_argument("runs", nargs="+")
     e.add_argument("--threshold", type=float, help="override the model's threshold")
     e.add_argument("--k", type=int, help="override the model's k")

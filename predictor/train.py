@@ -114,6 +114,9 @@ def event_metrics(scored: pd.DataFrame, policy: Policy, horizon_s: float = HORIZ
                            "early_firings": int((caught & (lead > horizon_s)).sum()),
                            "false_per_100_worker_hours":
                                round(100 * false / healthy_hours, 2) if healthy_hours else None,
+                           "false_per_100_upper95":
+                               round(100 * poisson_upper95(false) / healthy_hours, 2)
+                               if healthy_hours else None,
                            "precision": round(float(caught.sum() / firings.sum()), 3)
                            if firings.any() else None}
     for kind in ("gradual", "abrupt"):
@@ -124,6 +127,14 @@ def event_metrics(scored: pd.DataFrame, policy: Policy, horizon_s: float = HORIZ
                      if mask.any() else None,
                      "lead_s": _distribution(leads)}
     return out
+
+
+def poisson_upper95(k: int) -> float:
+    """The one-sided 95 % upper bound of a Poisson mean after `k` events (exact: half the
+    chi-square quantile with 2k + 2 degrees of freedom; 3.0 for none)."""
+    from scipy.stats import chi2
+
+    return float(chi2.ppf(0.95, 2 * k + 2) / 2)
 
 
 def _distribution(values: np.ndarray) -> dict[str, float] | None:

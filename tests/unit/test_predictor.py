@@ -419,3 +419,13 @@ def test_training_compares_the_model_with_the_baselines_on_the_same_rows() -> No
     _, small = train(training_frame(2), k=2)
     assert small["baselines"] is None
     assert "Not available" in card_markdown({**small, "sources": []})
+
+
+def test_the_false_alarm_bound_is_the_exact_poisson_upper_limit() -> None:
+    """0 false replacements in 300 worker-hours bounds the rate at 1 per 100 (the target's
+    reason for 300 hours); one event at 4.74 per the same hours."""
+    from predictor.train import poisson_upper95
+
+    assert poisson_upper95(0) == pytest.approx(3.0, abs=0.01)
+    assert poisson_upper95(1) == pytest.approx(4.744, abs=0.01)
+    assert 100 * poisson_upper95(0) / 300 == pytest.approx(1.0, abs=0.01)
