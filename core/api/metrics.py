@@ -20,7 +20,6 @@ from prometheus_client.registry import Collector
 
 from core.api.errors import MAX_BODY_BYTES, error_response
 from core.errors import DispatchUnavailable, StoreUnavailable
-from core.jobs.model import JobStatus
 from core.memory.events import owner_status
 from core.service import limits as sched_limits
 from core.service.runtime import Runtime
@@ -225,7 +224,7 @@ async def refresh(metrics: Metrics, rt: Runtime) -> None:
 async def read_postgres(metrics: Metrics, rt: Runtime) -> None:
     """Jobs by status, workers, and the rest of the store figures: each read bounded (counts
     stop at COUNT_CAP, windows on indexed times)."""
-    rows = await rt.pool.fetch(q("metrics_job_counts"), COUNT_CAP, [s.value for s in JobStatus])
+    rows = await rt.pool.fetch(q("metrics_job_counts"), COUNT_CAP)
     for row in rows:
         n, estimated = int(row["n"]), False
         if n >= COUNT_CAP:

@@ -66,3 +66,12 @@ def test_metrics_show_every_type_and_the_busiest_tenants_and_sum_the_rest() -> N
     assert other["running"] + sum(r["running"] for r in shown) == total
     families = {m.name: len(m.samples) for m in store._limits()}
     assert max(families.values()) <= MAX_TENANT_SERIES + 2
+
+
+def test_the_scrape_counts_every_job_status() -> None:
+    """metrics_job_counts writes the statuses out (one planned branch each): none missing."""
+    from core.jobs.model import JobStatus
+    from core.store.queries import q
+
+    sql = q("metrics_job_counts")
+    assert all(f"status = '{s.value}'" in sql for s in JobStatus)
