@@ -66,6 +66,7 @@ def card_markdown(meta: dict[str, Any]) -> str:
         lines += _result_lines(res)
     lines += _baseline_lines(meta.get("baselines"))
     lines += _frozen_test_lines(meta.get("frozen_test"))
+    lines += _soak_lines(meta.get("soak"))
     lines += ["", "## Library versions", ""] + [f"- {k} {v}" for k, v in
                                                meta["versions"].items()]
     return "\n".join(lines) + "\n"
@@ -154,6 +155,21 @@ def _frozen_test_lines(ft: dict[str, Any] | None) -> list[str]:
     for key, res in ft["scores"].items():
         out.append(f"| {names.get(key, key)} | {_event_cells(res['events'], res['event_f1'])}")
     out += ["", f"Ship it: {'yes' if ft['ship'] else 'no'} ({'; '.join(ft['reasons'])})."]
+    return out
+
+
+def _soak_lines(soak: dict[str, Any] | None) -> list[str]:
+    if not soak:
+        return []
+    out = ["", "## False alarms (no-fault soak)", "", f"`{soak['command']}`", "",
+           "| run | workers | worker-hours | fired | flagged (hold-out) | failed anyway |",
+           "|---|---|---|---|---|---|"]
+    out += [f"| {r['run']} | {r['workers']} | {r['worker_hours']} | {r['fired']} | "
+            f"{r['flagged_holdout']} | {r['failed_anyway']} |" for r in soak["per_run"]]
+    out += ["", f"False firings: {soak['false_firings']} in {soak['worker_hours']} worker-hours, "
+            f"{soak['false_per_100_worker_hours']} per 100 worker-hours, 95 % upper bound "
+            f"{soak['false_per_100_upper95']} (target <= 1 per 100: "
+            f"{'met' if soak['target_met'] else 'not met'})."]
     return out
 
 

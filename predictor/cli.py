@@ -239,6 +239,39 @@ def cmd_ab(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from predictor.card import write_card
+    from predictor.model import DEFAULT_MODEL, ModelError, load
+    from predictor.soak import SoakError, soak_run, summarize
+
+    try:
+        runs = [soak_run(Path(r)) for r in args.runs]
+        model = load(DEFAULT_MODEL if args.model == "default" else args.model)
+    except (SoakError, ModelError, OSError, KeyError) as exc:
+        raise JobHarnessError(f"soak: {exc}") from exc
+    other = [r["run"] for r in runs if r["model_trained_at"] != model.meta.get("trained_at")]
+    if other:
+        raise JobHarnessError(f"soak: {', '.join(other)} ran another model than "
+                              f"{model.path.name} (trained {model.meta.get('trained_at')})")
+    summary = {**summarize(runs), "per_run": runs,
+               "command": "jobharness predictor soak " + " ".join(
+                   shlex.quote(a) for a in (sys.argv[3:] if len(sys.argv) > 3 else []))}
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        for r in runs:
+            print(f"{r['run']}: {r['workers']} workers, {r['worker_hours']} worker-hours, "
+                  f"fired {r['fired']}, flagged (hold-out) {r['flagged_holdout']}, failed "
+                  f"anyway {r['failed_anyway']}")
+        print(f"false firings {summary['false_firings']} in {summary['worker_hours']} "
+              f"worker-hours: {summary['false_per_100_worker_hours']} per 100 (95 % upper "
+              f"bound {summary['false_per_100_upper95']}; target <= 1: "
+              f"{'met' if summary['target_met'] else 'not met'})")
+    if args.update_card:
+        write_card({**model.meta, "soak": summary}, model.path)
+    return 0
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("predictor", parents=[common], help="the worker-failure predictor")
     ps = p.add_subparsers(dest="action", required=True)
@@ -287,6 +320,14 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     a.add_argument("runs", nargs="+", help="run folders made with --predictor and --holdout")
     a.add_argument("--out", default="out/ab", help="where ab.json and ab.md go (out/ab)")
     a.set_defaults(func=cmd_ab, needs_settings=False)
+    so = ps.add_parser("soak", parents=[common],
+                       help="false alarms of the model in no-fault runs (fleet-soak)")
+    so.add_argument("runs", nargs="+", help="no-fault run folders made with --predictor")
+    so.add_argument("--model", default="default",
+                    help="the model the runs were made with: a file or `default`")
+    so.add_argument("--update-card", action="store_true",
+                    help="write the result into that model's card")
+    so.set_defaults(func=cmd_soak, needs_settings=False)
     x = ps.add_parser("export", parents=[common],
                       help="a target's health samples and workers as a folder to train on")
     x.add_argument("out")
