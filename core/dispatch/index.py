@@ -179,6 +179,13 @@ class RedisDispatch:
         await self._call(self._client.zadd(self.keys.processing, {job_id: now_ms + lease_ms},
                                            xx=True))
 
+    async def extend_many(self, leases: Sequence[tuple[str, int]]) -> None:
+        """Set the Redis deadline of leases still in the processing set: (job id, ms left)."""
+        if leases:
+            now_ms = await self.now_ms()
+            await self._call(self._client.zadd(
+                self.keys.processing, {j: now_ms + ms for j, ms in leases}, xx=True))
+
     async def forget(self, job_ids: Sequence[str], *, dead: bool = False,
                      counts: Mapping[str, int] | None = None) -> None:
         """Remove jobs from every dispatch set (and record them dead if `dead`); `counts` are

@@ -134,7 +134,9 @@ class Reconciler:
     async def _expired_in_redis(self, report: ReconcileReport) -> None:
         """Leases in the processing set past their deadline: a job gone or finished is
         forgotten; one PENDING again (popped, never leased) gets its place back and is
-        queued again."""
+        queued again; one PostgreSQL still holds leased (its extension missed Redis) gets
+        PostgreSQL's deadline, so the earliest entries are never the same ones pass after
+        pass."""
         dispatch = self.service.dispatch
         stale = await dispatch.stale_leases(self.sweep)
         report.swept += len(stale)
@@ -143,6 +145,9 @@ class Reconciler:
         rows = await self._rows(stale)
         gone = [j for j in stale if j not in rows or rows[j]["status"] not in LIVE]
         back = [j for j in stale if j in rows and rows[j]["status"] == JobStatus.PENDING]
+        held = [(j, max(1000, int(rows[j]["lease_ms"] or 0))) for j in stale
+                if j in rows and rows[j]["status"] == JobStatus.PROCESSING]
+        await dispatch.extend_many(held)
         if gone:
             await dispatch.forget(gone)
         if back:

@@ -153,3 +153,21 @@ async def test_a_pass_reads_pages_not_the_backlog_and_a_lost_index_is_rebuilt_at
     report = await rec.run_once()
     assert report.reindexed == 1200
     assert sum((await service.dispatch.depths()).values()) == 1200
+
+
+async def test_a_lease_whose_redis_deadline_lapsed_takes_postgres_deadline(
+    service: JobService,
+) -> None:
+    """An extension that reached PostgreSQL but not Redis: the pass gives the processing entry
+    PostgreSQL's deadline instead of leaving it at the head of the stale ones for ever."""
+    await service.create(JobSpec(job_type="noop"))
+    lease = await service.acquire("w1")
+    assert lease is not None
+    await service.dispatch.client.zadd(service.dispatch.keys.processing, {lease.job_id: 1})
+    report = await Reconciler(service).run_once()
+    assert report.orphans_removed == 0
+    assert report.reindexed == 0
+    where = await service.dispatch.presence([lease.job_id])
+    assert where.processing[lease.job_id] > where.now_ms  # alive again, PostgreSQL's lease
+    assert await service.dispatch.stale_leases(10) == []
+    await service.complete(lease.job_id, lease.token)

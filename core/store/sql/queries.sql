@@ -194,7 +194,9 @@ SELECT id, lease_token FROM jobs WHERE status = 'PROCESSING' AND worker_id = $1;
 -- The reconciler's view of jobs it met in Redis or in a page of the sweep: by key, any status.
 SELECT id::text AS id, status, priority, required_capability, job_type, tenant,
        greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
-           AS delay_ms
+           AS delay_ms,
+       greatest(0, ceil(extract(epoch FROM lease_expires_at - clock_timestamp()) * 1000))::bigint
+           AS lease_ms
 FROM jobs WHERE id = ANY($1::uuid[]);
 
 -- name: pending_page
