@@ -111,7 +111,7 @@ async def _ops(args: argparse.Namespace, settings: Settings) -> Any:
 
     async with open_runtime(settings) as rt:
         if args.command == "reconcile":
-            return (await Reconciler(rt.service).run_once()).as_dict()
+            return (await Reconciler(rt.service).run_full()).as_dict()
         if args.action == "list":
             return await rt.service.dlq_list(job_type=args.job_type, limit=args.limit)
         if args.action == "requeue":

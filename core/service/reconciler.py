@@ -67,6 +67,7 @@ class Reconciler:
         self._pending_after = ZERO_ID  # where the sweep of PENDING jobs goes on
         self._repairing = False  # this pass: a page of the sweep was mostly repairs
         self._came_round = False  # this pass: the sweep went on from the start once
+        self.rounds = [0, 0]  # sweeps completed: of the PENDING jobs, of the Redis keys
         self._redis_key = 0  # which of dispatch.sweep_keys() the Redis sweep is in
         self._redis_cursor = 0
         self.passes = 0
@@ -167,6 +168,7 @@ class Reconciler:
         report.swept += len(ids)
         full = len(ids) == self.sweep
         self._pending_after = uuid.UUID(ids[-1]) if full else ZERO_ID
+        self.rounds[0] += not full
         missing: list[str] = []
         if ids:
             where = await svc.dispatch.presence(ids)
@@ -198,6 +200,7 @@ class Reconciler:
         self._redis_cursor = cursor
         if cursor == 0:
             self._redis_key = (self._redis_key + 1) % len(keys)
+            self.rounds[1] += self._redis_key == 0
         report.swept += len(ids)
         if not ids:
             return 0, cursor == 0, False
@@ -238,6 +241,22 @@ class Reconciler:
                 q("still_processing"), [uuid.UUID(j) for j in recorded])}
             await svc.dispatch.release_processing([j for j in recorded if j not in still])
             report.leases_recorded = len(still)
+
+    async def run_full(self) -> ReconcileReport:
+        """Passes until both sweeps have gone once round everything (`jobharness reconcile`:
+        a repair by hand covers the whole index, a page at a time); their sums."""
+        total = ReconcileReport()
+        start = list(self.rounds)
+        while True:
+            report = await self.run_once()
+            for key, value in report.as_dict().items():
+                if isinstance(value, bool):
+                    setattr(total, key, getattr(total, key) and value)
+                else:
+                    setattr(total, key, getattr(total, key) + value)
+            if not report.redis_reachable or (
+                    self.rounds[0] > start[0] and self.rounds[1] > start[1]):
+                return total
 
     async def run(self, stop: asyncio.Event, interval_s: float = 2.0) -> None:
         """Run passes every `interval_s` until `stop` is set. Store outages are survived (the

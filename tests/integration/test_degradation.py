@@ -171,3 +171,20 @@ async def test_a_lease_whose_redis_deadline_lapsed_takes_postgres_deadline(
     assert where.processing[lease.job_id] > where.now_ms  # alive again, PostgreSQL's lease
     assert await service.dispatch.stale_leases(10) == []
     await service.complete(lease.job_id, lease.token)
+
+
+async def test_a_repair_by_hand_goes_once_round_everything(service: JobService) -> None:
+    """`jobharness reconcile` (run_full): passes until both sweeps came round, so every lost
+    entry and orphan is found in one command, a page at a time."""
+    from core.dispatch.records import EnqueueItem
+
+    created = await service.create_batch([JobSpec(job_type="noop") for _ in range(300)])
+    lost = [c.job_id for c in created[::50]]
+    await service.dispatch.forget(lost)
+    await service.dispatch.enqueue([EnqueueItem(
+        job_id="00000000-0000-4000-8000-00000000f00d", priority=3, capability=None,
+        delay_ms=0)])
+    report = await Reconciler(service, sweep=20).run_full()
+    assert report.reindexed == len(lost)
+    assert report.orphans_removed == 1
+    assert report.swept >= 300  # every PENDING job was read once
