@@ -64,6 +64,7 @@ def card_markdown(meta: dict[str, Any]) -> str:
                          else "Not run.")
             continue
         lines += _result_lines(res)
+    lines += _unseen_lines(meta.get("unseen"))
     lines += _baseline_lines(meta.get("baselines"))
     lines += _frozen_test_lines(meta.get("frozen_test"))
     lines += _soak_lines(meta.get("soak"))
@@ -155,6 +156,28 @@ def _frozen_test_lines(ft: dict[str, Any] | None) -> list[str]:
     for key, res in ft["scores"].items():
         out.append(f"| {names.get(key, key)} | {_event_cells(res['events'], res['event_f1'])}")
     out += ["", f"Ship it: {'yes' if ft['ship'] else 'no'} ({'; '.join(ft['reasons'])})."]
+    return out
+
+
+def _unseen_lines(res: dict[str, Any] | None) -> list[str]:
+    """The unseen condition, the hand rule beside the model, and the issue's targets."""
+    if not res:
+        return []
+    ev, g = res["events"], res["events"]["gradual"]
+    lead = (g.get("lead_s") or {}).get("p50")
+    hand = res.get("hand_rule") or {}
+    targets = {"gradual recall >= 0.8": (g.get("recall") or 0) >= 0.8,
+               "firing precision >= 0.8": (ev.get("precision") or 0) >= 0.8,
+               "median lead >= 10 s": lead is not None and lead >= 10}
+    out = ["", "## Unseen condition (a drill never trained on)", "", *_result_lines(res), ""]
+    if hand:
+        out.append(f"- the hand rule on the same runs ({hand['rule']}): gradual caught "
+                   f"{hand['events']['gradual']['caught']} of "
+                   f"{hand['events']['gradual']['failures']}, firing precision "
+                   f"{hand['events']['precision']}, event F1 {hand['event_f1']} against the "
+                   f"model's {res.get('event_f1')}")
+    out.append("- targets: " + "; ".join(f"{k}: {'met' if ok else 'not met'}"
+                                         for k, ok in targets.items()))
     return out
 
 

@@ -83,11 +83,12 @@ def _print_summary(res: dict[str, Any] | None, title: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from predictor.baselines import HAND_RULE_K, HAND_RULE_TEXT, hand_rule_scores
     from predictor.card import write_card
     from predictor.dataset import used_in_training
     from predictor.model import DEFAULT_MODEL, ModelError, load
     from predictor.policy import Policy
-    from predictor.train import evaluate
+    from predictor.train import evaluate, event_f1, event_metrics
 
     try:
         model = load(DEFAULT_MODEL if args.model == "default" else args.model)
@@ -107,6 +108,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     policy = Policy(threshold=args.threshold or model.threshold, k=args.k or model.k,
                     holdout=0)
     result = evaluate(model.pipeline, df, policy, horizon)
+    result["event_f1"] = round(event_f1(result["events"]), 3)
+    hand = event_metrics(hand_rule_scores(df), Policy(threshold=0.5, k=HAND_RULE_K, holdout=0),
+                         horizon)
+    result["hand_rule"] = {"events": hand, "event_f1": round(event_f1(hand), 3),
+                           "rule": HAND_RULE_TEXT}
     result["runs"] = [s["run"] for s in sources]
     result["policy"] = {"threshold": policy.threshold, "k": policy.k}
     result["in_sample"] = [Path(u).name for u in used]
@@ -114,8 +120,11 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(json.dumps(result, indent=2))
     else:
         _print_summary(result, "in-sample (runs it was trained on)" if used else "held-out")
+        print(f"event F1: model {result['event_f1']}, hand rule "
+              f"{result['hand_rule']['event_f1']} (caught {hand['gradual']['caught']}/"
+              f"{hand['gradual']['failures']}, firing precision {hand['precision']})")
     if args.update_card:
-        meta = {**model.meta, "evaluation": result}
+        meta = {**model.meta, args.card_section: result}
         write_card(meta, model.path)
     return 0
 
@@ -295,6 +304,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     e.add_argument("--k", type=int, help="override the model's k")
     e.add_argument("--update-card", action="store_true",
                    help="write the result into the model card as its held-out evaluation")
+    e.add_argument("--as", dest="card_section", choices=["evaluation", "unseen"],
+                   default="evaluation",
+                   help="with --update-card: the card's held-out evaluation, or its unseen "
+                        "condition (a drill never trained on)")
     e.add_argument("--in-sample", action="store_true",
                    help="score runs the model was trained on (refused otherwise), labelled so")
     e.set_defaults(func=cmd_evaluate, needs_settings=False)
