@@ -167,7 +167,7 @@ class Run:
         if self.opts.predictor == "off":
             return []
         model = self.opts.predictor
-        if model != "default":
+        if model not in ("default", "hand-rule"):
             model = str(Path(model).resolve())
             if not Path(model).is_file():
                 raise JobHarnessError(f"--predictor: no model file {model}")

@@ -10,6 +10,7 @@ window; it fires after 5 such rounds in a row, as the model's policy does after 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -36,6 +37,22 @@ def hand_rule_scores(df: pd.DataFrame) -> pd.DataFrame:
     out["p_degraded"] = 0.0
     out["p_healthy"] = 1.0 - hit
     return out
+
+
+class HandRule:
+    """The hand rule served as the supervisor serves a model (`--model hand-rule`): the same
+    rows in, p_failing 1.0 or 0.0 out, fired at 0.5 after HAND_RULE_K rounds."""
+
+    def __init__(self) -> None:
+        self.path = Path("hand-rule")
+        self.threshold = 0.5
+        self.k = HAND_RULE_K
+        self.meta: dict[str, object] = {"trained_at": "hand rule (not trained)",
+                                        "horizon_s": 30.0, "rule": HAND_RULE_TEXT}
+
+    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
+        return hand_rule_scores(rows)[["p_healthy", "p_degraded", "p_failing"]].reset_index(
+            drop=True)
 
 
 def make_logistic(seed: int = 0, max_iter: int = 1000) -> Pipeline:

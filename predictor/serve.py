@@ -19,9 +19,12 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from predictor.baselines import HandRule
 from predictor.features import WINDOW_S, Series, rows_at
 from predictor.model import LoadedModel, ModelError, load
 from predictor.policy import Policy, Streaks
+
+HAND_RULE_NAME = "hand-rule"  # --model hand-rule: the baseline rule, served like a model
 
 log = logging.getLogger("jobharness.predictor")
 KEEP_S = WINDOW_S + 10
@@ -47,7 +50,8 @@ class Verdict:
 
 
 class LivePredictor:
-    def __init__(self, model: LoadedModel, policy: Policy, log_path: Path | None) -> None:
+    def __init__(self, model: LoadedModel | HandRule, policy: Policy,
+                 log_path: Path | None) -> None:
         self.model = model
         self.policy = policy
         self.streaks = Streaks(policy)
@@ -81,6 +85,10 @@ class LivePredictor:
         # one thread: the supervisor shares the machine with its workers; OpenMP threads
         # spinning for a 100-row prediction would take their CPU
         threadpool_limits(1)
+        if path == HAND_RULE_NAME:
+            rule = HandRule()
+            return cls(rule, Policy(threshold=threshold or rule.threshold, k=k or rule.k,
+                                    holdout=holdout), log_path)
         model = load(DEFAULT_MODEL if path == "default" else path)
         trained = model.meta.get("sampling_interval_s")
         if trained and sample_interval_s and not \

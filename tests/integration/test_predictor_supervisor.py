@@ -259,3 +259,23 @@ async def test_the_shipped_model_scores_a_fleet_on_the_default_heartbeat(
         verdicts = live.score(now)
         assert sorted(v.worker_id for v in verdicts) == sorted(ids)
         assert sup.stats["predictor_errors"] == 0
+
+
+async def test_the_hand_rule_is_served_as_a_model_is(
+        svc: JobService, tmp_path: Path) -> None:  # noqa: F811
+    """`--model hand-rule`: the baseline the card compares with, acting in a real supervisor
+    (memory growing 50 MB/s is over its 3 MB/s)."""
+    import json
+
+    verdicts = tmp_path / "verdicts.csv"
+    rule = LivePredictor.from_path("hand-rule", threshold=None, k=None, holdout=0.0,
+                                   log_path=verdicts)
+    async with supervising(svc, rule, workers=2) as sup:
+        sick = sup.slots[0]
+        leak(sup, sick.worker_id)
+        await wait_until(until(lambda: sup.stats["proactive_replacements"] == 1),
+                         what="a proactive replacement by the hand rule")
+        (event,) = sup.events
+        assert event["old"] == sick.worker_id
+    meta = json.loads(verdicts.with_suffix(".json").read_text())
+    assert (meta["model"], meta["threshold"], meta["k"]) == ("hand-rule", 0.5, 5)
