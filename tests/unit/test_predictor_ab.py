@@ -94,3 +94,16 @@ def test_a_run_without_a_holdout_arm_is_refused_by_name(tmp_path: Path) -> None:
     (d / "predictions.json").unlink()
     with pytest.raises(ABError, match=r"no predictions\.json"):
         run_ab(d)
+
+
+def test_the_exact_interval_stays_informative_when_the_treated_arm_counts_none() -> None:
+    """0 abandoned over 30 treated fatal faults against 33 over 42: the bootstrap over runs
+    would say [100 %, 100 %]; the exact interval says at least 83 % fewer."""
+    from predictor.ab import exact_reduction_95
+
+    lo, hi = exact_reduction_95(0, 30, 33, 42)  # type: ignore[misc]
+    assert lo == pytest.approx(0.834, abs=0.002)
+    assert hi == 1.0
+    lo, hi = exact_reduction_95(10, 10, 10, 10)  # type: ignore[misc]
+    assert lo < 0 < hi < 1  # no difference: the interval spans none
+    assert exact_reduction_95(0, 0, 5, 5) is None
