@@ -139,7 +139,7 @@ def _payload_json(payload: dict[str, Any], limits: SpecLimits) -> str:
     if "\\u0000" in payload_json:
         raise InvalidInput("payload", "NUL characters (\\u0000) cannot be stored")
     if "\\ud" in payload_json and _has_lone_surrogate(payload):  # rare: look closer
-        raise InvalidInput("payload", "a lone surrogate (such as \\ud800) cannot be stored")
+        raise InvalidInput("payload", "a lone surrogate (U+D800 to U+DFFF) cannot be stored")
     size = len(payload_json.encode())
     if size > limits.max_payload_bytes:
         raise PayloadTooLarge(size, limits.max_payload_bytes)
@@ -184,8 +184,8 @@ def check_text(name: str, value: Any) -> None:
     if isinstance(value, str) and "\x00" in value:
         raise InvalidInput(name, "must not contain NUL characters")
     if isinstance(value, str) and _unencodable(value):
-        raise InvalidInput(name, "must be valid Unicode text (a lone surrogate such as "
-                                 "\\ud800 cannot be stored)")
+        raise InvalidInput(name, "must be valid Unicode text (a lone surrogate, U+D800 to "
+                                 "U+DFFF, cannot be stored)")
 
 
 def _check_dependencies(spec: JobSpec, limits: SpecLimits) -> None:

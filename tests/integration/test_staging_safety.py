@@ -396,13 +396,16 @@ def test_nan_infinity_and_surrogates_are_4xx_naming_the_field(stack: Stack) -> N
         ("PUT", "/limits/tenant/a", '{"rate_per_s": Infinity}', "rate_per_s"),
         ("POST", "/dlq/purge", '{"older_than_days": NaN}', "older_than_days"),
         ("POST", "/jobs", '{"job_type": "noop", "tenant": "\\ud800"}', "tenant"),
+        # the refusal's own text must not read as an echo either (it once named \ud800)
+        ("POST", "/jobs", '{"job_type": "noop", "depends_on": ["\\ud800"]}', "depends_on"),
+        ("POST", "/jobs", '{"job_type": "noop", "payload": {"k": "\\udfff"}}', "payload"),
     )
     for method, path, raw, field in cases:
         r = api(stack, method, path, content=raw.encode(),
                 headers={"content-type": "application/json"})
         assert 400 <= r.status_code < 500, (raw, r.status_code, r.text)
         assert names_field(r, field), (raw, r.text)
-        for echoed in ("NaN", "Infinity", "ud800"):
+        for echoed in ("NaN", "Infinity", "ud800", "udfff"):
             assert echoed not in r.text, (raw, r.text)
     assert len(api(stack, "GET", "/jobs", params={"limit": 1000}).json()) == before
 
