@@ -33,7 +33,7 @@ import pandas as pd
 
 from core.contract import runfolder
 from core.worker.faults import FATAL_MODES
-from predictor.dataset import epoch_s
+from predictor.dataset import first_firings, journal_items, worker_hours
 from predictor.policy import Policy
 
 ARMS = ("treated", "holdout")
@@ -75,21 +75,6 @@ def _rows(path: Path) -> list[dict[str, str]]:
         return list(csv.DictReader(f))
 
 
-def _journal(verdict: dict[str, Any]) -> tuple[dict[str, str], set[str]]:
-    """(worker -> fault mode it was given, workers killed outright) from the drill's journal."""
-    modes: dict[str, str] = {}
-    killed: set[str] = set()
-    drill = verdict.get("drill") or {}
-    for entry in drill.get("journal", []) if isinstance(drill, dict) else []:
-        result = entry.get("result") or {}
-        if not isinstance(result, dict):
-            continue
-        for d in result.get("degraded", []) or []:
-            modes[str(d["worker_id"])] = str(d["mode"])
-        killed.update(str(w) for w in result.get("killed", []) or [])
-    return modes, killed
-
-
 def run_ab(run_dir: Path) -> RunAB:
     """One run's two arms (ABError when the run had no predictor or no hold-out share)."""
     meta_path = run_dir / "predictions.json"
@@ -103,7 +88,8 @@ def run_ab(run_dir: Path) -> RunAB:
     policy = Policy(threshold=float(meta["threshold"]), k=int(meta["k"]), holdout=holdout)
     verdict = json.loads((run_dir / runfolder.VERDICT).read_text())
     config = json.loads((run_dir / runfolder.CONFIG).read_text())
-    modes, killed = _journal(verdict)
+    modes = {str(d["worker_id"]): str(d["mode"]) for d in journal_items(verdict, "degraded")}
+    killed = {str(w) for w in journal_items(verdict, "killed")}
     drill = verdict.get("drill") or {}
     out = RunAB(run=run_dir.name, drill=str(drill.get("name", "")) if drill else "",
                 seed=(config.get("scenario") or {}).get("seed"), holdout=holdout,
@@ -113,9 +99,7 @@ def run_ab(run_dir: Path) -> RunAB:
         return out.arms["holdout" if policy.held_out(wid) else "treated"]
 
     workers = pd.read_csv(run_dir / "workers.csv", dtype=str, keep_default_na=False)
-    ends = workers["stopped_at"].where(workers["stopped_at"] != "", workers["last_heartbeat_at"])
-    hours = ((epoch_s(ends) - epoch_s(workers["registered_at"])).clip(lower=0) / 3600).fillna(0)
-    for wid, h in zip(workers["id"], hours, strict=True):
+    for wid, h in zip(workers["id"], worker_hours(workers), strict=True):
         arm = arm_of(wid)
         arm.workers += 1
         arm.worker_hours += float(h)
@@ -129,11 +113,7 @@ def run_ab(run_dir: Path) -> RunAB:
 def _count_firings(run_dir: Path, modes: dict[str, str], arm_of: Callable[[str], Arm]) -> None:
     """Workers the policy fired on (treated: replaced; hold-out: only logged), right when the
     worker had a fatal fault."""
-    acted: dict[str, str] = {}
-    for p in _rows(run_dir / runfolder.PREDICTIONS):
-        if p.get("action") in ("fire", "holdout"):
-            acted.setdefault(p["worker_id"], p["action"])
-    for wid in acted:
+    for wid in first_firings(run_dir):
         arm = arm_of(wid)
         arm.flagged += 1
         if modes.get(wid) in FATAL_MODES:

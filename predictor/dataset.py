@@ -18,6 +18,7 @@ workers are not acted on and keep their rows). Failures caused by a drill's outr
 
 from __future__ import annotations
 
+import csv
 import hashlib
 import json
 from collections.abc import Iterable
@@ -131,14 +132,38 @@ def grid_rows(samples: pd.DataFrame, step_s: float) -> pd.DataFrame:
     return add_fleet(pd.DataFrame(rows), by="t")
 
 
-def _journal_workers(verdict: dict[str, object], key: str) -> set[str]:
-    out: set[str] = set()
+def journal_items(verdict: dict[str, Any], key: str) -> list[Any]:
+    """What the drill's journal results list under `key` ("degraded": dicts with worker_id and
+    mode; "killed": worker ids), every entry in order."""
+    out: list[Any] = []
     drill = verdict.get("drill") or {}
     for entry in drill.get("journal", []) if isinstance(drill, dict) else []:
         result = entry.get("result") or {}
-        for item in result.get(key, []) if isinstance(result, dict) else []:
-            out.add(item["worker_id"] if isinstance(item, dict) else str(item))
+        out += (result.get(key) or []) if isinstance(result, dict) else []
     return out
+
+
+def _journal_workers(verdict: dict[str, Any], key: str) -> set[str]:
+    return {item["worker_id"] if isinstance(item, dict) else str(item)
+            for item in journal_items(verdict, key)}
+
+
+def worker_hours(workers: pd.DataFrame) -> pd.Series:
+    """Each worker's life in hours (workers.csv read as text): registration to stop, or to its
+    last heartbeat while it still runs."""
+    ends = workers["stopped_at"].where(workers["stopped_at"] != "", workers["last_heartbeat_at"])
+    return ((epoch_s(ends) - epoch_s(workers["registered_at"])).clip(lower=0) / 3600).fillna(0)
+
+
+def first_firings(run_dir: Path) -> dict[str, str]:
+    """Workers the policy fired on, with the first action logged: "fire" (acted on) or
+    "holdout" (scored, never acted on)."""
+    acted: dict[str, str] = {}
+    with (run_dir / runfolder.PREDICTIONS).open(newline="") as f:
+        for row in csv.DictReader(f):
+            if row.get("action") in ("fire", "holdout"):
+                acted.setdefault(row["worker_id"], row["action"])
+    return acted
 
 
 def _acted(run_dir: Path) -> dict[str, float]:

@@ -11,7 +11,6 @@ over runs: with none in 300 worker-hours the bound is 1 per 100, the target.
 
 from __future__ import annotations
 
-import csv
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import pandas as pd
 
 from core.contract import runfolder
-from predictor.dataset import epoch_s, file_hash
+from predictor.dataset import file_hash, first_firings, worker_hours
 from predictor.train import poisson_upper95
 
 
@@ -40,14 +39,8 @@ def soak_run(run_dir: Path) -> dict[str, Any]:
                         "counts false alarms only where nothing was wrong")
     meta = json.loads((run_dir / "predictions.json").read_text())
     workers = pd.read_csv(run_dir / "workers.csv", dtype=str, keep_default_na=False)
-    ends = workers["stopped_at"].where(workers["stopped_at"] != "", workers["last_heartbeat_at"])
-    hours = float(((epoch_s(ends) - epoch_s(workers["registered_at"])).clip(lower=0)
-                   / 3600).fillna(0).sum())
-    acted: dict[str, str] = {}
-    with (run_dir / runfolder.PREDICTIONS).open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("action") in ("fire", "holdout"):
-                acted.setdefault(row["worker_id"], row["action"])
+    hours = float(worker_hours(workers).sum())
+    acted = first_firings(run_dir)
     failed = workers[workers["status"] == "FAILED"]
     return {
         "run": run_dir.name, "model_trained_at": meta.get("trained_at"),

@@ -72,7 +72,7 @@ class Metrics:
 
 
 # Counts a scrape makes stop here (an index-only read of at most this many entries each);
-# a larger one is shown as the planner's estimate, as Oban's dashboard does for big tables.
+# a larger one is shown as the planner's estimate (statistics, no scan).
 COUNT_CAP = 10_000
 COUNTED = "executions:"  # cluster counters of how attempts ended (Effects.ended)
 
