@@ -1,12 +1,15 @@
 """jobharness beside two peers, same machine, same run, same workload (docs/performance.md):
 
-    .venv/bin/python benchmarks/peers/compare.py --rounds 3 --jobs 10000
+    .venv/bin/python benchmarks/peers/compare.py --rounds 3 --jobs 10000 [--loop asyncio]
 
 Each system, in turn within a round (interleaved, so a drift of the machine spreads over all):
 a client loop of N single creates, each awaited and durable where the system is (latency per
 call), then one worker process with 100 concurrent slots drains those N no-op jobs (~200-byte
 JSON payload), timed from the first job's start to the last one's end. jobharness also drains
-with 10 processes x 10. Medians over the rounds, and ratios to pgqueuer's.
+with 10 processes x 10. Medians over the rounds, and ratios to pgqueuer's. The asyncio clients
+(jobharness' create loop, pgqueuer's enqueue loop and its worker) run on the event loop `--loop`
+names, the same for both: uvloop (the default, what jobharness' own processes use) or asyncio.
+jobharness' worker processes always run on uvloop, as they do in production.
 
 The peers (pgqueuer, dramatiq; pinned in requirements.txt) go into an environment of their
 own, made here on first use (.jobharness/peers-venv): the project never depends on them. All
@@ -40,6 +43,7 @@ from loadtests.bench.dispatch import drain  # noqa: E402
 from loadtests.scratch import scratch_schema  # noqa: E402
 
 PAYLOAD = {"blob": "x" * 180}  # ~200 bytes as JSON
+LOOP = ["uvloop"]  # the asyncio clients' event loop (--loop), for the peers too
 
 
 def peers_python(data_dir: Path) -> Path:
@@ -95,7 +99,8 @@ async def pgqueuer(python: Path, settings: Settings, jobs: int) -> dict[str, Any
 def _peer(python: Path, script: str, env: dict[str, str], jobs: int) -> dict[str, Any]:
     out = subprocess.run([str(python), str(HERE / script)], check=True, capture_output=True,
                          text=True, timeout=1200,
-                         env={**os.environ, **env, "PEER_JOBS": str(jobs), "PEER_SLOTS": "100"})
+                         env={**os.environ, **env, "PEER_JOBS": str(jobs), "PEER_SLOTS": "100",
+                              "PEER_LOOP": LOOP[0]})
     return dict(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -116,16 +121,22 @@ def table(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     return out
 
 
-async def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=10_000)
     parser.add_argument("--only", default="ours1,ours10,pgqueuer,dramatiq",
                         help="systems to run, comma-separated")
     parser.add_argument("--out", type=Path, help="write the medians and every round as JSON")
+    parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
+                        help="event loop of the asyncio clients, the same for every system")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 10 and 100 <= args.jobs <= 100_000):
         parser.error("--rounds must be 1..10 and --jobs 100..100000")
+    return args
+
+
+async def main(args: argparse.Namespace) -> None:
     only = set(args.only.split(","))
     with endpoints(load_settings(), keep_running=True) as settings:
         python = peers_python(settings.data_dir) if only & {"pgqueuer", "dramatiq"} else None
@@ -147,10 +158,19 @@ async def main() -> None:
                       f"  enqueue {run['enqueue_per_s']:7.0f}/s"
                       f"  p99 {run['enqueue_p99_ms']:6.2f} ms", flush=True)
     result = table(rows)
+    print(f"event loop of the asyncio clients: {args.loop}")
     print(json.dumps(result, indent=2))
     if args.out:
-        args.out.write_text(json.dumps({"medians": result, "rounds": rows}, indent=2))
+        args.out.write_text(json.dumps({"loop": args.loop, "medians": result, "rounds": rows},
+                                       indent=2))
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    ARGS = parse_args()
+    LOOP[0] = ARGS.loop
+    if ARGS.loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main(ARGS))
+    else:
+        asyncio.run(main(ARGS))

@@ -1,7 +1,8 @@
 """One round of the peer workload on pgqueuer, run by compare.py in the peers' own environment
 (never imported by the project). In a database of its own (PEER_DSN): a client loop of N
 single enqueues, each awaited (latency per call), then one queue manager with 100 concurrent
-tasks drains them (time from the first job's start to the last one's end). Prints JSON."""
+tasks drains them (time from the first job's start to the last one's end), on the event loop
+PEER_LOOP names (asyncio or uvloop). Prints JSON."""
 
 from __future__ import annotations
 
@@ -51,4 +52,9 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    if os.environ.get("PEER_LOOP") == "uvloop":
+        import uvloop
+
+        uvloop.run(main())
+    else:
+        asyncio.run(main())

@@ -105,7 +105,11 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         with store_errors():
             results = await insert_plan(self.pool, plan, fx.add_ready, fx.add_raised)
         self.stats["created"] += sum(r.created for r in results)
-        await self.apply_effects(fx)
+        if fx == Effects(enqueue=fx.enqueue):  # only new jobs to index: write-behind
+            if fx.enqueue:
+                self.index_later(fx.enqueue)
+        else:
+            await self.apply_effects(fx)
         if self.memory is not None:
             for v, r in zip(plan.validated, results, strict=True):
                 if r.created:

@@ -99,6 +99,14 @@ async def _insert_simple(
     """A batch without dependencies or idempotency keys: every job is new and PENDING. A large
     one due now is streamed with COPY (CSV), one statement and atomic like the INSERT."""
     v = plan.validated
+    if len(v) == 1:  # the common single create: one row, one statement
+        x = v[0].spec
+        row = await conn.fetchrow(q("insert_job"), plan.ids[0], x.job_type, v[0].payload_json,
+                                  x.priority, x.required_capability, x.max_retries,
+                                  float(x.timeout_s), x.run_at, float(x.delay_s), x.tenant)
+        assert row is not None  # an INSERT ... RETURNING without a conflict clause
+        return [CreateResult(job_id=str(plan.ids[0]), status=_PENDING, created=True,
+                             ref=x.ref)], [row]
     if len(v) < COPY_MIN_JOBS or any(x.spec.run_at is not None or x.spec.delay_s for x in v):
         results, rows, _ = await _insert(conn, plan)  # no edges: nothing raised
         return results, rows

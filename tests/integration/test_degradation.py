@@ -71,6 +71,7 @@ async def test_creates_commit_and_jobs_run_when_redis_is_unreachable(
 ) -> None:
     created = await redis_down.create_batch([JobSpec(job_type="noop") for _ in range(10)])
     assert all(c.status == JobStatus.PENDING for c in created)
+    await redis_down.indexed()  # the write-behind indexing tried Redis and gave up
     assert redis_down.stats["dispatch_deferred"] >= 1
     assert (await redis_down.counts())["PENDING"] == 10
     worker = Worker(redis_down, "pg-only", BUILTIN_HANDLERS, concurrency=2)
@@ -135,6 +136,7 @@ async def test_a_pass_reads_pages_not_the_backlog_and_a_lost_index_is_rebuilt_at
 
     created = await service.create_batch([JobSpec(job_type="noop", priority=3)
                                           for _ in range(1200)])
+    await service.indexed()
     rec = Reconciler(service, sweep=40)
     lost = [c.job_id for c in created[::400]]
     await service.dispatch.forget(lost)
@@ -179,6 +181,7 @@ async def test_a_repair_by_hand_goes_once_round_everything(service: JobService) 
     from core.dispatch.records import EnqueueItem
 
     created = await service.create_batch([JobSpec(job_type="noop") for _ in range(300)])
+    await service.indexed()
     lost = [c.job_id for c in created[::50]]
     await service.dispatch.forget(lost)
     await service.dispatch.enqueue([EnqueueItem(

@@ -81,7 +81,8 @@ def test_a_report_in_flight_does_not_hold_the_slot_but_only_one_per_slot_may() -
         await settle(service, lambda: len(service.completed) == 3)
         stop.set()
         await asyncio.wait_for(running, 5)
-        assert worker._slot_of == {} and worker._reporting == 0
+        assert worker._slot_of == {}
+        assert worker._reporting == 0
         assert worker.stats["complete"] == 3
 
     asyncio.run(scenario())

@@ -20,6 +20,16 @@ RETURNING id, status, priority, required_capability, job_type, tenant,
           greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
               AS delay_ms;
 
+-- name: insert_job
+-- One simple job (no idempotency key, no dependencies): a single row, no arrays to unnest.
+INSERT INTO jobs (id, job_type, payload, priority, status, required_capability, max_retries,
+                  timeout_s, run_at, tenant)
+VALUES ($1, $2, $3::text::jsonb, $4, 'PENDING', $5, $6, $7,
+        coalesce($8, clock_timestamp() + make_interval(secs => $9)), $10)
+RETURNING id, status, priority, required_capability, job_type, tenant,
+          greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
+              AS delay_ms;
+
 -- name: find_idempotent
 -- Keys are scoped by tenant ('' for none): ($1 tenants, $2 keys) pairwise.
 SELECT j.id, j.idempotency_key, coalesce(j.tenant, '') AS scope, j.idempotency_hash,
