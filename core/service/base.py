@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
+import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from core.store.queries import Conn, store_errors
 # write-behind indexing: jobs per Redis call, and how many may wait for Redis (beyond that
 # the oldest are left to the reconciler, which indexes every PENDING job Redis lacks)
 INDEX_BATCH = 5000
+INDEX_LINGER_S = 0.002
 MAX_UNINDEXED = 200_000
 
 
@@ -94,6 +96,7 @@ class ServiceBase:
         self._background: set[asyncio.Task[None]] = set()
         self._to_index: list[EnqueueItem] = []  # committed, not yet handed to Redis
         self._indexer: asyncio.Task[None] | None = None
+        self._indexed_at = 0.0  # monotonic time the last indexing call ended
         self.store_outage: Outage | None = pool.outage if isinstance(pool, StorePool) else None
         if self.store_outage is not None:
             self.store_outage.subscribe(self._on_store_outage)
@@ -136,12 +139,19 @@ class ServiceBase:
 
     async def _index_pending(self) -> None:
         while self._to_index:
+            # a stream of creates: a Redis call at most every INDEX_LINGER_S, carrying all the
+            # creates committed since the last one (a lone create goes at once)
+            wait = self._indexed_at + INDEX_LINGER_S - time.monotonic()
+            if wait > 0:
+                await asyncio.sleep(wait)
             batch = self._to_index[:INDEX_BATCH]
             del self._to_index[:INDEX_BATCH]
             try:
                 await self.dispatch.enqueue(batch)
             except DispatchUnavailable:
                 self.stats["dispatch_deferred"] += 1
+            finally:
+                self._indexed_at = time.monotonic()
 
     async def indexed(self) -> None:
         """Wait until the jobs this process has created so far are indexed in Redis (or left
