@@ -2,7 +2,8 @@
 
 Redis may be lost, stale or unreachable at any time (invariant 1): every call either succeeds
 or raises DispatchUnavailable quickly, and after a failure the adapter stays "open" for
-`retry_after_s` so callers do not pay a timeout per operation while Redis is down.
+`retry_after_s` so callers do not pay a timeout per operation while Redis is down. New jobs
+are indexed write-behind (`writer`, core/dispatch/behind.py): every other call waits for it.
 
 Length: one class is the only code that talks to the dispatch keys, one short method per
 script or command group (enqueue, acquire, forget, limits, the reconciler's reads); the
@@ -11,6 +12,8 @@ values it takes and gives are in core/dispatch/records.py.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib.resources
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -20,12 +23,15 @@ import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from core.contract.keys import Keys
+from core.dispatch.behind import IndexWriter
 from core.dispatch.records import (
     AcquireResult,
     DispatchSnapshot,
     EnqueueItem,
     Presence,
     SchedState,
+    flow_positions,
+    pack_priorities,
 )
 from core.errors import DispatchUnavailable
 
@@ -33,25 +39,10 @@ WAKEUP_CAP = 10_000
 PROMOTE_LIMIT = 500
 
 
-def _digits(priorities: Iterable[int]) -> str:
-    """Priorities packed one digit each, as the scripts read them."""
-    ps = list(priorities)
-    if not all(1 <= p <= 9 for p in ps):
-        raise ValueError(f"priorities must be 1..9 for the dispatch scripts, got {ps}")
-    return "".join(map(str, ps))
-
-
 def _script(name: str) -> str:
     """A dispatch script with the shared scheduling functions in front of it."""
     lua = importlib.resources.files("core.dispatch").joinpath("lua")
     return lua.joinpath("sched.lua").read_text() + lua.joinpath(f"{name}.lua").read_text()
-
-
-def _indexed(flows: Iterable[str]) -> tuple[str, list[str]]:
-    """Each flow's 1-based position among the distinct ones (joined), and those."""
-    distinct: dict[str, int] = {}
-    which = [str(distinct.setdefault(f, len(distinct) + 1)) for f in flows]
-    return ",".join(which), list(distinct)
 
 
 class RedisDispatch:
@@ -98,6 +89,7 @@ class RedisDispatch:
         self._sched_sync = self._client.register_script(_script("sched_sync"))
         self._limit = self._client.register_script(_script("limit"))
         self._down_until = 0.0
+        self.writer = IndexWriter(self.enqueue)
         self.failures = 0
         self.observe: Callable[[float], None] | None = None  # seconds per call (metrics)
 
@@ -107,6 +99,8 @@ class RedisDispatch:
         return time.monotonic() >= self._down_until
 
     async def _call(self, coro: Any) -> Any:
+        if self.writer.busy:  # this process' earlier creates first
+            await self.writer.flushed()
         if not self.available:
             coro.close()
             raise DispatchUnavailable("Redis marked unavailable after a recent failure")
@@ -131,6 +125,8 @@ class RedisDispatch:
             return False
 
     async def close(self) -> None:
+        with contextlib.suppress(TimeoutError):  # the rest is the reconciler's
+            await asyncio.wait_for(self.writer.flushed(), 5.0)
         await self._client.aclose(close_connection_pool=True)
         await self._blocking.aclose(close_connection_pool=True)
 
@@ -144,11 +140,11 @@ class RedisDispatch:
         total = 0
         for start in range(0, len(items), 1000):
             chunk = items[start : start + 1000]
-            which, flows = _indexed(it.flow for it in chunk)
+            which, flows = flow_positions(it.flow for it in chunk)
             args: list[Any] = [
                 WAKEUP_CAP,
                 ",".join(it.job_id for it in chunk),
-                _digits(it.priority for it in chunk),
+                pack_priorities(it.priority for it in chunk),
                 ",".join(str(max(0, it.delay_ms)) for it in chunk),
                 which,
                 *flows,
@@ -210,7 +206,7 @@ class RedisDispatch:
             return 0
         keys = [self.keys.job_meta, *self.keys.priority_queues, self.keys.sched]
         return int(await self._call(self._reprioritize(
-            keys=keys, args=[",".join(j for j, _ in items), _digits(p for _, p in items)])))
+            keys=keys, args=[",".join(j for j, _ in items), pack_priorities(p for _, p in items)])))
 
     async def forget_dead(self, job_ids: Sequence[str]) -> None:
         """Drop jobs from the dead-letter set (requeued or purged)."""
@@ -229,7 +225,7 @@ class RedisDispatch:
         table's `version`, or keep it (None); record leases `(job id, remaining ms, taken by
         the fallback, flow)` the processing set lacks (see sched_sync.lua), recount what runs.
         Returns (ids recorded, held records dropped)."""
-        which, flows = _indexed(f for *_, f in leased)
+        which, flows = flow_positions(f for *_, f in leased)
         args: list[Any] = [-1 if limits is None else len(limits)]
         if limits is not None:
             for field, value in limits.items():

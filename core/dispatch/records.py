@@ -1,7 +1,9 @@
-"""The values the dispatch index takes and gives (core/dispatch/index.py)."""
+"""The values the dispatch index takes and gives (core/dispatch/index.py), and how they are
+packed for its scripts."""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 
@@ -65,3 +67,18 @@ class SchedState:
     waits: dict[str, int]
     buckets: dict[str, tuple[float, int]]  # tokens and Redis ms at the last start
     now_ms: int  # Redis' clock when read
+
+
+def pack_priorities(priorities: Iterable[int]) -> str:
+    """Priorities packed one digit each, as the scripts read them."""
+    ps = list(priorities)
+    if not all(1 <= p <= 9 for p in ps):
+        raise ValueError(f"priorities must be 1..9 for the dispatch scripts, got {ps}")
+    return "".join(map(str, ps))
+
+
+def flow_positions(flows: Iterable[str]) -> tuple[str, list[str]]:
+    """Each flow's 1-based position among the distinct ones (joined), and those."""
+    distinct: dict[str, int] = {}
+    which = [str(distinct.setdefault(f, len(distinct) + 1)) for f in flows]
+    return ",".join(which), list(distinct)

@@ -5,13 +5,8 @@ the bookkeeping of store outages and refused (stale) reports.
 Every state change is one PostgreSQL transaction guarded by the job's status and, for leased
 jobs, its fencing token (invariant 3). Redis effects are applied after the commit and are best
 effort: when Redis fails, the reconciler repairs the index later (invariant 2).
-
-New jobs are indexed write-behind: a create is answered once its INSERT has committed (it is
-durable then, invariant 1), and its Redis indexing follows in the background, merged with the
-creates committed meanwhile. Within this process nothing overtakes it: an acquisition and
-every other Redis effect first wait for the indexing already begun (`indexed`), so a caller
-that creates and then acquires, cancels or reprioritizes sees its own job. Another process may
-see a new job a round trip later, as if it had been created a round trip later.
+New jobs are indexed write-behind (core/dispatch/behind.py): a create is answered once its
+INSERT has committed; nothing this process sends to Redis afterwards overtakes the indexing.
 """
 
 from __future__ import annotations
@@ -19,7 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import random
-import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -35,12 +29,6 @@ from core.settings import Settings
 from core.store.outage import Outage
 from core.store.pools import StorePool
 from core.store.queries import Conn, store_errors
-
-# write-behind indexing: jobs per Redis call, and how many may wait for Redis (beyond that
-# the oldest are left to the reconciler, which indexes every PENDING job Redis lacks)
-INDEX_BATCH = 5000
-INDEX_LINGER_S = 0.002
-MAX_UNINDEXED = 200_000
 
 
 @dataclass
@@ -94,9 +82,6 @@ class ServiceBase:
         # PostgreSQL outages this process saw: counted here (the API's /metrics shows this
         # process's counters) and cluster-wide in Redis (every process's, best effort)
         self._background: set[asyncio.Task[None]] = set()
-        self._to_index: list[EnqueueItem] = []  # committed, not yet handed to Redis
-        self._indexer: asyncio.Task[None] | None = None
-        self._indexed_at = 0.0  # monotonic time the last indexing call ended
         self.store_outage: Outage | None = pool.outage if isinstance(pool, StorePool) else None
         if self.store_outage is not None:
             self.store_outage.subscribe(self._on_store_outage)
@@ -129,39 +114,19 @@ class ServiceBase:
                 yield conn
 
     def index_later(self, items: list[EnqueueItem]) -> None:
-        """Index committed jobs for dispatch in the background (write-behind, see above)."""
-        self._to_index += items
-        if len(self._to_index) > MAX_UNINDEXED:  # Redis away for long: the reconciler has it
-            self.stats["dispatch_deferred"] += len(self._to_index) - MAX_UNINDEXED
-            del self._to_index[:len(self._to_index) - MAX_UNINDEXED]
-        if self._indexer is None or self._indexer.done():
-            self._indexer = asyncio.get_running_loop().create_task(self._index_pending())
+        """Index committed jobs for dispatch in the background (write-behind)."""
+        self.dispatch.writer.add(items, self._deferred)
 
-    async def _index_pending(self) -> None:
-        while self._to_index:
-            # a stream of creates: a Redis call at most every INDEX_LINGER_S, carrying all the
-            # creates committed since the last one (a lone create goes at once)
-            wait = self._indexed_at + INDEX_LINGER_S - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            batch = self._to_index[:INDEX_BATCH]
-            del self._to_index[:INDEX_BATCH]
-            try:
-                await self.dispatch.enqueue(batch)
-            except DispatchUnavailable:
-                self.stats["dispatch_deferred"] += 1
-            finally:
-                self._indexed_at = time.monotonic()
+    def _deferred(self, n: int) -> None:
+        self.stats["dispatch_deferred"] += n
 
     async def indexed(self) -> None:
         """Wait until the jobs this process has created so far are indexed in Redis (or left
         to the reconciler, Redis being unavailable)."""
-        while self._indexer is not None and not self._indexer.done():
-            await asyncio.shield(self._indexer)
+        await self.dispatch.writer.flushed()
 
     async def apply_effects(self, fx: Effects) -> None:
         """Apply committed changes to the Redis index; Redis down: the reconciler does it."""
-        await self.indexed()  # after the indexing of this process' earlier creates
         try:
             counts = fx.counts or None
             if fx.forget:

@@ -70,7 +70,6 @@ class Leasing(ServiceBase):
     async def _lease_batch(
         self, worker_ids: list[str], caps: list[str], lease_s: float
     ) -> list[Lease | None]:
-        await self.indexed()  # this process' own creates first
         if self.store_outage is not None and self.store_outage.down:
             # Jobs popped from Redis while PostgreSQL cannot lease them would wait in the
             # processing set until their Redis lease ran out: ask PostgreSQL first.

@@ -4,7 +4,6 @@ and a ready job service (pool + dispatch + optional state-memory emitter)."""
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, replace
@@ -20,8 +19,6 @@ from core.service.jobs import JobService
 from core.settings import Settings
 from core.store import migrate
 from core.store.pools import connect_admin, create_pool
-
-INDEX_FLUSH_S = 5.0  # at close, how long indexing still under way may take (then: reconciler)
 
 
 def embedded_services(settings: Settings) -> EmbeddedServices:
@@ -119,8 +116,6 @@ async def open_runtime(
     try:
         yield Runtime(settings, pool, dispatch, service, emitter)
     finally:
-        with contextlib.suppress(Exception):  # indexing left running: hand it to Redis first
-            await asyncio.wait_for(service.indexed(), INDEX_FLUSH_S)
         if emitter is not None:
             await emitter.close()
         await dispatch.close()
