@@ -83,6 +83,7 @@ class Worker:
             if not await self._free_slot(slots, stop):
                 break
             free = 1
+            await asyncio.sleep(0)  # jobs ending in this pass of the loop give theirs back too
             while not slots.locked():  # every other free slot too: one round trip fills all
                 await slots.acquire()
                 free += 1
