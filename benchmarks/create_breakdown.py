@@ -50,7 +50,7 @@ async def main(creates: int) -> None:
         async with scratch_schema(settings, "create_breakdown") as scratch, open_runtime(
                 scratch, pool_size=2, redis_connections=2, migrate_first=False) as rt:
             svc = rt.service
-            enqueue = rt.dispatch.enqueue
+            enqueue = rt.dispatch.writer.send
 
             async def timed_enqueue(items: Any) -> Any:
                 t0 = time.perf_counter()
@@ -58,7 +58,7 @@ async def main(creates: int) -> None:
                 index_s.append(time.perf_counter() - t0)
                 return out
 
-            rt.dispatch.enqueue = timed_enqueue  # type: ignore[method-assign]
+            rt.dispatch.writer.send = timed_enqueue
             for _ in range(creates):
                 t0 = time.perf_counter()
                 await svc.create(JobSpec(job_type="noop", payload={"blob": "x" * 180}))

@@ -29,7 +29,7 @@ MAX_WAITING = 200_000
 class IndexWriter:
     def __init__(self, enqueue: Callable[[Sequence[EnqueueItem]], Awaitable[int]], *,
                  linger_s: float = LINGER_S, max_waiting: int = MAX_WAITING) -> None:
-        self._enqueue = enqueue
+        self.send = enqueue  # hands one batch to Redis
         self.linger_s = linger_s
         self.max_waiting = max_waiting
         self._waiting: list[tuple[EnqueueItem, Callable[[int], None] | None]] = []
@@ -64,7 +64,7 @@ class IndexWriter:
             batch = self._waiting[:BATCH]
             del self._waiting[:BATCH]
             try:
-                await self._enqueue([item for item, _ in batch])
+                await self.send([item for item, _ in batch])
             except DispatchUnavailable:
                 self._defer(batch)
             finally:

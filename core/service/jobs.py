@@ -94,7 +94,8 @@ class JobService(Leasing, JobReads, WorkerRegistry):
     async def create_batch(
         self, specs: Sequence[JobSpec], *, single: bool = False
     ) -> list[CreateResult]:
-        """Create jobs atomically: all are committed or none; then index them in Redis."""
+        """Create jobs atomically: all are committed or none; answered then, and indexed in
+        Redis write-behind (core/dispatch/behind.py)."""
         return await self._create_plan(plan_batch(specs, self.spec_limits, single=single))
 
     async def _create_merged(self, plans: list[Plan]) -> list[CreateResult]:
