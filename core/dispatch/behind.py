@@ -34,6 +34,9 @@ class IndexWriter:
         self.max_waiting = max_waiting
         self._waiting: list[tuple[EnqueueItem, Callable[[int], None] | None]] = []
         self.task: asyncio.Task[None] | None = None
+        self._added = 0  # jobs ever added, and ever taken out of the queue (sent or deferred)
+        self._taken = 0
+        self._waiters: list[tuple[int, asyncio.Future[None]]] = []
         self._last_call_ended = 0.0  # monotonic
 
     @property
@@ -44,31 +47,62 @@ class IndexWriter:
             deferred: Callable[[int], None] | None = None) -> None:
         """Index `items` soon; `deferred(n)` is told of the n left to the reconciler."""
         self._waiting += [(item, deferred) for item in items]
+        self._added += len(items)
         if len(self._waiting) > self.max_waiting:
-            self._defer(self._waiting[:len(self._waiting) - self.max_waiting])
-            del self._waiting[:len(self._waiting) - self.max_waiting]
+            self._taken_out(self._take(len(self._waiting) - self.max_waiting), deferred=True)
         if not self.busy:
             self.task = asyncio.get_running_loop().create_task(self._run())
 
     async def flushed(self) -> None:
-        """Wait until everything added so far was handed to Redis (or left to the reconciler)."""
-        while self.busy and asyncio.current_task() is not self.task:
-            assert self.task is not None
-            await asyncio.shield(self.task)
+        """Wait until everything added so far was handed to Redis (or left to the reconciler);
+        not for what is added meanwhile, so a steady stream of creates holds no one back."""
+        if not self.busy or asyncio.current_task() is self.task:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append((self._added, done))
+        await asyncio.shield(done)
 
     async def _run(self) -> None:
-        while self._waiting:
-            wait = self._last_call_ended + self.linger_s - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-            batch = self._waiting[:BATCH]
-            del self._waiting[:BATCH]
-            try:
-                await self.send([item for item, _ in batch])
-            except DispatchUnavailable:
-                self._defer(batch)
-            finally:
-                self._last_call_ended = time.monotonic()
+        try:
+            while self._waiting:
+                wait = self._last_call_ended + self.linger_s - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                batch = self._take(BATCH)
+                try:
+                    await self.send([item for item, _ in batch])
+                except DispatchUnavailable:
+                    self._taken_out(batch, deferred=True)
+                else:
+                    self._taken_out(batch, deferred=False)
+                finally:
+                    self._last_call_ended = time.monotonic()
+        finally:
+            self._taken = self._added  # nothing left behind (or the task was cancelled)
+            self._wake()
+
+    def _take(self, n: int) -> list[tuple[EnqueueItem, Callable[[int], None] | None]]:
+        batch = self._waiting[:n]
+        del self._waiting[:n]
+        return batch
+
+    def _taken_out(self, batch: list[tuple[EnqueueItem, Callable[[int], None] | None]], *,
+                   deferred: bool) -> None:
+        """`batch` has left the queue: handed to Redis, or left to the reconciler."""
+        if deferred:
+            self._defer(batch)
+        self._taken += len(batch)
+        self._wake()
+
+    def _wake(self) -> None:
+        still = []
+        for target, done in self._waiters:
+            if self._taken >= target:
+                if not done.done():
+                    done.set_result(None)
+            else:
+                still.append((target, done))
+        self._waiters = still
 
     @staticmethod
     def _defer(batch: list[tuple[EnqueueItem, Callable[[int], None] | None]]) -> None:

@@ -70,3 +70,29 @@ def test_beyond_max_waiting_the_oldest_are_left_to_the_reconciler() -> None:
         assert [j for call in redis.calls for j in call] == [f"job-{i}" for i in range(15, 25)]
 
     asyncio.run(scenario())
+
+
+def test_flushed_waits_for_what_came_before_not_for_a_stream_after_it() -> None:
+    async def scenario() -> None:
+        redis = FakeRedis()
+        writer = IndexWriter(redis.enqueue, linger_s=0.001)
+        writer.add([item(0)])
+        stop = asyncio.Event()
+
+        async def stream() -> None:  # creates that never stop while the reader waits
+            i = 1
+            while not stop.is_set():
+                writer.add([item(i)])
+                i += 1
+                await asyncio.sleep(0)
+
+        producer = asyncio.create_task(stream())
+        await asyncio.sleep(0)
+        await asyncio.wait_for(writer.flushed(), 5)
+        assert writer.busy  # the stream goes on, and the reader was not held behind it
+        assert "job-0" in {j for call in redis.calls for j in call}
+        stop.set()
+        await producer
+        await writer.flushed()
+
+    asyncio.run(scenario())
