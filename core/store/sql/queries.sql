@@ -48,28 +48,9 @@ INSERT INTO job_dependencies (job_id, depends_on_job_id)
 SELECT * FROM unnest($1::uuid[], $2::uuid[]);
 
 -- name: lease_jobs
--- Lease several popped jobs at once ($1 ids, $2 the worker each goes to), one statement.
--- The status test is written `(...) IS TRUE` so that it cannot use idx_jobs_status: with
--- statistics taken while few jobs were PENDING, the planner would otherwise scan every
--- PENDING job (the whole backlog) for each lease instead of looking the ids up by key.
-WITH leased AS (
-    UPDATE jobs j
-    SET status = 'PROCESSING', worker_id = ($2::text[])[array_position($1::uuid[], j.id)],
-        lease_token = nextval('lease_token_seq'),
-        lease_expires_at = clock_timestamp() + make_interval(secs => $3::float8),
-        started_at = coalesce(j.started_at, clock_timestamp())
-    WHERE j.id = ANY ($1::uuid[]) AND (j.status = 'PENDING') IS TRUE
-      AND j.cancel_requested_at IS NULL
-      AND NOT EXISTS (SELECT 1 FROM workers w  -- a quarantined worker gets no lease
-                      WHERE w.id = ($2::text[])[array_position($1::uuid[], j.id)]
-                        AND w.status = 'QUARANTINED')
-    RETURNING j.id, j.worker_id, j.job_type, j.payload, j.priority, j.timeout_s,
-              j.lease_token, j.retry_count, j.required_capability
-), opened AS (
-    INSERT INTO job_executions (job_id, worker_id, attempt, lease_token, acquired_via)
-    SELECT id, worker_id, retry_count + 1, lease_token, $4 FROM leased
-)
-SELECT * FROM leased;
+-- Lease several popped jobs at once ($1 ids, $2 the worker each goes to): migration 015's
+-- function, whose plans are made once per session.
+SELECT * FROM lease_jobs($1::uuid[], $2::text[], $3::float8, $4::text);
 
 -- name: lease_runnable
 -- PostgreSQL fallback acquisition (Redis unreachable): get_runnable_jobs with SKIP LOCKED.
