@@ -8,8 +8,11 @@ process back until the indexing already begun has ended (`flushed`), so a caller
 and then acquires, cancels or reads the queues sees its own job. Another process may see a new
 job a round trip later, as if it had been created a round trip later.
 
-Redis unavailable: the jobs are left to the reconciler, which indexes every PENDING job Redis
-lacks; so are the oldest waiting beyond `max_waiting` (Redis away for long).
+Redis unavailable: a batch that fails is tried once more `retry_s` later (past the adapter's
+breaker), so the jobs created around the end of an outage are indexed as soon as Redis is back
+instead of waiting for the reconciler; no caller waits for that second try. What fails twice
+is left to the reconciler, which indexes every PENDING job Redis lacks; so are the oldest
+waiting beyond `max_waiting` (Redis away for long).
 """
 
 from __future__ import annotations
@@ -23,14 +26,19 @@ from core.errors import DispatchUnavailable
 
 BATCH = 5000  # jobs per Redis call
 LINGER_S = 0.002
+RETRY_S = 3.0  # the adapter's breaker stays open 2 s after a failure
 MAX_WAITING = 200_000
 
 
 class IndexWriter:
     def __init__(self, enqueue: Callable[[Sequence[EnqueueItem]], Awaitable[int]], *,
-                 linger_s: float = LINGER_S, max_waiting: int = MAX_WAITING) -> None:
+                 linger_s: float = LINGER_S, max_waiting: int = MAX_WAITING,
+                 retry_s: float = RETRY_S) -> None:
         self.send = enqueue  # hands one batch to Redis
         self.linger_s = linger_s
+        self.retry_s = retry_s
+        self._retry: list[tuple[EnqueueItem, Callable[[int], None] | None]] = []
+        self._retry_at = float("inf")  # monotonic time the second try is due
         self.max_waiting = max_waiting
         self._waiting: list[tuple[EnqueueItem, Callable[[int], None] | None]] = []
         self.task: asyncio.Task[None] | None = None
@@ -56,7 +64,7 @@ class IndexWriter:
     async def flushed(self) -> None:
         """Wait until everything added so far was handed to Redis (or left to the reconciler);
         not for what is added meanwhile, so a steady stream of creates holds no one back."""
-        if not self.busy or asyncio.current_task() is self.task:
+        if not self.busy or asyncio.current_task() is self.task or self._taken >= self._added:
             return
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append((self._added, done))
@@ -64,7 +72,10 @@ class IndexWriter:
 
     async def _run(self) -> None:
         try:
-            while self._waiting:
+            while self._waiting or self._retry:
+                if not self._waiting or self._retry_at <= time.monotonic():
+                    await self._second_try()
+                    continue
                 wait = self._last_call_ended + self.linger_s - time.monotonic()
                 if wait > 0:
                     await asyncio.sleep(wait)
@@ -72,14 +83,28 @@ class IndexWriter:
                 try:
                     await self.send([item for item, _ in batch])
                 except DispatchUnavailable:
-                    self._taken_out(batch, deferred=True)
-                else:
-                    self._taken_out(batch, deferred=False)
+                    if not self._retry:
+                        self._retry_at = time.monotonic() + self.retry_s
+                    self._retry += batch
                 finally:
                     self._last_call_ended = time.monotonic()
+                    self._taken_out(batch, deferred=False)
         finally:
             self._taken = self._added  # nothing left behind (or the task was cancelled)
             self._wake()
+
+    async def _second_try(self) -> None:
+        """The batches that failed once, together, when their second try is due."""
+        if self._retry_at > time.monotonic():
+            await asyncio.sleep(self._retry_at - time.monotonic())
+        batch, self._retry = self._retry, []
+        self._retry_at = float("inf")
+        try:
+            await self.send([item for item, _ in batch])
+        except DispatchUnavailable:
+            self._defer(batch)
+        finally:
+            self._last_call_ended = time.monotonic()
 
     def _take(self, n: int) -> list[tuple[EnqueueItem, Callable[[int], None] | None]]:
         batch = self._waiting[:n]

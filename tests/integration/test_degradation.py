@@ -71,7 +71,9 @@ async def test_creates_commit_and_jobs_run_when_redis_is_unreachable(
 ) -> None:
     created = await redis_down.create_batch([JobSpec(job_type="noop") for _ in range(10)])
     assert all(c.status == JobStatus.PENDING for c in created)
-    await redis_down.indexed()  # the write-behind indexing tried Redis and gave up
+    writer = redis_down.dispatch.writer  # the write-behind indexing tries Redis twice
+    assert writer.task is not None
+    await writer.task
     assert redis_down.stats["dispatch_deferred"] >= 1
     assert (await redis_down.counts())["PENDING"] == 10
     worker = Worker(redis_down, "pg-only", BUILTIN_HANDLERS, concurrency=2)

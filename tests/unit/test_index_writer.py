@@ -46,15 +46,34 @@ def test_a_lone_create_goes_at_once_and_a_stream_shares_calls() -> None:
     asyncio.run(scenario())
 
 
-def test_redis_down_leaves_the_jobs_to_the_reconciler_and_counts_them() -> None:
+def test_redis_down_twice_leaves_the_jobs_to_the_reconciler_and_counts_them() -> None:
     async def scenario() -> None:
         redis = FakeRedis(fail=True)
-        writer = IndexWriter(redis.enqueue, linger_s=0.0)
+        writer = IndexWriter(redis.enqueue, linger_s=0.0, retry_s=0.01)
         deferred: list[int] = []
         writer.add([item(i) for i in range(7)], deferred.append)
-        await writer.flushed()
+        await writer.flushed()  # no caller waits for the second try
+        assert deferred == []
+        assert writer.task is not None
+        await writer.task
         assert sum(deferred) == 7
-        assert not writer.busy
+
+    asyncio.run(scenario())
+
+
+def test_a_batch_that_failed_once_is_indexed_when_redis_is_back() -> None:
+    async def scenario() -> None:
+        redis = FakeRedis(fail=True)
+        writer = IndexWriter(redis.enqueue, linger_s=0.0, retry_s=0.01)
+        deferred: list[int] = []
+        writer.add([item(i) for i in range(3)], deferred.append)
+        await writer.flushed()
+        redis.fail = False  # the outage ends before the second try
+        writer.add([item(3)], deferred.append)
+        assert writer.task is not None
+        await writer.task
+        assert deferred == []
+        assert sorted(j for call in redis.calls for j in call) == [f"job-{i}" for i in range(4)]
 
     asyncio.run(scenario())
 
