@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import importlib.resources
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -91,6 +92,7 @@ class RedisDispatch:
         self._down_until = 0.0
         self.writer = IndexWriter(self.enqueue)
         self.failures = 0
+        self.failure_causes: Counter[str] = Counter()  # the breaker's openings, by cause
         self.observe: Callable[[float], None] | None = None  # seconds per call (metrics)
 
     @property
@@ -109,6 +111,7 @@ class RedisDispatch:
             result = await coro
         except (RedisError, OSError, TimeoutError) as exc:
             self.failures += 1
+            self.failure_causes[f"{type(exc).__name__}: {str(exc)[:40]}"] += 1
             self._down_until = time.monotonic() + self.retry_after_s
             raise DispatchUnavailable(f"Redis call failed: {exc}") from exc
         if self.observe is not None:

@@ -172,7 +172,8 @@ async def _serve(service: JobService, handlers: dict[str, Handler],
     await asyncio.gather(samples, beats, lag, return_exceptions=True)
     with contextlib.suppress(StoreUnavailable):
         await service.deregister_worker(opts.worker_id)
-    log.info("worker %s stopped: %s", opts.worker_id, dict(worker.stats))
+    log.info("worker %s stopped: %s; service %s; Redis failures %s", opts.worker_id,
+             dict(worker.stats), dict(service.stats), dict(service.dispatch.failure_causes))
     return 0
 
 
