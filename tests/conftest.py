@@ -1,6 +1,7 @@
 """Shared fixtures. Integration tests use the real servers: the configured ones
 (JOBHARNESS_PG_DSN / JOBHARNESS_REDIS_URL) or else the embedded ones, started once per session
-(and stopped again if this session started them). A migrated template database is copied for
+(and stopped again if this session started them; under pytest-xdist the main process
+starts and stops them for its workers). A migrated template database is copied for
 each test (CREATE DATABASE ... TEMPLATE) and each test gets its own Redis key prefix."""
 
 from __future__ import annotations
@@ -43,13 +44,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         item.add_marker(getattr(pytest.mark, layer))
 
 
+_STARTED = pytest.StashKey[set[str]]()  # the servers the main process started for its workers
+
+
+def _runs_xdist_workers(config: pytest.Config) -> bool:
+    return not hasattr(config, "workerinput") and bool(config.getoption("numprocesses", None))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Under pytest-xdist the main process starts the servers its workers share, and stops
+    them when the last worker is done (a worker that started them would stop them under the
+    others)."""
+    if _runs_xdist_workers(config):
+        _, started = resolve_endpoints(load_settings())
+        config.stash[_STARTED] = {name for name, now in started.items() if now}
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    to_stop = config.stash.get(_STARTED, set())
+    if to_stop:
+        embedded_services(load_settings()).down(to_stop)
+
+
 @pytest.fixture(scope="session")
-def server_settings() -> Iterator[Settings]:
+def server_settings(pytestconfig: pytest.Config) -> Iterator[Settings]:
     base = load_settings()
     resolved, started = resolve_endpoints(base)
     yield resolved
     to_stop = {name for name, now in started.items() if now}
-    if to_stop:
+    if to_stop and not hasattr(pytestconfig, "workerinput"):
         embedded_services(base).down(to_stop)
 
 
