@@ -30,7 +30,6 @@ async def _serve_proxy(args: argparse.Namespace, specs: list[dict[str, Any]],
 
 
 def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
-    from core.cli.output import run_async
     from core.errors import JobHarnessError
 
     specs: list[dict[str, Any]] = []
@@ -41,7 +40,10 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
             raise JobHarnessError(f"cannot read proxy config {args.config}: {exc}") from exc
         if not isinstance(specs, list):
             raise JobHarnessError(f"{args.config} must hold a JSON list of proxies")
-    run_async(_serve_proxy(args, specs, settings.api_token))
+    # The standard event loop, not uvloop: on uvloop 0.23 a proxy's listener re-opened after a
+    # hard partition stopped accepting under the fleet's reconnects (its accept queue full, the
+    # process idle), so the drill's partition never healed for the workers behind it.
+    asyncio.run(_serve_proxy(args, specs, settings.api_token))
     return 0
 
 

@@ -1,9 +1,9 @@
 """RedisDispatch: the dispatch index in Redis sorted sets (the seed's keys).
 
 Redis may be lost, stale or unreachable at any time (invariant 1): every call either succeeds
-or raises DispatchUnavailable quickly, and after a failure the adapter stays "open" for
-`retry_after_s` so callers do not pay a timeout per operation while Redis is down. New jobs
-are indexed write-behind (`writer`, core/dispatch/behind.py): every other call waits for it.
+or raises DispatchUnavailable quickly: after a failure the breaker (core/dispatch/breaker.py)
+is open, calls fail at once, and a background ping every `retry_after_s` finds Redis back. New
+jobs are indexed write-behind (`writer`, core/dispatch/behind.py): every other call waits for it.
 
 Length: one class is the only code that talks to the dispatch keys, one short method per
 script or command group (enqueue, acquire, forget, limits, the reconciler's reads); the
@@ -21,10 +21,10 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis.asyncio as aioredis
-from redis.exceptions import RedisError
 
 from core.contract.keys import Keys
 from core.dispatch.behind import IndexWriter
+from core.dispatch.breaker import CONNECT_TIMEOUT_S, FAILURES, Breaker
 from core.dispatch.records import (
     AcquireResult,
     DispatchSnapshot,
@@ -60,7 +60,7 @@ class RedisDispatch:
         blocking_connections: int | None = None,
     ) -> None:
         self.keys = keys
-        self.retry_after_s = retry_after_s
+        connect_s = max(timeout_s, CONNECT_TIMEOUT_S)
         # Blocking pools: callers beyond the budget wait for a connection instead of failing
         # (a "too many connections" error must not look like a Redis outage).
         self._client = aioredis.Redis(
@@ -69,7 +69,7 @@ class RedisDispatch:
                 max_connections=max_connections,
                 timeout=timeout_s * 5,
                 socket_timeout=timeout_s,
-                socket_connect_timeout=timeout_s,
+                socket_connect_timeout=connect_s,
                 decode_responses=True,
             ),
         )
@@ -79,7 +79,7 @@ class RedisDispatch:
                 url,
                 max_connections=blocking_connections or max_connections,
                 timeout=None,
-                socket_connect_timeout=timeout_s,
+                socket_connect_timeout=connect_s,
                 decode_responses=True,
             ),
         )
@@ -89,7 +89,7 @@ class RedisDispatch:
         self._enqueue = self._client.register_script(_script("enqueue"))
         self._sched_sync = self._client.register_script(_script("sched_sync"))
         self._limit = self._client.register_script(_script("limit"))
-        self._down_until = 0.0
+        self.breaker = Breaker(retry_after_s, self._client.ping)
         self.writer = IndexWriter(self.enqueue)
         self.failures = 0
         self.failure_causes: Counter[str] = Counter()  # the breaker's openings, by cause
@@ -97,8 +97,8 @@ class RedisDispatch:
 
     @property
     def available(self) -> bool:
-        """False while the breaker is open after a recent failure."""
-        return time.monotonic() >= self._down_until
+        """False while the breaker is open (a call failed, no probe has reached Redis since)."""
+        return self.breaker.available
 
     async def _call(self, coro: Any) -> Any:
         if self.writer.busy:  # this process' earlier creates first
@@ -109,17 +109,17 @@ class RedisDispatch:
         t0 = time.perf_counter()
         try:
             result = await coro
-        except (RedisError, OSError, TimeoutError) as exc:
+        except FAILURES as exc:
             self.failures += 1
             self.failure_causes[f"{type(exc).__name__}: {str(exc)[:40]}"] += 1
-            self._down_until = time.monotonic() + self.retry_after_s
+            self.breaker.trip()
             raise DispatchUnavailable(f"Redis call failed: {exc}") from exc
         if self.observe is not None:
             self.observe(time.perf_counter() - t0)
         return result
 
     def reset_breaker(self) -> None:
-        self._down_until = 0.0
+        self.breaker.reset()
 
     async def ping(self) -> bool:
         try:
@@ -130,6 +130,7 @@ class RedisDispatch:
     async def close(self) -> None:
         with contextlib.suppress(TimeoutError):  # the rest is the reconciler's
             await asyncio.wait_for(self.writer.flushed(), 5.0)
+        await self.breaker.close()
         await self._client.aclose(close_connection_pool=True)
         await self._blocking.aclose(close_connection_pool=True)
 
@@ -298,8 +299,8 @@ class RedisDispatch:
             return False
         try:
             got = await self._blocking.blpop([self.keys.wakeup], timeout=max(timeout_s, 0.01))
-        except (RedisError, OSError, TimeoutError):
-            self._down_until = time.monotonic() + self.retry_after_s
+        except FAILURES:
+            self.breaker.trip()
             return False
         return got is not None
 
