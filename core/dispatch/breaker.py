@@ -14,11 +14,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+import time
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from redis.exceptions import RedisError
 
+log = logging.getLogger("jobharness.dispatch")
 FAILURES = (RedisError, OSError, TimeoutError)  # what a Redis call raises when Redis is away
 # A connect may wait for a SYN sent again after 1 s (a listener's full accept queue on a loaded
 # host): connections get at least this long (only the probe connects while Redis is in doubt).
@@ -29,20 +33,23 @@ class Breaker:
     def __init__(self, retry_after_s: float, probe: Callable[[], Awaitable[Any]]) -> None:
         self.retry_after_s = retry_after_s
         self.trips = 0  # closed -> open transitions
-        self.probes_failed = 0
+        self.probes_failed: Counter[str] = Counter()  # by the error's class
         self._probe = probe
         self._open = False
         self._prober: asyncio.Task[None] | None = None
+        self._opened_at = 0.0
 
     @property
     def available(self) -> bool:
         return not self._open
 
-    def trip(self) -> None:
+    def trip(self, cause: str = "") -> None:
         """A call failed: open (if closed) and make sure one probe is running."""
         if not self._open:
             self.trips += 1
             self._open = True
+            self._opened_at = time.monotonic()
+            log.info("Redis unavailable (%s): calls fail at once until a probe answers", cause)
         if self._prober is None or self._prober.done():
             self._prober = asyncio.get_running_loop().create_task(self._run_probe())
 
@@ -57,10 +64,12 @@ class Breaker:
                 return
             try:
                 await self._probe()
-            except FAILURES:
-                self.probes_failed += 1
+            except FAILURES as exc:
+                self.probes_failed[type(exc).__name__] += 1
                 continue
             self._open = False
+            log.info("Redis answered a probe after %.1f s: calls go to Redis again",
+                     time.monotonic() - self._opened_at)
 
     async def close(self) -> None:
         if self._prober is not None:

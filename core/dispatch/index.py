@@ -111,8 +111,9 @@ class RedisDispatch:
             result = await coro
         except FAILURES as exc:
             self.failures += 1
-            self.failure_causes[f"{type(exc).__name__}: {str(exc)[:40]}"] += 1
-            self.breaker.trip()
+            cause = f"{type(exc).__name__}: {str(exc)[:40]}"
+            self.failure_causes[cause] += 1
+            self.breaker.trip(cause)
             raise DispatchUnavailable(f"Redis call failed: {exc}") from exc
         if self.observe is not None:
             self.observe(time.perf_counter() - t0)
@@ -299,8 +300,8 @@ class RedisDispatch:
             return False
         try:
             got = await self._blocking.blpop([self.keys.wakeup], timeout=max(timeout_s, 0.01))
-        except FAILURES:
-            self.breaker.trip()
+        except FAILURES as exc:
+            self.breaker.trip(f"waiting for work: {type(exc).__name__}: {str(exc)[:40]}")
             return False
         return got is not None
 

@@ -2,6 +2,10 @@
 keep the lease alive, stop cooperatively on cancellation, and report the outcome with the
 lease's fencing token. A rejected (stale) report is counted, never retried.
 
+A slot is taken by a job's handler: once the handler is done, the slot may take the next
+job while the outcome is still being reported (the report and the next lease overlap), with no
+more than `concurrency` reports in flight.
+
 Stopping drains: no new leases; running jobs get `drain_timeout_s` to finish, then their
 handlers are cancelled and their leases released without spending a retry.
 """
@@ -59,6 +63,8 @@ class Worker:
         self.stats: Counter[str] = Counter()
         self.health = HealthMonitor()
         self._running: set[asyncio.Task[None]] = set()
+        self._slot_of: dict[int, _Slot] = {}  # lease token -> its slot, until it is given back
+        self._reporting = 0  # slots given back before their job's report ended
         self._handlers_running: dict[str, asyncio.Task[Any]] = {}
         self._releasing = False
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
@@ -77,6 +83,7 @@ class Worker:
             if not await self._free_slot(slots, stop):
                 break
             free = 1
+            await asyncio.sleep(0)  # jobs ending in this pass of the loop give theirs back too
             while not slots.locked():  # every other free slot too: one round trip fills all
                 await slots.acquire()
                 free += 1
@@ -92,9 +99,11 @@ class Worker:
             for _ in range(free - len(leases)):
                 slots.release()
             for lease in leases:
+                slot = _Slot(self, slots, lease.token)
+                self._slot_of[lease.token] = slot
                 task = asyncio.create_task(self._run_job(lease))
                 self._running.add(task)
-                task.add_done_callback(self._finished(slots))
+                task.add_done_callback(slot.task_done)
             if self._store_failures:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(),
@@ -129,13 +138,6 @@ class Worker:
                 handler.cancel()
             await asyncio.gather(*pending, return_exceptions=True)
 
-    def _finished(self, slots: asyncio.Semaphore) -> Any:
-        def done(task: asyncio.Task[None]) -> None:
-            self._running.discard(task)
-            slots.release()
-
-        return done
-
     async def _idle(self, stop: asyncio.Event) -> None:
         waiter = asyncio.create_task(self.service.wait_for_work(self.idle_wait_s))
         stopper = asyncio.create_task(stop.wait())
@@ -164,18 +166,17 @@ class Worker:
         job = asyncio.create_task(call_handler(handler, payload))
         self._handlers_running[lease.job_id] = job
         self.health.in_flight += 1
-        keeper = asyncio.create_task(self._keep_lease(lease, job))
+        keeper = _LeaseKeeper(self.service, lease, job)
         started = time.monotonic()
         try:
             await self._await_outcome(lease, job, keeper, started)
         finally:
             self.health.in_flight -= 1
             self._handlers_running.pop(lease.job_id, None)
-            keeper.cancel()
-            await asyncio.gather(keeper, return_exceptions=True)
+            await keeper.stop()
 
     async def _await_outcome(
-        self, lease: Lease, job: asyncio.Task[Any], keeper: asyncio.Task[str], started: float
+        self, lease: Lease, job: asyncio.Task[Any], keeper: _LeaseKeeper, started: float
     ) -> None:
         try:
             result = await asyncio.wait_for(asyncio.shield(job), timeout=lease.timeout_s)
@@ -186,7 +187,7 @@ class Worker:
             await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
                                status=ExecutionStatus.TIMED_OUT)
         except asyncio.CancelledError:
-            told = keeper.result() if keeper.done() and not keeper.cancelled() else None
+            told = keeper.told
             if told == "cancel":
                 await self._report(self.service.ack_cancel, lease)
             elif told == "lost":
@@ -206,25 +207,13 @@ class Worker:
             await self._report(self.service.complete, lease, _jsonable(result),
                                worker_id=self.worker_id)
 
-    async def _keep_lease(self, lease: Lease, job: asyncio.Task[Any]) -> str:
-        """Extend the lease every third of it; cancel the job if told to or if it is lost."""
-        while True:
-            await asyncio.sleep(lease.lease_s / 3)
-            try:
-                cancel = await self.service.extend(lease.job_id, lease.token, lease_s=lease.lease_s)
-            except StaleLease:
-                job.cancel()
-                return "lost"
-            except StoreUnavailable:
-                continue  # keep running; the lease may still be valid when the store returns
-            if cancel:
-                job.cancel()
-                return "cancel"
-
     async def _report(self, op: Any, lease: Lease, *args: Any, **kwargs: Any) -> None:
         """Report an outcome with the lease's token. While PostgreSQL is unavailable the
         report is retried with backoff for as long as the lease could still be current (after
         that the reconciler has expired it and the report would be refused as stale)."""
+        slot = self._slot_of.pop(lease.token, None)
+        if slot is not None:
+            slot.give_back_early()
         give_up = time.monotonic() + 2 * lease.lease_s
         failures = 0
         while True:
@@ -245,7 +234,83 @@ class Worker:
             return
 
 
+class _Slot:
+    """One job's hold on a worker slot: given back when the job's task ends, or earlier, once
+    its handler is done and fewer than `concurrency` reports are in flight."""
+
+    __slots__ = ("_early", "_held", "_slots", "_token", "_worker")
+
+    def __init__(self, worker: Worker, slots: asyncio.Semaphore, token: int) -> None:
+        self._worker = worker
+        self._slots = slots
+        self._token = token
+        self._held = True
+        self._early = False
+
+    def give_back_early(self) -> None:
+        if self._held and self._worker._reporting < self._worker.concurrency:
+            self._held = False
+            self._early = True
+            self._worker._reporting += 1
+            self._slots.release()
+
+    def task_done(self, task: asyncio.Task[None]) -> None:
+        worker = self._worker
+        worker._running.discard(task)
+        worker._slot_of.pop(self._token, None)  # ended without a report (lost, cancelled)
+        if self._held:
+            self._held = False
+            self._slots.release()
+        elif self._early:
+            worker._reporting -= 1
+
+
+class _LeaseKeeper:
+    """Extends a lease every third of it while its job runs; cancels the job when told to
+    (`told` = "cancel") or when the lease is lost ("lost"). Until the first extension is due
+    it is a timer, not a task: most jobs end before that."""
+
+    def __init__(self, service: JobService, lease: Lease, job: asyncio.Task[Any]) -> None:
+        self.told: str | None = None
+        self._service = service
+        self._lease = lease
+        self._job = job
+        self._call: asyncio.Task[None] | None = None
+        self._loop = asyncio.get_running_loop()
+        self._timer: asyncio.TimerHandle | None = self._loop.call_later(lease.lease_s / 3,
+                                                                        self._due)
+
+    def _due(self) -> None:
+        self._timer = None
+        self._call = self._loop.create_task(self._extend())
+
+    async def _extend(self) -> None:
+        lease = self._lease
+        try:
+            cancel = await self._service.extend(lease.job_id, lease.token, lease_s=lease.lease_s)
+        except StaleLease:
+            self.told = "lost"
+            self._job.cancel()
+            return
+        except StoreUnavailable:
+            cancel = False  # keep running; the lease may still be valid when the store returns
+        if cancel:
+            self.told = "cancel"
+            self._job.cancel()
+            return
+        self._timer = self._loop.call_later(lease.lease_s / 3, self._due)
+
+    async def stop(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        if self._call is not None and not self._call.done():
+            self._call.cancel()
+            await asyncio.gather(self._call, return_exceptions=True)
+
+
 def _jsonable(value: Any) -> Any:
+    if value is None or type(value) in (str, int, float, bool):
+        return value
     try:
         json.dumps(value)
     except (TypeError, ValueError):

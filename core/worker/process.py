@@ -172,8 +172,10 @@ async def _serve(service: JobService, handlers: dict[str, Handler],
     await asyncio.gather(samples, beats, lag, return_exceptions=True)
     with contextlib.suppress(StoreUnavailable):
         await service.deregister_worker(opts.worker_id)
-    log.info("worker %s stopped: %s; service %s; Redis failures %s", opts.worker_id,
-             dict(worker.stats), dict(service.stats), dict(service.dispatch.failure_causes))
+    breaker = service.dispatch.breaker
+    log.info("worker %s stopped: %s; service %s; Redis failures %s; breaker trips %d, probes "
+             "failed %s", opts.worker_id, dict(worker.stats), dict(service.stats),
+             dict(service.dispatch.failure_causes), breaker.trips, dict(breaker.probes_failed))
     return 0
 
 

@@ -48,7 +48,7 @@ async def test_a_failure_opens_it_and_only_an_answered_probe_closes_it() -> None
     for _ in range(3):  # Redis still away: every probe fails, the breaker stays open
         await redis.next_ping()
         assert not breaker.available
-    assert breaker.probes_failed >= 3
+    assert breaker.probes_failed["ConnectionError"] >= 3
     redis.up = True
     await redis.next_ping()
     await asyncio.sleep(0)  # the probe's own step after the answer
