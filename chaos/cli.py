@@ -42,7 +42,8 @@ def cmd_chaos(args: argparse.Namespace, settings: Settings) -> int:
             raise JobHarnessError(f"{args.config} must hold a JSON list of proxies")
     # The standard event loop, not uvloop: on uvloop 0.23 a proxy's listener re-opened after a
     # hard partition stopped accepting under the fleet's reconnects (its accept queue full, the
-    # process idle), so the drill's partition never healed for the workers behind it.
+    # process idle; the same with an accept loop of the proxy's own), so the drill's partition
+    # never healed for the workers behind it.
     asyncio.run(_serve_proxy(args, specs, settings.api_token))
     return 0
 
