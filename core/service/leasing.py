@@ -164,17 +164,21 @@ class Leasing(ServiceBase):
     async def _acquire_postgres(
         self, worker_id: str, caps: list[str], lease_s: float, *, limited: bool | None = None
     ) -> Lease | None:
-        """One lease through PostgreSQL alone; `limited`: whether limits exist (None: ask)."""
-        async with self.transaction() as conn:
-            if limited is None:
-                limited = bool(await conn.fetchval(q("has_admission_limits")))
-            if limited:
+        """One lease through PostgreSQL alone; `limited`: whether limits exist (None: ask).
+        Without limits the lease is one statement (atomic alone: no BEGIN and COMMIT round
+        trips), which matters while a whole fleet leases this way."""
+        if limited is None:
+            with store_errors():
+                limited = bool(await self.pool.fetchval(q("has_admission_limits")))
+        if limited:
+            async with self.transaction() as conn:
                 # limits apply here too: one fallback lease at a time counts what runs
                 await conn.execute(q("lock_admission"))
                 row = await conn.fetchrow(q("lease_runnable_limited"), caps, worker_id, lease_s,
                                           await self._rate_window_s(conn))
-            else:
-                row = await conn.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
+        else:
+            with store_errors():
+                row = await self.pool.fetchrow(q("lease_runnable"), caps, worker_id, lease_s)
         if row is None:
             return None
         self.stats["acquired_postgres"] += 1
