@@ -123,10 +123,12 @@ def settings(server_settings: Settings, test_db: str) -> Settings:
     return settings_for(server_settings, test_db)
 
 
-@pytest.fixture
-async def service(settings: Settings) -> AsyncIterator[JobService]:
+@contextlib.asynccontextmanager
+async def open_service(settings: Settings, *, redis_connections: int = 12
+                       ) -> AsyncIterator[JobService]:
+    """A JobService on the test's database and prefix; its Redis keys are flushed after."""
     pool = await create_pool(settings, max_size=12)
-    dispatch = create_dispatch(settings, max_connections=12)
+    dispatch = create_dispatch(settings, max_connections=redis_connections)
     svc = JobService(pool, dispatch, settings)
     try:
         yield svc
@@ -134,6 +136,12 @@ async def service(settings: Settings) -> AsyncIterator[JobService]:
         await dispatch.flush_prefix()
         await dispatch.close()
         await pool.close()
+
+
+@pytest.fixture
+async def service(settings: Settings) -> AsyncIterator[JobService]:
+    async with open_service(settings) as svc:
+        yield svc
 
 
 async def wait_until(

@@ -8,11 +8,11 @@ process back until the indexing already begun has ended (`flushed`), so a caller
 and then acquires, cancels or reads the queues sees its own job. Another process may see a new
 job a round trip later, as if it had been created a round trip later.
 
-Redis unavailable: a batch that fails is tried once more `retry_s` later (past the adapter's
-breaker), so the jobs created around the end of an outage are indexed as soon as Redis is back
-instead of waiting for the reconciler; no caller waits for that second try. What fails twice
-is left to the reconciler, which indexes every PENDING job Redis lacks; so are the oldest
-waiting beyond `max_waiting` (Redis away for long).
+Redis unavailable: a batch that fails is tried once more `retry_s` later (after the adapter
+breaker's first probe), so the jobs created around the end of an outage are indexed as soon as
+Redis is back instead of waiting for the reconciler; no caller waits for that second try. What
+fails twice is left to the reconciler, which indexes every PENDING job Redis lacks; so are the
+oldest waiting beyond `max_waiting` (Redis away for long).
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from core.errors import DispatchUnavailable
 
 BATCH = 5000  # jobs per Redis call
 LINGER_S = 0.002
-RETRY_S = 3.0  # the adapter's breaker stays open 2 s after a failure
+RETRY_S = 3.0  # after the adapter breaker's first probe (2 s after a failure)
 MAX_WAITING = 200_000
 
 

@@ -29,6 +29,11 @@ FAILURES = (RedisError, OSError, TimeoutError)  # what a Redis call raises when 
 CONNECT_TIMEOUT_S = 2.0
 
 
+def describe(exc: BaseException) -> str:
+    """A failed call's cause, short: its class and the start of its message."""
+    return f"{type(exc).__name__}: {str(exc)[:40]}"
+
+
 class Breaker:
     def __init__(self, retry_after_s: float, probe: Callable[[], Awaitable[Any]]) -> None:
         self.retry_after_s = retry_after_s

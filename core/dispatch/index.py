@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from core.contract.keys import Keys
 from core.dispatch.behind import IndexWriter
-from core.dispatch.breaker import CONNECT_TIMEOUT_S, FAILURES, Breaker
+from core.dispatch.breaker import CONNECT_TIMEOUT_S, FAILURES, Breaker, describe
 from core.dispatch.records import (
     AcquireResult,
     DispatchSnapshot,
@@ -91,7 +91,6 @@ class RedisDispatch:
         self._limit = self._client.register_script(_script("limit"))
         self.breaker = Breaker(retry_after_s, self._client.ping)
         self.writer = IndexWriter(self.enqueue)
-        self.failures = 0
         self.failure_causes: Counter[str] = Counter()  # the breaker's openings, by cause
         self.observe: Callable[[float], None] | None = None  # seconds per call (metrics)
 
@@ -110,8 +109,7 @@ class RedisDispatch:
         try:
             result = await coro
         except FAILURES as exc:
-            self.failures += 1
-            cause = f"{type(exc).__name__}: {str(exc)[:40]}"
+            cause = describe(exc)
             self.failure_causes[cause] += 1
             self.breaker.trip(cause)
             raise DispatchUnavailable(f"Redis call failed: {exc}") from exc
@@ -301,7 +299,7 @@ class RedisDispatch:
         try:
             got = await self._blocking.blpop([self.keys.wakeup], timeout=max(timeout_s, 0.01))
         except FAILURES as exc:
-            self.breaker.trip(f"waiting for work: {type(exc).__name__}: {str(exc)[:40]}")
+            self.breaker.trip(f"waiting for work: {describe(exc)}")
             return False
         return got is not None
 

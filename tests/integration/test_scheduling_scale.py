@@ -14,9 +14,8 @@ import pytest
 from core.contract.keys import limit_field
 from core.jobs.model import JobSpec
 from core.service.jobs import JobService
-from core.service.runtime import create_dispatch
 from core.settings import Settings
-from core.store.pools import create_pool
+from tests.conftest import open_service
 from tests.integration.test_scheduling import set_limit
 
 TENANTS = 10_000
@@ -27,15 +26,8 @@ async def service(settings: Settings) -> AsyncIterator[JobService]:
     """A service with one Redis connection, so that connection's own command count is the
     service's (the server is shared with the suite's other test process: a server-wide count
     would take its commands in too)."""
-    pool = await create_pool(settings, max_size=12)
-    dispatch = create_dispatch(settings, max_connections=1)
-    svc = JobService(pool, dispatch, settings)
-    try:
+    async with open_service(settings, redis_connections=1) as svc:
         yield svc
-    finally:
-        await dispatch.flush_prefix()
-        await dispatch.close()
-        await pool.close()
 
 
 async def commands_run(svc: JobService, step: Callable[[], Awaitable[Any]]) -> int:
