@@ -29,6 +29,16 @@ FEATURE_NOTES = {
     "throughput_w": "jobs finished per second in the window",
     "throughput_rel": "throughput / fleet median",
     "in_flight": "jobs running now",
+    "rss_slope_long_mb_s": "resident memory trend over 60 s",
+    "rss_rise_long_mb": "resident memory now minus its lowest in 60 s",
+    "lag_mean_ms": "mean event-loop lag in the window",
+    "lag_max_long_ms": "worst event-loop lag in 60 s",
+    "lag_slope_long_ms_s": "event-loop lag trend over 60 s",
+    "lag_growth_ms": "worst lag in the window minus the worst in the 40 s before it",
+    "gap_max_long_s": "largest gap between samples in 60 s",
+    "gaps_long": "gaps of more than 1.5 usual intervals in 60 s (stalls)",
+    "gap_growth_s": "largest gap in the window minus the largest in the 40 s before it",
+    "cpu_rel": "CPU / fleet median",
 }
 
 

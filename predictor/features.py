@@ -15,20 +15,36 @@ import numpy as np
 import pandas as pd
 
 WINDOW_S = 20.0  # rolling window of the level, slope and jitter features
+LONG_WINDOW_S = 60.0  # the longer window of the trend features (is a symptom growing?)
 SAMPLE_COLUMNS = ("t", "rss_mb", "cpu_percent", "loop_lag_ms", "in_flight", "completed",
                   "failed", "timed_out", "duration_p99_ms")
 
-# The model's inputs, in order. A model whose features differ is refused (predictor.model).
+# Every feature this code computes, in order. A model uses these or a subset (its pipeline
+# names them); one that needs a feature not here is refused (predictor.model).
 # `age_s` is computed but not an input: in the drills' data it is confounded with the faults
 # (fresh replacements are often the next victims), and a model using it flagged healthy
 # young workers during a 100-worker start-up.
-FEATURES = (
+BASE_FEATURES = (
     "since_last_s", "hb_gap_max_s", "hb_gap_std_s", "samples_in_window",
     "rss_mb", "rss_slope_mb_s", "rss_rel",
     "cpu_mean", "lag_max_ms", "lag_slope_ms_s", "lag_rel", "hb_gap_rel",
     "p99_ms", "p99_slope_ms_s", "p99_rel",
     "error_rate_w", "timeout_rate_w", "throughput_w", "throughput_rel", "in_flight",
 )
+# Trends over LONG_WINDOW_S: a fault that ends in failure grows (a leak climbs on, stalls get
+# longer and closer), where a benign one holds steady or passes; and the fleet-relative CPU
+# (a busy neighbour thread).
+TREND_FEATURES = (
+    "rss_slope_long_mb_s", "rss_rise_long_mb", "lag_mean_ms", "lag_max_long_ms",
+    "lag_slope_long_ms_s", "lag_growth_ms", "gap_max_long_s", "gaps_long", "gap_growth_s",
+    "cpu_rel",
+)
+FEATURES = BASE_FEATURES + TREND_FEATURES
+# What a model absent a choice is trained on: every feature but the absolute levels whose
+# scale is the drill's (memory in MiB, durations in ms), not the fault's; their fleet-relative
+# forms stay.
+ABSOLUTE = ("rss_mb", "p99_ms")
+MODEL_FEATURES = tuple(f for f in FEATURES if f not in ABSOLUTE)
 
 
 @dataclass
@@ -83,6 +99,7 @@ def worker_row(s: Series, now: float) -> dict[str, float] | None:
     start = min(start, end - 1)  # a stale worker still shows its last sample
     t = s.t[start:end]
     gaps = np.diff(np.append(t, now))
+    long = min(int(np.searchsorted(s.t, now - LONG_WINDOW_S, side="left")), end - 1)
     span = max(float(t[-1] - t[0]), 1e-9)
     done = s.completed[end - 1] - s.completed[start] + s.failed[end - 1] - s.failed[start]
     failed = s.failed[end - 1] - s.failed[start]
@@ -104,17 +121,43 @@ def worker_row(s: Series, now: float) -> dict[str, float] | None:
         if done > 0 else 0.0,
         "throughput_w": float(done / span) if len(t) > 1 else float("nan"),
         "in_flight": _last(s.in_flight[start:end]),
+        **_trends(s, long, start, end, now),
+    }
+
+
+def _trends(s: Series, long: int, start: int, end: int, now: float) -> dict[str, float]:
+    """TREND_FEATURES from the samples [long, end), the short window being [start, end)."""
+    t = s.t[long:end]
+    rss = s.rss_mb[long:end]
+    lag = s.lag_ms[long:end]
+    gaps = np.diff(np.append(t, now))
+    usual = float(np.median(gaps[:-1])) if len(gaps) > 2 else 1.0
+    earlier = t < now - WINDOW_S  # the long window's samples before the short one
+    earlier[-1] = False  # a stale worker's last sample counts as recent: its gap is growing
+    before_gaps = gaps[earlier]
+    return {
+        "rss_slope_long_mb_s": _slope(t, rss),
+        "rss_rise_long_mb": float(rss[-1] - np.nanmin(rss)) if len(rss) else float("nan"),
+        "lag_mean_ms": float(np.nanmean(s.lag_ms[start:end])),
+        "lag_max_long_ms": float(np.nanmax(lag)),
+        "lag_slope_long_ms_s": _slope(t, lag),
+        "lag_growth_ms": float(np.nanmax(s.lag_ms[start:end])
+                               - (np.nanmax(lag[earlier]) if earlier.any() else 0.0)),
+        "gap_max_long_s": float(gaps.max()),
+        "gaps_long": float((gaps > 1.5 * usual).sum()),
+        "gap_growth_s": float(gaps[~earlier].max()
+                              - (before_gaps.max() if len(before_gaps) else usual)),
     }
 
 
 def add_fleet(rows: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
-    """Divide RSS, duration p99, throughput, loop lag and heartbeat gap by the median of the
-    workers scored at the same moment (a slowdown of the whole fleet is not one worker's
+    """Divide RSS, duration p99, throughput, loop lag, heartbeat gap and CPU by the median of
+    the workers scored at the same moment (a slowdown of the whole fleet is not one worker's
     fault) (`by` names the column holding that moment; None: all rows are one moment)."""
     out = rows.copy()
     for col, rel in (("rss_mb", "rss_rel"), ("p99_ms", "p99_rel"),
                      ("throughput_w", "throughput_rel"), ("lag_max_ms", "lag_rel"),
-                     ("hb_gap_max_s", "hb_gap_rel")):
+                     ("hb_gap_max_s", "hb_gap_rel"), ("cpu_mean", "cpu_rel")):
         if by:
             med = out.groupby(by)[col].transform("median")
             out[rel] = out[col] / med.where(med > 0)

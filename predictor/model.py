@@ -38,15 +38,24 @@ class LoadedModel:
     def k(self) -> int:
         return int(self.meta.get("k", 3))
 
+    @property
+    def features(self) -> list[str]:
+        """The features the model was trained on (FEATURES or a subset)."""
+        return used_features(self.pipeline)
+
     def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
         """p_healthy, p_degraded, p_failing for each row."""
-        proba = self.pipeline.predict_proba(rows[list(FEATURES)])
+        proba = self.pipeline.predict_proba(rows[self.features])
         out = pd.DataFrame(proba, columns=[f"p_{c}" for c in self.pipeline.classes_],
                            index=rows.index)
         for cls in ("healthy", "degraded", "failing"):
             if f"p_{cls}" not in out:
                 out[f"p_{cls}"] = 0.0
         return out
+
+
+def used_features(pipeline: Pipeline) -> list[str]:
+    return [str(n) for n in getattr(pipeline, "feature_names_in_", [])]
 
 
 def save(pipeline: Pipeline, meta: dict[str, Any], path: Path) -> None:
@@ -75,10 +84,9 @@ def load(path: Path | str) -> LoadedModel:
                          f"this version reads {FORMAT}")
     if not isinstance(pipeline, Pipeline) or not hasattr(pipeline, "classes_"):
         raise ModelError(f"model file {path} holds no fitted pipeline")
-    names = [str(n) for n in getattr(pipeline, "feature_names_in_", [])]
-    if names != list(FEATURES):
-        missing = sorted(set(FEATURES) - set(names))
-        extra = sorted(set(names) - set(FEATURES))
+    names = used_features(pipeline)
+    unknown = sorted(set(names) - set(FEATURES))
+    if unknown or not names:
         raise ModelError(f"model file {path} was trained on other features "
-                         f"(missing {missing}, unknown {extra})")
+                         f"(unknown {unknown or 'none named'})")
     return LoadedModel(pipeline, meta, path)

@@ -20,14 +20,14 @@ import numpy as np
 import pandas as pd
 
 from predictor.baselines import HandRule
-from predictor.features import WINDOW_S, Series, rows_at
+from predictor.features import LONG_WINDOW_S, Series, rows_at
 from predictor.model import LoadedModel, ModelError, load
 from predictor.policy import Policy, Streaks
 
 HAND_RULE_NAME = "hand-rule"  # --model hand-rule: the baseline rule, served like a model
 
 log = logging.getLogger("jobharness.predictor")
-KEEP_S = WINDOW_S + 10
+KEEP_S = LONG_WINDOW_S + 10
 LOG_FIELDS = ("t", "worker_id", "p_healthy", "p_degraded", "p_failing", "verdict",
               "confidence", "streak", "action")
 SAMPLES_SQL = """

@@ -32,7 +32,8 @@ from predictor.baselines import (
     make_logistic,
 )
 from predictor.dataset import CLASSES, HORIZON_S
-from predictor.features import FEATURES
+from predictor.features import MODEL_FEATURES
+from predictor.model import used_features
 from predictor.policy import Policy, first_firing
 
 THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
@@ -55,13 +56,13 @@ Maker = Callable[..., Pipeline]
 
 
 def fit(df: pd.DataFrame, seed: int = 0, max_iter: int | None = None,
-        make: Maker = make_pipeline) -> Pipeline:
+        make: Maker = make_pipeline, features: tuple[str, ...] = MODEL_FEATURES) -> Pipeline:
     rows = trainable(df)
     if rows["label"].nunique() < 2:
         raise ValueError("the training rows hold a single class: run a drill with faults "
                          "(degrading-workers) to get failures to learn from")
     model = make(seed) if max_iter is None else make(seed, max_iter)
-    return model.fit(rows[list(FEATURES)], rows["label"])
+    return model.fit(rows[list(features)], rows["label"])
 
 
 def time_splits(df: pd.DataFrame) -> list[tuple[list[str], str]]:
@@ -73,7 +74,7 @@ def time_splits(df: pd.DataFrame) -> list[tuple[list[str], str]]:
 
 def score(model: Pipeline, df: pd.DataFrame) -> pd.DataFrame:
     out = df.copy()
-    proba = model.predict_proba(df[list(FEATURES)])
+    proba = model.predict_proba(df[used_features(model)])
     for i, cls in enumerate(model.classes_):
         out[f"p_{cls}"] = proba[:, i]
     for cls in CLASSES:
@@ -276,7 +277,7 @@ def train(df: pd.DataFrame, *, k: int = 5, seed: int = 0,
     report = {"horizon_s": horizon_s, "threshold": threshold, "k": k, "seed": seed,
               "sampling_interval_s": round(float(df["sampling_interval_s"].median()), 3)
               if "sampling_interval_s" in df else None,
-              "features": list(FEATURES), "class_balance": class_balance(df),
+              "features": used_features(model), "class_balance": class_balance(df),
               "rows": len(df), "runs": [str(r) for r in pd.unique(df["run"])],
               "validation": validation, "baselines": baselines, "versions": versions()}
     return model, report

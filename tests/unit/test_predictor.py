@@ -10,7 +10,14 @@ import pandas as pd
 import pytest
 
 from predictor.dataset import grid_rows, label_rows, outcomes, samples_frame
-from predictor.features import FEATURES, Series, rows_at, worker_row
+from predictor.features import (
+    BASE_FEATURES,
+    FEATURES,
+    MODEL_FEATURES,
+    Series,
+    rows_at,
+    worker_row,
+)
 from predictor.model import ModelError, load, save
 from predictor.policy import Policy, Streaks, first_firing
 from predictor.train import event_metrics, fit, make_pipeline, time_splits
@@ -108,6 +115,38 @@ def test_features_see_no_sample_after_now() -> None:
     assert stale["hb_gap_max_s"] == pytest.approx(16)
 
 
+def test_trend_features_tell_a_growing_symptom_from_a_steady_one() -> None:
+    """Over the 60 s window: memory that climbs shows its rise; stalls that get longer show
+    growth, where stalls as long as before do not; no sample after `now` is read."""
+    leak = Series.from_frame("l", samples_frame(pd.DataFrame(
+        series_rows("l", 0, 90, rss_slope=3.0))))
+    row = worker_row(leak, T0 + 60)
+    assert row is not None
+    assert row["rss_slope_long_mb_s"] == pytest.approx(3.0, abs=1e-6)
+    assert row["rss_rise_long_mb"] == pytest.approx(3.0 * 60, abs=0.01)  # samples 0..60 s
+
+    def stalls(lengths: list[float]) -> Series:
+        """1 s samples with a stall (a longer gap) every 10 s."""
+        t, times = 0.0, []
+        for i in range(60):
+            t += lengths[i // 10] if i % 10 == 9 else 1.0
+            times.append(t)
+        rows = [r for x in times for r in series_rows("s", x, x + 0.5)]
+        return Series.from_frame("s", samples_frame(pd.DataFrame(rows)))
+
+    growing = stalls([2.0, 2.0, 2.0, 2.0, 3.0, 4.0])
+    steady = stalls([3.0] * 6)
+    g = worker_row(growing, float(growing.t[-1]) + 0.2)
+    st = worker_row(steady, float(steady.t[-1]) + 0.2)
+    assert g is not None
+    assert st is not None
+    assert g["gap_growth_s"] == pytest.approx(2.0, abs=1e-6)   # 4 s now against 2 s before
+    assert st["gap_growth_s"] == pytest.approx(0.0, abs=1e-6)
+    # both stall: the count alone does not tell them apart
+    assert g["gaps_long"] >= 4
+    assert st["gaps_long"] >= 4
+
+
 def test_live_rows_carry_fleet_ratios() -> None:
     frames = [samples_frame(pd.DataFrame(series_rows(w, 0, 20, rss=r)))
               for w, r in (("a", 40), ("b", 40), ("c", 120))]
@@ -203,10 +242,23 @@ def test_model_round_trip_through_skops(tmp_path: Path) -> None:
     save(model, {"threshold": 0.7, "k": 2}, path)
     loaded = load(path)
     assert (loaded.threshold, loaded.k) == (0.7, 2)
+    assert loaded.features == list(MODEL_FEATURES)  # the absolute levels left out
     probe = df[list(FEATURES)].head(50)
-    assert np.allclose(loaded.pipeline.predict_proba(probe), model.predict_proba(probe))
+    assert np.allclose(loaded.pipeline.predict_proba(probe[loaded.features]),
+                       model.predict_proba(probe[loaded.features]))
     assert (loaded.predict(probe)["p_failing"] > 0.5).tolist() == \
         (df["label"].head(50) == "failing").tolist()
+
+
+def test_a_model_of_an_older_feature_set_still_loads(tmp_path: Path) -> None:
+    """Models name the features they use: one trained on BASE_FEATURES (as the shipped
+    model was) keeps working after features are added."""
+    df = tiny_training_rows()
+    path = tmp_path / "old.skops"
+    save(fit(df, max_iter=20, features=BASE_FEATURES), {}, path)
+    loaded = load(path)
+    assert loaded.features == list(BASE_FEATURES)
+    assert len(loaded.predict(df.head(10))) == 10
 
 
 def test_corrupt_and_foreign_model_files_are_refused(tmp_path: Path) -> None:
@@ -225,7 +277,7 @@ def test_corrupt_and_foreign_model_files_are_refused(tmp_path: Path) -> None:
     cols = [c if c != "rss_mb" else "rss_gb" for c in FEATURES]
     wrong = tmp_path / "wrong.skops"
     save(make_pipeline(max_iter=20).fit(other[cols], other["label"]), {}, wrong)
-    with pytest.raises(ModelError, match=r"other features \(missing \['rss_mb'\]"):
+    with pytest.raises(ModelError, match=r"other features \(unknown \['rss_gb'\]"):
         load(wrong)
 
 
