@@ -195,6 +195,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
                     frozen_test={"sources": test_sources, "scores": scores,
                                  "current_model": args.current if current else None,
                                  "ship": ship, "reasons": reasons})
+        if args.data_command:
+            meta["data_command"] = args.data_command
         out = Path(args.out)
         save(model, meta, out)
         md, _ = write_card(meta, out)
@@ -327,6 +329,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--out", default=str(DEFAULT_OUT), help=f"model file ({DEFAULT_OUT})")
     r.add_argument("--k", type=int, default=5, help="consecutive failing scores to act (5)")
     r.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
+    r.add_argument("--data-command", help="how the given run folders were made (for the card)")
     r.set_defaults(func=cmd_retrain, needs_settings=False)
     a = ps.add_parser("ab", parents=[common],
                       help="treated against hold-out workers over runs made with --holdout")
