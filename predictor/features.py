@@ -89,9 +89,10 @@ def _last(a: np.ndarray) -> float:
     return float(a[-1]) if len(a) else float("nan")
 
 
-def worker_row(s: Series, now: float) -> dict[str, float] | None:
-    """The features of worker `s` at time `now` (fleet-relative ones left for `add_fleet`);
-    None before its first sample."""
+def worker_row(s: Series, now: float, trends: bool = True) -> dict[str, float] | None:
+    """The features of worker `s` at time `now` (fleet-relative ones left for `add_fleet`),
+    TREND_FEATURES only with `trends` (they cost as much as the rest); None before its first
+    sample."""
     end = int(np.searchsorted(s.t, now, side="right"))
     if end == 0:
         return None
@@ -99,7 +100,6 @@ def worker_row(s: Series, now: float) -> dict[str, float] | None:
     start = min(start, end - 1)  # a stale worker still shows its last sample
     t = s.t[start:end]
     gaps = np.diff(np.append(t, now))
-    long = min(int(np.searchsorted(s.t, now - LONG_WINDOW_S, side="left")), end - 1)
     span = max(float(t[-1] - t[0]), 1e-9)
     done = s.completed[end - 1] - s.completed[start] + s.failed[end - 1] - s.failed[start]
     failed = s.failed[end - 1] - s.failed[start]
@@ -121,12 +121,14 @@ def worker_row(s: Series, now: float) -> dict[str, float] | None:
         if done > 0 else 0.0,
         "throughput_w": float(done / span) if len(t) > 1 else float("nan"),
         "in_flight": _last(s.in_flight[start:end]),
-        **_trends(s, long, start, end, now),
+        **(_trends(s, start, end, now) if trends else {}),
     }
 
 
-def _trends(s: Series, long: int, start: int, end: int, now: float) -> dict[str, float]:
-    """TREND_FEATURES from the samples [long, end), the short window being [start, end)."""
+def _trends(s: Series, start: int, end: int, now: float) -> dict[str, float]:
+    """TREND_FEATURES from the samples of the last LONG_WINDOW_S up to `end`, the short
+    window being [start, end)."""
+    long = min(int(np.searchsorted(s.t, now - LONG_WINDOW_S, side="left")), end - 1)
     t = s.t[long:end]
     rss = s.rss_mb[long:end]
     lag = s.lag_ms[long:end]
@@ -137,7 +139,7 @@ def _trends(s: Series, long: int, start: int, end: int, now: float) -> dict[str,
     before_gaps = gaps[earlier]
     return {
         "rss_slope_long_mb_s": _slope(t, rss),
-        "rss_rise_long_mb": float(rss[-1] - np.nanmin(rss)) if len(rss) else float("nan"),
+        "rss_rise_long_mb": float(rss[-1] - np.nanmin(rss)),
         "lag_mean_ms": float(np.nanmean(s.lag_ms[start:end])),
         "lag_max_long_ms": float(np.nanmax(lag)),
         "lag_slope_long_ms_s": _slope(t, lag),
@@ -167,11 +169,12 @@ def add_fleet(rows: pd.DataFrame, by: str | None = None) -> pd.DataFrame:
     return out
 
 
-def rows_at(series: Iterable[Series], now: float) -> pd.DataFrame:
-    """One row per worker at `now`, fleet features included (what the supervisor scores)."""
+def rows_at(series: Iterable[Series], now: float, trends: bool = True) -> pd.DataFrame:
+    """One row per worker at `now`, fleet features included (what the supervisor scores);
+    TREND_FEATURES only with `trends`."""
     rows = []
     for s in series:
-        row = worker_row(s, now)
+        row = worker_row(s, now, trends)
         if row is not None:
             rows.append({"worker_id": s.worker_id, "t": now, **row})
     if not rows:

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 
 from predictor.baselines import HandRule
-from predictor.features import LONG_WINDOW_S, Series, rows_at
+from predictor.features import LONG_WINDOW_S, TREND_FEATURES, Series, rows_at
 from predictor.model import LoadedModel, ModelError, load
 from predictor.policy import Policy, Streaks
 
@@ -55,6 +55,8 @@ class LivePredictor:
         self.model = model
         self.policy = policy
         self.streaks = Streaks(policy)
+        # the trend features only for a model that uses them (the hand rule does not)
+        self.trends = not set(getattr(model, "features", ())).isdisjoint(TREND_FEATURES)
         self.samples: dict[str, deque[tuple[float, ...]]] = {}
         self.since = 0.0
         self._log = None
@@ -133,7 +135,7 @@ class LivePredictor:
 
     def score(self, now: float) -> list[Verdict]:
         series = [self._series(w) for w, buf in self.samples.items() if buf]
-        rows = rows_at(series, now)
+        rows = rows_at(series, now, self.trends)
         if rows.empty:
             return []
         proba = self.model.predict(rows)

@@ -154,7 +154,8 @@ def evaluate(model: Pipeline, df: pd.DataFrame, policy: Policy,
     return {"rows": _row_metrics(scored), "events": event_metrics(scored, policy, horizon_s)}
 
 
-def cross_validate(df: pd.DataFrame, seed: int = 0, make: Maker = make_pipeline
+def cross_validate(df: pd.DataFrame, seed: int = 0, make: Maker = make_pipeline,
+                   features: tuple[str, ...] = MODEL_FEATURES
                    ) -> tuple[pd.DataFrame, list[dict[str, Any]]]:
     """Out-of-fold scores of every run after the first, and which runs each fold used."""
     parts, folds = [], []
@@ -163,7 +164,7 @@ def cross_validate(df: pd.DataFrame, seed: int = 0, make: Maker = make_pipeline
         test = df[df["run"] == test_run]
         if trainable(train)["label"].nunique() < 2:
             continue
-        parts.append(score(fit(train, seed, make=make), test))
+        parts.append(score(fit(train, seed, make=make, features=features), test))
         folds.append({"train": train_runs, "test": test_run})
     if not parts:
         return df.iloc[:0], folds
@@ -203,14 +204,17 @@ def versions() -> dict[str, str]:
 
 
 def nested(oof: pd.DataFrame, folds: list[dict[str, Any]], k: int,
-           horizon_s: float = HORIZON_S) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
-    """Each outer fold scored at a threshold chosen on the folds before it only (the inner
-    folds), so no fold's threshold saw its own scores: the rows of every fold that has an
-    earlier one (with the threshold it got), their firings, and the thresholds."""
+           horizon_s: float = HORIZON_S, choose: Callable[..., float] | None = None
+           ) -> tuple[pd.DataFrame, pd.DataFrame, list[dict[str, Any]]]:
+    """Each outer fold scored at a threshold chosen (`choose`, choose_threshold by default) on
+    the folds before it only (the inner folds), so no fold's threshold saw its own scores: the
+    rows of every fold that has an earlier one (with the threshold it got), their firings, and
+    the thresholds."""
+    choose = choose or choose_threshold
     rows, fired, chosen = [], [], []
     tests = [f["test"] for f in folds]
     for i in range(1, len(tests)):
-        th = choose_threshold(oof[oof["run"].isin(tests[:i])], k, horizon_s)
+        th = choose(oof[oof["run"].isin(tests[:i])], k, horizon_s)
         part = oof[oof["run"] == tests[i]].assign(threshold=th)
         rows.append(part)
         fired.append(first_firing(part, Policy(threshold=th, k=k, holdout=0)))

@@ -14,6 +14,7 @@ from predictor.features import (
     BASE_FEATURES,
     FEATURES,
     MODEL_FEATURES,
+    TREND_FEATURES,
     Series,
     rows_at,
     worker_row,
@@ -145,6 +146,17 @@ def test_trend_features_tell_a_growing_symptom_from_a_steady_one() -> None:
     # both stall: the count alone does not tell them apart
     assert g["gaps_long"] >= 4
     assert st["gaps_long"] >= 4
+
+
+def test_rows_without_trends_are_the_same_rows_less_the_trends() -> None:
+    """A model that uses no trend feature is scored without computing them (the live
+    supervisor's hot path); everything else in the row is unchanged."""
+    s = Series.from_frame("a", samples_frame(pd.DataFrame(series_rows("a", 0, 90, rss_slope=2.0))))
+    full = worker_row(s, T0 + 75.5)
+    short = worker_row(s, T0 + 75.5, trends=False)
+    assert full is not None
+    assert short is not None
+    assert short == {k: v for k, v in full.items() if k not in TREND_FEATURES}
 
 
 def test_live_rows_carry_fleet_ratios() -> None:
