@@ -127,6 +127,14 @@ def _event_cells(ev: dict[str, Any], f1: float) -> str:
             f"{f1:.3f} |")
 
 
+def _row_cells(at: dict[str, Any] | None) -> str:
+    """Row precision and recall of `failing` at the action threshold ("n/a | n/a" for a card
+    written before they were recorded)."""
+    if not at:
+        return "n/a | n/a"
+    return f"{_ci(at['precision'], at['precision_ci'])} | {_ci(at['recall'], at['recall_ci'])}"
+
+
 def _baseline_lines(b: dict[str, Any] | None) -> list[str]:
     out = ["", "## Against the baselines", ""]
     if not b:
@@ -159,12 +167,15 @@ def _frozen_test_lines(ft: dict[str, Any] | None) -> list[str]:
     out = ["", "## Frozen test set (scored once)", "",
            "| run | worker_health.csv (sha256, first 16) |", "|---|---|"]
     out += [f"| {s['run']} | `{s['worker_health.csv']}` |" for s in ft["sources"]]
-    out += ["", "| scorer | gradual caught | firing precision | median lead (s) | "
-            "false per 100 worker-hours | event F1 |", "|---|---|---|---|---|---|"]
+    out += ["", "| scorer | row precision | row recall | gradual caught | firing precision | "
+            "median lead (s) | false per 100 worker-hours | event F1 |",
+            "|---|---|---|---|---|---|---|---|"]
     names = {"new": "this model", "current": f"current ({ft.get('current_model')})",
              "hand_rule": "hand rule"}
     for key, res in ft["scores"].items():
-        out.append(f"| {names.get(key, key)} | {_event_cells(res['events'], res['event_f1'])}")
+        out.append(f"| {names.get(key, key)} | {_row_cells(res.get('at_threshold'))} | "
+                   f"{_event_cells(res['events'], res['event_f1'])}")
+    out += ["", "Rows: `failing` at each scorer's action threshold, 95 % Wilson intervals."]
     out += ["", f"Ship it: {'yes' if ft['ship'] else 'no'} ({'; '.join(ft['reasons'])})."]
     return out
 
@@ -176,10 +187,17 @@ def _unseen_lines(res: dict[str, Any] | None) -> list[str]:
     ev, g = res["events"], res["events"]["gradual"]
     lead = (g.get("lead_s") or {}).get("p50")
     hand = res.get("hand_rule") or {}
+    at = res.get("at_threshold") or {}
     targets = {"gradual recall >= 0.8": (g.get("recall") or 0) >= 0.8,
                "firing precision >= 0.8": (ev.get("precision") or 0) >= 0.8,
                "median lead >= 10 s": lead is not None and lead >= 10}
+    if at:
+        targets.update({"row recall >= 0.8": (at.get("recall") or 0) >= 0.8,
+                        "row precision >= 0.8": (at.get("precision") or 0) >= 0.8})
     out = ["", "## Unseen condition (a drill never trained on)", "", *_result_lines(res), ""]
+    if at:
+        out.append(f"- rows of `failing` at the action threshold: {_row_cells(at)} "
+                   "(precision | recall, 95 % Wilson intervals)")
     if hand:
         out.append(f"- the hand rule on the same runs ({hand['rule']}): gradual caught "
                    f"{hand['events']['gradual']['caught']} of "

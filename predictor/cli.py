@@ -46,11 +46,13 @@ def cmd_train(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     if args.k < 1:
         raise JobHarnessError("--k must be at least 1")
+    features = _features(args.features)
     with console.status("building the dataset"):
         df, sources = _dataset(args.runs, args.horizon_s)
     with console.status(f"training on {len(df)} rows ({df['run'].nunique()} runs)"):
         try:
-            model, meta = train(df, k=args.k, seed=args.seed, horizon_s=args.horizon_s)
+            model, meta = train(df, k=args.k, seed=args.seed, horizon_s=args.horizon_s,
+                                features=features)
         except ValueError as exc:
             raise JobHarnessError(str(exc)) from exc
     meta["sources"] = sources
@@ -65,6 +67,20 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"model -> {out}\ncard  -> {md}")
     _print_summary(meta.get("validation"), "validation")
     return 0
+
+
+def _features(spec: str) -> tuple[str, ...]:
+    from predictor.features import feature_set
+
+    try:
+        return feature_set(spec)
+    except ValueError as exc:
+        raise JobHarnessError(f"--features: {exc}") from exc
+
+
+def _at(at: dict[str, Any]) -> str:
+    return (f"precision {at['precision']} {list(at['precision_ci'] or [])}, "
+            f"recall {at['recall']} {list(at['recall_ci'] or [])}")
 
 
 def _print_summary(res: dict[str, Any] | None, title: str) -> None:
@@ -83,12 +99,12 @@ def _print_summary(res: dict[str, Any] | None, title: str) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
-    from predictor.baselines import HAND_RULE_K, HAND_RULE_TEXT, hand_rule_scores
+    from predictor.baselines import HAND_RULE_K, HAND_RULE_TEXT, at_threshold, hand_rule_scores
     from predictor.card import write_card
     from predictor.dataset import used_in_training
     from predictor.model import DEFAULT_MODEL, ModelError, load
     from predictor.policy import Policy
-    from predictor.train import evaluate, event_f1, event_metrics
+    from predictor.train import evaluate, event_f1, event_metrics, trainable
 
     try:
         model = load(DEFAULT_MODEL if args.model == "default" else args.model)
@@ -109,9 +125,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     holdout=0)
     result = evaluate(model.pipeline, df, policy, horizon)
     result["event_f1"] = round(event_f1(result["events"]), 3)
-    hand = event_metrics(hand_rule_scores(df), Policy(threshold=0.5, k=HAND_RULE_K, holdout=0),
-                         horizon)
+    hand_rows = hand_rule_scores(df)
+    hand = event_metrics(hand_rows, Policy(threshold=0.5, k=HAND_RULE_K, holdout=0), horizon)
     result["hand_rule"] = {"events": hand, "event_f1": round(event_f1(hand), 3),
+                           "at_threshold": at_threshold(trainable(hand_rows), 0.5),
                            "rule": HAND_RULE_TEXT}
     result["runs"] = [s["run"] for s in sources]
     result["policy"] = {"threshold": policy.threshold, "k": policy.k}
@@ -123,6 +140,9 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         print(f"event F1: model {result['event_f1']}, hand rule "
               f"{result['hand_rule']['event_f1']} (caught {hand['gradual']['caught']}/"
               f"{hand['gradual']['failures']}, firing precision {hand['precision']})")
+        print("rows at the action threshold (failing): model "
+              f"{_at(result['at_threshold'])}; hand rule "
+              f"{_at(result['hand_rule']['at_threshold'])}")
     if args.update_card:
         meta = {**model.meta, args.card_section: result}
         write_card(meta, model.path)
@@ -144,6 +164,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
         raise JobHarnessError("--collect must be 0..50 runs")
     if args.k < 1:
         raise JobHarnessError("--k must be at least 1")
+    features = _features(args.features)
     current = None
     if args.current != "none":
         try:
@@ -180,7 +201,8 @@ def cmd_retrain(args: argparse.Namespace) -> int:
             test_df, test_sources = _dataset([str(t) for t in tests], args.horizon_s)
             bar.advance(task)
             step(f"training on {len(df)} rows of {len(runs)} runs, with nested validation")
-            model, meta = train(df, k=args.k, seed=args.seed, horizon_s=args.horizon_s)
+            model, meta = train(df, k=args.k, seed=args.seed, horizon_s=args.horizon_s,
+                                features=features)
             bar.advance(task)
             step(f"scoring once on the frozen test set ({len(tests)} runs)")
             scores = judge(test_df, args.horizon_s, current=current,
@@ -298,6 +320,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     t.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
     t.add_argument("--seed", type=int, default=0)
     t.add_argument("--data-command", help="how the run folders were made (for the card)")
+    t.add_argument("--features", default="model",
+                   help="what the model learns from: model (every feature but the absolute "
+                        "levels), all, base, or names joined by commas (model,rss_mb)")
     t.set_defaults(func=cmd_train, needs_settings=False)
     e = ps.add_parser("evaluate", parents=[common], help="score held-out run folders")
     e.add_argument("model", help="a model file, or `default` (the shipped one)")
@@ -329,6 +354,9 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--out", default=str(DEFAULT_OUT), help=f"model file ({DEFAULT_OUT})")
     r.add_argument("--k", type=int, default=5, help="consecutive failing scores to act (5)")
     r.add_argument("--horizon-s", type=float, default=30.0, help="failing = fails within")
+    r.add_argument("--features", default="model",
+                   help="what the model learns from: model (every feature but the absolute "
+                        "levels), all, base, or names joined by commas (model,rss_mb)")
     r.add_argument("--data-command", help="how the given run folders were made (for the card)")
     r.set_defaults(func=cmd_retrain, needs_settings=False)
     a = ps.add_parser("ab", parents=[common],

@@ -45,6 +45,22 @@ FEATURES = BASE_FEATURES + TREND_FEATURES
 # forms stay.
 ABSOLUTE = ("rss_mb", "p99_ms")
 MODEL_FEATURES = tuple(f for f in FEATURES if f not in ABSOLUTE)
+FEATURE_SETS = {"model": MODEL_FEATURES, "all": FEATURES, "base": BASE_FEATURES}
+
+
+def feature_set(spec: str) -> tuple[str, ...]:
+    """The features a `--features` option names: a set's name (model, all, base), or names
+    joined by commas, optionally added to a set (`model,rss_mb`). Unknown names are refused."""
+    names: list[str] = []
+    for part in (p.strip() for p in spec.split(",")):
+        for name in FEATURE_SETS.get(part, (part,)):
+            if name not in names:
+                names.append(name)
+    unknown = [n for n in names if n not in FEATURES]
+    if unknown or not names:
+        raise ValueError(f"unknown features {unknown} in {spec!r}: name a set "
+                         f"({', '.join(FEATURE_SETS)}) or features of {', '.join(FEATURES)}")
+    return tuple(f for f in FEATURES if f in names)  # the computed order
 
 
 @dataclass

@@ -22,11 +22,11 @@ from typing import Any
 import pandas as pd
 
 from core.contract import runfolder
-from predictor.baselines import HAND_RULE_K, HAND_RULE_TEXT, hand_rule_scores
+from predictor.baselines import HAND_RULE_K, HAND_RULE_TEXT, at_threshold, hand_rule_scores
 from predictor.dataset import DatasetError, file_hash, used_in_training
 from predictor.model import LoadedModel
 from predictor.policy import Policy
-from predictor.train import evaluate, event_f1, event_metrics
+from predictor.train import evaluate, event_f1, event_metrics, trainable
 
 # what a run of the default drill costs here, for the first estimate (later ones measure)
 RUN_ESTIMATE_S = 240.0
@@ -97,7 +97,8 @@ def judge(test: pd.DataFrame, horizon_s: float, *, new: tuple[Any, Policy],
                                   horizon_s)
     hand = hand_rule_scores(test)
     out["hand_rule"] = {"events": event_metrics(
-        hand, Policy(threshold=0.5, k=HAND_RULE_K, holdout=0), horizon_s), "rule": HAND_RULE_TEXT}
+        hand, Policy(threshold=0.5, k=HAND_RULE_K, holdout=0), horizon_s),
+        "at_threshold": at_threshold(trainable(hand), 0.5), "rule": HAND_RULE_TEXT}
     for res in out.values():
         res["event_f1"] = round(event_f1(res["events"]), 3)
     return out

@@ -36,7 +36,7 @@ from predictor.features import MODEL_FEATURES
 from predictor.model import used_features
 from predictor.policy import Policy, first_firing
 
-THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.98)
 
 
 def make_pipeline(seed: int = 0, max_iter: int = 200) -> Pipeline:
@@ -150,8 +150,12 @@ def _distribution(values: np.ndarray) -> dict[str, float] | None:
 
 def evaluate(model: Pipeline, df: pd.DataFrame, policy: Policy,
              horizon_s: float = HORIZON_S) -> dict[str, Any]:
+    """Rows (per class, and `failing` at the action threshold with Wilson intervals) and the
+    policy's events."""
     scored = score(model, df)
-    return {"rows": _row_metrics(scored), "events": event_metrics(scored, policy, horizon_s)}
+    return {"rows": _row_metrics(scored),
+            "at_threshold": at_threshold(trainable(scored), policy.threshold),
+            "events": event_metrics(scored, policy, horizon_s)}
 
 
 def cross_validate(df: pd.DataFrame, seed: int = 0, make: Maker = make_pipeline,
@@ -241,14 +245,14 @@ def event_f1(ev: dict[str, Any]) -> float:
 
 
 def compare_baselines(df: pd.DataFrame, oof: pd.DataFrame, folds: list[dict[str, Any]], *,
-                      k: int, seed: int = 0, horizon_s: float = HORIZON_S
-                      ) -> dict[str, Any] | None:
+                      k: int, seed: int = 0, horizon_s: float = HORIZON_S,
+                      features: tuple[str, ...] = MODEL_FEATURES) -> dict[str, Any] | None:
     """The model, a logistic regression and the hand rule on the same outer-fold rows, the
     learnt ones at thresholds chosen on earlier folds only; None with fewer than three runs."""
     rows, fired, chosen = nested(oof, folds, k, horizon_s)
     if not len(rows):
         return None
-    lr_oof, lr_folds = cross_validate(df, seed, make=make_logistic)
+    lr_oof, lr_folds = cross_validate(df, seed, make=make_logistic, features=features)
     lr_rows, lr_fired, lr_chosen = nested(lr_oof, lr_folds, k, horizon_s)
     hand = hand_rule_scores(rows).assign(threshold=0.5)
     scorers = {"model": {**_judged(rows, fired, horizon_s), "thresholds": chosen},
@@ -261,23 +265,23 @@ def compare_baselines(df: pd.DataFrame, oof: pd.DataFrame, folds: list[dict[str,
             "event_f1": f1, "model_beats_hand_rule": f1["model"] > f1["hand_rule"]}
 
 
-def train(df: pd.DataFrame, *, k: int = 5, seed: int = 0,
-          horizon_s: float = HORIZON_S) -> tuple[Pipeline, dict[str, Any]]:
+def train(df: pd.DataFrame, *, k: int = 5, seed: int = 0, horizon_s: float = HORIZON_S,
+          features: tuple[str, ...] = MODEL_FEATURES) -> tuple[Pipeline, dict[str, Any]]:
     """Validate (time-ordered, grouped by run), pick the threshold, fit on everything. The
     validation's events are scored at thresholds chosen on earlier folds only (nested); the
     threshold shipped is then chosen on every fold."""
-    oof, folds = cross_validate(df, seed)
+    oof, folds = cross_validate(df, seed, features=features)
     threshold = choose_threshold(oof, k, horizon_s) if len(oof) else 0.6
     validation: dict[str, Any] | None = None
-    baselines = compare_baselines(df, oof, folds, k=k, seed=seed, horizon_s=horizon_s) \
-        if len(oof) else None
+    baselines = compare_baselines(df, oof, folds, k=k, seed=seed, horizon_s=horizon_s,
+                                  features=features) if len(oof) else None
     if baselines is not None:
         model_scores = baselines["scorers"]["model"]
         validation = {"folds": folds, "rows": _row_metrics(oof),
                       "events": model_scores["events"],
                       "thresholds": model_scores["thresholds"],
                       "at_threshold": model_scores["at_threshold"]}
-    model = fit(df, seed)
+    model = fit(df, seed, features=features)
     report = {"horizon_s": horizon_s, "threshold": threshold, "k": k, "seed": seed,
               "sampling_interval_s": round(float(df["sampling_interval_s"].median()), 3)
               if "sampling_interval_s" in df else None,

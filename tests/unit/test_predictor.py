@@ -351,6 +351,29 @@ def training_frame(runs: int = 3, seed: int = 0) -> pd.DataFrame:
     return out
 
 
+def test_feature_sets_are_named_or_listed() -> None:
+    from predictor.features import feature_set
+
+    assert feature_set("model") == MODEL_FEATURES
+    assert feature_set("all") == FEATURES
+    with_rss = feature_set("model,rss_mb")
+    assert set(with_rss) == set(MODEL_FEATURES) | {"rss_mb"}
+    assert list(with_rss) == [f for f in FEATURES if f in with_rss]  # the computed order
+    assert feature_set(" rss_slope_mb_s , lag_max_ms") == ("rss_slope_mb_s", "lag_max_ms")
+    for bad in ("", "rss_gb", "model,,x"):
+        with pytest.raises(ValueError, match="unknown features"):
+            feature_set(bad)
+
+
+def test_train_fits_the_features_it_is_given() -> None:
+    from predictor.model import used_features
+    from predictor.train import train
+
+    chosen = ("rss_slope_mb_s", "rss_mb", "lag_max_ms")
+    model, report = train(training_frame(3), k=2, features=chosen)
+    assert used_features(model) == list(chosen) == report["features"]
+
+
 def test_cross_validate_tests_each_run_on_a_model_of_the_runs_before_it() -> None:
     from predictor.train import cross_validate
 
@@ -388,6 +411,9 @@ def test_predictor_cli_refuses_what_it_cannot_use(tmp_path: Path,
     assert main(["predictor", "train", str(tmp_path), "--k", "0", "--out",
                  str(tmp_path / "m.skops")]) == 1
     assert "--k" in capsys.readouterr().err
+    assert main(["predictor", "train", str(tmp_path), "--features", "model,rss_gb", "--out",
+                 str(tmp_path / "m.skops")]) == 1
+    assert "unknown features ['rss_gb']" in capsys.readouterr().err
     assert main(["predictor", "evaluate", str(tmp_path / "missing.skops"), str(tmp_path)]) == 1
     assert capsys.readouterr().err.startswith("error:")
     assert not (tmp_path / "m.skops").exists()  # nothing written

@@ -66,10 +66,20 @@ def test_retrain_trains_tests_once_and_says_whether_to_ship(
     assert set(ft["scores"]) == {"new", "current", "hand_rule"}
     assert ft["scores"]["new"]["events"]["gradual"]["failures"] == 3
     assert ft["ship"] == ("ship it: yes" in printed)
+    for res in ft["scores"].values():  # rows of `failing` at each scorer's action threshold
+        at = res["at_threshold"]
+        assert 0 <= at["recall"] <= 1
+        assert at["recall_ci"][0] <= at["recall"] <= at["recall_ci"][1]
     assert card["baselines"]["runs"] == ["degrading-2", "degrading-3"]
     text = out.with_suffix(".md").read_text()
     assert "## Frozen test set (scored once)" in text
     assert "## Against the baselines" in text
+    assert "| row precision | row recall |" in text.split("## Frozen test set")[1]
+    # evaluate gives the same rows at the threshold, for the model and the hand rule
+    assert main(["predictor", "evaluate", str(out), str(test), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["at_threshold"] == ft["scores"]["new"]["at_threshold"]
+    assert result["hand_rule"]["at_threshold"] == ft["scores"]["hand_rule"]["at_threshold"]
     # the test set is used once: evaluating the new model on it again is allowed, on a
     # training run it is refused
     assert main(["predictor", "evaluate", str(out), str(runs[0])]) == 1
