@@ -37,6 +37,7 @@ from predictor.train import (
 SETS = {"base (20)": F.BASE_FEATURES,
         "base without absolute levels": tuple(f for f in F.BASE_FEATURES if f not in F.ABSOLUTE),
         "default (trends, no absolute levels)": F.MODEL_FEATURES,
+        "default with memory level (model,rss_mb)": F.feature_set("model,rss_mb"),
         "all": F.FEATURES}
 
 
@@ -61,12 +62,16 @@ def line(name: str, ev: dict[str, Any]) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("runs", nargs="+", help="training run folders (at least four)")
+    ap.add_argument("--only", default="", help="feature sets whose name contains this")
+    ap.add_argument("--k", type=int, nargs="+", default=[3, 5, 8])
     args = ap.parse_args()
     df, _ = build([Path(r) for r in args.runs])
     rows = None
     for name, feats in SETS.items():
+        if args.only not in name:
+            continue
         oof, folds = cross_validate(df, features=feats)
-        for k in (3, 5, 8):
+        for k in args.k:
             for rule_name, rule in (("95 % recall (shipped rule)", choose_threshold),
                                     ("best F1", best_f1)):
                 part, fired, _ = nested(oof, folds, k, choose=rule)

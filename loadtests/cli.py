@@ -130,9 +130,9 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--intensity", choices=["low", "high"], default="low",
                    help="of --drill random: 5 faults one at a time, or 10 overlapping")
     p.add_argument("--predictor", default="off",
-                   help="worker-health model for proactive replacement: off (default), "
-                        "default (the shipped model), hand-rule (the baseline rule) or a "
-                        "model file")
+                   help="worker-health policy for proactive replacement: off (default), "
+                        "default (the shipped policy), hand-rule, learnt (the learnt model "
+                        "kept in predictor/) or a model file")
     p.add_argument("--holdout", type=float, default=0.1,
                    help="with --predictor: the share of workers scored but never acted on "
                         "(0-0.9; 0.5 makes an A/B of treated and hold-out workers in one run)")

@@ -166,8 +166,10 @@ class Run:
     def _predictor_args(self) -> list[str]:
         if self.opts.predictor == "off":
             return []
+        from predictor.shipped import is_named
+
         model = self.opts.predictor
-        if model not in ("default", "hand-rule"):
+        if not is_named(model):
             model = str(Path(model).resolve())
             if not Path(model).is_file():
                 raise JobHarnessError(f"--predictor: no model file {model}")

@@ -70,6 +70,31 @@ class RunAB:
                 "arms": {k: asdict(v) for k, v in self.arms.items()}}
 
 
+def from_summaries(path: Path) -> list[RunAB]:
+    """The runs an earlier `ab.json` holds (its per-run arms), so a comparison can pool new
+    run folders with the committed summaries of earlier ones."""
+    try:
+        data = json.loads(path.read_text())
+        return [RunAB(run=str(r["run"]), drill=str(r["drill"]), seed=r.get("seed"),
+                      holdout=float(r["holdout"]),
+                      arms={a: Arm(**r["arms"][a]) for a in ARMS}) for r in data["runs"]]
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ABError(f"{path}: not an ab.json of `predictor ab` ({exc})") from exc
+
+
+def load_runs(paths: Iterable[Path]) -> list[RunAB]:
+    """Run folders and earlier ab.json files; a run named twice is refused (pooled twice, it
+    would count twice)."""
+    runs: list[RunAB] = []
+    for path in paths:
+        runs += from_summaries(path) if path.suffix == ".json" else [run_ab(path)]
+    names = [r.run for r in runs]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ABError(f"runs given twice: {', '.join(twice)}")
+    return runs
+
+
 def _rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as f:
         return list(csv.DictReader(f))

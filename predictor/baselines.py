@@ -10,7 +10,6 @@ window; it fires after 5 such rounds in a row, as the model's policy does after 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -39,20 +38,17 @@ def hand_rule_scores(df: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-class HandRule:
-    """The hand rule served as the supervisor serves a model (`--model hand-rule`): the same
-    rows in, p_failing 1.0 or 0.0 out, fired at 0.5 after HAND_RULE_K rounds."""
+class RulePipeline:
+    """The hand rule in a fitted pipeline's shape (`classes_`, `feature_names_in_`,
+    `predict_proba`), so it is loaded, served, scored and carded as a model is
+    (predictor/shipped.py): p_failing 1.0 where the rule holds, else 0.0."""
 
-    def __init__(self) -> None:
-        self.path = Path("hand-rule")
-        self.threshold = 0.5
-        self.k = HAND_RULE_K
-        self.meta: dict[str, object] = {"trained_at": "hand rule (not trained)",
-                                        "horizon_s": 30.0, "rule": HAND_RULE_TEXT}
+    classes_ = np.array(["degraded", "failing", "healthy"])
+    feature_names_in_ = np.array(list(HAND_RULE))
 
-    def predict(self, rows: pd.DataFrame) -> pd.DataFrame:
-        return hand_rule_scores(rows)[["p_healthy", "p_degraded", "p_failing"]].reset_index(
-            drop=True)
+    def predict_proba(self, x: pd.DataFrame) -> np.ndarray:
+        hit = hand_rule_scores(x)["p_failing"].to_numpy()
+        return np.column_stack([np.zeros_like(hit), hit, 1.0 - hit])
 
 
 def make_logistic(seed: int = 0, max_iter: int = 1000) -> Pipeline:

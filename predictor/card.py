@@ -47,6 +47,8 @@ def _pct(v: Any) -> str:
 
 
 def card_markdown(meta: dict[str, Any]) -> str:
+    if meta.get("kind") == "rule":
+        return _rule_markdown(meta)
     lines = ["# Worker-health model", "",
              f"Trained {meta.get('trained_at', '?')} with `{meta.get('command', '?')}`.", "",
              *([f"Run folders made with `{meta['data_command']}`.", ""]
@@ -80,6 +82,22 @@ def card_markdown(meta: dict[str, Any]) -> str:
     lines += _soak_lines(meta.get("soak"))
     lines += ["", "## Library versions", ""] + [f"- {k} {v}" for k, v in
                                                meta["versions"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def _rule_markdown(meta: dict[str, Any]) -> str:
+    """The hand rule's card: the rule, and the evidence recorded for it (held-out and unseen
+    evaluations, soak); it is not trained, so it has no data, features or validation."""
+    lines = ["# Worker-health policy: the hand rule", "",
+             f"Not trained: a rule written once without tuning (predictor/baselines.py): "
+             f"{meta['rule']}. Action policy: fire when it has held for {meta['k']} "
+             "consecutive scores (health samples every second).", "",
+             "Inputs: " + ", ".join(f"`{f}` ({FEATURE_NOTES.get(f, '')})"
+                                    for f in meta["features"]) + "."]
+    lines += ["", "## Held-out evaluation", ""]
+    lines += _result_lines(meta["evaluation"]) if meta.get("evaluation") else ["Not run."]
+    lines += _unseen_lines(meta.get("unseen"))
+    lines += _soak_lines(meta.get("soak"))
     return "\n".join(lines) + "\n"
 
 

@@ -100,14 +100,14 @@ def _print_summary(res: dict[str, Any] | None, title: str) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from predictor.baselines import HAND_RULE_K, HAND_RULE_TEXT, at_threshold, hand_rule_scores
-    from predictor.card import write_card
     from predictor.dataset import used_in_training
-    from predictor.model import DEFAULT_MODEL, ModelError, load
+    from predictor.model import ModelError
     from predictor.policy import Policy
+    from predictor.shipped import load_policy
     from predictor.train import evaluate, event_f1, event_metrics, trainable
 
     try:
-        model = load(DEFAULT_MODEL if args.model == "default" else args.model)
+        model = load_policy(args.model)
     except ModelError as exc:
         raise JobHarnessError(str(exc)) from exc
     used = used_in_training(model.meta, [Path(r) for r in args.runs])
@@ -125,24 +125,37 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                     holdout=0)
     result = evaluate(model.pipeline, df, policy, horizon)
     result["event_f1"] = round(event_f1(result["events"]), 3)
-    hand_rows = hand_rule_scores(df)
-    hand = event_metrics(hand_rows, Policy(threshold=0.5, k=HAND_RULE_K, holdout=0), horizon)
-    result["hand_rule"] = {"events": hand, "event_f1": round(event_f1(hand), 3),
-                           "at_threshold": at_threshold(trainable(hand_rows), 0.5),
-                           "rule": HAND_RULE_TEXT}
+    rule = model.meta.get("kind") == "rule"
+    if not rule:  # the hand rule beside the model, on the same rows
+        hand_rows = hand_rule_scores(df)
+        hand = event_metrics(hand_rows, Policy(threshold=0.5, k=HAND_RULE_K, holdout=0),
+                             horizon)
+        result["hand_rule"] = {"events": hand, "event_f1": round(event_f1(hand), 3),
+                               "at_threshold": at_threshold(trainable(hand_rows), 0.5),
+                               "rule": HAND_RULE_TEXT}
     result["runs"] = [s["run"] for s in sources]
     result["policy"] = {"threshold": policy.threshold, "k": policy.k}
     result["in_sample"] = [Path(u).name for u in used]
     if args.json:
         print(json.dumps(result, indent=2))
-    else:
-        _print_summary(result, "in-sample (runs it was trained on)" if used else "held-out")
+        return _update_card(args, model, result)
+    name = "hand rule" if rule else "model"
+    _print_summary(result, f"{name}, " + ("in-sample (runs it was trained on)" if used
+                                         else "held-out"))
+    print(f"rows at the action threshold (failing): {name} {_at(result['at_threshold'])}")
+    if not rule:
         print(f"event F1: model {result['event_f1']}, hand rule "
               f"{result['hand_rule']['event_f1']} (caught {hand['gradual']['caught']}/"
-              f"{hand['gradual']['failures']}, firing precision {hand['precision']})")
-        print("rows at the action threshold (failing): model "
-              f"{_at(result['at_threshold'])}; hand rule "
-              f"{_at(result['hand_rule']['at_threshold'])}")
+              f"{hand['gradual']['failures']}, firing precision {hand['precision']}); rows at "
+              f"the threshold: hand rule {_at(result['hand_rule']['at_threshold'])}")
+    else:
+        print(f"event F1: {result['event_f1']}")
+    return _update_card(args, model, result)
+
+
+def _update_card(args: argparse.Namespace, model: Any, result: dict[str, Any]) -> int:
+    from predictor.card import write_card
+
     if args.update_card:
         meta = {**model.meta, args.card_section: result}
         write_card(meta, model.path)
@@ -155,9 +168,10 @@ def cmd_retrain(args: argparse.Namespace) -> int:
 
     from predictor.card import write_card
     from predictor.dataset import DatasetError
-    from predictor.model import DEFAULT_MODEL, ModelError, load, save
+    from predictor.model import ModelError, save
     from predictor.policy import Policy
     from predictor.retrain import Collect, check_test_set, collect, decide, judge
+    from predictor.shipped import load_policy
     from predictor.train import train
 
     if not 0 <= args.collect <= 50:
@@ -168,7 +182,7 @@ def cmd_retrain(args: argparse.Namespace) -> int:
     current = None
     if args.current != "none":
         try:
-            current = load(DEFAULT_MODEL if args.current == "default" else args.current)
+            current = load_policy(args.current)
         except ModelError as exc:
             raise JobHarnessError(f"--current: {exc}") from exc
     runs, tests = [Path(r) for r in args.runs], [Path(t) for t in args.test]
@@ -257,10 +271,10 @@ def cmd_export(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def cmd_ab(args: argparse.Namespace) -> int:
-    from predictor.ab import ABError, run_ab, write
+    from predictor.ab import ABError, load_runs, write
 
     try:
-        runs = [run_ab(Path(r)) for r in args.runs]
+        runs = load_runs(Path(r) for r in args.runs)
     except (ABError, OSError, KeyError) as exc:
         raise JobHarnessError(f"A/B: {exc}") from exc
     summary = write(runs, Path(args.out))
@@ -274,12 +288,13 @@ def cmd_ab(args: argparse.Namespace) -> int:
 
 def cmd_soak(args: argparse.Namespace) -> int:
     from predictor.card import write_card
-    from predictor.model import DEFAULT_MODEL, ModelError, load
+    from predictor.model import ModelError
+    from predictor.shipped import load_policy
     from predictor.soak import SoakError, soak_run, summarize
 
     try:
         runs = [soak_run(Path(r)) for r in args.runs]
-        model = load(DEFAULT_MODEL if args.model == "default" else args.model)
+        model = load_policy(args.model)
     except (SoakError, ModelError, OSError, KeyError) as exc:
         raise JobHarnessError(f"soak: {exc}") from exc
     other = [r["run"] for r in runs if r["model_trained_at"] != model.meta.get("trained_at")]
@@ -305,6 +320,9 @@ def cmd_soak(args: argparse.Namespace) -> int:
     return 0
 
 
+POLICIES = "`default` (the shipped policy), `hand-rule`, `learnt` or a model file"
+
+
 def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p = sub.add_parser("predictor", parents=[common], help="the worker-failure predictor")
     ps = p.add_subparsers(dest="action", required=True)
@@ -325,7 +343,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
                         "levels), all, base, or names joined by commas (model,rss_mb)")
     t.set_defaults(func=cmd_train, needs_settings=False)
     e = ps.add_parser("evaluate", parents=[common], help="score held-out run folders")
-    e.add_argument("model", help="a model file, or `default` (the shipped one)")
+    e.add_argument("model", help=f"a policy: {POLICIES}")
     e.add_argument("runs", nargs="+")
     e.add_argument("--threshold", type=float, help="override the model's threshold")
     e.add_argument("--k", type=int, help="override the model's k")
@@ -349,7 +367,7 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.add_argument("--seed", type=int, default=100, help="first seed of collected runs (100)")
     r.add_argument("--collect-out", default="out/retrain", help="where collected runs go")
     r.add_argument("--current", default="default",
-                   help="the model to compare with: a file, `default` (the shipped one) or "
+                   help=f"the policy to compare with: {POLICIES}, or "
                    "`none`")
     r.add_argument("--out", default=str(DEFAULT_OUT), help=f"model file ({DEFAULT_OUT})")
     r.add_argument("--k", type=int, default=5, help="consecutive failing scores to act (5)")
@@ -361,14 +379,15 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     r.set_defaults(func=cmd_retrain, needs_settings=False)
     a = ps.add_parser("ab", parents=[common],
                       help="treated against hold-out workers over runs made with --holdout")
-    a.add_argument("runs", nargs="+", help="run folders made with --predictor and --holdout")
+    a.add_argument("runs", nargs="+", help="run folders made with --predictor and --holdout, "
+                   "and earlier ab.json files (their runs pooled with these)")
     a.add_argument("--out", default="out/ab", help="where ab.json and ab.md go (out/ab)")
     a.set_defaults(func=cmd_ab, needs_settings=False)
     so = ps.add_parser("soak", parents=[common],
                        help="false alarms of the model in no-fault runs (fleet-soak)")
     so.add_argument("runs", nargs="+", help="no-fault run folders made with --predictor")
     so.add_argument("--model", default="default",
-                    help="the model the runs were made with: a file or `default`")
+                    help=f"the policy the runs were made with: {POLICIES}")
     so.add_argument("--update-card", action="store_true",
                     help="write the result into that model's card")
     so.set_defaults(func=cmd_soak, needs_settings=False)

@@ -15,7 +15,6 @@ from sklearn.pipeline import Pipeline
 from predictor.features import FEATURES
 
 FORMAT = 1
-DEFAULT_MODEL = Path(__file__).parent / "default-model.skops"
 # Types a model file may contain beyond skops' defaults; anything else is refused.
 TRUSTED = ["sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor"]
 

@@ -19,12 +19,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from predictor.baselines import HandRule
 from predictor.features import LONG_WINDOW_S, TREND_FEATURES, Series, rows_at
-from predictor.model import LoadedModel, ModelError, load
+from predictor.model import LoadedModel, ModelError
 from predictor.policy import Policy, Streaks
-
-HAND_RULE_NAME = "hand-rule"  # --model hand-rule: the baseline rule, served like a model
+from predictor.shipped import load_policy
 
 log = logging.getLogger("jobharness.predictor")
 KEEP_S = LONG_WINDOW_S + 10
@@ -50,7 +48,7 @@ class Verdict:
 
 
 class LivePredictor:
-    def __init__(self, model: LoadedModel | HandRule, policy: Policy,
+    def __init__(self, model: LoadedModel, policy: Policy,
                  log_path: Path | None) -> None:
         self.model = model
         self.policy = policy
@@ -77,21 +75,16 @@ class LivePredictor:
     def from_path(cls, path: str, *, threshold: float | None, k: int | None, holdout: float,
                   log_path: Path | None, sample_interval_s: float | None = None
                   ) -> LivePredictor:
-        """Load the model (`default`: the one shipped in predictor/); ModelError if unusable,
-        including a model trained on samples taken at a very different interval (its window
-        features would not mean the same thing)."""
+        """Load the policy `path` names (predictor/shipped.py: `default`, `hand-rule`,
+        `learnt` or a model file); ModelError if unusable, including one made for samples
+        taken at a very different interval (its window features would not mean the same
+        thing)."""
         from threadpoolctl import threadpool_limits
-
-        from predictor.model import DEFAULT_MODEL
 
         # one thread: the supervisor shares the machine with its workers; OpenMP threads
         # spinning for a 100-row prediction would take their CPU
         threadpool_limits(1)
-        if path == HAND_RULE_NAME:
-            rule = HandRule()
-            return cls(rule, Policy(threshold=threshold or rule.threshold, k=k or rule.k,
-                                    holdout=holdout), log_path)
-        model = load(DEFAULT_MODEL if path == "default" else path)
+        model = load_policy(path)
         trained = model.meta.get("sampling_interval_s")
         if trained and sample_interval_s and not \
                 0.5 <= sample_interval_s / float(trained) <= 2.0:

@@ -249,9 +249,10 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--spawn", choices=["forkserver", "exec"], default="forkserver",
                    help="forkserver: fork pre-imported workers (fast, shared memory); "
                    "exec: a fresh interpreter per worker")
-    p.add_argument("--model", help="worker-health model file, `default` (the shipped one), "
-                   "`hand-rule` (the baseline rule, served the same way) or `off`: replace "
-                   "workers predicted to fail before they do")
+    p.add_argument("--model", help="worker-health policy: `default` (the shipped one, "
+                   "docs/predictor.md), `hand-rule`, `learnt` (the learnt model kept in "
+                   "predictor/), a model file, or `off`: replace workers predicted to fail "
+                   "before they do")
     p.add_argument("--threshold", type=float, help="failing probability to act on "
                    "(default: the model's)")
     p.add_argument("--k", type=int, help="consecutive failing scores to act (default: model's)")

@@ -1,5 +1,6 @@
-"""A run with the shipped worker-health model: the supervisor scores every worker, logs every
-verdict into the run folder, and the report shows the predictor's figure and activity."""
+"""A run with a shipped worker-health policy (the default, and the learnt model): the
+supervisor scores every worker, logs every verdict into the run folder, and the report shows
+the predictor's figure and activity."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 
 from core.settings import Settings
 from loadtests.cli import main
-from predictor.model import DEFAULT_MODEL, load
+from predictor.shipped import load_policy
 from tests.e2e.test_run import run_args
 
 LEAK_DRILL = """
@@ -25,21 +26,22 @@ settle_s: 10
 """
 
 
-def test_run_with_the_default_model_logs_verdicts_and_reports_them(
-    server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+@pytest.mark.parametrize("policy", ["default", "learnt"])
+def test_a_run_with_a_shipped_policy_logs_verdicts_and_reports_them(
+    server_settings: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str], policy: str
 ) -> None:
     drill = tmp_path / "one-leak.yaml"
     drill.write_text(LEAK_DRILL)
     out = tmp_path / "runs"
     code = main(run_args(server_settings, out, "drill", "--drill", str(drill),
-                         "--predictor", "default"))
+                         "--predictor", policy))
     verdict = json.loads(capsys.readouterr().out)
     assert code == 0, verdict["breaches"]
     (folder,) = out.iterdir()
     with open(folder / "predictions.csv", newline="") as fh:
         rows = list(csv.DictReader(fh))
     meta = json.loads((folder / "predictions.json").read_text())
-    model = load(DEFAULT_MODEL)
+    model = load_policy(policy)
     assert (meta["threshold"], meta["k"]) == (model.threshold, model.k)
     (fault,) = [e for e in verdict["drill"]["journal"] if e["name"] == "degrade_workers"]
     (leaky,) = [f["worker_id"] for f in fault["result"]["degraded"]]

@@ -73,7 +73,8 @@ def test_the_wheel_holds_every_data_file(installed: tuple[Path, Path]) -> None:
                      "core/py.typed", "migrations/001_create_jobs_table.up.sql",
                      "loadtests/scenarios/smoke.yaml", "loadtests/locustfile.py",
                      "chaos/drills/gameday.yaml", "chaos/drills/postgres-restart.yaml",
-                     "predictor/default-model.skops", "predictor/default-model.card.json"):
+                     "predictor/learnt-model.skops", "predictor/learnt-model.card.json",
+                     "predictor/hand-rule.card.json", "predictor/hand-rule.md"):
         assert expected in names, expected
     assert not any(n.startswith("tests/") for n in names)
 

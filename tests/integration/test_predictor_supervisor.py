@@ -230,16 +230,18 @@ async def test_benign_faults_show_symptoms_and_end_without_a_failure(
         assert peak["neighbour"]["cpu"] > 30  # a busy thread in the process
 
 
-async def test_the_shipped_model_scores_a_fleet_on_the_default_heartbeat(
-        svc: JobService, tmp_path: Path) -> None:  # noqa: F811
+@pytest.mark.parametrize("policy", ["default", "learnt"])
+async def test_the_shipped_policies_score_a_fleet_on_the_default_heartbeat(
+        svc: JobService, tmp_path: Path, policy: str) -> None:  # noqa: F811
     """With the seed's 30 s heartbeat the workers still sample their health every second, so
-    the shipped model loads and scores every worker from fresh samples."""
+    the shipped policy (and the learnt model kept beside it) loads and scores every worker
+    from fresh samples."""
     from dataclasses import replace
 
     settings = replace(svc.settings, heartbeat_interval_s=30.0, heartbeat_ttl_s=60.0)
     assert settings.health_sample_s == Settings().health_sample_s == 1.0
     slow = JobService(svc.pool, svc.dispatch, settings)
-    args = argparse.Namespace(model="default", threshold=None, k=None, holdout=0.0,
+    args = argparse.Namespace(model=policy, threshold=None, k=None, holdout=0.0,
                               verdict_log=str(tmp_path / "verdicts.csv"))
     live = load_predictor(args, settings)
     assert live is not None  # not refused: reactive-only would be None

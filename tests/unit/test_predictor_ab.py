@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from predictor.ab import ABError, run_ab, summarize, write
+from predictor.ab import ABError, load_runs, run_ab, summarize, write
 from predictor.policy import Policy
 
 POLICY = Policy(threshold=0.9, k=5, holdout=0.5)
@@ -85,6 +85,23 @@ def test_the_reduction_is_pooled_with_an_interval_over_runs(tmp_path: Path) -> N
     assert written == s
     assert "fewer" in (tmp_path / "out" / "ab.md").read_text()
     assert len(json.loads((tmp_path / "out" / "ab.json").read_text())["runs"]) == 6
+
+
+def test_committed_summaries_pool_with_new_run_folders(tmp_path: Path) -> None:
+    old = [run_ab(make_run(tmp_path, f"r{i}", treated_abandoned=i % 2, holdout_abandoned=4))
+           for i in range(4)]
+    write(old, tmp_path / "before")
+    new = make_run(tmp_path, "r9", treated_abandoned=0, holdout_abandoned=3)
+    pooled = load_runs([tmp_path / "before" / "ab.json", new])
+    assert [r.run for r in pooled] == ["r0", "r1", "r2", "r3", "r9"]
+    assert pooled[:4] == old  # the summaries read back as they were written
+    assert summarize(pooled)["arms"]["holdout"]["abandoned"] == 19
+    with pytest.raises(ABError, match="runs given twice: r9"):
+        load_runs([new, new])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"runs": [{"run": "x"}]}')
+    with pytest.raises(ABError, match=r"not an ab\.json"):
+        load_runs([bad])
 
 
 def test_a_run_without_a_holdout_arm_is_refused_by_name(tmp_path: Path) -> None:
