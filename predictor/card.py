@@ -102,7 +102,7 @@ def _rule_markdown(meta: dict[str, Any]) -> str:
 
 
 def _result_lines(res: dict[str, Any]) -> list[str]:
-    out = []
+    out = [f"`{res['command']}`", ""] if res.get("command") else []
     if "folds" in res:
         out += [f"- fold: train {', '.join(f['train'])} -> test {f['test']}"
                 for f in res["folds"]] + [""]

@@ -157,6 +157,8 @@ def _update_card(args: argparse.Namespace, model: Any, result: dict[str, Any]) -
     from predictor.card import write_card
 
     if args.update_card:
+        result["command"] = "jobharness predictor evaluate " + " ".join(
+            shlex.quote(a) for a in (sys.argv[3:] if len(sys.argv) > 3 else []))
         meta = {**model.meta, args.card_section: result}
         write_card(meta, model.path)
     return 0

@@ -12,8 +12,12 @@ Labels, for a row of worker w at time t, with horizon H:
 - ``healthy``: the rest.
 Rows whose outcome is unknown are dropped: within H of a graceful stop, of the end of the
 data, or of a proactive replacement (the predictor acted, so the failure never came; hold-out
-workers are not acted on and keep their rows). Failures caused by a drill's outright kill are
-``abrupt`` (nothing can predict them): kept, marked, and left out of training and scores.
+workers are not acted on and keep their rows); and every row of a worker a drill gave a fatal
+fault (leak, slow, stall: each ends in a failure) that had not failed when the run ended: its
+failure was on the way but not seen, so its rows are neither healthy nor failing at a known
+moment, and a firing on it is neither right nor false. Failures caused by a drill's outright
+kill are ``abrupt`` (nothing can predict them): kept, marked, and left out of training and
+scores.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ import numpy as np
 import pandas as pd
 
 from core.contract import runfolder
+from core.worker.faults import FATAL_MODES
 from predictor.features import FEATURES, Series, add_fleet, worker_row
 
 HORIZON_S = 30.0
@@ -72,10 +77,13 @@ def sampling_interval(samples: pd.DataFrame) -> float:
 
 
 def outcomes(samples: pd.DataFrame, workers: pd.DataFrame, *, interval: float,
-             abrupt: set[str], acted: dict[str, float]) -> pd.DataFrame:
+             abrupt: set[str], acted: dict[str, float],
+             fatal: frozenset[str] = frozenset()) -> pd.DataFrame:
     """Per worker: when it failed (NaN: it did not), the kind, and when its outcome stops
-    being known (censor_at; NaN for failures)."""
+    being known (censor_at; NaN for failures). `fatal`: workers given a fatal fault; one that
+    did not fail (and was not replaced on a prediction) is unknown from its first sample."""
     last = samples.groupby("worker_id")["t"].max()
+    first = samples.groupby("worker_id")["t"].min()
     info = workers.set_index("id") if len(workers) else pd.DataFrame()
     rows = []
     for wid, last_t in last.items():
@@ -90,6 +98,8 @@ def outcomes(samples: pd.DataFrame, workers: pd.DataFrame, *, interval: float,
                          "kind": "abrupt" if wid in abrupt else "gradual", "reason": reason})
         else:
             censor = acted.get(str(wid), stop_t if np.isfinite(stop_t) else last_t)
+            if str(wid) in fatal and str(wid) not in acted:
+                censor = float(first[wid])  # its failure was coming, unseen: unknown
             rows.append({"worker_id": wid, "failure_at": np.nan,
                          "censor_at": min(censor, last_t + 2 * interval), "kind": "",
                          "reason": reason})
@@ -192,8 +202,11 @@ def run_rows(run_dir: Path, *, horizon_s: float = HORIZON_S, step_s: float = 1.0
     verdict = json.loads((run_dir / runfolder.VERDICT).read_text()) \
         if (run_dir / runfolder.VERDICT).exists() else {}
     interval = sampling_interval(samples)
+    fatal = frozenset(str(d["worker_id"]) for d in journal_items(verdict, "degraded")
+                      if isinstance(d, dict) and d.get("mode") in FATAL_MODES)
     out = outcomes(samples, workers, interval=interval,
-                   abrupt=_journal_workers(verdict, "killed"), acted=_acted(run_dir))
+                   abrupt=_journal_workers(verdict, "killed"), acted=_acted(run_dir),
+                   fatal=fatal)
     df = label_rows(grid_rows(samples, step_s), out, horizon_s=horizon_s, interval=interval)
     df["faulted"] = df["worker_id"].isin(_journal_workers(verdict, "degraded"))
     df["sampling_interval_s"] = interval

@@ -101,6 +101,22 @@ def test_a_proactively_replaced_worker_is_censored() -> None:
     assert (rows.loc[rows["worker_id"] == "v", "t"] - T0).max() > 10
 
 
+def test_a_fatally_faulted_worker_still_alive_at_the_end_is_unknown() -> None:
+    """A leak that had not killed its worker when the run ended: the rows are not healthy
+    (its failure was coming), so they are dropped, and no firing on it can be judged."""
+    samples = samples_frame(pd.DataFrame(series_rows("w", 0, 90, rss_slope=5.0)
+                                         + series_rows("v", 0, 90)))
+    workers = workers_frame([("w", "STOPPED", 90, ""), ("v", "STOPPED", 90, "")])
+    out = outcomes(samples, workers, interval=1.0, abrupt=set(), acted={},
+                   fatal=frozenset({"w"}))
+    rows = label_rows(grid_rows(samples, 1.0), out, horizon_s=30.0, interval=1.0)
+    assert set(rows["worker_id"]) == {"v"}
+    # without the journal's word it would have counted as a healthy worker
+    plain = outcomes(samples, workers, interval=1.0, abrupt=set(), acted={})
+    assert "w" in set(label_rows(grid_rows(samples, 1.0), plain, horizon_s=30.0,
+                                 interval=1.0)["worker_id"])
+
+
 def test_features_see_no_sample_after_now() -> None:
     raw = pd.DataFrame(series_rows("a", 0, 30, rss_slope=2.0))
     s = Series.from_frame("a", samples_frame(raw))

@@ -54,7 +54,9 @@ def test_the_hand_rule_is_evaluated_and_carded_as_a_model_is(tmp_path: Path) -> 
         failure_at=np.nan, kind=None, label="healthy")
     result = evaluate(rule.pipeline, df, Policy(threshold=rule.threshold, k=rule.k, holdout=0))
     assert result["at_threshold"]["precision"] == 0.0  # all healthy: every flag is wrong
-    text = card_markdown({**rule.meta, "evaluation": {**result, "runs": ["r1"]}})
+    text = card_markdown({**rule.meta, "evaluation": {**result, "runs": ["r1"],
+                                                      "command": "jobharness predictor x"}})
+    assert "`jobharness predictor x`" in text  # each figure with the command that made it
     assert text.startswith("# Worker-health policy: the hand rule")
     assert "Not trained" in text
     assert "Runs: r1" in text
