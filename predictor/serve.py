@@ -66,7 +66,9 @@ class LivePredictor:
             if new:
                 self._writer.writerow(LOG_FIELDS)
             log_path.with_suffix(".json").write_text(json.dumps({
-                "model": str(model.path), "trained_at": model.meta.get("trained_at"),
+                # the rule by its name; a model by its file
+                "model": "hand-rule" if model.meta.get("kind") == "rule" else str(model.path),
+                "trained_at": model.meta.get("trained_at"),
                 "threshold": policy.threshold, "k": policy.k, "holdout": policy.holdout,
                 "min_samples": policy.min_samples,
                 "horizon_s": model.meta.get("horizon_s")}, indent=2))
