@@ -23,7 +23,16 @@ from typing import Any
 from redis.exceptions import RedisError
 
 log = logging.getLogger("jobharness.dispatch")
-FAILURES = (RedisError, OSError, TimeoutError)  # what a Redis call raises when Redis is away
+# What a Redis call raises when Redis is away. RuntimeError only as uvloop raises it for a
+# write to a connection closed under it (a proxy or server cutting it mid-call); any other
+# RuntimeError is re-raised by `unavailable`.
+FAILURES = (RedisError, OSError, TimeoutError, RuntimeError)
+CLOSED_TRANSPORT = "unable to perform operation on"
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether a caught FAILURES exception means Redis is away (else: re-raise it)."""
+    return not isinstance(exc, RuntimeError) or str(exc).startswith(CLOSED_TRANSPORT)
 # A connect may wait for a SYN sent again after 1 s (a listener's full accept queue on a loaded
 # host): connections get at least this long (only the probe connects while Redis is in doubt).
 CONNECT_TIMEOUT_S = 2.0
@@ -70,6 +79,8 @@ class Breaker:
             try:
                 await self._probe()
             except FAILURES as exc:
+                if not unavailable(exc):
+                    raise
                 self.probes_failed[type(exc).__name__] += 1
                 continue
             self._open = False

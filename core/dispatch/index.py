@@ -24,7 +24,7 @@ import redis.asyncio as aioredis
 
 from core.contract.keys import Keys
 from core.dispatch.behind import IndexWriter
-from core.dispatch.breaker import CONNECT_TIMEOUT_S, FAILURES, Breaker, describe
+from core.dispatch.breaker import CONNECT_TIMEOUT_S, FAILURES, Breaker, describe, unavailable
 from core.dispatch.records import (
     AcquireResult,
     DispatchSnapshot,
@@ -109,6 +109,8 @@ class RedisDispatch:
         try:
             result = await coro
         except FAILURES as exc:
+            if not unavailable(exc):
+                raise
             cause = describe(exc)
             self.failure_causes[cause] += 1
             self.breaker.trip(cause)
@@ -299,6 +301,8 @@ class RedisDispatch:
         try:
             got = await self._blocking.blpop([self.keys.wakeup], timeout=max(timeout_s, 0.01))
         except FAILURES as exc:
+            if not unavailable(exc):
+                raise
             self.breaker.trip(f"waiting for work: {describe(exc)}")
             return False
         return got is not None

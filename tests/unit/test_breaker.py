@@ -77,3 +77,18 @@ async def test_a_reset_closes_it_at_once_and_a_closed_breaker_probes_nothing() -
     assert breaker.available
     await breaker.close()
     assert redis.pings == 0
+
+
+def test_a_connection_closed_under_a_write_counts_as_redis_away() -> None:
+    """uvloop raises RuntimeError for a write to a transport a proxy or server closed
+    mid-call (a worker registering as its Redis was cut died of it): that one means Redis is
+    away; any other RuntimeError is a bug and is not swallowed."""
+    from core.dispatch.breaker import FAILURES, unavailable
+
+    closed = RuntimeError("unable to perform operation on <TCPTransport closed=True "
+                          "reading=False 0x5>; the handler is closed")
+    assert isinstance(closed, FAILURES)
+    assert unavailable(closed)
+    assert unavailable(RedisConnectionError("Error 111 connecting"))
+    assert unavailable(TimeoutError())
+    assert not unavailable(RuntimeError("dictionary changed size during iteration"))
