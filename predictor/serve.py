@@ -161,7 +161,7 @@ class LivePredictor:
 
     def note_action(self, now: float, wid: str, action: str) -> None:
         """Log what the supervisor did about a firing: replace, or held back (deferred by the
-        shared rate limit, or by the storm guards: budget, breaker)."""
+        shared rate limit, or by the storm guards: budget, breaker, fleetwide)."""
         if self._log is not None:
             self._writer.writerow([f"{now:.3f}", wid, "", "", "", "", "",
                                    self.streaks.count.get(wid, 0), action])

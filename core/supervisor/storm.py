@@ -1,11 +1,16 @@
 """Storm protection for proactive replacement: a model gone wrong (a store slowdown that
 makes every worker look sick, a model trained on other hardware) must not churn the fleet.
 
-Two guards, both on top of the supervisor's shared replacement rate limit:
+Three guards, all on top of the supervisor's shared replacement rate limit:
 
 - a **budget**: at most `per_hour` proactive replacements in any sliding hour;
 - a **breaker**: it opens when most of the recent firings that could be judged were false,
-  and closes again when the judged firings are mostly true.
+  and closes again when the judged firings are mostly true;
+- a **fleet-wide hold**: no proactive replacement in a round in which many workers score
+  `failing` together (at least `fleet_min`, and at least `fleet_share` of the fleet). Workers
+  fail one by one; a fleet that all looks sick at once has a sick host or store (a busy
+  machine lags every event loop), which replacing workers cannot cure. Its firings are
+  watched and judged like the others.
 
 How a firing is judged. A flagged worker that was *not* replaced (held out by the policy, or
 deferred by the budget or the breaker) is watched for `horizon_s`: if it fails in that time
@@ -30,6 +35,8 @@ class StormLimits:
     window: int = 6  # the last judged firings the breaker looks at
     min_false: int = 4  # it opens with at least this many false among them (and a majority)
     horizon_s: float = 120.0  # a flagged worker still alive after this was a false alarm
+    fleet_min: int = 8  # a round with this many workers scoring failing, and
+    fleet_share: float = 0.05  # this share of the fleet, holds proactive replacements
 
     def __post_init__(self) -> None:
         if not 1 <= self.per_hour <= 100_000:
@@ -41,6 +48,10 @@ class StormLimits:
         if not self.horizon_s > 0:
             raise ValueError("--breaker-horizon-s must be positive, got "
                              f"{self.horizon_s}")
+        if self.fleet_min < 2 or not 0 < self.fleet_share <= 1:
+            raise ValueError("the fleet-wide hold needs fleet_min >= 2 and 0 < fleet_share "
+                             f"<= 1, got fleet_min={self.fleet_min}, "
+                             f"fleet_share={self.fleet_share}")
 
 
 class StormGuard:
@@ -67,6 +78,11 @@ class StormGuard:
         if len(self._fired) >= self.limits.per_hour:
             return "budget"
         return None
+
+    def fleetwide(self, failing: int, fleet: int) -> bool:
+        """Whether `failing` workers of `fleet` scoring failing in one round hold proactive
+        replacement back this round."""
+        return failing >= max(self.limits.fleet_min, self.limits.fleet_share * fleet)
 
     def replaced(self, now: float) -> None:
         """A proactive replacement went ahead: it spends the budget."""

@@ -267,10 +267,17 @@ class Supervisor:
             self.stats["predictor_errors"] += 1
             log.warning("predictor round failed: %s", exc)
             return
+        failing = sum(1 for v in verdicts if v.verdict == "failing" and v.worker_id in live)
+        hold = self.storm.fleetwide(failing, len(live))
         for v in verdicts:
             self.stats[f"verdict_{v.verdict}"] += 1
             slot = live.get(v.worker_id)
             if not v.fire or slot is None:
+                continue
+            if hold and not v.held_out:  # the fleet looks sick at once: not the workers
+                self.stats["proactive_fleetwide"] += 1
+                self.storm.watch(v.worker_id, time.monotonic())
+                predictor.note_action(now, v.worker_id, "fleetwide")
                 continue
             if v.held_out:
                 self.stats["predicted_held_out"] += 1

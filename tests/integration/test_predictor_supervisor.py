@@ -123,6 +123,30 @@ async def test_the_budget_and_the_breaker_hold_back_a_model_that_flags_everyone(
     assert {"replace", "budget", "breaker"} <= actions
 
 
+async def test_a_fleet_that_looks_sick_at_once_is_not_replaced(
+        svc: JobService, tiny_model: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Workers fail one by one; when most of a fleet scores failing in the same round the
+    cause is shared (a busy host, a slow store), so proactive replacement holds back."""
+    verdicts = tmp_path / "verdicts.csv"
+    storm = StormLimits(per_hour=100, fleet_min=2, fleet_share=0.5)
+    async with supervising(svc, predictor(tiny_model, verdicts), workers=3,
+                           storm=storm) as sup:
+        for slot in list(sup.slots.values()):
+            leak(sup, slot.worker_id)
+        await wait_until(until(lambda: sup.stats["proactive_fleetwide"] >= 2),
+                         what="the fleet-wide hold holding firings back")
+    rows = log_rows(verdicts)
+    failing: dict[str, int] = {}
+    for r in rows:
+        if r["verdict"] == "failing":
+            failing[r["t"]] = failing.get(r["t"], 0) + 1
+    held = [r for r in rows if r["action"] == "fleetwide"]
+    assert held
+    # a held firing's round had two or more workers failing; a replacement's round fewer
+    assert all(failing.get(r["t"], 0) >= 2 for r in held)
+    assert all(failing.get(r["t"], 0) < 2 for r in rows if r["action"] == "replace")
+
+
 def _names_splitting_holdout(policy: Policy) -> str:
     for i in range(1000):
         name = f"h{i}"

@@ -57,3 +57,15 @@ def test_a_failed_drain_counts_as_right_and_an_unwatched_failure_counts_as_nothi
 def test_bad_limits_are_refused_by_name(kwargs: dict[str, float], named: str) -> None:
     with pytest.raises(ValueError, match=named):
         StormLimits(**kwargs)  # type: ignore[arg-type]
+
+
+def test_the_fleet_wide_hold_needs_many_failing_together() -> None:
+    guard = StormGuard(StormLimits())  # at least 8, and at least 5 % of the fleet
+    assert not guard.fleetwide(6, 16)  # a drill's concurrent faults in a small fleet
+    assert guard.fleetwide(8, 16)
+    assert not guard.fleetwide(7, 160)
+    assert guard.fleetwide(29, 160)  # the worst round of an overloaded host's soak
+    assert not guard.fleetwide(40, 1000)
+    assert guard.fleetwide(50, 1000)
+    with pytest.raises(ValueError, match="fleet-wide hold"):
+        StormLimits(fleet_min=1)
