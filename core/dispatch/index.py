@@ -5,9 +5,8 @@ or raises DispatchUnavailable quickly: after a failure the breaker (core/dispatc
 is open, calls fail at once, and a background ping every `retry_after_s` finds Redis back. New
 jobs are indexed write-behind (`writer`, core/dispatch/behind.py): every other call waits for it.
 
-Length: one class is the only code that talks to the dispatch keys, one short method per
-script or command group (enqueue, acquire, forget, limits, the reconciler's reads); the
-values it takes and gives are in core/dispatch/records.py.
+Length: the only code that talks to the dispatch keys, a short method per script or command
+group (enqueue, acquire, forget, limits, the reconciler's reads); values in records.py.
 """
 
 from __future__ import annotations
