@@ -231,14 +231,28 @@ def _soak_lines(soak: dict[str, Any] | None) -> list[str]:
     if not soak:
         return []
     out = ["", "## False alarms (no-fault soak)", "", f"`{soak['command']}`", "",
-           "| run | workers | worker-hours | fired | flagged (hold-out) | failed anyway |",
-           "|---|---|---|---|---|---|"]
-    out += [f"| {r['run']} | {r['workers']} | {r['worker_hours']} | {r['fired']} | "
-            f"{r['flagged_holdout']} | {r['failed_anyway']} |" for r in soak["per_run"]]
-    out += ["", f"False firings: {soak['false_firings']} in {soak['worker_hours']} worker-hours, "
-            f"{soak['false_per_100_worker_hours']} per 100 worker-hours, 95 % upper bound "
-            f"{soak['false_per_100_upper95']} (target <= 1 per 100: "
-            f"{'met' if soak['target_met'] else 'not met'})."]
+           "| run | workers | worker-hours | fired | replaced | held back | flagged (hold-out) "
+           "| most failing in a round | failed anyway |",
+           "|---|---|---|---|---|---|---|---|---|"]
+    for r in soak["per_run"]:
+        held = ", ".join(f"{n} {a}" for a, n in r.get("held", {}).items()) or "-"
+        out.append(f"| {r['run']} | {r['workers']} | {r['worker_hours']} | {r['fired']} | "
+                   f"{r.get('replaced', '-')} | {held} | {r['flagged_holdout']} | "
+                   f"{r.get('worst_round_failing', '-')} | {r['failed_anyway']} |")
+    if "false_replacements" in soak:
+        out += ["", f"False replacements (replaced, or flagged in the hold-out arm): "
+                f"{soak['false_replacements']} in {soak['worker_hours']} worker-hours, "
+                f"{soak['replacements_per_100_worker_hours']} per 100 worker-hours, 95 % upper "
+                f"bound {soak['replacements_per_100_upper95']} (target <= 1 per 100: "
+                f"{'met' if soak['target_met'] else 'not met'}). The policy's own false "
+                f"firings, before the storm guards: {soak['false_firings']}, "
+                f"{soak['false_per_100_worker_hours']} per 100 (95 % upper bound "
+                f"{soak['false_per_100_upper95']})."]
+    else:  # a card written before replacements were counted apart
+        out += ["", f"False firings: {soak['false_firings']} in {soak['worker_hours']} "
+                f"worker-hours, {soak['false_per_100_worker_hours']} per 100 worker-hours, "
+                f"95 % upper bound {soak['false_per_100_upper95']} (target <= 1 per 100: "
+                f"{'met' if soak['target_met'] else 'not met'})."]
     return out
 
 

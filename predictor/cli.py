@@ -292,7 +292,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     from predictor.card import write_card
     from predictor.model import ModelError
     from predictor.shipped import load_policy
-    from predictor.soak import SoakError, soak_run, summarize
+    from predictor.soak import SoakError, soak_lines, soak_run, summarize
 
     try:
         runs = [soak_run(Path(r)) for r in args.runs]
@@ -309,14 +309,8 @@ def cmd_soak(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(summary, indent=2))
     else:
-        for r in runs:
-            print(f"{r['run']}: {r['workers']} workers, {r['worker_hours']} worker-hours, "
-                  f"fired {r['fired']}, flagged (hold-out) {r['flagged_holdout']}, failed "
-                  f"anyway {r['failed_anyway']}")
-        print(f"false firings {summary['false_firings']} in {summary['worker_hours']} "
-              f"worker-hours: {summary['false_per_100_worker_hours']} per 100 (95 % upper "
-              f"bound {summary['false_per_100_upper95']}; target <= 1: "
-              f"{'met' if summary['target_met'] else 'not met'})")
+        for line in soak_lines(summary):
+            print(line)
     if args.update_card:
         write_card({**model.meta, "soak": summary}, model.path)
     return 0
