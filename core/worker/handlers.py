@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import inspect
 import random
 import threading
 import time
@@ -147,10 +146,3 @@ def build_registry(extra: Mapping[str, str] | None = None, *,
     for job_type, path in (extra or {}).items():
         registry[job_type] = load_handler(path)
     return registry
-
-
-async def call_handler(handler: Handler, payload: dict[str, Any]) -> Any:
-    result = handler(payload)
-    if inspect.isawaitable(result):
-        return await result
-    return result

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import json
 import random
 import time
@@ -26,7 +27,7 @@ from typing import Any
 from core.errors import JobHarnessError, StaleLease, StoreUnavailable
 from core.jobs.model import ExecutionStatus, Lease
 from core.service.jobs import JobService
-from core.worker.handlers import Handler, call_handler
+from core.worker.handlers import Handler
 from core.worker.health import HealthMonitor
 
 MAX_ERROR_CHARS = 4000
@@ -65,7 +66,7 @@ class Worker:
         self._running: set[asyncio.Task[None]] = set()
         self._slot_of: dict[int, _Slot] = {}  # lease token -> its slot, until it is given back
         self._reporting = 0  # slots given back before their job's report ended
-        self._handlers_running: dict[str, asyncio.Task[Any]] = {}
+        self._handlers_running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._releasing = False
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
         # drills: a misbehaviour turned on in this worker (core/worker/faults.py BYZANTINE_MODES)
@@ -147,6 +148,9 @@ class Worker:
         await asyncio.gather(waiter, stopper, return_exceptions=True)
 
     async def _run_job(self, lease: Lease) -> None:
+        """One job in this task: its handler runs here (no task of its own), watched by one
+        timer (_JobGuard: the timeout, the lease's extensions, a requested cancellation),
+        which stops it by cancelling this task."""
         handler = self.handlers.get(lease.job_type)
         if self.byzantine == "idle":  # drops the lease on the floor: never runs or extends it
             return
@@ -163,49 +167,55 @@ class Worker:
                                f"no handler for job type {lease.job_type!r} on this worker")
             return
         payload = {**lease.payload, "_attempt": lease.attempt, "_job_id": lease.job_id}
-        job = asyncio.create_task(call_handler(handler, payload))
-        self._handlers_running[lease.job_id] = job
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers_running[lease.job_id] = task
         self.health.in_flight += 1
-        keeper = _LeaseKeeper(self.service, lease, job)
+        guard = _JobGuard(self.service, lease, task)
         started = time.monotonic()
         try:
-            await self._await_outcome(lease, job, keeper, started)
-        finally:
-            self.health.in_flight -= 1
-            self._handlers_running.pop(lease.job_id, None)
-            await keeper.stop()
-
-    async def _await_outcome(
-        self, lease: Lease, job: asyncio.Task[Any], keeper: _LeaseKeeper, started: float
-    ) -> None:
-        try:
-            result = await asyncio.wait_for(asyncio.shield(job), timeout=lease.timeout_s)
-        except TimeoutError:
-            job.cancel()
-            await asyncio.gather(job, return_exceptions=True)
-            self.health.job_finished(time.monotonic() - started, ok=False, timed_out=True)
-            await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
-                               status=ExecutionStatus.TIMED_OUT)
+            try:
+                result = handler(payload)
+                if inspect.isawaitable(result):
+                    result = await result
+            finally:
+                self.health.in_flight -= 1
+                self._handlers_running.pop(lease.job_id, None)
+                await guard.stop()
         except asyncio.CancelledError:
-            told = keeper.told
-            if told == "cancel":
-                await self._report(self.service.ack_cancel, lease)
-            elif told == "lost":
-                self.stats["lease_lost"] += 1
-            elif self._releasing:
-                await self._report(self.service.release, lease, "worker draining")
-            else:
-                raise
+            if guard.told is None and not self._releasing:
+                raise  # not a stop of this job's: the worker itself is being cancelled
+            task.uncancel()
+            await self._stopped(lease, guard.told, started)
         except Exception as exc:  # the job boundary: any handler error fails the attempt
             self.health.job_finished(time.monotonic() - started, ok=False)
             text = "".join(traceback.format_exception_only(exc)).strip()[:MAX_ERROR_CHARS]
             await self._report(self.service.fail, lease, text)
         else:
+            if guard.told is not None:  # the handler swallowed its stop and returned anyway
+                task.uncancel()
+                if guard.told == "timeout":
+                    await self._stopped(lease, guard.told, started)
+                    return
             self.health.job_finished(time.monotonic() - started, ok=True)
             if self.byzantine == "forge":  # a token no lease ever had
                 lease = replace(lease, token=lease.token + FORGED_TOKEN_OFFSET)
             await self._report(self.service.complete, lease, _jsonable(result),
                                worker_id=self.worker_id)
+
+    async def _stopped(self, lease: Lease, told: str | None, started: float) -> None:
+        """A job whose handler was stopped: timed out, cancelled on request, its lease lost,
+        or the worker draining."""
+        if told == "timeout":
+            self.health.job_finished(time.monotonic() - started, ok=False, timed_out=True)
+            await self._report(self.service.fail, lease, f"timed out after {lease.timeout_s} s",
+                               status=ExecutionStatus.TIMED_OUT)
+        elif told == "cancel":
+            await self._report(self.service.ack_cancel, lease)
+        elif told == "lost":
+            self.stats["lease_lost"] += 1
+        else:  # the worker is draining
+            await self._report(self.service.release, lease, "worker draining")
 
     async def _report(self, op: Any, lease: Lease, *args: Any, **kwargs: Any) -> None:
         """Report an outcome with the lease's token. While PostgreSQL is unavailable the
@@ -265,47 +275,79 @@ class _Slot:
             worker._reporting -= 1
 
 
-class _LeaseKeeper:
-    """Extends a lease every third of it while its job runs; cancels the job when told to
-    (`told` = "cancel") or when the lease is lost ("lost"). Until the first extension is due
-    it is a timer, not a task: most jobs end before that."""
+class _JobGuard:
+    """Watches one running job with one timer: at its timeout the job is stopped ("timeout");
+    every third of the lease the lease is extended, which also says whether the job's
+    cancellation was requested ("cancel") or the lease is gone ("lost"). Stopping the job
+    cancels its task, once, and only while its handler runs; `told` says why. Most jobs end
+    before either is due, so most guards are one timer and nothing else."""
 
-    def __init__(self, service: JobService, lease: Lease, job: asyncio.Task[Any]) -> None:
+    __slots__ = ("_call", "_deadline", "_extend_at", "_lease", "_loop", "_running", "_service",
+                 "_task", "_timer", "told")
+
+    def __init__(self, service: JobService, lease: Lease, task: asyncio.Task[Any]) -> None:
         self.told: str | None = None
         self._service = service
         self._lease = lease
-        self._job = job
+        self._task = task
+        self._running = True
         self._call: asyncio.Task[None] | None = None
         self._loop = asyncio.get_running_loop()
-        self._timer: asyncio.TimerHandle | None = self._loop.call_later(lease.lease_s / 3,
-                                                                        self._due)
+        now = self._loop.time()
+        self._deadline = now + lease.timeout_s
+        self._extend_at = now + lease.lease_s / 3
+        self._timer: asyncio.TimerHandle | None = None
+        self._arm()
 
-    def _due(self) -> None:
-        self._timer = None
+    def _arm(self) -> None:
+        if self._call is None and self._extend_at < self._deadline:
+            self._timer = self._loop.call_at(self._extend_at, self._extend_due)
+        else:  # only the timeout is left to watch (or an extension is on its way)
+            self._timer = self._loop.call_at(self._deadline, self._timeout_due)
+
+    def _extend_due(self) -> None:
         self._call = self._loop.create_task(self._extend())
+        self._arm()
+
+    def _timeout_due(self) -> None:
+        self._timer = None
+        self._stop_job("timeout")
+
+    def _stop_job(self, why: str) -> None:
+        if self._running and self.told is None:
+            self.told = why
+            self._task.cancel()
 
     async def _extend(self) -> None:
         lease = self._lease
         try:
             cancel = await self._service.extend(lease.job_id, lease.token, lease_s=lease.lease_s)
         except StaleLease:
-            self.told = "lost"
-            self._job.cancel()
+            self._stop_job("lost")
             return
         except StoreUnavailable:
             cancel = False  # keep running; the lease may still be valid when the store returns
+        finally:
+            self._call = None
         if cancel:
-            self.told = "cancel"
-            self._job.cancel()
+            self._stop_job("cancel")
             return
-        self._timer = self._loop.call_later(lease.lease_s / 3, self._due)
+        if self._running:
+            self._extend_at = self._loop.time() + lease.lease_s / 3
+            if self._timer is not None:
+                self._timer.cancel()
+            self._arm()
 
     async def stop(self) -> None:
+        """The handler is done: nothing is stopped from now on."""
+        self._running = False
         if self._timer is not None:
             self._timer.cancel()
-        if self._call is not None and not self._call.done():
-            self._call.cancel()
-            await asyncio.gather(self._call, return_exceptions=True)
+            self._timer = None
+        call = self._call
+        if call is not None and not call.done():
+            call.cancel()
+            await asyncio.gather(call, return_exceptions=True)
 
 
 def _jsonable(value: Any) -> Any:
