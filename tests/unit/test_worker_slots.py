@@ -86,3 +86,72 @@ def test_a_report_in_flight_does_not_hold_the_slot_but_only_one_per_slot_may() -
         assert worker.stats["complete"] == 3
 
     asyncio.run(scenario())
+
+
+class TwoAsks:
+    """The first lease request gets half the slots it asked for; later ones wait for the test.
+    Counts the lease requests and idle waits in flight at once."""
+
+    def __init__(self) -> None:
+        self.settings = SimpleNamespace(lease_s=30.0)
+        self.calls = 0
+        self.asking = 0
+        self.most_asking = 0
+        self.waiting = 0
+        self.most_waiting = 0
+        self.answer = asyncio.Event()
+        self.changed = asyncio.Event()
+
+    async def acquire_many(self, worker_id: str, n: int, capabilities: Any, *,
+                           lease_s: float) -> list[Lease]:
+        self.calls += 1
+        if self.calls == 1:
+            return [Lease(job_id=f"job-{i}", token=i + 1, attempt=1, job_type="noop",
+                          payload={}, priority=3, timeout_s=10.0, lease_s=lease_s,
+                          worker_id=worker_id, via="redis") for i in range(n // 2)]
+        self.asking += 1
+        self.most_asking = max(self.most_asking, self.asking)
+        self.changed.set()
+        await self.answer.wait()
+        self.asking -= 1
+        return []
+
+    async def wait_for_work(self, timeout_s: float) -> None:
+        self.waiting += 1
+        self.most_waiting = max(self.most_waiting, self.waiting)
+        self.changed.set()
+        try:
+            await asyncio.Event().wait()
+        finally:
+            self.waiting -= 1
+
+    async def complete(self, job_id: str, token: int, result: Any = None, *,
+                       worker_id: str | None = None) -> None:
+        return None
+
+
+def test_a_worker_with_many_slots_asks_twice_at_once_and_waits_for_work_once() -> None:
+    async def scenario() -> None:
+        service = TwoAsks()
+        worker = Worker(service, "w1", {"noop": lambda p: None},  # type: ignore[arg-type]
+                        concurrency=20)
+        assert worker.acquirers == 2
+        stop = asyncio.Event()
+        running = asyncio.create_task(worker.run(stop))
+        # half the slots came back unused and the jobs ended at once: both loops ask
+        await settle(service, lambda: service.asking == 2)
+        service.answer.set()  # nothing more to run: both loops go idle, sharing one wait
+        await settle(service, lambda: service.asking == 0 and service.waiting == 1)
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert (service.most_asking, service.most_waiting) == (2, 1)
+        stop.set()
+        await asyncio.wait_for(running, 5)
+        assert service.waiting == 0
+
+    asyncio.run(scenario())
+
+
+def test_a_worker_with_few_slots_asks_once_at_a_time() -> None:
+    worker = Worker(TwoAsks(), "w1", {}, concurrency=10)  # type: ignore[arg-type]
+    assert worker.acquirers == 1
