@@ -64,9 +64,13 @@ class RunAB:
     seed: int | None
     holdout: float
     arms: dict[str, Arm] = field(default_factory=dict)
+    # the most workers scoring failing in one round (the supervisor's fleet-wide hold acts
+    # from 8); None in summaries written before it was counted
+    most_failing: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {"run": self.run, "drill": self.drill, "seed": self.seed, "holdout": self.holdout,
+                "most_failing": self.most_failing,
                 "arms": {k: asdict(v) for k, v in self.arms.items()}}
 
 
@@ -76,7 +80,7 @@ def from_summaries(path: Path) -> list[RunAB]:
     try:
         data = json.loads(path.read_text())
         return [RunAB(run=str(r["run"]), drill=str(r["drill"]), seed=r.get("seed"),
-                      holdout=float(r["holdout"]),
+                      holdout=float(r["holdout"]), most_failing=r.get("most_failing"),
                       arms={a: Arm(**r["arms"][a]) for a in ARMS}) for r in data["runs"]]
     except (ValueError, KeyError, TypeError) as exc:
         raise ABError(f"{path}: not an ab.json of `predictor ab` ({exc})") from exc
@@ -132,6 +136,10 @@ def run_ab(run_dir: Path) -> RunAB:
             arm.fatal += 1
     _count_firings(run_dir, modes, arm_of)
     _count_abandoned(run_dir, killed, arm_of)
+    verdicts = pd.read_csv(run_dir / runfolder.PREDICTIONS, usecols=["t", "verdict"],
+                           dtype={"verdict": str})
+    per_round = verdicts[verdicts["verdict"] == "failing"].groupby("t").size()
+    out.most_failing = int(per_round.max()) if len(per_round) else 0
     return out
 
 
@@ -240,13 +248,15 @@ def write(runs: Sequence[RunAB], out_dir: Path) -> dict[str, Any]:
 def markdown(runs: Iterable[RunAB], summary: dict[str, Any]) -> str:
     lines = ["# Proactive replacement: treated against hold-out workers", "",
              "| run | drill | seed | arm | workers | worker-hours | fatal | caught | "
-             "abandoned | abrupt | false drains |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "abandoned | abrupt | false drains | most failing in a round |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         for a in ARMS:
             m = r.arms[a]
+            most = "-" if r.most_failing is None else r.most_failing
             lines.append(f"| {r.run} | {r.drill} | {r.seed} | {a} | {m.workers} | "
                          f"{m.worker_hours:.2f} | {m.fatal} | {m.caught} | {m.abandoned} | "
-                         f"{m.abandoned_abrupt} | {m.false_drains} |")
+                         f"{m.abandoned_abrupt} | {m.false_drains} | {most} |")
     lines += ["", "| arm | fatal | caught | abandoned | per fatal fault | false drains | "
               "per 100 worker-hours |", "|---|---|---|---|---|---|---|"]
     for a in ARMS:

@@ -49,9 +49,11 @@ def make_run(root: Path, name: str, *, treated_abandoned: int, holdout_abandoned
         {"id": w, "registered_at": "2026-12-02 00:00:00+00", "stopped_at": "",
          "last_heartbeat_at": "2026-12-02 00:30:00+00"} for w in t + h])
     table(d / "predictions.csv", [
-        {"worker_id": t[0], "action": "fire"}, {"worker_id": t[0], "action": "fire"},
-        {"worker_id": t[2], "action": "fire"}, {"worker_id": h[0], "action": "holdout"},
-        {"worker_id": h[1], "action": ""}])
+        {"t": 1.0, "worker_id": t[0], "verdict": "failing", "action": "fire"},
+        {"t": 2.0, "worker_id": t[0], "verdict": "failing", "action": "fire"},
+        {"t": 2.0, "worker_id": t[2], "verdict": "failing", "action": "fire"},
+        {"t": 2.0, "worker_id": h[0], "verdict": "failing", "action": "holdout"},
+        {"t": 2.0, "worker_id": h[1], "verdict": "healthy", "action": ""}])
     execs = ([{"worker_id": t[1], "status": "LEASE_EXPIRED"}] * treated_abandoned
              + [{"worker_id": h[0], "status": "LEASE_EXPIRED"}] * holdout_abandoned
              + [{"worker_id": h[2], "status": "LEASE_EXPIRED"}]
@@ -69,6 +71,7 @@ def test_one_run_splits_its_workers_by_the_policys_hash(tmp_path: Path) -> None:
     assert (t.caught, t.false_drains, h.caught, h.false_drains) == (1, 1, 1, 0)
     assert (t.abandoned, h.abandoned, h.abandoned_abrupt) == (1, 4, 1)  # the kill apart
     assert t.executions == 2
+    assert r.most_failing == 3  # the second round: two treated workers and one held out
 
 
 def test_the_reduction_is_pooled_with_an_interval_over_runs(tmp_path: Path) -> None:
