@@ -25,7 +25,9 @@ from core.dispatch.records import EnqueueItem
 from core.errors import DispatchUnavailable
 
 BATCH = 5000  # jobs per Redis call
-LINGER_S = 0.002
+# a stream's call waits this long after the last one ended: at 2 ms a create loop spent a
+# fifth of its CPU on these calls (docs/performance.md, benchmarks/create_linger.py)
+LINGER_S = 0.010
 RETRY_S = 3.0  # after the adapter breaker's first probe (2 s after a failure)
 MAX_WAITING = 200_000
 
