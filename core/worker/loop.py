@@ -371,8 +371,16 @@ class _JobGuard:
             await asyncio.gather(call, return_exceptions=True)
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
 def _jsonable(value: Any) -> Any:
-    if value is None or type(value) in (str, int, float, bool):
+    """A handler's result as JSON can hold it (its repr when it cannot be encoded). A scalar,
+    or a flat dict of scalars under string keys (most results), needs no trial encoding."""
+    if type(value) in _SCALARS:
+        return value
+    if type(value) is dict and all(type(k) is str and type(v) in _SCALARS
+                                   for k, v in value.items()):
         return value
     try:
         json.dumps(value)
