@@ -4,10 +4,7 @@ lease's fencing token. A rejected (stale) report is counted, never retried.
 
 A slot is taken by a job's handler: once the handler is done, the slot may take the next
 job while the outcome is still being reported (the report and the next lease overlap), with no
-more than `concurrency` reports in flight. A worker with many slots keeps two lease requests in
-flight (two lease loops sharing the slots), so one asks the stores while the other's jobs start.
-Each job runs in one task, watched by one timer (its timeout, its lease's extensions, a
-requested cancellation).
+more than `concurrency` reports in flight.
 
 Stopping drains: no new leases; running jobs get `drain_timeout_s` to finish, then their
 handlers are cancelled and their leases released without spending a retry.
@@ -38,7 +35,6 @@ MAX_ERROR_CHARS = 4000
 # jittered pause (first pause, cap): a restart takes seconds, and 100 workers asking every
 # few milliseconds would only slow its recovery.
 STORE_RETRY_S = (0.1, 2.0)
-MANY_SLOTS = 20  # a worker with this many slots keeps two lease requests in flight
 FORGED_TOKEN_OFFSET = 1 << 40  # what a "forge" worker adds to its tokens: none was ever issued
 
 
@@ -56,7 +52,6 @@ class Worker:
         lease_s: float | None = None,
         idle_wait_s: float = 1.0,
         drain_timeout_s: float = 10.0,
-        acquirers: int | None = None,
     ) -> None:
         self.service = service
         self.worker_id = worker_id
@@ -66,8 +61,6 @@ class Worker:
         self.lease_s = lease_s or service.settings.lease_s
         self.idle_wait_s = idle_wait_s
         self.drain_timeout_s = drain_timeout_s
-        # lease requests in flight at once: two from MANY_SLOTS slots on
-        self.acquirers = acquirers or (2 if concurrency >= MANY_SLOTS else 1)
         self.stats: Counter[str] = Counter()
         self.health = HealthMonitor()
         self._running: set[asyncio.Task[None]] = set()
@@ -75,7 +68,6 @@ class Worker:
         self._reporting = 0  # slots given back before their job's report ended
         self._handlers_running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._releasing = False
-        self._waiting_for_work: asyncio.Task[None] | None = None  # the lease loops' idle wait
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
         # drills: a misbehaviour turned on in this worker (core/worker/faults.py BYZANTINE_MODES)
         self.byzantine: str | None = None
@@ -88,12 +80,6 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Lease and run jobs until `stop` is set, then drain."""
         slots = asyncio.Semaphore(self.concurrency)
-        await asyncio.gather(*(self._lease_loop(slots, stop) for _ in range(self.acquirers)))
-        await self.drain()
-
-    async def _lease_loop(self, slots: asyncio.Semaphore, stop: asyncio.Event) -> None:
-        """Fill free slots with leases until `stop` is set. A worker with many slots runs two
-        of these, so one asks the stores while the other's jobs are being started."""
         while not stop.is_set():
             if not await self._free_slot(slots, stop):
                 break
@@ -125,6 +111,7 @@ class Worker:
                                            self.store_retry_s(self._store_failures))
             elif not leases:
                 await self._idle(stop)
+        await self.drain()
 
     @staticmethod
     async def _free_slot(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
@@ -153,20 +140,12 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        """Wait for work (or `stop`). The lease loops share one wait: one blocking call to
-        Redis per worker, whichever loop began it."""
-        waiter = self._waiting_for_work
-        if waiter is None or waiter.done():
-            waiter = self._waiting_for_work = asyncio.create_task(
-                self.service.wait_for_work(self.idle_wait_s))
-            # its error, if any, is the idle wait's alone: the loops ask the stores again
-            waiter.add_done_callback(lambda t: t.cancelled() or t.exception())
+        waiter = asyncio.create_task(self.service.wait_for_work(self.idle_wait_s))
         stopper = asyncio.create_task(stop.wait())
         await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        stopper.cancel()
-        if stop.is_set():
-            waiter.cancel()
-        await asyncio.gather(stopper, return_exceptions=True)
+        for t in (waiter, stopper):
+            t.cancel()
+        await asyncio.gather(waiter, stopper, return_exceptions=True)
 
     async def _run_job(self, lease: Lease) -> None:
         """One job in this task: its handler runs here (no task of its own), watched by one

@@ -304,32 +304,6 @@ async def test_concurrent_workers_run_each_job_once(service: JobService) -> None
     assert sum(per_worker) == 50
 
 
-async def test_a_worker_with_two_lease_loops_runs_each_job_once(service: JobService) -> None:
-    """A worker with many slots keeps two lease requests in flight (core/worker/loop.py)."""
-    jobs = await service.create_batch([JobSpec(job_type="sleep", payload={"ms": 1})
-                                       for _ in range(300)])
-    ran: list[str] = []
-
-    async def recording(payload: dict[str, Any]) -> None:
-        ran.append(payload["_job_id"])
-        await asyncio.sleep(0.001)
-
-    worker = Worker(service, "w1", {**BUILTIN_HANDLERS, "sleep": recording}, concurrency=25)
-    assert worker.acquirers == 2
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop))
-
-    async def all_done() -> bool:
-        return (await service.counts())["COMPLETED"] == 300
-
-    await wait_until(all_done, what="300 completions")
-    stop.set()
-    await task
-    assert sorted(ran) == sorted(j.job_id for j in jobs)  # none lost, none twice
-    assert await service.pool.fetchval("SELECT count(*) FROM job_executions") == 300
-    assert worker.stats["complete"] == 300
-
-
 async def test_priority_order_and_fifo(service: JobService) -> None:
     rng = random.Random(5)
     prios = [rng.randint(1, 5) for _ in range(40)]
