@@ -4,7 +4,8 @@ lease's fencing token. A rejected (stale) report is counted, never retried.
 
 A slot is taken by a job's handler: once the handler is done, the slot may take the next
 job while the outcome is still being reported (the report and the next lease overlap), with no
-more than `concurrency` reports in flight.
+more than `concurrency` reports in flight. Each job runs in one task, watched by one timer (its
+timeout, its lease's extensions, a requested cancellation).
 
 Stopping drains: no new leases; running jobs get `drain_timeout_s` to finish, then their
 handlers are cancelled and their leases released without spending a retry.
