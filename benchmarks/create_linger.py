@@ -11,43 +11,26 @@ does (benchmarks/peers/compare.py)."""
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from dataclasses import replace
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import uvloop
-
-from core.jobs.model import JobSpec
-from core.service.runtime import endpoints, open_runtime
-from core.settings import load_settings
-from loadtests.scratch import scratch_schema
-
-PAYLOAD = {"blob": "x" * 180}
+from create_loop import create_one, create_runtime  # this folder, first on the script's path
 
 
 async def main(lingers_ms: list[float], creates: int, rounds: int) -> None:
-    with endpoints(load_settings(), keep_running=True) as settings:
-        settings = replace(settings, memory=False)
-        async with scratch_schema(settings, "create_linger") as scratch, open_runtime(
-                scratch, pool_size=4, redis_connections=4, migrate_first=False) as rt:
-            for _ in range(max(1, creates // 6)):  # warm the pool and the statements
-                await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
-            writer = rt.service.dispatch.writer
-            for r in range(rounds):
-                for ms in lingers_ms:
-                    await rt.service.indexed()
-                    writer.linger_s = ms / 1000
-                    cpu0, wall0 = time.process_time(), time.perf_counter()
-                    for _ in range(creates):
-                        await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
-                    cpu = (time.process_time() - cpu0) / creates * 1e6
-                    wall = (time.perf_counter() - wall0) / creates * 1e6
-                    print(f"round {r + 1}, linger {ms:g} ms: client CPU {cpu:.0f} us and wall "
-                          f"{wall:.0f} us per create ({1e6 / wall:,.0f} creates/s)")
-
+    async with create_runtime("create_linger", creates // 6) as rt:
+        writer = rt.service.dispatch.writer
+        for r in range(rounds):
+            for ms in lingers_ms:
+                await rt.service.indexed()
+                writer.linger_s = ms / 1000
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                for _ in range(creates):
+                    await create_one(rt)
+                cpu = (time.process_time() - cpu0) / creates * 1e6
+                wall = (time.perf_counter() - wall0) / creates * 1e6
+                print(f"round {r + 1}, linger {ms:g} ms: client CPU {cpu:.0f} us and wall "
+                      f"{wall:.0f} us per create ({1e6 / wall:,.0f} creates/s)")
 
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

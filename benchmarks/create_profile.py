@@ -14,35 +14,20 @@ import argparse
 import asyncio
 import cProfile
 import pstats
-import sys
 import time
-from dataclasses import replace
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from core.jobs.model import JobSpec
-from core.service.runtime import endpoints, open_runtime
-from core.settings import load_settings
-from loadtests.scratch import scratch_schema
-
-PAYLOAD = {"blob": "x" * 180}
+from create_loop import create_one, create_runtime  # this folder, first on the script's path
 
 
 async def main(creates: int, top: int) -> None:
-    with endpoints(load_settings(), keep_running=True) as settings:
-        settings = replace(settings, memory=False)
-        async with scratch_schema(settings, "create_profile") as scratch, open_runtime(
-                scratch, pool_size=4, redis_connections=4, migrate_first=False) as rt:
-            for _ in range(max(1, creates // 6)):  # warm the pool and the statements
-                await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
-            prof = cProfile.Profile()
-            t0 = time.perf_counter()
-            prof.enable()
-            for _ in range(creates):
-                await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
-            prof.disable()
-            took = time.perf_counter() - t0
+    async with create_runtime("create_profile", creates // 6) as rt:
+        prof = cProfile.Profile()
+        t0 = time.perf_counter()
+        prof.enable()
+        for _ in range(creates):
+            await create_one(rt)
+        prof.disable()
+        took = time.perf_counter() - t0
     print(f"{creates} creates, {took / creates * 1000:.3f} ms each under the profiler")
     pstats.Stats(prof).sort_stats("cumulative").print_stats(top)
 

@@ -33,7 +33,13 @@ import pandas as pd
 
 from core.contract import runfolder
 from core.worker.faults import FATAL_MODES
-from predictor.dataset import first_firings, journal_items, worker_hours
+from predictor.dataset import (
+    failing_per_round,
+    first_firings,
+    journal_items,
+    read_predictions,
+    worker_hours,
+)
 from predictor.policy import Policy
 
 ARMS = ("treated", "holdout")
@@ -134,19 +140,19 @@ def run_ab(run_dir: Path) -> RunAB:
         arm.worker_hours += float(h)
         if modes.get(wid) in FATAL_MODES:
             arm.fatal += 1
-    _count_firings(run_dir, modes, arm_of)
+    preds = read_predictions(run_dir)
+    _count_firings(preds, modes, arm_of)
     _count_abandoned(run_dir, killed, arm_of)
-    verdicts = pd.read_csv(run_dir / runfolder.PREDICTIONS, usecols=["t", "verdict"],
-                           dtype={"verdict": str})
-    per_round = verdicts[verdicts["verdict"] == "failing"].groupby("t").size()
+    per_round = failing_per_round(preds)
     out.most_failing = int(per_round.max()) if len(per_round) else 0
     return out
 
 
-def _count_firings(run_dir: Path, modes: dict[str, str], arm_of: Callable[[str], Arm]) -> None:
+def _count_firings(preds: pd.DataFrame, modes: dict[str, str],
+                   arm_of: Callable[[str], Arm]) -> None:
     """Workers the policy fired on (treated: replaced; hold-out: only logged), right when the
     worker had a fatal fault."""
-    for wid in first_firings(run_dir):
+    for wid in first_firings(preds)["worker_id"]:
         arm = arm_of(wid)
         arm.flagged += 1
         if modes.get(wid) in FATAL_MODES:

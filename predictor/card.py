@@ -7,6 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from predictor.soak import held_text
+
 FEATURE_NOTES = {
     "age_s": "seconds since the worker's first sample",
     "since_last_s": "seconds since its last sample (a missed heartbeat shows here)",
@@ -235,7 +237,7 @@ def _soak_lines(soak: dict[str, Any] | None) -> list[str]:
            "| most failing in a round | failed anyway |",
            "|---|---|---|---|---|---|---|---|---|"]
     for r in soak["per_run"]:
-        held = ", ".join(f"{n} {a}" for a, n in r.get("held", {}).items()) or "-"
+        held = held_text(r) or "-"
         out.append(f"| {r['run']} | {r['workers']} | {r['worker_hours']} | {r['fired']} | "
                    f"{r.get('replaced', '-')} | {held} | {r['flagged_holdout']} | "
                    f"{r.get('worst_round_failing', '-')} | {r['failed_anyway']} |")

@@ -22,7 +22,6 @@ scores.
 
 from __future__ import annotations
 
-import csv
 import hashlib
 import json
 from collections.abc import Iterable
@@ -165,15 +164,22 @@ def worker_hours(workers: pd.DataFrame) -> pd.Series:
     return ((epoch_s(ends) - epoch_s(workers["registered_at"])).clip(lower=0) / 3600).fillna(0)
 
 
-def first_firings(run_dir: Path) -> dict[str, str]:
-    """Workers the policy fired on, with the first action logged: "fire" (acted on) or
-    "holdout" (scored, never acted on)."""
-    acted: dict[str, str] = {}
-    with (run_dir / runfolder.PREDICTIONS).open(newline="") as f:
-        for row in csv.DictReader(f):
-            if row.get("action") in ("fire", "holdout"):
-                acted.setdefault(row["worker_id"], row["action"])
-    return acted
+def read_predictions(run_dir: Path) -> pd.DataFrame:
+    """A run's predictions.csv (the live predictor's verdicts and what was done about them),
+    read once: ids, verdicts and actions as text."""
+    return pd.read_csv(run_dir / runfolder.PREDICTIONS,
+                       dtype={"worker_id": str, "verdict": str, "action": str})
+
+
+def first_firings(preds: pd.DataFrame) -> pd.DataFrame:
+    """The row of each worker's first firing: action "fire" (acted on) or "holdout" (scored,
+    never acted on)."""
+    return preds[preds["action"].isin(("fire", "holdout"))].drop_duplicates("worker_id")
+
+
+def failing_per_round(preds: pd.DataFrame) -> pd.Series:
+    """How many workers scored `failing` in each round (by its time `t`)."""
+    return preds[preds["verdict"] == "failing"].groupby("t").size()
 
 
 def _acted(run_dir: Path) -> dict[str, float]:

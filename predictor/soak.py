@@ -24,7 +24,13 @@ from typing import Any
 import pandas as pd
 
 from core.contract import runfolder
-from predictor.dataset import file_hash, first_firings, worker_hours
+from predictor.dataset import (
+    failing_per_round,
+    file_hash,
+    first_firings,
+    read_predictions,
+    worker_hours,
+)
 from predictor.train import poisson_upper95
 
 HELD = ("fleetwide", "budget", "breaker", "deferred")  # a firing the supervisor held back
@@ -47,10 +53,9 @@ def soak_run(run_dir: Path) -> dict[str, Any]:
     meta = json.loads((run_dir / "predictions.json").read_text())
     workers = pd.read_csv(run_dir / "workers.csv", dtype=str, keep_default_na=False)
     hours = float(worker_hours(workers).sum())
-    acted = first_firings(run_dir)
     failed = workers[workers["status"] == "FAILED"]
-    preds = pd.read_csv(run_dir / runfolder.PREDICTIONS, dtype={"worker_id": str, "action": str,
-                                                               "verdict": str})
+    preds = read_predictions(run_dir)
+    firings = first_firings(preds)
     actions = preds.dropna(subset=["action"])
     replaced = set(actions.loc[actions["action"] == "replace", "worker_id"])
     held = actions[actions["action"].isin(HELD) & ~actions["worker_id"].isin(replaced)]
@@ -59,24 +64,23 @@ def soak_run(run_dir: Path) -> dict[str, Any]:
         "run": run_dir.name, "model_trained_at": meta.get("trained_at"),
         "threshold": meta.get("threshold"), "k": meta.get("k"),
         "workers": len(workers), "worker_hours": round(hours, 2),
-        "fired": sum(1 for a in acted.values() if a == "fire"),
-        "flagged_holdout": sum(1 for a in acted.values() if a == "holdout"),
+        "fired": int((firings["action"] == "fire").sum()),
+        "flagged_holdout": int((firings["action"] == "holdout").sum()),
         "replaced": len(replaced),
         "held": {a: int(held_by.get(a, 0)) for a in HELD if held_by.get(a, 0)},
         "failed_anyway": len(failed),
         "failure_reasons": sorted(set(failed["failure_reason"])),
-        **firing_rounds(preds),
+        **firing_rounds(preds, firings),
         "worker_health.csv": file_hash(run_dir / "worker_health.csv"),
     }
 
 
-def firing_rounds(preds: pd.DataFrame) -> dict[str, Any]:
-    """The most workers scoring `failing` in one round, and each round with a first firing:
-    its time, how many workers scored `failing` in it, how many were fired on."""
-    per_round = preds[preds["verdict"] == "failing"].groupby("t").size()
-    firing = preds[preds["action"].isin(("fire", "holdout"))].drop_duplicates("worker_id")
+def firing_rounds(preds: pd.DataFrame, firings: pd.DataFrame) -> dict[str, Any]:
+    """The most workers scoring `failing` in one round, and each round with a first firing
+    (`firings`): its time, how many workers scored `failing` in it, how many were fired on."""
+    per_round = failing_per_round(preds)
     rounds = [{"t": float(t), "failing": int(per_round.get(t, 0)), "fired": int(n)}
-              for t, n in firing.groupby("t").size().items()]
+              for t, n in firings.groupby("t").size().items()]
     return {"worst_round_failing": int(per_round.max()) if len(per_round) else 0,
             "firing_rounds": rounds}
 
@@ -104,11 +108,16 @@ def summarize(runs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
+def held_text(run: dict[str, Any]) -> str:
+    """The firings a run's storm guards held back, by kind ("2 fleetwide, 1 budget")."""
+    return ", ".join(f"{n} {a}" for a, n in run.get("held", {}).items())
+
+
 def soak_lines(summary: dict[str, Any]) -> list[str]:
     """What `predictor soak` prints: a line per run, then the two pooled rates."""
     out = []
     for r in summary["per_run"]:
-        held = ", ".join(f"{n} {a}" for a, n in r.get("held", {}).items()) or "none"
+        held = held_text(r) or "none"
         crowded = "; ".join(f"{x['fired']} in a round with {x['failing']} failing"
                             for x in r.get("firing_rounds", []))
         out.append(f"{r['run']}: {r['workers']} workers, {r['worker_hours']} worker-hours, "

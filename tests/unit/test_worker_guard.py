@@ -81,18 +81,23 @@ async def run_one(service: Recorder, handler: Any, *, until: Any = None,
     return worker
 
 
+def hanging(stopped: asyncio.Event) -> Any:
+    """A handler that waits for ever and sets `stopped` when it is stopped."""
+
+    async def hang(payload: dict[str, Any]) -> None:
+        try:
+            await asyncio.Event().wait()
+        finally:
+            stopped.set()
+
+    return hang
+
+
 def test_a_job_past_its_timeout_is_stopped_and_failed_as_timed_out() -> None:
     async def scenario() -> None:
         service = Recorder(timeout_s=0.05)
         stopped = asyncio.Event()
-
-        async def hang(payload: dict[str, Any]) -> None:
-            try:
-                await asyncio.Event().wait()
-            finally:
-                stopped.set()
-
-        await run_one(service, hang)
+        await run_one(service, hanging(stopped))
         assert stopped.is_set()
         [(name, args, kwargs)] = service.reports
         assert (name, args[2], kwargs) == ("fail", "timed out after 0.05 s",
@@ -138,16 +143,10 @@ def test_a_lost_lease_stops_the_job_without_a_report() -> None:
         service = Recorder(lease_s=0.06, extend_says="stale")
         stopped = asyncio.Event()
 
-        async def hang(payload: dict[str, Any]) -> None:
-            try:
-                await asyncio.Event().wait()
-            finally:
-                stopped.set()
-
         async def until_lost(worker: Worker) -> None:
             await stopped.wait()
 
-        worker = await run_one(service, hang, until=until_lost)
+        worker = await run_one(service, hanging(stopped), until=until_lost)
         assert service.reports == []
         assert worker.stats["lease_lost"] == 1
 
