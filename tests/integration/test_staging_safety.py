@@ -364,9 +364,11 @@ async def test_a_pool_that_cannot_connect_is_503_and_health_says_so(
                     await asyncio.to_thread(answering, f"{url}/health", p, log)
                     async with httpx.AsyncClient(base_url=url) as http:
                         assert (await http.get("/jobs")).status_code == 200
+                        # committed before any backend goes (one implicit transaction let the
+                        # pool reconnect before the limit held), then wait until each has exited
+                        await admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT 0")
                         await admin.execute(
-                            f"ALTER ROLE {role} CONNECTION LIMIT 0; SELECT "
-                            f"pg_terminate_backend(pid) FROM pg_stat_activity "
+                            f"SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity "
                             f"WHERE usename = '{role}'")
                         r = await http.get("/jobs")
                         health = await http.get("/health")
