@@ -233,9 +233,11 @@ async def degrade_workers(ep: Endpoints, rng: random.Random, *, count: int | Non
 
 
 async def _inject(ep: Endpoints, worker_id: str, spec: dict[str, Any]) -> dict[str, Any]:
-    """Start the fault `spec` in one worker through its supervisor; what the journal keeps."""
+    """Start the fault `spec` in one worker through its supervisor; what the journal keeps,
+    with the wall-clock time the worker was told (`injected_at`, epoch seconds: the onset the
+    predictor's labels count a fatal fault's path to failure from)."""
     await _call(ep, "POST", f"{_need_control(ep)}/workers/{worker_id}/degrade", spec)
-    return {"worker_id": worker_id, **spec}
+    return {"worker_id": worker_id, **spec, "injected_at": round(time.time(), 3)}
 
 
 async def byzantine_workers(ep: Endpoints, rng: random.Random, *, count: int | None = None,

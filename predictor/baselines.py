@@ -72,9 +72,16 @@ def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float] | Non
 
 def at_threshold(scored: pd.DataFrame, threshold: float | np.ndarray) -> dict[str, object]:
     """Row precision and recall of `failing` when a row counts as failing at p_failing >=
-    `threshold` (one value, or one per row), each with its Wilson interval."""
+    `threshold` (one value, or one per row), each with its Wilson interval; and the same
+    against the horizon-only label (`horizon`), where the rows carry it."""
     flagged = scored["p_failing"].to_numpy() >= threshold
-    truth = (scored["label"] == "failing").to_numpy()
+    out = _precision_recall(flagged, (scored["label"] == "failing").to_numpy())
+    if "within_horizon" in scored:
+        out["horizon"] = _precision_recall(flagged, scored["within_horizon"].to_numpy(bool))
+    return out
+
+
+def _precision_recall(flagged: np.ndarray, truth: np.ndarray) -> dict[str, object]:
     hits = int((flagged & truth).sum())
     return {"precision": round(hits / flagged.sum(), 3) if flagged.any() else None,
             "precision_ci": wilson(hits, int(flagged.sum())),

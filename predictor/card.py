@@ -217,7 +217,11 @@ def _unseen_lines(res: dict[str, Any] | None) -> list[str]:
     out = ["", "## Unseen condition (a drill never trained on)", "", *_result_lines(res), ""]
     if at:
         out.append(f"- rows of `failing` at the action threshold: {_row_cells(at)} "
-                   "(precision | recall, 95 % Wilson intervals)")
+                   "(precision | recall, 95 % Wilson intervals; `failing` from a fatal "
+                   "fault's onset, or within the horizon, to the failure)")
+        if at.get("horizon"):
+            out.append(f"- the same rows against the horizon-only label (fails within the "
+                       f"horizon): {_row_cells(at['horizon'])}")
     if hand:
         out.append(f"- the hand rule on the same runs ({hand['rule']}): gradual caught "
                    f"{hand['events']['gradual']['caught']} of "

@@ -79,8 +79,11 @@ def _features(spec: str) -> tuple[str, ...]:
 
 
 def _at(at: dict[str, Any]) -> str:
-    return (f"precision {at['precision']} {list(at['precision_ci'] or [])}, "
+    text = (f"precision {at['precision']} {list(at['precision_ci'] or [])}, "
             f"recall {at['recall']} {list(at['recall_ci'] or [])}")
+    if at.get("horizon"):
+        text += f" (horizon-only label: {_at(at['horizon'])})"
+    return text
 
 
 def _print_summary(res: dict[str, Any] | None, title: str) -> None:

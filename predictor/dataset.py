@@ -2,10 +2,15 @@
 interval, its features, and a label from what happened next.
 
 Labels, for a row of worker w at time t, with horizon H:
-- ``failing``: w fails in (t, t + H]. A failure is a death (the process exited or was killed)
-  or a missed heartbeat, whichever the supervisor recorded; its time is the earlier of the
-  recorded stop and the last health sample plus two sampling intervals (the first missed
-  heartbeat).
+- ``failing``: w fails in (t, t + H], or w is already on its way to a gradual failure: a drill
+  gave it a fatal fault (leak, slow, stall) at or before t (the journal's `injected_at`) and
+  it then failed. A failure is a death (the process exited or was killed) or a missed
+  heartbeat, whichever the supervisor recorded; its time is the earlier of the recorded stop
+  and the last health sample plus two sampling intervals (the first missed heartbeat). The
+  horizon alone would call a right warning wrong when a fault takes longer than H to kill (a
+  leak over 60-120 s, warned of 50-100 s ahead); `within_horizon` keeps the horizon-only
+  label, reported beside it. Runs recorded before the journal carried the time (and a
+  target's tables, which have no journal) are labelled by the horizon alone.
 - ``degraded``: not failing, and worse than the fleet at that moment by the rule in
   `is_degraded` (duration p99 at least twice the fleet median, event-loop lag of 250 ms or
   more, RSS at least 1.5 times the fleet median, or a heartbeat gap of 2.5 intervals).
@@ -117,7 +122,11 @@ def label_rows(rows: pd.DataFrame, out: pd.DataFrame, *, horizon_s: float,
     fails = df["failure_at"].notna()
     keep = np.where(fails, df["t"] < df["failure_at"], df["t"] <= df["censor_at"] - horizon_s)
     df = df[keep].copy()
-    failing = df["failure_at"].notna() & (df["failure_at"] - df["t"] <= horizon_s)
+    soon = df["failure_at"].notna() & (df["failure_at"] - df["t"] <= horizon_s)
+    onset = df["onset"] if "onset" in df else pd.Series(np.nan, index=df.index)
+    on_path = df["failure_at"].notna() & (df["kind"] == "gradual") & (df["t"] >= onset)
+    failing = soon | on_path
+    df["within_horizon"] = soon.to_numpy()
     df["label"] = np.where(failing, "failing",
                            np.where(is_degraded(df, interval), "degraded", "healthy"))
     df["kind"] = df["kind"].fillna("")
@@ -155,6 +164,17 @@ def journal_items(verdict: dict[str, Any], key: str) -> list[Any]:
 def _journal_workers(verdict: dict[str, Any], key: str) -> set[str]:
     return {item["worker_id"] if isinstance(item, dict) else str(item)
             for item in journal_items(verdict, key)}
+
+
+def fatal_onsets(verdict: dict[str, Any]) -> dict[str, float]:
+    """When each worker was given a fatal fault (epoch seconds; the first, if several), for
+    journals that record it (`injected_at`)."""
+    out: dict[str, float] = {}
+    for item in journal_items(verdict, "degraded"):
+        if isinstance(item, dict) and item.get("mode") in FATAL_MODES \
+                and isinstance(item.get("injected_at"), int | float):
+            out.setdefault(str(item["worker_id"]), float(item["injected_at"]))
+    return out
 
 
 def worker_hours(workers: pd.DataFrame) -> pd.Series:
@@ -213,6 +233,7 @@ def run_rows(run_dir: Path, *, horizon_s: float = HORIZON_S, step_s: float = 1.0
     out = outcomes(samples, workers, interval=interval,
                    abrupt=_journal_workers(verdict, "killed"), acted=_acted(run_dir),
                    fatal=fatal)
+    out["onset"] = out["worker_id"].map(fatal_onsets(verdict)).astype(float)
     df = label_rows(grid_rows(samples, step_s), out, horizon_s=horizon_s, interval=interval)
     df["faulted"] = df["worker_id"].isin(_journal_workers(verdict, "degraded"))
     df["sampling_interval_s"] = interval
@@ -251,5 +272,5 @@ def build(run_dirs: Iterable[Path], *, horizon_s: float = HORIZON_S) -> tuple[pd
     return df.sort_values(["run", "t", "worker_id"]).reset_index(drop=True), sources
 
 
-__all__ = ["CLASSES", "FEATURES", "HORIZON_S", "DatasetError", "build", "label_rows",
-           "outcomes", "run_rows"]
+__all__ = ["CLASSES", "FEATURES", "HORIZON_S", "DatasetError", "build", "fatal_onsets",
+           "label_rows", "outcomes", "run_rows"]

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from predictor.dataset import grid_rows, label_rows, outcomes, samples_frame
+from predictor.dataset import fatal_onsets, grid_rows, label_rows, outcomes, samples_frame
 from predictor.features import (
     BASE_FEATURES,
     FEATURES,
@@ -72,6 +72,44 @@ def test_failing_is_the_horizon_before_a_failure(labelled: pd.DataFrame) -> None
     assert "failing" not in set(leaky.loc[rel < 50.5, "label"])
     assert rel.max() < 80.5  # nothing after the failure
     assert set(leaky["kind"]) == {"gradual"}
+
+
+def test_a_fatal_faults_path_to_failure_is_failing_from_its_onset() -> None:
+    """A leak injected at 10 s that kills at 100 s: every row from the onset is `failing`
+    (a warning 80 s ahead is right), the horizon-only label keeps the last 30 s; an abrupt
+    kill and a worker with no recorded onset keep the horizon label alone."""
+    raw = pd.DataFrame(series_rows("leaky", 0, 100, rss_slope=4.0)
+                       + series_rows("killed", 0, 100) + series_rows("ok", 0, 150))
+    samples = samples_frame(raw)
+    workers = workers_frame([("leaky", "FAILED", 100.5, "process killed by signal 9"),
+                             ("killed", "FAILED", 100.5, "process killed by signal 9"),
+                             ("ok", "STOPPED", 150, "")])
+    out = outcomes(samples, workers, interval=1.0, abrupt={"killed"}, acted={})
+    verdict = {"drill": {"journal": [{"result": {"degraded": [
+        {"worker_id": "leaky", "mode": "leak", "injected_at": T0 + 10},
+        {"worker_id": "ok", "mode": "plateau", "injected_at": T0 + 10}]}}]}}
+    out["onset"] = out["worker_id"].map(fatal_onsets(verdict)).astype(float)
+    assert fatal_onsets(verdict) == {"leaky": T0 + 10}  # a benign fault is no onset
+    rows = label_rows(grid_rows(samples, 1.0), out, horizon_s=30.0, interval=1.0)
+    leaky = rows[rows["worker_id"] == "leaky"]
+    rel = leaky["t"] - T0
+    assert set(leaky.loc[rel >= 10, "label"]) == {"failing"}
+    assert "failing" not in set(leaky.loc[rel < 10, "label"])
+    assert set(leaky.loc[leaky["within_horizon"], "t"] - T0) == set(rel[rel >= 70.5])
+    killed = rows[rows["worker_id"] == "killed"]
+    assert (killed["label"] == "failing").sum() == 30 == killed["within_horizon"].sum()
+    assert set(rows.loc[rows["worker_id"] == "ok", "label"]) == {"healthy"}
+
+
+def test_row_scores_report_the_horizon_only_label_beside() -> None:
+    from predictor.baselines import at_threshold
+
+    scored = pd.DataFrame({"p_failing": [1.0, 1.0, 1.0, 0.0],
+                           "label": ["failing", "failing", "healthy", "failing"],
+                           "within_horizon": [True, False, False, False]})
+    at = at_threshold(scored, 0.5)
+    assert (at["precision"], at["recall"]) == (round(2 / 3, 3), round(2 / 3, 3))
+    assert (at["horizon"]["precision"], at["horizon"]["recall"]) == (round(1 / 3, 3), 1.0)
 
 
 def test_abrupt_failures_are_marked(labelled: pd.DataFrame) -> None:
