@@ -8,10 +8,12 @@ import csv
 import json
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from core.settings import Settings
 from loadtests.cli import main
+from predictor.dataset import fatal_onsets, samples_frame
 from predictor.shipped import load_policy
 from tests.e2e.test_run import run_args
 
@@ -45,6 +47,12 @@ def test_a_run_with_a_shipped_policy_logs_verdicts_and_reports_them(
     assert (meta["threshold"], meta["k"]) == (model.threshold, model.k)
     (fault,) = [e for e in verdict["drill"]["journal"] if e["name"] == "degrade_workers"]
     (leaky,) = [f["worker_id"] for f in fault["result"]["degraded"]]
+    # the journal says when the fault began, within the leaky worker's sampled life: the
+    # onset its rows are labelled `failing` from
+    assert fatal_onsets(verdict) == {leaky: fault["result"]["degraded"][0]["injected_at"]}
+    health = samples_frame(pd.read_csv(folder / "worker_health.csv"))
+    lived = health.loc[health["worker_id"] == leaky, "t"]
+    assert lived.min() < fatal_onsets(verdict)[leaky] < lived.max()
     judged = {r["worker_id"] for r in rows if r["verdict"] not in ("", "new")}
     assert len(judged) >= 4  # every worker of the smoke run was scored
     # the leaking worker is flagged; nobody else is replaced on a prediction
