@@ -6,7 +6,11 @@ embedded servers:
 Queues N no-op jobs (~200-byte payload), then P worker processes x S slots drain them
 (loadtests.bench.dispatch.drain). Meanwhile the CPU time of each process group (PostgreSQL's
 processes, Valkey, the worker processes, this one) is sampled with psutil every 0.1 s; printed
-per drained job, with PostgreSQL commits and Redis script calls per job."""
+per drained job, with PostgreSQL commits and Redis script calls per job.
+
+`--schema-change SQL` runs SQL in the throw-away schema before the jobs are queued, to weigh
+what a schema object costs the drain (e.g. `--schema-change "DROP INDEX idx_jobs_created_at"`);
+it touches nothing else."""
 
 from __future__ import annotations
 
@@ -21,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import asyncpg
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -70,13 +75,18 @@ class CpuSampler:
         return out
 
 
-async def main(jobs: int, processes: int, slots: int) -> None:
+async def main(jobs: int, processes: int, slots: int, schema_change: str | None) -> None:
     with endpoints(load_settings(), keep_running=True) as settings:
         settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0,
                            memory=False)
         async with scratch_schema(settings, f"drain_cpu_{os.getpid()}") as scratch, \
                 open_runtime(scratch, pool_size=4, redis_connections=4,
                              migrate_first=False) as rt:
+            if schema_change:
+                try:
+                    await rt.pool.execute(schema_change)
+                except asyncpg.PostgresError as exc:
+                    raise SystemExit(f"--schema-change failed, nothing measured: {exc}") from exc
             for start in range(0, jobs, 1000):
                 await rt.service.create_batch([JobSpec(job_type="noop",
                                                        payload={"blob": "x" * 180})
@@ -100,7 +110,8 @@ async def main(jobs: int, processes: int, slots: int) -> None:
         "cpu_us_per_job": {g: round((after[g] - before.get(g, 0.0)) / jobs * 1e6)
                            for g in sorted(after)},
         "commits_per_job": round((commits1 - commits0) / jobs, 3),
-        "redis_scripts_per_job": round((calls1 - calls0) / jobs, 3)}))
+        "redis_scripts_per_job": round((calls1 - calls0) / jobs, 3),
+        **({"schema_change": schema_change} if schema_change else {})}))
 
 
 if __name__ == "__main__":
@@ -108,8 +119,10 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--slots", type=int, default=100)
+    parser.add_argument("--schema-change", metavar="SQL",
+                        help="SQL run in the throw-away schema before the jobs are queued")
     args = parser.parse_args()
     if not (1000 <= args.jobs <= 200_000 and 1 <= args.processes <= 100
             and 1 <= args.slots <= 1000):
         parser.error("--jobs must be 1000..200000, --processes 1..100, --slots 1..1000")
-    asyncio.run(main(args.jobs, args.processes, args.slots))
+    asyncio.run(main(args.jobs, args.processes, args.slots, args.schema_change))
