@@ -4,11 +4,12 @@ predicted, quarantined, draining, abandoned): they share one rate limit and one 
 
 A worker is dead when its process exits, or when its heartbeat is stale in *both* stores (the
 Redis key expired or Redis unreachable, and `last_heartbeat_at` older than the TTL or
-PostgreSQL unreachable). With both stores unreachable nothing is decided, so a store outage
-alone never triggers replacement (invariant 5). Replacement marks the old worker FAILED with
-the reason (QUARANTINED for a misbehaving one, byzantine.py), releases its leases, asks a
-still-running process to exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker in
-the same slot and group (groups.py). Replacements are limited to `max_replacements` per window.
+PostgreSQL unreachable). Nothing is decided with both stores unreachable (a store outage alone
+never triggers replacement, invariant 5), nor for a TTL after the supervisor itself was away
+for longer than one (vigil.py). Replacement marks the old worker FAILED with the reason
+(QUARANTINED for a misbehaving one, byzantine.py), releases its leases, asks a still-running
+process to exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker in the same slot
+and group (groups.py). Replacements are limited to `max_replacements` per window.
 
 With a predictor (predictor/), every live worker is also scored each round; a worker the
 policy flags is replaced proactively: its successor starts first, then the old worker drains
@@ -41,6 +42,7 @@ from core.supervisor.processes import SPAWN_MODES, Child, start_worker
 from core.supervisor.roster import RosterEntry, load_roster, retire, save_roster
 from core.supervisor.scoring import Predictor
 from core.supervisor.storm import StormGuard, StormLimits
+from core.supervisor.vigil import Vigil
 from core.worker.clock import skew_from_env
 from core.worker.faults import FaultSpec, write_fault
 from core.worker.process import WorkerOptions
@@ -114,6 +116,7 @@ class Supervisor:
         self._retiring: asyncio.Task[None] | None = None
         self.storm = StormGuard(opts.storm or StormLimits(per_hour=max(4, opts.workers)))
         self.crash_loop = CrashLoop()  # restarts of a slot dying at once, held back
+        self.vigil = Vigil(settings.heartbeat_ttl_s, self.stats)  # after a gap of its own
 
     # -- processes --------------------------------------------------------------------------
     def worker_id(self, index: int, generation: int) -> str:
@@ -189,6 +192,7 @@ class Supervisor:
         if not live:
             return []
         ids = [s.worker_id for s in live]
+        started = time.monotonic()
         try:
             in_redis: dict[str, bool] | None = await self.service.dispatch.heartbeats_exist(ids)
         except DispatchUnavailable:
@@ -197,10 +201,10 @@ class Supervisor:
             ages: dict[str, float | None] | None = await self.service.heartbeat_ages(ids)
         except StoreUnavailable:
             ages = None
-        if in_redis is None and ages is None:
-            return []  # cannot judge liveness with both stores down
-        ttl = self.settings.heartbeat_ttl_s
         now = time.monotonic()
+        if not self.vigil.look(started, now) or (in_redis is None and ages is None):
+            return []  # not watching of late (vigil.py), or both stores down: nothing judged
+        ttl = self.settings.heartbeat_ttl_s
         dead = []
         for s in live:
             if in_redis is not None and in_redis.get(s.worker_id):

@@ -8,6 +8,7 @@ import contextlib
 import os
 import signal
 import sys
+import time
 from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
@@ -148,6 +149,32 @@ async def test_sigterm_releases_a_job_that_outlives_the_drain(svc: JobService) -
     assert row["status"] == "PENDING"
     assert row["retry_count"] == 0
     assert [e["status"] for e in await executions(svc, job.job_id)] == ["RELEASED"]
+
+
+async def test_a_host_frozen_with_its_supervisor_replaces_nobody(svc: JobService) -> None:
+    """The host freezes (the workers and the supervisor stop together, for three heartbeat
+    TTLs) and thaws: when the supervisor looks again every heartbeat is stale, but the stall
+    was its own as well, so it judges nobody for a TTL, in which every worker beats again
+    (core/supervisor/vigil.py); nobody is replaced."""
+    async with supervising(svc, workers=2) as sup:
+        pids = [s.proc.pid for s in sup.slots.values()]
+        for pid in pids:
+            os.kill(pid, signal.SIGSTOP)
+        # the freeze itself (the fault under test, not a wait): this event loop, which runs
+        # the supervisor, is blocked while its workers are stopped
+        time.sleep(3 * svc.settings.heartbeat_ttl_s)  # noqa: ASYNC251
+        for pid in pids:
+            os.kill(pid, signal.SIGCONT)
+        then = sup.stats["checks"]
+        rounds = 2 * svc.settings.heartbeat_ttl_s / sup.opts.check_interval_s + 2
+
+        async def two_ttls_of_rounds() -> bool:
+            return sup.stats["checks"] >= then + rounds
+
+        await wait_until(two_ttls_of_rounds, what="two TTLs of the supervisor's rounds")
+        assert sup.stats["watch_gaps"] >= 1
+        assert sup.stats["heartbeat_timeouts"] == 0, sup.events
+        assert [s.proc.pid for s in sup.slots.values()] == pids
 
 
 async def test_paused_worker_is_replaced_and_its_late_result_rejected(svc: JobService) -> None:
