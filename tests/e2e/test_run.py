@@ -96,7 +96,9 @@ def test_run_smoke_passes_and_writes_the_run_folder(
         "abandoned": sum(r["status"] == "LEASE_EXPIRED" for r in rows),
         "timed_out": sum(r["status"] == "TIMED_OUT" for r in rows),
         "retries": sum(n - 1 for n in attempts.values())}
-    assert summary["executions"]["retries"] > 0  # the smoke mix has flaky jobs
+    # (the retries are checked above against the rows, whatever their number: the smoke mix's
+    # flaky jobs usually fail some attempts, but in one run all 13 at p = 0.3 passed at once)
+    assert len(rows) >= 200
     assert summary["predictor"] is None
 
 
