@@ -6,6 +6,14 @@ each test (CREATE DATABASE ... TEMPLATE) and each test gets its own Redis key pr
 
 from __future__ import annotations
 
+import os
+
+# One OpenMP thread per process, set before anything loads scikit-learn: its threads spin
+# while they wait, and two test workers training at once, each with a thread per core on two
+# cores, slowed one test from 10 s to 115 s (its timeout is 120 s). The processes the tests
+# start inherit it. (The supervisor limits itself the same way, predictor/serve.py.)
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 import asyncio
 import contextlib
 import time
