@@ -21,6 +21,7 @@ import json
 import statistics
 import time
 import uuid
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from create_loop import PAYLOAD, create_one, create_runtime  # this folder, first on the path
@@ -39,29 +40,25 @@ async def main(creates: int, rounds: int) -> None:
 
     rates: dict[str, list[float]] = {}
 
-    def timed(name: str, t0: float) -> None:
+    async def loop(name: str, one: Callable[[], Awaitable[Any]]) -> None:
+        """`creates` calls of `one`, each awaited before the next: its rate this round."""
+        t0 = time.perf_counter()
+        for _ in range(creates):
+            await one()
         rates.setdefault(name, []).append(creates / (time.perf_counter() - t0))
+
+    async def pooled() -> None:
+        async with rt.pool.acquire() as conn:
+            await insert(conn)
 
     async with create_runtime("create_floor", creates // 6) as rt:
         for _ in range(rounds):
-            t0 = time.perf_counter()
-            for _ in range(creates):
-                await create_one(rt)
-            timed("create", t0)
-            t0 = time.perf_counter()
-            for _ in range(creates):
-                async with rt.pool.acquire() as conn:
-                    await insert(conn)
-            timed("pool + insert", t0)
-            async with rt.pool.acquire() as conn:
-                t0 = time.perf_counter()
-                for _ in range(creates):
-                    await insert(conn)
-                timed("insert", t0)
-                t0 = time.perf_counter()
-                for _ in range(creates):
-                    await conn.execute(MINIMAL, uuid.uuid4(), payload)
-                timed("minimal insert", t0)
+            await loop("create", lambda: create_one(rt))
+            await loop("pool + insert", pooled)
+            async with rt.pool.acquire() as held:
+                await loop("insert", lambda: insert(held))
+                await loop("minimal insert",
+                           lambda: held.execute(MINIMAL, uuid.uuid4(), payload))
     print(f"{creates} creates per loop, {rounds} rounds (medians; rounds in brackets)")
     for name, values in rates.items():
         median = statistics.median(values)

@@ -16,10 +16,13 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import asyncio
 import contextlib
+import socket
+import subprocess
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import replace
+from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -150,6 +153,32 @@ async def open_service(settings: Settings, *, redis_connections: int = 12
 async def service(settings: Settings) -> AsyncIterator[JobService]:
     async with open_service(settings) as svc:
         yield svc
+
+
+@contextlib.contextmanager
+def private_valkey(folder: Path) -> Iterator[str]:
+    """A Valkey server of the caller's own, without a password, stopped on exit; yields its
+    address (host:port) once it accepts connections."""
+    from core.infra.embedded import free_port, valkey_bin
+
+    port = free_port()
+    proc = subprocess.Popen([str(valkey_bin()), "--port", str(port), "--bind", "127.0.0.1",
+                             "--save", "", "--appendonly", "no", "--dir", str(folder)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert proc.poll() is None, "valkey exited"
+            assert time.monotonic() < deadline, "valkey did not start"
+            time.sleep(0.05)  # polled: another process's readiness
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
 
 
 async def wait_until(

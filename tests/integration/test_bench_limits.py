@@ -5,8 +5,6 @@ left behind."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +15,7 @@ import pytest
 from core.settings import Settings
 from loadtests.bench.core import with_limits
 from loadtests.bench.limits import bench_limits
+from tests.conftest import private_valkey
 
 
 async def test_limits_run_every_step_of_a_job_and_clean_up(server_settings: Settings) -> None:
@@ -137,26 +136,8 @@ async def test_proxy_bench_measures_both_paths(server_settings: Settings, tmp_pa
 def own_valkey(tmp_path: Path) -> Iterator[str]:
     """A Valkey server of this test's own: `INFO commandstats` counts every client's calls,
     and the session's server also serves the tests running beside this one."""
-    from core.infra.embedded import free_port, valkey_bin
-
-    port = free_port()
-    proc = subprocess.Popen([str(valkey_bin()), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(tmp_path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None, "valkey exited"
-            assert time.monotonic() < deadline, "valkey did not start"
-            time.sleep(0.05)  # polled: another process's readiness
-    try:
-        yield f"redis://127.0.0.1:{port}/0"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with private_valkey(tmp_path) as address:
+        yield f"redis://{address}/0"
 
 
 async def test_dispatch_rows_drain_every_job_and_compare_with_one_tenant(

@@ -21,6 +21,7 @@ from toxiproxy.api import APIConsumer
 from toxiproxy.exceptions import NotFound, ProxyExists
 
 from core.infra.embedded import free_port
+from tests.conftest import private_valkey
 
 
 def fault_proxy_api(seed: int) -> Iterator[str]:
@@ -69,27 +70,8 @@ def client(api_url: str) -> Iterator[Toxiproxy]:
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Valkey server of this module's own, without a password (the tests speak raw RESP:
     PING, QUIT), so they read the same against our proxy or a real toxiproxy."""
-    from core.infra.embedded import valkey_bin
-
-    port = free_port()
-    folder = tmp_path_factory.mktemp("valkey")
-    proc = subprocess.Popen([str(valkey_bin()), "--port", str(port), "--bind", "127.0.0.1",
-                             "--save", "", "--appendonly", "no", "--dir", str(folder)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert proc.poll() is None, "valkey exited"
-            assert time.monotonic() < deadline, "valkey did not start"
-            time.sleep(0.05)  # polled: another process's readiness
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
+    with private_valkey(tmp_path_factory.mktemp("valkey")) as address:
+        yield address
 
 
 def connect(listen: str, timeout_s: float = 5.0) -> socket.socket:
