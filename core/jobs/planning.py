@@ -118,6 +118,13 @@ def plan_batch(specs: Sequence[Any], limits: SpecLimits, *, single: bool = False
         raise InvalidInput("jobs", "must be a non-empty list")
     if len(specs) > MAX_BATCH:
         raise InvalidInput("jobs", f"at most {MAX_BATCH} jobs per batch, got {len(specs)}")
+    if len(specs) == 1:  # one job: nothing to check against another (the common create)
+        try:
+            one = validate_spec(specs[0], limits)
+        except JobHarnessError as exc:
+            raise (exc if single else _prefixed(exc, 0)) from None
+        if not one.spec.depends_on:
+            return Plan(validated=[one], ids=_uuid7s(1), internal={}, external={})
     validated: list[ValidatedSpec] = []
     for i, spec in enumerate(specs):
         try:

@@ -75,7 +75,8 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         # single creates without dependencies or idempotency keys arriving together share one
         # INSERT and one Redis call
         self._creates: Coalescer[Plan, CreateResult] = Coalescer(
-            self._create_merged, max_batch=1000, max_flushes=self.create_flushes)
+            self._create_merged, max_batch=1000, max_flushes=self.create_flushes,
+            inline_when_idle=True)
         # completions reported together (a worker's slots, a process's workers) share one
         # statement and one Redis call
         self._completions: Coalescer[_Completion, list[asyncpg.Record]] = Coalescer(
@@ -106,11 +107,10 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         with store_errors():
             results = await insert_plan(self.pool, plan, fx.add_ready, fx.add_raised)
         self.stats["created"] += sum(r.created for r in results)
-        if fx == Effects(enqueue=fx.enqueue):  # only new jobs to index: write-behind
-            if fx.enqueue:
-                self.index_later(fx.enqueue)
-        else:
+        if fx.reprioritize:  # jobs it depends on were raised: index with them, in order
             await self.apply_effects(fx)
+        elif fx.enqueue:  # only new jobs to index: write-behind
+            self.index_later(fx.enqueue)
         if self.memory is not None:
             for v, r in zip(plan.validated, results, strict=True):
                 if r.created:

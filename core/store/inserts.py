@@ -17,6 +17,7 @@ import asyncpg
 from core.errors import IdempotencyConflict, InvalidInput, UnknownDependency
 from core.jobs.model import JobStatus, ValidatedSpec
 from core.jobs.planning import CreateResult, Plan, is_simple, spec_hash
+from core.store.pools import StorePool
 from core.store.queries import Conn, q
 
 
@@ -33,7 +34,9 @@ async def insert_plan(
     simple = is_simple(plan)
     for _ in range(3):
         try:
-            async with pool.acquire() as conn:
+            # a simple plan's one statement runs on the connection a stream of creates keeps
+            async with (pool.held.acquire() if simple and isinstance(pool, StorePool)
+                        else pool.acquire()) as conn:
                 raised: list[asyncpg.Record] = []
                 if simple:
                     results, ready = await _insert_simple(conn, plan)
@@ -101,6 +104,14 @@ async def _insert_simple(
     v = plan.validated
     if len(v) == 1:  # the common single create: one row, one statement
         x = v[0].spec
+        if x.run_at is None and not x.delay_s:  # due now: nothing to read back
+            await conn.execute(q("insert_job_now"), plan.ids[0], x.job_type, v[0].payload_json,
+                               x.priority, x.required_capability, x.max_retries,
+                               float(x.timeout_s), x.tenant)
+            sid = str(plan.ids[0])
+            return [CreateResult(job_id=sid, status=_PENDING, created=True, ref=x.ref)], [
+                {"id": sid, "priority": x.priority, "required_capability": x.required_capability,
+                 "delay_ms": 0, "job_type": x.job_type, "tenant": x.tenant}]
         row = await conn.fetchrow(q("insert_job"), plan.ids[0], x.job_type, v[0].payload_json,
                                   x.priority, x.required_capability, x.max_retries,
                                   float(x.timeout_s), x.run_at, float(x.delay_s), x.tenant)

@@ -3,10 +3,12 @@ whenever the server is not available right now, and plain admin connections."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 from collections.abc import Callable
+from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -53,9 +55,14 @@ class StorePool(asyncpg.Pool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = Outage("PostgreSQL")
+        self.held = HeldConnection(self)
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext[asyncpg.Record]:
         return _TranslatingAcquire(self, timeout)
+
+    async def close(self) -> None:
+        await self.held.give_back()
+        await super().close()
 
 
 class _TranslatingAcquire(_AcquireBase):
@@ -92,6 +99,132 @@ class _TranslatingAcquire(_AcquireBase):
         elif isinstance(exc_val, UNAVAILABLE):
             self._outage().failed(exc_val)
             raise unavailable_error(exc_val) from exc_val
+
+
+class HeldConnection:
+    """One pooled connection that a stream of short statements (a loop of single creates)
+    keeps between its calls instead of borrowing one from the pool for each: the borrow and
+    the return cost about as much client time as the INSERT's own (docs/performance.md). It
+    goes back to the pool once unused for `idle_s`, when the pool closes, and at the first
+    error of a statement on it (given back as any borrowed connection is: one that saw the
+    server go is never lent out again). A caller arriving while it is in use borrows from the
+    pool as usual."""
+
+    def __init__(self, pool: StorePool, idle_s: float = 0.01) -> None:
+        self._pool = pool
+        self.idle_s = idle_s
+        self._borrowed: _TranslatingAcquire | None = None  # entered: holds the connection
+        self._conn: Any = None
+        self._busy = False
+        self._last_used = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._returning: asyncio.Task[None] | None = None
+        self.uses = 0  # calls that ran on it
+        self.borrows = 0  # times it was borrowed from the pool
+
+    @property
+    def server_pid(self) -> int | None:
+        """The held connection's server process, None when none is held or it has ended."""
+        conn = self._conn
+        return int(conn.get_server_pid()) if _alive(conn) else None
+
+    def acquire(self) -> Any:
+        """`async with held.acquire() as conn:` the held connection, or a pool borrow."""
+        if self._busy or self._pool.is_closing():
+            return self._pool.acquire()
+        return _HeldUse(self)
+
+    async def take(self) -> Any:
+        self._busy = True
+        conn = self._conn
+        if conn is not None and not _alive(conn):  # the server ended it while it was held
+            self._drop_timer()
+            await self._release()
+            conn = None
+        if conn is None:
+            borrowed = _TranslatingAcquire(self._pool, None)
+            try:
+                conn = await borrowed.__aenter__()
+            except BaseException:
+                self._busy = False
+                raise
+            self._borrowed, self._conn = borrowed, conn
+            self.borrows += 1
+        self.uses += 1
+        return conn
+
+    async def put(self, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self._busy = False
+        if exc is None:
+            self._last_used = asyncio.get_running_loop().time()
+            self._pool.outage.succeeded()
+            if self._timer is None:
+                self._arm()
+            return
+        self._drop_timer()
+        await self._release(exc, tb)
+
+    def _arm(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._timer = loop.call_at(self._last_used + self.idle_s, self._idle_check)
+
+    def _drop_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _idle_check(self) -> None:
+        self._timer = None
+        if self._conn is None:
+            return
+        if self._busy or asyncio.get_running_loop().time() - self._last_used < self.idle_s:
+            self._arm()
+            return
+        self._returning = asyncio.get_running_loop().create_task(self._release())
+
+    async def _release(self, exc: BaseException | None = None,
+                       tb: TracebackType | None = None) -> None:
+        borrowed, self._borrowed, self._conn = self._borrowed, None, None
+        if borrowed is None:
+            return
+        if exc is None:
+            with contextlib.suppress(*UNAVAILABLE, StoreUnavailable, asyncpg.InterfaceError):
+                await borrowed.__aexit__(None, None, None)
+        else:
+            await borrowed.__aexit__(type(exc), exc, tb)
+
+    async def give_back(self) -> None:
+        """Return the connection to the pool now (the pool is closing)."""
+        self._drop_timer()
+        if not self._busy:
+            await self._release()
+        if self._returning is not None:
+            await asyncio.gather(self._returning, return_exceptions=True)
+
+
+def _alive(conn: Any) -> bool:
+    """Whether a borrowed connection is still open (asyncpg takes a connection that closed
+    back into its pool by itself, and its proxy then refuses every call)."""
+    if conn is None:
+        return False
+    try:
+        return not conn.is_closed()
+    except asyncpg.InterfaceError:
+        return False
+
+
+class _HeldUse:
+    __slots__ = ("_held",)
+
+    def __init__(self, held: HeldConnection) -> None:
+        self._held = held
+
+    async def __aenter__(self) -> Any:
+        return await self._held.take()
+
+    async def __aexit__(self, typ: type[BaseException] | None, exc: BaseException | None,
+                        tb: TracebackType | None) -> None:
+        await self._held.put(exc, tb)
 
 
 class _DriverOutageFilter(logging.Filter):

@@ -92,3 +92,50 @@ async def test_a_caller_that_gave_up_is_left_out() -> None:
 def test_bad_limits_are_refused() -> None:
     with pytest.raises(ValueError, match="max_batch and max_flushes must be >= 1"):
         Coalescer(Gate().flush, max_batch=0)
+
+
+async def test_inline_a_lone_caller_flushes_in_its_own_task() -> None:
+    seen: list[asyncio.Task[object] | None] = []
+
+    async def flush(items: list[int]) -> list[int]:
+        seen.append(asyncio.current_task())
+        return [i * 10 for i in items]
+
+    c = Coalescer(flush, max_flushes=2, inline_when_idle=True)
+
+    async def caller(i: int) -> tuple[int, asyncio.Task[object] | None]:
+        return await c.submit(i), asyncio.current_task()
+
+    for i in range(3):
+        result, task = await asyncio.create_task(caller(i))
+        assert result == i * 10
+        assert seen[-1] is task  # no flush task of its own
+    assert (c.batches, c.items) == (3, 3)
+
+
+async def test_inline_callers_arriving_meanwhile_share_a_flush_within_max_flushes() -> None:
+    gate = Gate()
+    gate.open.clear()
+    c = Coalescer(gate.flush, max_flushes=2, inline_when_idle=True)
+    first = asyncio.create_task(c.submit(1))
+    await gate.entered.wait()  # the lone caller's own flush is running
+    rest = [asyncio.create_task(c.submit(i)) for i in range(2, 6)]
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    # one flush task took all four: the inline flush counts against max_flushes
+    assert gate.batches == [[1], [2, 3, 4, 5]]
+    later = [asyncio.create_task(c.submit(i)) for i in (6, 7)]
+    await asyncio.sleep(0)
+    assert len(gate.batches) == 2  # both flushes busy: the newcomers wait
+    gate.open.set()
+    assert await asyncio.gather(first, *rest, *later) == [10, 20, 30, 40, 50, 60, 70]
+    assert gate.batches == [[1], [2, 3, 4, 5], [6, 7]]
+
+
+async def test_inline_a_failed_flush_fails_its_caller_and_the_next_one_runs() -> None:
+    gate = Gate()
+    c = Coalescer(gate.flush, max_flushes=1, inline_when_idle=True)
+    with pytest.raises(ValueError, match=r"negative item in \[-1\]"):
+        await c.submit(-1)
+    assert await c.submit(2) == 20
+    assert gate.batches == [[-1], [2]]

@@ -30,6 +30,13 @@ RETURNING id, status, priority, required_capability, job_type, tenant,
           greatest(0, ceil(extract(epoch FROM run_at - clock_timestamp()) * 1000))::bigint
               AS delay_ms;
 
+-- name: insert_job_now
+-- One simple job due now: nothing read back (its dispatch entry is made from the spec; run_at
+-- takes its default, clock_timestamp()).
+INSERT INTO jobs (id, job_type, payload, priority, status, required_capability, max_retries,
+                  timeout_s, tenant)
+VALUES ($1, $2, $3::text::jsonb, $4, 'PENDING', $5, $6, $7, $8);
+
 -- name: find_idempotent
 -- Keys are scoped by tenant ('' for none): ($1 tenants, $2 keys) pairwise.
 SELECT j.id, j.idempotency_key, coalesce(j.tenant, '') AS scope, j.idempotency_hash,

@@ -1,0 +1,76 @@
+"""A stream of single creates keeps one pooled connection between its creates (the pool's
+borrow and return cost as much client time as the INSERT's own) and gives it back once idle,
+when the pool closes, or when the server ended it."""
+
+from __future__ import annotations
+
+import asyncio
+
+import asyncpg
+
+from core.jobs.model import JobSpec
+from core.service.jobs import JobService
+from core.settings import Settings
+from core.store.pools import StorePool
+from tests.conftest import open_service, wait_until
+
+
+def _pool(service: JobService) -> StorePool:
+    assert isinstance(service.pool, StorePool)
+    return service.pool
+
+
+async def test_a_stream_of_creates_borrows_once_and_gives_it_back_when_idle(
+    service: JobService,
+) -> None:
+    pool = _pool(service)
+    held = pool.held
+    held.idle_s = 0.2
+    for _ in range(20):
+        await service.create(JobSpec(job_type="noop"))
+    assert (held.uses, held.borrows) == (20, 1)
+    pid = held.server_pid
+    assert pid is not None
+    assert pool.get_idle_size() == pool.get_size() - 1  # out of the pool while held
+
+    async def given_back() -> bool:
+        return held.server_pid is None and pool.get_idle_size() == pool.get_size()
+
+    await wait_until(given_back, timeout_s=10, what="the idle connection given back")
+    await service.create(JobSpec(job_type="noop"))
+    assert held.borrows == 2
+    assert (await service.counts())["PENDING"] == 21
+
+
+async def test_a_held_connection_the_server_ended_is_replaced_and_the_create_succeeds(
+    service: JobService, settings: Settings,
+) -> None:
+    held = _pool(service).held
+    held.idle_s = 60.0
+    await service.create(JobSpec(job_type="noop"))
+    pid = held.server_pid
+    assert pid is not None
+    admin = await asyncpg.connect(settings.pg_dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+    finally:
+        await admin.close()
+
+    async def noticed() -> bool:
+        return held.server_pid is None
+
+    await wait_until(noticed, timeout_s=10, what="the client to see the connection end")
+    created = await service.create(JobSpec(job_type="noop"))
+    assert held.borrows == 2
+    assert held.server_pid not in (None, pid)
+    assert (await service.get(created.job_id)).status == "PENDING"
+
+
+async def test_closing_the_pool_gives_the_held_connection_back(settings: Settings) -> None:
+    async with open_service(settings) as svc:
+        _pool(svc).held.idle_s = 60.0
+        await svc.create(JobSpec(job_type="noop"))
+        assert _pool(svc).held.server_pid is not None
+        closing = asyncio.ensure_future(svc.pool.close())
+        # asyncpg's close waits for every borrowed connection: a held one would hang it
+        await asyncio.wait_for(asyncio.shield(closing), timeout=10)
