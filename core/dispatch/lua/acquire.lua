@@ -21,6 +21,7 @@ local bands = ARGV[3]
 local caps = ARGV[4]
 local count = tonumber(ARGV[5])
 local now = now_ms()
+local lease_score = string.format('%.0f', now + lease_ms)
 local queues = {h = KEYS[4], m = KEYS[5], l = KEYS[6]}
 
 -- Promote delayed jobs that are due, keeping FIFO by due time within a priority.
@@ -89,13 +90,23 @@ local function admits(field)
   return true
 end
 
+-- What the main loop takes is counted here and written once at the end of the call (the
+-- loop reads the counts from `states`, never from Redis).
+local taken, bucket_dirty = {}, {}
+
+-- one command over many arguments, in chunks Lua's stack takes (an even size: pairs stay whole)
+local function call_in_chunks(cmd, key, args)
+  for i = 1, #args, 1000 do
+    redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
+  end
+end
 local function take(field)
   local st = state_of(field)
-  redis.call('HINCRBY', SCHED .. ':running', field, 1)
+  taken[field] = (taken[field] or 0) + 1
   if st.running then st.running = st.running + 1 end
   if st.tokens then
     st.tokens = st.tokens - 1
-    redis.call('HSET', SCHED .. ':buckets', field, string.format('%.6f', st.tokens) .. ',' .. now)
+    bucket_dirty[field] = true
   end
 end
 
@@ -130,14 +141,26 @@ end
 
 -- The tenant's flow to serve in (band, cap): the lowest head its type's limit admits. Stale
 -- scores are corrected, empty flows dropped, flows of a held-back type parked on the way.
+local flow_names = {}  -- band .. sha -> the flow (read once per call)
+local function flow_of_sha(band, sha)
+  local k = band .. sha
+  local flow = flow_names[k]
+  if flow == nil then
+    flow = redis.call('HGET', SCHED .. ':flows:' .. band, sha) or false
+    flow_names[k] = flow
+  end
+  return flow
+end
+
 local function pick_flow(band, cap, tenant, tf, pass)
   while true do
     local fh = redis.call('ZRANGE', tf, 0, 0, 'WITHSCORES')
     if #fh == 0 then return nil end
     local sha = fh[1]
     local key = flow_key(band, sha)
-    local qh = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    local flow = #qh > 0 and redis.call('HGET', SCHED .. ':flows:' .. band, sha)
+    -- the head and the one behind it: the flow's next head once the head is taken
+    local qh = redis.call('ZRANGE', key, 0, 1, 'WITHSCORES')
+    local flow = #qh > 0 and flow_of_sha(band, sha)
     if not flow then
       redis.call('ZREM', tf, sha)
     elseif tonumber(qh[2]) ~= tonumber(fh[2]) then
@@ -146,7 +169,8 @@ local function pick_flow(band, cap, tenant, tf, pass)
       local jt = split_flow(flow)
       local field = 'job_type' .. NUL .. jt
       if admits(field) then
-        return {key = key, sha = sha, flow = flow, field = field, id = qh[1]}
+        return {key = key, sha = sha, flow = flow, field = field, id = qh[1],
+                next_score = qh[4]}
       end
       park(field, band, cap, tenant, sha, pass, true)
       redis.call('ZREM', tf, sha)
@@ -158,6 +182,7 @@ local caplist = {''}
 for c in string.gmatch(caps, '[^,]+') do caplist[#caplist + 1] = c end
 
 local found, limited = {}, {}
+local leased = {}  -- score, id pairs for the processing set, written at the end
 for b = 1, #bands do
   if #found >= count then break end
   local band = string.sub(bands, b, b)
@@ -166,6 +191,18 @@ for b = 1, #bands do
   for i, c in ipairs(caplist) do sets[i] = {key = tq_key(band, c), cap = c} end
   local vt = tonumber(redis.call('HGET', pass_key, NUL .. 'vt') or '0')
   local vt_moved = false
+  -- tenants' passes in this band: read once, kept here, written at the end of the band
+  -- (false: to be deleted)
+  local passes, pass_dirty = {}, {}
+  local popped = {}  -- ids taken out of the band's priority queue
+  local function stored_pass(tenant)
+    local p = passes[tenant]
+    if p == nil then
+      p = tonumber(redis.call('HGET', pass_key, tenant) or '0')
+      passes[tenant] = p
+    end
+    return p
+  end
   while #found < count do
     -- whose turn: the lowest pass at the heads of the worker's capability sets
     local tenant, pass, set
@@ -176,7 +213,7 @@ for b = 1, #bands do
       end
     end
     if not tenant then break end
-    local stored = tonumber(redis.call('HGET', pass_key, tenant) or '0')
+    local stored = stored_pass(tenant)
     local tfield = 'tenant' .. NUL .. tenant
     local tf = tf_key(band, tenant, set.cap)
     if stored > pass then
@@ -188,13 +225,16 @@ for b = 1, #bands do
       local pick = pick_flow(band, set.cap, tenant, tf, pass)
       if not pick then
         redis.call('ZREM', set.key, tenant)
-        if stored <= vt then redis.call('HDEL', pass_key, tenant) end
+        if stored <= vt then
+          passes[tenant], pass_dirty[tenant] = 0, false
+        end
       else
         local id = pick.id
         redis.call('ZREM', pick.key, id)
-        redis.call('ZREM', queues[band], id)
+        popped[#popped + 1] = id
         if redis.call('HEXISTS', KEYS[2], id) == 1 then
-          redis.call('ZADD', KEYS[3], string.format('%.0f', now + lease_ms), id)
+          leased[#leased + 1] = lease_score
+          leased[#leased + 1] = id
           -- an id already held (a stale duplicate entry) is not counted twice
           if redis.call('HSETNX', SCHED .. ':held', id, pick.flow) == 1 then
             take(tfield)
@@ -205,14 +245,14 @@ for b = 1, #bands do
             limited[#limited + 1] = id
           end
           local lim = limit_of(tfield)
-          local next_pass = pass + 1 / ((lim and lim.weight) or 1)
-          redis.call('HSET', pass_key, tenant, fmt_pass(next_pass))
-          redis.call('ZADD', set.key, 'XX', fmt_pass(next_pass), tenant)
+          -- kept as written (rounded), as a read back from Redis would give it
+          local next_pass = fmt_pass(pass + 1 / ((lim and lim.weight) or 1))
+          passes[tenant], pass_dirty[tenant] = tonumber(next_pass), true
+          redis.call('ZADD', set.key, 'XX', next_pass, tenant)
           vt, vt_moved = pass, true
         end  -- else: no live job behind it; dropped
-        local head = redis.call('ZRANGE', pick.key, 0, 0, 'WITHSCORES')
-        if #head > 0 then
-          redis.call('ZADD', tf, head[2], pick.sha)
+        if pick.next_score then
+          redis.call('ZADD', tf, pick.next_score, pick.sha)
         else
           redis.call('ZREM', tf, pick.sha)
           if redis.call('ZCARD', tf) == 0 then redis.call('ZREM', set.key, tenant) end
@@ -220,7 +260,28 @@ for b = 1, #bands do
       end
     end
   end
-  if vt_moved then redis.call('HSET', pass_key, NUL .. 'vt', fmt_pass(vt)) end
+  local set_args, gone = {}, {}
+  for tenant, dirty in pairs(pass_dirty) do
+    if dirty then
+      set_args[#set_args + 1] = tenant
+      set_args[#set_args + 1] = fmt_pass(passes[tenant])
+    else
+      gone[#gone + 1] = tenant
+    end
+  end
+  if vt_moved then
+    set_args[#set_args + 1] = NUL .. 'vt'
+    set_args[#set_args + 1] = fmt_pass(vt)
+  end
+  call_in_chunks('HDEL', pass_key, gone)
+  call_in_chunks('HSET', pass_key, set_args)
+  call_in_chunks('ZREM', queues[band], popped)
+end
+call_in_chunks('ZADD', KEYS[3], leased)
+for field, n in pairs(taken) do redis.call('HINCRBY', SCHED .. ':running', field, n) end
+for field in pairs(bucket_dirty) do
+  redis.call('HSET', SCHED .. ':buckets', field,
+             string.format('%.6f', states[field].tokens) .. ',' .. now)
 end
 for field in pairs(waited) do redis.call('HINCRBY', SCHED .. ':waits', field, 1) end
 

@@ -16,23 +16,34 @@ local now
 if mode == 'dead' then now = string.format('%.0f', now_ms()) end
 local wake = 0
 for s = 1, #ids, 500 do
-  local chunk = {unpack(ids, s, math.min(s + 499, #ids))}
+  local chunk, seen = {}, {}
+  for k = s, math.min(s + 499, #ids) do  -- each id once (a repeat is released once)
+    if not seen[ids[k]] then
+      seen[ids[k]] = true
+      chunk[#chunk + 1] = ids[k]
+    end
+  end
   if mode == 'unlease' then
     redis.call('ZREM', KEYS[5], unpack(chunk))
   else
     local metas = redis.call('HMGET', KEYS[6], unpack(chunk))
+    local by_flow = {}  -- the chunk's jobs by flow: one removal per flow queue
     for k, id in ipairs(chunk) do
       if metas[k] then
         local _, flow = parse_meta(metas[k])
-        flow_remove(flow, id)
+        local of = by_flow[flow]
+        if not of then
+          of = {}
+          by_flow[flow] = of
+        end
+        of[#of + 1] = id
       end
     end
+    for flow, of in pairs(by_flow) do flow_remove(flow, of) end
     for k = 1, 5 do redis.call('ZREM', KEYS[k], unpack(chunk)) end
     redis.call('HDEL', KEYS[6], unpack(chunk))
   end
-  for _, id in ipairs(chunk) do
-    if release_held(id) then wake = wake + 1 end
-  end
+  wake = wake + release_held(chunk)
   if now then
     local args = {}
     for _, id in ipairs(chunk) do

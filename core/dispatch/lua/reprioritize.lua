@@ -19,7 +19,7 @@ for id in string.gmatch(ARGV[1], '[^,]+') do
       local at = tonumber(score) - (6 - old) * 1e13
       local new_score = string.format('%.0f', (6 - prio) * 1e13 + at)
       redis.call('ZREM', q, id)
-      flow_remove(flow, id)
+      flow_remove(flow, {id})
       redis.call('ZADD', queues[band_of(prio)], new_score, id)
       flow_add(band_of(prio), flow, new_score, id)
       moved = moved + 1

@@ -146,10 +146,11 @@ local function unpark_tenant(field)
   redis.call('ZREM', SCHED .. ':ptimer', field)
 end
 
-local function flow_remove(flow, id)
+-- take jobs of one flow (a list of ids, at most a few hundred) out of its queues
+local function flow_remove(flow, ids)
   local sha = redis.sha1hex(flow)
   for _, band in ipairs({'h', 'm', 'l'}) do
-    redis.call('ZREM', flow_key(band, sha), id)
+    redis.call('ZREM', flow_key(band, sha), unpack(ids))
   end
 end
 
@@ -181,23 +182,37 @@ local function limit_of(field)
   return lim
 end
 
--- A leased job stops counting against its type's and tenant's limits. Returns true when one
--- of them limits how many may run (a waiting job may now be admitted).
-local function release_held(id)
-  local flow = redis.call('HGET', SCHED .. ':held', id)
-  if not flow then return false end
-  redis.call('HDEL', SCHED .. ':held', id)
-  local jt, tenant = split_flow(flow)
-  local limited = false
-  for _, field in ipairs({'job_type' .. NUL .. jt, 'tenant' .. NUL .. tenant}) do
-    if redis.call('HINCRBY', SCHED .. ':running', field, -1) <= 0 then
+-- Leased jobs (distinct ids, at most a few hundred) stop counting against their types' and
+-- tenants' limits: one read of what they were counted under, one write per limit field.
+-- Returns how many of them counted under a max_running limit (each frees a place a waiting
+-- job may now take).
+local function release_held(ids)
+  local flows = redis.call('HMGET', SCHED .. ':held', unpack(ids))
+  local gone, counts, freed = {}, {}, 0
+  for k, id in ipairs(ids) do
+    local flow = flows[k]
+    if flow then
+      gone[#gone + 1] = id
+      local jt, tenant = split_flow(flow)
+      local limited = false
+      for _, field in ipairs({'job_type' .. NUL .. jt, 'tenant' .. NUL .. tenant}) do
+        counts[field] = (counts[field] or 0) + 1
+        local lim = limit_of(field)
+        if lim and lim.max then limited = true end
+      end
+      if limited then freed = freed + 1 end
+    end
+  end
+  if #gone == 0 then return 0 end
+  redis.call('HDEL', SCHED .. ':held', unpack(gone))
+  for field, n in pairs(counts) do
+    if redis.call('HINCRBY', SCHED .. ':running', field, -n) <= 0 then
       redis.call('HDEL', SCHED .. ':running', field)
     end
     local lim = limit_of(field)
     if lim and lim.max then
-      limited = true
       unpark_tenant(field)  -- the tenant's parked turns come back now
     end
   end
-  return limited
+  return freed
 end
