@@ -118,7 +118,7 @@ class HeldConnection:
         self._busy = False
         self._last_used = 0.0
         self._timer: asyncio.TimerHandle | None = None
-        self._returning: asyncio.Task[None] | None = None
+        self._returning: set[asyncio.Task[None]] = set()  # idle ones on their way back
         self.uses = 0  # calls that ran on it
         self.borrows = 0  # times it was borrowed from the pool
 
@@ -139,7 +139,7 @@ class HeldConnection:
         conn = self._conn
         if conn is not None and not _alive(conn):  # the server ended it while it was held
             self._drop_timer()
-            await self._release()
+            await self._give_back(self._detach())
             conn = None
         if conn is None:
             borrowed = _TranslatingAcquire(self._pool, None)
@@ -162,7 +162,7 @@ class HeldConnection:
                 self._arm()
             return
         self._drop_timer()
-        await self._release(exc, tb)
+        await self._give_back(self._detach(), exc, tb)
 
     def _arm(self) -> None:
         loop = asyncio.get_running_loop()
@@ -180,11 +180,19 @@ class HeldConnection:
         if self._busy or asyncio.get_running_loop().time() - self._last_used < self.idle_s:
             self._arm()
             return
-        self._returning = asyncio.get_running_loop().create_task(self._release())
+        # detached now, given back in the background: a caller arriving meanwhile borrows
+        # anew instead of taking a connection on its way back to the pool
+        task = asyncio.get_running_loop().create_task(self._give_back(self._detach()))
+        self._returning.add(task)
+        task.add_done_callback(self._returning.discard)
 
-    async def _release(self, exc: BaseException | None = None,
-                       tb: TracebackType | None = None) -> None:
+    def _detach(self) -> _TranslatingAcquire | None:
         borrowed, self._borrowed, self._conn = self._borrowed, None, None
+        return borrowed
+
+    @staticmethod
+    async def _give_back(borrowed: _TranslatingAcquire | None, exc: BaseException | None = None,
+                         tb: TracebackType | None = None) -> None:
         if borrowed is None:
             return
         if exc is None:
@@ -197,9 +205,8 @@ class HeldConnection:
         """Return the connection to the pool now (the pool is closing)."""
         self._drop_timer()
         if not self._busy:
-            await self._release()
-        if self._returning is not None:
-            await asyncio.gather(self._returning, return_exceptions=True)
+            await self._give_back(self._detach())
+        await asyncio.gather(*self._returning, return_exceptions=True)
 
 
 def _alive(conn: Any) -> bool:

@@ -74,3 +74,20 @@ async def test_closing_the_pool_gives_the_held_connection_back(settings: Setting
         closing = asyncio.ensure_future(svc.pool.close())
         # asyncpg's close waits for every borrowed connection: a held one would hang it
         await asyncio.wait_for(asyncio.shield(closing), timeout=10)
+
+
+async def test_creates_arriving_as_the_idle_connection_goes_back_never_share_it(
+    service: JobService,
+) -> None:
+    # an idle time of zero: the connection is given back between almost any two creates, so
+    # creates keep arriving while one is on its way back to the pool (it must not be taken
+    # then, or two statements would meet on one connection)
+    _pool(service).held.idle_s = 0.0
+
+    async def stream(n: int) -> None:
+        for _ in range(n):
+            await service.create(JobSpec(job_type="noop"))
+            await asyncio.sleep(0)
+
+    await asyncio.gather(*(stream(50) for _ in range(4)))
+    assert (await service.counts())["PENDING"] == 200
