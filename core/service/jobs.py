@@ -1,7 +1,7 @@
 """JobService: the job lifecycle over PostgreSQL (truth) and Redis (dispatch index): create,
-lease (core/service/leasing.py), complete, fail with retry or dead-letter, release, extend,
-cancel, expire, requeue. Reads and the worker registry are its other parts (reads.py,
-registry.py); what they share is core/service/base.py.
+lease (core/service/leasing.py), complete (core/service/completing.py), fail with retry or
+dead-letter, release, extend, cancel, expire, requeue. Reads and the worker registry are its
+other parts (reads.py, registry.py); what they share is core/service/base.py.
 """
 
 from __future__ import annotations
@@ -11,7 +11,6 @@ import random
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 
@@ -27,7 +26,7 @@ from core.jobs.planning import CreateResult, Plan, is_simple, merge_simple, plan
 from core.memory.events import MemoryEmitter
 from core.service.base import Effects
 from core.service.coalesce import Coalescer
-from core.service.leasing import Leasing
+from core.service.completing import Completing
 from core.service.reads import JobReads
 from core.service.registry import WorkerRegistry
 from core.settings import Settings
@@ -38,13 +37,6 @@ __all__ = ["CreateResult", "Effects", "FailOutcome", "JobService"]
 
 
 
-@dataclass(frozen=True)
-class _Completion:
-    job_id: uuid.UUID
-    token: int
-    result: Any
-
-
 @dataclass(frozen=True, kw_only=True)
 class FailOutcome:
     status: JobStatus  # PENDING (retry scheduled), DEAD or CANCELLED
@@ -52,11 +44,10 @@ class FailOutcome:
     cancelled_dependents: int = 0
 
 
-class JobService(Leasing, JobReads, WorkerRegistry):
+class JobService(Completing, JobReads, WorkerRegistry):
     """The job operations. One instance per process; safe for concurrent use."""
 
     create_flushes = 3  # concurrent INSERTs of merged single creates
-    complete_flushes = 2  # concurrent statements of merged completions
 
     def __init__(
         self,
@@ -77,10 +68,6 @@ class JobService(Leasing, JobReads, WorkerRegistry):
         self._creates: Coalescer[Plan, CreateResult] = Coalescer(
             self._create_merged, max_batch=1000, max_flushes=self.create_flushes,
             inline_when_idle=True)
-        # completions reported together (a worker's slots, a process's workers) share one
-        # statement and one Redis call
-        self._completions: Coalescer[_Completion, list[asyncpg.Record]] = Coalescer(
-            self._complete_merged, max_batch=200, max_flushes=self.complete_flushes)
 
     # -- create -----------------------------------------------------------------------------
     async def create(self, spec: JobSpec) -> CreateResult:
@@ -126,64 +113,6 @@ class JobService(Leasing, JobReads, WorkerRegistry):
             return JobNotFound(str(job_id))
         await self.count_stale()
         return StaleLease(str(job_id), token, row["status"])
-
-    async def complete(self, job_id: str, token: int, result: Any = None, *,
-                       worker_id: str | None = None) -> None:
-        """Record success; only the current lease's token is accepted. Completions arriving
-        together are recorded in one statement; each caller gets its own outcome. A refused
-        completion from `worker_id` with a token no lease of this job ever gave that worker
-        is recorded as evidence against it (forged, not merely stale)."""
-        jid = parse_job_id(job_id)
-        with store_errors():
-            rows = await self._completions.submit(_Completion(jid, token, result))
-        if not rows[0]["ok"]:
-            if rows[0]["job_status"] is None:
-                raise JobNotFound(job_id)
-            await self.count_stale()
-            if worker_id is not None:
-                await self._check_token(worker_id, jid, token)
-            raise StaleLease(job_id, token, rows[0]["job_status"])
-        self.stats["completed"] += 1
-        if self.memory is not None:
-            self.memory.job_completed(job_id, result)
-
-    async def _check_token(self, worker_id: str, jid: uuid.UUID, token: int) -> None:
-        with store_errors():
-            owner = await self.pool.fetchrow(q("token_owner"), token)
-        if owner is not None and owner["job_id"] == jid and owner["worker_id"] == worker_id:
-            return  # its own lease, superseded: a zombie's late result, not a forgery
-        whose = "no lease ever had it" if owner is None else (
-            f"it was worker {owner['worker_id']}'s lease of job {owner['job_id']}")
-        await self.record_evidence(worker_id, "forged_token", f"completed job {jid} with lease "
-                                   f"token {token}: {whose}", jid)
-
-    async def _complete_merged(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
-        """Run completions as one statement, then apply their Redis effects in one go."""
-        try:
-            per = await self._complete_rows(batch)
-        except asyncpg.DeadlockDetectedError:
-            # two batches released shared dependents in opposite orders: one was rolled
-            # back whole; its completions go one by one
-            self.stats["complete_batch_deadlocks"] += 1
-            per = [(await self._complete_rows([c]))[0] for c in batch]
-        fx = Effects()
-        for c, rows_of in zip(batch, per, strict=True):
-            if rows_of[0]["ok"]:
-                fx.forget.append(str(c.job_id))
-                fx.ended(ExecutionStatus.COMPLETED)
-                fx.add_ready({**dict(r), "id": r["released_id"]}
-                             for r in rows_of if r["released_id"])
-        await self.apply_effects(fx)
-        return per
-
-    async def _complete_rows(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
-        """complete_jobs' rows grouped per completion, each completion's own row first."""
-        rows = await self.pool.fetch(q("complete_jobs"), [c.job_id for c in batch],
-                                     [c.token for c in batch], [c.result for c in batch])
-        per: list[list[asyncpg.Record]] = [[] for _ in batch]
-        for r in rows:
-            per[r["ord"] - 1].append(r)
-        return per
 
     async def _locked(
         self, conn: Conn, job_id: uuid.UUID, token: int | None

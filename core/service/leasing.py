@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -23,6 +24,17 @@ from core.store.queries import Conn, q, store_errors
 # a job Redis admitted but PostgreSQL's count refused waits this long before its next try
 REFUSED_DELAY_MS = 200
 FALLBACK_POLL_S = 0.2  # how often an idle worker asks PostgreSQL while Redis is away
+
+
+@dataclass
+class Riders:
+    """Completions (complete_jobs' arguments) to carry with the next lease statement
+    (complete_and_lease); `rows` holds their complete_jobs rows once carried."""
+
+    ids: list[uuid.UUID]
+    tokens: list[int]
+    results: list[Any]
+    rows: list[asyncpg.Record] | None = None
 
 
 class Leasing(ServiceBase):
@@ -59,16 +71,18 @@ class Leasing(ServiceBase):
 
     async def acquire_many(
         self, worker_id: str, n: int, capabilities: Iterable[str] = (), *,
-        lease_s: float | None = None,
+        lease_s: float | None = None, riders: Riders | None = None,
     ) -> list[Lease]:
         """Lease up to `n` jobs for one worker in one round trip to each store (a worker
-        filling its free slots); fewer, or none, when no more may run now."""
+        filling its free slots); fewer, or none, when no more may run now. `riders`: the
+        worker's completions, carried by the lease statement when it can (see Riders)."""
         leases = await self._lease_batch([worker_id] * n, sorted(set(capabilities)),
-                                         lease_s or self.settings.lease_s)
+                                         lease_s or self.settings.lease_s, riders)
         return [lease for lease in leases if lease is not None]
 
     async def _lease_batch(
-        self, worker_ids: list[str], caps: list[str], lease_s: float
+        self, worker_ids: list[str], caps: list[str], lease_s: float,
+        riders: Riders | None = None,
     ) -> list[Lease | None]:
         if self.store_outage is not None and self.store_outage.down:
             # Jobs popped from Redis while PostgreSQL cannot lease them would wait in the
@@ -76,7 +90,7 @@ class Leasing(ServiceBase):
             await self.check_store()
         if self.dispatch.available:
             try:
-                return await self._acquire_redis(worker_ids, caps, lease_s)
+                return await self._acquire_redis(worker_ids, caps, lease_s, riders)
             except DispatchUnavailable:
                 self.stats["redis_acquire_failed"] += 1
         leases: list[Lease | None] = [None] * len(worker_ids)
@@ -91,7 +105,8 @@ class Leasing(ServiceBase):
         return leases
 
     async def _acquire_redis(
-        self, worker_ids: list[str], caps: list[str], lease_s: float
+        self, worker_ids: list[str], caps: list[str], lease_s: float,
+        riders: Riders | None = None,
     ) -> list[Lease | None]:
         leases: list[Lease | None] = [None] * len(worker_ids)
         wanting = list(range(len(worker_ids)))  # callers still without a lease
@@ -106,6 +121,10 @@ class Leasing(ServiceBase):
             if res.limited:
                 rows, refused = await self._lease_checked(
                     res.job_ids, [worker_ids[i] for i in takers], res.limited, lease_s)
+            elif riders is not None and riders.rows is None:
+                rows = await self._complete_and_lease(
+                    riders, [uuid.UUID(j) for j in res.job_ids],
+                    [worker_ids[i] for i in takers], lease_s)
             else:
                 with store_errors():
                     rows = await self.pool.fetch(
@@ -127,6 +146,24 @@ class Leasing(ServiceBase):
             if not wanting:
                 break
         return leases
+
+    async def _complete_and_lease(
+        self, riders: Riders, ids: list[uuid.UUID], workers: list[str], lease_s: float
+    ) -> list[asyncpg.Record]:
+        """The lease statement carrying the riders' completions; their rows go to
+        `riders.rows`. A deadlock among the completions (shared dependents released in
+        opposite orders by another batch) rolls the whole statement back: then the lease goes
+        alone and the completions are left to their own statement."""
+        with store_errors():
+            try:
+                rows = await self.pool.fetch(q("complete_and_lease"), riders.ids, riders.tokens,
+                                             riders.results, ids, workers, lease_s, "redis")
+            except asyncpg.DeadlockDetectedError:
+                self.stats["complete_batch_deadlocks"] += 1
+                return await self.pool.fetch(q("lease_jobs"), ids, workers, lease_s, "redis")
+        riders.rows = [r for r in rows if r["kind"] == "c"]
+        self.stats["completions_carried"] += len(riders.ids)
+        return [r for r in rows if r["kind"] == "l"]
 
     async def _lease_checked(
         self, job_ids: list[str], workers: list[str], limited: frozenset[str], lease_s: float

@@ -4,8 +4,11 @@ lease's fencing token. A rejected (stale) report is counted, never retried.
 
 A slot is taken by a job's handler: once the handler is done, the slot may take the next
 job while the outcome is still being reported (the report and the next lease overlap), with no
-more than `concurrency` reports in flight. Each job runs in one task, watched by one timer (its
-timeout, its lease's extensions, a requested cancellation).
+more than `concurrency` reports in flight. A success whose slot was given back so waits for
+the loop's next lease call, which carries it (one round trip and one commit to PostgreSQL for
+the completions and the lease that refills their slots: JobService.report_and_acquire). Each
+job runs in one task, watched by one timer (its timeout, its lease's extensions, a requested
+cancellation).
 
 Stopping drains: no new leases; running jobs get `drain_timeout_s` to finish, then their
 handlers are cancelled and their leases released without spending a retry.
@@ -28,6 +31,7 @@ from typing import Any
 from core.errors import JobHarnessError, StaleLease, StoreUnavailable
 from core.jobs.model import ExecutionStatus, Lease
 from core.service.jobs import JobService
+from core.worker.guard import JobGuard
 from core.worker.handlers import Handler
 from core.worker.health import HealthMonitor
 
@@ -53,6 +57,7 @@ class Worker:
         lease_s: float | None = None,
         idle_wait_s: float = 1.0,
         drain_timeout_s: float = 10.0,
+        carry_reports: bool = True,
     ) -> None:
         self.service = service
         self.worker_id = worker_id
@@ -70,6 +75,12 @@ class Worker:
         self._handlers_running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._releasing = False
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
+        # successes waiting for the loop's next lease call to carry them (job id, token,
+        # result, the report's future); only while the loop runs (`_carrying`)
+        self._outbox: list[tuple[str, int, Any, asyncio.Future[None]]] = []
+        self._outbox_ready = asyncio.Event()
+        self.carry_reports = carry_reports
+        self._carrying = False
         # drills: a misbehaviour turned on in this worker (core/worker/faults.py BYZANTINE_MODES)
         self.byzantine: str | None = None
 
@@ -81,6 +92,7 @@ class Worker:
     async def run(self, stop: asyncio.Event) -> None:
         """Lease and run jobs until `stop` is set, then drain."""
         slots = asyncio.Semaphore(self.concurrency)
+        self._carrying = True
         while not stop.is_set():
             if not await self._free_slot(slots, stop):
                 break
@@ -90,8 +102,7 @@ class Worker:
                 await slots.acquire()
                 free += 1
             try:
-                leases = await self.service.acquire_many(self.worker_id, free, self.capabilities,
-                                                         lease_s=self.lease_s)
+                leases = await self._lease(free)
             except StoreUnavailable:
                 leases = []
                 self.stats["store_unavailable"] += 1
@@ -112,7 +123,49 @@ class Worker:
                                            self.store_retry_s(self._store_failures))
             elif not leases:
                 await self._idle(stop)
+        self._carrying = False
+        await self._send_outbox()
         await self.drain()
+
+    async def _lease(self, n: int) -> list[Lease]:
+        """Fill `n` free slots; the successes waiting in the outbox ride along."""
+        done, self._outbox = self._outbox, []
+        self._outbox_ready.clear()
+        if not done:
+            return await self.service.acquire_many(self.worker_id, n, self.capabilities,
+                                                   lease_s=self.lease_s)
+        try:
+            got = await self.service.report_and_acquire(
+                self.worker_id, n, self.capabilities, [(j, t, r) for j, t, r, _ in done],
+                lease_s=self.lease_s)
+        except BaseException as exc:  # never leave a report waiting
+            for *_, future in done:
+                if not future.done():
+                    future.set_exception(exc)
+            raise
+        for (*_, future), outcome in zip(done, got.outcomes, strict=True):
+            if not future.done():
+                future.set_result(None) if outcome is None else future.set_exception(outcome)
+        if got.error is not None:
+            raise got.error
+        return got.leases
+
+    async def _send_outbox(self) -> None:
+        """The loop has stopped: successes still waiting go on their own."""
+        done, self._outbox = self._outbox, []
+        outcomes = await asyncio.gather(
+            *(self.service.complete(j, t, r, worker_id=self.worker_id) for j, t, r, _ in done),
+            return_exceptions=True)
+        for (*_, future), outcome in zip(done, outcomes, strict=True):
+            if not future.done():
+                future.set_result(None) if outcome is None else future.set_exception(outcome)
+
+    async def complete(self, job_id: str, token: int, result: Any, *, worker_id: str) -> None:
+        """A success carried by the loop's next lease call (`_lease`)."""
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append((job_id, token, result, future))
+        self._outbox_ready.set()
+        await future
 
     @staticmethod
     async def _free_slot(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
@@ -141,16 +194,17 @@ class Worker:
             await asyncio.gather(*pending, return_exceptions=True)
 
     async def _idle(self, stop: asyncio.Event) -> None:
-        waiter = asyncio.create_task(self.service.wait_for_work(self.idle_wait_s))
-        stopper = asyncio.create_task(stop.wait())
-        await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
-        for t in (waiter, stopper):
+        """Wait for work, a stop, or a success to carry."""
+        waits = (asyncio.create_task(self.service.wait_for_work(self.idle_wait_s)),
+                 asyncio.create_task(stop.wait()), asyncio.create_task(self._outbox_ready.wait()))
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        for t in waits:
             t.cancel()
-        await asyncio.gather(waiter, stopper, return_exceptions=True)
+        await asyncio.gather(*waits, return_exceptions=True)
 
     async def _run_job(self, lease: Lease) -> None:
         """One job in this task: its handler runs here (no task of its own), watched by one
-        timer (_JobGuard: the timeout, the lease's extensions, a requested cancellation),
+        timer (JobGuard: the timeout, the lease's extensions, a requested cancellation),
         which stops it by cancelling this task."""
         handler = self.handlers.get(lease.job_type)
         if self.byzantine == "idle":  # drops the lease on the floor: never runs or extends it
@@ -172,7 +226,7 @@ class Worker:
         assert task is not None
         self._handlers_running[lease.job_id] = task
         self.health.in_flight += 1
-        guard = _JobGuard(self.service, lease, task)
+        guard = JobGuard(self.service, lease, task)
         started = time.monotonic()
         try:
             try:
@@ -223,8 +277,19 @@ class Worker:
         report is retried with backoff for as long as the lease could still be current (after
         that the reconciler has expired it and the report would be refused as stale)."""
         slot = self._slot_of.pop(lease.token, None)
-        if slot is not None:
-            slot.give_back_early()
+        early = slot is not None and slot.give_back_early()
+        if (early and op == self.service.complete and self._carrying and self.carry_reports
+                and not self._store_failures):
+            op = self.complete  # the loop wakes for the slot given back, and carries it
+        try:
+            await self._report_until_done(op, lease, *args, **kwargs)
+        finally:
+            if early:
+                assert slot is not None
+                slot.report_ended()
+
+    async def _report_until_done(self, op: Any, lease: Lease, *args: Any, **kwargs: Any
+                                 ) -> None:
         give_up = time.monotonic() + 2 * lease.lease_s
         failures = 0
         while True:
@@ -235,6 +300,8 @@ class Worker:
                 self.stats["rejected_stale"] += 1
             except StoreUnavailable:
                 failures += 1
+                if op == self.complete:
+                    op = self.service.complete  # tried again on its own
                 if time.monotonic() < give_up:
                     self.stats["report_retried"] += 1
                     await asyncio.sleep(self.store_retry_s(failures))
@@ -258,12 +325,21 @@ class _Slot:
         self._held = True
         self._early = False
 
-    def give_back_early(self) -> None:
+    def give_back_early(self) -> bool:
         if self._held and self._worker._reporting < self._worker.concurrency:
             self._held = False
             self._early = True
             self._worker._reporting += 1
             self._slots.release()
+            return True
+        return False
+
+    def report_ended(self) -> None:
+        """Its report is done: no longer one of the reports in flight (at once, not when the
+        job's task has ended: the next job's report may be given back early meanwhile)."""
+        if self._early:
+            self._early = False
+            self._worker._reporting -= 1
 
     def task_done(self, task: asyncio.Task[None]) -> None:
         worker = self._worker
@@ -274,81 +350,6 @@ class _Slot:
             self._slots.release()
         elif self._early:
             worker._reporting -= 1
-
-
-class _JobGuard:
-    """Watches one running job with one timer: at its timeout the job is stopped ("timeout");
-    every third of the lease the lease is extended, which also says whether the job's
-    cancellation was requested ("cancel") or the lease is gone ("lost"). Stopping the job
-    cancels its task, once, and only while its handler runs; `told` says why. Most jobs end
-    before either is due, so most guards are one timer and nothing else."""
-
-    __slots__ = ("_call", "_deadline", "_extend_at", "_lease", "_loop", "_running", "_service",
-                 "_task", "_timer", "told")
-
-    def __init__(self, service: JobService, lease: Lease, task: asyncio.Task[Any]) -> None:
-        self.told: str | None = None
-        self._service = service
-        self._lease = lease
-        self._task = task
-        self._running = True
-        self._call: asyncio.Task[None] | None = None
-        self._loop = asyncio.get_running_loop()
-        now = self._loop.time()
-        self._deadline = now + lease.timeout_s
-        self._extend_at = now + lease.lease_s / 3
-        self._timer: asyncio.TimerHandle | None = None
-        self._arm()
-
-    def _arm(self) -> None:
-        if self._call is None and self._extend_at < self._deadline:
-            self._timer = self._loop.call_at(self._extend_at, self._extend_due)
-        else:  # only the timeout is left to watch (or an extension is on its way)
-            self._timer = self._loop.call_at(self._deadline, self._timeout_due)
-
-    def _extend_due(self) -> None:
-        self._call = self._loop.create_task(self._extend())
-        self._arm()
-
-    def _timeout_due(self) -> None:
-        self._timer = None
-        self._stop_job("timeout")
-
-    def _stop_job(self, why: str) -> None:
-        if self._running and self.told is None:
-            self.told = why
-            self._task.cancel()
-
-    async def _extend(self) -> None:
-        lease = self._lease
-        try:
-            cancel = await self._service.extend(lease.job_id, lease.token, lease_s=lease.lease_s)
-        except StaleLease:
-            self._stop_job("lost")
-            return
-        except StoreUnavailable:
-            cancel = False  # keep running; the lease may still be valid when the store returns
-        finally:
-            self._call = None
-        if cancel:
-            self._stop_job("cancel")
-            return
-        if self._running:
-            self._extend_at = self._loop.time() + lease.lease_s / 3
-            if self._timer is not None:
-                self._timer.cancel()
-            self._arm()
-
-    async def stop(self) -> None:
-        """The handler is done: nothing is stopped from now on."""
-        self._running = False
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        call = self._call
-        if call is not None and not call.done():
-            call.cancel()
-            await asyncio.gather(call, return_exceptions=True)
 
 
 _SCALARS = (str, int, float, bool, type(None))

@@ -81,6 +81,47 @@ async def test_concurrent_single_creates_share_inserts(service: JobService) -> N
     assert depths["high"] + depths["medium"] + depths["low"] == 200
 
 
+async def test_completions_ride_with_the_next_lease_in_one_commit(
+        service: JobService) -> None:
+    created = await service.create_batch(
+        [JobSpec(job_type="noop", payload={"n": i}, ref=f"j{i}") for i in range(6)]
+        + [JobSpec(job_type="noop", payload={}, depends_on=["j0"])])
+    child = created[-1]
+    first = await service.acquire_many("w1", 3)
+    assert len(first) == 3
+    done = [(lease.job_id, lease.token + (i == 1), {"i": i})  # the second with a wrong token
+            for i, lease in enumerate(first)]
+    carried = service.stats["completions_carried"]
+    got = await service.report_and_acquire("w1", 3, (), done)
+    assert got.error is None
+    assert [type(o).__name__ if o else None for o in got.outcomes] == [
+        None, "StaleLease", None]  # the wrong token is refused alone
+    assert len(got.leases) == 3
+    assert service.stats["completions_carried"] - carried == 3
+    # one transaction wrote the completions and the leases: their rows share its id
+    writers = await service.pool.fetch(
+        "SELECT DISTINCT xmin::text FROM jobs WHERE id = ANY($1::uuid[])",
+        [first[0].job_id, first[2].job_id, *(lease.job_id for lease in got.leases)])
+    assert len(writers) == 1
+    completed = {r["id"] for r in await service.pool.fetch(
+        "SELECT id::text FROM jobs WHERE status = 'COMPLETED'")}
+    assert completed == {first[0].job_id, first[2].job_id}
+    await service.indexed()
+    depths = await service.dispatch.depths()
+    assert depths["processing"] == 4  # three new leases and the refused one; the two forgotten
+    # j0's completion released its dependent, which the reconciler need not find
+    assert (await service.get(child.job_id)).status == JobStatus.PENDING
+    where = await service.dispatch.presence([child.job_id])
+    assert where.indexed == {child.job_id}
+    # with nothing left to lease, the completions still go (on their own)
+    rest = await service.acquire_many("w1", 10)
+    got = await service.report_and_acquire(
+        "w1", 5, (), [(lease.job_id, lease.token, None) for lease in got.leases + rest])
+    assert got.outcomes == [None] * (3 + len(rest))
+    assert got.leases == []
+    assert (await service.counts())["COMPLETED"] == 2 + 3 + len(rest)
+
+
 async def test_concurrent_completions_share_a_statement(service: JobService) -> None:
     created = await service.create_batch(
         [JobSpec(job_type="noop", payload={"n": i}, ref=f"j{i}") for i in range(40)]

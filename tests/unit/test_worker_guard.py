@@ -69,7 +69,7 @@ class Recorder:
 async def run_one(service: Recorder, handler: Any, *, until: Any = None,
                   drain_timeout_s: float = 10.0) -> Worker:
     worker = Worker(service, "w1", {"job": handler},  # type: ignore[arg-type]
-                    drain_timeout_s=drain_timeout_s)
+                    drain_timeout_s=drain_timeout_s, carry_reports=False)
     stop = asyncio.Event()
     running = asyncio.create_task(worker.run(stop))
     if until is None:

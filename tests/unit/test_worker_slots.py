@@ -59,7 +59,9 @@ def test_a_report_in_flight_does_not_hold_the_slot_but_only_one_per_slot_may() -
             service.started.append(payload["_job_id"])
             service.changed.set()
 
-        worker = Worker(service, "w1", {"noop": handler}, concurrency=1)  # type: ignore[arg-type]
+        # reports on their own (carried by the next lease: test_worker_carry.py)
+        worker = Worker(service, "w1", {"noop": handler}, concurrency=1,  # type: ignore[arg-type]
+                        carry_reports=False)
         stop = asyncio.Event()
         running = asyncio.create_task(worker.run(stop))
         # job-0's report is held open; its slot is back, so job-1 runs meanwhile

@@ -79,6 +79,12 @@ WITH candidate AS (
 )
 SELECT * FROM leased;
 
+-- name: complete_and_lease
+-- A worker's completions ($1-$3, as complete_jobs) and its next lease ($4-$7, as lease_jobs)
+-- in one statement and transaction: migration 016.
+SELECT * FROM complete_and_lease($1::uuid[], $2::bigint[], $3::jsonb[], $4::uuid[],
+                                 $5::text[], $6::float8, $7::text);
+
 -- name: complete_jobs
 -- Completions in one statement and transaction (callers batched together, or one alone);
 -- each row of the result belongs to the completion at position `ord` (1-based), its own row
