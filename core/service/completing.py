@@ -68,25 +68,28 @@ class Completing(Leasing):
         together are recorded in one statement; each caller gets its own outcome. A refused
         completion from `worker_id` with a token no lease of this job ever gave that worker
         is recorded as evidence against it (forged, not merely stale)."""
-        jid = parse_job_id(job_id)
+        c = _Completion(parse_job_id(job_id), token, result)
         with store_errors():
-            rows = await self._completions.submit(_Completion(jid, token, result))
-        await self._completed(_Completion(jid, token, result), rows, worker_id)
-
-    async def _completed(self, c: _Completion, rows: list[asyncpg.Record],
-                         worker_id: str | None) -> None:
-        """A completion's outcome from its rows: counted, or the error it raises."""
-        job_id = str(c.job_id)
+            rows = await self._completions.submit(c)
         if not rows[0]["ok"]:
-            if rows[0]["job_status"] is None:
-                raise JobNotFound(job_id)
-            await self.count_stale()
-            if worker_id is not None:
-                await self._check_token(worker_id, c.job_id, c.token)
-            raise StaleLease(job_id, c.token, rows[0]["job_status"])
+            await self._refused(c, rows[0], worker_id)
+        self._completed(c)
+
+    def _completed(self, c: _Completion) -> None:
         self.stats["completed"] += 1
         if self.memory is not None:
-            self.memory.job_completed(job_id, c.result)
+            self.memory.job_completed(str(c.job_id), c.result)
+
+    async def _refused(self, c: _Completion, row: asyncpg.Record,
+                       worker_id: str | None) -> None:
+        """Raise the error a refused completion gets (its own row says why)."""
+        job_id = str(c.job_id)
+        if row["job_status"] is None:
+            raise JobNotFound(job_id)
+        await self.count_stale()
+        if worker_id is not None:
+            await self._check_token(worker_id, c.job_id, c.token)
+        raise StaleLease(job_id, c.token, row["job_status"])
 
     async def _check_token(self, worker_id: str, jid: uuid.UUID, token: int) -> None:
         with store_errors():
@@ -163,7 +166,9 @@ class Completing(Leasing):
                 return reported
         for c, rows_of in zip(batch, per, strict=True):
             try:
-                await self._completed(c, rows_of, worker_id)
+                if not rows_of[0]["ok"]:
+                    await self._refused(c, rows_of[0], worker_id)
+                self._completed(c)
                 reported.outcomes.append(None)
             except JobHarnessError as exc:
                 reported.outcomes.append(exc)

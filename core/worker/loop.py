@@ -40,6 +40,12 @@ MAX_ERROR_CHARS = 4000
 # jittered pause (first pause, cap): a restart takes seconds, and 100 workers asking every
 # few milliseconds would only slow its recovery.
 STORE_RETRY_S = (0.1, 2.0)
+# A worker with at most this many slots carries its successes with its leases. Carrying saves
+# a statement's fixed cost (the call, the commit: most of a small batch's PostgreSQL time); a
+# wider worker's batches are large, their own statement costs about as much per job as carried,
+# and sent beside the lease instead of in it, it runs on another PostgreSQL process meanwhile
+# (docs/performance.md, item 20).
+CARRY_MAX = 32
 FORGED_TOKEN_OFFSET = 1 << 40  # what a "forge" worker adds to its tokens: none was ever issued
 
 
@@ -76,10 +82,11 @@ class Worker:
         self._releasing = False
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
         # successes waiting for the loop's next lease call to carry them (job id, token,
-        # result, the report's future); only while the loop runs (`_carrying`)
-        self._outbox: list[tuple[str, int, Any, asyncio.Future[None]]] = []
+        # result, the report's future: True once carried, False to send it alone); only while the
+        # loop runs (`_carrying`)
+        self._outbox: list[tuple[str, int, Any, asyncio.Future[bool]]] = []
         self._outbox_ready = asyncio.Event()
-        self.carry_reports = carry_reports
+        self.carry_reports = carry_reports and concurrency <= CARRY_MAX
         self._carrying = False
         # drills: a misbehaviour turned on in this worker (core/worker/faults.py BYZANTINE_MODES)
         self.byzantine: str | None = None
@@ -124,7 +131,7 @@ class Worker:
             elif not leases:
                 await self._idle(stop)
         self._carrying = False
-        await self._send_outbox()
+        self._send_outbox()
         await self.drain()
 
     async def _lease(self, n: int) -> list[Lease]:
@@ -145,27 +152,30 @@ class Worker:
             raise
         for (*_, future), outcome in zip(done, got.outcomes, strict=True):
             if not future.done():
-                future.set_result(None) if outcome is None else future.set_exception(outcome)
+                future.set_result(True) if outcome is None else future.set_exception(outcome)
         if got.error is not None:
             raise got.error
         return got.leases
 
-    async def _send_outbox(self) -> None:
+    def _send_outbox(self) -> None:
         """The loop has stopped: successes still waiting go on their own."""
         done, self._outbox = self._outbox, []
-        outcomes = await asyncio.gather(
-            *(self.service.complete(j, t, r, worker_id=self.worker_id) for j, t, r, _ in done),
-            return_exceptions=True)
-        for (*_, future), outcome in zip(done, outcomes, strict=True):
+        self._go_alone(done)
+
+    @staticmethod
+    def _go_alone(done: list[tuple[str, int, Any, asyncio.Future[bool]]]) -> None:
+        for *_, future in done:
             if not future.done():
-                future.set_result(None) if outcome is None else future.set_exception(outcome)
+                future.set_result(False)  # not carried: its report sends it
 
     async def complete(self, job_id: str, token: int, result: Any, *, worker_id: str) -> None:
-        """A success carried by the loop's next lease call (`_lease`)."""
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        """A success carried by the loop's next lease call (`_lease`), or sent on its own if
+        that call does not take it."""
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
         self._outbox.append((job_id, token, result, future))
         self._outbox_ready.set()
-        await future
+        if not await future:
+            await self.service.complete(job_id, token, result, worker_id=worker_id)
 
     @staticmethod
     async def _free_slot(slots: asyncio.Semaphore, stop: asyncio.Event) -> bool:
@@ -281,35 +291,31 @@ class Worker:
         if (early and op == self.service.complete and self._carrying and self.carry_reports
                 and not self._store_failures):
             op = self.complete  # the loop wakes for the slot given back, and carries it
+        give_up = time.monotonic() + 2 * lease.lease_s
+        failures = 0
         try:
-            await self._report_until_done(op, lease, *args, **kwargs)
+            while True:
+                try:
+                    await op(lease.job_id, lease.token, *args, **kwargs)
+                    self.stats[op.__name__] += 1
+                except StaleLease:
+                    self.stats["rejected_stale"] += 1
+                except StoreUnavailable:
+                    failures += 1
+                    if op == self.complete:
+                        op = self.service.complete  # tried again on its own
+                    if time.monotonic() < give_up:
+                        self.stats["report_retried"] += 1
+                        await asyncio.sleep(self.store_retry_s(failures))
+                        continue
+                    self.stats["report_failed"] += 1
+                except JobHarnessError:
+                    self.stats["report_failed"] += 1
+                return
         finally:
             if early:
                 assert slot is not None
                 slot.report_ended()
-
-    async def _report_until_done(self, op: Any, lease: Lease, *args: Any, **kwargs: Any
-                                 ) -> None:
-        give_up = time.monotonic() + 2 * lease.lease_s
-        failures = 0
-        while True:
-            try:
-                await op(lease.job_id, lease.token, *args, **kwargs)
-                self.stats[op.__name__] += 1
-            except StaleLease:
-                self.stats["rejected_stale"] += 1
-            except StoreUnavailable:
-                failures += 1
-                if op == self.complete:
-                    op = self.service.complete  # tried again on its own
-                if time.monotonic() < give_up:
-                    self.stats["report_retried"] += 1
-                    await asyncio.sleep(self.store_retry_s(failures))
-                    continue
-                self.stats["report_failed"] += 1
-            except JobHarnessError:
-                self.stats["report_failed"] += 1
-            return
 
 
 class _Slot:

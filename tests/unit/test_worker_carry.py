@@ -13,7 +13,7 @@ from typing import Any
 from core.errors import StaleLease, StoreUnavailable
 from core.jobs.model import Lease
 from core.service.completing import Reported
-from core.worker.loop import Worker
+from core.worker.loop import CARRY_MAX, Worker
 
 
 class Carrier:
@@ -139,5 +139,19 @@ def test_a_store_failure_sends_the_success_again_on_its_own() -> None:
         assert service.carried == [["job-0", "job-1"]]
         assert worker.stats["report_retried"] == 2
         assert worker.stats["complete"] == 2
+
+    asyncio.run(scenario())
+
+
+def test_a_wide_worker_sends_its_successes_in_their_own_statements() -> None:
+    async def scenario() -> None:
+        n = CARRY_MAX + 8
+        service = Carrier(jobs=2 * n)
+        worker = Worker(service, "w1", {"noop": lambda p: None},  # type: ignore[arg-type]
+                        concurrency=n, idle_wait_s=30.0)
+        await run_until(service, lambda: len(service.alone) == 2 * n, worker)
+        # more slots than CARRY_MAX: large batches, sent beside the leases, not in them
+        assert service.carried == []
+        assert worker.stats["complete"] == 2 * n
 
     asyncio.run(scenario())
