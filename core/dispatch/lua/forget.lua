@@ -27,19 +27,23 @@ for s = 1, #ids, 500 do
     redis.call('ZREM', KEYS[5], unpack(chunk))
   else
     local metas = redis.call('HMGET', KEYS[6], unpack(chunk))
-    local by_flow = {}  -- the chunk's jobs by flow: one removal per flow queue
+    -- the chunk's jobs by flow queue: one removal per queue. A job waits in its flow's queue
+    -- of the band its priority (in its metadata) names: enqueue, promotion and
+    -- reprioritize.lua keep the two together.
+    local by_queue = {}
     for k, id in ipairs(chunk) do
       if metas[k] then
-        local _, flow = parse_meta(metas[k])
-        local of = by_flow[flow]
+        local prio, flow = parse_meta(metas[k])
+        local key = flow_key(band_of(prio), redis.sha1hex(flow))
+        local of = by_queue[key]
         if not of then
           of = {}
-          by_flow[flow] = of
+          by_queue[key] = of
         end
         of[#of + 1] = id
       end
     end
-    for flow, of in pairs(by_flow) do flow_remove(flow, of) end
+    for key, of in pairs(by_queue) do redis.call('ZREM', key, unpack(of)) end
     for k = 1, 5 do redis.call('ZREM', KEYS[k], unpack(chunk)) end
     redis.call('HDEL', KEYS[6], unpack(chunk))
   end
