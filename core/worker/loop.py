@@ -82,8 +82,8 @@ class Worker:
         self._releasing = False
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
         # successes waiting for the loop's next lease call to carry them (job id, token,
-        # result, the report's future: True once carried, False to send it alone); only while the
-        # loop runs (`_carrying`)
+        # result, the report's future: True once carried, False to send it alone); only
+        # while the loop runs (`_carrying`)
         self._outbox: list[tuple[str, int, Any, asyncio.Future[bool]]] = []
         self._outbox_ready = asyncio.Event()
         self.carry_reports = carry_reports and concurrency <= CARRY_MAX
@@ -145,10 +145,8 @@ class Worker:
             got = await self.service.report_and_acquire(
                 self.worker_id, n, self.capabilities, [(j, t, r) for j, t, r, _ in done],
                 lease_s=self.lease_s)
-        except BaseException as exc:  # never leave a report waiting
-            for *_, future in done:
-                if not future.done():
-                    future.set_exception(exc)
+        except BaseException:  # never leave a report waiting: each goes on its own
+            self._go_alone(done)
             raise
         for (*_, future), outcome in zip(done, got.outcomes, strict=True):
             if not future.done():
