@@ -36,7 +36,6 @@ from core.store.queries import Conn, q, store_errors
 __all__ = ["CreateResult", "Effects", "FailOutcome", "JobService"]
 
 
-
 @dataclass(frozen=True, kw_only=True)
 class FailOutcome:
     status: JobStatus  # PENDING (retry scheduled), DEAD or CANCELLED

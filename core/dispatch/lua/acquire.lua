@@ -100,6 +100,7 @@ local function call_in_chunks(cmd, key, args)
     redis.call(cmd, key, unpack(args, i, math.min(i + 999, #args)))
   end
 end
+
 local function take(field)
   local st = state_of(field)
   taken[field] = (taken[field] or 0) + 1
