@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -36,7 +36,7 @@ class Reported:
 
     leases: list[Lease]
     outcomes: list[JobHarnessError | None]
-    error: StoreUnavailable | None = field(default=None)
+    error: StoreUnavailable | None = None
 
 
 def _per_completion(batch: Sequence[Any], rows: Iterable[asyncpg.Record]
