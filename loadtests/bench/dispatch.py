@@ -24,7 +24,13 @@ from typing import Any
 from core.jobs.model import JobSpec
 from core.service.runtime import Runtime
 from core.settings import Settings
-from loadtests.bench.procs import all_active, completed_count, scratch_runtime, wait_until
+from loadtests.bench.procs import (
+    all_active,
+    completed_by_workers_since,
+    completed_count,
+    scratch_runtime,
+    wait_until,
+)
 
 Progress = Callable[[str, int, int], None]
 PAYLOAD = {"blob": "x" * 180}  # ~200 bytes as JSON
@@ -91,7 +97,7 @@ async def drain(rt: Runtime, jobs: int, *, processes: int = 1, concurrency: int,
         await wait_until(lambda: all_active(rt, [s.worker_id for s in sup.slots.values()]), 120,
                          "the workers to register")
         deadline = time.monotonic() + 1200
-        while (done := await completed_count(rt)) < jobs:
+        while (done := before + await completed_by_workers_since(rt, started)) < jobs:
             if progress:
                 progress(label, done, jobs)
             if time.monotonic() > deadline:
