@@ -8,8 +8,10 @@ For each batch size and each form, N jobs are queued and leased (in batches of t
 a worker filling its slots would), then completed in batches of that size: `complete_jobs`
 (migration 012, a few set-based statements per batch) and `complete_job` once per row (the
 function of migrations 007/010, still installed). Statistics are taken before the leases, as
-a young schema has them. Prints microseconds per job for the lease and the completion; the
-forms alternate, so a drift of the machine spreads over both."""
+a young schema has them. Prints microseconds per job for the lease and the completion, wall
+time (with the commit's WAL flush) and the CPU time of the PostgreSQL process that ran them
+(what the statements cost the server, whatever the client does); the forms alternate, so a
+drift of the machine spreads over both."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ import time
 import uuid
 from dataclasses import replace
 from pathlib import Path
+
+import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -35,29 +39,37 @@ CROSS JOIN LATERAL complete_job(u.id, u.token, u.result) c ORDER BY u.ord"""
 FORMS = {"complete_jobs": q("complete_jobs"), "complete_job per row": PER_ROW}
 
 
-async def one(rt: Runtime, jobs: int, batch: int, sql: str) -> tuple[float, float]:
-    """(lease, completion) microseconds per job for `jobs` jobs in batches of `batch`."""
+def _cpu(backend: psutil.Process) -> float:
+    t = backend.cpu_times()
+    return t.user + t.system
+
+
+async def one(rt: Runtime, jobs: int, batch: int, sql: str) -> tuple[float, ...]:
+    """(lease, completion) microseconds per job for `jobs` jobs in batches of `batch`, wall
+    time then the PostgreSQL process's CPU time."""
     await rt.pool.execute("TRUNCATE jobs, job_executions, job_dependencies CASCADE")
     for start in range(0, jobs, 1000):
         await rt.service.create_batch([JobSpec(job_type="noop", payload={"blob": "x" * 180})
                                        for _ in range(min(1000, jobs - start))])
     await rt.pool.execute("ANALYZE")
     ids: list[uuid.UUID] = [r["id"] for r in await rt.pool.fetch("SELECT id FROM jobs")]
-    t0 = time.perf_counter()
-    leased = []
-    for i in range(0, jobs, batch):
-        part = ids[i:i + batch]
-        leased += await rt.pool.fetch(q("lease_jobs"), part, ["bench"] * len(part), 600.0,
-                                      "redis")
-    t1 = time.perf_counter()
-    for i in range(0, len(leased), batch):
-        part = leased[i:i + batch]
-        rows = await rt.pool.fetch(sql, [r["id"] for r in part],
-                                   [r["lease_token"] for r in part], [None] * len(part))
-        if not all(r["ok"] for r in rows):
-            raise RuntimeError("a completion was refused: the benchmark is broken")
-    t2 = time.perf_counter()
-    return (t1 - t0) / jobs * 1e6, (t2 - t1) / jobs * 1e6
+    async with rt.pool.acquire() as conn:  # one server process runs both, its CPU sampled
+        backend = psutil.Process(await conn.fetchval("SELECT pg_backend_pid()"))
+        c0, t0 = _cpu(backend), time.perf_counter()
+        leased = []
+        for i in range(0, jobs, batch):
+            part = ids[i:i + batch]
+            leased += await conn.fetch(q("lease_jobs"), part, ["bench"] * len(part), 600.0,
+                                       "redis")
+        c1, t1 = _cpu(backend), time.perf_counter()
+        for i in range(0, len(leased), batch):
+            part = leased[i:i + batch]
+            rows = await conn.fetch(sql, [r["id"] for r in part],
+                                    [r["lease_token"] for r in part], [None] * len(part))
+            if not all(r["ok"] for r in rows):
+                raise RuntimeError("a completion was refused: the benchmark is broken")
+        c2, t2 = _cpu(backend), time.perf_counter()
+    return tuple(x / jobs * 1e6 for x in (t1 - t0, t2 - t1, c1 - c0, c2 - c1))
 
 
 async def main(jobs: int, batches: list[int]) -> None:
@@ -69,9 +81,10 @@ async def main(jobs: int, batches: list[int]) -> None:
                                   " VALUES ('bench', 'bench', 0, 'ACTIVE')")
             for batch in batches:
                 for name, sql in FORMS.items():
-                    lease_us, complete_us = await one(rt, jobs, batch, sql)
-                    print(f"batch {batch:>4}  {name:<22} lease {lease_us:7.0f} us/job"
-                          f"  completion {complete_us:7.0f} us/job", flush=True)
+                    lease, complete, lease_cpu, complete_cpu = await one(rt, jobs, batch, sql)
+                    print(f"batch {batch:>4}  {name:<22} lease {lease:5.0f} us/job"
+                          f" (server CPU {lease_cpu:4.0f})  completion {complete:5.0f} us/job"
+                          f" (server CPU {complete_cpu:4.0f})", flush=True)
 
 
 if __name__ == "__main__":

@@ -105,6 +105,14 @@ class ServiceBase:
         """Raise StoreUnavailable unless PostgreSQL answers now (one round trip)."""
         await self.pool.fetchval("SELECT 1")
 
+    async def fetch_held(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """One statement of a stream (a worker's leases and completions) on the connection
+        the pool keeps for such streams: a pool borrow and return per statement cost about as
+        much client time as a small batch's statement (docs/performance.md, item 21)."""
+        if isinstance(self.pool, StorePool):
+            return await self.pool.fetch_held(query, *args)
+        return list(await self.pool.fetch(query, *args))
+
     # -- transactions and Redis effects ----------------------------------------------------
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[Conn]:

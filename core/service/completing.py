@@ -125,7 +125,7 @@ class Completing(Leasing):
         await self.apply_effects(fx)
 
     async def _complete_rows(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
-        rows = await self.pool.fetch(q("complete_jobs"), [c.job_id for c in batch],
+        rows = await self.fetch_held(q("complete_jobs"), [c.job_id for c in batch],
                                      [c.token for c in batch], [c.result for c in batch])
         return _per_completion(batch, rows)
 

@@ -47,10 +47,6 @@ class Leasing(ServiceBase):
                               Coalescer[str, Lease | None]] = {}
         self.next_due_in_ms: int | None = None  # the next delayed job falls due then
 
-    async def check_store(self) -> None:
-        """Raise StoreUnavailable unless PostgreSQL answers now (one round trip)."""
-        await self.pool.fetchval("SELECT 1")
-
     # -- acquire ----------------------------------------------------------------------------
     async def acquire(
         self, worker_id: str, capabilities: Iterable[str] = (), *, lease_s: float | None = None
@@ -127,7 +123,7 @@ class Leasing(ServiceBase):
                     [worker_ids[i] for i in takers], lease_s)
             else:
                 with store_errors():
-                    rows = await self.pool.fetch(
+                    rows = await self.fetch_held(
                         q("lease_jobs"), [uuid.UUID(j) for j in res.job_ids],
                         [worker_ids[i] for i in takers], lease_s, "redis")
             by_id = {str(r["id"]): r for r in rows}
@@ -156,11 +152,11 @@ class Leasing(ServiceBase):
         alone and the completions are left to their own statement."""
         with store_errors():
             try:
-                rows = await self.pool.fetch(q("complete_and_lease"), riders.ids, riders.tokens,
+                rows = await self.fetch_held(q("complete_and_lease"), riders.ids, riders.tokens,
                                              riders.results, ids, workers, lease_s, "redis")
             except asyncpg.DeadlockDetectedError:
                 self.stats["complete_batch_deadlocks"] += 1
-                return await self.pool.fetch(q("lease_jobs"), ids, workers, lease_s, "redis")
+                return await self.fetch_held(q("lease_jobs"), ids, workers, lease_s, "redis")
         riders.rows = [r for r in rows if r["kind"] == "c"]
         self.stats["completions_carried"] += len(riders.ids)
         return [r for r in rows if r["kind"] == "l"]

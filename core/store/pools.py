@@ -55,13 +55,33 @@ class StorePool(asyncpg.Pool):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.outage = Outage("PostgreSQL")
+        self.kept = 0  # connections the HeldConnections below keep (or are about to)
+        # a loop of single creates (given back after 10 ms unused: an API's creates come in
+        # bursts, and the connection serves others between them)
         self.held = HeldConnection(self)
+        # a worker's leases and completions: a worker on a loaded machine can take 20 ms
+        # between two cycles, and a connection given back after 10 ms was borrowed again
+        # every other cycle, which cost more client time than borrowing for each statement
+        self.stream = HeldConnection(self, idle_s=1.0)
+
+    def may_keep(self) -> bool:
+        """Whether a HeldConnection may keep one more connection: one is always left to
+        ordinary borrows (a worker's pool has two: its heartbeats must never wait for a
+        stream of creates or leases to pause)."""
+        return self.kept < self.get_max_size() - 1
 
     def acquire(self, *, timeout: float | None = None) -> PoolAcquireContext[asyncpg.Record]:
         return _TranslatingAcquire(self, timeout)
 
+    async def fetch_held(self, query: str, *args: Any) -> list[asyncpg.Record]:
+        """`fetch` on the held connection (a pool borrow when it is in use): for a stream of
+        one-statement calls, such as a worker's leases and completions."""
+        async with self.stream.acquire() as conn:
+            return list(await conn.fetch(query, *args))
+
     async def close(self) -> None:
         await self.held.give_back()
+        await self.stream.give_back()
         await super().close()
 
 
@@ -102,13 +122,14 @@ class _TranslatingAcquire(_AcquireBase):
 
 
 class HeldConnection:
-    """One pooled connection that a stream of short statements (a loop of single creates)
-    keeps between its calls instead of borrowing one from the pool for each: the borrow and
-    the return cost about as much client time as the INSERT's own (docs/performance.md). It
-    goes back to the pool once unused for `idle_s`, when the pool closes, and at the first
-    error of a statement on it (given back as any borrowed connection is: one that saw the
-    server go is never lent out again). A caller arriving while it is in use borrows from the
-    pool as usual."""
+    """One pooled connection that a stream of short statements (a loop of single creates, a
+    worker's leases and completions) keeps between its calls instead of borrowing one from
+    the pool for each: the borrow and the return cost about as much client time as the
+    INSERT's own (docs/performance.md). It goes back to the pool once unused for `idle_s`,
+    when the pool closes, and at the first error of a statement on it (given back as any
+    borrowed connection is: one that saw the server go is never lent out again). A caller
+    arriving while it is in use, or when the pool may keep no more (`StorePool.may_keep`),
+    borrows from the pool as usual."""
 
     def __init__(self, pool: StorePool, idle_s: float = 0.01) -> None:
         self._pool = pool
@@ -116,6 +137,7 @@ class HeldConnection:
         self._borrowed: _TranslatingAcquire | None = None  # entered: holds the connection
         self._conn: Any = None
         self._busy = False
+        self._reserved = False  # counted in the pool's `kept` (from acquire to give-back)
         self._last_used = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._returning: set[asyncio.Task[None]] = set()  # idle ones on their way back
@@ -129,17 +151,33 @@ class HeldConnection:
         return int(conn.get_server_pid()) if _alive(conn) else None
 
     def acquire(self) -> Any:
-        """`async with held.acquire() as conn:` the held connection, or a pool borrow."""
+        """`async with held.acquire() as conn:` the held connection, or a pool borrow (it is
+        in use, or the pool may not keep another connection)."""
         if self._busy or self._pool.is_closing():
             return self._pool.acquire()
+        if not self._reserved:  # taken now, before any await: two cannot both pass
+            if not self._pool.may_keep():
+                return self._pool.acquire()
+            self._reserve()
         return _HeldUse(self)
+
+    def _reserve(self) -> None:
+        self._reserved = True
+        self._pool.kept += 1
+
+    def _unreserve(self) -> None:
+        if self._reserved:
+            self._reserved = False
+            self._pool.kept -= 1
 
     async def take(self) -> Any:
         self._busy = True
         conn = self._conn
         if conn is not None and not _alive(conn):  # the server ended it while it was held
             self._drop_timer()
-            await self._give_back(self._detach())
+            ended = self._detach()
+            self._reserve()  # for the one borrowed in its place
+            await self._give_back(ended)
             conn = None
         if conn is None:
             borrowed = _TranslatingAcquire(self._pool, None)
@@ -147,6 +185,7 @@ class HeldConnection:
                 conn = await borrowed.__aenter__()
             except BaseException:
                 self._busy = False
+                self._unreserve()
                 raise
             self._borrowed, self._conn = borrowed, conn
             self.borrows += 1
@@ -188,6 +227,7 @@ class HeldConnection:
 
     def _detach(self) -> _TranslatingAcquire | None:
         borrowed, self._borrowed, self._conn = self._borrowed, None, None
+        self._unreserve()
         return borrowed
 
     @staticmethod

@@ -11,7 +11,7 @@ import asyncpg
 from core.jobs.model import JobSpec
 from core.service.jobs import JobService
 from core.settings import Settings
-from core.store.pools import StorePool
+from core.store.pools import StorePool, create_pool
 from tests.conftest import open_service, wait_until
 
 
@@ -91,3 +91,45 @@ async def test_creates_arriving_as_the_idle_connection_goes_back_never_share_it(
 
     await asyncio.gather(*(stream(50) for _ in range(4)))
     assert (await service.counts())["PENDING"] == 200
+
+
+async def test_a_workers_leases_and_completions_keep_one_connection(
+    service: JobService,
+) -> None:
+    pool = _pool(service)
+    pool.stream.idle_s = 60.0
+    await service.create_batch([JobSpec(job_type="noop") for _ in range(30)])
+    await service.indexed()
+    await service.register_worker("w-stream", [], concurrency=5)
+    done: list[tuple[str, int, object]] = []
+    for _ in range(6):  # a worker's cycles: completions carried by the next lease
+        got = await service.report_and_acquire("w-stream", 5, (), done)
+        assert got.outcomes == [None] * len(done)
+        done = [(lease.job_id, lease.token, None) for lease in got.leases]
+    assert not (await service.report_and_acquire("w-stream", 5, (), done)).leases
+    assert (await service.counts())["COMPLETED"] == 30
+    assert pool.stream.borrows == 1 and pool.stream.uses >= 7
+    assert pool.stream.server_pid is not None
+
+
+async def test_a_pool_of_two_keeps_one_connection_at_most(settings: Settings) -> None:
+    """A worker's pool has two connections: with its leases keeping one, a stream of creates
+    borrows per create, and an ordinary statement (a heartbeat) still finds one free."""
+    pool = await create_pool(settings, max_size=2)
+    assert isinstance(pool, StorePool)
+    try:
+        pool.stream.idle_s = pool.held.idle_s = 60.0
+        await pool.fetch_held("SELECT 1")
+        assert pool.stream.server_pid is not None and pool.kept == 1
+        async with pool.held.acquire() as conn:  # may not keep a second: a plain borrow
+            assert await conn.fetchval("SELECT 1") == 1
+        assert pool.held.borrows == 0 and pool.held.server_pid is None
+        assert await asyncio.wait_for(pool.fetchval("SELECT 2"), timeout=10) == 2
+        await pool.stream.give_back()
+        assert pool.kept == 0
+        async with pool.held.acquire() as conn:  # the stream gave its one back: it may keep
+            await conn.fetchval("SELECT 1")
+        assert pool.held.borrows == 1 and pool.kept == 1
+    finally:
+        await pool.close()
+    assert pool.kept == 0
