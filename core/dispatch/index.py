@@ -31,6 +31,7 @@ from core.dispatch.records import (
     Presence,
     SchedState,
     flow_positions,
+    pack_counts,
     pack_priorities,
 )
 from core.errors import DispatchUnavailable
@@ -160,19 +161,17 @@ class RedisDispatch:
 
     async def acquire(
         self, capabilities: Iterable[str], lease_ms: int, *, bands: str = "hml",
-        count: int = 1,
+        count: int = 1, forget: Sequence[str] = (), counts: Mapping[str, int] | None = None,
     ) -> AcquireResult:
         """Pop the best `count` jobs the worker may run now (capabilities, limits, fair
-        shares: see acquire.lua) into the processing set."""
+        shares: see acquire.lua) into the processing set. `forget` (with `counts`): jobs
+        completed since, removed first as `forget` would (one call where there were two)."""
         caps = "," + ",".join(sorted(set(capabilities))) + ","
         keys = [*self._keys6(self.keys.delayed, self.keys.job_meta, self.keys.processing),
-                self.keys.sched]
-        found, next_due, limited = await self._call(self._acquire(
-            keys=keys, args=[lease_ms, PROMOTE_LIMIT, bands, caps, count]))
-        due = int(next_due)
-        return AcquireResult(job_ids=found.split(",") if found else [],
-                             next_due_in_ms=due if due >= 0 else None,
-                             limited=frozenset(limited.split(",")) if limited else frozenset())
+                self.keys.sched, self.keys.wakeup, self.keys.counters]
+        return AcquireResult.from_reply(await self._call(self._acquire(
+            keys=keys, args=[lease_ms, PROMOTE_LIMIT, bands, caps, count, ",".join(forget),
+                             pack_counts(counts), WAKEUP_CAP])))
 
     async def extend(self, job_id: str, lease_ms: int) -> None:
         now_ms = await self.now_ms()
@@ -199,9 +198,8 @@ class RedisDispatch:
         keys = [*self.keys.priority_queues, self.keys.delayed, self.keys.processing,
                 self.keys.job_meta, self.keys.dead_letter, self.keys.wakeup, self.keys.sched,
                 self.keys.counters]
-        bumps = ",".join(f"{k}={n}" for k, n in (counts or {}).items() if n > 0)
-        await self._call(self._forget(keys=keys, args=[mode, ",".join(job_ids), WAKEUP_CAP,
-                                                       bumps]))
+        args: list[str | int] = [mode, ",".join(job_ids), WAKEUP_CAP, pack_counts(counts)]
+        await self._call(self._forget(keys=keys, args=args))
 
     async def reprioritize(self, items: Sequence[tuple[str, int]]) -> int:
         """Move queued jobs to the queue of their new priority (keeping their place in

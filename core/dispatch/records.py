@@ -3,7 +3,7 @@ packed for its scripts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -37,6 +37,16 @@ class AcquireResult:
     def job_id(self) -> str | None:
         return self.job_ids[0] if self.job_ids else None
 
+    @classmethod
+    def from_reply(cls, reply: list[str]) -> AcquireResult:
+        """acquire.lua's reply: ids joined by ",", ms until the next due job (-1: none), the
+        limited ids joined by ","."""
+        found, next_due, limited = reply
+        due = int(next_due)
+        return cls(job_ids=found.split(",") if found else [],
+                   next_due_in_ms=due if due >= 0 else None,
+                   limited=frozenset(limited.split(",")) if limited else frozenset())
+
 
 @dataclass(frozen=True, kw_only=True)
 class DispatchSnapshot:
@@ -67,6 +77,11 @@ class SchedState:
     waits: dict[str, int]
     buckets: dict[str, tuple[float, int]]  # tokens and Redis ms at the last start
     now_ms: int  # Redis' clock when read
+
+
+def pack_counts(counts: Mapping[str, int] | None) -> str:
+    """Counter increments as the scripts read them: "field=n,field=n" ("" for none)."""
+    return ",".join(f"{k}={n}" for k, n in (counts or {}).items() if n > 0)
 
 
 def pack_priorities(priorities: Iterable[int]) -> str:

@@ -114,7 +114,10 @@ class Completing(Leasing):
         return per
 
     async def _completion_effects(self, batch: Sequence[_Completion],
-                                  per: list[list[asyncpg.Record]]) -> None:
+                                  per: list[list[asyncpg.Record]], *,
+                                  later: bool = False) -> None:
+        """The completed jobs out of the Redis index (with the next acquisition when `later`
+        and no dependent was released), released dependents into it."""
         fx = Effects()
         for c, rows_of in zip(batch, per, strict=True):
             if rows_of[0]["ok"]:
@@ -122,7 +125,10 @@ class Completing(Leasing):
                 fx.ended(ExecutionStatus.COMPLETED)
                 fx.add_ready({**dict(r), "id": r["released_id"]}
                              for r in rows_of if r["released_id"])
-        await self.apply_effects(fx)
+        if later and not fx.enqueue:
+            self.forget_later(fx.forget, fx.counts)
+        else:
+            await self.apply_effects(fx)
 
     async def _complete_rows(self, batch: list[_Completion]) -> list[list[asyncpg.Record]]:
         rows = await self.fetch_held(q("complete_jobs"), [c.job_id for c in batch],
@@ -153,7 +159,8 @@ class Completing(Leasing):
             reported.error = exc
         if riders.rows is not None:
             per = _per_completion(batch, riders.rows)
-            await self._completion_effects(batch, per)
+            # the worker's next lease call carries their forget (one Redis call per cycle)
+            await self._completion_effects(batch, per, later=True)
         elif reported.error is not None:
             reported.outcomes = [reported.error] * len(batch)
             return reported

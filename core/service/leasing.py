@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -24,6 +25,8 @@ from core.store.queries import Conn, q, store_errors
 # a job Redis admitted but PostgreSQL's count refused waits this long before its next try
 REFUSED_DELAY_MS = 200
 FALLBACK_POLL_S = 0.2  # how often an idle worker asks PostgreSQL while Redis is away
+# completions waiting to ride with the process's next acquisition go on their own after this
+FORGET_LATER_S = 0.05
 
 
 @dataclass
@@ -46,6 +49,10 @@ class Leasing(ServiceBase):
         self._acquirers: dict[tuple[tuple[str, ...], float],
                               Coalescer[str, Lease | None]] = {}
         self.next_due_in_ms: int | None = None  # the next delayed job falls due then
+        # completed jobs whose Redis forget rides with the next acquisition (forget_later)
+        self._forgets: list[str] = []
+        self._forget_counts: Counter[str] = Counter()
+        self._forget_timer: asyncio.TimerHandle | None = None
 
     # -- acquire ----------------------------------------------------------------------------
     async def acquire(
@@ -100,15 +107,55 @@ class Leasing(ServiceBase):
                 break
         return leases
 
+    # -- completions' forgets carried by the next acquisition -------------------------------
+    def forget_later(self, job_ids: list[str], counts: Counter[str]) -> None:
+        """Completed jobs to take out of the Redis index with this process's next acquisition
+        (acquire.lua runs forget.lua's removal first): a worker's cycle then makes one Redis
+        call where it made two. Sent on their own if no acquisition comes within
+        FORGET_LATER_S, or when `send_forgets` is called (a worker going idle or stopping)."""
+        self._forgets += job_ids
+        self._forget_counts.update(counts)
+        if self._forget_timer is None:
+            self._forget_timer = asyncio.get_running_loop().call_later(
+                FORGET_LATER_S, self._forgets_due)
+
+    def _take_forgets(self) -> tuple[list[str], Counter[str]]:
+        if self._forget_timer is not None:
+            self._forget_timer.cancel()
+            self._forget_timer = None
+        taken = self._forgets, self._forget_counts
+        self._forgets, self._forget_counts = [], Counter()
+        return taken
+
+    def _forgets_due(self) -> None:
+        self._forget_timer = None
+        task = asyncio.get_running_loop().create_task(self.send_forgets())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def send_forgets(self) -> None:
+        """Send the waiting forgets now, on their own."""
+        ids, counts = self._take_forgets()
+        if ids or counts:
+            await self.apply_effects(Effects(forget=ids, counts=counts))
+
     async def _acquire_redis(
         self, worker_ids: list[str], caps: list[str], lease_s: float,
         riders: Riders | None = None,
     ) -> list[Lease | None]:
         leases: list[Lease | None] = [None] * len(worker_ids)
         wanting = list(range(len(worker_ids)))  # callers still without a lease
+        forget, counts = self._take_forgets()
         for _ in range(16):
-            res = await self.dispatch.acquire(caps, int(lease_s * 1000),
-                                              count=len(wanting))
+            try:
+                res = await self.dispatch.acquire(caps, int(lease_s * 1000),
+                                                  count=len(wanting), forget=forget,
+                                                  counts=counts)
+            except DispatchUnavailable:
+                if forget or counts:  # lost with the call: the reconciler repairs the index
+                    self.stats["dispatch_deferred"] += 1
+                raise
+            forget, counts = [], Counter()
             self.next_due_in_ms = res.next_due_in_ms
             if not res.job_ids:
                 break

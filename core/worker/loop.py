@@ -133,6 +133,8 @@ class Worker:
         self._carrying = False
         self._send_outbox()
         await self.drain()
+        if self.carry_reports:
+            await self.service.send_forgets()  # the last carried completions' forgets
 
     async def _lease(self, n: int) -> list[Lease]:
         """Fill `n` free slots; the successes waiting in the outbox ride along."""
@@ -203,6 +205,8 @@ class Worker:
 
     async def _idle(self, stop: asyncio.Event) -> None:
         """Wait for work, a stop, or a success to carry."""
+        if self.carry_reports:  # no lease call soon to carry them: the forgets go now
+            await self.service.send_forgets()
         waits = (asyncio.create_task(self.service.wait_for_work(self.idle_wait_s)),
                  asyncio.create_task(stop.wait()), asyncio.create_task(self._outbox_ready.wait()))
         await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)

@@ -31,6 +31,7 @@ class Carrier:
         self.changed = asyncio.Event()
         self.more_work = asyncio.Event()
         self.idling = asyncio.Event()  # the worker waits for work
+        self.forgets_sent: list[int] = []  # calls carried before each send_forgets
 
     def _leases(self, n: int, worker_id: str) -> list[Lease]:
         taken, self.queued = self.queued[:n], self.queued[n:]
@@ -64,6 +65,9 @@ class Carrier:
         self.alone.append(job_id)
         self.changed.set()
 
+    async def send_forgets(self) -> None:
+        self.forgets_sent.append(len(self.carried))
+
     async def wait_for_work(self, timeout_s: float) -> None:
         self.idling.set()
         await self.more_work.wait()
@@ -91,6 +95,10 @@ def test_successes_ride_with_the_lease_that_refills_their_slots() -> None:
         assert service.carried[:2] == [["job-0", "job-1", "job-2"], ["job-3", "job-4", "job-5"]]
         assert service.alone == []
         assert worker.stats["complete"] == 6
+        # the loop sent the waiting forgets before it idled (after the last carrying call)
+        # and once more when it stopped
+        assert service.forgets_sent[0] == len(service.carried)
+        assert len(service.forgets_sent) >= 2
 
     asyncio.run(scenario())
 

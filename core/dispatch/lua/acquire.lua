@@ -1,7 +1,9 @@
 -- Atomically pop the best jobs (up to count) this worker may run now and record them in the
 -- processing set, keeping every type's and tenant's limits and the tenants' fair shares.
--- KEYS: delayed, job-meta, processing, high, medium, low, sched
--- ARGV: lease_ms, promote_limit, bands ("hml" subset), capabilities (",a,b,"), count
+-- KEYS: delayed, job-meta, processing, high, medium, low, sched, wakeup, counters
+-- ARGV: lease_ms, promote_limit, bands ("hml" subset), capabilities (",a,b,"), count, and
+-- what the call carries for forget.lua: the ids of jobs completed since the worker's last call
+-- joined by "," (or ""), counter increments "field=n,..." (or ""), wakeup_cap
 -- Returns {job ids joined by "," or "", ms until a job held back by time (delayed, or waiting
 -- for a rate limit's token) may run, or -1, the ids among them counted under a max_running
 -- limit joined by ","} (the lease statement checks those against PostgreSQL's count too).
@@ -23,6 +25,16 @@ local count = tonumber(ARGV[5])
 local now = now_ms()
 local lease_score = string.format('%.0f', now + lease_ms)
 local queues = {h = KEYS[4], m = KEYS[5], l = KEYS[6]}
+
+-- The worker's completions since its last call ride here instead of in a forget call of their
+-- own (one Redis call per worker cycle): out of the index and their limits first, so the
+-- places they free are free for this call too.
+local carried = split_ids(ARGV[6])
+if #carried > 0 then
+  local wake = forget_jobs({KEYS[4], KEYS[5], KEYS[6], KEYS[1], KEYS[3], KEYS[2]}, carried)
+  push_wakeups(KEYS[8], wake, ARGV[8])
+  bump_counters(KEYS[9], ARGV[7])
+end
 
 -- Promote delayed jobs that are due, keeping FIFO by due time within a priority.
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0, promote_limit)

@@ -216,3 +216,65 @@ local function release_held(ids)
   end
   return freed
 end
+
+-- Finished jobs out of every dispatch set (their priority queue, their flow's queue, the
+-- delayed and processing sets, their metadata), no longer counted against their limits;
+-- with `dead_score`, recorded in the dead-letter set with that score. q: {high, medium, low,
+-- delayed, processing, job-meta, dead-letter}. Returns how many places under a max_running
+-- limit they freed (forget.lua; the completions an acquisition carries, acquire.lua).
+local function forget_jobs(q, ids, dead_score)
+  local wake = 0
+  for s = 1, #ids, 500 do
+    local chunk, seen = {}, {}
+    for k = s, math.min(s + 499, #ids) do  -- each id once (a repeat is released once)
+      if not seen[ids[k]] then
+        seen[ids[k]] = true
+        chunk[#chunk + 1] = ids[k]
+      end
+    end
+    local metas = redis.call('HMGET', q[6], unpack(chunk))
+    -- the chunk's jobs by flow queue: one removal per queue. A job waits in its flow's queue
+    -- of the band its priority (in its metadata) names: enqueue, promotion and
+    -- reprioritize.lua keep the two together.
+    local by_queue = {}
+    for k, id in ipairs(chunk) do
+      if metas[k] then
+        local prio, flow = parse_meta(metas[k])
+        local key = flow_key(band_of(prio), redis.sha1hex(flow))
+        local of = by_queue[key]
+        if not of then
+          of = {}
+          by_queue[key] = of
+        end
+        of[#of + 1] = id
+      end
+    end
+    for key, of in pairs(by_queue) do redis.call('ZREM', key, unpack(of)) end
+    for k = 1, 5 do redis.call('ZREM', q[k], unpack(chunk)) end
+    redis.call('HDEL', q[6], unpack(chunk))
+    wake = wake + release_held(chunk)
+    if dead_score then
+      local args = {}
+      for _, id in ipairs(chunk) do
+        args[#args + 1] = dead_score
+        args[#args + 1] = id
+      end
+      redis.call('ZADD', q[7], unpack(args))
+    end
+  end
+  return wake
+end
+
+-- ids joined by ',' as a list
+local function split_ids(joined)
+  local ids = {}
+  for id in string.gmatch(joined or '', '[^,]+') do ids[#ids + 1] = id end
+  return ids
+end
+
+-- counter increments "field=n,field=n" (or '') into the cluster counters hash
+local function bump_counters(key, bumps)
+  for field, n in string.gmatch(bumps or '', '([^,=]+)=(%d+)') do
+    redis.call('HINCRBY', key, field, tonumber(n))
+  end
+end
