@@ -195,12 +195,13 @@ class HeldConnection:
     async def put(self, exc: BaseException | None, tb: TracebackType | None) -> None:
         self._busy = False
         if exc is None:
-            self._last_used = asyncio.get_running_loop().time()
             self._pool.outage.succeeded()
-            if self._timer is None:
-                self._arm()
-            return
-        self._drop_timer()
+            if not self._pool.is_closing():
+                self._last_used = asyncio.get_running_loop().time()
+                if self._timer is None:
+                    self._arm()
+                return
+        self._drop_timer()  # an error, or the pool is closing (its close waits for this one)
         await self._give_back(self._detach(), exc, tb)
 
     def _arm(self) -> None:

@@ -133,3 +133,20 @@ async def test_a_pool_of_two_keeps_one_connection_at_most(settings: Settings) ->
     finally:
         await pool.close()
     assert pool.kept == 0
+
+
+async def test_a_pool_closing_while_its_kept_connection_runs_a_statement_gets_it_back(
+    settings: Settings,
+) -> None:
+    pool = await create_pool(settings, max_size=2)
+    assert isinstance(pool, StorePool)
+    pool.stream.idle_s = 3600.0  # kept for an hour unless the close takes it back
+    running = asyncio.ensure_future(pool.fetch_held("SELECT pg_sleep(0.3)"))
+    await wait_until(lambda: _busy(pool), timeout_s=10, what="the statement on the kept one")
+    await asyncio.wait_for(pool.close(), timeout=10)  # waits for the statement, not the hour
+    await running
+    assert pool.kept == 0
+
+
+async def _busy(pool: StorePool) -> bool:
+    return pool.stream.server_pid is not None
