@@ -88,6 +88,13 @@ class StorePool(asyncpg.Pool):
 class _TranslatingAcquire(_AcquireBase):
     __slots__ = ()
 
+    async def release_quietly(self) -> None:
+        """Give the connection back with no word to the outage state: a kept connection going
+        back unused, or found ended by the server, says nothing about whether PostgreSQL is
+        there now (reported as "available again", it split one outage into many)."""
+        with contextlib.suppress(*UNAVAILABLE, StoreUnavailable, asyncpg.InterfaceError):
+            await super().__aexit__(None, None, None)
+
     def _outage(self) -> Outage:
         pool = self.pool
         assert isinstance(pool, StorePool)
@@ -237,8 +244,7 @@ class HeldConnection:
         if borrowed is None:
             return
         if exc is None:
-            with contextlib.suppress(*UNAVAILABLE, StoreUnavailable, asyncpg.InterfaceError):
-                await borrowed.__aexit__(None, None, None)
+            await borrowed.release_quietly()
         else:
             await borrowed.__aexit__(type(exc), exc, tb)
 

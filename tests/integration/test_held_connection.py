@@ -150,3 +150,30 @@ async def test_a_pool_closing_while_its_kept_connection_runs_a_statement_gets_it
 
 async def _busy(pool: StorePool) -> bool:
     return pool.stream.server_pid is not None
+
+
+async def test_giving_back_a_kept_connection_says_nothing_about_an_outage(
+    settings: Settings,
+) -> None:
+    """A kept connection going back (unused, or found ended while PostgreSQL restarts) is no
+    sign that PostgreSQL answers: it must not end the outage the process is in (each false
+    end split one restart into many logged outages)."""
+    pool = await create_pool(settings, max_size=2)
+    assert isinstance(pool, StorePool)
+    try:
+        pool.stream.idle_s = 3600.0
+        await pool.fetch_held("SELECT 1")
+        pid = pool.stream.server_pid
+        assert pid is not None
+        admin = await asyncpg.connect(settings.pg_dsn)
+        try:
+            assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+        finally:
+            await admin.close()
+        pool.outage.failed(ConnectionRefusedError("as a restart's refused connects say"))
+        await pool.stream.give_back()
+        assert pool.outage.down and pool.outage.count == 1
+        await pool.fetch_held("SELECT 1")  # a statement that succeeds ends it
+        assert not pool.outage.down
+    finally:
+        await pool.close()
