@@ -34,7 +34,8 @@ async def test_carried_completions_leave_redis_with_the_next_acquisition(
     first = await service.acquire_many("w1", 3)
     got = await service.report_and_acquire(
         "w1", 3, (), [(lease.job_id, lease.token, None) for lease in first])
-    assert got.outcomes == [None] * 3 and len(got.leases) == 3
+    assert got.outcomes == [None] * 3
+    assert len(got.leases) == 3
     # completed in PostgreSQL, still in the processing set: their forget waits for a ride
     assert (await service.counts())["COMPLETED"] == 3
     assert await processing(service) == 6
@@ -43,7 +44,8 @@ async def test_carried_completions_leave_redis_with_the_next_acquisition(
     # no lease to ride on, go on their own
     last = await service.report_and_acquire(
         "w1", 3, (), [(lease.job_id, lease.token, None) for lease in got.leases])
-    assert last.outcomes == [None] * 3 and last.leases == []
+    assert last.outcomes == [None] * 3
+    assert last.leases == []
     assert await processing(service) == 0
     assert await completed_counter(service) == 6
     assert (await service.counts())["COMPLETED"] == 6

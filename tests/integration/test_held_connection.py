@@ -108,7 +108,8 @@ async def test_a_workers_leases_and_completions_keep_one_connection(
         done = [(lease.job_id, lease.token, None) for lease in got.leases]
     assert not (await service.report_and_acquire("w-stream", 5, (), done)).leases
     assert (await service.counts())["COMPLETED"] == 30
-    assert pool.stream.borrows == 1 and pool.stream.uses >= 7
+    assert pool.stream.borrows == 1
+    assert pool.stream.uses >= 7
     assert pool.stream.server_pid is not None
 
 
@@ -120,16 +121,19 @@ async def test_a_pool_of_two_keeps_one_connection_at_most(settings: Settings) ->
     try:
         pool.stream.idle_s = pool.held.idle_s = 60.0
         await pool.fetch_held("SELECT 1")
-        assert pool.stream.server_pid is not None and pool.kept == 1
+        assert pool.stream.server_pid is not None
+        assert pool.kept == 1
         async with pool.held.acquire() as conn:  # may not keep a second: a plain borrow
             assert await conn.fetchval("SELECT 1") == 1
-        assert pool.held.borrows == 0 and pool.held.server_pid is None
+        assert pool.held.borrows == 0
+        assert pool.held.server_pid is None
         assert await asyncio.wait_for(pool.fetchval("SELECT 2"), timeout=10) == 2
         await pool.stream.give_back()
         assert pool.kept == 0
         async with pool.held.acquire() as conn:  # the stream gave its one back: it may keep
             await conn.fetchval("SELECT 1")
-        assert pool.held.borrows == 1 and pool.kept == 1
+        assert pool.held.borrows == 1
+        assert pool.kept == 1
     finally:
         await pool.close()
     assert pool.kept == 0
@@ -172,7 +176,8 @@ async def test_giving_back_a_kept_connection_says_nothing_about_an_outage(
             await admin.close()
         pool.outage.failed(ConnectionRefusedError("as a restart's refused connects say"))
         await pool.stream.give_back()
-        assert pool.outage.down and pool.outage.count == 1
+        assert pool.outage.down
+        assert pool.outage.count == 1
         await pool.fetch_held("SELECT 1")  # a statement that succeeds ends it
         assert not pool.outage.down
     finally:
