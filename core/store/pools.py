@@ -74,8 +74,8 @@ class StorePool(asyncpg.Pool):
         return _TranslatingAcquire(self, timeout)
 
     async def fetch_held(self, query: str, *args: Any) -> list[asyncpg.Record]:
-        """`fetch` on the held connection (a pool borrow when it is in use): for a stream of
-        one-statement calls, such as a worker's leases and completions."""
+        """`fetch` on the connection kept for a stream of one-statement calls (`stream`: a
+        worker's leases and completions), or a pool borrow when it is in use or not kept."""
         async with self.stream.acquire() as conn:
             return list(await conn.fetch(query, *args))
 
