@@ -15,6 +15,16 @@ from core.store.pools import StorePool, create_pool
 from tests.conftest import open_service, wait_until
 
 
+async def terminate(settings: Settings, pid: int | None) -> None:
+    """End a connection's server process, as a restart or an administrator would."""
+    assert pid is not None
+    admin = await asyncpg.connect(settings.pg_dsn)
+    try:
+        assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
+    finally:
+        await admin.close()
+
+
 def _pool(service: JobService) -> StorePool:
     assert isinstance(service.pool, StorePool)
     return service.pool
@@ -49,12 +59,7 @@ async def test_a_held_connection_the_server_ended_is_replaced_and_the_create_suc
     held.idle_s = 60.0
     await service.create(JobSpec(job_type="noop"))
     pid = held.server_pid
-    assert pid is not None
-    admin = await asyncpg.connect(settings.pg_dsn)
-    try:
-        assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
-    finally:
-        await admin.close()
+    await terminate(settings, pid)
 
     async def noticed() -> bool:
         return held.server_pid is None
@@ -167,13 +172,7 @@ async def test_giving_back_a_kept_connection_says_nothing_about_an_outage(
     try:
         pool.stream.idle_s = 3600.0
         await pool.fetch_held("SELECT 1")
-        pid = pool.stream.server_pid
-        assert pid is not None
-        admin = await asyncpg.connect(settings.pg_dsn)
-        try:
-            assert await admin.fetchval("SELECT pg_terminate_backend($1, 10000)", pid)
-        finally:
-            await admin.close()
+        await terminate(settings, pool.stream.server_pid)
         pool.outage.failed(ConnectionRefusedError("as a restart's refused connects say"))
         await pool.stream.give_back()
         assert pool.outage.down

@@ -13,14 +13,7 @@ local mode = ARGV[1]
 local ids = split_ids(ARGV[2])
 local wake = 0
 if mode == 'unlease' then
-  for s = 1, #ids, 500 do
-    local chunk, seen = {}, {}
-    for k = s, math.min(s + 499, #ids) do  -- each id once (a repeat is released once)
-      if not seen[ids[k]] then
-        seen[ids[k]] = true
-        chunk[#chunk + 1] = ids[k]
-      end
-    end
+  for _, chunk in ipairs(distinct_chunks(ids)) do
     redis.call('ZREM', KEYS[5], unpack(chunk))
     wake = wake + release_held(chunk)
   end

@@ -217,6 +217,38 @@ local function release_held(ids)
   return freed
 end
 
+-- ids joined by ',' as a list
+local function split_ids(joined)
+  local ids = {}
+  for id in string.gmatch(joined or '', '[^,]+') do ids[#ids + 1] = id end
+  return ids
+end
+
+-- the ids in chunks of at most 500 (what one command's arguments take), each id once (a
+-- repeat is released once)
+local function distinct_chunks(ids)
+  local chunks, chunk, seen = {}, {}, {}
+  for _, id in ipairs(ids) do
+    if not seen[id] then
+      seen[id] = true
+      chunk[#chunk + 1] = id
+      if #chunk == 500 then
+        chunks[#chunks + 1] = chunk
+        chunk = {}
+      end
+    end
+  end
+  if #chunk > 0 then chunks[#chunks + 1] = chunk end
+  return chunks
+end
+
+-- counter increments "field=n,field=n" (or '') into the cluster counters hash
+local function bump_counters(key, bumps)
+  for field, n in string.gmatch(bumps or '', '([^,=]+)=(%d+)') do
+    redis.call('HINCRBY', key, field, tonumber(n))
+  end
+end
+
 -- Finished jobs out of every dispatch set (their priority queue, their flow's queue, the
 -- delayed and processing sets, their metadata), no longer counted against their limits;
 -- with `dead_score`, recorded in the dead-letter set with that score. q: {high, medium, low,
@@ -224,14 +256,7 @@ end
 -- limit they freed (forget.lua; the completions an acquisition carries, acquire.lua).
 local function forget_jobs(q, ids, dead_score)
   local wake = 0
-  for s = 1, #ids, 500 do
-    local chunk, seen = {}, {}
-    for k = s, math.min(s + 499, #ids) do  -- each id once (a repeat is released once)
-      if not seen[ids[k]] then
-        seen[ids[k]] = true
-        chunk[#chunk + 1] = ids[k]
-      end
-    end
+  for _, chunk in ipairs(distinct_chunks(ids)) do
     local metas = redis.call('HMGET', q[6], unpack(chunk))
     -- the chunk's jobs by flow queue: one removal per queue. A job waits in its flow's queue
     -- of the band its priority (in its metadata) names: enqueue, promotion and
@@ -263,18 +288,4 @@ local function forget_jobs(q, ids, dead_score)
     end
   end
   return wake
-end
-
--- ids joined by ',' as a list
-local function split_ids(joined)
-  local ids = {}
-  for id in string.gmatch(joined or '', '[^,]+') do ids[#ids + 1] = id end
-  return ids
-end
-
--- counter increments "field=n,field=n" (or '') into the cluster counters hash
-local function bump_counters(key, bumps)
-  for field, n in string.gmatch(bumps or '', '([^,=]+)=(%d+)') do
-    redis.call('HINCRBY', key, field, tonumber(n))
-  end
 end
