@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import random
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Coroutine, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,9 +91,19 @@ class ServiceBase:
             return
         self.stats["store_outages"] += 1
         try:
-            task = asyncio.get_running_loop().create_task(self._count_outage())
+            self.in_background(self._count_outage())
         except RuntimeError:  # no loop (a test calling in from outside): counted here only
             return
+
+    def in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        """Run `coro` as a task this service keeps until it ends (RuntimeError, `coro`
+        closed unstarted, when no event loop runs)."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            coro.close()
+            raise
+        task = loop.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 

@@ -113,6 +113,8 @@ class Leasing(ServiceBase):
         (acquire.lua runs forget.lua's removal first): a worker's cycle then makes one Redis
         call where it made two. Sent on their own if no acquisition comes within
         FORGET_LATER_S, or when `send_forgets` is called (a worker going idle or stopping)."""
+        if not job_ids and not counts:  # every completion refused: nothing to carry
+            return
         self._forgets += job_ids
         self._forget_counts.update(counts)
         if self._forget_timer is None:
@@ -129,9 +131,7 @@ class Leasing(ServiceBase):
 
     def _forgets_due(self) -> None:
         self._forget_timer = None
-        task = asyncio.get_running_loop().create_task(self.send_forgets())
-        self._background.add(task)
-        task.add_done_callback(self._background.discard)
+        self.in_background(self.send_forgets())
 
     async def send_forgets(self) -> None:
         """Send the waiting forgets now, on their own."""
