@@ -75,7 +75,8 @@ class CpuSampler:
         return out
 
 
-async def main(jobs: int, processes: int, slots: int, schema_change: str | None) -> None:
+async def main(jobs: int, processes: int, slots: int, prefetch: int,
+               schema_change: str | None) -> None:
     with endpoints(load_settings(), keep_running=True) as settings:
         settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0,
                            memory=False)
@@ -98,7 +99,8 @@ async def main(jobs: int, processes: int, slots: int, schema_change: str | None)
             before, commits0 = sampler.totals(), await rt.pool.fetchval(COMMITS)
             calls0 = (await rt.dispatch.client.info("commandstats")).get(
                 "cmdstat_evalsha", {}).get("calls", 0)
-            rate = await drain(rt, jobs, processes=processes, concurrency=slots)
+            rate = await drain(rt, jobs, processes=processes, concurrency=slots,
+                               prefetch=prefetch)
             await asyncio.sleep(0.3)  # the exited workers' last samples
             sampler.stop.set()
             thread.join()
@@ -106,7 +108,8 @@ async def main(jobs: int, processes: int, slots: int, schema_change: str | None)
             calls1 = (await rt.dispatch.client.info("commandstats")).get(
                 "cmdstat_evalsha", {}).get("calls", 0)
     print(json.dumps({
-        "layout": f"{processes}x{slots}", "jobs": jobs, "drain_jobs_s": round(rate),
+        "layout": f"{processes}x{slots}" + (f"+{prefetch}" if prefetch else ""), "jobs": jobs,
+        "drain_jobs_s": round(rate),
         "cpu_us_per_job": {g: round((after[g] - before.get(g, 0.0)) / jobs * 1e6)
                            for g in sorted(after)},
         "commits_per_job": round((commits1 - commits0) / jobs, 3),
@@ -119,10 +122,13 @@ if __name__ == "__main__":
     parser.add_argument("--jobs", type=int, default=20_000)
     parser.add_argument("--processes", type=int, default=1)
     parser.add_argument("--slots", type=int, default=100)
+    parser.add_argument("--prefetch", type=int, default=0,
+                        help="jobs each worker holds leased ahead of its free slots (0)")
     parser.add_argument("--schema-change", metavar="SQL",
                         help="SQL run in the throw-away schema before the jobs are queued")
     args = parser.parse_args()
     if not (1000 <= args.jobs <= 200_000 and 1 <= args.processes <= 100
-            and 1 <= args.slots <= 1000):
-        parser.error("--jobs must be 1000..200000, --processes 1..100, --slots 1..1000")
-    asyncio.run(main(args.jobs, args.processes, args.slots, args.schema_change))
+            and 1 <= args.slots <= 1000 and 0 <= args.prefetch <= 1000):
+        parser.error("--jobs must be 1000..200000, --processes 1..100, --slots 1..1000, "
+                     "--prefetch 0..1000")
+    asyncio.run(main(args.jobs, args.processes, args.slots, args.prefetch, args.schema_change))

@@ -6,7 +6,10 @@ Each system, in turn within a round (interleaved, so a drift of the machine spre
 a client loop of N single creates, each awaited and durable where the system is (latency per
 call), then one worker process with 100 concurrent slots drains those N no-op jobs (~200-byte
 JSON payload), timed from the first job's start to the last one's end. jobharness also drains
-with 10 processes x 10. Medians over the rounds, and ratios to pgqueuer's. The asyncio clients
+with 10 processes x 10, and so again with each worker holding `--prefetch` jobs leased ahead
+of its free slots ("ours10p", shown as 10x10+P; pgqueuer's worker, with its batches of 50 for
+100 tasks, likewise holds jobs it has taken until a task is free). Medians over the rounds, and
+ratios to pgqueuer's. The asyncio clients
 (jobharness' create loop, pgqueuer's enqueue loop and its worker) run on the event loop `--loop`
 names, the same for both: uvloop (the default, what jobharness' own processes use) or asyncio.
 jobharness' worker processes always run on uvloop, as they do in production.
@@ -63,7 +66,8 @@ def peers_python(data_dir: Path) -> Path:
     return python
 
 
-async def ours(settings: Settings, jobs: int, processes: int, slots: int) -> dict[str, Any]:
+async def ours(settings: Settings, jobs: int, processes: int, slots: int,
+               prefetch: int = 0) -> dict[str, Any]:
     tag = f"peers_{os.getpid()}"
     settings = replace(settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0, memory=False)
     async with scratch_schema(settings, tag) as scratch, open_runtime(
@@ -75,8 +79,10 @@ async def ours(settings: Settings, jobs: int, processes: int, slots: int) -> dic
             await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
             took.append(time.perf_counter() - s)
         enqueue_s = time.perf_counter() - t0
-        drain_jobs_s = await drain(rt, jobs, processes=processes, concurrency=slots)
-    return result(f"jobharness {processes}x{slots}", jobs, drained=jobs,
+        drain_jobs_s = await drain(rt, jobs, processes=processes, concurrency=slots,
+                                   prefetch=prefetch)
+    ahead = f"+{prefetch}" if prefetch else ""
+    return result(f"jobharness {processes}x{slots}{ahead}", jobs, drained=jobs,
                   drain_s=jobs / drain_jobs_s, enqueue_s=enqueue_s, enqueue_latencies_s=took)
 
 
@@ -125,14 +131,21 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--only", default="ours1,ours10,pgqueuer,dramatiq",
+    parser.add_argument("--only", default="ours1,ours10,ours10p,pgqueuer,dramatiq",
                         help="systems to run, comma-separated")
+    parser.add_argument("--prefetch", type=int, default=10,
+                        help="jobs each worker of ours10p holds leased ahead of its slots (10)")
     parser.add_argument("--out", type=Path, help="write the medians and every round as JSON")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="event loop of the asyncio clients, the same for every system")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 10 and 100 <= args.jobs <= 100_000):
         parser.error("--rounds must be 1..10 and --jobs 100..100000")
+    if not 1 <= args.prefetch <= 1000:
+        parser.error(f"--prefetch must be 1..1000, not {args.prefetch}")
+    unknown = set(args.only.split(",")) - {"ours1", "ours10", "ours10p", "pgqueuer", "dramatiq"}
+    if unknown:
+        parser.error(f"--only: unknown systems {sorted(unknown)}")
     return args
 
 
@@ -147,6 +160,8 @@ async def main(args: argparse.Namespace) -> None:
                 runs.append(await ours(settings, args.jobs, 1, 100))
             if "ours10" in only:
                 runs.append(await ours(settings, args.jobs, 10, 10))
+            if "ours10p" in only:
+                runs.append(await ours(settings, args.jobs, 10, 10, args.prefetch))
             if "pgqueuer" in only and python:
                 runs.append(await pgqueuer(python, settings, args.jobs))
             if "dramatiq" in only and python and settings.redis_url:

@@ -24,6 +24,17 @@ def _caps(value: str | None) -> tuple[str, ...]:
     return tuple(sorted({c.strip() for c in (value or "").split(",") if c.strip()}))
 
 
+def check_slots(args: argparse.Namespace) -> None:
+    """A worker's --concurrency and --prefetch, or an error naming the bad one."""
+    from core.worker.loop import MAX_PREFETCH
+
+    if not 1 <= args.concurrency <= 1000:
+        raise JobHarnessError(f"--concurrency must be between 1 and 1000, not {args.concurrency}")
+    if not 0 <= args.prefetch <= MAX_PREFETCH:
+        raise JobHarnessError(
+            f"--prefetch must be between 0 and {MAX_PREFETCH}, not {args.prefetch}")
+
+
 def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from core.cli.output import run_async
     from core.service.runtime import endpoints
@@ -31,8 +42,7 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
     from core.worker.process import WorkerOptions, parse_handlers, run_worker_process
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
-    if not 1 <= args.concurrency <= 1000:
-        raise JobHarnessError("--concurrency must be between 1 and 1000")
+    check_slots(args)
     try:
         check_nice(args.nice, "--nice")
     except ValueError as exc:
@@ -47,7 +57,8 @@ def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
         raise JobHarnessError(str(exc)) from exc
     opts = WorkerOptions(
         worker_id=args.id or f"worker-{os.getpid()}", capabilities=_caps(args.capabilities),
-        concurrency=args.concurrency, handlers=handlers, drain_timeout_s=args.drain_timeout_s,
+        concurrency=args.concurrency, prefetch=args.prefetch, handlers=handlers,
+        drain_timeout_s=args.drain_timeout_s,
         supervisor=args.supervisor, nice=args.nice, clock_skew_s=skew,
     )
     with endpoints(settings, keep_running=True) as resolved:
@@ -92,7 +103,8 @@ async def _supervise(args: argparse.Namespace, settings: Settings) -> dict[str, 
 
     opts = SupervisorOptions(
         workers=args.workers, name=args.name, capabilities=_caps(args.capabilities),
-        concurrency=args.concurrency, handlers=parse_handlers(args.handler or []),
+        concurrency=args.concurrency, prefetch=args.prefetch,
+        handlers=parse_handlers(args.handler or []),
         check_interval_s=args.check_interval_s, max_replacements=args.max_replacements,
         replacement_window_s=args.replacement_window_s, zombie_grace_s=args.zombie_grace_s,
         drain_timeout_s=args.drain_timeout_s,
@@ -133,6 +145,7 @@ def cmd_supervisor(args: argparse.Namespace, settings: Settings) -> int:
     from core.supervisor.groups import GROUPS_ENV, parse_groups
 
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
+    check_slots(args)
     try:
         check_nice(args.worker_nice, "--worker-nice")
         _storm(args)
@@ -220,6 +233,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--id", help="worker id (default worker-PID)")
     p.add_argument("--capabilities", help="comma-separated, e.g. gpu,io")
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="jobs a worker leases ahead of its free slots, for short jobs (0)")
     p.add_argument("--handler", action="append", help="type=package.module:function")
     p.add_argument("--drain-timeout-s", type=float, default=10.0)
     p.add_argument("--supervisor", help=argparse.SUPPRESS)
@@ -232,6 +247,8 @@ def add_parsers(sub: Any, common: argparse.ArgumentParser) -> None:
     p.add_argument("--name", default="sup", help="names workers and the control state file")
     p.add_argument("--capabilities")
     p.add_argument("--concurrency", type=int, default=1)
+    p.add_argument("--prefetch", type=int, default=0,
+                   help="jobs a worker leases ahead of its free slots, for short jobs (0)")
     p.add_argument("--handler", action="append", help="type=package.module:function")
     p.add_argument("--control-host", default="127.0.0.1")
     p.add_argument("--insecure", action="store_true",

@@ -81,7 +81,7 @@ async def start_worker(opts: WorkerOptions, env: dict[str, str], log_path: Path,
         await asyncio.to_thread(child.start)
         return ForkedProcess(child)
     cmd = [sys.executable, "-m", "core.cli", "worker", "--id", opts.worker_id,
-           "--concurrency", str(opts.concurrency),
+           "--concurrency", str(opts.concurrency), "--prefetch", str(opts.prefetch),
            "--drain-timeout-s", str(opts.drain_timeout_s),
            "--nice", str(opts.nice)]
     if opts.supervisor:

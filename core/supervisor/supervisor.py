@@ -56,6 +56,7 @@ class SupervisorOptions:
     name: str = "sup"
     capabilities: tuple[str, ...] = ()
     concurrency: int = 1
+    prefetch: int = 0  # jobs each worker leases ahead of its free slots (core/worker/loop.py)
     handlers: Mapping[str, str] = field(default_factory=dict)
     check_interval_s: float = 1.0
     startup_grace_s: float = 30.0
@@ -129,7 +130,8 @@ class Supervisor:
         group = group_of(o.groups, index)
         env = {**os.environ, **to_env(self.settings), **(group.env if group else {})}
         spec = WorkerOptions(worker_id=wid, capabilities=o.capabilities,
-                             concurrency=o.concurrency, handlers=dict(o.handlers),
+                             concurrency=o.concurrency, prefetch=o.prefetch,
+                             handlers=dict(o.handlers),
                              drain_timeout_s=o.drain_timeout_s, supervisor=o.name,
                              nice=o.worker_nice, clock_skew_s=skew_from_env(env))
         proc = await start_worker(spec, env, self.log_dir / f"{wid}.log", how=o.spawn)

@@ -21,7 +21,8 @@ class JobGuard:
     __slots__ = ("_call", "_deadline", "_extend_at", "_lease", "_loop", "_running", "_service",
                  "_task", "_timer", "told")
 
-    def __init__(self, service: JobService, lease: Lease, task: asyncio.Task[Any]) -> None:
+    def __init__(self, service: JobService, lease: Lease, task: asyncio.Task[Any],
+                 leased_at: float | None = None) -> None:
         self.told: str | None = None
         self._service = service
         self._lease = lease
@@ -31,7 +32,9 @@ class JobGuard:
         self._loop = asyncio.get_running_loop()
         now = self._loop.time()
         self._deadline = now + lease.timeout_s
-        self._extend_at = now + lease.lease_s / 3
+        # a job held ahead of a slot (loop.py) has had its lease since `leased_at`: extended
+        # a third of the lease after that, at once if that is past
+        self._extend_at = (now if leased_at is None else leased_at) + lease.lease_s / 3
         self._timer: asyncio.TimerHandle | None = None
         self._arm()
 

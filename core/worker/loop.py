@@ -10,8 +10,20 @@ the completions and the lease that refills their slots: JobService.report_and_ac
 job runs in one task, watched by one timer (its timeout, its lease's extensions, a requested
 cancellation).
 
-Stopping drains: no new leases; running jobs get `drain_timeout_s` to finish, then their
-handlers are cancelled and their leases released without spending a retry.
+A worker may also hold up to `prefetch` jobs leased ahead of its free slots (off by default).
+Each cycle then brings the jobs that will fill the slots next, so a worker of short jobs makes
+fewer, larger lease calls (the per-call cost of the stores is most of a small batch's:
+docs/performance.md, item 24). A job held ahead starts when a slot frees, first come first
+served; its lease is kept from the moment it was leased; it counts against limits as leased.
+Long jobs should not be held ahead: they would wait behind running ones while another worker
+could take them.
+
+Stopping drains: no new leases; jobs held ahead go back at once, running jobs get
+`drain_timeout_s` to finish, then their handlers are cancelled; every lease given back so is
+released without spending a retry.
+
+Length: the loop is one piece (leasing, running, reporting, stopping share the slot
+accounting), with its slot bookkeeping (_Slot) beside it.
 """
 
 from __future__ import annotations
@@ -23,7 +35,7 @@ import json
 import random
 import time
 import traceback
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from typing import Any
@@ -46,6 +58,7 @@ STORE_RETRY_S = (0.1, 2.0)
 # and sent beside the lease instead of in it, it runs on another PostgreSQL process meanwhile
 # (docs/performance.md, item 20).
 CARRY_MAX = 32
+MAX_PREFETCH = 1000
 FORGED_TOKEN_OFFSET = 1 << 40  # what a "forge" worker adds to its tokens: none was ever issued
 
 
@@ -64,12 +77,16 @@ class Worker:
         idle_wait_s: float = 1.0,
         drain_timeout_s: float = 10.0,
         carry_reports: bool = True,
+        prefetch: int = 0,
     ) -> None:
+        if not 0 <= prefetch <= MAX_PREFETCH:
+            raise ValueError(f"prefetch must be between 0 and {MAX_PREFETCH}, not {prefetch}")
         self.service = service
         self.worker_id = worker_id
         self.handlers = handlers
         self.capabilities = tuple(capabilities)
         self.concurrency = concurrency
+        self.prefetch = prefetch
         self.lease_s = lease_s or service.settings.lease_s
         self.idle_wait_s = idle_wait_s
         self.drain_timeout_s = drain_timeout_s
@@ -80,6 +97,9 @@ class Worker:
         self._reporting = 0  # slots given back before their job's report ended
         self._handlers_running: dict[str, asyncio.Task[None]] = {}  # job id -> its task
         self._releasing = False
+        self._stopping = False  # the loop has stopped: jobs held ahead go back unstarted
+        # jobs held ahead, waiting for a slot: (lease, when it was leased on the loop's clock)
+        self._ahead: deque[tuple[Lease, float]] = deque()
         self._store_failures = 0  # consecutive acquisitions refused by a store outage
         # successes waiting for the loop's next lease call to carry them (job id, token,
         # result, the report's future: True once carried, False to send it alone); only
@@ -109,7 +129,7 @@ class Worker:
                 await slots.acquire()
                 free += 1
             try:
-                leases = await self._lease(free)
+                leases = await self._lease(free + max(0, self.prefetch - len(self._ahead)))
             except StoreUnavailable:
                 leases = []
                 self.stats["store_unavailable"] += 1
@@ -118,12 +138,10 @@ class Worker:
                 self._store_failures = 0
             for _ in range(free - len(leases)):
                 slots.release()
-            for lease in leases:
-                slot = _Slot(self, slots, lease.token)
-                self._slot_of[lease.token] = slot
-                task = asyncio.create_task(self._run_job(lease))
-                self._running.add(task)
-                task.add_done_callback(slot.task_done)
+            now = asyncio.get_running_loop().time()
+            for lease in leases[:free]:
+                self._start(lease, slots, now)
+            self._ahead.extend((lease, now) for lease in leases[free:])
             if self._store_failures:
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(),
@@ -131,10 +149,34 @@ class Worker:
             elif not leases:
                 await self._idle(stop)
         self._carrying = False
+        self._stopping = True
+        while self._ahead:  # not started: their leases go back now
+            lease, _ = self._ahead.popleft()
+            task = asyncio.create_task(self._report(self.service.release, lease,
+                                                    "worker stopping before it started"))
+            self._running.add(task)
+            task.add_done_callback(self._running.discard)
         self._send_outbox()
         await self.drain()
         if self.carry_reports:
             await self.service.send_forgets()  # the last carried completions' forgets
+
+    def _start(self, lease: Lease, slots: asyncio.Semaphore, leased_at: float) -> None:
+        """Run a leased job in a slot already taken for it."""
+        slot = _Slot(self, slots, lease.token)
+        self._slot_of[lease.token] = slot
+        task = asyncio.create_task(self._run_job(lease, leased_at))
+        self._running.add(task)
+        task.add_done_callback(slot.task_done)
+
+    def _slot_freed(self, slots: asyncio.Semaphore) -> None:
+        """A slot came free: the next job held ahead takes it, or it goes back."""
+        if self._ahead and not self._stopping:
+            lease, leased_at = self._ahead.popleft()
+            self.stats["ran_ahead"] += 1
+            self._start(lease, slots, leased_at)
+        else:
+            slots.release()
 
     async def _lease(self, n: int) -> list[Lease]:
         """Fill `n` free slots; the successes waiting in the outbox ride along."""
@@ -214,10 +256,10 @@ class Worker:
             t.cancel()
         await asyncio.gather(*waits, return_exceptions=True)
 
-    async def _run_job(self, lease: Lease) -> None:
+    async def _run_job(self, lease: Lease, leased_at: float) -> None:
         """One job in this task: its handler runs here (no task of its own), watched by one
-        timer (JobGuard: the timeout, the lease's extensions, a requested cancellation),
-        which stops it by cancelling this task."""
+        timer (JobGuard: the timeout, the extensions of the lease taken at `leased_at`, a
+        requested cancellation), which stops it by cancelling this task."""
         handler = self.handlers.get(lease.job_type)
         if self.byzantine == "idle":  # drops the lease on the floor: never runs or extends it
             return
@@ -238,7 +280,7 @@ class Worker:
         assert task is not None
         self._handlers_running[lease.job_id] = task
         self.health.in_flight += 1
-        guard = JobGuard(self.service, lease, task)
+        guard = JobGuard(self.service, lease, task, leased_at)
         started = time.monotonic()
         try:
             try:
@@ -334,11 +376,12 @@ class _Slot:
         self._early = False
 
     def give_back_early(self) -> bool:
-        if self._held and self._worker._reporting < self._worker.concurrency:
+        worker = self._worker
+        if self._held and worker._reporting < worker.concurrency + worker.prefetch:
             self._held = False
             self._early = True
-            self._worker._reporting += 1
-            self._slots.release()
+            worker._reporting += 1
+            worker._slot_freed(self._slots)
             return True
         return False
 
@@ -355,7 +398,7 @@ class _Slot:
         worker._slot_of.pop(self._token, None)  # ended without a report (lost, cancelled)
         if self._held:
             self._held = False
-            self._slots.release()
+            worker._slot_freed(self._slots)
         elif self._early:
             worker._reporting -= 1
 

@@ -40,6 +40,7 @@ class WorkerOptions:
     worker_id: str
     capabilities: tuple[str, ...] = ()
     concurrency: int = 1
+    prefetch: int = 0  # jobs leased ahead of free slots (core/worker/loop.py)
     handlers: Mapping[str, str] | None = None  # job_type -> "module:function"
     drain_timeout_s: float = 10.0
     supervisor: str | None = None
@@ -149,7 +150,8 @@ async def when_ready(stop: asyncio.Event, what: str, op: Any) -> Any:
 async def _serve(service: JobService, handlers: dict[str, Handler],
                  opts: WorkerOptions, stop: asyncio.Event) -> int:
     worker = Worker(service, opts.worker_id, handlers, capabilities=opts.capabilities,
-                    concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s)
+                    concurrency=opts.concurrency, drain_timeout_s=opts.drain_timeout_s,
+                    prefetch=opts.prefetch)
     FaultInjector(service.settings.data_dir, opts.worker_id, worker).install()  # SIGUSR1
 
     async def register() -> bool:

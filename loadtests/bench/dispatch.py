@@ -79,16 +79,18 @@ async def _acquire_phase(rt: Runtime, acquires: int) -> dict[str, float]:
 
 
 async def drain(rt: Runtime, jobs: int, *, processes: int = 1, concurrency: int,
-                progress: Progress | None = None, label: str = "drain") -> float:
-    """Jobs per second `processes` worker processes x `concurrency` complete until `jobs`
-    are COMPLETED, from the first start to the last end of the executions they ran
-    (PostgreSQL's clock)."""
+                prefetch: int = 0, progress: Progress | None = None,
+                label: str = "drain") -> float:
+    """Jobs per second `processes` worker processes x `concurrency` (each holding up to
+    `prefetch` jobs leased ahead) complete until `jobs` are COMPLETED, from the first start to
+    the last end of the executions they ran (PostgreSQL's clock)."""
     from core.supervisor.supervisor import Supervisor, SupervisorOptions
 
     before = await completed_count(rt)
     started = await rt.pool.fetchval("SELECT clock_timestamp()")
     sup = Supervisor(rt.service, rt.settings, SupervisorOptions(
-        workers=processes, concurrency=concurrency, name="drain", check_interval_s=0.5,
+        workers=processes, concurrency=concurrency, prefetch=prefetch, name="drain",
+        check_interval_s=0.5,
         reconcile_interval_s=None))
     stop = asyncio.Event()
     await sup.start()
