@@ -219,12 +219,18 @@ class JobService(Completing, JobReads, WorkerRegistry):
         fx = Effects(forget=[job_id])
         async with self.transaction() as conn:
             await self._locked(conn, jid, token)
-            await conn.execute(q("close_execution"), token, ExecutionStatus.RELEASED.value, reason)
-            fx.ended(ExecutionStatus.RELEASED)
-            released = await conn.fetchrow(q("release_job"), jid)
-            assert released is not None  # the row is locked and PROCESSING
-            fx.add_ready([{**dict(released), "id": jid}])
+            await self._release_locked(conn, jid, token, reason, fx)
         await self.apply_effects(fx)
+
+    @staticmethod
+    async def _release_locked(conn: Conn, jid: uuid.UUID, token: int, reason: str,
+                              fx: Effects) -> None:
+        """The locked PROCESSING job back to wait, its execution closed RELEASED."""
+        await conn.execute(q("close_execution"), token, ExecutionStatus.RELEASED.value, reason)
+        fx.ended(ExecutionStatus.RELEASED)
+        released = await conn.fetchrow(q("release_job"), jid)
+        assert released is not None  # the row is locked and PROCESSING
+        fx.add_ready([{**dict(released), "id": jid}])
 
     async def extend(self, job_id: str, token: int, *, lease_s: float | None = None) -> bool:
         """Extend a lease; returns True when the job's cancellation has been requested."""
@@ -286,8 +292,11 @@ class JobService(Completing, JobReads, WorkerRegistry):
         self._remember_failure(str(job_id), row, reason, outcome)
         return True
 
-    async def release_worker(self, worker_id: str, reason: str) -> int:
-        """Fail every lease a lost worker holds (counts as an attempt); returns how many."""
+    async def release_worker(self, worker_id: str, reason: str, *,
+                             spend_retry: bool = True) -> int:
+        """Fail every lease a lost worker holds (counts as an attempt: a job may be what
+        kills its workers), or with `spend_retry=False` give them back as a drain would (a
+        quarantined worker's jobs did nothing wrong); returns how many."""
         with store_errors():
             leases = await self.pool.fetch(q("worker_leases"), worker_id)
         n = 0
@@ -297,10 +306,16 @@ class JobService(Completing, JobReads, WorkerRegistry):
                 row = await conn.fetchrow(q("lock_job"), lease["id"])
                 if row is None or row["lease_token"] != lease["lease_token"]:
                     continue
-                outcome = await self._fail_locked(conn, row, lease["lease_token"], reason,
-                                                  ExecutionStatus.LEASE_EXPIRED, fx)
+                if not spend_retry:
+                    fx.forget.append(str(lease["id"]))
+                    await self._release_locked(conn, lease["id"], lease["lease_token"], reason,
+                                               fx)
+                else:
+                    outcome = await self._fail_locked(conn, row, lease["lease_token"], reason,
+                                                      ExecutionStatus.LEASE_EXPIRED, fx)
             await self.apply_effects(fx)
-            self._remember_failure(str(lease["id"]), row, reason, outcome)
+            if spend_retry:
+                self._remember_failure(str(lease["id"]), row, reason, outcome)
             n += 1
         return n
 

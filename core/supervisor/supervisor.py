@@ -250,7 +250,9 @@ class Supervisor:
         released = 0
         with contextlib.suppress(StoreUnavailable):
             await self.service.deregister_worker(slot.worker_id, status=status, reason=reason)
-            released = await self.service.release_worker(slot.worker_id, f"worker lost: {reason}")
+            # a quarantined worker's jobs go back as from a drain: the fault was the worker's
+            released = await self.service.release_worker(
+                slot.worker_id, f"worker lost: {reason}", spend_retry=status != "QUARANTINED")
         new = await self._spawn(slot.index, slot.generation + 1)
         self._save_roster()
         self.stats["replacements"] += 1

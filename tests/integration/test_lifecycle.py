@@ -611,3 +611,25 @@ async def test_racing_idempotent_creates_with_one_key_make_one_job(
     assert all("race" in str(r) for r in refused)
     rows = await service.pool.fetchval("SELECT count(*) FROM jobs WHERE idempotency_key = 'race'")
     assert rows == 1
+
+
+@pytest.mark.parametrize(("spend_retry", "retries", "execution"), [
+    (True, 1, "LEASE_EXPIRED"),  # a lost worker: the job may be what kills its workers
+    (False, 0, "RELEASED"),  # a quarantined one: the job did nothing wrong
+])
+async def test_a_lost_workers_leases_go_back_with_or_without_a_retry_spent(
+    service: JobService, spend_retry: bool, retries: int, execution: str,
+) -> None:
+    created = await service.create(JobSpec(job_type="noop"))
+    lease = await service.acquire("w-lost")
+    assert lease is not None
+    assert await service.release_worker("w-lost", "worker lost: test",
+                                        spend_retry=spend_retry) == 1
+    row = await service.pool.fetchrow(
+        "SELECT j.status, j.retry_count, e.status AS execution FROM jobs j "
+        "JOIN job_executions e ON e.job_id = j.id WHERE j.id = $1::uuid", created.job_id)
+    assert dict(row) == {"status": "PENDING", "retry_count": retries, "execution": execution}
+    if not spend_retry:  # back in the dispatch index at once
+        again = await service.acquire("w-next")
+        assert again is not None
+        assert again.job_id == created.job_id
