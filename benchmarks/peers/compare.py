@@ -6,12 +6,14 @@ Each system, in turn within a round (interleaved, so a drift of the machine spre
 a client loop of N single creates, each awaited and durable where the system is (latency per
 call), then one worker process with 100 concurrent slots drains those N no-op jobs (~200-byte
 JSON payload), timed from the first job's start to the last one's end. jobharness also drains
-with 10 processes x 10, and so again with each worker holding `--prefetch` jobs leased ahead
-of its free slots ("ours10p", shown as 10x10+P; pgqueuer's worker, with its batches of 50 for
-100 tasks, likewise holds jobs it has taken until a task is free). Medians over the rounds, and
-ratios to pgqueuer's. The asyncio clients
-(jobharness' create loop, pgqueuer's enqueue loop and its worker) run on the event loop `--loop`
-names, the same for both: uvloop (the default, what jobharness' own processes use) or asyncio.
+with 10 processes x 10; and both layouts again with each worker holding jobs leased ahead of
+its free slots ("ours1p", "ours10p": `--prefetch1`, `--prefetch10` jobs ahead, shown as
+1x100+P, 10x10+P). Those rows hold more leases than slots: pgqueuer's worker (batches of 50)
+never holds more picked jobs than its 100 tasks, so they are not the same bound as its row;
+the rows without +P are. Medians over the rounds, and ratios to pgqueuer's.
+The asyncio clients (jobharness' create loop, pgqueuer's enqueue loop and its worker) run on
+the event loop `--loop` names, the same for both: uvloop (the default, what jobharness' own
+processes use) or asyncio.
 jobharness' worker processes always run on uvloop, as they do in production.
 
 The peers (pgqueuer, dramatiq; pinned in requirements.txt) go into an environment of their
@@ -46,6 +48,7 @@ from loadtests.bench.dispatch import drain  # noqa: E402
 from loadtests.scratch import scratch_schema  # noqa: E402
 
 PAYLOAD = {"blob": "x" * 180}  # ~200 bytes as JSON
+SYSTEMS = ("ours1", "ours10", "ours1p", "ours10p", "pgqueuer", "dramatiq")
 LOOP = ["uvloop"]  # the asyncio clients' event loop (--loop), for the peers too
 
 
@@ -131,19 +134,22 @@ def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--jobs", type=int, default=10_000)
-    parser.add_argument("--only", default="ours1,ours10,ours10p,pgqueuer,dramatiq",
+    parser.add_argument("--only", default=",".join(SYSTEMS),
                         help="systems to run, comma-separated")
-    parser.add_argument("--prefetch", type=int, default=10,
-                        help="jobs each worker of ours10p holds leased ahead of its slots (10)")
+    parser.add_argument("--prefetch1", type=int, default=100,
+                        help="jobs the worker of ours1p holds leased ahead of its slots (100)")
+    parser.add_argument("--prefetch10", type=int, default=20,
+                        help="jobs each worker of ours10p holds leased ahead (20)")
     parser.add_argument("--out", type=Path, help="write the medians and every round as JSON")
     parser.add_argument("--loop", choices=("uvloop", "asyncio"), default="uvloop",
                         help="event loop of the asyncio clients, the same for every system")
     args = parser.parse_args()
     if not (1 <= args.rounds <= 10 and 100 <= args.jobs <= 100_000):
         parser.error("--rounds must be 1..10 and --jobs 100..100000")
-    if not 1 <= args.prefetch <= 1000:
-        parser.error(f"--prefetch must be 1..1000, not {args.prefetch}")
-    unknown = set(args.only.split(",")) - {"ours1", "ours10", "ours10p", "pgqueuer", "dramatiq"}
+    for flag in ("prefetch1", "prefetch10"):
+        if not 1 <= getattr(args, flag) <= 1000:
+            parser.error(f"--{flag} must be 1..1000, not {getattr(args, flag)}")
+    unknown = set(args.only.split(",")) - set(SYSTEMS)
     if unknown:
         parser.error(f"--only: unknown systems {sorted(unknown)}")
     return args
@@ -160,8 +166,10 @@ async def main(args: argparse.Namespace) -> None:
                 runs.append(await ours(settings, args.jobs, 1, 100))
             if "ours10" in only:
                 runs.append(await ours(settings, args.jobs, 10, 10))
+            if "ours1p" in only:
+                runs.append(await ours(settings, args.jobs, 1, 100, args.prefetch1))
             if "ours10p" in only:
-                runs.append(await ours(settings, args.jobs, 10, 10, args.prefetch))
+                runs.append(await ours(settings, args.jobs, 10, 10, args.prefetch10))
             if "pgqueuer" in only and python:
                 runs.append(await pgqueuer(python, settings, args.jobs))
             if "dramatiq" in only and python and settings.redis_url:
