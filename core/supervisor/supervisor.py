@@ -6,10 +6,10 @@ A worker is dead when its process exits, or when its heartbeat is stale in *both
 Redis key expired or Redis unreachable, and `last_heartbeat_at` older than the TTL or
 PostgreSQL unreachable). Nothing is decided with both stores unreachable (a store outage alone
 never triggers replacement, invariant 5), nor for a TTL after the supervisor itself was away
-for longer than one (vigil.py). Replacement marks the old worker FAILED with the reason
-(QUARANTINED for a misbehaving one, byzantine.py), releases its leases, asks a still-running
-process to exit (SIGTERM, SIGKILL after `zombie_grace_s`) and starts a worker in the same slot
-and group (groups.py). Replacements are limited to `max_replacements` per window.
+for longer than one (vigil.py). Replacement marks the old worker FAILED with the reason and
+fails its leases as an attempt (QUARANTINED for a misbehaving one, byzantine.py, whose leases
+go back with no retry spent), asks a live process to exit (SIGTERM, SIGKILL after
+`zombie_grace_s`), starts one in its slot and group (groups.py); `max_replacements` a window.
 
 With a predictor (predictor/), every live worker is also scored each round; a worker the
 policy flags is replaced proactively: its successor starts first, then the old worker drains
@@ -67,9 +67,8 @@ class SupervisorOptions:
     reconcile_interval_s: float | None = 2.0  # None: another process runs the reconciler
     log_dir: Path | None = None
     spawn: str = "forkserver"  # or "exec": a fresh `jobharness worker` interpreter each
-    # Workers' niceness above the supervisor's. On a machine shared with the API and the
-    # stores, 10 lets those answer first; the workers then find deeper queues and batch
-    # more (phase2 on 2 cores: 296 -> 484 jobs/s, worker CPU per job halved).
+    # Workers' niceness above the supervisor's: 10 lets the API and stores on the same machine
+    # answer first, the workers then batch more (phase2, 2 cores: 296 -> 484 jobs/s).
     worker_nice: int = 0
     storm: StormLimits | None = None  # proactive guards; None: one per worker per hour, >= 4
     groups: tuple[WorkerGroup, ...] = ()  # slot i in groups[i % n]: own store URLs, clock
@@ -129,11 +128,10 @@ class Supervisor:
         o = self.opts
         group = group_of(o.groups, index)
         env = {**os.environ, **to_env(self.settings), **(group.env if group else {})}
-        spec = WorkerOptions(worker_id=wid, capabilities=o.capabilities,
-                             concurrency=o.concurrency, prefetch=o.prefetch,
-                             handlers=dict(o.handlers),
-                             drain_timeout_s=o.drain_timeout_s, supervisor=o.name,
-                             nice=o.worker_nice, clock_skew_s=skew_from_env(env))
+        spec = WorkerOptions(worker_id=wid, capabilities=o.capabilities, handlers=dict(o.handlers),
+                             concurrency=o.concurrency, prefetch=o.prefetch, supervisor=o.name,
+                             drain_timeout_s=o.drain_timeout_s, nice=o.worker_nice,
+                             clock_skew_s=skew_from_env(env))
         proc = await start_worker(spec, env, self.log_dir / f"{wid}.log", how=o.spawn)
         slot = Slot(index=index, generation=generation, worker_id=wid, proc=proc,
                     spawned_at=time.monotonic(), group=group.name if group else None)
@@ -250,7 +248,6 @@ class Supervisor:
         released = 0
         with contextlib.suppress(StoreUnavailable):
             await self.service.deregister_worker(slot.worker_id, status=status, reason=reason)
-            # a quarantined worker's jobs go back as from a drain: the fault was the worker's
             released = await self.service.release_worker(
                 slot.worker_id, f"worker lost: {reason}", spend_retry=status != "QUARANTINED")
         new = await self._spawn(slot.index, slot.generation + 1)
@@ -370,10 +367,9 @@ class Supervisor:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Watch until `stop` is set, then stop every worker."""
-        reconciler = None
-        if self.opts.reconcile_interval_s:
-            reconciler = asyncio.create_task(
-                Reconciler(self.service).run(stop, self.opts.reconcile_interval_s))
+        every = self.opts.reconcile_interval_s
+        reconciler = asyncio.create_task(Reconciler(self.service).run(stop, every)) if every \
+            else None
         try:
             while not stop.is_set():
                 try:
