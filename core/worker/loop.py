@@ -14,7 +14,8 @@ A worker may also hold up to `prefetch` jobs leased ahead of its free slots (off
 Each cycle then brings the jobs that will fill the slots next, so a worker of short jobs makes
 fewer, larger lease calls (the per-call cost of the stores is most of a small batch's:
 docs/performance.md, item 24). A job held ahead starts when a slot frees, first come first
-served; its lease is kept from the moment it was leased; it counts against limits as leased.
+served; its lease is kept from the moment it was leased (one that ran out while it waited is
+not started); it counts against limits as leased.
 Long jobs should not be held ahead: they would wait behind running ones while another worker
 could take them.
 
@@ -170,13 +171,17 @@ class Worker:
         task.add_done_callback(slot.task_done)
 
     def _slot_freed(self, slots: asyncio.Semaphore) -> None:
-        """A slot came free: the next job held ahead takes it, or it goes back."""
-        if self._ahead and not self._stopping:
+        """A slot came free: the next job held ahead takes it, or it goes back. A job whose
+        lease ran out while it waited is not started: the reconciler has it back."""
+        now = asyncio.get_running_loop().time()
+        while self._ahead and not self._stopping:
             lease, leased_at = self._ahead.popleft()
-            self.stats["ran_ahead"] += 1
-            self._start(lease, slots, leased_at)
-        else:
-            slots.release()
+            if now - leased_at < lease.lease_s:
+                self.stats["ran_ahead"] += 1
+                self._start(lease, slots, leased_at)
+                return
+            self.stats["lapsed_ahead"] += 1
+        slots.release()
 
     async def _lease(self, n: int) -> list[Lease]:
         """Fill `n` free slots; the successes waiting in the outbox ride along."""

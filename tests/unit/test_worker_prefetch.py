@@ -189,3 +189,26 @@ def test_the_lease_of_a_job_held_ahead_is_extended_counting_from_when_it_was_lea
         task.cancel()
 
     asyncio.run(scenario())
+
+
+def test_a_job_whose_lease_ran_out_while_held_ahead_is_not_started() -> None:
+    async def scenario() -> None:
+        service = Lender(jobs=3, lease_s=0.2)
+        handler = Gated(service)
+        worker = Worker(service, "w1", {"noop": handler},  # type: ignore[arg-type]
+                        concurrency=1, prefetch=2, carry_reports=False, idle_wait_s=30.0)
+        stop = asyncio.Event()
+        task = asyncio.create_task(worker.run(stop))
+        await settle(service, lambda: handler.running == ["job-0"])
+        await asyncio.sleep(0.3)  # job-0 outlives the leases of the two held ahead
+        handler.gate("job-0").set()
+        await settle(service, lambda: service.completed == ["job-0"])
+        for _ in range(20):  # passes of the loop in which a lapsed job would have started
+            await asyncio.sleep(0)
+        assert handler.running == []
+        assert (worker.stats["lapsed_ahead"], worker.stats["ran_ahead"]) == (2, 0)
+        stop.set()
+        await task
+        assert service.released == []  # nothing to give back: the leases are gone
+
+    asyncio.run(scenario())
