@@ -173,14 +173,15 @@ class Worker:
     def _slot_freed(self, slots: asyncio.Semaphore) -> None:
         """A slot came free: the next job held ahead takes it, or it goes back. A job whose
         lease ran out while it waited is not started: the reconciler has it back."""
-        now = asyncio.get_running_loop().time()
-        while self._ahead and not self._stopping:
-            lease, leased_at = self._ahead.popleft()
-            if now - leased_at < lease.lease_s:
-                self.stats["ran_ahead"] += 1
-                self._start(lease, slots, leased_at)
-                return
-            self.stats["lapsed_ahead"] += 1
+        if self._ahead and not self._stopping:
+            now = asyncio.get_running_loop().time()
+            while self._ahead:
+                lease, leased_at = self._ahead.popleft()
+                if now - leased_at < lease.lease_s:
+                    self.stats["ran_ahead"] += 1
+                    self._start(lease, slots, leased_at)
+                    return
+                self.stats["lapsed_ahead"] += 1
         slots.release()
 
     async def _lease(self, n: int) -> list[Lease]:
