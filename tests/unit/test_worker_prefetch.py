@@ -93,29 +93,45 @@ class Gated:
         self.running.remove(job)
 
 
+class Running:
+    """A worker (`concurrency` slots, `prefetch` ahead, reports on their own) over a Lender of
+    `jobs` whose handlers the test ends, started in this event loop."""
+
+    def __init__(self, jobs: int, *, concurrency: int, prefetch: int = 0,
+                 lease_s: float = 30.0) -> None:
+        self.service = Lender(jobs, lease_s=lease_s)
+        self.handler = Gated(self.service)
+        self.worker = Worker(self.service, "w1", {"noop": self.handler},  # type: ignore[arg-type]
+                             concurrency=concurrency, prefetch=prefetch, carry_reports=False,
+                             idle_wait_s=30.0)
+        self.stop = asyncio.Event()
+        self.task = asyncio.create_task(self.worker.run(self.stop))
+
+    async def until(self, what: Any) -> None:
+        await settle(self.service, what)
+
+    async def stopped(self) -> None:
+        self.stop.set()
+        await self.task
+
+
 def test_jobs_held_ahead_start_as_slots_free_never_beyond_concurrency() -> None:
     async def scenario() -> None:
-        service = Lender(jobs=5)
-        handler = Gated(service)
-        worker = Worker(service, "w1", {"noop": handler},  # type: ignore[arg-type]
-                        concurrency=2, prefetch=3, carry_reports=False, idle_wait_s=30.0)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        await settle(service, lambda: handler.running == ["job-0", "job-1"])
+        run = Running(5, concurrency=2, prefetch=3)
+        handler, service = run.handler, run.service
+        await run.until(lambda: handler.running == ["job-0", "job-1"])
         # one call filled both slots and the three places ahead
         assert service.asked == [5]
         for k in range(3):  # each job that ends lets the next one held ahead in, in order
             handler.gate(f"job-{k}").set()
-            await settle(service, lambda k=k: handler.running == [f"job-{k + 1}",
-                                                                   f"job-{k + 2}"])
+            await run.until(lambda k=k: handler.running == [f"job-{k + 1}", f"job-{k + 2}"])
         handler.gate("job-3").set()
         handler.gate("job-4").set()
-        await settle(service, lambda: len(service.completed) == 5)
+        await run.until(lambda: len(service.completed) == 5)
         assert service.completed == [f"job-{k}" for k in range(5)]
         assert handler.peak == 2
-        assert worker.stats["ran_ahead"] == 3
-        stop.set()
-        await task
+        assert run.worker.stats["ran_ahead"] == 3
+        await run.stopped()
         assert service.released == []
 
     asyncio.run(scenario())
@@ -123,42 +139,33 @@ def test_jobs_held_ahead_start_as_slots_free_never_beyond_concurrency() -> None:
 
 def test_jobs_held_ahead_go_back_unstarted_when_the_worker_stops() -> None:
     async def scenario() -> None:
-        service = Lender(jobs=4)
-        handler = Gated(service)
-        worker = Worker(service, "w1", {"noop": handler},  # type: ignore[arg-type]
-                        concurrency=1, prefetch=3, carry_reports=False, idle_wait_s=30.0)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        await settle(service, lambda: handler.running == ["job-0"])
-        stop.set()
+        run = Running(4, concurrency=1, prefetch=3)
+        handler, service = run.handler, run.service
+        await run.until(lambda: handler.running == ["job-0"])
+        run.stop.set()
         # the three held ahead go back at once, while job-0 still runs
-        await settle(service, lambda: len(service.released) == 3)
+        await run.until(lambda: len(service.released) == 3)
         assert handler.running == ["job-0"]
         assert service.released == [(f"job-{k}", "worker stopping before it started")
                                     for k in (1, 2, 3)]
         handler.gate("job-0").set()
-        await task
+        await run.stopped()
         assert service.completed == ["job-0"]
-        assert worker.stats["ran_ahead"] == 0
+        assert run.worker.stats["ran_ahead"] == 0
 
     asyncio.run(scenario())
 
 
 def test_without_prefetch_a_call_asks_for_the_free_slots_only() -> None:
     async def scenario() -> None:
-        service = Lender(jobs=3)
-        handler = Gated(service)
-        worker = Worker(service, "w1", {"noop": handler},  # type: ignore[arg-type]
-                        concurrency=2, carry_reports=False, idle_wait_s=30.0)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        await settle(service, lambda: len(handler.running) == 2)
-        assert service.asked == [2]
-        stop.set()
+        run = Running(3, concurrency=2)
+        await run.until(lambda: len(run.handler.running) == 2)
+        assert run.service.asked == [2]
+        run.stop.set()
         for job in ("job-0", "job-1"):
-            handler.gate(job).set()
-        await task
-        assert service.released == []
+            run.handler.gate(job).set()
+        await run.stopped()
+        assert run.service.released == []
 
     asyncio.run(scenario())
 
@@ -193,22 +200,16 @@ def test_the_lease_of_a_job_held_ahead_is_extended_counting_from_when_it_was_lea
 
 def test_a_job_whose_lease_ran_out_while_held_ahead_is_not_started() -> None:
     async def scenario() -> None:
-        service = Lender(jobs=3, lease_s=0.2)
-        handler = Gated(service)
-        worker = Worker(service, "w1", {"noop": handler},  # type: ignore[arg-type]
-                        concurrency=1, prefetch=2, carry_reports=False, idle_wait_s=30.0)
-        stop = asyncio.Event()
-        task = asyncio.create_task(worker.run(stop))
-        await settle(service, lambda: handler.running == ["job-0"])
+        run = Running(3, concurrency=1, prefetch=2, lease_s=0.2)
+        await run.until(lambda: run.handler.running == ["job-0"])
         await asyncio.sleep(0.3)  # job-0 outlives the leases of the two held ahead
-        handler.gate("job-0").set()
-        await settle(service, lambda: service.completed == ["job-0"])
+        run.handler.gate("job-0").set()
+        await run.until(lambda: run.service.completed == ["job-0"])
         for _ in range(20):  # passes of the loop in which a lapsed job would have started
             await asyncio.sleep(0)
-        assert handler.running == []
-        assert (worker.stats["lapsed_ahead"], worker.stats["ran_ahead"]) == (2, 0)
-        stop.set()
-        await task
-        assert service.released == []  # nothing to give back: the leases are gone
+        assert run.handler.running == []
+        assert (run.worker.stats["lapsed_ahead"], run.worker.stats["ran_ahead"]) == (2, 0)
+        await run.stopped()
+        assert run.service.released == []  # nothing to give back: the leases are gone
 
     asyncio.run(scenario())
