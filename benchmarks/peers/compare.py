@@ -177,9 +177,12 @@ async def main(args: argparse.Namespace) -> None:
                                   {"PEER_REDIS_URL": settings.redis_url}, args.jobs))
             for run in runs:
                 rows.setdefault(run["system"], []).append(run)
+                handlers = run.get("drain_handlers_jobs_s")
                 print(f"round {r + 1}: {run['system']:<18} drain {run['drain_jobs_s']:8.0f}/s"
                       f"  enqueue {run['enqueue_per_s']:7.0f}/s"
-                      f"  p99 {run['enqueue_p99_ms']:6.2f} ms", flush=True)
+                      f"  p99 {run['enqueue_p99_ms']:6.2f} ms"
+                      + (f"  (handlers' span: {handlers:.0f}/s)" if handlers else ""),
+                      flush=True)
     result = table(rows)
     print(f"event loop of the asyncio clients: {args.loop}")
     print(json.dumps(result, indent=2))
