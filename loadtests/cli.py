@@ -32,7 +32,8 @@ def cmd_run(args: argparse.Namespace, settings: Settings) -> int:
     from loadtests.scenario import Scenario, ScenarioError
 
     err, out = Console(stderr=True), Console()
-    opts = RunOptions(scenario=args.scenario, workers=args.workers, jobs=args.jobs,
+    opts = RunOptions(scenario=args.scenario, workers=args.workers, prefetch=args.prefetch,
+                      jobs=args.jobs,
                       rate_per_s=args.rate, seed=args.seed,
                       out=Path(args.out), targeted=args.target is not None,
                       locust_workers=args.locust_workers, memory=args.memory,
@@ -117,6 +118,8 @@ def extend(sub: Any, common: argparse.ArgumentParser) -> None:
                        help="load scenario -> drain -> invariant checks -> SLO verdict")
     p.add_argument("scenario", help=f"one of {', '.join(available())}, or a YAML file")
     p.add_argument("--workers", type=int, help="override the scenario's worker processes")
+    p.add_argument("--prefetch", type=int,
+                   help="override the jobs each worker holds leased ahead of its slots")
     p.add_argument("--jobs", type=int, help="override the scenario's job count")
     p.add_argument("--rate", type=float, help="override the open model's creates per second")
     p.add_argument("--seed", type=int, help="override the scenario's seed (load and drill draws)")

@@ -65,6 +65,7 @@ DRILL_JOB_CAP = 200_000
 class RunOptions:
     scenario: str
     workers: int | None = None
+    prefetch: int | None = None  # overrides the scenario's worker_prefetch
     jobs: int | None = None
     rate_per_s: float | None = None
     seed: int | None = None
@@ -93,7 +94,7 @@ class Run:
     def __init__(self, settings: Settings, opts: RunOptions,
                  on_progress: Callable[[Progress, Scenario, float], None]) -> None:
         overrides = {"workers": opts.workers, "jobs": opts.jobs, "rate_per_s": opts.rate_per_s,
-                     "seed": opts.seed}
+                     "seed": opts.seed, "worker_prefetch": opts.prefetch}
         if not 0 <= opts.holdout <= 0.9:
             raise JobHarnessError(f"--holdout must be between 0 and 0.9, got {opts.holdout:g}")
         self.scenario = load_scenario(opts.scenario, overrides)

@@ -39,6 +39,7 @@ class Scenario:
     workers: int = 4
     worker_concurrency: int = 1
     worker_nice: int = 0  # workers' niceness above the supervisor's (0..19)
+    worker_prefetch: int = 0  # jobs each worker holds leased ahead of its free slots (0..1000)
     model: str = "closed"  # closed: Locust users; open: target arrival rate
     users: int = 10
     spawn_rate: float = 10.0
@@ -73,6 +74,8 @@ class Scenario:
         _check(self.jobs >= 1, "jobs must be >= 1")
         _check(1 <= self.workers <= 500, "workers must be 1..500")
         _check(self.model in MODELS, f"model must be one of {MODELS}")
+        _check(isinstance(self.worker_prefetch, int) and 0 <= self.worker_prefetch <= 1000,
+               "worker_prefetch must be 0..1000")
         try:
             check_nice(self.worker_nice, "worker_nice")
         except ValueError as exc:

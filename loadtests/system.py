@@ -125,6 +125,7 @@ class SystemUnderTest:
         self.children.append(await Child.start(
             "supervisor", ["core.cli", "supervisor", "--workers", str(s.workers),
                            "--concurrency", str(s.worker_concurrency), "--name", "run",
+                           "--prefetch", str(s.worker_prefetch),
                            "--worker-nice", str(s.worker_nice),
                            "--max-replacements", str(max(20, s.workers // 2)),
                            *self.extra_supervisor_args],

@@ -30,6 +30,10 @@ def test_overrides_and_bad_files(tmp_path: Path) -> None:
     bad.write_text("name: x\nslo: {nonsense: 1}\n")
     with pytest.raises(ScenarioError, match="slo"):
         load_scenario(str(bad))
+    assert load_scenario("smoke", {"worker_prefetch": 8}).worker_prefetch == 8
+    for value in (-1, 1001, 2.5):
+        with pytest.raises(ScenarioError, match="worker_prefetch must be 0..1000"):
+            load_scenario("smoke", {"worker_prefetch": value})
 
 
 def test_job_factory_respects_mix_budget_and_dags() -> None:
