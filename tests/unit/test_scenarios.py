@@ -32,7 +32,7 @@ def test_overrides_and_bad_files(tmp_path: Path) -> None:
         load_scenario(str(bad))
     assert load_scenario("smoke", {"worker_prefetch": 8}).worker_prefetch == 8
     for value in (-1, 1001, 2.5):
-        with pytest.raises(ScenarioError, match="worker_prefetch must be 0..1000"):
+        with pytest.raises(ScenarioError, match=r"worker_prefetch must be 0\.\.1000"):
             load_scenario("smoke", {"worker_prefetch": value})
 
 
