@@ -7,11 +7,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+
 from core.jobs.model import JobSpec
 from core.service.jobs import JobService
 from core.worker.handlers import build_registry
 from core.worker.loop import Worker
 from tests.conftest import wait_until
+from tests.integration.test_processes import proc_settings, supervising, svc  # noqa: F401
 
 
 async def test_every_job_completes_once_with_jobs_held_ahead(service: JobService) -> None:
@@ -78,3 +81,24 @@ async def test_jobs_held_ahead_go_back_without_a_retry_when_the_worker_stops(
     pending = await service.pool.fetch("SELECT id FROM jobs WHERE status = 'PENDING'")
     again = await service.acquire_many("w-next", 4)
     assert sorted(lease.job_id for lease in again) == sorted(str(r["id"]) for r in pending)
+
+
+@pytest.mark.parametrize("spawn", ["forkserver", "exec"])
+async def test_a_supervisors_workers_hold_jobs_ahead(
+        svc: JobService, spawn: str) -> None:  # noqa: F811
+    async with supervising(svc, workers=1, concurrency=1, prefetch=2, spawn=spawn) as sup:
+        (slot,) = sup.slots.values()
+        created = await svc.create_batch(
+            [JobSpec(job_type="sleep", payload={"ms": 800}) for _ in range(3)])
+
+        async def all_leased_to_it() -> bool:  # one running, two held ahead
+            return await svc.pool.fetchval(
+                "SELECT count(*) FROM jobs WHERE status = 'PROCESSING' AND worker_id = $1",
+                slot.worker_id) == 3
+
+        await wait_until(all_leased_to_it, timeout_s=10, what="three jobs leased to one slot")
+
+        async def done() -> bool:
+            return (await svc.counts()).get("COMPLETED", 0) == len(created)
+
+        await wait_until(done, timeout_s=30, what="the three jobs completed")
