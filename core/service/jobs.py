@@ -216,7 +216,7 @@ class JobService(Completing, JobReads, WorkerRegistry):
     async def release(self, job_id: str, token: int, reason: str) -> None:
         """Give a lease back without spending a retry (graceful drain)."""
         jid = parse_job_id(job_id)
-        fx = Effects(forget=[job_id])
+        fx = Effects()
         async with self.transaction() as conn:
             await self._locked(conn, jid, token)
             await self._release_locked(conn, jid, token, reason, fx)
@@ -225,7 +225,9 @@ class JobService(Completing, JobReads, WorkerRegistry):
     @staticmethod
     async def _release_locked(conn: Conn, jid: uuid.UUID, token: int, reason: str,
                               fx: Effects) -> None:
-        """The locked PROCESSING job back to wait, its execution closed RELEASED."""
+        """The locked PROCESSING job back to wait, its execution closed RELEASED (its lease out
+        of the dispatch index and the job queued again, by `fx`)."""
+        fx.forget.append(str(jid))
         await conn.execute(q("close_execution"), token, ExecutionStatus.RELEASED.value, reason)
         fx.ended(ExecutionStatus.RELEASED)
         released = await conn.fetchrow(q("release_job"), jid)
@@ -307,7 +309,6 @@ class JobService(Completing, JobReads, WorkerRegistry):
                 if row is None or row["lease_token"] != lease["lease_token"]:
                     continue
                 if not spend_retry:
-                    fx.forget.append(str(lease["id"]))
                     await self._release_locked(conn, lease["id"], lease["lease_token"], reason,
                                                fx)
                 else:
