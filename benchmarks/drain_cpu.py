@@ -5,8 +5,9 @@ embedded servers:
 
 Queues N no-op jobs (~200-byte payload), then P worker processes x S slots drain them
 (loadtests.bench.dispatch.drain). Meanwhile the CPU time of each process group (PostgreSQL's
-processes, Valkey, the worker processes, this one) is sampled with psutil every 0.1 s; printed
-per drained job, with PostgreSQL commits and Redis script calls per job.
+processes, Valkey, the worker processes) is read at the start and the end of the drain
+(loadtests/bench/cpu.py); printed per drained job, with PostgreSQL commits and Redis script
+calls per job.
 
 `--schema-change SQL` runs SQL in the throw-away schema before the jobs are queued, to weigh
 what a schema object costs the drain (e.g. `--schema-change "DROP INDEX idx_jobs_created_at"`);
@@ -16,63 +17,24 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import collections
 import json
 import os
 import sys
-import threading
-import time
 from dataclasses import replace
 from pathlib import Path
 
 import asyncpg
-import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from core.jobs.model import JobSpec
 from core.service.runtime import endpoints, open_runtime
 from core.settings import load_settings
+from loadtests.bench.cpu import CpuMeter, descendants
 from loadtests.bench.dispatch import drain
 from loadtests.scratch import scratch_schema
 
 COMMITS = "SELECT xact_commit FROM pg_stat_database WHERE datname = current_database()"
-
-
-class CpuSampler:
-    """Last seen CPU seconds of every process of interest, by group (a process that exits
-    keeps its last sample)."""
-
-    def __init__(self) -> None:
-        self.seen: dict[tuple[int, float], tuple[str, float]] = {}
-        self.stop = threading.Event()
-        self.me = psutil.Process()
-
-    def group(self, p: psutil.Process) -> str:
-        name = p.name()
-        if "postgres" in name:
-            return "postgres"
-        if "valkey" in name:
-            return "valkey"
-        return "bench" if p.pid == self.me.pid else "workers"
-
-    def run(self) -> None:
-        while not self.stop.is_set():
-            procs = [p for p in psutil.process_iter(["name"])
-                     if "postgres" in p.info["name"] or "valkey" in p.info["name"]]
-            for p in [*procs, *self.me.children(recursive=True), self.me]:
-                try:
-                    t = p.cpu_times()
-                    self.seen[(p.pid, p.create_time())] = (self.group(p), t.user + t.system)
-                except psutil.Error:
-                    continue
-            time.sleep(0.1)  # the sampling period
-
-    def totals(self) -> collections.Counter[str]:
-        out: collections.Counter[str] = collections.Counter()
-        for group, cpu in list(self.seen.values()):
-            out[group] += cpu
-        return out
 
 
 async def main(jobs: int, processes: int, slots: int, prefetch: int,
@@ -92,26 +54,20 @@ async def main(jobs: int, processes: int, slots: int, prefetch: int,
                 await rt.service.create_batch([JobSpec(job_type="noop",
                                                        payload={"blob": "x" * 180})
                                                for _ in range(min(1000, jobs - start))])
-            sampler = CpuSampler()
-            thread = threading.Thread(target=sampler.run, daemon=True)
-            thread.start()
-            await asyncio.sleep(0.3)  # one sample of every process before the drain
-            before, commits0 = sampler.totals(), await rt.pool.fetchval(COMMITS)
+            cpu = CpuMeter(descendants)
+            commits0 = await rt.pool.fetchval(COMMITS)
             calls0 = (await rt.dispatch.client.info("commandstats")).get(
                 "cmdstat_evalsha", {}).get("calls", 0)
             rate = await drain(rt, jobs, processes=processes, concurrency=slots,
-                               prefetch=prefetch)
-            await asyncio.sleep(0.3)  # the exited workers' last samples
-            sampler.stop.set()
-            thread.join()
-            after, commits1 = sampler.totals(), await rt.pool.fetchval(COMMITS)
+                               prefetch=prefetch, cpu=cpu)
+            commits1 = await rt.pool.fetchval(COMMITS)
             calls1 = (await rt.dispatch.client.info("commandstats")).get(
                 "cmdstat_evalsha", {}).get("calls", 0)
     print(json.dumps({
         "layout": f"{processes}x{slots}" + (f"+{prefetch}" if prefetch else ""), "jobs": jobs,
         "drain_jobs_s": round(rate),
-        "cpu_us_per_job": {g: round((after[g] - before.get(g, 0.0)) / jobs * 1e6)
-                           for g in sorted(after)},
+        "cpu_us_per_job": {"workers" if part == "clients" else part: round(us)
+                           for part, us in cpu.per_job_us().items()},
         "commits_per_job": round((commits1 - commits0) / jobs, 3),
         "redis_scripts_per_job": round((calls1 - calls0) / jobs, 3),
         **({"schema_change": schema_change} if schema_change else {})}))

@@ -11,6 +11,11 @@ its free slots ("ours1p", "ours10p": `--prefetch1`, `--prefetch10` jobs ahead, s
 1x100+P, 10x10+P). Those rows hold more leases than slots: pgqueuer's worker (batches of 50)
 never holds more picked jobs than its 100 tasks, so they are not the same bound as its row;
 the rows without +P are. Medians over the rounds, and ratios to pgqueuer's.
+Each drain's CPU per job is measured too, by part: PostgreSQL's processes, Valkey, and the
+system's own client processes (jobharness' worker processes, the peer's process), from
+snapshots at the start and the end of the drain (loadtests/bench/cpu.py; the peers signal
+both ends on their stdout). Those say how far a drain could go with both cores busy: two
+cores' worth of CPU over the total per job.
 The asyncio clients (jobharness' create loop, pgqueuer's enqueue loop and its worker) run on
 the event loop `--loop` names, the same for both: uvloop (the default, what jobharness' own
 processes use) or asyncio.
@@ -29,6 +34,8 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
+import threading
 import time
 import venv
 from dataclasses import replace
@@ -39,11 +46,13 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(ROOT))
 
+import psutil  # noqa: E402
 from peer_result import result  # noqa: E402  (this folder, on the path as the script's own)
 
 from core.jobs.model import JobSpec  # noqa: E402
 from core.service.runtime import endpoints, open_runtime  # noqa: E402
 from core.settings import Settings, load_settings  # noqa: E402
+from loadtests.bench.cpu import PARTS, CpuMeter, descendants  # noqa: E402
 from loadtests.bench.dispatch import drain  # noqa: E402
 from loadtests.scratch import scratch_schema  # noqa: E402
 
@@ -82,11 +91,19 @@ async def ours(settings: Settings, jobs: int, processes: int, slots: int,
             await rt.service.create(JobSpec(job_type="noop", payload=PAYLOAD))
             took.append(time.perf_counter() - s)
         enqueue_s = time.perf_counter() - t0
+        cpu = CpuMeter(descendants)
         drain_jobs_s = await drain(rt, jobs, processes=processes, concurrency=slots,
-                                   prefetch=prefetch)
+                                   prefetch=prefetch, cpu=cpu)
     ahead = f"+{prefetch}" if prefetch else ""
-    return result(f"jobharness {processes}x{slots}{ahead}", jobs, drained=jobs,
-                  drain_s=jobs / drain_jobs_s, enqueue_s=enqueue_s, enqueue_latencies_s=took)
+    return {**result(f"jobharness {processes}x{slots}{ahead}", jobs, drained=jobs,
+                     drain_s=jobs / drain_jobs_s, enqueue_s=enqueue_s,
+                     enqueue_latencies_s=took), **cpu_columns(cpu)}
+
+
+def cpu_columns(cpu: CpuMeter) -> dict[str, float]:
+    parts = cpu.per_job_us()
+    return {**{f"cpu_{part}_us": us for part, us in parts.items()},
+            "cpu_total_us": round(sum(parts.values()), 1)}
 
 
 async def pgqueuer(python: Path, settings: Settings, jobs: int) -> dict[str, Any]:
@@ -106,17 +123,46 @@ async def pgqueuer(python: Path, settings: Settings, jobs: int) -> dict[str, Any
 
 
 def _peer(python: Path, script: str, env: dict[str, str], jobs: int) -> dict[str, Any]:
-    out = subprocess.run([str(python), str(HERE / script)], check=True, capture_output=True,
-                         text=True, timeout=1200,
-                         env={**os.environ, **env, "PEER_JOBS": str(jobs), "PEER_SLOTS": "100",
-                              "PEER_LOOP": LOOP[0]})
-    return dict(json.loads(out.stdout.strip().splitlines()[-1]))
+    """One round of a peer script; its drain's CPU window opens and closes at the phases it
+    prints (peer_result.handshake)."""
+    # stderr is read at the end, from a file: a pipe could fill and stall the peer
+    with tempfile.TemporaryFile(mode="w+") as errors, subprocess.Popen(
+            [str(python), str(HERE / script)], text=True, stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE, stderr=errors,
+            env={**os.environ, **env, "PEER_JOBS": str(jobs), "PEER_SLOTS": "100",
+                 "PEER_LOOP": LOOP[0], "PEER_HANDSHAKE": "1"}) as proc:
+        assert proc.stdin
+        assert proc.stdout
+        guard = threading.Timer(1200, proc.kill)  # a peer that hangs ends the round
+        guard.start()
+        peer = psutil.Process(proc.pid)
+        cpu = CpuMeter(lambda: [peer, *peer.children(recursive=True)])
+        lines = []
+        try:
+            for line in proc.stdout:
+                if line.strip() == "drain":
+                    cpu.start(0)
+                elif line.strip() == "drained":
+                    cpu.stop(jobs)
+                else:
+                    lines.append(line)
+                    continue
+                proc.stdin.write("\n")
+                proc.stdin.flush()
+            proc.wait()
+        finally:
+            guard.cancel()
+        if proc.returncode != 0:
+            errors.seek(0)
+            raise SystemExit(f"{script} failed ({proc.returncode}):\n{errors.read()[-2000:]}")
+    return {**json.loads(lines[-1]), **cpu_columns(cpu)}
 
 
 def table(rows: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """Medians per system, each with its ratios to pgqueuer's."""
-    med = {name: {k: statistics.median(r[k] for r in runs)
-                  for k in ("drain_jobs_s", "enqueue_per_s", "enqueue_p99_ms")}
+    keys = ("drain_jobs_s", "enqueue_per_s", "enqueue_p99_ms", "cpu_total_us",
+            *(f"cpu_{part}_us" for part in PARTS))
+    med = {name: {k: statistics.median(r[k] for r in runs) for k in keys}
            for name, runs in rows.items()}
     ref = med.get("pgqueuer")
     out = []
@@ -181,6 +227,9 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"round {r + 1}: {run['system']:<18} drain {run['drain_jobs_s']:8.0f}/s"
                       f"  enqueue {run['enqueue_per_s']:7.0f}/s"
                       f"  p99 {run['enqueue_p99_ms']:6.2f} ms"
+                      f"  CPU/job {run['cpu_total_us']:4.0f} us (PostgreSQL"
+                      f" {run['cpu_postgres_us']:.0f}, Valkey {run['cpu_valkey_us']:.0f},"
+                      f" clients {run['cpu_clients_us']:.0f})"
                       + (f"  (handlers' span: {handlers:.0f}/s)" if handlers else ""),
                       flush=True)
     result = table(rows)

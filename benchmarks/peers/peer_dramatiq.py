@@ -13,7 +13,7 @@ import time
 import dramatiq
 import redis
 from dramatiq.brokers.redis import RedisBroker
-from peer_result import result
+from peer_result import handshake, result
 
 PAYLOAD = {"blob": "x" * 180}  # ~200 bytes, as the others
 
@@ -48,10 +48,12 @@ def main() -> None:
     enqueue_s = time.perf_counter() - t0
 
     worker = dramatiq.Worker(broker, worker_threads=slots)
+    handshake("drain")
     worker.start()
     try:
         if not finished.wait(timeout=600):
             raise SystemExit(f"dramatiq drained {done[0]} of {jobs} in 600 s")
+        handshake("drained")
     finally:
         worker.stop()
         client = redis.Redis.from_url(url)

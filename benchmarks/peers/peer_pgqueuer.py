@@ -17,7 +17,7 @@ import time
 from datetime import timedelta
 
 import asyncpg
-from peer_result import result
+from peer_result import handshake, result
 from pgqueuer import AsyncpgDriver, Job, Queries, QueueManager
 from pgqueuer.domain.types import QueueExecutionMode
 
@@ -49,9 +49,11 @@ async def main() -> None:
         done[0] += 1
         last[0] = time.perf_counter()
 
+    handshake("drain")
     await qm.run(dequeue_timeout=timedelta(seconds=1), batch_size=slots // 2,
                  mode=QueueExecutionMode.drain, max_concurrent_tasks=slots,
                  log_aggregation_interval=timedelta(0))  # the log rows stay for the timing
+    handshake("drained")
     window = await conn.fetchrow(
         "SELECT extract(epoch FROM max(created) FILTER (WHERE status = 'successful')"
         " - min(created) FILTER (WHERE status = 'picked')) AS s,"

@@ -1,9 +1,20 @@
-"""The row every system of compare.py reports, from what its round measured (imported by the
-peer scripts in the peers' environment and by compare.py itself: no dependency of either)."""
+"""The row every system of compare.py reports, from what its round measured, and the handshake
+that opens and closes its CPU window around a peer's drain (imported by the peer scripts in the
+peers' environment and by compare.py itself: no dependency of either)."""
 
 from __future__ import annotations
 
+import os
+import sys
 from typing import Any
+
+
+def handshake(phase: str) -> None:
+    """Tell compare.py that `phase` is reached and wait until it has taken its CPU snapshot
+    (only when it asks for that: PEER_HANDSHAKE)."""
+    if os.environ.get("PEER_HANDSHAKE"):
+        print(phase, flush=True)
+        sys.stdin.readline()
 
 
 def result(system: str, jobs: int, *, drained: int, drain_s: float, enqueue_s: float,

@@ -24,6 +24,7 @@ from typing import Any
 from core.jobs.model import JobSpec
 from core.service.runtime import Runtime
 from core.settings import Settings
+from loadtests.bench.cpu import CpuMeter
 from loadtests.bench.procs import (
     all_active,
     completed_by_workers_since,
@@ -80,10 +81,11 @@ async def _acquire_phase(rt: Runtime, acquires: int) -> dict[str, float]:
 
 async def drain(rt: Runtime, jobs: int, *, processes: int = 1, concurrency: int,
                 prefetch: int = 0, progress: Progress | None = None,
-                label: str = "drain") -> float:
+                label: str = "drain", cpu: CpuMeter | None = None) -> float:
     """Jobs per second `processes` worker processes x `concurrency` (each holding up to
     `prefetch` jobs leased ahead) complete until `jobs` are COMPLETED, from the first start to
-    the last end of the executions they ran (PostgreSQL's clock)."""
+    the last end of the executions they ran (PostgreSQL's clock). `cpu`, if given, is opened
+    once the workers have registered and closed at the last completion seen."""
     from core.supervisor.supervisor import Supervisor, SupervisorOptions
 
     before = await completed_count(rt)
@@ -99,12 +101,16 @@ async def drain(rt: Runtime, jobs: int, *, processes: int = 1, concurrency: int,
         await wait_until(lambda: all_active(rt, [s.worker_id for s in sup.slots.values()]), 120,
                          "the workers to register")
         deadline = time.monotonic() + 1200
+        if cpu:
+            cpu.start(before + await completed_by_workers_since(rt, started))
         while (done := before + await completed_by_workers_since(rt, started)) < jobs:
             if progress:
                 progress(label, done, jobs)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"bench: {done} of {jobs} jobs completed in 1200 s")
             await asyncio.sleep(0.1)  # the measurement's sampling period
+        if cpu:
+            cpu.stop(done)
         if progress:
             progress(label, done, jobs)
         span = await rt.pool.fetchval(

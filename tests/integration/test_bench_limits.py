@@ -164,3 +164,29 @@ async def test_dispatch_rows_drain_every_job_and_compare_with_one_tenant(
         # the script on this fresh server, refused with NOSCRIPT and sent again, is not one)
         assert row["script_calls"] == 30
     assert ("drain over 300 tenants", 300, 300) in seen  # every job ran
+
+
+async def test_a_drains_cpu_is_measured_per_part_over_the_jobs_of_its_window(
+        server_settings: Settings) -> None:
+    from dataclasses import replace
+
+    from core.jobs.model import JobSpec
+    from loadtests.bench.cpu import CpuMeter, descendants
+    from loadtests.bench.dispatch import drain
+    from loadtests.bench.procs import scratch_runtime
+
+    settings = replace(server_settings, heartbeat_interval_s=2.0, heartbeat_ttl_s=10.0,
+                       memory=False)
+    cpu = CpuMeter(descendants)
+    with pytest.raises(RuntimeError, match="not opened and closed"):
+        cpu.per_job_us()  # no window yet: no figure, rather than a division by nothing
+    async with scratch_runtime(settings, f"benchcpu_{os.getpid()}") as rt:
+        await rt.service.create_batch([JobSpec(job_type="noop") for _ in range(300)])
+        assert await drain(rt, 300, processes=1, concurrency=5, cpu=cpu) > 0
+    parts = cpu.per_job_us()
+    assert set(parts) == {"postgres", "valkey", "clients"}
+    # every part worked for the drain: the worker process (a child of this one) ran the
+    # handlers, PostgreSQL leased and completed, Valkey ran the acquire scripts
+    assert parts["clients"] > 0
+    assert parts["postgres"] > 0
+    assert parts["valkey"] > 0
