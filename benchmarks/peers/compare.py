@@ -9,10 +9,11 @@ JSON payload), timed from the first job's start to the last one's end. jobharnes
 with 10 processes x 10; and both layouts again with each worker holding jobs leased ahead of
 its free slots ("ours1p", "ours10p": `--prefetch1`, `--prefetch10` jobs ahead, shown as
 1x100+P, 10x10+P). pgqueuer's worker (batches of 50) holds at most 100 picked jobs (its dequeue
-counts them, a finished job among them until its buffered completion is written); every
-jobharness row runs at most 100 jobs at once, and the +P rows hold P more leased ahead of the
-slots, so those are not the same bound as pgqueuer's row. Medians over the rounds, and ratios
-to pgqueuer's.
+counts them, a finished job among them until its buffered completion is written); a
+jobharness worker gives a slot back while its job's report is in flight, so even the rows
+without +P may hold up to twice their slots leased, and the +P rows hold P more ahead. Every
+row runs at most 100 jobs at once, the comparison's 100 slots. Medians over the rounds, and
+ratios to pgqueuer's.
 Each drain's CPU per job is measured too, by part: PostgreSQL's processes, Valkey, and the
 system's own client processes (jobharness' worker processes, the peer's process), from
 snapshots at the start and the end of the drain (loadtests/bench/cpu.py; the peers signal
