@@ -101,14 +101,16 @@ async def drain(rt: Runtime, jobs: int, *, processes: int = 1, concurrency: int,
         await wait_until(lambda: all_active(rt, [s.worker_id for s in sup.slots.values()]), 120,
                          "the workers to register")
         deadline = time.monotonic() + 1200
+        done = before + await completed_by_workers_since(rt, started)
         if cpu:
-            cpu.start(before + await completed_by_workers_since(rt, started))
-        while (done := before + await completed_by_workers_since(rt, started)) < jobs:
+            cpu.start(done)
+        while done < jobs:
             if progress:
                 progress(label, done, jobs)
             if time.monotonic() > deadline:
                 raise TimeoutError(f"bench: {done} of {jobs} jobs completed in 1200 s")
             await asyncio.sleep(0.1)  # the measurement's sampling period
+            done = before + await completed_by_workers_since(rt, started)
         if cpu:
             cpu.stop(done)
         if progress:
